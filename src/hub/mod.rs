@@ -1,0 +1,1 @@
+//! The model registry and the fetch step: names to files, downloads and checksums.

@@ -1,0 +1,1 @@
+//! Quantized matrix-multiplication kernels for the CPU backend.

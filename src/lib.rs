@@ -1,0 +1,12 @@
+//! inflight: a local LLM inference server with continuous batching and CPU, CUDA
+//! and AWS Neuron backends.
+//!
+//! Dependencies point one way: `api → engine → backend → model → kernels`.
+//! See `ARCHITECTURE.md` for the map and the invariants.
+
+pub mod backend;
+pub mod engine;
+pub mod hub;
+pub mod kernels;
+pub mod model;
+pub mod tokenizer;
