@@ -1,1 +1,105 @@
-//! The CPU backend.
+//! The CPU backend: the model on host memory with a paged KV pool. It is the
+//! reference every test runs on.
+
+use super::{validate_step, Backend, BackendError, BackendInfo, Logits, StepBatch};
+use crate::model::{Llama, PagedKvCache, SeqInput};
+
+#[derive(Debug, Clone)]
+pub struct CpuBackendConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Memory for the KV pool; the block count follows from it.
+    pub kv_cache_bytes: usize,
+    pub max_batch_tokens: usize,
+    pub max_batch_seqs: usize,
+    /// Longest sequence served; at most the model's own context length.
+    pub max_context: Option<usize>,
+}
+
+impl Default for CpuBackendConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            kv_cache_bytes: 2 << 30,
+            max_batch_tokens: 2048,
+            max_batch_seqs: 256,
+            max_context: None,
+        }
+    }
+}
+
+pub struct CpuBackend {
+    model: Llama,
+    kv: PagedKvCache,
+    info: BackendInfo,
+}
+
+impl CpuBackend {
+    pub fn new(model: Llama, cfg: &CpuBackendConfig) -> Result<Self, BackendError> {
+        let mcfg = model.config();
+        if cfg.block_size == 0 {
+            return Err(BackendError::Unavailable("block size must be at least 1".into()));
+        }
+        let per_block = PagedKvCache::bytes_per_block(mcfg, cfg.block_size);
+        let num_blocks = cfg.kv_cache_bytes / per_block;
+        let max_context = cfg.max_context.unwrap_or(mcfg.max_position).min(mcfg.max_position);
+        if num_blocks * cfg.block_size < max_context.min(cfg.max_batch_tokens) {
+            return Err(BackendError::Unavailable(format!(
+                "a KV cache of {} MiB holds only {} tokens ({} blocks of {}); raise --kv-cache-gib",
+                cfg.kv_cache_bytes >> 20,
+                num_blocks * cfg.block_size,
+                num_blocks,
+                cfg.block_size
+            )));
+        }
+        let info = BackendInfo {
+            device: format!("cpu ({}, {} threads)", crate::kernels::kernel_name(), rayon::current_num_threads()),
+            block_size: cfg.block_size,
+            num_blocks,
+            max_batch_tokens: cfg.max_batch_tokens,
+            max_batch_seqs: cfg.max_batch_seqs,
+            max_context,
+            vocab_size: mcfg.vocab_size,
+            supports_prefix_caching: true,
+        };
+        let kv = PagedKvCache::new(mcfg, cfg.block_size, num_blocks);
+        Ok(Self { model, kv, info })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+}
+
+impl Backend for CpuBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.info
+    }
+
+    fn step(&mut self, batch: &StepBatch) -> Result<Logits, BackendError> {
+        validate_step(&self.info, batch)?;
+        let inputs: Vec<SeqInput> = batch
+            .seqs
+            .iter()
+            .map(|s| SeqInput {
+                tokens: &s.tokens,
+                start_pos: s.start_pos,
+                block_table: &s.block_table,
+                want_logits: s.want_logits,
+            })
+            .collect();
+        let data = self.model.forward(&inputs, &mut self.kv)?;
+        let mut next = 0;
+        let rows = batch
+            .seqs
+            .iter()
+            .map(|s| {
+                s.want_logits.then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        Ok(Logits { vocab_size: self.info.vocab_size, rows, data })
+    }
+}

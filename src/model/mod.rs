@@ -1,8 +1,21 @@
 //! Model code: configuration, weight loading (GGUF and safetensors) and the
-//! llama-family forward pass over a step batch.
+//! llama-family forward pass over a step batch, with a paged KV cache.
+
+pub mod attention;
+pub mod config;
+pub mod kv_cache;
+pub mod linear;
+pub mod llama;
+pub mod rope;
+pub mod weights;
 
 use std::path::PathBuf;
 use thiserror::Error;
+
+pub use config::LlamaConfig;
+pub use kv_cache::PagedKvCache;
+pub use llama::{Llama, SeqInput};
+pub use weights::WeightSource;
 
 #[derive(Debug, Error)]
 pub enum ModelError {

@@ -1,0 +1,229 @@
+//! The llama-family decoder (Llama 2/3, SmolLM, TinyLlama, Mistral-style GQA) run
+//! over a *step batch*: the new tokens of several sequences concatenated, each with
+//! its own position and KV block table.
+//!
+//! Reference: Touvron et al., "LLaMA" (2023), and Hugging Face transformers'
+//! `modeling_llama.py`. Linear layers run once over all tokens of the step (that is
+//! where batching pays); attention runs per token over its own sequence's blocks;
+//! the output projection runs only for the rows that asked for logits.
+
+use rayon::prelude::*;
+
+use super::attention::{self, AttentionShape, SeqSpan};
+use super::config::{LlamaConfig, RopeScaling};
+use super::kv_cache::PagedKvCache;
+use super::linear::Linear;
+use super::rope::Rope;
+use super::weights::{Embedding, WeightSource};
+use super::ModelError;
+
+/// One sequence's share of a forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub start_pos: usize,
+    pub block_table: &'a [u32],
+    pub want_logits: bool,
+}
+
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
+            *o = v * inv * w;
+        }
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+struct Attention {
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+}
+
+impl Attention {
+    fn load(w: &WeightSource, cfg: &LlamaConfig, i: usize) -> Result<Self, ModelError> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            wq: w.linear(&format!("blk.{i}.attn_q.weight"), cfg.q_dim(), h)?,
+            wk: w.linear(&format!("blk.{i}.attn_k.weight"), cfg.kv_dim(), h)?,
+            wv: w.linear(&format!("blk.{i}.attn_v.weight"), cfg.kv_dim(), h)?,
+            wo: w.linear(&format!("blk.{i}.attn_output.weight"), h, cfg.q_dim())?,
+        })
+    }
+
+    fn forward(&self, x: &[f32], step: &StepContext, layer: usize, kv: &mut PagedKvCache) -> Result<Vec<f32>, ModelError> {
+        let t = step.num_tokens;
+        let mut q = self.wq.forward(x, t)?;
+        let mut k = self.wk.forward(x, t)?;
+        let v = self.wv.forward(x, t)?;
+        step.rope.apply(&mut q, step.shape.num_heads, &step.angles);
+        step.rope.apply(&mut k, step.shape.num_kv_heads, &step.angles);
+        attention::write_kv(kv, layer, &step.spans, &k, &v);
+        let mut out = vec![0.0; q.len()];
+        attention::attend(kv, layer, &step.spans, &step.shape, &q, &mut out);
+        self.wo.forward(&out, t)
+    }
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn load(w: &WeightSource, cfg: &LlamaConfig, i: usize) -> Result<Self, ModelError> {
+        let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate: w.linear(&format!("blk.{i}.ffn_gate.weight"), f, h)?,
+            up: w.linear(&format!("blk.{i}.ffn_up.weight"), f, h)?,
+            down: w.linear(&format!("blk.{i}.ffn_down.weight"), h, f)?,
+        })
+    }
+
+    fn forward(&self, x: &[f32], t: usize) -> Result<Vec<f32>, ModelError> {
+        let mut g = self.gate.forward(x, t)?;
+        let u = self.up.forward(x, t)?;
+        g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        });
+        self.down.forward(&g, t)
+    }
+}
+
+struct Block {
+    attn_norm: Vec<f32>,
+    attn: Attention,
+    ffn_norm: Vec<f32>,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(w: &WeightSource, cfg: &LlamaConfig, i: usize) -> Result<Self, ModelError> {
+        Ok(Self {
+            attn_norm: w.vector(&format!("blk.{i}.attn_norm.weight"), cfg.hidden_size)?,
+            attn: Attention::load(w, cfg, i)?,
+            ffn_norm: w.vector(&format!("blk.{i}.ffn_norm.weight"), cfg.hidden_size)?,
+            mlp: Mlp::load(w, cfg, i)?,
+        })
+    }
+
+    fn forward(&self, x: &mut [f32], step: &StepContext, layer: usize, eps: f32, kv: &mut PagedKvCache) -> Result<(), ModelError> {
+        let mut h = vec![0.0; x.len()];
+        rms_norm(x, &self.attn_norm, eps, &mut h);
+        add_in_place(x, &self.attn.forward(&h, step, layer, kv)?);
+        rms_norm(x, &self.ffn_norm, eps, &mut h);
+        add_in_place(x, &self.mlp.forward(&h, step.num_tokens)?);
+        Ok(())
+    }
+}
+
+/// What every layer of one forward pass shares.
+struct StepContext<'a> {
+    num_tokens: usize,
+    spans: Vec<SeqSpan<'a>>,
+    rope: &'a Rope,
+    angles: super::rope::RopeAngles,
+    shape: AttentionShape,
+}
+
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: Vec<f32>,
+    lm_head: Linear,
+    rope: Rope,
+}
+
+impl Llama {
+    /// Loads the model from GGUF or safetensors weights with the given config.
+    pub fn load(w: &WeightSource, mut cfg: LlamaConfig) -> Result<Self, ModelError> {
+        if w.has("rope_freqs.weight") {
+            cfg.rope_scaling = RopeScaling::FreqFactors(w.vector("rope_freqs.weight", cfg.head_dim / 2)?);
+        }
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let embed = w.embedding("token_embd.weight", v, h)?;
+        // Tied embeddings (SmolLM2, Llama 3.2 1B): the output projection reuses them.
+        let head_name = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
+        let lm_head = w.linear(head_name, v, h)?;
+        let blocks = (0..cfg.num_layers)
+            .map(|i| Block::load(w, &cfg, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = w.vector("output_norm.weight", h)?;
+        let rope = Rope::new(&cfg);
+        Ok(Self { cfg, embed, blocks, norm, lm_head, rope })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Runs one step. Returns one row of `vocab_size` logits per sequence with
+    /// `want_logits`, in input order. The caller has validated block tables,
+    /// positions and token ids against the cache and vocabulary.
+    pub fn forward(&self, seqs: &[SeqInput], kv: &mut PagedKvCache) -> Result<Vec<f32>, ModelError> {
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        for s in seqs {
+            spans.push(SeqSpan {
+                first_row: ids.len(),
+                len: s.tokens.len(),
+                start_pos: s.start_pos,
+                block_table: s.block_table,
+            });
+            ids.extend_from_slice(s.tokens);
+            positions.extend(s.start_pos..s.start_pos + s.tokens.len());
+        }
+        let num_tokens = ids.len();
+        if num_tokens == 0 {
+            return Err(ModelError::InvalidBatch("no tokens".into()));
+        }
+        let step = StepContext {
+            num_tokens,
+            spans,
+            rope: &self.rope,
+            angles: self.rope.angles(&positions),
+            shape: AttentionShape {
+                num_heads: self.cfg.num_heads,
+                num_kv_heads: self.cfg.num_kv_heads,
+                head_dim: self.cfg.head_dim,
+            },
+        };
+        let mut x = self.embed.lookup(&ids)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            block.forward(&mut x, &step, layer, self.cfg.rms_norm_eps, kv)?;
+        }
+        // Only the last token of each sequence that wants logits reaches the head.
+        let h = self.cfg.hidden_size;
+        let last_rows: Vec<usize> = seqs
+            .iter()
+            .zip(&step.spans)
+            .filter(|(s, _)| s.want_logits)
+            .map(|(_, sp)| sp.first_row + sp.len - 1)
+            .collect();
+        if last_rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut picked = Vec::with_capacity(last_rows.len() * h);
+        for r in &last_rows {
+            picked.extend_from_slice(&x[r * h..(r + 1) * h]);
+        }
+        let mut normed = vec![0.0; picked.len()];
+        rms_norm(&picked, &self.norm, self.cfg.rms_norm_eps, &mut normed);
+        self.lm_head.forward(&normed, last_rows.len())
+    }
+}

@@ -1,0 +1,164 @@
+//! Rotary position embeddings: the per-frequency table (with llama3, linear or
+//! file-provided scaling) and its application to query/key heads in place.
+
+use super::config::{LlamaConfig, RopeLayout, RopeScaling};
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    layout: RopeLayout,
+    head_dim: usize,
+    position_scale: f32,
+}
+
+/// cos/sin of every token's angles, computed once per step and shared by all layers.
+pub struct RopeAngles {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(cfg: &LlamaConfig) -> Self {
+        let d = cfg.head_dim;
+        let mut inv_freq: Vec<f32> = (0..d / 2)
+            .map(|i| 1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / d as f64) as f32)
+            .collect();
+        let mut position_scale = 1.0;
+        match &cfg.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear(factor) => position_scale = 1.0 / factor.max(f32::MIN_POSITIVE),
+            RopeScaling::FreqFactors(factors) => {
+                for (f, div) in inv_freq.iter_mut().zip(factors) {
+                    *f /= div;
+                }
+            }
+            RopeScaling::Llama3(s) => {
+                let old = s.original_max_position as f32;
+                let low_wavelen = old / s.low_freq_factor;
+                let high_wavelen = old / s.high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= s.factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - s.low_freq_factor)
+                            / (s.high_freq_factor - s.low_freq_factor);
+                        *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        Self { inv_freq, layout: cfg.rope_layout, head_dim: d, position_scale }
+    }
+
+    pub fn angles(&self, positions: &[usize]) -> RopeAngles {
+        let half = self.head_dim / 2;
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            let p = p as f32 * self.position_scale;
+            for &f in &self.inv_freq {
+                let (s, c) = (p * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
+            }
+        }
+        RopeAngles { half, cos, sin }
+    }
+
+    /// Rotates every head of `rows` (one row of `num_heads * head_dim` per token).
+    pub fn apply(&self, rows: &mut [f32], num_heads: usize, angles: &RopeAngles) {
+        let d = self.head_dim;
+        let half = angles.half;
+        for (t, row) in rows.chunks_exact_mut(num_heads * d).enumerate() {
+            let cos = &angles.cos[t * half..(t + 1) * half];
+            let sin = &angles.sin[t * half..(t + 1) * half];
+            for head in row.chunks_exact_mut(d) {
+                match self.layout {
+                    RopeLayout::Interleaved => {
+                        for i in 0..half {
+                            let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                            head[2 * i] = x0 * cos[i] - x1 * sin[i];
+                            head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
+                        }
+                    }
+                    RopeLayout::Halves => {
+                        for i in 0..half {
+                            let (x0, x1) = (head[i], head[i + half]);
+                            head[i] = x0 * cos[i] - x1 * sin[i];
+                            head[i + half] = x0 * sin[i] + x1 * cos[i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(layout: RopeLayout) -> LlamaConfig {
+        LlamaConfig {
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_layers: 1,
+            num_heads: 1,
+            num_kv_heads: 1,
+            head_dim: 4,
+            vocab_size: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
+            rope_layout: layout,
+            max_position: 16,
+        }
+    }
+
+    #[test]
+    fn position_zero_is_identity_and_norm_is_kept() {
+        for layout in [RopeLayout::Interleaved, RopeLayout::Halves] {
+            let rope = Rope::new(&cfg(layout));
+            let mut x = vec![1.0, 2.0, 3.0, 4.0];
+            rope.apply(&mut x, 1, &rope.angles(&[0]));
+            assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
+            let mut y = vec![1.0, 2.0, 3.0, 4.0];
+            rope.apply(&mut y, 1, &rope.angles(&[7]));
+            let norm: f32 = y.iter().map(|v| v * v).sum();
+            assert!((norm - 30.0).abs() < 1e-4);
+            assert_ne!(y, vec![1.0, 2.0, 3.0, 4.0]);
+        }
+    }
+
+    #[test]
+    fn interleaved_pairs_adjacent_dims() {
+        let rope = Rope::new(&cfg(RopeLayout::Interleaved));
+        // First pair has frequency 1: rotating (1, 0) by position 1 gives (cos 1, sin 1).
+        let mut x = vec![1.0, 0.0, 0.0, 0.0];
+        rope.apply(&mut x, 1, &rope.angles(&[1]));
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
+        let rope = Rope::new(&cfg(RopeLayout::Halves));
+        let mut x = vec![1.0, 0.0, 0.0, 0.0];
+        rope.apply(&mut x, 1, &rope.angles(&[1]));
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[2] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn llama3_scaling_slows_low_frequencies_only() {
+        let mut c = cfg(RopeLayout::Halves);
+        c.head_dim = 64;
+        let plain = Rope::new(&c);
+        c.rope_scaling = RopeScaling::Llama3(super::super::config::Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position: 8192,
+        });
+        let scaled = Rope::new(&c);
+        assert_eq!(plain.inv_freq[0], scaled.inv_freq[0]);
+        let last = plain.inv_freq.len() - 1;
+        assert!((scaled.inv_freq[last] - plain.inv_freq[last] / 8.0).abs() < 1e-12);
+    }
+}

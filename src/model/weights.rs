@@ -1,0 +1,220 @@
+//! Where weights come from: a GGUF file (quantized or float tensors, llama.cpp
+//! names) or a Hugging Face safetensors folder (float tensors, HF names). The
+//! model asks for tensors by llama.cpp's names; this module maps the name and
+//! checks the shape, so a bad file fails here with the file and tensor named.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use super::linear::Linear;
+use super::ModelError;
+
+pub enum WeightSource {
+    Gguf { path: PathBuf, content: gguf_file::Content, reader: RefCell<BufReader<File>> },
+    Safetensors { path: PathBuf, st: MmapedSafetensors },
+}
+
+/// The token embedding table, looked up row by row (quantized rows are
+/// dequantized on the fly, so a large vocabulary costs no f32 copy).
+pub enum Embedding {
+    Quant(QTensor),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    pub fn lookup(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let ids_t = Tensor::new(ids, &Device::Cpu)?;
+        let rows = match self {
+            Embedding::Quant(q) => q.embedding(&ids_t)?,
+            Embedding::Dense(t) => t.index_select(&ids_t, 0)?,
+        };
+        Ok(rows.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+impl WeightSource {
+    /// Opens a GGUF file and reads its header (metadata and tensor index).
+    pub fn open_gguf(path: &Path) -> Result<Self, ModelError> {
+        let load_err = |message: String| ModelError::Load { path: path.into(), message };
+        let file = File::open(path).map_err(|e| load_err(format!("cannot open: {e}")))?;
+        let mut reader = BufReader::new(file);
+        let content = gguf_file::Content::read(&mut reader)
+            .map_err(|e| load_err(format!("not a readable GGUF file: {e}")))?;
+        Ok(Self::Gguf { path: path.into(), content, reader: RefCell::new(reader) })
+    }
+
+    /// Opens every `*.safetensors` file of a Hugging Face model folder.
+    pub fn open_safetensors(dir: &Path) -> Result<Self, ModelError> {
+        let load_err = |message: String| ModelError::Load { path: dir.into(), message };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| load_err(format!("cannot read folder: {e}")))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(load_err("no *.safetensors files".into()));
+        }
+        // SAFETY: the files are memory-mapped read-only; like every mmap user we
+        // rely on nobody truncating them while the server runs.
+        let st = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| load_err(format!("invalid safetensors: {e}")))?;
+        Ok(Self::Safetensors { path: dir.into(), st })
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Gguf { path, .. } | Self::Safetensors { path, .. } => path,
+        }
+    }
+
+    pub fn gguf_content(&self) -> Option<&gguf_file::Content> {
+        match self {
+            Self::Gguf { content, .. } => Some(content),
+            Self::Safetensors { .. } => None,
+        }
+    }
+
+    /// Maps a llama.cpp tensor name to this file's name for it.
+    fn file_name(&self, name: &str) -> String {
+        match self {
+            Self::Gguf { .. } => name.to_string(),
+            Self::Safetensors { .. } => hf_name(name),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        let n = self.file_name(name);
+        match self {
+            Self::Gguf { content, .. } => content.tensor_infos.contains_key(&n),
+            Self::Safetensors { st, .. } => st.get(&n).is_ok(),
+        }
+    }
+
+    fn missing(&self, name: &str) -> ModelError {
+        ModelError::MissingTensor { path: self.path().into(), name: self.file_name(name) }
+    }
+
+    fn check_shape(&self, name: &str, actual: &[usize], expected: &[usize]) -> Result<(), ModelError> {
+        if actual != expected {
+            return Err(ModelError::BadShape {
+                path: self.path().into(),
+                name: self.file_name(name),
+                expected: expected.to_vec(),
+                actual: actual.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn qtensor(&self, name: &str, expected: &[usize]) -> Result<QTensor, ModelError> {
+        let Self::Gguf { content, reader, path } = self else {
+            unreachable!("qtensor is only called on GGUF sources")
+        };
+        if !content.tensor_infos.contains_key(name) {
+            return Err(self.missing(name));
+        }
+        let t = content
+            .tensor(&mut *reader.borrow_mut(), name, &Device::Cpu)
+            .map_err(|e| ModelError::Load {
+                path: path.clone(),
+                message: format!("reading tensor `{name}`: {e} (truncated or corrupt file?)"),
+            })?;
+        self.check_shape(name, t.shape().dims(), expected)?;
+        Ok(t)
+    }
+
+    fn dense(&self, name: &str, expected: &[usize]) -> Result<Tensor, ModelError> {
+        let t = match self {
+            Self::Gguf { .. } => self.qtensor(name, expected)?.dequantize(&Device::Cpu)?,
+            Self::Safetensors { st, path } => {
+                let n = self.file_name(name);
+                if st.get(&n).is_err() {
+                    return Err(self.missing(name));
+                }
+                st.load(&n, &Device::Cpu)
+                    .map_err(|e| ModelError::Load {
+                        path: path.clone(),
+                        message: format!("reading tensor `{n}`: {e}"),
+                    })?
+                    .to_dtype(DType::F32)?
+            }
+        };
+        self.check_shape(name, t.dims(), expected)?;
+        Ok(t)
+    }
+
+    pub fn linear(&self, name: &str, out_f: usize, in_f: usize) -> Result<Linear, ModelError> {
+        match self {
+            Self::Gguf { .. } => {
+                let q = self.qtensor(name, &[out_f, in_f])?;
+                match q.dtype() {
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                        Linear::from_dense(q.dequantize(&Device::Cpu)?)
+                    }
+                    _ => Linear::from_qtensor(q),
+                }
+            }
+            Self::Safetensors { .. } => Linear::from_dense(self.dense(name, &[out_f, in_f])?),
+        }
+    }
+
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        Ok(self.dense(name, &[len])?.to_vec1::<f32>()?)
+    }
+
+    pub fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embedding, ModelError> {
+        match self {
+            Self::Gguf { .. } => Ok(Embedding::Quant(self.qtensor(name, &[rows, cols])?)),
+            Self::Safetensors { .. } => Ok(Embedding::Dense(self.dense(name, &[rows, cols])?)),
+        }
+    }
+}
+
+/// llama.cpp tensor names → Hugging Face transformers names.
+fn hf_name(name: &str) -> String {
+    let fixed = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return f.to_string();
+    }
+    let Some(rest) = name.strip_prefix("blk.") else {
+        return name.to_string();
+    };
+    let Some((layer, part)) = rest.split_once('.') else {
+        return name.to_string();
+    };
+    let hf_part = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        other => other,
+    };
+    format!("model.layers.{layer}.{hf_part}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn maps_llama_cpp_names_to_hf() {
+        assert_eq!(super::hf_name("blk.3.ffn_gate.weight"), "model.layers.3.mlp.gate_proj.weight");
+        assert_eq!(super::hf_name("token_embd.weight"), "model.embed_tokens.weight");
+        assert_eq!(super::hf_name("output.weight"), "lm_head.weight");
+    }
+}

@@ -1,0 +1,118 @@
+//! Fidelity of the model against llama.cpp's outputs in `../shared/reference/`:
+//! greedy tokens up to llama.cpp's first near-tie, first-position top-5 logits,
+//! and batch invariance.
+
+use inflight::backend::cpu::{CpuBackend, CpuBackendConfig};
+use inflight::backend::{Backend, SeqStep, StepBatch};
+use inflight::model::{Llama, LlamaConfig, WeightSource};
+
+use crate::support::{ids, model_path, reference};
+
+fn backend() -> CpuBackend {
+    let path = model_path();
+    let w = WeightSource::open_gguf(&path).expect("open gguf");
+    let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
+    let model = Llama::load(&w, cfg).expect("load");
+    let cfg = CpuBackendConfig { kv_cache_bytes: 256 << 20, ..Default::default() };
+    CpuBackend::new(model, &cfg).expect("backend")
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy decoding of several prompts in lockstep through the batched step path:
+/// one step prefills all prompts, then every step decodes one token of each.
+fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+    let bs = be.info().block_size;
+    let mut next_block = 0u32;
+    let tables: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let n = (p.len() + steps).div_ceil(bs) as u32;
+            let t = (next_block..next_block + n).collect();
+            next_block += n;
+            t
+        })
+        .collect();
+    let mut outs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut first_logits = Vec::new();
+    for step in 0..steps {
+        let batch = StepBatch {
+            seqs: prompts
+                .iter()
+                .zip(&outs)
+                .zip(&tables)
+                .map(|((p, o), t)| {
+                    if step == 0 {
+                        SeqStep { tokens: p.clone(), start_pos: 0, block_table: t.clone(), want_logits: true }
+                    } else {
+                        SeqStep {
+                            tokens: vec![*o.last().expect("token")],
+                            start_pos: p.len() + o.len() - 1,
+                            block_table: t.clone(),
+                            want_logits: true,
+                        }
+                    }
+                })
+                .collect(),
+        };
+        let logits = be.step(&batch).expect("step");
+        for (i, o) in outs.iter_mut().enumerate() {
+            let row = logits.row(i).expect("logits row");
+            if step == 0 {
+                first_logits.push(row.to_vec());
+            }
+            o.push(argmax(row));
+        }
+    }
+    (outs, first_logits)
+}
+
+/// Number of leading steps that must match exactly: up to (not including) the
+/// first step where llama.cpp's own top-1/top-2 margin is below 0.1.
+fn must_match(margins: &[serde_json::Value]) -> usize {
+    margins.iter().position(|m| m.as_f64().expect("margin") < 0.1).unwrap_or(margins.len())
+}
+
+#[test]
+fn greedy_tokens_and_logits_match_llama_cpp() {
+    let mut be = backend();
+    let prompts = reference()["prompts"].as_array().expect("prompts");
+    let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
+    let (outs, first) = greedy_batch(&mut be, &prompt_ids, 32);
+    for ((p, got), logits) in prompts.iter().zip(&outs).zip(&first) {
+        let want = ids(&p["llamacpp"]["greedy_ids"]);
+        let n = must_match(p["llamacpp"]["top1_top2_margin"].as_array().expect("margins"));
+        let div = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(32);
+        eprintln!("prompt {}: diverges at {div}, must match {n}", p["id"]);
+        assert_eq!(&got[..n], &want[..n], "prompt {}: greedy ids diverge before llama.cpp's first near-tie (step {n})", p["id"]);
+        for top in p["llamacpp"]["top5_first"].as_array().expect("top5") {
+            let id = top["id"].as_u64().expect("id") as usize;
+            let want = top["logit"].as_f64().expect("logit") as f32;
+            let diff = (logits[id] - want).abs();
+            eprintln!("prompt {}: logit of {} is {} vs llama.cpp {want} (diff {diff:.3})", p["id"], top["token"], logits[id]);
+        }
+    }
+}
+
+#[test]
+fn batching_does_not_change_greedy_tokens() {
+    let mut be = backend();
+    let prompts = reference()["prompts"].as_array().expect("prompts");
+    let mut prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
+    // Eight prompts of mixed lengths: the six references plus two truncations.
+    prompt_ids.push(prompt_ids[0][..3].to_vec());
+    prompt_ids.push(prompt_ids[prompt_ids.len() - 2].iter().take(40).cloned().collect());
+    let (batched, _) = greedy_batch(&mut be, &prompt_ids, 12);
+    for (p, b) in prompt_ids.iter().zip(&batched) {
+        let (alone, _) = greedy_batch(&mut be, std::slice::from_ref(p), 12);
+        assert_eq!(&alone[0], b, "prompt of {} tokens: alone vs batch of 8", p.len());
+    }
+}

@@ -1,0 +1,7 @@
+//! All integration tests, compiled into one binary to keep link time down.
+//! They run the real default model (fetched by `.ci/run`, or by
+//! `inflight models pull`) on the CPU backend.
+
+mod support;
+
+mod fidelity;
