@@ -1,1 +1,92 @@
-fn main() {}
+//! One engine step of the default model on the CPU backend: prefill of 128 and
+//! 512 tokens, and decode steps at batch 1, 8 and 32 (one token per sequence, each
+//! sequence 128 tokens deep). Throughput is in tokens per second of the step.
+//!
+//! `cargo bench --bench step` (model: `INFLIGHT_BENCH_MODEL` or the registry's
+//! download location; fetch it first with `inflight models pull`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use inflight::backend::cpu::{CpuBackend, CpuBackendConfig};
+use inflight::backend::{Backend, SeqStep, StepBatch};
+use inflight::model::{Llama, LlamaConfig, WeightSource};
+
+fn model_path() -> PathBuf {
+    std::env::var("INFLIGHT_BENCH_MODEL").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("models/cache/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+}
+
+fn backend() -> CpuBackend {
+    let path = model_path();
+    let w = WeightSource::open_gguf(&path).expect("model file (run `inflight models pull` first)");
+    let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
+    let model = Llama::load(&w, cfg).expect("load");
+    let cfg = CpuBackendConfig { kv_cache_bytes: 1 << 30, max_batch_tokens: 4096, ..Default::default() };
+    CpuBackend::new(model, &cfg).expect("backend")
+}
+
+/// Sequence `i` owns blocks `[i * per_seq, (i + 1) * per_seq)`.
+fn table(i: usize, per_seq: usize) -> Vec<u32> {
+    ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect()
+}
+
+fn tokens(n: usize, salt: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + salt * 104_729) % 40_000 + 100) as u32).collect()
+}
+
+fn bench_step(c: &mut Criterion) {
+    let mut be = backend();
+    let bs = be.info().block_size;
+    let mut g = c.benchmark_group("step");
+    g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(8));
+
+    for n in [128usize, 512] {
+        let batch = StepBatch {
+            seqs: vec![SeqStep {
+                tokens: tokens(n, 1),
+                start_pos: 0,
+                block_table: table(0, n.div_ceil(bs)),
+                want_logits: true,
+            }],
+        };
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("prefill_{n}"), |b| b.iter(|| be.step(&batch).expect("step")));
+    }
+
+    let depth = 128;
+    let per_seq = (depth + 1).div_ceil(bs);
+    for batch_size in [1usize, 8, 32] {
+        // Fill each sequence's KV to `depth` tokens once, then time decode steps.
+        for i in 0..batch_size {
+            let prefill = StepBatch {
+                seqs: vec![SeqStep {
+                    tokens: tokens(depth, i),
+                    start_pos: 0,
+                    block_table: table(i, per_seq),
+                    want_logits: false,
+                }],
+            };
+            be.step(&prefill).expect("prefill");
+        }
+        let batch = StepBatch {
+            seqs: (0..batch_size)
+                .map(|i| SeqStep {
+                    tokens: vec![tokens(1, i + 7)[0]],
+                    start_pos: depth,
+                    block_table: table(i, per_seq),
+                    want_logits: true,
+                })
+                .collect(),
+        };
+        g.throughput(Throughput::Elements(batch_size as u64));
+        g.bench_function(format!("decode_batch_{batch_size}"), |b| b.iter(|| be.step(&batch).expect("step")));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_step);
+criterion_main!(benches);

@@ -4,9 +4,12 @@
 //! Dependencies point one way: `api → engine → backend → model → kernels`.
 //! See `ARCHITECTURE.md` for the map and the invariants.
 
+pub mod api;
 pub mod backend;
 pub mod engine;
 pub mod hub;
 pub mod kernels;
+pub mod metrics;
 pub mod model;
+pub mod runtime;
 pub mod tokenizer;

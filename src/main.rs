@@ -1,1 +1,19 @@
-fn main() {}
+//! The `inflight` binary: parses the command line and runs a subcommand.
+
+mod cli;
+mod commands;
+
+use anyhow::Result;
+use clap::Parser;
+
+fn main() -> Result<()> {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        cli::Command::Generate(args) => commands::generate::run(args),
+        cli::Command::Models { command } => commands::models::run(command),
+    }
+}

@@ -1,0 +1,379 @@
+//! The OpenAI endpoints: `/v1/chat/completions`, `/v1/completions`, `/v1/models`,
+//! and SageMaker's `/invocations`, which takes either body.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+use crate::engine::request::{EventKind, TokenOutput, Usage};
+use crate::tokenizer::Tokenizer;
+
+use super::error::ApiError;
+use super::run::{self, ChoiceResult};
+use super::state::{AppState, Ready};
+use super::types::*;
+use super::validate::{self, Limits, ValidatedRequest};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Completion,
+}
+
+/// Reads a JSON body: malformed JSON (or not UTF-8, or nested too deep) is 400, a
+/// well-formed body with wrong types or missing fields is 422, too large is 413.
+pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::unprocessable(format!("invalid request: {e}")),
+        _ => ApiError::bad_request(format!("malformed JSON body: {e}")),
+    })
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn usage_out(u: &Usage) -> UsageOut {
+    UsageOut {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.prompt_tokens + u.completion_tokens,
+        prompt_tokens_details: PromptTokensDetails { cached_tokens: u.cached_tokens },
+    }
+}
+
+fn token_text(tok: &Tokenizer, id: u32) -> String {
+    tok.token_str(id).unwrap_or_default()
+}
+
+fn chat_logprob(tok: &Tokenizer, t: &TokenOutput) -> ChatTokenLogprob {
+    let token = token_text(tok, t.token);
+    ChatTokenLogprob {
+        bytes: token.as_bytes().to_vec(),
+        token,
+        logprob: t.logprob,
+        top_logprobs: t
+            .top_logprobs
+            .iter()
+            .map(|&(id, lp)| {
+                let token = token_text(tok, id);
+                TopLogprob { bytes: token.as_bytes().to_vec(), token, logprob: lp }
+            })
+            .collect(),
+    }
+}
+
+fn completion_logprobs(tok: &Tokenizer, tokens: &[TokenOutput], mut offset: usize) -> CompletionLogprobs {
+    let mut lp = CompletionLogprobs::default();
+    for t in tokens {
+        let s = token_text(tok, t.token);
+        lp.text_offset.push(offset);
+        offset += s.len();
+        lp.tokens.push(s);
+        lp.token_logprobs.push(t.logprob);
+        lp.top_logprobs.push(
+            t.top_logprobs.iter().map(|&(id, v)| (token_text(tok, id), serde_json::json!(v))).collect(),
+        );
+    }
+    lp
+}
+
+/// Validation tokenizes, which is CPU work: keep it off the async workers.
+async fn validated(ready: &Arc<Ready>, served: &str, endpoint: Endpoint, body: serde_json::Value) -> Result<ValidatedRequest, ApiError> {
+    let ready = ready.clone();
+    let served = served.to_string();
+    tokio::task::spawn_blocking(move || {
+        let limits = Limits { tokenizer: &ready.tokenizer, served_model: &served, max_context: ready.max_context };
+        match endpoint {
+            Endpoint::Chat => {
+                let req: ChatCompletionRequest = serde_json::from_value(body)
+                    .map_err(|e| ApiError::unprocessable(format!("invalid request: {e}")))?;
+                validate::chat(&req, &limits)
+            }
+            Endpoint::Completion => {
+                let req: CompletionRequest = serde_json::from_value(body)
+                    .map_err(|e| ApiError::unprocessable(format!("invalid request: {e}")))?;
+                validate::completion(&req, &limits)
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))?
+}
+
+async fn serve(state: AppState, endpoint: Endpoint, body: serde_json::Value) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let req = validated(&ready, &state.config.served_model, endpoint, body).await?;
+    let id = match endpoint {
+        Endpoint::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        Endpoint::Completion => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+    };
+    let span = tracing::info_span!("request", request_id = %id, prompts = req.prompts.len(), n = req.n, stream = req.stream);
+    async move {
+        tracing::debug!(prompt_tokens = req.prompts.iter().map(|p| p.ids.len()).sum::<usize>(), "admitting");
+        let streams = run::submit(&ready.engine, &req).await?;
+        if req.stream {
+            Ok(stream_response(state, ready, req, streams, id, endpoint))
+        } else {
+            let results = run::collect(streams, state.config.request_timeout).await?;
+            Ok(match endpoint {
+                Endpoint::Chat => Json(chat_response(&ready, &req, &results, id)).into_response(),
+                Endpoint::Completion => Json(completion_response(&ready, &req, &results, id)).into_response(),
+            })
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn chat_response(ready: &Ready, req: &ValidatedRequest, results: &[ChoiceResult], id: String) -> ChatCompletion {
+    ChatCompletion {
+        id,
+        object: "chat.completion",
+        created: now_secs(),
+        model: req.model.clone(),
+        choices: results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ChatChoice {
+                index: i,
+                message: ChatMessageOut { role: "assistant", content: r.text.clone() },
+                logprobs: req.logprobs.map(|_| ChatLogprobs {
+                    content: r.tokens.iter().map(|t| chat_logprob(&ready.tokenizer, t)).collect(),
+                }),
+                finish_reason: r.finish_reason.map(|f| f.as_str()),
+            })
+            .collect(),
+        usage: usage_out(&run::total_usage(results, req.n)),
+    }
+}
+
+fn completion_response(ready: &Ready, req: &ValidatedRequest, results: &[ChoiceResult], id: String) -> Completion {
+    Completion {
+        id,
+        object: "text_completion",
+        created: now_secs(),
+        model: req.model.clone(),
+        choices: results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let prefix = if req.echo { req.prompts[i / req.n].text.clone() } else { String::new() };
+                CompletionChoice {
+                    index: i,
+                    logprobs: req.logprobs.map(|_| completion_logprobs(&ready.tokenizer, &r.tokens, prefix.len())),
+                    text: prefix + &r.text,
+                    finish_reason: r.finish_reason.map(|f| f.as_str()),
+                }
+            })
+            .collect(),
+        usage: Some(usage_out(&run::total_usage(results, req.n))),
+    }
+}
+
+/// Builds the stream-chunk JSON for one event of one choice, if it says anything.
+fn chunk_for(
+    endpoint: Endpoint,
+    ready: &Ready,
+    req: &ValidatedRequest,
+    head: (&str, u64),
+    index: usize,
+    kind: &EventKind,
+) -> Option<serde_json::Value> {
+    let (text, token, finish) = match kind {
+        EventKind::Token(t) => (t.text.clone(), Some(t), None),
+        EventKind::Finished { reason, text, .. } => (text.clone(), None, Some(reason.as_str())),
+        EventKind::Failed(_) => return None,
+    };
+    let has_logprobs = req.logprobs.is_some() && token.is_some();
+    if text.is_empty() && finish.is_none() && !has_logprobs {
+        return None;
+    }
+    let value = match endpoint {
+        Endpoint::Chat => serde_json::to_value(ChatCompletionChunk {
+            id: head.0.to_string(),
+            object: "chat.completion.chunk",
+            created: head.1,
+            model: req.model.clone(),
+            choices: vec![ChatChunkChoice {
+                index,
+                delta: ChatDelta { role: None, content: (!text.is_empty() || finish.is_none()).then_some(text) },
+                logprobs: token.filter(|_| has_logprobs).map(|t| ChatLogprobs {
+                    content: vec![chat_logprob(&ready.tokenizer, t)],
+                }),
+                finish_reason: finish,
+            }],
+            usage: None,
+        }),
+        Endpoint::Completion => serde_json::to_value(Completion {
+            id: head.0.to_string(),
+            object: "text_completion",
+            created: head.1,
+            model: req.model.clone(),
+            choices: vec![CompletionChoice {
+                index,
+                text,
+                logprobs: token
+                    .filter(|_| has_logprobs)
+                    .map(|t| completion_logprobs(&ready.tokenizer, std::slice::from_ref(t), 0)),
+                finish_reason: finish,
+            }],
+            usage: None,
+        }),
+    };
+    value.ok()
+}
+
+fn stream_response(
+    state: AppState,
+    ready: Arc<Ready>,
+    req: ValidatedRequest,
+    streams: Vec<crate::engine::service::SeqStream>,
+    id: String,
+    endpoint: Endpoint,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    let timeout = state.config.request_timeout;
+    let span = tracing::Span::current();
+    // The producer owns the sequences: when the client goes away the channel
+    // closes, the producer returns, and dropping the streams aborts them.
+    tokio::spawn(
+        async move {
+            let created = now_secs();
+            let head = (id.as_str(), created);
+            let choices = streams.len();
+            let mut usage = vec![None; choices];
+            if endpoint == Endpoint::Chat {
+                for index in 0..choices {
+                    let first = ChatCompletionChunk {
+                        id: id.clone(),
+                        object: "chat.completion.chunk",
+                        created,
+                        model: req.model.clone(),
+                        choices: vec![ChatChunkChoice {
+                            index,
+                            delta: ChatDelta { role: Some("assistant"), content: Some(String::new()) },
+                            logprobs: None,
+                            finish_reason: None,
+                        }],
+                        usage: None,
+                    };
+                    if send_json(&tx, &first).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let mut events = run::merged(streams);
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            loop {
+                let ev = tokio::select! {
+                    ev = events.next() => ev,
+                    _ = &mut deadline => {
+                        let _ = send_json(&tx, &ApiError::timeout().body()).await;
+                        return;
+                    }
+                };
+                let Some(ev) = ev else { break };
+                if let EventKind::Failed(msg) = &ev.kind {
+                    let _ = send_json(&tx, &ApiError::internal(msg.clone()).body()).await;
+                    return;
+                }
+                if let EventKind::Finished { usage: u, .. } = &ev.kind {
+                    usage[ev.index] = Some(u.clone());
+                }
+                if let Some(chunk) = chunk_for(endpoint, &ready, &req, head, ev.index, &ev.kind) {
+                    if send_json(&tx, &chunk).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if req.include_usage {
+                let results: Vec<ChoiceResult> =
+                    usage.into_iter().map(|u| ChoiceResult { usage: u, ..Default::default() }).collect();
+                let u = usage_out(&run::total_usage(&results, req.n));
+                let body = serde_json::json!({
+                    "id": id, "object": if endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" },
+                    "created": created, "model": req.model, "choices": [], "usage": u,
+                });
+                if send_json(&tx, &body).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Event::default().data("[DONE]")).await;
+        }
+        .instrument(span),
+    );
+    Sse::new(ReceiverStream::new(rx).map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn send_json<T: serde::Serialize>(tx: &mpsc::Sender<Event>, v: &T) -> Result<(), ()> {
+    let data = serde_json::to_string(v).map_err(|_| ())?;
+    tx.send(Event::default().data(data)).await.map_err(|_| ())
+}
+
+pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
+        serve(state.clone(), Endpoint::Chat, value).await
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
+        serve(state.clone(), Endpoint::Completion, value).await
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// SageMaker's `POST /invocations`: a chat body (has `messages`) or a completions
+/// body (has `prompt`); streams when `"stream": true`.
+pub async fn invocations(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = async {
+        let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
+        let endpoint = if value.get("messages").is_some() {
+            Endpoint::Chat
+        } else if value.get("prompt").is_some() {
+            Endpoint::Completion
+        } else {
+            return Err(ApiError::unprocessable("the body needs `messages` (chat) or `prompt` (completions)"));
+        };
+        serve(state.clone(), endpoint, value).await
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn models(State(state): State<AppState>) -> Response {
+    let max_model_len = state.ready.get().map(|r| r.max_context).unwrap_or(0);
+    Json(ModelList {
+        object: "list",
+        data: vec![ModelCard {
+            id: state.config.served_model.clone(),
+            object: "model",
+            created: state.started,
+            owned_by: "inflight",
+            max_model_len,
+        }],
+    })
+    .into_response()
+}

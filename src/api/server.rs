@@ -1,0 +1,119 @@
+//! The HTTP server: routes, the API-key check, health and metrics endpoints, and
+//! graceful shutdown (stop accepting with 503, let in-flight requests finish up
+//! to a deadline, then return).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+use super::error::ApiError;
+use super::handlers;
+use super::state::AppState;
+
+async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if presented != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.ready() {
+        Ok(_) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+async fn fallback(uri: Uri) -> Response {
+    ApiError::not_found(uri.path()).into_response()
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/models", get(handlers::models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    Router::new()
+        .merge(v1)
+        .route("/invocations", post(handlers::invocations))
+        .route("/health", get(health))
+        .route("/ping", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .with_state(state)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Serves until `signal` resolves, then drains: new requests get 503 while the
+/// ones in flight finish, for at most `drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+    drain_timeout: Duration,
+) -> std::io::Result<()> {
+    let flag = state.shutting_down.clone();
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        signal.await;
+        tracing::info!("shutdown requested: refusing new requests, draining in-flight ones");
+        flag.store(true, Ordering::SeqCst);
+        let _ = drain_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    // Once draining starts, give in-flight requests `drain_timeout` to finish.
+    let deadline = async {
+        if drain_rx.await.is_ok() {
+            tokio::time::sleep(drain_timeout).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r.map_err(std::io::Error::other)?,
+        _ = deadline => {
+            tracing::warn!(seconds = drain_timeout.as_secs_f64(), "drain deadline passed; stopping with requests in flight");
+            Ok(())
+        }
+    }
+}

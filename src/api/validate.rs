@@ -1,0 +1,261 @@
+//! Parse, don't validate: turns an OpenAI request body into a `ValidatedRequest`,
+//! with every parameter range-checked and every prompt tokenized and measured
+//! against the context. The engine accepts nothing else.
+
+use crate::engine::request::GenerationRequest;
+use crate::engine::sampling::SamplingParams;
+use crate::tokenizer::{ChatMessage, Tokenizer};
+
+use super::error::ApiError;
+use super::types::{ChatCompletionRequest, CommonParams, CompletionRequest, MessageContent, PromptInput};
+
+/// Most choices (`n`) one request may ask for, and most sequences (prompts × n).
+pub const MAX_N: usize = 64;
+pub const MAX_SEQUENCES_PER_REQUEST: usize = 256;
+
+/// What the server knows that validation needs.
+pub struct Limits<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub served_model: &'a str,
+    pub max_context: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub ids: Vec<u32>,
+    /// The prompt as text, for `echo`.
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ValidatedRequest {
+    pub model: String,
+    pub prompts: Vec<Prompt>,
+    pub n: usize,
+    pub max_new_tokens: Vec<usize>,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Some(k): report the chosen token's logprob and the top k alternatives.
+    pub logprobs: Option<usize>,
+    pub echo: bool,
+}
+
+impl ValidatedRequest {
+    /// The engine requests, one per (prompt, choice), in choice-index order.
+    pub fn generation_requests(&self) -> Vec<GenerationRequest> {
+        let mut out = Vec::with_capacity(self.prompts.len() * self.n);
+        for (p, prompt) in self.prompts.iter().enumerate() {
+            for j in 0..self.n {
+                let mut sampling = self.sampling.clone();
+                // Each choice gets its own stream of randomness, reproducibly.
+                sampling.seed = sampling.seed.map(|s| s.wrapping_add(j as u64));
+                out.push(GenerationRequest {
+                    prompt_ids: prompt.ids.clone(),
+                    max_new_tokens: self.max_new_tokens[p],
+                    sampling,
+                    stop: self.stop.clone(),
+                    ignore_eos: self.ignore_eos,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn check_model(common: &CommonParams, limits: &Limits) -> Result<String, ApiError> {
+    match &common.model {
+        Some(m) if m != limits.served_model => Err(ApiError::model_not_found(m)),
+        _ => Ok(limits.served_model.to_string()),
+    }
+}
+
+fn sampling_params(common: &CommonParams, logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
+    let top_k = match common.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => return Err(ApiError::invalid("top_k", format!("top_k must be -1 (off) or positive, got {k}"))),
+    };
+    let seed = match common.seed {
+        None => None,
+        Some(s) => Some(s as u64),
+    };
+    let params = SamplingParams {
+        temperature: common.temperature.unwrap_or(1.0),
+        top_k,
+        top_p: common.top_p.unwrap_or(1.0),
+        min_p: common.min_p.unwrap_or(0.0),
+        repetition_penalty: common.repetition_penalty.unwrap_or(1.0),
+        presence_penalty: common.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: common.frequency_penalty.unwrap_or(0.0),
+        seed,
+        logprobs,
+    };
+    params.validate().map_err(|e| ApiError::invalid(e.param(), e.to_string()))?;
+    Ok(params)
+}
+
+fn positive(param: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(x) if x >= 1 => Ok(Some(x as usize)),
+        Some(x) => Err(ApiError::invalid(param, format!("`{param}` must be at least 1, got {x}"))),
+    }
+}
+
+/// Checks prompt + output against the context and picks the output budget.
+fn budget(prompt_len: usize, requested: Option<usize>, max_context: usize, what: &str) -> Result<usize, ApiError> {
+    if prompt_len == 0 {
+        return Err(ApiError::invalid(what, "the prompt is empty"));
+    }
+    if prompt_len >= max_context {
+        return Err(ApiError::context_length(format!(
+            "This model's maximum context length is {max_context} tokens. However, your {what} resulted in {prompt_len} tokens, which leaves no room for output."
+        )));
+    }
+    match requested {
+        None => Ok(max_context - prompt_len),
+        Some(m) if prompt_len + m <= max_context => Ok(m),
+        Some(m) => Err(ApiError::context_length(format!(
+            "This model's maximum context length is {max_context} tokens. However, you requested {} tokens ({prompt_len} in the {what}, {m} in the completion). Please reduce the length of the {what} or completion.",
+            prompt_len + m
+        ))),
+    }
+}
+
+fn common_fields(
+    common: &CommonParams,
+    prompts: Vec<Prompt>,
+    limits: &Limits,
+    logprobs: Option<usize>,
+    echo: bool,
+    what: &str,
+) -> Result<ValidatedRequest, ApiError> {
+    let model = check_model(common, limits)?;
+    let n = positive("n", common.n)?.unwrap_or(1);
+    if n > MAX_N {
+        return Err(ApiError::invalid("n", format!("n must be at most {MAX_N}, got {n}")));
+    }
+    if prompts.len() * n > MAX_SEQUENCES_PER_REQUEST {
+        return Err(ApiError::invalid(
+            "n",
+            format!("{} prompts × n = {n} exceeds {MAX_SEQUENCES_PER_REQUEST} sequences per request", prompts.len()),
+        ));
+    }
+    let max_tokens = match (common.max_completion_tokens, common.max_tokens) {
+        (Some(v), _) => positive("max_completion_tokens", Some(v))?,
+        (None, v) => positive("max_tokens", v)?,
+    };
+    let sampling = sampling_params(common, logprobs)?;
+    let max_new_tokens = prompts
+        .iter()
+        .map(|p| budget(p.ids.len(), max_tokens, limits.max_context, what))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stop: Vec<String> = common.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    if stop.len() > 16 {
+        return Err(ApiError::invalid("stop", "at most 16 stop sequences"));
+    }
+    Ok(ValidatedRequest {
+        model,
+        prompts,
+        n,
+        max_new_tokens,
+        sampling,
+        stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        ignore_eos: common.ignore_eos,
+        stream: common.stream,
+        include_usage: common.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        logprobs,
+        echo,
+    })
+}
+
+fn message_text(content: &Option<MessageContent>) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(MessageContent::Text(s)) => Ok(s.clone()),
+        Some(MessageContent::Parts(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => out.push_str(t),
+                    (kind, _) => {
+                        return Err(ApiError::invalid(
+                            "messages",
+                            format!("content parts of type `{kind}` are not supported by this text model"),
+                        ))
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+pub fn chat(req: &ChatCompletionRequest, limits: &Limits) -> Result<ValidatedRequest, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` must hold at least one message"));
+    }
+    let messages = req
+        .messages
+        .iter()
+        .map(|m| Ok(ChatMessage { role: m.role.clone(), content: message_text(&m.content)? }))
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let text = limits
+        .tokenizer
+        .apply_chat_template(&messages, true)
+        .map_err(|e| ApiError::invalid("messages", format!("cannot apply the chat template: {e}")))?;
+    let ids = limits
+        .tokenizer
+        .encode(&text, limits.tokenizer.add_bos_token())
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let logprobs = if req.logprobs {
+        let k = req.top_logprobs.unwrap_or(0);
+        if !(0..=20).contains(&k) {
+            return Err(ApiError::invalid("top_logprobs", format!("top_logprobs must be between 0 and 20, got {k}")));
+        }
+        Some(k as usize)
+    } else if req.top_logprobs.is_some_and(|k| k > 0) {
+        return Err(ApiError::invalid("top_logprobs", "top_logprobs needs `logprobs: true`"));
+    } else {
+        None
+    };
+    common_fields(&req.common, vec![Prompt { ids, text }], limits, logprobs, false, "messages")
+}
+
+pub fn completion(req: &CompletionRequest, limits: &Limits) -> Result<ValidatedRequest, ApiError> {
+    let tok = limits.tokenizer;
+    let from_text = |s: &str| -> Result<Prompt, ApiError> {
+        let ids = tok.encode(s, tok.add_bos_token()).map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+        Ok(Prompt { ids, text: s.to_string() })
+    };
+    let from_ids = |ids: &[i64]| -> Result<Prompt, ApiError> {
+        let vocab = tok.vocab_size() as i64;
+        if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary (0..{vocab})")));
+        }
+        let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+        let text = tok.decode(&ids, false).unwrap_or_default();
+        Ok(Prompt { ids, text })
+    };
+    let prompts = match &req.prompt {
+        PromptInput::Text(s) => vec![from_text(s)?],
+        PromptInput::Texts(v) => v.iter().map(|s| from_text(s)).collect::<Result<_, _>>()?,
+        PromptInput::Tokens(ids) => vec![from_ids(ids)?],
+        PromptInput::TokenLists(v) => v.iter().map(|ids| from_ids(ids)).collect::<Result<_, _>>()?,
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must hold at least one prompt"));
+    }
+    let logprobs = match req.logprobs {
+        None => None,
+        Some(k) if (0..=20).contains(&k) => Some(k as usize),
+        Some(k) => return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and 20, got {k}"))),
+    };
+    if req.echo && logprobs.is_some() {
+        return Err(ApiError::invalid("echo", "`echo` together with `logprobs` (prompt logprobs) is not supported"));
+    }
+    common_fields(&req.common, prompts, limits, logprobs, req.echo, "prompt")
+}

@@ -1,0 +1,151 @@
+//! `inflight generate`: offline generation through the same engine core the
+//! server uses. Many prompts (`--prompts-file`) run together through the batched
+//! step path and print in input order.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use super::{load_model, scheduler_config};
+use crate::cli::GenerateArgs;
+use inflight::engine::core::EngineCore;
+use inflight::engine::request::{EventKind, GenerationRequest};
+use inflight::engine::sampling::SamplingParams;
+use inflight::tokenizer::{ChatMessage, Tokenizer};
+
+struct Output {
+    prompt_ids: Vec<u32>,
+    token_ids: Vec<u32>,
+    text: String,
+    finish_reason: Option<&'static str>,
+}
+
+fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
+    if let Some(p) = &args.prompt {
+        return Ok(vec![p.clone()]);
+    }
+    let path = args.prompts_file.as_ref().context("--prompt or --prompts-file is required")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    if lines.is_empty() {
+        bail!("{} holds no prompts", path.display());
+    }
+    Ok(lines)
+}
+
+fn encode(tok: &Tokenizer, args: &GenerateArgs, prompt: &str) -> Result<Vec<u32>> {
+    let text = if args.chat {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(ChatMessage { role: "system".into(), content: s.clone() });
+        }
+        messages.push(ChatMessage { role: "user".into(), content: prompt.to_string() });
+        tok.apply_chat_template(&messages, true)?
+    } else {
+        prompt.to_string()
+    };
+    Ok(tok.encode(&text, tok.add_bos_token())?)
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let prompts = prompts(&args)?;
+    let (_, loaded) = load_model(&args.model, &args.scheduler)?;
+    let max_context = loaded.backend.info().max_context;
+    let tokenizer = loaded.tokenizer.clone();
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        ..SamplingParams::default()
+    };
+    sampling.validate()?;
+    let mut core = EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler, max_context));
+
+    let mut outputs = Vec::with_capacity(prompts.len());
+    let mut index_of = HashMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let ids = encode(&tokenizer, &args, p)?;
+        if ids.is_empty() {
+            bail!("prompt {} is empty after tokenization", i + 1);
+        }
+        if ids.len() >= max_context {
+            bail!(
+                "prompt {} has {} tokens; the context holds {max_context} (prompt plus output)",
+                i + 1,
+                ids.len()
+            );
+        }
+        let max_new_tokens = args.max_tokens.min(max_context - ids.len());
+        let req = GenerationRequest {
+            prompt_ids: ids.clone(),
+            max_new_tokens,
+            sampling: sampling.clone(),
+            stop: Vec::new(),
+            ignore_eos: args.ignore_eos,
+        };
+        let id = core.add(req).map_err(|e| anyhow::anyhow!("prompt {}: {e}", i + 1))?;
+        index_of.insert(id, i);
+        outputs.push(Output { prompt_ids: ids, token_ids: Vec::new(), text: String::new(), finish_reason: None });
+    }
+
+    // A single prompt streams to stdout as it is produced.
+    let stream = prompts.len() == 1 && !args.json;
+    let mut stdout = std::io::stdout().lock();
+    let start = Instant::now();
+    let mut first_token = None;
+    while core.has_work() {
+        for ev in core.step() {
+            let Some(&i) = index_of.get(&ev.id) else { continue };
+            let out = &mut outputs[i];
+            let piece = match ev.kind {
+                EventKind::Token(t) => {
+                    first_token.get_or_insert_with(|| start.elapsed());
+                    out.token_ids.push(t.token);
+                    t.text
+                }
+                EventKind::Finished { reason, text, .. } => {
+                    out.finish_reason = Some(reason.as_str());
+                    text
+                }
+                EventKind::Failed(msg) => bail!("prompt {}: {msg}", i + 1),
+            };
+            if stream {
+                write!(stdout, "{piece}")?;
+                stdout.flush()?;
+            }
+            out.text.push_str(&piece);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if stream {
+        writeln!(stdout)?;
+    }
+    for out in &outputs {
+        if args.json {
+            let obj = json!({
+                "prompt_token_ids": out.prompt_ids,
+                "token_ids": out.token_ids,
+                "text": out.text,
+                "finish_reason": out.finish_reason,
+            });
+            writeln!(stdout, "{obj}")?;
+        } else if !stream {
+            writeln!(stdout, "{}\n", out.text)?;
+        }
+    }
+    let generated: usize = outputs.iter().map(|o| o.token_ids.len()).sum();
+    let prompt_tokens: usize = outputs.iter().map(|o| o.prompt_ids.len()).sum();
+    eprintln!(
+        "{} prompt(s): {prompt_tokens} prompt tokens, {generated} generated in {elapsed:.2} s ({:.1} tok/s generated; first token after {:.3} s)",
+        outputs.len(),
+        generated as f64 / elapsed.max(1e-9),
+        first_token.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+    );
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! One module per subcommand, plus the flag-to-config glue they share.
+
+pub mod generate;
+pub mod models;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::{BackendKind, ModelArgs, ModelDirArgs, SchedulerArgs};
+use inflight::engine::scheduler::SchedulerConfig;
+use inflight::hub::{self, FetchOptions, Registry, ResolvedModel};
+use inflight::runtime::{BackendChoice, BackendOptions, LoadedModel};
+
+pub fn registry(dirs: &ModelDirArgs) -> Result<Registry> {
+    Ok(Registry::load_with_user(dirs.registry.as_deref())?)
+}
+
+pub fn fetch_options(dirs: &ModelDirArgs) -> FetchOptions {
+    FetchOptions { models_dir: dirs.models_dir.clone(), offline: dirs.offline, progress: true }
+}
+
+/// Sets the compute thread count once, before any parallel work starts.
+pub fn init_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("setting the compute thread pool")?;
+    }
+    Ok(())
+}
+
+/// Resolves (fetching if needed) and loads the model the flags name.
+pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedModel, LoadedModel)> {
+    init_threads(args.threads)?;
+    if !(args.kv_cache_gib > 0.0 && args.kv_cache_gib.is_finite()) {
+        bail!("--kv-cache-gib must be a positive number");
+    }
+    let registry = registry(&args.dirs)?;
+    let resolved = hub::resolve(&args.model, &registry, &fetch_options(&args.dirs))
+        .with_context(|| format!("resolving model `{}`", args.model))?;
+    let opts = BackendOptions {
+        choice: match args.backend {
+            BackendKind::Cpu => BackendChoice::Cpu,
+            BackendKind::Cuda => BackendChoice::Cuda,
+            BackendKind::Neuron => BackendChoice::Neuron,
+        },
+        block_size: args.block_size,
+        kv_cache_bytes: (args.kv_cache_gib * (1u64 << 30) as f64) as usize,
+        max_batch_tokens: sched.max_batch_tokens,
+        max_batch_seqs: sched.max_running,
+        max_context: args.max_context,
+    };
+    let start = std::time::Instant::now();
+    let loaded = inflight::runtime::load(&resolved, &opts).context("loading the model")?;
+    tracing::info!(
+        model = %args.model,
+        device = %loaded.backend.info().device,
+        kv_blocks = loaded.backend.info().num_blocks,
+        seconds = format!("{:.2}", start.elapsed().as_secs_f64()),
+        "model loaded"
+    );
+    Ok((resolved, loaded))
+}
+
+pub fn scheduler_config(sched: &SchedulerArgs, max_context: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        max_batch_tokens: sched.max_batch_tokens,
+        max_running: sched.max_running,
+        max_waiting: sched.max_waiting,
+        block_size: 16,
+        max_context,
+        prefix_caching: sched.prefix_caching,
+    }
+}

@@ -1,0 +1,227 @@
+//! The synchronous heart of the engine: one `step()` asks the scheduler for work,
+//! runs it on the backend once, samples, detokenizes, checks stop conditions and
+//! reports per-sequence events. No threads and no channels here: the offline
+//! `generate` command drives it in a loop, the server drives it from its engine
+//! thread (`engine::service`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::request::{EventKind, FinishReason, GenerationRequest, SeqEvent, SeqId, TokenOutput, Usage};
+use super::sampling::Sampler;
+use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerOutput};
+use super::stop::{StopMatcher, StopOutcome};
+use crate::backend::Backend;
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+/// Per-sequence state the scheduler does not need: how to sample, how to turn
+/// tokens into text, and when to stop.
+struct Active {
+    req: GenerationRequest,
+    sampler: Sampler,
+    output: Vec<u32>,
+    detok: IncrementalDecoder,
+    stop: StopMatcher,
+    cached_tokens: usize,
+}
+
+/// Figures of one step, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct StepStats {
+    pub num_seqs: usize,
+    pub num_tokens: usize,
+    pub prefill_tokens: usize,
+    pub decode_tokens: usize,
+    pub preempted: usize,
+}
+
+pub struct EngineCore {
+    backend: Box<dyn Backend>,
+    scheduler: Scheduler,
+    tokenizer: Arc<Tokenizer>,
+    active: HashMap<SeqId, Active>,
+    next_id: SeqId,
+    last_stats: StepStats,
+}
+
+impl EngineCore {
+    pub fn new(backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, mut cfg: SchedulerConfig) -> Self {
+        let info = backend.info();
+        // The backend's limits bind the scheduler, whatever the flags asked for.
+        cfg.block_size = info.block_size;
+        cfg.max_batch_tokens = cfg.max_batch_tokens.min(info.max_batch_tokens);
+        cfg.max_running = cfg.max_running.min(info.max_batch_seqs);
+        cfg.max_context = cfg.max_context.min(info.max_context);
+        cfg.prefix_caching &= info.supports_prefix_caching;
+        let scheduler = Scheduler::new(cfg, info.num_blocks);
+        Self { backend, scheduler, tokenizer, active: HashMap::new(), next_id: 0, last_stats: StepStats::default() }
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn backend_info(&self) -> &crate::backend::BackendInfo {
+        self.backend.info()
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    pub fn last_stats(&self) -> &StepStats {
+        &self.last_stats
+    }
+
+    /// Admits a request; its events carry the returned id.
+    pub fn add(&mut self, req: GenerationRequest) -> Result<SeqId, AddError> {
+        let id = self.next_id;
+        self.scheduler.add(id, req.prompt_ids.clone(), req.max_new_tokens)?;
+        self.next_id += 1;
+        let active = Active {
+            sampler: Sampler::new(&req.sampling),
+            stop: StopMatcher::new(req.stop.clone()),
+            detok: IncrementalDecoder::new(),
+            output: Vec::new(),
+            cached_tokens: 0,
+            req,
+        };
+        self.active.insert(id, active);
+        Ok(id)
+    }
+
+    /// Drops a sequence wherever it is; its KV blocks return to the pool.
+    pub fn abort(&mut self, id: SeqId) {
+        if self.active.remove(&id).is_some() {
+            self.scheduler.abort(id);
+        }
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
+    pub fn num_active(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Runs one engine step and returns what happened to each sequence in it.
+    pub fn step(&mut self) -> Vec<SeqEvent> {
+        let plan: SchedulerOutput = self.scheduler.schedule();
+        self.last_stats = StepStats { preempted: plan.preempted.len(), ..Default::default() };
+        if plan.seqs.is_empty() {
+            return Vec::new();
+        }
+        let batch = plan.to_step_batch();
+        self.last_stats.num_seqs = plan.seqs.len();
+        self.last_stats.num_tokens = batch.num_tokens();
+        let logits = match self.backend.step(&batch) {
+            Ok(l) => l,
+            Err(e) => {
+                // A failed step fails the sequences in it, not the engine.
+                tracing::error!(error = %e, "backend step failed");
+                return plan
+                    .seqs
+                    .iter()
+                    .map(|s| {
+                        self.abort(s.id);
+                        SeqEvent { id: s.id, kind: EventKind::Failed(format!("inference failed: {e}")) }
+                    })
+                    .collect();
+            }
+        };
+        let mut events = Vec::new();
+        for (i, s) in plan.seqs.iter().enumerate() {
+            if s.tokens.len() == 1 && s.start_pos > 0 && s.want_logits {
+                self.last_stats.decode_tokens += 1;
+            } else {
+                self.last_stats.prefill_tokens += s.tokens.len();
+            }
+            let Some(active) = self.active.get_mut(&s.id) else {
+                continue;
+            };
+            active.cached_tokens = active.cached_tokens.max(s.cached_tokens);
+            let Some(row) = logits.row(i) else {
+                self.scheduler.update(s.id, None);
+                continue;
+            };
+            let sampled = match active.sampler.sample(row, &active.req.prompt_ids, &active.output) {
+                Ok(x) => x,
+                Err(e) => {
+                    events.push(SeqEvent { id: s.id, kind: EventKind::Failed(format!("sampling failed: {e}")) });
+                    self.abort(s.id);
+                    continue;
+                }
+            };
+            self.scheduler.update(s.id, Some(sampled.token));
+            events.extend(self.on_token(s.id, sampled));
+        }
+        events
+    }
+
+    /// Detokenizes a new token, applies stop conditions and finishes the sequence
+    /// when one is met.
+    fn on_token(&mut self, id: SeqId, sampled: super::sampling::Sampled) -> Vec<SeqEvent> {
+        let tokenizer = Arc::clone(&self.tokenizer);
+        let max_context = self.scheduler.max_context();
+        let Some(a) = self.active.get_mut(&id) else {
+            return Vec::new();
+        };
+        a.output.push(sampled.token);
+        let is_eos = tokenizer.stop_token_ids().contains(&sampled.token);
+        let mut finish = None;
+        let mut text = String::new();
+        if is_eos && !a.req.ignore_eos {
+            finish = Some(FinishReason::Stop);
+        } else {
+            let delta = a.detok.push(&tokenizer, sampled.token).unwrap_or_default();
+            match a.stop.push(&delta) {
+                StopOutcome::Continue { emit } => text = emit,
+                StopOutcome::Stopped { emit, .. } => {
+                    text = emit;
+                    finish = Some(FinishReason::Stop);
+                }
+            }
+        }
+        if finish.is_none()
+            && (a.output.len() >= a.req.max_new_tokens || a.req.prompt_ids.len() + a.output.len() >= max_context)
+        {
+            finish = Some(FinishReason::Length);
+        }
+        let mut events = vec![SeqEvent {
+            id,
+            kind: EventKind::Token(TokenOutput {
+                token: sampled.token,
+                text,
+                logprob: sampled.logprob,
+                top_logprobs: sampled.top_logprobs,
+            }),
+        }];
+        if let Some(reason) = finish {
+            // Text held back for a stop string that never completed is released;
+            // after a stop-string match there is nothing left to release.
+            let tail = if reason == FinishReason::Length || is_eos {
+                let mut t = a.stop.push(&a.detok.flush());
+                let mut s = match &mut t {
+                    StopOutcome::Continue { emit } => std::mem::take(emit),
+                    StopOutcome::Stopped { emit, .. } => std::mem::take(emit),
+                };
+                if matches!(t, StopOutcome::Continue { .. }) {
+                    s.push_str(&a.stop.finish());
+                }
+                s
+            } else {
+                String::new()
+            };
+            let usage = Usage {
+                prompt_tokens: a.req.prompt_ids.len(),
+                completion_tokens: a.output.len(),
+                cached_tokens: a.cached_tokens,
+            };
+            events.push(SeqEvent { id, kind: EventKind::Finished { reason, text: tail, usage } });
+            self.active.remove(&id);
+            self.scheduler.finish(id);
+        }
+        events
+    }
+}

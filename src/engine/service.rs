@@ -1,0 +1,212 @@
+//! The engine thread: owns the `EngineCore` (and with it every piece of mutable
+//! serving state) on its own OS thread, because forward passes block. The async
+//! side talks to it through [`EngineHandle`]: a bounded command channel in, and
+//! one unbounded event channel back per sequence. Dropping a [`SeqStream`] aborts
+//! its sequence, so a client that disconnects frees its KV blocks at the next step.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+use super::core::EngineCore;
+use super::request::{EventKind, GenerationRequest, SeqId};
+use super::scheduler::AddError;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum SubmitError {
+    #[error("the server is at capacity: too many requests waiting")]
+    QueueFull,
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+enum Command {
+    Submit {
+        req: GenerationRequest,
+        events: tmpsc::UnboundedSender<EventKind>,
+        reply: oneshot::Sender<Result<SeqId, SubmitError>>,
+    },
+    Abort(SeqId),
+}
+
+/// Cheap to clone; every HTTP handler holds one.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: SyncSender<Command>,
+}
+
+/// The events of one sequence, in order; the last is `Finished` or `Failed`.
+pub struct SeqStream {
+    pub id: SeqId,
+    rx: tmpsc::UnboundedReceiver<EventKind>,
+    tx: SyncSender<Command>,
+    done: bool,
+}
+
+impl SeqStream {
+    pub async fn next(&mut self) -> Option<EventKind> {
+        let ev = self.rx.recv().await;
+        if matches!(ev, None | Some(EventKind::Finished { .. }) | Some(EventKind::Failed(_))) {
+            self.done = true;
+        }
+        ev
+    }
+}
+
+impl Drop for SeqStream {
+    fn drop(&mut self) {
+        if !self.done {
+            // Best effort: if the engine is gone there is nothing left to free.
+            let _ = self.tx.try_send(Command::Abort(self.id)).or_else(|e| match e {
+                TrySendError::Full(cmd) => self.tx.send(cmd).map_err(|_| ()),
+                TrySendError::Disconnected(_) => Err(()),
+            });
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Hands a request to the engine; resolves once it is admitted (or refused).
+    pub async fn submit(&self, req: GenerationRequest) -> Result<SeqStream, SubmitError> {
+        let (events, rx) = tmpsc::unbounded_channel();
+        let (reply, reply_rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        // The command channel is bounded; waiting for room must not block the
+        // async runtime, so the send happens on the blocking pool.
+        let cmd = Command::Submit { req, events, reply };
+        tokio::task::spawn_blocking(move || tx.send(cmd))
+            .await
+            .map_err(|_| SubmitError::ShuttingDown)?
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        let id = reply_rx.await.map_err(|_| SubmitError::ShuttingDown)??;
+        Ok(SeqStream { id, rx, tx: self.tx.clone(), done: false })
+    }
+}
+
+pub struct EngineThread {
+    pub handle: EngineHandle,
+    join: JoinHandle<()>,
+}
+
+impl EngineThread {
+    /// Starts the engine loop. It ends when every `EngineHandle` is dropped and
+    /// no sequence is left.
+    pub fn spawn(core: EngineCore, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(1024);
+        let join = std::thread::Builder::new()
+            .name("inflight-engine".into())
+            .spawn(move || run(core, rx, metrics))?;
+        Ok(Self { handle: EngineHandle { tx }, join })
+    }
+
+    /// Waits for the loop to end (after all handles are dropped).
+    pub fn join(self) {
+        drop(self.handle);
+        let _ = self.join.join();
+    }
+}
+
+struct Live {
+    events: tmpsc::UnboundedSender<EventKind>,
+    submitted: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
+    let mut live: std::collections::HashMap<SeqId, Live> = Default::default();
+    let mut disconnected = false;
+    loop {
+        // Idle: block for the next command. Busy: take what is queued, then step.
+        if !core.has_work() {
+            if disconnected {
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(cmd) => handle(cmd, &mut core, &mut live, &metrics),
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => handle(cmd, &mut core, &mut live, &metrics),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            }
+        }
+        if !core.has_work() {
+            continue;
+        }
+        let started = Instant::now();
+        let events = core.step();
+        let now = Instant::now();
+        metrics.observe_step(core.last_stats(), now - started);
+        for ev in events {
+            let Some(l) = live.get_mut(&ev.id) else { continue };
+            let finished = matches!(ev.kind, EventKind::Finished { .. } | EventKind::Failed(_));
+            match &ev.kind {
+                EventKind::Token(_) => {
+                    match l.last_token {
+                        None => metrics.observe_ttft(now - l.submitted),
+                        Some(prev) => metrics.observe_itl(now - prev),
+                    }
+                    l.first_token.get_or_insert(now);
+                    l.last_token = Some(now);
+                }
+                EventKind::Finished { reason, usage, .. } => {
+                    metrics.observe_finished(reason.as_str(), usage, now - l.submitted, l.first_token.map(|t| now - t));
+                }
+                EventKind::Failed(_) => metrics.observe_failed(),
+            }
+            let gone = l.events.send(ev.kind).is_err();
+            if finished {
+                live.remove(&ev.id);
+            } else if gone {
+                // The client went away without us seeing the abort yet.
+                core.abort(ev.id);
+                live.remove(&ev.id);
+                metrics.observe_cancelled();
+            }
+        }
+        metrics.set_queue(core.scheduler().num_running(), core.scheduler().num_waiting(), core.scheduler().kv_usage());
+    }
+    tracing::info!("engine loop stopped");
+}
+
+fn handle(cmd: Command, core: &mut EngineCore, live: &mut std::collections::HashMap<SeqId, Live>, metrics: &Metrics) {
+    match cmd {
+        Command::Submit { req, events, reply } => {
+            let result = core.add(req).map_err(|e| match e {
+                AddError::QueueFull => SubmitError::QueueFull,
+                other => SubmitError::Rejected(other.to_string()),
+            });
+            if let Ok(id) = result {
+                live.insert(id, Live { events, submitted: Instant::now(), first_token: None, last_token: None });
+            }
+            if reply.send(result.clone()).is_err() {
+                if let Ok(id) = result {
+                    core.abort(id);
+                    live.remove(&id);
+                }
+            }
+        }
+        Command::Abort(id) => {
+            if live.remove(&id).is_some() {
+                core.abort(id);
+                metrics.observe_cancelled();
+            }
+        }
+    }
+    metrics.set_queue(core.scheduler().num_running(), core.scheduler().num_waiting(), core.scheduler().kv_usage());
+}

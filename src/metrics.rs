@@ -1,0 +1,198 @@
+//! Every Prometheus metric the server exports, defined in one place: names,
+//! help texts, labels and buckets. Base units (seconds), `_total` for counters.
+//! TTFT buckets span 10 ms to 60 s so P50/P90/P99 are readable across that range.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::engine::core::StepStats;
+use crate::engine::request::Usage;
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
+    20.0, 30.0, 45.0, 60.0,
+];
+const TOKEN_LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+    2.0, 5.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+
+pub struct Metrics {
+    registry: Registry,
+    ttft: Histogram,
+    itl: Histogram,
+    tpot: Histogram,
+    e2e: Histogram,
+    queue_time: Histogram,
+    step_duration: Histogram,
+    batch_size: HistogramVec,
+    prompt_tokens: IntCounter,
+    generation_tokens: IntCounter,
+    cached_tokens: IntCounter,
+    requests: IntCounterVec,
+    preemptions: IntCounter,
+    running: IntGauge,
+    waiting: IntGauge,
+    kv_usage: Gauge,
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid histogram")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Self {
+            registry: Registry::new(),
+            ttft: histogram(
+                "inflight_time_to_first_token_seconds",
+                "Time from request arrival to its first generated token.",
+                LATENCY_BUCKETS,
+            ),
+            itl: histogram(
+                "inflight_inter_token_latency_seconds",
+                "Time between two consecutive generated tokens of one sequence.",
+                TOKEN_LATENCY_BUCKETS,
+            ),
+            tpot: histogram(
+                "inflight_time_per_output_token_seconds",
+                "(E2E latency - TTFT) / (output tokens - 1), per finished sequence.",
+                TOKEN_LATENCY_BUCKETS,
+            ),
+            e2e: histogram(
+                "inflight_e2e_request_latency_seconds",
+                "Time from request arrival to its last token.",
+                LATENCY_BUCKETS,
+            ),
+            queue_time: histogram(
+                "inflight_request_queue_time_seconds",
+                "Time a sequence waited before its first step.",
+                LATENCY_BUCKETS,
+            ),
+            step_duration: histogram(
+                "inflight_step_duration_seconds",
+                "Wall time of one engine step (one backend call plus sampling).",
+                TOKEN_LATENCY_BUCKETS,
+            ),
+            batch_size: HistogramVec::new(
+                HistogramOpts::new("inflight_batch_size", "Tokens and sequences per engine step.")
+                    .buckets(BATCH_BUCKETS.to_vec()),
+                &["unit"],
+            )
+            .expect("valid histogram"),
+            prompt_tokens: IntCounter::new("inflight_prompt_tokens_total", "Prompt tokens prefilled.")
+                .expect("valid counter"),
+            generation_tokens: IntCounter::new("inflight_generation_tokens_total", "Tokens generated.")
+                .expect("valid counter"),
+            cached_tokens: IntCounter::new(
+                "inflight_prefix_cache_hit_tokens_total",
+                "Prompt tokens served from the prefix cache instead of computed.",
+            )
+            .expect("valid counter"),
+            requests: IntCounterVec::new(
+                Opts::new("inflight_requests_total", "Finished sequences by finish reason."),
+                &["finish_reason"],
+            )
+            .expect("valid counter"),
+            preemptions: IntCounter::new(
+                "inflight_preemptions_total",
+                "Sequences preempted (KV blocks freed, recomputed later) when KV ran out.",
+            )
+            .expect("valid counter"),
+            running: IntGauge::new("inflight_requests_running", "Sequences holding KV blocks.").expect("valid gauge"),
+            waiting: IntGauge::new("inflight_requests_waiting", "Sequences waiting to be scheduled.")
+                .expect("valid gauge"),
+            kv_usage: Gauge::new("inflight_kv_cache_usage_ratio", "Fraction of KV blocks in use.")
+                .expect("valid gauge"),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.ttft.clone()),
+            Box::new(m.itl.clone()),
+            Box::new(m.tpot.clone()),
+            Box::new(m.e2e.clone()),
+            Box::new(m.queue_time.clone()),
+            Box::new(m.step_duration.clone()),
+            Box::new(m.batch_size.clone()),
+            Box::new(m.prompt_tokens.clone()),
+            Box::new(m.generation_tokens.clone()),
+            Box::new(m.cached_tokens.clone()),
+            Box::new(m.requests.clone()),
+            Box::new(m.preemptions.clone()),
+            Box::new(m.running.clone()),
+            Box::new(m.waiting.clone()),
+            Box::new(m.kv_usage.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    pub fn observe_step(&self, stats: &StepStats, took: Duration) {
+        if stats.num_seqs == 0 {
+            return;
+        }
+        self.step_duration.observe(took.as_secs_f64());
+        self.batch_size.with_label_values(&["tokens"]).observe(stats.num_tokens as f64);
+        self.batch_size.with_label_values(&["sequences"]).observe(stats.num_seqs as f64);
+        self.prompt_tokens.inc_by(stats.prefill_tokens as u64);
+        self.preemptions.inc_by(stats.preempted as u64);
+    }
+
+    pub fn observe_ttft(&self, d: Duration) {
+        self.ttft.observe(d.as_secs_f64());
+        self.generation_tokens.inc();
+    }
+
+    pub fn observe_itl(&self, d: Duration) {
+        self.itl.observe(d.as_secs_f64());
+        self.generation_tokens.inc();
+    }
+
+    pub fn observe_queue_time(&self, d: Duration) {
+        self.queue_time.observe(d.as_secs_f64());
+    }
+
+    pub fn observe_finished(&self, reason: &str, usage: &Usage, e2e: Duration, since_first: Option<Duration>) {
+        self.requests.with_label_values(&[reason]).inc();
+        self.e2e.observe(e2e.as_secs_f64());
+        self.cached_tokens.inc_by(usage.cached_tokens as u64);
+        if let Some(d) = since_first {
+            if usage.completion_tokens > 1 {
+                self.tpot.observe(d.as_secs_f64() / (usage.completion_tokens - 1) as f64);
+            }
+        }
+    }
+
+    pub fn observe_failed(&self) {
+        self.requests.with_label_values(&["error"]).inc();
+    }
+
+    pub fn observe_cancelled(&self) {
+        self.requests.with_label_values(&["cancelled"]).inc();
+    }
+
+    pub fn set_queue(&self, running: usize, waiting: usize, kv_usage: f64) {
+        self.running.set(running as i64);
+        self.waiting.set(waiting as i64);
+        self.kv_usage.set(kv_usage);
+    }
+
+    /// The text exposition format for `GET /metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
