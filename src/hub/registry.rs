@@ -279,6 +279,7 @@ hf_file = "x.gguf"
             ("unknown_field.toml", "[[models]]\nname='a'\ndescription=''\nformat='gguf'\nhf_repo='a/b'\nhf_file='a.gguf'\ncolour='red'"),
             ("bad_sha.toml", "[[models]]\nname='a'\ndescription=''\nformat='gguf'\nhf_repo='a/b'\nhf_file='a.gguf'\nsha256='abc'"),
             ("slash_name.toml", "[[models]]\nname='a/b'\ndescription=''\nformat='gguf'\nhf_repo='a/b'\nhf_file='a.gguf'"),
+            ("dup.toml", "[[models]]\nname='a'\ndescription=''\nformat='gguf'\nhf_repo='a/b'\nhf_file='a.gguf'\n[[models]]\nname='a'\ndescription=''\nformat='gguf'\nhf_repo='a/b'\nhf_file='b.gguf'"),
             ("dotdot.toml", "[[models]]\nname='a'\ndescription=''\nformat='gguf'\nhf_repo='a/b'\nhf_file='../a.gguf'"),
         ];
         for (file, text) in cases {
