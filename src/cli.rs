@@ -18,6 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the OpenAI-compatible HTTP API (and SageMaker's /ping and /invocations).
+    Serve(ServeArgs),
     /// Generate text offline, without a server: one prompt, or many batched together.
     Generate(GenerateArgs),
     /// List or download models of the registry.
@@ -63,9 +65,10 @@ pub enum BackendKind {
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A registry name, a path to a .gguf file or a safetensors folder, or a Hugging
-    /// Face repo id (`owner/repo` or `owner/repo/file.gguf`).
-    #[arg(long, short, env = "INFLIGHT_MODEL", default_value = "smollm2-135m-instruct-q4_1")]
-    pub model: String,
+    /// Face repo id (`owner/repo` or `owner/repo/file.gguf`). Default: the model in
+    /// `/opt/ml/model` when present (SageMaker), else `smollm2-135m-instruct-q4_1`.
+    #[arg(long, short, env = "INFLIGHT_MODEL")]
+    pub model: Option<String>,
     #[command(flatten)]
     pub dirs: ModelDirArgs,
     /// Which hardware runs the model.
@@ -141,4 +144,36 @@ pub struct GenerateArgs {
     /// Print one JSON object per prompt instead of streaming text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+    #[arg(long, env = "INFLIGHT_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port; SageMaker's `SAGEMAKER_BIND_TO_PORT` wins when set.
+    #[arg(long, env = "INFLIGHT_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// The model name clients pass in `model` (default: the `--model` value).
+    #[arg(long, env = "INFLIGHT_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer <key>` on /v1/*.
+    #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[arg(long, env = "INFLIGHT_MAX_REQUEST_BYTES", default_value_t = 4 << 20)]
+    pub max_request_bytes: usize,
+    /// Longest a request may run, in seconds.
+    #[arg(long, env = "INFLIGHT_REQUEST_TIMEOUT", default_value_t = 600.0)]
+    pub request_timeout: f64,
+    /// Shut down when standard input closes (lets a parent process, such as the
+    /// test suite, tie the server's life to its own).
+    #[arg(long, hide = true)]
+    pub exit_on_stdin_eof: bool,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT, in seconds.
+    #[arg(long, env = "INFLIGHT_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
 }

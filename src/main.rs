@@ -13,6 +13,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        cli::Command::Serve(args) => commands::serve::run(args),
         cli::Command::Generate(args) => commands::generate::run(args),
         cli::Command::Models { command } => commands::models::run(command),
     }

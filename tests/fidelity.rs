@@ -9,8 +9,15 @@ use inflight::model::{Llama, LlamaConfig, WeightSource};
 use crate::support::{ids, model_path, reference};
 
 fn backend() -> CpuBackend {
+    backend_with(false)
+}
+
+fn backend_with(dequantized: bool) -> CpuBackend {
     let path = model_path();
-    let w = WeightSource::open_gguf(&path).expect("open gguf");
+    let mut w = WeightSource::open_gguf(&path).expect("open gguf");
+    if dequantized {
+        w = w.with_dequantized_weights();
+    }
     let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
     let model = Llama::load(&w, cfg).expect("load");
     let cfg = CpuBackendConfig { kv_cache_bytes: 256 << 20, ..Default::default() };
@@ -98,6 +105,30 @@ fn greedy_tokens_and_logits_match_llama_cpp() {
             let want = top["logit"].as_f64().expect("logit") as f32;
             let diff = (logits[id] - want).abs();
             eprintln!("prompt {}: logit of {} is {} vs llama.cpp {want} (diff {diff:.3})", p["id"], top["token"], logits[id]);
+        }
+    }
+}
+
+/// With the weights dequantized to f32 the model computes what a float reference
+/// computes: transformers' float32 logits, to float rounding. This pins the model
+/// code (layout, RoPE, attention, norms) independently of quantized arithmetic.
+#[test]
+fn float_weights_reproduce_transformers_f32_logits() {
+    let mut be = backend_with(true);
+    let prompts = reference()["prompts"].as_array().expect("prompts");
+    let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
+    let (_, first) = greedy_batch(&mut be, &prompt_ids, 1);
+    for (p, logits) in prompts.iter().zip(&first) {
+        for top in p["transformers_f32"]["top5_first"].as_array().expect("top5") {
+            let id = top["id"].as_u64().expect("id") as usize;
+            let want = top["logit"].as_f64().expect("logit") as f32;
+            assert!(
+                (logits[id] - want).abs() < 2e-3,
+                "prompt {}: f32 logit of {} is {} vs transformers {want}",
+                p["id"],
+                top["token"],
+                logits[id]
+            );
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod models;
+pub mod serve;
 
 use anyhow::{bail, Context, Result};
 
@@ -32,6 +33,21 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// The model to serve: `--model`, else SageMaker's artifact folder when present,
+/// else the registry's default.
+pub fn model_spec(args: &ModelArgs) -> String {
+    if let Some(m) = &args.model {
+        return m.clone();
+    }
+    if std::path::Path::new(SAGEMAKER_MODEL_DIR).is_dir() {
+        return SAGEMAKER_MODEL_DIR.to_string();
+    }
+    DEFAULT_MODEL.to_string()
+}
+
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct-q4_1";
+const SAGEMAKER_MODEL_DIR: &str = "/opt/ml/model";
+
 /// Resolves (fetching if needed) and loads the model the flags name.
 pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedModel, LoadedModel)> {
     init_threads(args.threads)?;
@@ -39,8 +55,9 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
         bail!("--kv-cache-gib must be a positive number");
     }
     let registry = registry(&args.dirs)?;
-    let resolved = hub::resolve(&args.model, &registry, &fetch_options(&args.dirs))
-        .with_context(|| format!("resolving model `{}`", args.model))?;
+    let spec = model_spec(args);
+    let resolved = hub::resolve(&spec, &registry, &fetch_options(&args.dirs))
+        .with_context(|| format!("resolving model `{spec}`"))?;
     let opts = BackendOptions {
         choice: match args.backend {
             BackendKind::Cpu => BackendChoice::Cpu,
@@ -56,7 +73,7 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
     let start = std::time::Instant::now();
     let loaded = inflight::runtime::load(&resolved, &opts).context("loading the model")?;
     tracing::info!(
-        model = %args.model,
+        model = %spec,
         device = %loaded.backend.info().device,
         kv_blocks = loaded.backend.info().num_blocks,
         seconds = format!("{:.2}", start.elapsed().as_secs_f64()),

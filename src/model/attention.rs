@@ -34,8 +34,8 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, spans: &[SeqSpan], k: &[
     let LayerKv { k: kc, v: vc } = cache.layer_mut(layer);
     for (row, slot) in slots.into_iter().enumerate() {
         let (src, dst) = (row * kv_dim..(row + 1) * kv_dim, slot * kv_dim..(slot + 1) * kv_dim);
-        for (d, s) in kc[dst.clone()].iter_mut().zip(&k[src.clone()]) { *d = half::f16::from_f32(*s).to_f32(); }
-        for (d, s) in vc[dst].iter_mut().zip(&v[src]) { *d = half::f16::from_f32(*s).to_f32(); }
+        kc[dst.clone()].copy_from_slice(&k[src.clone()]);
+        vc[dst].copy_from_slice(&v[src]);
     }
 }
 

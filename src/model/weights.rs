@@ -16,7 +16,14 @@ use super::linear::Linear;
 use super::ModelError;
 
 pub enum WeightSource {
-    Gguf { path: PathBuf, content: gguf_file::Content, reader: RefCell<BufReader<File>> },
+    Gguf {
+        path: PathBuf,
+        content: gguf_file::Content,
+        reader: RefCell<BufReader<File>>,
+        /// Dequantize every matrix to f32 at load (for numerics checks against
+        /// float references; slower and larger).
+        dequantize: bool,
+    },
     Safetensors { path: PathBuf, st: MmapedSafetensors },
 }
 
@@ -46,7 +53,16 @@ impl WeightSource {
         let mut reader = BufReader::new(file);
         let content = gguf_file::Content::read(&mut reader)
             .map_err(|e| load_err(format!("not a readable GGUF file: {e}")))?;
-        Ok(Self::Gguf { path: path.into(), content, reader: RefCell::new(reader) })
+        Ok(Self::Gguf { path: path.into(), content, reader: RefCell::new(reader), dequantize: false })
+    }
+
+    /// Loads quantized GGUF matrices as f32 instead (the model then computes in
+    /// float32, as a float reference implementation would).
+    pub fn with_dequantized_weights(mut self) -> Self {
+        if let Self::Gguf { dequantize, .. } = &mut self {
+            *dequantize = true;
+        }
+        self
     }
 
     /// Opens every `*.safetensors` file of a Hugging Face model folder.
@@ -114,8 +130,11 @@ impl WeightSource {
     }
 
     fn qtensor(&self, name: &str, expected: &[usize]) -> Result<QTensor, ModelError> {
-        let Self::Gguf { content, reader, path } = self else {
-            unreachable!("qtensor is only called on GGUF sources")
+        let Self::Gguf { content, reader, path, .. } = self else {
+            return Err(ModelError::Load {
+                path: self.path().into(),
+                message: format!("tensor `{name}`: quantized tensors exist only in GGUF files"),
+            });
         };
         if !content.tensor_infos.contains_key(name) {
             return Err(self.missing(name));
@@ -152,9 +171,10 @@ impl WeightSource {
 
     pub fn linear(&self, name: &str, out_f: usize, in_f: usize) -> Result<Linear, ModelError> {
         match self {
-            Self::Gguf { .. } => {
+            Self::Gguf { dequantize, .. } => {
                 let q = self.qtensor(name, &[out_f, in_f])?;
                 match q.dtype() {
+                    _ if *dequantize => Linear::from_dense(q.dequantize(&Device::Cpu)?),
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                         Linear::from_dense(q.dequantize(&Device::Cpu)?)
                     }

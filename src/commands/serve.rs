@@ -1,0 +1,106 @@
+//! `inflight serve`: binds the port first (so health checks answer 503 while the
+//! model loads), loads the model, starts the engine thread, serves until a signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::{load_model, model_spec, scheduler_config};
+use crate::cli::ServeArgs;
+use inflight::api::{self, AppState, Ready, ServerConfig};
+use inflight::engine::core::EngineCore;
+use inflight::engine::service::EngineThread;
+use inflight::metrics::Metrics;
+
+fn port(args: &ServeArgs) -> Result<u16> {
+    match std::env::var("SAGEMAKER_BIND_TO_PORT") {
+        Ok(p) => p.parse().with_context(|| format!("SAGEMAKER_BIND_TO_PORT={p} is not a port")),
+        Err(_) => Ok(args.port),
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    if !(args.request_timeout > 0.0 && args.shutdown_timeout >= 0.0) {
+        bail!("--request-timeout must be positive and --shutdown-timeout non-negative");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let addr = format!("{}:{}", args.host, port(&args)?);
+    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let metrics = Arc::new(Metrics::new());
+    let config = ServerConfig {
+        served_model: args.served_model_name.clone().unwrap_or_else(|| model_spec(&args.model)),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_request_bytes: args.max_request_bytes,
+        request_timeout: Duration::from_secs_f64(args.request_timeout),
+    };
+    let state = AppState::new(config, metrics.clone());
+    tracing::info!(%addr, model = %state.config.served_model, "listening (model loading)");
+
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let stdin_closed = stdin_eof(args.exit_on_stdin_eof);
+    let server = tokio::spawn(api::server::serve(
+        listener,
+        state.clone(),
+        async move {
+            tokio::select! {
+                _ = api::server::shutdown_signal() => {}
+                _ = rx => {}
+                _ = stdin_closed => {}
+            }
+        },
+        Duration::from_secs_f64(args.shutdown_timeout),
+    ));
+
+    // Loading blocks for seconds: keep it off the async workers.
+    let load_args = args.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (_, loaded) = load_model(&load_args.model, &load_args.scheduler)?;
+        let max_context = loaded.backend.info().max_context;
+        let tokenizer = loaded.tokenizer.clone();
+        let core = EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&load_args.scheduler, max_context));
+        Ok((core, tokenizer, max_context))
+    })
+    .await
+    .context("model loading task")?;
+    let (core, tokenizer, max_context) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = tx.send(());
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    let engine = EngineThread::spawn(core, metrics).context("starting the engine thread")?;
+    let _ = state.ready.set(Arc::new(Ready { engine: engine.handle.clone(), tokenizer, max_context }));
+    tracing::info!("ready");
+
+    let result = server.await.context("server task")?;
+    drop(tx);
+    result.context("serving HTTP")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves when standard input reaches end-of-file, if asked to; never otherwise.
+fn stdin_eof(enabled: bool) -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if enabled {
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            let _ = tx.send(());
+        });
+    } else {
+        std::mem::forget(tx);
+    }
+    rx
+}

@@ -1,0 +1,268 @@
+//! The HTTP API over real HTTP on loopback, with the real model: the official
+//! OpenAI client, concurrency, cancellation, bad input, auth, admission control,
+//! SageMaker routes and graceful shutdown.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::http::{client, metric, post, sse};
+use crate::support::python::run_script;
+use crate::support::server::{shared, Server};
+
+#[test]
+fn official_openai_client_works_unchanged() {
+    let out = run_script("openai_client.py", &shared().base, &[]);
+    assert!(out.contains("all openai client checks passed"), "{out}");
+}
+
+fn prompt_of(len_words: usize, salt: usize) -> String {
+    let words = ["river", "stone", "light", "music", "garden", "window", "paper", "cloud"];
+    (0..len_words).map(|i| words[(i * 3 + salt) % words.len()]).collect::<Vec<_>>().join(" ")
+}
+
+/// Streams one greedy completion and returns (text, completion tokens from usage,
+/// number of content chunks).
+fn stream_completion(base: &str, prompt: &str, max_tokens: usize) -> (String, u64, usize) {
+    let body = json!({"model": "test-model", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                      "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
+    let resp = client().post(format!("{base}/v1/completions")).json(&body).send().expect("send");
+    assert_eq!(resp.status(), 200);
+    let (events, done) = sse(resp);
+    assert!(done, "stream ended without [DONE]");
+    let mut text = String::new();
+    let mut chunks = 0;
+    let mut usage = None;
+    for e in &events {
+        if let Some(u) = e.get("usage").filter(|u| !u.is_null()) {
+            usage = u["completion_tokens"].as_u64();
+        }
+        if let Some(c) = e["choices"].as_array().and_then(|c| c.first()) {
+            text.push_str(c["text"].as_str().unwrap_or(""));
+            chunks += 1;
+        }
+    }
+    (text, usage.expect("usage chunk"), chunks)
+}
+
+#[test]
+fn thirty_two_concurrent_streams_match_sequential_results() {
+    let base = shared().base.clone();
+    let prompts: Vec<String> = (0..32).map(|i| prompt_of(3 + (i * 37) % 200, i)).collect();
+    let max_tokens = 24;
+    let handles: Vec<_> = prompts
+        .iter()
+        .cloned()
+        .map(|p| {
+            let base = base.clone();
+            std::thread::spawn(move || stream_completion(&base, &p, max_tokens))
+        })
+        .collect();
+    let concurrent: Vec<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    for (i, (text, tokens, _)) in concurrent.iter().enumerate() {
+        assert_eq!(*tokens, max_tokens as u64, "request {i}: usage says {tokens} tokens");
+        // The same prompt alone (no other traffic from this test) gives the same text.
+        if i % 4 == 0 {
+            let (alone, _, _) = stream_completion(&base, &prompts[i], max_tokens);
+            assert_eq!(&alone, text, "request {i}: batched output differs from the same request alone");
+        }
+    }
+}
+
+#[test]
+fn disconnected_stream_frees_its_sequence() {
+    let server = Server::start(&[]);
+    let body = json!({"model": "test-model", "prompt": "Count forever:", "max_tokens": 3000, "ignore_eos": true, "stream": true});
+    let resp = client().post(server.url("/v1/completions")).json(&body).send().expect("send");
+    assert_eq!(resp.status(), 200);
+    // Read a few chunks so the sequence is surely running, then hang up.
+    let mut reader = std::io::BufReader::new(resp);
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < 3 {
+        line.clear();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+        if line.starts_with("data:") {
+            seen += 1;
+        }
+    }
+    let running = |s: &Server| {
+        let text = client().get(s.url("/metrics")).send().expect("metrics").text().expect("text");
+        (metric(&text, "inflight_requests_running"), metric(&text, "inflight_kv_cache_usage_ratio"))
+    };
+    assert_eq!(running(&server).0, Some(1.0), "the stream should be running before the hang-up");
+    drop(reader);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (r, kv) = running(&server);
+        if r == Some(0.0) && kv == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sequence not freed after disconnect: running {r:?}, kv {kv:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn assert_error(status: u16, body: &Value, want: u16, case: &str) {
+    assert_eq!(status, want, "{case}: status (body {body})");
+    let err = &body["error"];
+    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{case}: error body {body}");
+    assert!(err["type"].is_string(), "{case}: error type in {body}");
+    assert!(err.get("param").is_some() && err.get("code").is_some(), "{case}: param/code keys in {body}");
+}
+
+#[test]
+fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
+    let base = &shared().base;
+    let chat = format!("{base}/v1/chat/completions");
+    let comp = format!("{base}/v1/completions");
+    let msg = json!([{"role": "user", "content": "hi"}]);
+    let cases: Vec<(&str, &str, Value, u16)> = vec![
+        ("empty messages", &chat, json!({"model": "test-model", "messages": []}), 400),
+        ("missing messages", &chat, json!({"model": "test-model"}), 422),
+        ("messages wrong type", &chat, json!({"messages": "hello"}), 422),
+        ("negative max_tokens", &chat, json!({"messages": msg, "max_tokens": -5}), 400),
+        ("zero max_tokens", &chat, json!({"messages": msg, "max_tokens": 0}), 400),
+        ("n = 0", &chat, json!({"messages": msg, "n": 0}), 400),
+        ("huge n", &chat, json!({"messages": msg, "n": 100000}), 400),
+        ("temperature negative", &chat, json!({"messages": msg, "temperature": -1}), 400),
+        ("temperature wrong type", &chat, json!({"messages": msg, "temperature": "hot"}), 422),
+        ("top_p out of range", &chat, json!({"messages": msg, "top_p": 1.5}), 400),
+        ("top_logprobs too many", &chat, json!({"messages": msg, "logprobs": true, "top_logprobs": 50}), 400),
+        ("unknown model", &chat, json!({"model": "gpt-17", "messages": msg}), 404),
+        ("context overflow", &chat, json!({"messages": msg, "max_tokens": 100000000}), 400),
+        ("empty prompt", &comp, json!({"prompt": ""}), 400),
+        ("token id out of vocab", &comp, json!({"prompt": [1, 2, 99999999]}), 400),
+        ("prompt wrong type", &comp, json!({"prompt": {"a": 1}}), 422),
+    ];
+    for (case, url, body, want) in cases {
+        let (status, resp) = post(url, &body);
+        assert_error(status, &resp, want, case);
+    }
+    // Bodies that are not JSON at all.
+    let raw = |body: Vec<u8>| {
+        let r = client()
+            .post(&chat)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .expect("send");
+        let s = r.status().as_u16();
+        (s, serde_json::from_str::<Value>(&r.text().expect("text")).unwrap_or(Value::Null))
+    };
+    let (s, b) = raw(b"{not json".to_vec());
+    assert_error(s, &b, 400, "malformed JSON");
+    let (s, b) = raw(vec![0xff, 0xfe, 0x7b, 0x7d]);
+    assert_error(s, &b, 400, "non-UTF-8 body");
+    let nested = "[".repeat(10_000) + &"]".repeat(10_000);
+    let (s, b) = raw(nested.into_bytes());
+    assert_error(s, &b, 400, "deeply nested JSON");
+    let big = json!({"messages": [{"role": "user", "content": "x".repeat(5 << 20)}]});
+    let (s, b) = raw(serde_json::to_vec(&big).expect("json"));
+    assert_error(s, &b, 413, "body over the limit");
+    let r = client().get(format!("{base}/v1/nonexistent")).send().expect("send");
+    assert_eq!(r.status(), 404);
+    // Still serving normally.
+    let (status, ok) = post(&chat, &json!({"messages": msg, "max_tokens": 4}));
+    assert_eq!(status, 200, "{ok}");
+    assert!(ok["choices"][0]["message"]["content"].is_string());
+}
+
+#[test]
+fn api_key_is_required_on_v1_when_configured() {
+    let server = Server::start(&["--api-key", "s3cret"]);
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let url = server.url("/v1/chat/completions");
+    let r = client().post(&url).json(&body).send().expect("send");
+    assert_eq!(r.status(), 401);
+    let r = client().post(&url).bearer_auth("wrong").json(&body).send().expect("send");
+    assert_eq!(r.status(), 401);
+    let r = client().post(&url).bearer_auth("s3cret").json(&body).send().expect("send");
+    assert_eq!(r.status(), 200);
+    // Health and metrics stay open.
+    assert_eq!(client().get(server.url("/health")).send().expect("send").status(), 200);
+    assert_eq!(client().get(server.url("/metrics")).send().expect("send").status(), 200);
+}
+
+#[test]
+fn full_queue_answers_429_with_retry_after_and_admitted_requests_finish() {
+    let server = Server::start(&["--max-running", "1", "--max-waiting", "1"]);
+    let url = server.url("/v1/completions");
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let body = json!({"prompt": format!("Story number {i}:"), "max_tokens": 40, "ignore_eos": true});
+                let r = client().post(&url).json(&body).send().expect("send");
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap_or("").to_string());
+                let status = r.status().as_u16();
+                let body: Value = r.json().unwrap_or(Value::Null);
+                (status, retry, body)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let limited: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert!(ok >= 1, "some requests must be served: {results:?}");
+    assert!(!limited.is_empty(), "six requests against 1 running + 1 waiting must see a 429: {results:?}");
+    for (_, retry, body) in &limited {
+        assert!(retry.as_deref().is_some_and(|v| v.parse::<u64>().is_ok()), "Retry-After header: {retry:?}");
+        assert_eq!(body["error"]["type"], "rate_limit_error");
+    }
+    for (status, _, body) in &results {
+        if *status == 200 {
+            assert_eq!(body["usage"]["completion_tokens"], 40, "admitted requests run to completion: {body}");
+        }
+    }
+}
+
+#[test]
+fn sagemaker_routes_and_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port_s = port.to_string();
+    let server = Server::start_with_env(&[], &[("SAGEMAKER_BIND_TO_PORT", &port_s)]);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(server.base, base);
+    assert_eq!(client().get(format!("{base}/ping")).send().expect("ping").status(), 200);
+    let (s, chat) = post(&format!("{base}/invocations"), &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}));
+    assert_eq!(s, 200, "{chat}");
+    assert_eq!(chat["object"], "chat.completion");
+    let (s, comp) = post(&format!("{base}/invocations"), &json!({"prompt": "Hello", "max_tokens": 3}));
+    assert_eq!(s, 200, "{comp}");
+    assert_eq!(comp["object"], "text_completion");
+    let resp = client()
+        .post(format!("{base}/invocations"))
+        .json(&json!({"prompt": "Hello", "max_tokens": 3, "stream": true}))
+        .send()
+        .expect("send");
+    let (events, done) = sse(resp);
+    assert!(done && !events.is_empty());
+    let (s, bad) = post(&format!("{base}/invocations"), &json!({"inputs": "x"}));
+    assert_error(s, &bad, 422, "invocations without messages or prompt");
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
+    let server = Server::start(&["--shutdown-timeout", "60"]);
+    let url = server.url("/v1/completions");
+    let body = json!({"prompt": "A long story:", "max_tokens": 64, "ignore_eos": true, "stream": true});
+    let resp = client().post(&url).json(&body).send().expect("send");
+    assert_eq!(resp.status(), 200);
+    let pid = server.pid();
+    let reader = std::thread::spawn(move || sse(resp));
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    assert!(killed.success());
+    // New work is refused while the stream drains (503, or the listener is closed).
+    std::thread::sleep(Duration::from_millis(200));
+    if let Ok(r) = client().post(&url).json(&json!({"prompt": "x", "max_tokens": 2})).send() {
+        assert_eq!(r.status(), 503, "new requests during drain");
+    }
+    let (events, done) = reader.join().expect("reader");
+    assert!(done, "the in-flight stream finished with [DONE]");
+    let text: String = events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect();
+    assert!(!text.is_empty());
+    let status = server.stop();
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}

@@ -1,0 +1,113 @@
+//! The `inflight` binary's offline commands, run as a user runs them.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{ids, model_path, reference};
+
+fn inflight() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_inflight"));
+    c.env_remove("INFLIGHT_MODEL").env("INFLIGHT_LOG", "warn");
+    c
+}
+
+/// `generate --prompts-file --json` runs the reference's plain-text prompts together
+/// through the batched path and reproduces llama.cpp's greedy tokens up to its
+/// first near-tie, in input order.
+#[test]
+fn generate_json_batch_reproduces_reference_greedy_tokens() {
+    let prompts: Vec<&Value> = reference()["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .filter(|p| p["kind"] == "text")
+        .collect();
+    assert!(prompts.len() >= 3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("prompts.txt");
+    let lines: Vec<&str> = prompts.iter().map(|p| p["prompt_text"].as_str().expect("text")).collect();
+    assert!(lines.iter().all(|l| !l.contains('\n')), "one prompt per line");
+    std::fs::write(&file, lines.join("\n")).expect("write prompts");
+    let out = inflight()
+        .args(["generate", "--json", "--max-tokens", "32", "--ignore-eos", "--prompts-file"])
+        .arg(&file)
+        .arg("--model")
+        .arg(model_path())
+        .output()
+        .expect("run inflight generate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "generate failed: {stderr}");
+    assert!(stderr.contains("tok/s"), "aggregate throughput on stderr: {stderr}");
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), prompts.len());
+    for (p, row) in prompts.iter().zip(&rows) {
+        assert_eq!(ids(&row["prompt_token_ids"]), ids(&p["prompt_ids"]), "prompt {}", p["id"]);
+        let got = ids(&row["token_ids"]);
+        assert_eq!(got.len(), 32);
+        assert_eq!(row["finish_reason"], "length");
+        let want = ids(&p["llamacpp"]["greedy_ids"]);
+        let margins = p["llamacpp"]["top1_top2_margin"].as_array().expect("margins");
+        let n = margins.iter().position(|m| m.as_f64().expect("margin") < 0.1).unwrap_or(32);
+        assert_eq!(&got[..n], &want[..n], "prompt {}: greedy tokens before the first near-tie", p["id"]);
+        assert!(row["text"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+}
+
+#[test]
+fn generate_streams_a_chat_answer_to_stdout() {
+    let out = inflight()
+        .args(["generate", "--chat", "--prompt", "What is the capital of France?", "--max-tokens", "16"])
+        .arg("--model")
+        .arg(model_path())
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Paris"), "answer: {text}");
+}
+
+#[test]
+fn generate_rejects_a_prompt_longer_than_the_context() {
+    let long = "word ".repeat(200);
+    let out = inflight()
+        .args(["generate", "--max-context", "64", "--prompt", &long])
+        .arg("--model")
+        .arg(model_path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("context"), "error names the context limit: {err}");
+}
+
+#[test]
+fn missing_model_file_is_a_clear_error() {
+    let out = inflight().args(["generate", "--prompt", "x", "--model", "/nonexistent/model.gguf"]).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model.gguf"), "error names the file: {err}");
+}
+
+#[test]
+fn truncated_model_file_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("truncated.gguf");
+    let bytes = std::fs::read(model_path()).expect("model");
+    std::fs::write(&bad, &bytes[..bytes.len() / 3]).expect("write");
+    let out = inflight().args(["generate", "--prompt", "x", "--model"]).arg(&bad).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "no panic: {err}");
+    assert!(err.contains("truncated.gguf"), "error names the file: {err}");
+}
+
+#[test]
+fn models_list_shows_the_default_model() {
+    let out = inflight().args(["models", "list"]).output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("smollm2-135m-instruct-q4_1"));
+}
