@@ -81,7 +81,7 @@ impl EngineCore {
         let active = Active {
             sampler: Sampler::new(&req.sampling),
             stop: StopMatcher::new(req.stop.clone()),
-            detok: IncrementalDecoder::new(),
+            detok: IncrementalDecoder::with_context(&req.prompt_ids),
             output: Vec::new(),
             cached_tokens: 0,
             req,
