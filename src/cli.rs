@@ -113,7 +113,8 @@ pub struct GenerateArgs {
     /// The prompt.
     #[arg(long, short, conflicts_with = "prompts_file", required_unless_present = "prompts_file")]
     pub prompt: Option<String>,
-    /// A file with one prompt per line; all run together through the batched path.
+    /// A file with one prompt per line (`.jsonl`: one JSON string or {"prompt": …}
+    /// per line); all run together through the batched path.
     #[arg(long)]
     pub prompts_file: Option<PathBuf>,
     /// Render each prompt as a user message through the model's chat template.

@@ -25,9 +25,9 @@ fn generate_json_batch_reproduces_reference_greedy_tokens() {
         .collect();
     assert!(prompts.len() >= 3);
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("prompts.txt");
-    let lines: Vec<&str> = prompts.iter().map(|p| p["prompt_text"].as_str().expect("text")).collect();
-    assert!(lines.iter().all(|l| !l.contains('\n')), "one prompt per line");
+    // JSONL, because some prompts hold newlines.
+    let file = dir.path().join("prompts.jsonl");
+    let lines: Vec<String> = prompts.iter().map(|p| p["prompt_text"].to_string()).collect();
     std::fs::write(&file, lines.join("\n")).expect("write prompts");
     let out = inflight()
         .args(["generate", "--json", "--max-tokens", "32", "--ignore-eos", "--prompts-file"])
@@ -57,17 +57,31 @@ fn generate_json_batch_reproduces_reference_greedy_tokens() {
     }
 }
 
+/// `--chat` renders the prompt through the model's template exactly as the
+/// reference did, and streams the answer.
 #[test]
-fn generate_streams_a_chat_answer_to_stdout() {
-    let out = inflight()
-        .args(["generate", "--chat", "--prompt", "What is the capital of France?", "--max-tokens", "16"])
-        .arg("--model")
-        .arg(model_path())
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Paris"), "answer: {text}");
+fn generate_chat_uses_the_template_and_streams_the_answer() {
+    let p = reference()["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .find(|p| p["id"] == "chat_code_prime")
+        .expect("chat_code_prime");
+    let question = p["messages"][0]["content"].as_str().expect("content");
+    let run = |json: bool| {
+        let mut c = inflight();
+        c.args(["generate", "--chat", "--max-tokens", "8", "--prompt", question]).arg("--model").arg(model_path());
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let row: Value = serde_json::from_str(run(true).trim()).expect("json");
+    assert_eq!(ids(&row["prompt_token_ids"]), ids(&p["prompt_ids"]), "chat template + tokenizer");
+    let streamed = run(false);
+    assert!(streamed.starts_with("```python\ndef is_prime"), "streamed answer: {streamed:?}");
 }
 
 #[test]

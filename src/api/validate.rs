@@ -93,7 +93,7 @@ fn sampling_params(common: &CommonParams, logprobs: Option<usize>) -> Result<Sam
         seed,
         logprobs,
     };
-    params.validate().map_err(|e| ApiError::invalid(e.param(), e.to_string()))?;
+    params.validate().map_err(|e| ApiError::invalid(e.param().unwrap_or("sampling"), e.to_string()))?;
     Ok(params)
 }
 

@@ -29,7 +29,21 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
     }
     let path = args.prompts_file.as_ref().context("--prompt or --prompts-file is required")?;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let lines: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if !jsonl {
+            lines.push(line.to_string());
+            continue;
+        }
+        // JSONL: a JSON string, or an object with a "prompt" string (prompts with newlines).
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        match v.as_str().or_else(|| v.get("prompt").and_then(|p| p.as_str())) {
+            Some(p) => lines.push(p.to_string()),
+            None => bail!("{}:{}: expected a JSON string or {{\"prompt\": ...}}", path.display(), i + 1),
+        }
+    }
     if lines.is_empty() {
         bail!("{} holds no prompts", path.display());
     }
@@ -65,7 +79,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ..SamplingParams::default()
     };
     sampling.validate()?;
-    let mut core = EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler, max_context));
+    let mut core = EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler, max_context))?;
 
     let mut outputs = Vec::with_capacity(prompts.len());
     let mut index_of = HashMap::new();

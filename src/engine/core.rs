@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::request::{EventKind, FinishReason, GenerationRequest, SeqEvent, SeqId, TokenOutput, Usage};
 use super::sampling::Sampler;
-use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerOutput};
+use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput};
 use super::stop::{StopMatcher, StopOutcome};
 use crate::backend::Backend;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
@@ -45,7 +45,11 @@ pub struct EngineCore {
 }
 
 impl EngineCore {
-    pub fn new(backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, mut cfg: SchedulerConfig) -> Self {
+    pub fn new(
+        backend: Box<dyn Backend>,
+        tokenizer: Arc<Tokenizer>,
+        mut cfg: SchedulerConfig,
+    ) -> Result<Self, SchedulerError> {
         let info = backend.info();
         // The backend's limits bind the scheduler, whatever the flags asked for.
         cfg.block_size = info.block_size;
@@ -53,8 +57,15 @@ impl EngineCore {
         cfg.max_running = cfg.max_running.min(info.max_batch_seqs);
         cfg.max_context = cfg.max_context.min(info.max_context);
         cfg.prefix_caching &= info.supports_prefix_caching;
-        let scheduler = Scheduler::new(cfg, info.num_blocks);
-        Self { backend, scheduler, tokenizer, active: HashMap::new(), next_id: 0, last_stats: StepStats::default() }
+        let scheduler = Scheduler::new(cfg, info.num_blocks)?;
+        Ok(Self {
+            backend,
+            scheduler,
+            tokenizer,
+            active: HashMap::new(),
+            next_id: 0,
+            last_stats: StepStats::default(),
+        })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -109,8 +120,13 @@ impl EngineCore {
     pub fn step(&mut self) -> Vec<SeqEvent> {
         let plan: SchedulerOutput = self.scheduler.schedule();
         self.last_stats = StepStats { preempted: plan.preempted.len(), ..Default::default() };
+        let mut events = Vec::new();
+        // A sequence that alone fills the KV pool cannot grow: it ends here.
+        for &id in &plan.kv_exhausted {
+            events.extend(self.finish_now(id, FinishReason::Length));
+        }
         if plan.seqs.is_empty() {
-            return Vec::new();
+            return events;
         }
         let batch = plan.to_step_batch();
         self.last_stats.num_seqs = plan.seqs.len();
@@ -120,17 +136,13 @@ impl EngineCore {
             Err(e) => {
                 // A failed step fails the sequences in it, not the engine.
                 tracing::error!(error = %e, "backend step failed");
-                return plan
-                    .seqs
-                    .iter()
-                    .map(|s| {
-                        self.abort(s.id);
-                        SeqEvent { id: s.id, kind: EventKind::Failed(format!("inference failed: {e}")) }
-                    })
-                    .collect();
+                events.extend(plan.seqs.iter().map(|s| {
+                    self.abort(s.id);
+                    SeqEvent { id: s.id, kind: EventKind::Failed(format!("inference failed: {e}")) }
+                }));
+                return events;
             }
         };
-        let mut events = Vec::new();
         for (i, s) in plan.seqs.iter().enumerate() {
             if s.tokens.len() == 1 && s.start_pos > 0 && s.want_logits {
                 self.last_stats.decode_tokens += 1;
@@ -142,7 +154,7 @@ impl EngineCore {
             };
             active.cached_tokens = active.cached_tokens.max(s.cached_tokens);
             let Some(row) = logits.row(i) else {
-                self.scheduler.update(s.id, None);
+                self.update_scheduler(s.id, None);
                 continue;
             };
             let sampled = match active.sampler.sample(row, &active.req.prompt_ids, &active.output) {
@@ -153,17 +165,45 @@ impl EngineCore {
                     continue;
                 }
             };
-            self.scheduler.update(s.id, Some(sampled.token));
+            self.update_scheduler(s.id, Some(sampled.token));
             events.extend(self.on_token(s.id, sampled));
         }
         events
+    }
+
+    fn update_scheduler(&mut self, id: SeqId, sampled: Option<u32>) {
+        if let Err(e) = self.scheduler.update(id, sampled) {
+            // A bookkeeping bug, not a user error: drop the sequence rather than
+            // let its KV state drift from what the backend holds.
+            tracing::error!(error = %e, seq = id, "scheduler update failed");
+            self.abort(id);
+        }
+    }
+
+    /// Ends a sequence now with whatever text is still held back.
+    fn finish_now(&mut self, id: SeqId, reason: FinishReason) -> Vec<SeqEvent> {
+        let Some(mut a) = self.active.remove(&id) else {
+            self.scheduler.abort(id);
+            return Vec::new();
+        };
+        let mut text = match a.stop.push(&a.detok.flush()) {
+            StopOutcome::Continue { emit } | StopOutcome::Stopped { emit, .. } => emit,
+        };
+        text.push_str(&a.stop.finish());
+        self.scheduler.finish(id);
+        let usage = Usage {
+            prompt_tokens: a.req.prompt_ids.len(),
+            completion_tokens: a.output.len(),
+            cached_tokens: a.cached_tokens,
+        };
+        vec![SeqEvent { id, kind: EventKind::Finished { reason, text, usage } }]
     }
 
     /// Detokenizes a new token, applies stop conditions and finishes the sequence
     /// when one is met.
     fn on_token(&mut self, id: SeqId, sampled: super::sampling::Sampled) -> Vec<SeqEvent> {
         let tokenizer = Arc::clone(&self.tokenizer);
-        let max_context = self.scheduler.max_context();
+        let max_context = self.scheduler.config().max_context;
         let Some(a) = self.active.get_mut(&id) else {
             return Vec::new();
         };
@@ -198,29 +238,7 @@ impl EngineCore {
             }),
         }];
         if let Some(reason) = finish {
-            // Text held back for a stop string that never completed is released;
-            // after a stop-string match there is nothing left to release.
-            let tail = if reason == FinishReason::Length || is_eos {
-                let mut t = a.stop.push(&a.detok.flush());
-                let mut s = match &mut t {
-                    StopOutcome::Continue { emit } => std::mem::take(emit),
-                    StopOutcome::Stopped { emit, .. } => std::mem::take(emit),
-                };
-                if matches!(t, StopOutcome::Continue { .. }) {
-                    s.push_str(&a.stop.finish());
-                }
-                s
-            } else {
-                String::new()
-            };
-            let usage = Usage {
-                prompt_tokens: a.req.prompt_ids.len(),
-                completion_tokens: a.output.len(),
-                cached_tokens: a.cached_tokens,
-            };
-            events.push(SeqEvent { id, kind: EventKind::Finished { reason, text: tail, usage } });
-            self.active.remove(&id);
-            self.scheduler.finish(id);
+            events.extend(self.finish_now(id, reason));
         }
         events
     }

@@ -1,74 +1,111 @@
-//! What runs in each engine step, in the style of vLLM v1: no prefill and decode
-//! phases, just every sequence's `num_computed` catching up with its token count
-//! under a per-step token budget. That gives chunked prefill for free: a long
-//! prompt is computed a budget-sized chunk per step while running sequences keep
-//! getting their decode token first.
+//! Decides what every engine step computes: which sequences run, how many of their
+//! tokens, and with which KV blocks. Pure and synchronous (no model, no threads),
+//! in the style of vLLM v1's scheduler.
 //!
-//! Pure and synchronous: `add`, `schedule`, `update`, `finish` / `abort`. When KV
-//! blocks run out, the most recently admitted running sequence is preempted (its
-//! blocks freed, recomputed later from its prompt plus the tokens it generated).
+//! There are no prefill and decode phases. Each sequence has `num_computed` tokens
+//! in KV catching up to its known tokens (prompt plus generated); a step gives it
+//! a chunk of them under a per-step token budget, which yields chunked prefill,
+//! recompute after preemption and prefix-cache hits from one rule.
+//!
+//! The engine's loop: [`Scheduler::schedule`] → `Backend::step` →
+//! [`Scheduler::update`] for every scheduled sequence (with the sampled token for
+//! those that asked for logits) → [`Scheduler::finish`] for those that stopped.
+//!
+//! Order inside a step:
+//! 1. running sequences needing one token (decodes), in admission order, so prefill
+//!    chunks never delay inter-token latency;
+//! 2. running sequences still prefilling, in admission order, so a partly
+//!    prefilled prompt goes before anything newer;
+//! 3. waiting sequences in FIFO order (a preempted one goes back to the front),
+//!    while the budget, `max_running` and free blocks allow; the queue head blocks
+//!    the ones behind it. Skipped entirely in a step that had to preempt.
+//!
+//! When a running sequence needs a block and none is free, the most recently
+//! admitted running sequence is preempted: its blocks are freed and it waits to be
+//! recomputed from position 0 (its generated tokens are kept).
+//!
+//! Invariants: waiting sequences hold no blocks; a running sequence's block table
+//! covers its computed tokens; no step exceeds `max_batch_tokens`, `max_running`
+//! sequences or `max_context` positions.
 
 use std::collections::{HashMap, VecDeque};
 
 use thiserror::Error;
 
 use super::block_pool::{hash_block, BlockHash, BlockPool};
-use super::request::SeqId;
 use crate::backend::{BlockId, SeqStep, StepBatch};
+
+pub type SeqId = u64;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
+    /// Tokens per step, prefill chunks and decode tokens together.
     pub max_batch_tokens: usize,
+    /// Sequences holding KV at once; also the most sequences in one step.
     pub max_running: usize,
+    /// Requests queued beyond the running ones before `add` refuses.
     pub max_waiting: usize,
     pub block_size: usize,
     pub max_context: usize,
+    /// Share full prompt blocks between sequences; only if the backend supports it.
     pub prefix_caching: bool,
 }
 
-#[derive(Debug, Error, Clone, PartialEq)]
+#[derive(Debug, Error, PartialEq, Eq)]
 pub enum AddError {
-    #[error("too many requests waiting")]
-    QueueFull,
-    #[error("{0}")]
-    TooLong(String),
+    #[error("the queue is full ({0} requests waiting)")]
+    QueueFull(usize),
+    #[error("the request needs {tokens} tokens, more than the limit of {limit}")]
+    TooLong { tokens: usize, limit: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("sequence {0} already exists")]
+    DuplicateId(SeqId),
 }
 
-#[derive(Debug)]
-struct Seq {
-    /// Prompt followed by every generated token.
-    tokens: Vec<u32>,
-    max_new_tokens: usize,
-    prompt_len: usize,
-    num_computed: usize,
-    blocks: Vec<BlockId>,
-    /// Hashes of the leading full blocks already registered with the pool.
-    hashes: Vec<BlockHash>,
-    cached_tokens: usize,
-    /// Tokens scheduled in the current step, applied by `update`.
-    in_flight: usize,
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SchedulerError {
+    #[error("invalid scheduler config: {0}")]
+    InvalidConfig(&'static str),
+    #[error("unknown sequence {0}")]
+    UnknownSeq(SeqId),
+    #[error("sequence {0} has no step in flight")]
+    NotScheduled(SeqId),
+    #[error("sequence {0} got a sampled token for a chunk that did not ask for logits")]
+    UnexpectedToken(SeqId),
 }
 
-#[derive(Debug, Clone)]
+/// One sequence's share of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledSeq {
     pub id: SeqId,
     pub tokens: Vec<u32>,
     pub start_pos: usize,
     pub block_table: Vec<BlockId>,
-    /// True iff this chunk reaches the end of the known tokens (so its logits
-    /// give the next token).
+    /// True iff this chunk reaches the end of the known tokens, so its last
+    /// position's logits give the next token.
     pub want_logits: bool,
-    /// Prompt tokens this sequence took from the prefix cache.
+    /// Prompt tokens served from the prefix cache; nonzero only in the step that
+    /// admitted the sequence.
     pub cached_tokens: usize,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct SchedulerOutput {
     pub seqs: Vec<ScheduledSeq>,
+    /// Sequences that lost their KV this step and went back to the waiting queue.
     pub preempted: Vec<SeqId>,
+    /// Running sequences that need another block while holding every block in use:
+    /// they can never continue, so the engine must finish them (finish reason
+    /// "length"). Only possible when prompt plus output outgrows the whole pool.
+    pub kv_exhausted: Vec<SeqId>,
 }
 
 impl SchedulerOutput {
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.tokens.len()).sum()
+    }
+
     pub fn to_step_batch(&self) -> StepBatch {
         StepBatch {
             seqs: self
@@ -85,23 +122,340 @@ impl SchedulerOutput {
     }
 }
 
+#[derive(Debug)]
+struct Seq {
+    tokens: Vec<u32>,
+    num_computed: usize,
+    blocks: Vec<BlockId>,
+    /// Chain hashes of the full blocks seen so far; derived from content alone, so
+    /// they stay valid across preemption.
+    hashes: Vec<BlockHash>,
+    /// Leading blocks already registered with, or taken from, the prefix cache.
+    num_registered: usize,
+    /// Tokens scheduled and not yet reported back through `update`.
+    in_flight: usize,
+}
+
+impl Seq {
+    fn extend_hashes(&mut self, full_blocks: usize, block_size: usize) {
+        while self.hashes.len() < full_blocks {
+            let i = self.hashes.len();
+            let parent = i.checked_sub(1).map(|p| self.hashes[p]);
+            let chunk = &self.tokens[i * block_size..(i + 1) * block_size];
+            self.hashes.push(hash_block(parent, chunk));
+        }
+    }
+}
+
+struct Planned {
+    id: SeqId,
+    n: usize,
+    cached: usize,
+}
+
+enum Grow {
+    Ready,
+    /// The sequence was itself the newest and gave up its blocks.
+    PreemptedSelf,
+    Exhausted,
+}
+
+#[derive(Debug)]
 pub struct Scheduler {
-    cfg: SchedulerConfig,
+    config: SchedulerConfig,
     pool: BlockPool,
     seqs: HashMap<SeqId, Seq>,
     waiting: VecDeque<SeqId>,
-    /// In admission order: the last one is the first to be preempted.
+    /// Admission order: the last one is the first to be preempted.
     running: Vec<SeqId>,
 }
 
 impl Scheduler {
-    pub fn new(cfg: SchedulerConfig, num_blocks: usize) -> Self {
-        let pool = BlockPool::new(num_blocks, cfg.block_size, cfg.prefix_caching);
-        Self { cfg, pool, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new() }
+    pub fn new(config: SchedulerConfig, num_blocks: usize) -> Result<Self, SchedulerError> {
+        let bad = |what| Err(SchedulerError::InvalidConfig(what));
+        if config.block_size == 0 {
+            return bad("block_size must be at least 1");
+        }
+        if config.max_batch_tokens == 0 {
+            return bad("max_batch_tokens must be at least 1");
+        }
+        if config.max_running == 0 {
+            return bad("max_running must be at least 1");
+        }
+        if num_blocks == 0 {
+            return bad("the KV pool has no blocks");
+        }
+        let pool = BlockPool::new(num_blocks, config.block_size)
+            .with_prefix_caching(config.prefix_caching);
+        Ok(Self {
+            config,
+            pool,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        })
     }
 
-    pub fn max_context(&self) -> usize {
-        self.cfg.max_context
+    pub fn add(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        max_new_tokens: usize,
+    ) -> Result<(), AddError> {
+        if self.seqs.contains_key(&id) {
+            return Err(AddError::DuplicateId(id));
+        }
+        if prompt.is_empty() {
+            return Err(AddError::EmptyPrompt);
+        }
+        if self.waiting.len() >= self.config.max_waiting {
+            return Err(AddError::QueueFull(self.waiting.len()));
+        }
+        let total = prompt.len().saturating_add(max_new_tokens);
+        if total > self.config.max_context {
+            return Err(AddError::TooLong {
+                tokens: total,
+                limit: self.config.max_context,
+            });
+        }
+        // Only the prompt must fit the pool: most requests stop well before
+        // max_new_tokens, and one that outgrows the pool is reported as kv_exhausted.
+        let pool_tokens = self.pool.num_blocks() * self.config.block_size;
+        if prompt.len() > pool_tokens {
+            return Err(AddError::TooLong {
+                tokens: prompt.len(),
+                limit: pool_tokens,
+            });
+        }
+        self.seqs.insert(
+            id,
+            Seq {
+                tokens: prompt,
+                num_computed: 0,
+                blocks: Vec::new(),
+                hashes: Vec::new(),
+                num_registered: 0,
+                in_flight: 0,
+            },
+        );
+        self.waiting.push_back(id);
+        Ok(())
+    }
+
+    pub fn schedule(&mut self) -> SchedulerOutput {
+        let mut plan = Vec::new();
+        let mut budget = self.config.max_batch_tokens;
+        let mut out = SchedulerOutput::default();
+
+        for decodes in [true, false] {
+            let ids = self.running.clone();
+            for id in ids {
+                if budget == 0 {
+                    break;
+                }
+                if !self.running.contains(&id) {
+                    continue; // preempted earlier in this step
+                }
+                let Some(remaining) = self.remaining(id) else {
+                    continue;
+                };
+                if (remaining == 1) != decodes {
+                    continue;
+                }
+                let n = remaining.min(budget);
+                match self.grow(id, n, &mut plan, &mut budget, &mut out.preempted) {
+                    Grow::Ready => {
+                        plan.push(Planned { id, n, cached: 0 });
+                        budget -= n;
+                    }
+                    Grow::PreemptedSelf => {}
+                    Grow::Exhausted => out.kv_exhausted.push(id),
+                }
+            }
+        }
+        // Admitting while evicting running work would only thrash.
+        if out.preempted.is_empty() {
+            self.admit_waiting(&mut plan, &mut budget);
+        }
+
+        for p in plan {
+            let Some(seq) = self.seqs.get_mut(&p.id) else {
+                continue;
+            };
+            seq.in_flight = p.n;
+            let start = seq.num_computed;
+            out.seqs.push(ScheduledSeq {
+                id: p.id,
+                tokens: seq.tokens[start..start + p.n].to_vec(),
+                start_pos: start,
+                block_table: seq.blocks.clone(),
+                want_logits: start + p.n == seq.tokens.len(),
+                cached_tokens: p.cached,
+            });
+        }
+        out
+    }
+
+    /// Tokens a running sequence could compute now, or `None` if it has a step in
+    /// flight or nothing it may compute (caught up, or at the context limit).
+    fn remaining(&self, id: SeqId) -> Option<usize> {
+        let seq = self.seqs.get(&id)?;
+        if seq.in_flight > 0 {
+            return None;
+        }
+        let end = seq.tokens.len().min(self.config.max_context);
+        end.checked_sub(seq.num_computed).filter(|&r| r > 0)
+    }
+
+    /// Makes `id`'s block table cover `n` more tokens, preempting newer sequences
+    /// (newest first) until the pool can supply the blocks.
+    fn grow(
+        &mut self,
+        id: SeqId,
+        n: usize,
+        plan: &mut Vec<Planned>,
+        budget: &mut usize,
+        preempted: &mut Vec<SeqId>,
+    ) -> Grow {
+        loop {
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                return Grow::PreemptedSelf;
+            };
+            let need = (seq.num_computed + n)
+                .div_ceil(self.config.block_size)
+                .saturating_sub(seq.blocks.len());
+            if need == 0 {
+                return Grow::Ready;
+            }
+            if let Some(new) = self.pool.allocate(need) {
+                seq.blocks.extend(new);
+                return Grow::Ready;
+            }
+            // A sequence with a step in flight has the backend writing its blocks.
+            let victim = self
+                .running
+                .iter()
+                .rev()
+                .copied()
+                .find(|v| self.seqs.get(v).is_some_and(|s| s.in_flight == 0));
+            let Some(victim) = victim else {
+                return Grow::Exhausted;
+            };
+            if victim == id && self.running.len() == 1 {
+                return Grow::Exhausted;
+            }
+            if let Some(i) = plan.iter().position(|p| p.id == victim) {
+                *budget += plan.remove(i).n;
+            }
+            self.preempt(victim);
+            preempted.push(victim);
+            if victim == id {
+                return Grow::PreemptedSelf;
+            }
+        }
+    }
+
+    fn preempt(&mut self, id: SeqId) {
+        self.running.retain(|&r| r != id);
+        if let Some(seq) = self.seqs.get_mut(&id) {
+            release(&mut self.pool, &seq.blocks);
+            seq.blocks.clear();
+            seq.num_computed = 0;
+            seq.num_registered = 0;
+        }
+        self.waiting.push_front(id);
+    }
+
+    fn admit_waiting(&mut self, plan: &mut Vec<Planned>, budget: &mut usize) {
+        let bs = self.config.block_size;
+        while *budget > 0 && self.running.len() < self.config.max_running {
+            let Some(&id) = self.waiting.front() else {
+                break;
+            };
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                self.waiting.pop_front();
+                continue;
+            };
+            // Never the last token: it must be computed to yield logits.
+            let cached_blocks = if self.pool.prefix_caching() {
+                let full = (seq.tokens.len() - 1) / bs;
+                seq.extend_hashes(full, bs);
+                self.pool.lookup(&seq.hashes[..full])
+            } else {
+                Vec::new()
+            };
+            let cached = cached_blocks.len() * bs;
+            let end = seq.tokens.len().min(self.config.max_context);
+            let n = end.saturating_sub(cached).min(*budget);
+            let need = (cached + n).div_ceil(bs) - cached_blocks.len();
+            let Some(new) = self.pool.allocate(need) else {
+                release(&mut self.pool, &cached_blocks);
+                break;
+            };
+            seq.num_registered = cached_blocks.len();
+            seq.blocks = cached_blocks;
+            seq.blocks.extend(new);
+            seq.num_computed = cached;
+            self.waiting.pop_front();
+            self.running.push(id);
+            // n is 0 only for a sequence already at max_context, which the engine
+            // must finish; an empty chunk would be an invalid step.
+            if n > 0 {
+                plan.push(Planned { id, n, cached });
+                *budget -= n;
+            }
+        }
+    }
+
+    /// Records the step's result for `id`: its chunk is now in KV, and `sampled`
+    /// (for a chunk that asked for logits) becomes its next input token.
+    pub fn update(&mut self, id: SeqId, sampled: Option<u32>) -> Result<(), SchedulerError> {
+        let seq = self
+            .seqs
+            .get_mut(&id)
+            .ok_or(SchedulerError::UnknownSeq(id))?;
+        if seq.in_flight == 0 {
+            return Err(SchedulerError::NotScheduled(id));
+        }
+        seq.num_computed += seq.in_flight;
+        seq.in_flight = 0;
+        let at_end = seq.num_computed == seq.tokens.len();
+        if let Some(t) = sampled {
+            if !at_end {
+                return Err(SchedulerError::UnexpectedToken(id));
+            }
+            seq.tokens.push(t);
+        }
+        if self.pool.prefix_caching() {
+            let bs = self.config.block_size;
+            let full = (seq.num_computed / bs).min(seq.blocks.len());
+            seq.extend_hashes(full, bs);
+            for i in seq.num_registered..full {
+                self.pool.register_full(seq.blocks[i], seq.hashes[i]);
+            }
+            seq.num_registered = seq.num_registered.max(full);
+        }
+        Ok(())
+    }
+
+    /// Removes a sequence that completed and frees its blocks; false if unknown.
+    pub fn finish(&mut self, id: SeqId) -> bool {
+        self.remove(id)
+    }
+
+    /// Removes a cancelled sequence, waiting or running, and frees its blocks.
+    pub fn abort(&mut self, id: SeqId) -> bool {
+        self.remove(id)
+    }
+
+    fn remove(&mut self, id: SeqId) -> bool {
+        let Some(seq) = self.seqs.remove(&id) else {
+            return false;
+        };
+        self.waiting.retain(|&w| w != id);
+        self.running.retain(|&r| r != id);
+        release(&mut self.pool, &seq.blocks);
+        true
     }
 
     pub fn num_running(&self) -> usize {
@@ -112,371 +466,473 @@ impl Scheduler {
         self.waiting.len()
     }
 
+    /// Fraction of KV blocks in use (cached-but-unused blocks count as free).
     pub fn kv_usage(&self) -> f64 {
         self.pool.usage_ratio()
     }
 
     pub fn has_work(&self) -> bool {
-        !self.running.is_empty() || !self.waiting.is_empty()
+        !self.waiting.is_empty() || !self.running.is_empty()
     }
 
+    /// Prompt plus generated tokens.
     pub fn tokens(&self, id: SeqId) -> Option<&[u32]> {
         self.seqs.get(&id).map(|s| s.tokens.as_slice())
     }
 
-    pub fn add(&mut self, id: SeqId, prompt: Vec<u32>, max_new_tokens: usize) -> Result<(), AddError> {
-        if self.waiting.len() >= self.cfg.max_waiting {
-            return Err(AddError::QueueFull);
-        }
-        let total = prompt.len() + max_new_tokens;
-        if prompt.is_empty() || total > self.cfg.max_context {
-            return Err(AddError::TooLong(format!(
-                "{} prompt tokens + {max_new_tokens} new tokens exceed the context of {} tokens",
-                prompt.len(),
-                self.cfg.max_context
-            )));
-        }
-        let need = total.div_ceil(self.cfg.block_size);
-        if need > self.pool.num_blocks() {
-            return Err(AddError::TooLong(format!(
-                "{total} tokens need {need} KV blocks but the cache has {}",
-                self.pool.num_blocks()
-            )));
-        }
-        let prompt_len = prompt.len();
-        self.seqs.insert(
-            id,
-            Seq {
-                tokens: prompt,
-                max_new_tokens,
-                prompt_len,
-                num_computed: 0,
-                blocks: Vec::new(),
-                hashes: Vec::new(),
-                cached_tokens: 0,
-                in_flight: 0,
-            },
-        );
-        self.waiting.push_back(id);
-        Ok(())
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
     }
 
-    /// Makes sure `id` has blocks for its first `upto` tokens.
-    fn reserve(&mut self, id: SeqId, upto: usize) -> bool {
-        let bs = self.cfg.block_size;
-        let Some(seq) = self.seqs.get(&id) else { return false };
-        let need = upto.div_ceil(bs).saturating_sub(seq.blocks.len());
-        if need == 0 {
-            return true;
-        }
-        match self.pool.allocate(need) {
-            Some(b) => {
-                if let Some(seq) = self.seqs.get_mut(&id) {
-                    seq.blocks.extend(b);
-                }
-                true
-            }
-            None => false,
-        }
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
     }
+}
 
-    fn release(&mut self, id: SeqId) {
-        if let Some(seq) = self.seqs.get_mut(&id) {
-            let blocks = std::mem::take(&mut seq.blocks);
-            seq.hashes.clear();
-            seq.num_computed = 0;
-            seq.in_flight = 0;
-            self.pool.free(&blocks);
-        }
-    }
-
-    fn preempt_newest(&mut self, out: &mut SchedulerOutput) -> Option<SeqId> {
-        let victim = self.running.pop()?;
-        self.release(victim);
-        out.seqs.retain(|s| s.id != victim);
-        self.waiting.push_front(victim);
-        out.preempted.push(victim);
-        Some(victim)
-    }
-
-    fn emit(&mut self, id: SeqId, chunk: usize, out: &mut SchedulerOutput) {
-        let Some(seq) = self.seqs.get_mut(&id) else { return };
-        let start = seq.num_computed;
-        seq.in_flight = chunk;
-        out.seqs.push(ScheduledSeq {
-            id,
-            tokens: seq.tokens[start..start + chunk].to_vec(),
-            start_pos: start,
-            block_table: seq.blocks.clone(),
-            want_logits: start + chunk == seq.tokens.len(),
-            cached_tokens: seq.cached_tokens,
-        });
-    }
-
-    /// Prefix-cache lookup for a sequence about to be admitted: every full block
-    /// of known tokens except one holding the last token (which must be computed
-    /// to produce logits).
-    fn take_cached_prefix(&mut self, id: SeqId) {
-        if !self.cfg.prefix_caching {
-            return;
-        }
-        let bs = self.cfg.block_size;
-        let Some(seq) = self.seqs.get(&id) else { return };
-        let full = (seq.tokens.len() - 1) / bs;
-        let mut hashes = Vec::with_capacity(full);
-        let mut parent = None;
-        for b in 0..full {
-            let h = hash_block(parent, &seq.tokens[b * bs..(b + 1) * bs]);
-            hashes.push(h);
-            parent = Some(h);
-        }
-        let blocks = self.pool.lookup(&hashes);
-        if let Some(seq) = self.seqs.get_mut(&id) {
-            seq.num_computed = blocks.len() * bs;
-            seq.cached_tokens = seq.cached_tokens.max(seq.num_computed.min(seq.prompt_len));
-            seq.hashes = hashes[..blocks.len()].to_vec();
-            seq.blocks = blocks;
-        }
-    }
-
-    pub fn schedule(&mut self) -> SchedulerOutput {
-        let mut out = SchedulerOutput::default();
-        let mut budget = self.cfg.max_batch_tokens;
-
-        // Running sequences first, oldest first: decode tokens and unfinished prefills.
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let id = self.running[i];
-            let Some(seq) = self.seqs.get(&id) else {
-                i += 1;
-                continue;
-            };
-            let chunk = (seq.tokens.len() - seq.num_computed).min(budget);
-            if chunk == 0 {
-                i += 1;
-                continue;
-            }
-            let upto = seq.num_computed + chunk;
-            let mut fits = self.reserve(id, upto);
-            while !fits {
-                match self.preempt_newest(&mut out) {
-                    Some(v) if v == id => break,
-                    Some(_) => fits = self.reserve(id, upto),
-                    None => break,
-                }
-            }
-            if !fits {
-                break;
-            }
-            self.emit(id, chunk, &mut out);
-            budget -= chunk;
-            i += 1;
-        }
-
-        // Then waiting sequences in arrival order; stop at the first that does not
-        // fit, so nobody is overtaken.
-        while budget > 0 && self.running.len() < self.cfg.max_running {
-            let Some(&id) = self.waiting.front() else { break };
-            if self.seqs.get(&id).is_some_and(|s| s.num_computed == 0 && s.blocks.is_empty()) {
-                self.take_cached_prefix(id);
-            }
-            let Some(seq) = self.seqs.get(&id) else {
-                self.waiting.pop_front();
-                continue;
-            };
-            let chunk = (seq.tokens.len() - seq.num_computed).min(budget);
-            let upto = seq.num_computed + chunk;
-            if !self.reserve(id, upto) {
-                self.release(id);
-                break;
-            }
-            self.waiting.pop_front();
-            self.running.push(id);
-            self.emit(id, chunk, &mut out);
-            budget -= chunk;
-        }
-        out
-    }
-
-    /// Applies a step's result to one sequence: its scheduled tokens are now in
-    /// KV, and `sampled` (if any) is appended as its next input.
-    pub fn update(&mut self, id: SeqId, sampled: Option<u32>) {
-        let bs = self.cfg.block_size;
-        let Some(seq) = self.seqs.get_mut(&id) else { return };
-        seq.num_computed += std::mem::take(&mut seq.in_flight);
-        if let Some(t) = sampled {
-            seq.tokens.push(t);
-        }
-        if self.cfg.prefix_caching {
-            let full = seq.num_computed / bs;
-            while seq.hashes.len() < full && seq.hashes.len() < seq.blocks.len() {
-                let b = seq.hashes.len();
-                let h = hash_block(seq.hashes.last().copied(), &seq.tokens[b * bs..(b + 1) * bs]);
-                self.pool.register_full(seq.blocks[b], h);
-                seq.hashes.push(h);
-            }
-        }
-    }
-
-    fn remove(&mut self, id: SeqId) {
-        self.release(id);
-        self.seqs.remove(&id);
-        self.running.retain(|&x| x != id);
-        self.waiting.retain(|&x| x != id);
-    }
-
-    pub fn finish(&mut self, id: SeqId) {
-        self.remove(id);
-    }
-
-    pub fn abort(&mut self, id: SeqId) {
-        self.remove(id);
-    }
-
-    /// How many new tokens a sequence may still produce.
-    pub fn remaining(&self, id: SeqId) -> Option<usize> {
-        self.seqs.get(&id).map(|s| (s.prompt_len + s.max_new_tokens).saturating_sub(s.tokens.len()))
+/// Frees a sequence's blocks tail first, so its last blocks (the least likely to
+/// be shared) are the first cached ones evicted.
+fn release(pool: &mut BlockPool, blocks: &[BlockId]) {
+    let rev: Vec<BlockId> = blocks.iter().rev().copied().collect();
+    if let Err(e) = pool.free(&rev) {
+        // The scheduler holds exactly one reference per table entry; reaching
+        // here is a bookkeeping bug. The pool refused the bad free, so go on.
+        debug_assert!(false, "{e}");
+        tracing::error!(error = %e, "KV block accounting bug");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{validate_step, BackendInfo};
+    use crate::engine::block_pool::tests::Lcg;
+    use std::collections::BTreeMap;
+
+    const SAMPLED: u32 = 7;
+
+    fn config(block_size: usize, budget: usize) -> SchedulerConfig {
+        SchedulerConfig {
+            max_batch_tokens: budget,
+            max_running: 16,
+            max_waiting: 16,
+            block_size,
+            max_context: 4096,
+            prefix_caching: false,
+        }
+    }
 
     fn scheduler(blocks: usize, block_size: usize, budget: usize) -> Scheduler {
-        scheduler_with(blocks, block_size, budget, true)
+        Scheduler::new(config(block_size, budget), blocks).unwrap()
     }
 
-    fn scheduler_with(blocks: usize, block_size: usize, budget: usize, prefix_caching: bool) -> Scheduler {
-        Scheduler::new(
-            SchedulerConfig {
-                max_batch_tokens: budget,
-                max_running: 64,
-                max_waiting: 64,
-                block_size,
-                max_context: 4096,
-                prefix_caching,
-            },
-            blocks,
-        )
+    fn caching_scheduler(blocks: usize, block_size: usize, budget: usize) -> Scheduler {
+        let cfg = SchedulerConfig {
+            prefix_caching: true,
+            ..config(block_size, budget)
+        };
+        Scheduler::new(cfg, blocks).unwrap()
     }
 
-    fn prompt(len: usize, salt: u32) -> Vec<u32> {
-        (0..len as u32).map(|i| i * 7 + salt).collect()
+    fn prompt(len: usize) -> Vec<u32> {
+        prompt_from(1000, len)
     }
 
-    /// Runs one step, sampling token 1 for every sequence that gets logits.
+    fn prompt_from(first: u32, len: usize) -> Vec<u32> {
+        (0..len as u32).map(|i| first + i).collect()
+    }
+
+    /// One engine step: schedule, check the batch, report every chunk back.
     fn step(s: &mut Scheduler) -> SchedulerOutput {
         let out = s.schedule();
-        for x in &out.seqs {
-            s.update(x.id, x.want_logits.then_some(1));
+        check(s, &out);
+        for q in &out.seqs {
+            s.update(q.id, q.want_logits.then_some(SAMPLED)).unwrap();
         }
+        s.pool.check_invariants().unwrap();
         out
     }
 
+    fn check(s: &Scheduler, out: &SchedulerOutput) {
+        assert!(
+            out.num_tokens() <= s.config.max_batch_tokens,
+            "budget exceeded"
+        );
+        assert!(out.seqs.len() <= s.config.max_running);
+        s.pool.check_invariants().unwrap();
+        if !out.seqs.is_empty() {
+            let info = BackendInfo {
+                device: "test".into(),
+                block_size: s.config.block_size,
+                num_blocks: s.pool.num_blocks(),
+                max_batch_tokens: s.config.max_batch_tokens,
+                max_batch_seqs: s.config.max_running,
+                max_context: s.config.max_context,
+                vocab_size: 1 << 20,
+                supports_prefix_caching: s.config.prefix_caching,
+            };
+            validate_step(&info, &out.to_step_batch()).unwrap();
+        }
+        // Each table entry holds exactly one reference; waiting ones hold none.
+        let mut refs = vec![0u32; s.pool.num_blocks()];
+        for (id, seq) in &s.seqs {
+            if s.waiting.contains(id) {
+                assert!(seq.blocks.is_empty(), "waiting sequence {id} holds blocks");
+                assert_eq!(seq.num_computed, 0);
+            }
+            for &b in &seq.blocks {
+                refs[b as usize] += 1;
+            }
+        }
+        for (b, &r) in refs.iter().enumerate() {
+            assert_eq!(s.pool.ref_count(b as BlockId), Some(r), "block {b}");
+        }
+    }
+
+    fn ids(out: &SchedulerOutput) -> Vec<SeqId> {
+        out.seqs.iter().map(|q| q.id).collect()
+    }
+
     #[test]
-    fn budget_is_respected_and_long_prompts_are_chunked_while_decode_continues() {
+    fn chunked_prefill_interleaves_with_decode() {
         let mut s = scheduler(64, 16, 32);
-        s.add(1, prompt(10, 0), 50).expect("add");
+        s.add(1, prompt(5), 100).unwrap();
         let first = step(&mut s);
-        assert_eq!(first.seqs.len(), 1);
+        assert_eq!(first.seqs[0].tokens.len(), 5);
         assert!(first.seqs[0].want_logits);
-        s.add(2, prompt(100, 1), 5).expect("add");
-        let mut chunks = Vec::new();
-        for _ in 0..4 {
+
+        s.add(2, prompt(100), 10).unwrap();
+        let mut prefilled = 0;
+        for k in 0..4 {
             let out = step(&mut s);
-            let total: usize = out.seqs.iter().map(|x| x.tokens.len()).sum();
-            assert!(total <= 32, "budget exceeded: {total}");
-            let decode = out.seqs.iter().find(|x| x.id == 1).expect("seq 1 decodes every step");
-            assert_eq!(decode.tokens.len(), 1);
-            let pre = out.seqs.iter().find(|x| x.id == 2).expect("seq 2 prefills");
-            chunks.push((pre.start_pos, pre.tokens.len(), pre.want_logits));
+            assert_eq!(ids(&out), vec![1, 2], "step {k}");
+            let (decode, chunk) = (&out.seqs[0], &out.seqs[1]);
+            assert_eq!(decode.tokens, vec![SAMPLED]);
+            assert_eq!(decode.start_pos, 5 + k);
+            assert!(decode.want_logits);
+            assert_eq!(chunk.start_pos, prefilled);
+            assert_eq!(chunk.tokens.len(), [31, 31, 31, 7][k]);
+            assert_eq!(chunk.want_logits, k == 3, "logits only for the last chunk");
+            assert_eq!(
+                chunk.block_table.len(),
+                (prefilled + chunk.tokens.len()).div_ceil(16)
+            );
+            prefilled += chunk.tokens.len();
         }
-        assert_eq!(chunks, vec![(0, 31, false), (31, 31, false), (62, 31, false), (93, 7, true)]);
+        let out = step(&mut s);
+        assert_eq!(
+            out.seqs.iter().map(|q| q.tokens.len()).collect::<Vec<_>>(),
+            vec![1, 1]
+        );
+        assert_eq!(out.seqs[1].start_pos, 100);
+        assert_eq!(s.tokens(2).unwrap().len(), 102);
     }
 
     #[test]
-    fn fifo_admission_and_max_running() {
-        let mut s = scheduler(64, 16, 1000);
-        s.cfg.max_running = 2;
-        for id in 0..4 {
-            s.add(id, prompt(5, id as u32), 10).expect("add");
+    fn waiting_sequences_are_admitted_in_arrival_order() {
+        let mut s = scheduler(64, 4, 10);
+        for id in 1..=3 {
+            s.add(id, prompt(8), 10).unwrap();
         }
         let out = step(&mut s);
-        let ids: Vec<SeqId> = out.seqs.iter().map(|x| x.id).collect();
-        assert_eq!(ids, vec![0, 1]);
-        assert_eq!(s.num_waiting(), 2);
-        s.finish(0);
+        let shape: Vec<_> = out.seqs.iter().map(|q| (q.id, q.tokens.len())).collect();
+        assert_eq!(shape, vec![(1, 8), (2, 2)]);
         let out = step(&mut s);
-        let ids: Vec<SeqId> = out.seqs.iter().map(|x| x.id).collect();
-        assert_eq!(ids, vec![1, 2], "the earliest waiting request gets the free slot");
+        let shape: Vec<_> = out.seqs.iter().map(|q| (q.id, q.tokens.len())).collect();
+        assert_eq!(
+            shape,
+            vec![(1, 1), (2, 6), (3, 3)],
+            "the partial prefill goes before newer"
+        );
     }
 
     #[test]
-    fn newest_sequence_is_preempted_when_blocks_run_out_and_recomputed_later() {
-        // 4 blocks of 4 tokens: two sequences of 7 prompt tokens take 2 blocks each.
-        let mut s = scheduler_with(4, 4, 100, false);
-        s.add(1, prompt(7, 0), 8).expect("add");
-        s.add(2, prompt(7, 1), 8).expect("add");
-        step(&mut s); // both prefilled, each has 8 tokens known, 7 computed
-        let out = step(&mut s); // position 7 still fits in block 2 of each
-        assert!(out.preempted.is_empty());
-        let out = step(&mut s); // position 8 needs a third block each: pool is full
+    fn max_running_is_respected() {
+        let cfg = SchedulerConfig {
+            max_running: 2,
+            ..config(4, 100)
+        };
+        let mut s = Scheduler::new(cfg, 64).unwrap();
+        for id in 1..=3 {
+            s.add(id, prompt(4), 10).unwrap();
+        }
+        assert_eq!(ids(&step(&mut s)), vec![1, 2]);
+        assert_eq!(ids(&step(&mut s)), vec![1, 2]);
+        assert_eq!((s.num_running(), s.num_waiting()), (2, 1));
+        assert!(s.finish(1));
+        assert_eq!(ids(&step(&mut s)), vec![2, 3]);
+    }
+
+    #[test]
+    fn newest_running_sequence_is_preempted_and_recomputed() {
+        let mut s = scheduler(4, 4, 64);
+        s.add(1, prompt(8), 10).unwrap();
+        s.add(2, prompt_from(5000, 8), 10).unwrap();
+        assert_eq!(ids(&step(&mut s)), vec![1, 2]);
+        assert_eq!(s.pool().num_free(), 0);
+
+        // Sequence 1 crosses into a third block; 2 is newer, so it yields.
+        let out = step(&mut s);
+        assert_eq!(ids(&out), vec![1]);
         assert_eq!(out.preempted, vec![2]);
-        assert_eq!(out.seqs.iter().map(|x| x.id).collect::<Vec<_>>(), vec![1]);
-        assert_eq!(s.num_waiting(), 1);
-        s.finish(1);
+        assert_eq!((s.num_running(), s.num_waiting()), (1, 1));
+        assert_eq!(s.pool().num_free(), 1, "sequence 2's blocks went back");
+        assert_eq!(
+            s.tokens(2).unwrap().len(),
+            9,
+            "generated tokens survive preemption"
+        );
+
+        // 2 now needs three blocks for its nine tokens; only one is free.
         let out = step(&mut s);
-        let re = out.seqs.iter().find(|x| x.id == 2).expect("re-admitted");
-        assert_eq!(re.start_pos, 0, "recomputed from the start");
-        assert_eq!(re.tokens.len(), 9, "prompt plus the two generated tokens");
-        assert!(re.want_logits);
+        assert_eq!(ids(&out), vec![1]);
+        assert!(out.preempted.is_empty());
+
+        assert!(s.finish(1));
+        let out = step(&mut s);
+        assert_eq!(ids(&out), vec![2]);
+        let q = &out.seqs[0];
+        assert_eq!(q.start_pos, 0);
+        let mut expect = prompt_from(5000, 8);
+        expect.push(SAMPLED);
+        assert_eq!(q.tokens, expect);
+        assert!(q.want_logits);
     }
 
     #[test]
-    fn queue_full_and_too_long_are_refused() {
-        let mut s = scheduler(4, 4, 100);
-        s.cfg.max_waiting = 1;
-        assert!(matches!(s.add(1, prompt(20, 0), 1), Err(AddError::TooLong(_))), "needs 6 blocks of 4");
-        s.add(2, prompt(3, 0), 1).expect("add");
-        assert_eq!(s.add(3, prompt(3, 0), 1), Err(AddError::QueueFull));
-        s.cfg.max_context = 10;
-        s.cfg.max_waiting = 10;
-        assert!(matches!(s.add(4, prompt(8, 0), 5), Err(AddError::TooLong(_))));
-    }
-
-    #[test]
-    fn abort_and_finish_free_all_blocks_from_any_state() {
-        let mut s = scheduler(16, 4, 8);
-        s.add(1, prompt(30, 0), 4).expect("add");
-        s.add(2, prompt(3, 1), 4).expect("add");
-        step(&mut s); // seq 1 partially prefilled, seq 2 still waiting
-        assert!(s.kv_usage() > 0.0);
-        s.abort(2);
-        s.abort(1);
-        assert_eq!(s.kv_usage(), 0.0);
-        assert!(!s.has_work());
-    }
-
-    #[test]
-    fn shared_prompt_prefix_reuses_cached_blocks() {
-        let mut s = scheduler(32, 16, 1000);
-        let p = prompt(40, 3);
-        s.add(1, p.clone(), 4).expect("add");
+    fn a_victim_already_in_the_batch_is_taken_out_of_it() {
+        let mut s = scheduler(8, 4, 16);
+        s.add(1, prompt(4), 10).unwrap();
         step(&mut s);
-        s.add(2, p.clone(), 4).expect("add");
+        s.add(2, prompt_from(5000, 30), 10).unwrap();
+        assert_eq!(ids(&step(&mut s)), vec![1, 2]);
+        // Admission order makes this state unreachable today (a prefilling
+        // sequence is always the newest); forge it so the defensive path is
+        // exercised: 1 now counts as newer, is planned first as a decode, and
+        // must then be evicted from the batch when 2 needs its blocks.
+        s.running = vec![2, 1];
+        let out = s.schedule();
+        check(&s, &out);
+        assert_eq!(out.preempted, vec![1]);
+        assert_eq!(ids(&out), vec![2]);
+        assert!(s.tokens(1).is_some() && s.seqs[&1].blocks.is_empty());
+    }
+
+    #[test]
+    fn a_sequence_outgrowing_the_whole_pool_is_reported_not_preempted_forever() {
+        let mut s = scheduler(2, 4, 64);
+        s.add(1, prompt(8), 100).unwrap();
+        step(&mut s);
         let out = step(&mut s);
-        let second = out.seqs.iter().find(|x| x.id == 2).expect("seq 2");
-        assert_eq!(second.cached_tokens, 32);
-        assert_eq!(second.start_pos, 32);
-        let first_blocks = &out.seqs.iter().find(|x| x.id == 1).expect("seq 1").block_table;
-        assert_eq!(&second.block_table[..2], &first_blocks[..2]);
-        assert_eq!(s.pool.ref_count(first_blocks[0]), 2);
+        assert!(out.seqs.is_empty());
+        assert!(out.preempted.is_empty());
+        assert_eq!(out.kv_exhausted, vec![1]);
+        assert_eq!(s.num_running(), 1);
+    }
+
+    #[test]
+    fn add_refuses_what_cannot_be_served() {
+        let cfg = SchedulerConfig {
+            max_waiting: 2,
+            ..config(16, 64)
+        };
+        let mut s = Scheduler::new(cfg, 4).unwrap();
+        s.add(1, prompt(4), 4).unwrap();
+        assert_eq!(s.add(1, prompt(4), 4), Err(AddError::DuplicateId(1)));
+        s.add(2, prompt(4), 4).unwrap();
+        assert_eq!(s.add(3, prompt(4), 4), Err(AddError::QueueFull(2)));
+        step(&mut s);
+        assert_eq!(s.add(3, vec![], 4), Err(AddError::EmptyPrompt));
+        assert_eq!(
+            s.add(3, prompt(4000), 200),
+            Err(AddError::TooLong {
+                tokens: 4200,
+                limit: 4096
+            })
+        );
+        assert_eq!(
+            s.add(3, prompt(65), 1),
+            Err(AddError::TooLong {
+                tokens: 65,
+                limit: 64
+            })
+        );
+        s.add(3, prompt(64), 1).unwrap();
+    }
+
+    #[test]
+    fn finish_and_abort_free_every_block_from_any_state() {
+        for caching in [false, true] {
+            let mut s = if caching {
+                caching_scheduler(32, 4, 32)
+            } else {
+                scheduler(32, 4, 32)
+            };
+            s.add(1, prompt(20), 10).unwrap();
+            s.add(2, prompt(50), 10).unwrap();
+            s.add(3, prompt(10), 10).unwrap();
+            step(&mut s);
+            step(&mut s);
+            assert!(s.kv_usage() > 0.0);
+            assert_eq!(
+                s.num_waiting(),
+                1,
+                "3 still waits behind the partial prefill of 2"
+            );
+            assert!(s.abort(3));
+            assert!(s.abort(2));
+            assert!(s.finish(1));
+            assert!(!s.abort(1));
+            assert_eq!(s.kv_usage(), 0.0);
+            assert_eq!(s.pool().num_free(), 32);
+            assert!(!s.has_work());
+            s.pool.check_invariants().unwrap();
+        }
+    }
+
+    #[test]
+    fn update_rejects_engine_mistakes() {
+        let mut s = scheduler(8, 4, 4);
+        s.add(1, prompt(6), 4).unwrap();
+        assert_eq!(s.update(1, None), Err(SchedulerError::NotScheduled(1)));
+        assert_eq!(s.update(9, None), Err(SchedulerError::UnknownSeq(9)));
+        let out = s.schedule();
+        assert!(!out.seqs[0].want_logits);
+        assert_eq!(
+            s.update(1, Some(3)),
+            Err(SchedulerError::UnexpectedToken(1))
+        );
+        assert_eq!(
+            s.tokens(1).unwrap().len(),
+            6,
+            "the stray token was not appended"
+        );
+        assert!(Scheduler::new(config(0, 4), 8).is_err());
+    }
+
+    #[test]
+    fn shared_prompt_reuses_cached_blocks() {
+        let mut s = caching_scheduler(64, 16, 256);
+        s.add(1, prompt(40), 10).unwrap();
+        let first = step(&mut s);
+        assert_eq!(first.seqs[0].cached_tokens, 0);
+        let shared = first.seqs[0].block_table[..2].to_vec();
+
+        s.add(2, prompt(40), 10).unwrap();
+        let out = step(&mut s);
+        let q = out.seqs.iter().find(|q| q.id == 2).unwrap();
+        assert_eq!(q.cached_tokens, 32);
+        assert_eq!(q.start_pos, 32);
+        assert_eq!(q.tokens.len(), 8);
+        assert!(q.want_logits);
+        assert_eq!(q.block_table[..2], shared[..]);
+        for &b in &shared {
+            assert_eq!(s.pool().ref_count(b), Some(2));
+        }
+
         s.finish(1);
         s.finish(2);
-        assert_eq!(s.kv_usage(), 0.0, "cached blocks are evictable, not in use");
-        s.add(3, p, 4).expect("add");
+        assert_eq!(s.kv_usage(), 0.0);
+        assert_eq!(
+            s.pool().num_evictable(),
+            2,
+            "only the two full prompt blocks are cached"
+        );
+
+        s.add(3, prompt(40), 10).unwrap();
         let out = step(&mut s);
-        assert_eq!(out.seqs[0].cached_tokens, 32, "reused after both finished");
+        assert_eq!(out.seqs[0].cached_tokens, 32);
+        assert_eq!(out.seqs[0].block_table[..2], shared[..]);
+    }
+
+    #[test]
+    fn a_prompt_that_is_exactly_cached_still_computes_its_last_token() {
+        let mut s = caching_scheduler(16, 4, 64);
+        s.add(1, prompt(8), 4).unwrap();
+        step(&mut s);
+        step(&mut s);
+        s.add(2, prompt(8), 4).unwrap();
+        let out = step(&mut s);
+        let q = out.seqs.iter().find(|q| q.id == 2).unwrap();
+        assert_eq!((q.cached_tokens, q.start_pos, q.tokens.len()), (4, 4, 4));
+    }
+
+    #[test]
+    fn cached_blocks_are_evicted_tail_first_when_space_is_needed() {
+        let mut s = caching_scheduler(4, 16, 256);
+        s.add(1, prompt(40), 10).unwrap();
+        step(&mut s);
+        s.finish(1);
+        assert_eq!(s.pool().num_evictable(), 2);
+
+        // Three blocks: the two plain free ones, then one eviction.
+        s.add(2, prompt_from(9000, 40), 10).unwrap();
+        step(&mut s);
+        assert_eq!(s.pool().num_evictable(), 1);
+        s.finish(2);
+
+        // The first block of the shared prompt survived; its second did not.
+        s.add(3, prompt(40), 10).unwrap();
+        let out = step(&mut s);
+        assert_eq!(out.seqs[0].cached_tokens, 16);
+    }
+
+    #[test]
+    fn random_workload_keeps_every_invariant_and_drains() {
+        let mut rng = Lcg(11);
+        let cfg = SchedulerConfig {
+            max_batch_tokens: 16,
+            max_running: 6,
+            max_waiting: 8,
+            block_size: 4,
+            max_context: 64,
+            prefix_caching: true,
+        };
+        let mut s = Scheduler::new(cfg, 24).unwrap();
+        let mut limits: BTreeMap<SeqId, usize> = BTreeMap::new();
+        let mut next_id = 0;
+        let (mut preemptions, mut cache_hits) = (0, 0);
+        for round in 0..3000 {
+            let adding = round < 1500;
+            if adding && rng.below(3) == 0 {
+                // Shared prefixes of random length so the cache gets hits.
+                let mut p = prompt(rng.below(20));
+                p.extend(prompt_from(100 * rng.below(3) as u32, 1 + rng.below(10)));
+                let max_new = 1 + rng.below(20);
+                if s.add(next_id, p.clone(), max_new).is_ok() {
+                    limits.insert(next_id, p.len() + max_new);
+                }
+                next_id += 1;
+            }
+            if adding && rng.below(10) == 0 {
+                if let Some(&id) = limits.keys().nth(rng.below(limits.len())) {
+                    assert!(s.abort(id));
+                    limits.remove(&id);
+                }
+            }
+            let out = step(&mut s);
+            assert!(
+                out.kv_exhausted.is_empty(),
+                "every request fits the pool alone"
+            );
+            preemptions += out.preempted.len();
+            cache_hits += out.seqs.iter().filter(|q| q.cached_tokens > 0).count();
+            for q in &out.seqs {
+                if s.tokens(q.id).unwrap().len() >= limits[&q.id] {
+                    assert!(s.finish(q.id));
+                    limits.remove(&q.id);
+                }
+            }
+            check(&s, &SchedulerOutput::default());
+            if !adding && !s.has_work() {
+                break;
+            }
+        }
+        assert!(!s.has_work(), "the workload did not drain: no progress");
+        assert_eq!(s.kv_usage(), 0.0);
+        // The workload must reach the paths it is meant to check.
+        assert!(
+            preemptions > 10 && cache_hits > 10,
+            "{preemptions} preemptions, {cache_hits} hits"
+        );
     }
 }

@@ -188,7 +188,7 @@ fn handle(cmd: Command, core: &mut EngineCore, live: &mut std::collections::Hash
     match cmd {
         Command::Submit { req, events, reply } => {
             let result = core.add(req).map_err(|e| match e {
-                AddError::QueueFull => SubmitError::QueueFull,
+                AddError::QueueFull(_) => SubmitError::QueueFull,
                 other => SubmitError::Rejected(other.to_string()),
             });
             if let Ok(id) = result {
