@@ -1,6 +1,208 @@
-//! Quantized matrix-multiplication kernels for the CPU backend.
+//! Quantized matrix multiplication for the CPU backend's linear layers.
+//!
+//! [`QMatrix`] holds a GGUF Q4_1 / Q4_0 / Q8_0 weight matrix repacked for SIMD (see
+//! `layout`), and [`QMatrix::matmul`] computes `x · Wᵀ` for any number of activation
+//! rows: the activations are quantized once to 8-bit blocks, the dot products are exact
+//! integer multiply-adds, and the work is spread over rayon's threads. One token
+//! (decode) streams the weights once; many rows (prefill, batched decode) reuse each
+//! weight block from cache across a tile of rows. The instruction set is picked at run
+//! time (`dispatch`); call from inside the rayon pool (`ThreadPool::install`) so the
+//! calling thread works too instead of waiting on the pool.
 
-/// Which kernel family runs on this CPU (for logs and `BackendInfo`).
-pub fn kernel_name() -> &'static str {
-    "candle"
+mod activations;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod dispatch;
+mod layout;
+mod matmul;
+mod portable;
+#[cfg(test)]
+mod tests;
+mod tile;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+
+pub use dispatch::{kernel_name, selected as selected_kernel, Kernel};
+pub use layout::WeightFormat;
+
+use layout::{AlignedBytes, GROUP, QK};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("a weight matrix needs k divisible by {QK}, got k = {k}")]
+    RaggedRows { k: usize },
+    #[error("{format:?} matrix {n}x{k} needs {expected} bytes, got {got}")]
+    SizeMismatch {
+        format: WeightFormat,
+        n: usize,
+        k: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("cannot stack {what}")]
+    CannotStack { what: String },
+    #[error("reading quantized tensor data: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// A weight matrix of `n` output rows × `k` inputs in a kernel-friendly layout.
+pub struct QMatrix {
+    format: WeightFormat,
+    n: usize,
+    k: usize,
+    groups: usize,
+    data: AlignedBytes,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QMatrix({:?}, {}x{})", self.format, self.n, self.k)
+    }
+}
+
+impl QMatrix {
+    /// Repacks a 2-D Q4_1, Q4_0 or Q8_0 tensor; `None` for anything else (other dtypes,
+    /// other ranks), which the caller leaves to candle's `QMatMul`.
+    pub fn from_qtensor(t: &QTensor) -> Result<Option<QMatrix>, KernelError> {
+        let format = match t.dtype() {
+            GgmlDType::Q4_1 => WeightFormat::Q4_1,
+            GgmlDType::Q4_0 => WeightFormat::Q4_0,
+            GgmlDType::Q8_0 => WeightFormat::Q8_0,
+            _ => return Ok(None),
+        };
+        let &[n, k] = t.shape().dims() else {
+            return Ok(None);
+        };
+        let data = t.data()?;
+        QMatrix::from_raw(format, n, k, &data).map(Some)
+    }
+
+    /// Repacks GGUF blocks: `n` rows of `k / 32` blocks of `format`, row after row.
+    pub fn from_raw(
+        format: WeightFormat,
+        n: usize,
+        k: usize,
+        gguf: &[u8],
+    ) -> Result<QMatrix, KernelError> {
+        if !k.is_multiple_of(QK) {
+            return Err(KernelError::RaggedRows { k });
+        }
+        let expected = n * (k / QK) * format.gguf_block_bytes();
+        if gguf.len() != expected {
+            return Err(KernelError::SizeMismatch {
+                format,
+                n,
+                k,
+                expected,
+                got: gguf.len(),
+            });
+        }
+        Ok(QMatrix {
+            format,
+            n,
+            k,
+            groups: n.div_ceil(GROUP),
+            data: layout::repack(format, gguf, n, k),
+        })
+    }
+
+    /// The matrices' rows one after another (e.g. q, k and v of a layer, or gate and
+    /// up), so one call computes all their outputs: one thread dispatch and one long
+    /// weight stream instead of several short ones. Every part but the last must have
+    /// a multiple of 16 rows; all must share format and `k`.
+    pub fn stack(parts: &[&QMatrix]) -> Result<QMatrix, KernelError> {
+        let Some((first, _)) = parts.split_first() else {
+            return Err(KernelError::CannotStack {
+                what: "zero matrices".into(),
+            });
+        };
+        let mut n = 0;
+        for (i, p) in parts.iter().enumerate() {
+            if p.format != first.format || p.k != first.k {
+                return Err(KernelError::CannotStack {
+                    what: format!("{p:?} onto {first:?}"),
+                });
+            }
+            if i + 1 < parts.len() && !p.n.is_multiple_of(GROUP) {
+                return Err(KernelError::CannotStack {
+                    what: format!("{p:?}: rows not a multiple of {GROUP}"),
+                });
+            }
+            n += p.n;
+        }
+        let mut data = AlignedBytes::zeroed(parts.iter().map(|p| p.data.as_slice().len()).sum());
+        let mut at = 0;
+        for p in parts {
+            let bytes = p.data.as_slice();
+            data.as_mut_slice()[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        }
+        Ok(QMatrix {
+            format: first.format,
+            n,
+            k: first.k,
+            groups: n.div_ceil(GROUP),
+            data,
+        })
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        self.format
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        match self.format {
+            WeightFormat::Q4_1 => GgmlDType::Q4_1,
+            WeightFormat::Q4_0 => GgmlDType::Q4_0,
+            WeightFormat::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+
+    /// Bytes of quantized weights (what one pass over the matrix streams).
+    pub fn weight_bytes(&self) -> usize {
+        self.n * (self.k / QK) * self.format.gguf_block_bytes()
+    }
+
+    /// `out[i * n + j] = Σ_c x[i * k + c] · W[j, c]` for `m` rows of `x`.
+    ///
+    /// # Panics
+    /// If `x.len() != m * k` or `out.len() != m * n` (a caller bug, not a data error).
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_with(dispatch::selected(), x, m, out)
+    }
+
+    /// [`QMatrix::matmul`] with an explicit kernel (tests, benchmarks).
+    ///
+    /// # Panics
+    /// As `matmul`, and if `kernel` is not available on this CPU.
+    pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.k, "activations are not {m}x{}", self.k);
+        assert_eq!(out.len(), m * self.n, "output is not {m}x{}", self.n);
+        assert!(
+            kernel.is_available(),
+            "{} kernel unavailable",
+            kernel.name()
+        );
+        matmul::run(kernel, self, x, m, out)
+    }
+
+    /// Row `row` of W as floats (an embedding lookup on a tied embedding matrix).
+    ///
+    /// # Panics
+    /// If `row >= n` or `out.len() != k`.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(row < self.n, "row {row} out of {}", self.n);
+        assert_eq!(out.len(), self.k);
+        layout::dequantize_row(self.format, self.data.as_slice(), self.k, row, out)
+    }
 }

@@ -1,0 +1,286 @@
+//! Benchmarks of the quantized matmul kernels (`inflight::kernels`) on the default
+//! model's shapes, candle's `QMatMul` on the same shapes, and the machine's memory
+//! bandwidth; then a whole-model pass (30 layers of distinct weights + lm_head, so the
+//! weights stream from DRAM as in real decode) for decode, batch-16 decode and a
+//! 512-token prefill.
+//!
+//! `cargo bench --bench kernels` (add `-- --quick` for a faster, noisier run).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use criterion::{BenchmarkId, Criterion, Throughput};
+use inflight::kernels::{kernel_name, QMatrix, WeightFormat};
+use rayon::prelude::*;
+
+const ROWS: [usize; 5] = [1, 4, 16, 64, 512];
+
+/// (label, dtype, n, k)
+const SHAPES: [(&str, GgmlDType, usize, usize); 3] = [
+    ("q4_1_1536x576", GgmlDType::Q4_1, 1536, 576),
+    ("q4_1_576x1536", GgmlDType::Q4_1, 576, 1536),
+    ("q8_0_49152x576", GgmlDType::Q8_0, 49152, 576),
+];
+
+/// A small deterministic generator; quality is irrelevant here.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+
+    fn vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.f32()).collect()
+    }
+}
+
+fn qtensor(rng: &mut XorShift, dtype: GgmlDType, n: usize, k: usize) -> QTensor {
+    let w = Tensor::from_vec(rng.vec(n * k), (n, k), &Device::Cpu).expect("tensor");
+    QTensor::quantize(&w, dtype).expect("quantize")
+}
+
+/// Random GGUF blocks with plausible scales, much faster to make than quantizing.
+fn synthetic(rng: &mut XorShift, format: WeightFormat, n: usize, k: usize) -> QMatrix {
+    let block = format.gguf_block_bytes();
+    let mut bytes = vec![0u8; n * k / 32 * block];
+    for b in bytes.chunks_mut(block) {
+        b[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        let start = if format == WeightFormat::Q4_1 {
+            b[2..4].copy_from_slice(&half::f16::from_f32(-0.08).to_le_bytes());
+            4
+        } else {
+            2
+        };
+        for v in &mut b[start..] {
+            *v = rng.next() as u8;
+        }
+    }
+    QMatrix::from_raw(format, n, k, &bytes).expect("synthetic matrix")
+}
+
+fn kernel_benches(c: &mut Criterion) {
+    let mut rng = XorShift(0x9e3779b97f4a7c15);
+    for (label, dtype, n, k) in SHAPES {
+        let q = qtensor(&mut rng, dtype, n, k);
+        let w = QMatrix::from_qtensor(&q)
+            .expect("repack")
+            .expect("supported");
+        let bytes = w.weight_bytes() as u64;
+        let mut group = c.benchmark_group(format!("{label}/{}", kernel_name()));
+        group.throughput(Throughput::Bytes(bytes));
+        for m in ROWS {
+            let x = rng.vec(m * k);
+            let mut out = vec![0.0; m * n];
+            group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, &m| {
+                b.iter(|| w.matmul(black_box(&x), m, &mut out))
+            });
+        }
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("{label}/candle"));
+        group.throughput(Throughput::Bytes(bytes));
+        let mm = QMatMul::from_qtensor(q).expect("qmatmul");
+        for m in [1, 64] {
+            let x = Tensor::from_vec(rng.vec(m * k), (m, k), &Device::Cpu).expect("x");
+            group.bench_with_input(BenchmarkId::from_parameter(m), &m, |b, _| {
+                b.iter(|| mm.forward(black_box(&x)).expect("forward"))
+            });
+        }
+        group.finish();
+    }
+}
+
+const BW_BYTES: usize = 256 << 20;
+
+fn bandwidth_benches(c: &mut Criterion) {
+    let src: Vec<u64> = (0..BW_BYTES as u64 / 8).collect();
+    let mut dst = vec![0u64; src.len()];
+    let chunk = src.len() / rayon::current_num_threads().max(1);
+    let mut group = c.benchmark_group("machine");
+    group.throughput(Throughput::Bytes(BW_BYTES as u64));
+    group.bench_function("memcpy_256MiB", |b| {
+        b.iter(|| {
+            dst.par_chunks_mut(chunk)
+                .zip(src.par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s))
+        })
+    });
+    group.bench_function("read_256MiB", |b| b.iter(|| read_all(&src, chunk)));
+    group.finish();
+}
+
+fn read_all(src: &[u64], chunk: usize) -> u64 {
+    src.par_chunks(chunk)
+        .map(|c| {
+            c.chunks_exact(8).fold([0u64; 8], |mut a, v| {
+                for i in 0..8 {
+                    a[i] ^= v[i];
+                }
+                a
+            })
+        })
+        .map(|a| a.iter().fold(0, |x, y| x ^ y))
+        .reduce(|| 0, |x, y| x ^ y)
+}
+
+/// Median wall time of `f` over `runs` runs after one warm-up run.
+fn median(runs: usize, mut f: impl FnMut()) -> Duration {
+    f();
+    let mut t: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed()
+        })
+        .collect();
+    t.sort();
+    t[runs / 2]
+}
+
+/// Per-shape figures from our own timer (criterion reports time and GB/s only).
+fn shape_table() {
+    let mut rng = XorShift(42);
+    println!(
+        "\n{:<16} {:>5} {:>11} {:>8} {:>8}",
+        "shape", "m", "time", "GB/s", "GOP/s"
+    );
+    for (label, dtype, n, k) in SHAPES {
+        let format = match dtype {
+            GgmlDType::Q8_0 => WeightFormat::Q8_0,
+            _ => WeightFormat::Q4_1,
+        };
+        let w = synthetic(&mut rng, format, n, k);
+        for m in ROWS {
+            let x = rng.vec(m * k);
+            let mut out = vec![0.0; m * n];
+            let runs = if m >= 64 { 7 } else { 31 };
+            let t = median(runs, || w.matmul(&x, m, &mut out)).as_secs_f64();
+            println!(
+                "{label:<16} {m:>5} {:>9.1}µs {:>8.1} {:>8.1}",
+                t * 1e6,
+                w.weight_bytes() as f64 / t / 1e9,
+                2.0 * (m * n * k) as f64 / t / 1e9
+            );
+        }
+    }
+}
+
+/// The default model's matmuls: 30 layers × (q, k, v, o, gate, up, down) + lm_head.
+struct Model {
+    layers: Vec<[QMatrix; 7]>,
+    lm_head: QMatrix,
+}
+
+impl Model {
+    fn synthetic() -> Model {
+        let mut rng = XorShift(7);
+        let q41 = WeightFormat::Q4_1;
+        let layers = (0..30)
+            .map(|_| {
+                [
+                    synthetic(&mut rng, q41, 576, 576),
+                    synthetic(&mut rng, q41, 192, 576),
+                    synthetic(&mut rng, q41, 192, 576),
+                    synthetic(&mut rng, q41, 576, 576),
+                    synthetic(&mut rng, q41, 1536, 576),
+                    synthetic(&mut rng, q41, 1536, 576),
+                    synthetic(&mut rng, q41, 576, 1536),
+                ]
+            })
+            .collect();
+        let lm_head = synthetic(&mut rng, WeightFormat::Q8_0, 49152, 576);
+        Model { layers, lm_head }
+    }
+
+    fn bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .flatten()
+            .map(QMatrix::weight_bytes)
+            .sum();
+        layers + self.lm_head.weight_bytes()
+    }
+
+    /// Every matmul of one forward step over `m` rows (logits for the last row only).
+    fn step(&self, m: usize, buf: &mut Buffers) {
+        for l in &self.layers {
+            for w in &l[..4] {
+                w.matmul(&buf.x576[..m * 576], m, &mut buf.o576[..m * w.n()]);
+            }
+            l[4].matmul(&buf.x576[..m * 576], m, &mut buf.o1536[..m * 1536]);
+            l[5].matmul(&buf.x576[..m * 576], m, &mut buf.o1536[..m * 1536]);
+            l[6].matmul(&buf.x1536[..m * 1536], m, &mut buf.o576[..m * 576]);
+        }
+        self.lm_head.matmul(&buf.x576[..576], 1, &mut buf.logits);
+    }
+}
+
+struct Buffers {
+    x576: Vec<f32>,
+    x1536: Vec<f32>,
+    o576: Vec<f32>,
+    o1536: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+fn model_summary() {
+    let model = Model::synthetic();
+    let mut rng = XorShift(99);
+    let mut buf = Buffers {
+        x576: rng.vec(512 * 576),
+        x1536: rng.vec(512 * 1536),
+        o576: vec![0.0; 512 * 576],
+        o1536: vec![0.0; 512 * 1536],
+        logits: vec![0.0; 49152],
+    };
+    let mb = model.bytes() as f64 / 1e6;
+    println!(
+        "\nwhole model ({mb:.1} MB of weights, kernel {}):",
+        kernel_name()
+    );
+    for (what, m, tokens, runs) in [
+        ("decode, 1 sequence", 1, 1, 21),
+        ("decode, batch 16", 16, 16, 9),
+        ("prefill 512", 512, 512, 3),
+    ] {
+        let outside = median(runs, || model.step(m, &mut buf)).as_secs_f64();
+        // Called from a pool thread, the caller works instead of waiting for the pool.
+        let inside = rayon::scope(|_| median(runs, || model.step(m, &mut buf))).as_secs_f64();
+        for (how, t) in [
+            ("caller outside pool", outside),
+            ("caller inside pool", inside),
+        ] {
+            println!(
+                "  {what:<20} {how:<20} {:>8.2} ms/step {:>8.1} tok/s {:>6.1} GB/s",
+                t * 1e3,
+                tokens as f64 / t,
+                mb / 1e3 / t
+            );
+        }
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(10)
+        .configure_from_args();
+    println!("kernel: {}", kernel_name());
+    bandwidth_benches(&mut c);
+    kernel_benches(&mut c);
+    c.final_summary();
+    shape_table();
+    model_summary();
+}

@@ -1,0 +1,229 @@
+//! Quantization of the activations (the matmul's left operand) to 8-bit blocks.
+//!
+//! Each row of `k` floats becomes `k / 32` blocks of 32 signed bytes in -127..=127 with a
+//! scale `d = amax / 127` (f32), the integer sum of the block's bytes (for the zero-point
+//! terms of Q4_0 and of the +128 offset of repacked Q8_0) and `s = d * sum` (for the
+//! Q4_1 minimum). Rounding is to nearest, ties to even, on every path, so all kernels
+//! see identical bytes.
+
+use rayon::prelude::*;
+
+use super::dispatch::Kernel;
+use super::layout::QK;
+
+/// Quantized activations of `m` rows; reused across calls to avoid allocations.
+#[derive(Default)]
+pub struct QActs {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+    pub isum: Vec<i32>,
+    pub k: usize,
+    pub nb: usize,
+}
+
+/// One row's outputs (quants, scales, scaled sums, sums) and its input.
+type Row<'a> = (
+    (
+        ((&'a mut [i8], &'a mut [f32]), &'a mut [f32]),
+        &'a mut [i32],
+    ),
+    &'a [f32],
+);
+
+/// Rows at or above which quantization itself is spread over threads.
+const PARALLEL_ROWS: usize = 32;
+
+impl QActs {
+    /// Quantizes `x` (`m` rows of `k` values, `k % 32 == 0`) into `self`.
+    pub fn quantize(&mut self, kernel: Kernel, x: &[f32], m: usize, k: usize) {
+        debug_assert_eq!(x.len(), m * k);
+        let nb = k / QK;
+        self.k = k;
+        self.nb = nb;
+        self.qs.resize(m * k, 0);
+        self.d.resize(m * nb, 0.0);
+        self.s.resize(m * nb, 0.0);
+        self.isum.resize(m * nb, 0);
+        let one = |((((q, d), s), isum), x): Row<'_>| quantize_row(kernel, x, q, d, s, isum);
+        if m >= PARALLEL_ROWS {
+            self.qs
+                .par_chunks_mut(k)
+                .zip(self.d.par_chunks_mut(nb))
+                .zip(self.s.par_chunks_mut(nb))
+                .zip(self.isum.par_chunks_mut(nb))
+                .zip(x.par_chunks(k))
+                .for_each(one);
+        } else {
+            self.qs
+                .chunks_mut(k)
+                .zip(self.d.chunks_mut(nb))
+                .zip(self.s.chunks_mut(nb))
+                .zip(self.isum.chunks_mut(nb))
+                .zip(x.chunks(k))
+                .for_each(one);
+        }
+    }
+}
+
+fn quantize_row(
+    kernel: Kernel,
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    isum: &mut [i32],
+) {
+    for (b, (xb, qb)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
+        let (db, sum) = match kernel {
+            // SAFETY: the kernel is only ever used once `is_available` said so, and both
+            // blocks hold exactly 32 elements.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => unsafe { x86::block_avx512(xb.as_ptr(), qb.as_mut_ptr()) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { x86::block_avx2(xb.as_ptr(), qb.as_mut_ptr()) },
+            _ => block_portable(xb, qb),
+        };
+        d[b] = db;
+        isum[b] = sum;
+        s[b] = db * sum as f32;
+    }
+}
+
+/// Scale and reciprocal for a block whose largest magnitude is `amax`.
+fn scales(amax: f32) -> (f32, f32) {
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (d, id)
+}
+
+fn block_portable(x: &[f32], q: &mut [i8]) -> (f32, i32) {
+    let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let (d, id) = scales(amax);
+    let mut sum = 0;
+    for (q, &v) in q.iter_mut().zip(x) {
+        // In -127..=127 by construction of `id`.
+        *q = (v * id).round_ties_even() as i8;
+        sum += i32::from(*q);
+    }
+    (d, sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::scales;
+
+    /// # Safety
+    /// AVX2 must be available; `x` and `q` must point at 32 readable / writable elements.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn block_avx2(x: *const f32, q: *mut i8) -> (f32, i32) {
+        let v = [
+            _mm256_loadu_ps(x),
+            _mm256_loadu_ps(x.add(8)),
+            _mm256_loadu_ps(x.add(16)),
+            _mm256_loadu_ps(x.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let a = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+        let (d, id) = scales(_mm_cvtss_f32(h));
+        let idv = _mm256_set1_ps(id);
+        // Default MXCSR rounding: nearest, ties to even.
+        let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, idv)));
+        let s = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+        // The packs interleave 128-bit lanes; the permute restores element order.
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.cast(), p);
+        (d, _mm_cvtsi128_si32(s))
+    }
+
+    /// # Safety
+    /// AVX-512 F must be available; pointers as for [`block_avx2`].
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn block_avx512(x: *const f32, q: *mut i8) -> (f32, i32) {
+        let v0 = _mm512_loadu_ps(x);
+        let v1 = _mm512_loadu_ps(x.add(16));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        let (d, id) = scales(amax);
+        let idv = _mm512_set1_ps(id);
+        let i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, idv));
+        let i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, idv));
+        _mm_storeu_si128(q.cast(), _mm512_cvtsepi32_epi8(i0));
+        _mm_storeu_si128(q.add(16).cast(), _mm512_cvtsepi32_epi8(i1));
+        (d, _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(m: usize, k: usize) -> Vec<f32> {
+        (0..m * k)
+            .map(|i| {
+                let t = (i as f32 * 0.618).fract();
+                // Some exact ties (x * id = n + 0.5) and an all-zero block.
+                if i / QK == 3 {
+                    0.0
+                } else if i % 7 == 0 {
+                    (i % 5) as f32 - 2.5
+                } else {
+                    (t - 0.5) * 8.0
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn portable_blocks_reconstruct_within_half_a_step() {
+        let x = sample(2, 4 * QK);
+        let mut a = QActs::default();
+        a.quantize(Kernel::Portable, &x, 2, 4 * QK);
+        for (blk, xb) in x.chunks(QK).enumerate() {
+            let d = a.d[blk];
+            let mut sum = 0;
+            for (i, &v) in xb.iter().enumerate() {
+                let q = a.qs[blk * QK + i];
+                assert!(q != -128);
+                assert!(
+                    (f32::from(q) * d - v).abs() <= 0.5 * d + 1e-6,
+                    "block {blk} {i}"
+                );
+                sum += i32::from(q);
+            }
+            assert_eq!(a.isum[blk], sum);
+            assert_eq!(a.s[blk], d * sum as f32);
+        }
+        assert_eq!(a.d[3], 0.0);
+    }
+
+    #[test]
+    fn simd_quantization_equals_portable() {
+        let (m, k) = (40, 6 * QK); // m ≥ PARALLEL_ROWS exercises the threaded path too
+        let x = sample(m, k);
+        let mut want = QActs::default();
+        want.quantize(Kernel::Portable, &x, m, k);
+        for kernel in Kernel::available() {
+            let mut got = QActs::default();
+            got.quantize(kernel, &x, m, k);
+            assert_eq!(got.qs, want.qs, "{}", kernel.name());
+            assert_eq!(got.d, want.d, "{}", kernel.name());
+            assert_eq!(got.isum, want.isum, "{}", kernel.name());
+            assert_eq!(got.s, want.s, "{}", kernel.name());
+        }
+    }
+}

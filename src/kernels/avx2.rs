@@ -1,0 +1,103 @@
+//! The AVX2 kernel (the Inf2 / Zen 3 path): `vpmaddubsw` multiplies unsigned weight
+//! bytes by signed activation bytes into 16-bit pairs, `vpmaddwd` widens to 32 bits.
+//!
+//! A 16-row group is processed as two halves of 8 lanes (bytes 0..32 and 32..64 of each
+//! 64-byte chunk of the layout). For Q4 the eight 16-bit partial sums of a block cannot
+//! overflow (8 × 2 × 15 × 127 < 2^15), so they are added before one widening; Q8_0 uses
+//! the sign trick (|w| × sign(x, w)) on the un-offset weights and widens every product.
+
+use std::arch::x86_64::*;
+
+use super::layout::{record_shape, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, Q4_1_MINS_OFFSET, QK};
+use super::tile::{store_partial, Tile, PREFETCH_AHEAD};
+
+/// # Safety
+/// See [`super::tile::TileFn`]; AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
+    let (so, rec) = record_shape(F);
+    let a = t.acts;
+    let (k, nb) = (a.k, a.nb);
+    assert!(t.w.len() >= nb * rec && a.qs.len() >= (t.row0 + MR) * k);
+    assert!(a.d.len() >= (t.row0 + MR) * nb);
+    let w = t.w.as_ptr();
+    let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0f);
+    let flip = _mm256_set1_epi8(-128);
+    for h in 0..2 {
+        if 8 * h >= t.ncols {
+            break;
+        }
+        let mut acc = [_mm256_setzero_ps(); MR];
+        for b in 0..nb {
+            let blk = w.add(b * rec);
+            if h == 0 && t.prefetch {
+                let ahead = blk.wrapping_add(PREFETCH_AHEAD);
+                for line in (0..rec).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                }
+            }
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(so + 16 * h).cast()));
+            let mw = if F == FMT_Q4_1 {
+                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(Q4_1_MINS_OFFSET + 16 * h).cast()))
+            } else {
+                _mm256_setzero_ps()
+            };
+            let mut v = [_mm256_setzero_si256(); 8];
+            let mut mag = [_mm256_setzero_si256(); 8];
+            if F == FMT_Q8_0 {
+                for j in 0..8 {
+                    let raw = _mm256_loadu_si256(blk.add(64 * j + 32 * h).cast());
+                    v[j] = _mm256_xor_si256(raw, flip);
+                    mag[j] = _mm256_abs_epi8(v[j]);
+                }
+            } else {
+                for i in 0..4 {
+                    let raw = _mm256_loadu_si256(blk.add(64 * i + 32 * h).cast());
+                    v[i] = _mm256_and_si256(raw, low);
+                    v[i + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                }
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let row = t.row0 + r;
+                let xw = qs.add(row * k + b * QK).cast::<i32>();
+                let x = |j: usize| _mm256_set1_epi32(xw.add(j).read_unaligned());
+                let dot = if F == FMT_Q8_0 {
+                    let mut s = _mm256_setzero_si256();
+                    for j in 0..8 {
+                        let p = _mm256_maddubs_epi16(mag[j], _mm256_sign_epi8(x(j), v[j]));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                    }
+                    s
+                } else {
+                    let mut s16 = _mm256_maddubs_epi16(v[0], x(0));
+                    for (j, &vj) in v.iter().enumerate().skip(1) {
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(vj, x(j)));
+                    }
+                    let s = _mm256_madd_epi16(s16, ones);
+                    if F == FMT_Q4_0 {
+                        _mm256_sub_epi32(s, _mm256_set1_epi32(8 * *sums.add(row * nb + b)))
+                    } else {
+                        s
+                    }
+                };
+                let dx = _mm256_set1_ps(*ds.add(row * nb + b));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, dx), *acc);
+                if F == FMT_Q4_1 {
+                    *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*ss.add(row * nb + b)), *acc);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let out = t.out.add(r * t.ldo + 8 * h);
+            if t.ncols >= 8 * h + 8 {
+                _mm256_storeu_ps(out, *acc);
+            } else {
+                let mut tmp = [0.0f32; 8];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), *acc);
+                store_partial(out, &tmp, t.ncols - 8 * h);
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The AVX-512 VNNI kernel: one `vpdpbusd` multiplies 4 unsigned weight bytes of each of
+//! the group's 16 rows by the same 4 signed activation bytes and accumulates in 32 bits.
+//!
+//! Q8_0 weights are stored with +128 so they are unsigned too; the offset is removed
+//! exactly with the block's integer activation sum (`dot - 128 * sum`), as Q4_0's
+//! zero point is (`dot - 8 * sum`).
+
+use std::arch::x86_64::*;
+
+use super::layout::{record_shape, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, Q4_1_MINS_OFFSET, QK};
+use super::tile::{Tile, PREFETCH_AHEAD};
+
+/// # Safety
+/// See [`super::tile::TileFn`]; AVX-512 F, BW and VNNI must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
+    let (so, rec) = record_shape(F);
+    let a = t.acts;
+    let (k, nb) = (a.k, a.nb);
+    assert!(t.w.len() >= nb * rec && a.qs.len() >= (t.row0 + MR) * k);
+    assert!(a.d.len() >= (t.row0 + MR) * nb);
+    let w = t.w.as_ptr();
+    let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
+    let low = _mm512_set1_epi8(0x0f);
+    let offset = match F {
+        FMT_Q8_0 => 128,
+        FMT_Q4_0 => 8,
+        _ => 0,
+    };
+    let mut acc = [_mm512_setzero_ps(); MR];
+    for b in 0..nb {
+        let blk = w.add(b * rec);
+        if t.prefetch {
+            let ahead = blk.wrapping_add(PREFETCH_AHEAD);
+            for line in (0..rec).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+            }
+        }
+        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(so).cast()));
+        let mw = if F == FMT_Q4_1 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(Q4_1_MINS_OFFSET).cast()))
+        } else {
+            _mm512_setzero_ps()
+        };
+        let mut v = [_mm512_setzero_si512(); 8];
+        if F == FMT_Q8_0 {
+            for (j, v) in v.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(blk.add(64 * j).cast());
+            }
+        } else {
+            for i in 0..4 {
+                let raw = _mm512_loadu_si512(blk.add(64 * i).cast());
+                v[i] = _mm512_and_si512(raw, low);
+                v[i + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);
+            }
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let row = t.row0 + r;
+            let xw = qs.add(row * k + b * QK).cast::<i32>();
+            let x = |j: usize| _mm512_set1_epi32(xw.add(j).read_unaligned());
+            // Two chains halve the dependent-latency path.
+            let mut s0 = _mm512_setzero_si512();
+            let mut s1 = _mm512_setzero_si512();
+            for j in (0..8).step_by(2) {
+                s0 = _mm512_dpbusd_epi32(s0, v[j], x(j));
+                s1 = _mm512_dpbusd_epi32(s1, v[j + 1], x(j + 1));
+            }
+            let mut dot = _mm512_add_epi32(s0, s1);
+            if offset != 0 {
+                let corr = _mm512_set1_epi32(offset * *sums.add(row * nb + b));
+                dot = _mm512_sub_epi32(dot, corr);
+            }
+            let dx = _mm512_set1_ps(*ds.add(row * nb + b));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *acc);
+            if F == FMT_Q4_1 {
+                *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*ss.add(row * nb + b)), *acc);
+            }
+        }
+    }
+    let mask: __mmask16 = if t.ncols >= 16 {
+        0xffff
+    } else {
+        (1u16 << t.ncols) - 1
+    };
+    for (r, acc) in acc.iter().enumerate() {
+        _mm512_mask_storeu_ps(t.out.add(r * t.ldo), mask, *acc);
+    }
+}

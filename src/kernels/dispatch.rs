@@ -1,0 +1,155 @@
+//! Which instruction set the kernels use, chosen once per process at run time.
+//!
+//! The binary is built for baseline x86-64 so it runs on any deployment host; the fastest
+//! kernel the CPU supports is picked on first use. Each SIMD kernel must also reproduce
+//! the portable kernel bit for bit on a small problem before it is chosen: a kernel this
+//! build machine cannot execute (AVX-512 on an AVX2-only host) is then still checked on
+//! the machine that first runs it. `INFLIGHT_KERNEL=avx2|portable|avx512vnni` caps the
+//! choice (e.g. to measure the AVX2 path on an AVX-512 host).
+
+use std::sync::OnceLock;
+
+use super::layout::{WeightFormat, QK};
+use super::QMatrix;
+
+/// An implementation of the quantized dot products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// 512-bit `vpdpbusd` (AVX-512 F + BW + VNNI).
+    Avx512Vnni,
+    /// 256-bit `vpmaddubsw` + `vpmaddwd` (AVX2 + FMA + F16C).
+    Avx2,
+    /// Plain Rust; any CPU.
+    Portable,
+}
+
+impl Kernel {
+    /// All kernels, fastest first.
+    pub const ALL: [Kernel; 3] = [Kernel::Avx512Vnni, Kernel::Avx2, Kernel::Portable];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Vnni => "avx512vnni",
+            Kernel::Avx2 => "avx2",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// Whether this CPU can execute the kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The kernels this CPU can execute, fastest first.
+    pub fn available() -> impl Iterator<Item = Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.is_available())
+    }
+
+    fn parse(name: &str) -> Option<Kernel> {
+        Kernel::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// The kernel `QMatrix::matmul` uses in this process.
+pub fn selected() -> Kernel {
+    static SELECTED: OnceLock<Kernel> = OnceLock::new();
+    *SELECTED.get_or_init(select)
+}
+
+/// Name of the selected kernel, for logs.
+pub fn kernel_name() -> &'static str {
+    selected().name()
+}
+
+fn select() -> Kernel {
+    let cap = std::env::var("INFLIGHT_KERNEL").ok();
+    let cap = match cap.as_deref().map(|s| (s, Kernel::parse(s))) {
+        Some((_, Some(k))) => Some(k),
+        Some((s, None)) => {
+            tracing::warn!(value = s, "INFLIGHT_KERNEL not recognised; ignoring it");
+            None
+        }
+        None => None,
+    };
+    let skip = cap.map_or(0, |c| Kernel::ALL.iter().position(|&k| k == c).unwrap_or(0));
+    for kernel in Kernel::ALL.into_iter().skip(skip) {
+        if !kernel.is_available() {
+            continue;
+        }
+        if kernel == Kernel::Portable || agrees_with_portable(kernel) {
+            return kernel;
+        }
+        tracing::error!(
+            kernel = kernel.name(),
+            "quantized matmul kernel disagrees with the portable one; not using it"
+        );
+    }
+    Kernel::Portable
+}
+
+/// Runs every format through `kernel` and the portable kernel on a small problem with a
+/// ragged last group and several row tiles, and compares the results exactly.
+fn agrees_with_portable(kernel: Kernel) -> bool {
+    let (n, k, m) = (21, 2 * QK, 11);
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+        .collect();
+    [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0]
+        .into_iter()
+        .all(|format| {
+            let bytes: Vec<u8> = (0..n * (k / QK) * format.gguf_block_bytes())
+                .map(|i| match i % format.gguf_block_bytes() {
+                    // Scales: small positive f16 (0x2c00 ≈ 0.0625); minimums negative.
+                    0 => 0x00,
+                    1 => 0x2c,
+                    2 if format == WeightFormat::Q4_1 => 0x00,
+                    3 if format == WeightFormat::Q4_1 => 0xac,
+                    _ => (i * 73 % 251) as u8,
+                })
+                .collect();
+            let Ok(w) = QMatrix::from_raw(format, n, k, &bytes) else {
+                return false;
+            };
+            let mut want = vec![0.0; m * n];
+            let mut got = vec![0.0; m * n];
+            w.matmul_with(Kernel::Portable, &x, m, &mut want);
+            w.matmul_with(kernel, &x, m, &mut got);
+            want == got
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_available_kernel_passes_its_self_check() {
+        for kernel in Kernel::available() {
+            assert!(agrees_with_portable(kernel), "{}", kernel.name());
+        }
+    }
+
+    #[test]
+    fn selection_picks_the_fastest_available_kernel() {
+        // Tests do not set INFLIGHT_KERNEL, so the first available kernel must win.
+        if std::env::var("INFLIGHT_KERNEL").is_err() {
+            assert_eq!(Some(selected()), Kernel::available().next());
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The threaded driver: quantizes the activations once, cuts the output into tasks of
+//! (row chunk × run of groups) for rayon, and walks each task in register-sized tiles.
+//!
+//! Within a task every group's records are read from memory once and reused from L1 for
+//! all row tiles of the chunk; the chunk's quantized activations stay in L2. At m = 1
+//! the groups alone are split so that every thread has several tasks.
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::activations::QActs;
+use super::dispatch::Kernel;
+use super::layout::GROUP;
+use super::tile::{self, Tile};
+use super::QMatrix;
+
+/// Activation rows per task: their quantized bytes (`ROW_CHUNK * k`) should sit in L2.
+const ROW_CHUNK: usize = 64;
+/// Tasks per thread to aim for, so a thread slowed by a neighbour does not stall the call.
+const TASKS_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// Quantized-activation buffers, reused across calls on this thread.
+    static SCRATCH: Cell<QActs> = Cell::new(QActs::default());
+}
+
+/// A raw output pointer that tasks share; each writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (row, column) ranges of the same buffer, and `run` does
+// not return before every task has finished.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// How `m × groups` is cut into tasks.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    rows_per_task: usize,
+    row_chunks: usize,
+    groups_per_task: usize,
+    group_chunks: usize,
+}
+
+impl Plan {
+    fn new(m: usize, groups: usize, threads: usize) -> Plan {
+        let row_chunks = m.div_ceil(ROW_CHUNK).max(1);
+        let rows_per_task = m.div_ceil(row_chunks).max(1);
+        let want = (TASKS_PER_THREAD * threads).div_ceil(row_chunks);
+        let groups_per_task = groups.div_ceil(want.clamp(1, groups.max(1))).max(1);
+        Plan {
+            rows_per_task,
+            row_chunks,
+            groups_per_task,
+            group_chunks: groups.div_ceil(groups_per_task),
+        }
+    }
+}
+
+/// `out = x · Wᵀ` with `kernel`. The caller has checked the slice lengths.
+pub fn run(kernel: Kernel, w: &QMatrix, x: &[f32], m: usize, out: &mut [f32]) {
+    if m == 0 || w.n == 0 {
+        return;
+    }
+    // Taken, not borrowed: a nested call on this thread (rayon may run another task
+    // here while this one waits) then simply starts with an empty buffer.
+    let mut acts = SCRATCH.with(Cell::take);
+    acts.quantize(kernel, x, m, w.k);
+    let plan = Plan::new(m, w.groups, rayon::current_num_threads());
+    let out = OutPtr(out.as_mut_ptr());
+    let tasks = plan.row_chunks * plan.group_chunks;
+    let acts_ref = &acts;
+    let body = |task: usize| {
+        let (rc, gc) = (task / plan.group_chunks, task % plan.group_chunks);
+        let rows = rc * plan.rows_per_task..((rc + 1) * plan.rows_per_task).min(m);
+        let groups = gc * plan.groups_per_task..((gc + 1) * plan.groups_per_task).min(w.groups);
+        // SAFETY: tasks cover disjoint (rows, groups) rectangles of `out`, which has
+        // m * n elements.
+        unsafe { run_task(kernel, w, acts_ref, rows, groups, out) };
+    };
+    if tasks == 1 {
+        body(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(body);
+    }
+    SCRATCH.with(|s| s.set(acts));
+}
+
+/// # Safety
+/// `out` points at `m * n` floats; no other task writes rows `rows` × the columns of
+/// `groups`.
+unsafe fn run_task(
+    kernel: Kernel,
+    w: &QMatrix,
+    acts: &QActs,
+    rows: std::ops::Range<usize>,
+    groups: std::ops::Range<usize>,
+    out: OutPtr,
+) {
+    let max_rows = tile::max_rows(kernel);
+    let format = w.format.id();
+    let full = tile::select(kernel, format, max_rows);
+    let group_bytes = w.k / super::layout::QK * w.format.record_bytes();
+    let data = w.data.as_slice();
+    for g in groups {
+        let col0 = g * GROUP;
+        let mut row0 = rows.start;
+        while row0 < rows.end {
+            let mr = (rows.end - row0).min(max_rows);
+            let f = if mr == max_rows {
+                full
+            } else {
+                tile::select(kernel, format, mr)
+            };
+            let t = Tile {
+                w: &data[g * group_bytes..(g + 1) * group_bytes],
+                acts,
+                row0,
+                prefetch: row0 == rows.start,
+                out: out.0.add(row0 * w.n + col0),
+                ldo: w.n,
+                ncols: (w.n - col0).min(GROUP),
+            };
+            f(&t);
+            row0 += mr;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_plan_gives_every_thread_several_tasks() {
+        let p = Plan::new(1, 96, 2);
+        assert_eq!((p.row_chunks, p.rows_per_task), (1, 1));
+        assert_eq!((p.groups_per_task, p.group_chunks), (12, 8));
+        // Fewer groups than wanted tasks: one group each.
+        let p = Plan::new(1, 5, 2);
+        assert_eq!((p.groups_per_task, p.group_chunks), (1, 5));
+    }
+
+    #[test]
+    fn prefill_plan_chunks_rows_evenly() {
+        let p = Plan::new(130, 36, 2);
+        assert_eq!((p.row_chunks, p.rows_per_task), (3, 44));
+        assert_eq!(p.group_chunks, 3);
+        let p = Plan::new(512, 36, 2);
+        assert_eq!((p.row_chunks, p.rows_per_task, p.group_chunks), (8, 64, 1));
+    }
+}

@@ -1,0 +1,49 @@
+//! The reference kernel in plain Rust: the exact integer dot products and the same
+//! sequence of fused multiply-adds as the SIMD kernels, so their results are identical.
+
+use super::layout::{
+    read_f16, record_shape, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, Q4_1_MINS_OFFSET, QK,
+};
+use super::tile::{store_partial, Tile};
+
+/// # Safety
+/// See [`super::tile::TileFn`].
+pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
+    let (scales, rec) = record_shape(F);
+    let a = t.acts;
+    let (k, nb) = (a.k, a.nb);
+    let mut acc = [[0.0f32; GROUP]; MR];
+    for (b, record) in t.w.chunks_exact(rec).take(nb).enumerate() {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let row = t.row0 + r;
+            let xq = &a.qs[row * k + b * QK..][..QK];
+            let (dx, sx, isum) = (a.d[row * nb + b], a.s[row * nb + b], a.isum[row * nb + b]);
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let byte = |i: usize| record[(i / 4) * 64 + 4 * c + i % 4];
+                let mut dot = 0i32;
+                if F == FMT_Q8_0 {
+                    for (i, &x) in xq.iter().enumerate() {
+                        dot += i32::from((byte(i) ^ 0x80) as i8) * i32::from(x);
+                    }
+                } else {
+                    for i in 0..QK / 2 {
+                        let q = byte(i);
+                        dot += i32::from(q & 0x0f) * i32::from(xq[i])
+                            + i32::from(q >> 4) * i32::from(xq[i + QK / 2]);
+                    }
+                    if F == FMT_Q4_0 {
+                        dot -= 8 * isum;
+                    }
+                }
+                let dw = read_f16(record, scales + 2 * c);
+                *acc = (dot as f32).mul_add(dw * dx, *acc);
+                if F == FMT_Q4_1 {
+                    *acc = read_f16(record, Q4_1_MINS_OFFSET + 2 * c).mul_add(sx, *acc);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        store_partial(t.out.add(r * t.ldo), acc, t.ncols);
+    }
+}

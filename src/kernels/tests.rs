@@ -1,0 +1,240 @@
+//! Correctness of `QMatrix::matmul` against candle: float64 references on candle's
+//! dequantized weights, every kernel against the portable one, and real model weights
+//! against candle's `QMatMul`.
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::activations::QActs;
+use super::{Kernel, QMatrix};
+
+const DTYPES: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0];
+
+fn random(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    // Roughly normal, with a few outliers as real activations have.
+    (0..len)
+        .map(|i| {
+            let v: f32 = (0..4).map(|_| rng.random::<f32>() - 0.5).sum();
+            if i % 97 == 0 {
+                v * 20.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn quantized(rng: &mut StdRng, n: usize, k: usize, dtype: GgmlDType) -> (QTensor, Vec<f32>) {
+    let w = Tensor::from_vec(random(rng, n * k), (n, k), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&w, dtype).unwrap();
+    let deq = q.dequantize(&Device::Cpu).unwrap();
+    (q, deq.flatten_all().unwrap().to_vec1().unwrap())
+}
+
+/// `x · Wᵀ` in f64.
+fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|c| f64::from(x[i * k + c]) * f64::from(w[j * k + c]))
+                .sum();
+        }
+    }
+    out
+}
+
+/// The activations as the kernels see them after 8-bit quantization.
+fn requantized(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let mut a = QActs::default();
+    a.quantize(Kernel::Portable, x, m, k);
+    (0..m * k)
+        .map(|i| f32::from(a.qs[i]) * a.d[i / 32])
+        .collect()
+}
+
+fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
+    let err: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (f64::from(g) - w).powi(2))
+        .sum();
+    let norm: f64 = want.iter().map(|w| w * w).sum();
+    (err / norm).sqrt()
+}
+
+#[test]
+fn matmul_matches_float64_references_for_every_kernel() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for dtype in DTYPES {
+        for (n, k) in [(37, 576), (50, 1536), (16, 64)] {
+            let (q, w) = quantized(&mut rng, n, k, dtype);
+            let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
+            assert_eq!((qm.n(), qm.k(), qm.dtype()), (n, k, dtype));
+            for m in [1, 3, 17, 64] {
+                let x = random(&mut rng, m * k);
+                let xq = requantized(&x, m, k);
+                let same_acts = reference(&xq, &w, m, n, k);
+                let exact_acts = reference(&x, &w, m, n, k);
+                // Elementwise bound relative to Σ|x||w|, the scale of the rounding error.
+                let scale = reference(
+                    &xq.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+                    &w.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+                    m,
+                    n,
+                    k,
+                );
+                let mut portable = vec![f32::NAN; m * n];
+                qm.matmul_with(Kernel::Portable, &x, m, &mut portable);
+                for kernel in Kernel::available() {
+                    let what = format!("{dtype:?} {n}x{k} m={m} {}", kernel.name());
+                    let mut out = vec![f32::NAN; m * n];
+                    qm.matmul_with(kernel, &x, m, &mut out);
+                    assert_eq!(out, portable, "{what}: differs from portable");
+                    for (e, ((&o, &r), &s)) in out.iter().zip(&same_acts).zip(&scale).enumerate() {
+                        let err = (f64::from(o) - r).abs();
+                        assert!(err <= 1e-5 * s + 1e-9, "{what} [{e}]: {o} vs {r}");
+                    }
+                    assert!(rel_l2(&out, &same_acts) < 1e-4, "{what}");
+                    let loss = rel_l2(&out, &exact_acts);
+                    assert!(loss < 0.02, "{what}: activation quantization loss {loss}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dequantized_rows_equal_candles() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for dtype in DTYPES {
+        let (n, k) = (19, 96);
+        let (q, w) = quantized(&mut rng, n, k, dtype);
+        let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
+        let mut row = vec![0.0; k];
+        for j in 0..n {
+            qm.dequantize_row(j, &mut row);
+            assert_eq!(row, w[j * k..(j + 1) * k], "{dtype:?} row {j}");
+        }
+    }
+}
+
+#[test]
+fn other_dtypes_and_ranks_are_left_to_candle() {
+    let t = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+    for dtype in [GgmlDType::F32, GgmlDType::Q4K, GgmlDType::Q6K] {
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        assert!(QMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
+    }
+    let t3 = Tensor::zeros((2, 4, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&t3, GgmlDType::Q8_0).unwrap();
+    assert!(QMatrix::from_qtensor(&q).unwrap().is_none());
+}
+
+#[test]
+fn raw_input_of_the_wrong_size_is_an_error() {
+    use super::{KernelError, WeightFormat};
+    let err = QMatrix::from_raw(WeightFormat::Q4_1, 3, 64, &[0; 119]).unwrap_err();
+    assert!(matches!(
+        err,
+        KernelError::SizeMismatch { expected: 120, .. }
+    ));
+    let err = QMatrix::from_raw(WeightFormat::Q8_0, 3, 48, &[0; 0]).unwrap_err();
+    assert!(matches!(err, KernelError::RaggedRows { k: 48 }));
+}
+
+#[test]
+fn stacked_matrices_compute_the_concatenated_outputs() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let k = 64;
+    let parts: Vec<QMatrix> = [32, 16, 21]
+        .iter()
+        .map(|&n| {
+            QMatrix::from_qtensor(&quantized(&mut rng, n, k, GgmlDType::Q4_1).0)
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    let refs: Vec<&QMatrix> = parts.iter().collect();
+    let all = QMatrix::stack(&refs).unwrap();
+    assert_eq!(all.n(), 69);
+    let m = 3;
+    let x = random(&mut rng, m * k);
+    let mut got = vec![0.0; m * 69];
+    all.matmul(&x, m, &mut got);
+    let mut col = 0;
+    for p in &parts {
+        let mut want = vec![0.0; m * p.n()];
+        p.matmul(&x, m, &mut want);
+        for i in 0..m {
+            assert_eq!(
+                got[i * 69 + col..i * 69 + col + p.n()],
+                want[i * p.n()..(i + 1) * p.n()]
+            );
+        }
+        col += p.n();
+    }
+    // A ragged part may only come last; formats and widths must agree.
+    assert!(QMatrix::stack(&[&parts[2], &parts[0]]).is_err());
+    let q8 = QMatrix::from_qtensor(&quantized(&mut rng, 16, k, GgmlDType::Q8_0).0)
+        .unwrap()
+        .unwrap();
+    assert!(QMatrix::stack(&[&parts[0], &q8]).is_err());
+    assert!(QMatrix::stack(&[]).is_err());
+}
+
+/// The default model's GGUF: `INFLIGHT_TEST_MODEL`, else the download cache.
+fn model_path() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("INFLIGHT_TEST_MODEL") {
+        return p.into();
+    }
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/cache/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "default model missing at {} (set INFLIGHT_TEST_MODEL)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn real_weights_match_candles_qmatmul() {
+    let path = model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    for (name, dtype) in [
+        ("blk.0.ffn_gate.weight", GgmlDType::Q4_1),
+        ("token_embd.weight", GgmlDType::Q8_0),
+    ] {
+        let q = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+        assert_eq!(q.dtype(), dtype, "{name}");
+        let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
+        let (n, k, m) = (qm.n(), qm.k(), 5);
+        let x = random(&mut rng, m * k);
+        let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+        let want: Vec<f32> = QMatMul::from_qtensor(q)
+            .unwrap()
+            .forward(&xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut got = vec![0.0; m * n];
+        qm.matmul(&x, m, &mut got);
+        for i in 0..m {
+            let row = |v: &[f32]| {
+                v[i * n..(i + 1) * n]
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect::<Vec<_>>()
+            };
+            let err = rel_l2(&got[i * n..(i + 1) * n], &row(&want));
+            assert!(err < 1e-3, "{name} row {i}: relative error {err}");
+        }
+    }
+}

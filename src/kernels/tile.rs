@@ -1,0 +1,92 @@
+//! The contract between the threaded driver and the per-ISA kernels: one call computes
+//! `MR` consecutive activation rows against one group of 16 weight rows over all of `k`.
+
+use super::activations::QActs;
+use super::dispatch::Kernel;
+use super::layout::{FMT_Q4_0, FMT_Q4_1, FMT_Q8_0};
+
+/// One kernel call's operands.
+pub struct Tile<'a> {
+    /// The group's records, `nb` of them back to back.
+    pub w: &'a [u8],
+    pub acts: &'a QActs,
+    /// First activation row of the tile.
+    pub row0: usize,
+    /// Where output (row0, first column of the group) goes; row `r` of the tile is at
+    /// `out + r * ldo`.
+    pub out: *mut f32,
+    pub ldo: usize,
+    /// Whether to prefetch the records ahead: set for the first row tile of a group,
+    /// whose reads come from memory; later tiles find the group in L1.
+    pub prefetch: bool,
+    /// Valid columns in this group (16 except in the last group); only those are written.
+    pub ncols: usize,
+}
+
+/// How far ahead of the record being read to prefetch, in bytes. The hardware
+/// prefetcher alone ramps up too slowly on the short runs of groups a decode task
+/// streams; 1 KiB ahead measured best among 0.5–4 KiB (≈ 8 → 17 GB/s on a 1536×576
+/// matrix streamed from DRAM by 2 threads).
+pub const PREFETCH_AHEAD: usize = 1024;
+
+/// A kernel specialised for one format and tile height.
+///
+/// # Safety
+/// The kernel's instruction set must be available; `tile.out` must be valid for writes
+/// of `ncols` floats at each of the tile's rows, and no other thread may touch them.
+pub type TileFn = unsafe fn(&Tile<'_>);
+
+/// Largest tile height each kernel is instantiated for.
+pub fn max_rows(kernel: Kernel) -> usize {
+    match kernel {
+        Kernel::Avx512Vnni => 8,
+        Kernel::Avx2 => 4,
+        Kernel::Portable => 4,
+    }
+}
+
+macro_rules! by_rows {
+    ($m:ident, $fmt:expr, $mr:expr) => {
+        match $mr {
+            1 => super::$m::tile::<$fmt, 1> as TileFn,
+            2 => super::$m::tile::<$fmt, 2> as TileFn,
+            3 => super::$m::tile::<$fmt, 3> as TileFn,
+            4 => super::$m::tile::<$fmt, 4> as TileFn,
+            5 => super::$m::tile::<$fmt, 5> as TileFn,
+            6 => super::$m::tile::<$fmt, 6> as TileFn,
+            7 => super::$m::tile::<$fmt, 7> as TileFn,
+            _ => super::$m::tile::<$fmt, 8> as TileFn,
+        }
+    };
+}
+
+macro_rules! by_format {
+    ($m:ident, $fmt:expr, $mr:expr) => {
+        match $fmt {
+            FMT_Q4_1 => by_rows!($m, FMT_Q4_1, $mr),
+            FMT_Q4_0 => by_rows!($m, FMT_Q4_0, $mr),
+            _ => by_rows!($m, FMT_Q8_0, $mr),
+        }
+    };
+}
+
+/// The kernel for `format` (a `layout::FMT_*` id) and `rows` (1..=`max_rows`).
+pub fn select(kernel: Kernel, format: u8, rows: usize) -> TileFn {
+    debug_assert!((1..=max_rows(kernel)).contains(&rows));
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => by_format!(avx512, format, rows),
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => by_format!(avx2, format, rows),
+        _ => by_format!(portable, format, rows),
+    }
+}
+
+/// Writes the first `ncols` of `vals` to `out`.
+///
+/// # Safety
+/// `out` must be valid for `ncols` writes.
+#[inline(always)]
+pub unsafe fn store_partial(out: *mut f32, vals: &[f32], ncols: usize) {
+    std::ptr::copy_nonoverlapping(vals.as_ptr(), out, ncols.min(vals.len()));
+}
