@@ -14,13 +14,37 @@ pub struct Linear {
 }
 
 enum Imp {
+    /// The project's own kernels (Q4_0, Q4_1, Q8_0 on the CPU).
+    Kernel(crate::kernels::QMatrix),
+    /// Everything else: candle's quantized or dense matmul.
     Candle(QMatMul),
 }
 
 impl Linear {
     pub fn from_qtensor(t: QTensor) -> Result<Self, ModelError> {
         let (out_features, in_features) = t.shape().dims2()?;
-        Ok(Self { out_features, in_features, imp: Imp::Candle(QMatMul::from_qtensor(t)?) })
+        let kernel = crate::kernels::QMatrix::from_qtensor(&t)
+            .map_err(|e| ModelError::Compute(candle_core::Error::Msg(e.to_string())))?;
+        let imp = match kernel {
+            Some(q) => Imp::Kernel(q),
+            None => Imp::Candle(QMatMul::from_qtensor(t)?),
+        };
+        Ok(Self { out_features, in_features, imp })
+    }
+
+    /// One layer computing several layers' outputs side by side (e.g. Q, K and V),
+    /// so the activations are quantized once and the threads synchronise once.
+    /// `None` when the parts cannot share a kernel matrix.
+    pub fn stack(parts: &[&Linear]) -> Option<Linear> {
+        let mats: Vec<&crate::kernels::QMatrix> = parts
+            .iter()
+            .map(|l| match &l.imp {
+                Imp::Kernel(q) => Some(q),
+                Imp::Candle(_) => None,
+            })
+            .collect::<Option<_>>()?;
+        let q = crate::kernels::QMatrix::stack(&mats).ok()?;
+        Some(Linear { out_features: q.n(), in_features: q.k(), imp: Imp::Kernel(q) })
     }
 
     /// A dense `[out, in]` f32 weight (safetensors checkpoints).
@@ -41,6 +65,11 @@ impl Linear {
     pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>, ModelError> {
         debug_assert_eq!(x.len(), m * self.in_features);
         match &self.imp {
+            Imp::Kernel(q) => {
+                let mut out = vec![0.0; m * self.out_features];
+                q.matmul(x, m, &mut out);
+                Ok(out)
+            }
             Imp::Candle(mm) => {
                 let xt = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
                 Ok(mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?)

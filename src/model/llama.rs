@@ -44,28 +44,60 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 }
 
 struct Attention {
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// Q, K and V stacked into one matrix when the kernels allow it: one pass over
+    /// the activations instead of three.
+    qkv: Projections,
     wo: Linear,
+}
+
+enum Projections {
+    Fused { qkv: Linear, q_dim: usize, kv_dim: usize },
+    Separate { wq: Linear, wk: Linear, wv: Linear },
+}
+
+impl Projections {
+    fn new(wq: Linear, wk: Linear, wv: Linear) -> Self {
+        match Linear::stack(&[&wq, &wk, &wv]) {
+            Some(qkv) => Projections::Fused { qkv, q_dim: wq.out_features(), kv_dim: wk.out_features() },
+            None => Projections::Separate { wq, wk, wv },
+        }
+    }
+
+    fn forward(&self, x: &[f32], t: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), ModelError> {
+        match self {
+            Projections::Separate { wq, wk, wv } => Ok((wq.forward(x, t)?, wk.forward(x, t)?, wv.forward(x, t)?)),
+            Projections::Fused { qkv, q_dim, kv_dim } => {
+                let all = qkv.forward(x, t)?;
+                let (qd, kd) = (*q_dim, *kv_dim);
+                let (mut q, mut k, mut v) =
+                    (Vec::with_capacity(t * qd), Vec::with_capacity(t * kd), Vec::with_capacity(t * kd));
+                for row in all.chunks_exact(qd + 2 * kd) {
+                    q.extend_from_slice(&row[..qd]);
+                    k.extend_from_slice(&row[qd..qd + kd]);
+                    v.extend_from_slice(&row[qd + kd..]);
+                }
+                Ok((q, k, v))
+            }
+        }
+    }
 }
 
 impl Attention {
     fn load(w: &WeightSource, cfg: &LlamaConfig, i: usize) -> Result<Self, ModelError> {
         let h = cfg.hidden_size;
         Ok(Self {
-            wq: w.linear(&format!("blk.{i}.attn_q.weight"), cfg.q_dim(), h)?,
-            wk: w.linear(&format!("blk.{i}.attn_k.weight"), cfg.kv_dim(), h)?,
-            wv: w.linear(&format!("blk.{i}.attn_v.weight"), cfg.kv_dim(), h)?,
+            qkv: Projections::new(
+                w.linear(&format!("blk.{i}.attn_q.weight"), cfg.q_dim(), h)?,
+                w.linear(&format!("blk.{i}.attn_k.weight"), cfg.kv_dim(), h)?,
+                w.linear(&format!("blk.{i}.attn_v.weight"), cfg.kv_dim(), h)?,
+            ),
             wo: w.linear(&format!("blk.{i}.attn_output.weight"), h, cfg.q_dim())?,
         })
     }
 
     fn forward(&self, x: &[f32], step: &StepContext, layer: usize, kv: &mut PagedKvCache) -> Result<Vec<f32>, ModelError> {
         let t = step.num_tokens;
-        let mut q = self.wq.forward(x, t)?;
-        let mut k = self.wk.forward(x, t)?;
-        let v = self.wv.forward(x, t)?;
+        let (mut q, mut k, v) = self.qkv.forward(x, t)?;
         step.rope.apply(&mut q, step.shape.num_heads, &step.angles);
         step.rope.apply(&mut k, step.shape.num_kv_heads, &step.angles);
         attention::write_kv(kv, layer, &step.spans, &k, &v);
@@ -76,30 +108,57 @@ impl Attention {
 }
 
 struct Mlp {
-    gate: Linear,
-    up: Linear,
+    /// Gate and up projections, stacked into one matrix when the kernels allow.
+    gate_up: GateUp,
     down: Linear,
+}
+
+enum GateUp {
+    Fused { both: Linear, width: usize },
+    Separate { gate: Linear, up: Linear },
 }
 
 impl Mlp {
     fn load(w: &WeightSource, cfg: &LlamaConfig, i: usize) -> Result<Self, ModelError> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            gate: w.linear(&format!("blk.{i}.ffn_gate.weight"), f, h)?,
-            up: w.linear(&format!("blk.{i}.ffn_up.weight"), f, h)?,
-            down: w.linear(&format!("blk.{i}.ffn_down.weight"), h, f)?,
-        })
+        let gate = w.linear(&format!("blk.{i}.ffn_gate.weight"), f, h)?;
+        let up = w.linear(&format!("blk.{i}.ffn_up.weight"), f, h)?;
+        let gate_up = match Linear::stack(&[&gate, &up]) {
+            Some(both) => GateUp::Fused { both, width: f },
+            None => GateUp::Separate { gate, up },
+        };
+        Ok(Self { gate_up, down: w.linear(&format!("blk.{i}.ffn_down.weight"), h, f)? })
     }
 
     fn forward(&self, x: &[f32], t: usize) -> Result<Vec<f32>, ModelError> {
-        let mut g = self.gate.forward(x, t)?;
-        let u = self.up.forward(x, t)?;
-        g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| {
+        let swiglu = |g: &mut [f32], u: &[f32]| {
             for (g, &u) in g.iter_mut().zip(u) {
                 *g = *g / (1.0 + (-*g).exp()) * u;
             }
-        });
-        self.down.forward(&g, t)
+        };
+        let h = match &self.gate_up {
+            GateUp::Separate { gate, up } => {
+                let mut g = gate.forward(x, t)?;
+                let u = up.forward(x, t)?;
+                g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| swiglu(g, u));
+                g
+            }
+            GateUp::Fused { both, width } => {
+                let f = *width;
+                let mut gu = both.forward(x, t)?;
+                gu.par_chunks_mut(2 * f).for_each(|row| {
+                    let (g, u) = row.split_at_mut(f);
+                    swiglu(g, u);
+                });
+                // Keep the gated halves, row after row.
+                let mut h = Vec::with_capacity(t * f);
+                for row in gu.chunks_exact(2 * f) {
+                    h.extend_from_slice(&row[..f]);
+                }
+                h
+            }
+        };
+        self.down.forward(&h, t)
     }
 }
 
