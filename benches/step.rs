@@ -57,7 +57,7 @@ fn bench_step(c: &mut Criterion) {
         g.bench_function(format!("prefill_{n}"), |b| b.iter(|| be.step(&batch).expect("step")));
     }
 
-    let depth = 128;
+    let depth: usize = 128;
     let per_seq = (depth + 1).div_ceil(bs);
     for batch_size in [1usize, 8, 32] {
         // Fill each sequence's KV to `depth` tokens once, then time decode steps.

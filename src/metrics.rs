@@ -5,22 +5,23 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::engine::core::StepStats;
 use crate::engine::request::Usage;
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
-    20.0, 30.0, 45.0, 60.0,
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0,
+    15.0, 20.0, 30.0, 45.0, 60.0,
 ];
 const TOKEN_LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
-    2.0, 5.0,
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+    1.0, 2.0, 5.0,
 ];
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+const BATCH_BUCKETS: &[f64] =
+    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -104,7 +105,8 @@ impl Metrics {
                 "Sequences preempted (KV blocks freed, recomputed later) when KV ran out.",
             )
             .expect("valid counter"),
-            running: IntGauge::new("inflight_requests_running", "Sequences holding KV blocks.").expect("valid gauge"),
+            running: IntGauge::new("inflight_requests_running", "Sequences holding KV blocks.")
+                .expect("valid gauge"),
             waiting: IntGauge::new("inflight_requests_waiting", "Sequences waiting to be scheduled.")
                 .expect("valid gauge"),
             kv_usage: Gauge::new("inflight_kv_cache_usage_ratio", "Fraction of KV blocks in use.")
@@ -158,7 +160,13 @@ impl Metrics {
         self.queue_time.observe(d.as_secs_f64());
     }
 
-    pub fn observe_finished(&self, reason: &str, usage: &Usage, e2e: Duration, since_first: Option<Duration>) {
+    pub fn observe_finished(
+        &self,
+        reason: &str,
+        usage: &Usage,
+        e2e: Duration,
+        since_first: Option<Duration>,
+    ) {
         self.requests.with_label_values(&[reason]).inc();
         self.e2e.observe(e2e.as_secs_f64());
         self.cached_tokens.inc_by(usage.cached_tokens as u64);

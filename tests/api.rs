@@ -141,12 +141,8 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
     }
     // Bodies that are not JSON at all.
     let raw = |body: Vec<u8>| {
-        let r = client()
-            .post(&chat)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .expect("send");
+        let r =
+            client().post(&chat).header("content-type", "application/json").body(body).send().expect("send");
         let s = r.status().as_u16();
         (s, serde_json::from_str::<Value>(&r.text().expect("text")).unwrap_or(Value::Null))
     };
@@ -192,7 +188,8 @@ fn full_queue_answers_429_with_retry_after_and_admitted_requests_finish() {
         .map(|i| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let body = json!({"prompt": format!("Story number {i}:"), "max_tokens": 40, "ignore_eos": true});
+                let body =
+                    json!({"prompt": format!("Story number {i}:"), "max_tokens": 40, "ignore_eos": true});
                 let r = client().post(&url).json(&body).send().expect("send");
                 let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap_or("").to_string());
                 let status = r.status().as_u16();
@@ -225,7 +222,10 @@ fn sagemaker_routes_and_port() {
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(server.base, base);
     assert_eq!(client().get(format!("{base}/ping")).send().expect("ping").status(), 200);
-    let (s, chat) = post(&format!("{base}/invocations"), &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}));
+    let (s, chat) = post(
+        &format!("{base}/invocations"),
+        &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
+    );
     assert_eq!(s, 200, "{chat}");
     assert_eq!(chat["object"], "chat.completion");
     let (s, comp) = post(&format!("{base}/invocations"), &json!({"prompt": "Hello", "max_tokens": 3}));

@@ -17,12 +17,8 @@ fn inflight() -> Command {
 /// first near-tie, in input order.
 #[test]
 fn generate_json_batch_reproduces_reference_greedy_tokens() {
-    let prompts: Vec<&Value> = reference()["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .filter(|p| p["kind"] == "text")
-        .collect();
+    let prompts: Vec<&Value> =
+        reference()["prompts"].as_array().expect("prompts").iter().filter(|p| p["kind"] == "text").collect();
     assert!(prompts.len() >= 3);
     let dir = tempfile::tempdir().expect("tempdir");
     // JSONL, because some prompts hold newlines.
@@ -70,7 +66,9 @@ fn generate_chat_uses_the_template_and_streams_the_answer() {
     let question = p["messages"][0]["content"].as_str().expect("content");
     let run = |json: bool| {
         let mut c = inflight();
-        c.args(["generate", "--chat", "--max-tokens", "8", "--prompt", question]).arg("--model").arg(model_path());
+        c.args(["generate", "--chat", "--max-tokens", "8", "--prompt", question])
+            .arg("--model")
+            .arg(model_path());
         if json {
             c.arg("--json");
         }
@@ -100,7 +98,10 @@ fn generate_rejects_a_prompt_longer_than_the_context() {
 
 #[test]
 fn missing_model_file_is_a_clear_error() {
-    let out = inflight().args(["generate", "--prompt", "x", "--model", "/nonexistent/model.gguf"]).output().expect("run");
+    let out = inflight()
+        .args(["generate", "--prompt", "x", "--model", "/nonexistent/model.gguf"])
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model.gguf"), "error names the file: {err}");

@@ -101,11 +101,19 @@ fn greedy_tokens_and_logits_match_llama_cpp() {
             let id = top["id"].as_u64().expect("id") as usize;
             let want = top["logit"].as_f64().expect("logit") as f32;
             let diff = (logits[id] - want).abs();
-            eprintln!("prompt {}: logit of {} is {} vs llama.cpp {want} (diff {diff:.3})", p["id"], top["token"], logits[id]);
+            eprintln!(
+                "prompt {}: logit of {} is {} vs llama.cpp {want} (diff {diff:.3})",
+                p["id"], top["token"], logits[id]
+            );
         }
         let div = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(32);
         eprintln!("prompt {}: diverges at {div}, must match {n}", p["id"]);
-        assert_eq!(&got[..n], &want[..n], "prompt {}: greedy ids diverge before llama.cpp's first near-tie (step {n})", p["id"]);
+        assert_eq!(
+            &got[..n],
+            &want[..n],
+            "prompt {}: greedy ids diverge before llama.cpp's first near-tie (step {n})",
+            p["id"]
+        );
     }
 }
 

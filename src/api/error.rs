@@ -26,7 +26,10 @@ impl ApiError {
 
     /// A parameter has a value we cannot serve (400).
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        Self { param: Some(param.into()), ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
+        Self {
+            param: Some(param.into()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -46,7 +49,11 @@ impl ApiError {
         Self {
             param: Some("model".into()),
             code: Some("model_not_found"),
-            ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("The model `{model}` does not exist."))
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!("The model `{model}` does not exist."),
+            )
         }
     }
 
@@ -90,7 +97,11 @@ impl ApiError {
     }
 
     pub fn timeout() -> Self {
-        Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "The request did not finish within the server's request timeout.")
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "The request did not finish within the server's request timeout.",
+        )
     }
 
     pub fn not_found(path: &str) -> Self {

@@ -33,7 +33,10 @@ enum Endpoint {
 
 /// Reads a JSON body: malformed JSON (or not UTF-8, or nested too deep) is 400, a
 /// well-formed body with wrong types or missing fields is 422, too large is 413.
-pub fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+pub fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(limit)
@@ -97,11 +100,17 @@ fn completion_logprobs(tok: &Tokenizer, tokens: &[TokenOutput], mut offset: usiz
 }
 
 /// Validation tokenizes, which is CPU work: keep it off the async workers.
-async fn validated(ready: &Arc<Ready>, served: &str, endpoint: Endpoint, body: serde_json::Value) -> Result<ValidatedRequest, ApiError> {
+async fn validated(
+    ready: &Arc<Ready>,
+    served: &str,
+    endpoint: Endpoint,
+    body: serde_json::Value,
+) -> Result<ValidatedRequest, ApiError> {
     let ready = ready.clone();
     let served = served.to_string();
     tokio::task::spawn_blocking(move || {
-        let limits = Limits { tokenizer: &ready.tokenizer, served_model: &served, max_context: ready.max_context };
+        let limits =
+            Limits { tokenizer: &ready.tokenizer, served_model: &served, max_context: ready.max_context };
         match endpoint {
             Endpoint::Chat => {
                 let req: ChatCompletionRequest = serde_json::from_value(body)
@@ -144,7 +153,12 @@ async fn serve(state: AppState, endpoint: Endpoint, body: serde_json::Value) -> 
     .await
 }
 
-fn chat_response(ready: &Ready, req: &ValidatedRequest, results: &[ChoiceResult], id: String) -> ChatCompletion {
+fn chat_response(
+    ready: &Ready,
+    req: &ValidatedRequest,
+    results: &[ChoiceResult],
+    id: String,
+) -> ChatCompletion {
     ChatCompletion {
         id,
         object: "chat.completion",
@@ -166,7 +180,12 @@ fn chat_response(ready: &Ready, req: &ValidatedRequest, results: &[ChoiceResult]
     }
 }
 
-fn completion_response(ready: &Ready, req: &ValidatedRequest, results: &[ChoiceResult], id: String) -> Completion {
+fn completion_response(
+    ready: &Ready,
+    req: &ValidatedRequest,
+    results: &[ChoiceResult],
+    id: String,
+) -> Completion {
     Completion {
         id,
         object: "text_completion",
@@ -179,7 +198,9 @@ fn completion_response(ready: &Ready, req: &ValidatedRequest, results: &[ChoiceR
                 let prefix = if req.echo { req.prompts[i / req.n].text.clone() } else { String::new() };
                 CompletionChoice {
                     index: i,
-                    logprobs: req.logprobs.map(|_| completion_logprobs(&ready.tokenizer, &r.tokens, prefix.len())),
+                    logprobs: req
+                        .logprobs
+                        .map(|_| completion_logprobs(&ready.tokenizer, &r.tokens, prefix.len())),
                     text: prefix + &r.text,
                     finish_reason: r.finish_reason.map(|f| f.as_str()),
                 }
@@ -215,10 +236,13 @@ fn chunk_for(
             model: req.model.clone(),
             choices: vec![ChatChunkChoice {
                 index,
-                delta: ChatDelta { role: None, content: (!text.is_empty() || finish.is_none()).then_some(text) },
-                logprobs: token.filter(|_| has_logprobs).map(|t| ChatLogprobs {
-                    content: vec![chat_logprob(&ready.tokenizer, t)],
-                }),
+                delta: ChatDelta {
+                    role: None,
+                    content: (!text.is_empty() || finish.is_none()).then_some(text),
+                },
+                logprobs: token
+                    .filter(|_| has_logprobs)
+                    .map(|t| ChatLogprobs { content: vec![chat_logprob(&ready.tokenizer, t)] }),
                 finish_reason: finish,
             }],
             usage: None,
@@ -322,7 +346,9 @@ fn stream_response(
         }
         .instrument(span),
     );
-    Sse::new(ReceiverStream::new(rx).map(Ok::<_, Infallible>)).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(ReceiverStream::new(rx).map(Ok::<_, Infallible>))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn send_json<T: serde::Serialize>(tx: &mpsc::Sender<Event>, v: &T) -> Result<(), ()> {
@@ -330,7 +356,10 @@ async fn send_json<T: serde::Serialize>(tx: &mpsc::Sender<Event>, v: &T) -> Resu
     tx.send(Event::default().data(data)).await.map_err(|_| ())
 }
 
-pub async fn chat_completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
         serve(state.clone(), Endpoint::Chat, value).await
@@ -356,7 +385,9 @@ pub async fn invocations(State(state): State<AppState>, body: Result<Bytes, Byte
         } else if value.get("prompt").is_some() {
             Endpoint::Completion
         } else {
-            return Err(ApiError::unprocessable("the body needs `messages` (chat) or `prompt` (completions)"));
+            return Err(ApiError::unprocessable(
+                "the body needs `messages` (chat) or `prompt` (completions)",
+            ));
         };
         serve(state.clone(), endpoint, value).await
     };

@@ -76,12 +76,12 @@ fn sampling_params(common: &CommonParams, logprobs: Option<usize>) -> Result<Sam
     let top_k = match common.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
-        Some(k) => return Err(ApiError::invalid("top_k", format!("top_k must be -1 (off) or positive, got {k}"))),
+        Some(k) => {
+            return Err(ApiError::invalid("top_k", format!("top_k must be -1 (off) or positive, got {k}")))
+        }
     };
-    let seed = match common.seed {
-        None => None,
-        Some(s) => Some(s as u64),
-    };
+    // Any integer is a valid seed; negative ones wrap, as with Python's hash seeds.
+    let seed = common.seed.map(|s| s as u64);
     let params = SamplingParams {
         temperature: common.temperature.unwrap_or(1.0),
         top_k,
@@ -106,7 +106,12 @@ fn positive(param: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
 }
 
 /// Checks prompt + output against the context and picks the output budget.
-fn budget(prompt_len: usize, requested: Option<usize>, max_context: usize, what: &str) -> Result<usize, ApiError> {
+fn budget(
+    prompt_len: usize,
+    requested: Option<usize>,
+    max_context: usize,
+    what: &str,
+) -> Result<usize, ApiError> {
     if prompt_len == 0 {
         return Err(ApiError::invalid(what, "the prompt is empty"));
     }
@@ -141,7 +146,10 @@ fn common_fields(
     if prompts.len() * n > MAX_SEQUENCES_PER_REQUEST {
         return Err(ApiError::invalid(
             "n",
-            format!("{} prompts × n = {n} exceeds {MAX_SEQUENCES_PER_REQUEST} sequences per request", prompts.len()),
+            format!(
+                "{} prompts × n = {n} exceeds {MAX_SEQUENCES_PER_REQUEST} sequences per request",
+                prompts.len()
+            ),
         ));
     }
     let max_tokens = match (common.max_completion_tokens, common.max_tokens) {
@@ -214,7 +222,10 @@ pub fn chat(req: &ChatCompletionRequest, limits: &Limits) -> Result<ValidatedReq
     let logprobs = if req.logprobs {
         let k = req.top_logprobs.unwrap_or(0);
         if !(0..=20).contains(&k) {
-            return Err(ApiError::invalid("top_logprobs", format!("top_logprobs must be between 0 and 20, got {k}")));
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!("top_logprobs must be between 0 and 20, got {k}"),
+            ));
         }
         Some(k as usize)
     } else if req.top_logprobs.is_some_and(|k| k > 0) {
@@ -228,13 +239,17 @@ pub fn chat(req: &ChatCompletionRequest, limits: &Limits) -> Result<ValidatedReq
 pub fn completion(req: &CompletionRequest, limits: &Limits) -> Result<ValidatedRequest, ApiError> {
     let tok = limits.tokenizer;
     let from_text = |s: &str| -> Result<Prompt, ApiError> {
-        let ids = tok.encode(s, tok.add_bos_token()).map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
+        let ids =
+            tok.encode(s, tok.add_bos_token()).map_err(|e| ApiError::invalid("prompt", e.to_string()))?;
         Ok(Prompt { ids, text: s.to_string() })
     };
     let from_ids = |ids: &[i64]| -> Result<Prompt, ApiError> {
         let vocab = tok.vocab_size() as i64;
         if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
-            return Err(ApiError::invalid("prompt", format!("token id {bad} is outside the vocabulary (0..{vocab})")));
+            return Err(ApiError::invalid(
+                "prompt",
+                format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+            ));
         }
         let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
         let text = tok.decode(&ids, false).unwrap_or_default();
@@ -252,10 +267,15 @@ pub fn completion(req: &CompletionRequest, limits: &Limits) -> Result<ValidatedR
     let logprobs = match req.logprobs {
         None => None,
         Some(k) if (0..=20).contains(&k) => Some(k as usize),
-        Some(k) => return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and 20, got {k}"))),
+        Some(k) => {
+            return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and 20, got {k}")))
+        }
     };
     if req.echo && logprobs.is_some() {
-        return Err(ApiError::invalid("echo", "`echo` together with `logprobs` (prompt logprobs) is not supported"));
+        return Err(ApiError::invalid(
+            "echo",
+            "`echo` together with `logprobs` (prompt logprobs) is not supported",
+        ));
     }
     common_fields(&req.common, prompts, limits, logprobs, req.echo, "prompt")
 }

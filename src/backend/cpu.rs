@@ -53,7 +53,11 @@ impl CpuBackend {
             )));
         }
         let info = BackendInfo {
-            device: format!("cpu ({}, {} threads)", crate::kernels::kernel_name(), rayon::current_num_threads()),
+            device: format!(
+                "cpu ({}, {} threads)",
+                crate::kernels::kernel_name(),
+                rayon::current_num_threads()
+            ),
             block_size: cfg.block_size,
             num_blocks,
             max_batch_tokens: cfg.max_batch_tokens,

@@ -37,8 +37,8 @@ fn prompts(args: &GenerateArgs) -> Result<Vec<String>> {
             continue;
         }
         // JSONL: a JSON string, or an object with a "prompt" string (prompts with newlines).
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
         match v.as_str().or_else(|| v.get("prompt").and_then(|p| p.as_str())) {
             Some(p) => lines.push(p.to_string()),
             None => bail!("{}:{}: expected a JSON string or {{\"prompt\": ...}}", path.display(), i + 1),
@@ -79,7 +79,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ..SamplingParams::default()
     };
     sampling.validate()?;
-    let mut core = EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler, max_context))?;
+    let mut core =
+        EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler, max_context))?;
 
     let mut outputs = Vec::with_capacity(prompts.len());
     let mut index_of = HashMap::new();
@@ -105,7 +106,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         };
         let id = core.add(req).map_err(|e| anyhow::anyhow!("prompt {}: {e}", i + 1))?;
         index_of.insert(id, i);
-        outputs.push(Output { prompt_ids: ids, token_ids: Vec::new(), text: String::new(), finish_reason: None });
+        outputs.push(Output {
+            prompt_ids: ids,
+            token_ids: Vec::new(),
+            text: String::new(),
+            finish_reason: None,
+        });
     }
 
     // A single prompt streams to stdout as it is produced.

@@ -12,7 +12,8 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             let reg = registry(&dirs)?;
             println!("{:<32} {:>10}  {:<8} DESCRIPTION", "NAME", "SIZE", "PRESENT");
             for st in hub::list(&reg, &fetch_options(&dirs)) {
-                let size = st.entry.size.map(|s| format!("{:.1} MB", s as f64 / 1e6)).unwrap_or_else(|| "?".into());
+                let size =
+                    st.entry.size.map(|s| format!("{:.1} MB", s as f64 / 1e6)).unwrap_or_else(|| "?".into());
                 let present = if st.local.is_some() { "yes" } else { "no" };
                 println!("{:<32} {:>10}  {:<8} {}", st.entry.name, size, present, st.entry.description);
             }

@@ -192,13 +192,8 @@ impl BlockPool {
 
     fn free_one(&mut self, id: BlockId) -> Result<(), BlockPoolError> {
         let num_blocks = self.blocks.len();
-        let meta = self
-            .blocks
-            .get_mut(id as usize)
-            .ok_or(BlockPoolError::OutOfRange {
-                block: id,
-                num_blocks,
-            })?;
+        let meta =
+            self.blocks.get_mut(id as usize).ok_or(BlockPoolError::OutOfRange { block: id, num_blocks })?;
         if meta.ref_count == 0 {
             return Err(BlockPoolError::NotInUse(id));
         }
@@ -337,13 +332,7 @@ pub(crate) mod tests {
         let a = p.allocate(1).unwrap();
         p.free(&a).unwrap();
         assert_eq!(p.free(&a), Err(BlockPoolError::NotInUse(a[0])));
-        assert_eq!(
-            p.free(&[7]),
-            Err(BlockPoolError::OutOfRange {
-                block: 7,
-                num_blocks: 2
-            })
-        );
+        assert_eq!(p.free(&[7]), Err(BlockPoolError::OutOfRange { block: 7, num_blocks: 2 }));
         assert_eq!(p.ref_count(a[0]), Some(0));
         assert_eq!(p.num_free(), 2);
         p.check_invariants().unwrap();
@@ -352,10 +341,7 @@ pub(crate) mod tests {
     #[test]
     fn hash_is_stable_and_chained() {
         // A fixed value: block hashes must not change between runs or builds.
-        assert_eq!(
-            hash_block(None, &[1, 2, 3, 4]),
-            hash_block(None, &[1, 2, 3, 4])
-        );
+        assert_eq!(hash_block(None, &[1, 2, 3, 4]), hash_block(None, &[1, 2, 3, 4]));
         assert_eq!(hash_block(None, &[1, 2, 3, 4]), 0x256d_a376_4ae4_ed0e_u64);
         let root = hash_block(None, &[1, 2, 3, 4]);
         assert_ne!(hash_block(Some(root), &[5, 6]), hash_block(None, &[5, 6]));
@@ -407,11 +393,7 @@ pub(crate) mod tests {
         p.free(&[a[1]]).unwrap();
         p.free(&[a[0]]).unwrap();
         let extra = p.allocate(1).unwrap();
-        assert_eq!(
-            extra,
-            vec![a[1]],
-            "least recently freed cached block goes first"
-        );
+        assert_eq!(extra, vec![a[1]], "least recently freed cached block goes first");
         assert_eq!(p.cached_block(101), None);
         assert_eq!(p.cached_block(100), Some(a[0]));
         p.check_invariants().unwrap();
@@ -420,11 +402,7 @@ pub(crate) mod tests {
         let c = q.allocate(2).unwrap();
         assert!(q.register_full(c[0], 1));
         q.free(&c).unwrap();
-        assert_eq!(
-            q.allocate(1).unwrap(),
-            vec![c[1]],
-            "plain free before cached"
-        );
+        assert_eq!(q.allocate(1).unwrap(), vec![c[1]], "plain free before cached");
         assert_eq!(q.cached_block(1), Some(c[0]));
         q.check_invariants().unwrap();
     }
@@ -434,10 +412,7 @@ pub(crate) mod tests {
     pub(crate) struct Lcg(pub(crate) u64);
     impl Lcg {
         pub(crate) fn below(&mut self, n: usize) -> usize {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((self.0 >> 33) as usize) % n.max(1)
         }
     }
@@ -464,8 +439,7 @@ pub(crate) mod tests {
                     p.register_full(b, rng.below(16) as u64);
                 }
                 3 => {
-                    let hashes: Vec<u64> =
-                        (0..rng.below(4)).map(|_| rng.below(16) as u64).collect();
+                    let hashes: Vec<u64> = (0..rng.below(4)).map(|_| rng.below(16) as u64).collect();
                     held.extend(p.lookup(&hashes));
                 }
                 _ => {
@@ -483,10 +457,7 @@ pub(crate) mod tests {
                 let want = held.iter().filter(|&&h| h == b).count() as u32;
                 assert_eq!(p.ref_count(b), Some(want), "step {step}, block {b}");
             }
-            assert_eq!(
-                p.num_free(),
-                12 - (0..12).filter(|&b| p.ref_count(b) != Some(0)).count()
-            );
+            assert_eq!(p.num_free(), 12 - (0..12).filter(|&b| p.ref_count(b) != Some(0)).count());
         }
     }
 }

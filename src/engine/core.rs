@@ -160,7 +160,10 @@ impl EngineCore {
             let sampled = match active.sampler.sample(row, &active.req.prompt_ids, &active.output) {
                 Ok(x) => x,
                 Err(e) => {
-                    events.push(SeqEvent { id: s.id, kind: EventKind::Failed(format!("sampling failed: {e}")) });
+                    events.push(SeqEvent {
+                        id: s.id,
+                        kind: EventKind::Failed(format!("sampling failed: {e}")),
+                    });
                     self.abort(s.id);
                     continue;
                 }
@@ -224,7 +227,8 @@ impl EngineCore {
             }
         }
         if finish.is_none()
-            && (a.output.len() >= a.req.max_new_tokens || a.req.prompt_ids.len() + a.output.len() >= max_context)
+            && (a.output.len() >= a.req.max_new_tokens
+                || a.req.prompt_ids.len() + a.output.len() >= max_context)
         {
             finish = Some(FinishReason::Length);
         }

@@ -56,7 +56,11 @@ pub struct Usage {
 pub enum EventKind {
     Token(TokenOutput),
     /// The last event of a sequence. `text` is whatever was still held back.
-    Finished { reason: FinishReason, text: String, usage: Usage },
+    Finished {
+        reason: FinishReason,
+        text: String,
+        usage: Usage,
+    },
     /// The sequence could not be completed; the message is safe to show a client.
     Failed(String),
 }

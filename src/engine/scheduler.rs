@@ -185,23 +185,11 @@ impl Scheduler {
         if num_blocks == 0 {
             return bad("the KV pool has no blocks");
         }
-        let pool = BlockPool::new(num_blocks, config.block_size)
-            .with_prefix_caching(config.prefix_caching);
-        Ok(Self {
-            config,
-            pool,
-            seqs: HashMap::new(),
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-        })
+        let pool = BlockPool::new(num_blocks, config.block_size).with_prefix_caching(config.prefix_caching);
+        Ok(Self { config, pool, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new() })
     }
 
-    pub fn add(
-        &mut self,
-        id: SeqId,
-        prompt: Vec<u32>,
-        max_new_tokens: usize,
-    ) -> Result<(), AddError> {
+    pub fn add(&mut self, id: SeqId, prompt: Vec<u32>, max_new_tokens: usize) -> Result<(), AddError> {
         if self.seqs.contains_key(&id) {
             return Err(AddError::DuplicateId(id));
         }
@@ -213,19 +201,13 @@ impl Scheduler {
         }
         let total = prompt.len().saturating_add(max_new_tokens);
         if total > self.config.max_context {
-            return Err(AddError::TooLong {
-                tokens: total,
-                limit: self.config.max_context,
-            });
+            return Err(AddError::TooLong { tokens: total, limit: self.config.max_context });
         }
         // Only the prompt must fit the pool: most requests stop well before
         // max_new_tokens, and one that outgrows the pool is reported as kv_exhausted.
         let pool_tokens = self.pool.num_blocks() * self.config.block_size;
         if prompt.len() > pool_tokens {
-            return Err(AddError::TooLong {
-                tokens: prompt.len(),
-                limit: pool_tokens,
-            });
+            return Err(AddError::TooLong { tokens: prompt.len(), limit: pool_tokens });
         }
         self.seqs.insert(
             id,
@@ -321,9 +303,8 @@ impl Scheduler {
             let Some(seq) = self.seqs.get_mut(&id) else {
                 return Grow::PreemptedSelf;
             };
-            let need = (seq.num_computed + n)
-                .div_ceil(self.config.block_size)
-                .saturating_sub(seq.blocks.len());
+            let need =
+                (seq.num_computed + n).div_ceil(self.config.block_size).saturating_sub(seq.blocks.len());
             if need == 0 {
                 return Grow::Ready;
             }
@@ -410,10 +391,7 @@ impl Scheduler {
     /// Records the step's result for `id`: its chunk is now in KV, and `sampled`
     /// (for a chunk that asked for logits) becomes its next input token.
     pub fn update(&mut self, id: SeqId, sampled: Option<u32>) -> Result<(), SchedulerError> {
-        let seq = self
-            .seqs
-            .get_mut(&id)
-            .ok_or(SchedulerError::UnknownSeq(id))?;
+        let seq = self.seqs.get_mut(&id).ok_or(SchedulerError::UnknownSeq(id))?;
         if seq.in_flight == 0 {
             return Err(SchedulerError::NotScheduled(id));
         }
@@ -526,10 +504,7 @@ mod tests {
     }
 
     fn caching_scheduler(blocks: usize, block_size: usize, budget: usize) -> Scheduler {
-        let cfg = SchedulerConfig {
-            prefix_caching: true,
-            ..config(block_size, budget)
-        };
+        let cfg = SchedulerConfig { prefix_caching: true, ..config(block_size, budget) };
         Scheduler::new(cfg, blocks).unwrap()
     }
 
@@ -553,10 +528,7 @@ mod tests {
     }
 
     fn check(s: &Scheduler, out: &SchedulerOutput) {
-        assert!(
-            out.num_tokens() <= s.config.max_batch_tokens,
-            "budget exceeded"
-        );
+        assert!(out.num_tokens() <= s.config.max_batch_tokens, "budget exceeded");
         assert!(out.seqs.len() <= s.config.max_running);
         s.pool.check_invariants().unwrap();
         if !out.seqs.is_empty() {
@@ -612,17 +584,11 @@ mod tests {
             assert_eq!(chunk.start_pos, prefilled);
             assert_eq!(chunk.tokens.len(), [31, 31, 31, 7][k]);
             assert_eq!(chunk.want_logits, k == 3, "logits only for the last chunk");
-            assert_eq!(
-                chunk.block_table.len(),
-                (prefilled + chunk.tokens.len()).div_ceil(16)
-            );
+            assert_eq!(chunk.block_table.len(), (prefilled + chunk.tokens.len()).div_ceil(16));
             prefilled += chunk.tokens.len();
         }
         let out = step(&mut s);
-        assert_eq!(
-            out.seqs.iter().map(|q| q.tokens.len()).collect::<Vec<_>>(),
-            vec![1, 1]
-        );
+        assert_eq!(out.seqs.iter().map(|q| q.tokens.len()).collect::<Vec<_>>(), vec![1, 1]);
         assert_eq!(out.seqs[1].start_pos, 100);
         assert_eq!(s.tokens(2).unwrap().len(), 102);
     }
@@ -638,19 +604,12 @@ mod tests {
         assert_eq!(shape, vec![(1, 8), (2, 2)]);
         let out = step(&mut s);
         let shape: Vec<_> = out.seqs.iter().map(|q| (q.id, q.tokens.len())).collect();
-        assert_eq!(
-            shape,
-            vec![(1, 1), (2, 6), (3, 3)],
-            "the partial prefill goes before newer"
-        );
+        assert_eq!(shape, vec![(1, 1), (2, 6), (3, 3)], "the partial prefill goes before newer");
     }
 
     #[test]
     fn max_running_is_respected() {
-        let cfg = SchedulerConfig {
-            max_running: 2,
-            ..config(4, 100)
-        };
+        let cfg = SchedulerConfig { max_running: 2, ..config(4, 100) };
         let mut s = Scheduler::new(cfg, 64).unwrap();
         for id in 1..=3 {
             s.add(id, prompt(4), 10).unwrap();
@@ -676,11 +635,7 @@ mod tests {
         assert_eq!(out.preempted, vec![2]);
         assert_eq!((s.num_running(), s.num_waiting()), (1, 1));
         assert_eq!(s.pool().num_free(), 1, "sequence 2's blocks went back");
-        assert_eq!(
-            s.tokens(2).unwrap().len(),
-            9,
-            "generated tokens survive preemption"
-        );
+        assert_eq!(s.tokens(2).unwrap().len(), 9, "generated tokens survive preemption");
 
         // 2 now needs three blocks for its nine tokens; only one is free.
         let out = step(&mut s);
@@ -731,10 +686,7 @@ mod tests {
 
     #[test]
     fn add_refuses_what_cannot_be_served() {
-        let cfg = SchedulerConfig {
-            max_waiting: 2,
-            ..config(16, 64)
-        };
+        let cfg = SchedulerConfig { max_waiting: 2, ..config(16, 64) };
         let mut s = Scheduler::new(cfg, 4).unwrap();
         s.add(1, prompt(4), 4).unwrap();
         assert_eq!(s.add(1, prompt(4), 4), Err(AddError::DuplicateId(1)));
@@ -742,42 +694,22 @@ mod tests {
         assert_eq!(s.add(3, prompt(4), 4), Err(AddError::QueueFull(2)));
         step(&mut s);
         assert_eq!(s.add(3, vec![], 4), Err(AddError::EmptyPrompt));
-        assert_eq!(
-            s.add(3, prompt(4000), 200),
-            Err(AddError::TooLong {
-                tokens: 4200,
-                limit: 4096
-            })
-        );
-        assert_eq!(
-            s.add(3, prompt(65), 1),
-            Err(AddError::TooLong {
-                tokens: 65,
-                limit: 64
-            })
-        );
+        assert_eq!(s.add(3, prompt(4000), 200), Err(AddError::TooLong { tokens: 4200, limit: 4096 }));
+        assert_eq!(s.add(3, prompt(65), 1), Err(AddError::TooLong { tokens: 65, limit: 64 }));
         s.add(3, prompt(64), 1).unwrap();
     }
 
     #[test]
     fn finish_and_abort_free_every_block_from_any_state() {
         for caching in [false, true] {
-            let mut s = if caching {
-                caching_scheduler(32, 4, 32)
-            } else {
-                scheduler(32, 4, 32)
-            };
+            let mut s = if caching { caching_scheduler(32, 4, 32) } else { scheduler(32, 4, 32) };
             s.add(1, prompt(20), 10).unwrap();
             s.add(2, prompt(50), 10).unwrap();
             s.add(3, prompt(10), 10).unwrap();
             step(&mut s);
             step(&mut s);
             assert!(s.kv_usage() > 0.0);
-            assert_eq!(
-                s.num_waiting(),
-                1,
-                "3 still waits behind the partial prefill of 2"
-            );
+            assert_eq!(s.num_waiting(), 1, "3 still waits behind the partial prefill of 2");
             assert!(s.abort(3));
             assert!(s.abort(2));
             assert!(s.finish(1));
@@ -797,15 +729,8 @@ mod tests {
         assert_eq!(s.update(9, None), Err(SchedulerError::UnknownSeq(9)));
         let out = s.schedule();
         assert!(!out.seqs[0].want_logits);
-        assert_eq!(
-            s.update(1, Some(3)),
-            Err(SchedulerError::UnexpectedToken(1))
-        );
-        assert_eq!(
-            s.tokens(1).unwrap().len(),
-            6,
-            "the stray token was not appended"
-        );
+        assert_eq!(s.update(1, Some(3)), Err(SchedulerError::UnexpectedToken(1)));
+        assert_eq!(s.tokens(1).unwrap().len(), 6, "the stray token was not appended");
         assert!(Scheduler::new(config(0, 4), 8).is_err());
     }
 
@@ -832,11 +757,7 @@ mod tests {
         s.finish(1);
         s.finish(2);
         assert_eq!(s.kv_usage(), 0.0);
-        assert_eq!(
-            s.pool().num_evictable(),
-            2,
-            "only the two full prompt blocks are cached"
-        );
+        assert_eq!(s.pool().num_evictable(), 2, "only the two full prompt blocks are cached");
 
         s.add(3, prompt(40), 10).unwrap();
         let out = step(&mut s);
@@ -910,10 +831,7 @@ mod tests {
                 }
             }
             let out = step(&mut s);
-            assert!(
-                out.kv_exhausted.is_empty(),
-                "every request fits the pool alone"
-            );
+            assert!(out.kv_exhausted.is_empty(), "every request fits the pool alone");
             preemptions += out.preempted.len();
             cache_hits += out.seqs.iter().filter(|q| q.cached_tokens > 0).count();
             for q in &out.seqs {
@@ -930,9 +848,6 @@ mod tests {
         assert!(!s.has_work(), "the workload did not drain: no progress");
         assert_eq!(s.kv_usage(), 0.0);
         // The workload must reach the paths it is meant to check.
-        assert!(
-            preemptions > 10 && cache_hits > 10,
-            "{preemptions} preemptions, {cache_hits} hits"
-        );
+        assert!(preemptions > 10 && cache_hits > 10, "{preemptions} preemptions, {cache_hits} hits");
     }
 }

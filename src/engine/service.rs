@@ -81,10 +81,11 @@ impl EngineHandle {
         // The command channel is bounded; waiting for room must not block the
         // async runtime, so the send happens on the blocking pool.
         let cmd = Command::Submit { req, events, reply };
-        tokio::task::spawn_blocking(move || tx.send(cmd))
+        tokio::task::spawn_blocking(move || tx.send(cmd).is_ok())
             .await
-            .map_err(|_| SubmitError::ShuttingDown)?
-            .map_err(|_| SubmitError::ShuttingDown)?;
+            .ok()
+            .filter(|sent| *sent)
+            .ok_or(SubmitError::ShuttingDown)?;
         let id = reply_rx.await.map_err(|_| SubmitError::ShuttingDown)??;
         Ok(SeqStream { id, rx, tx: self.tx.clone(), done: false })
     }
@@ -165,7 +166,12 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
                     l.last_token = Some(now);
                 }
                 EventKind::Finished { reason, usage, .. } => {
-                    metrics.observe_finished(reason.as_str(), usage, now - l.submitted, l.first_token.map(|t| now - t));
+                    metrics.observe_finished(
+                        reason.as_str(),
+                        usage,
+                        now - l.submitted,
+                        l.first_token.map(|t| now - t),
+                    );
                 }
                 EventKind::Failed(_) => metrics.observe_failed(),
             }
@@ -179,12 +185,21 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
                 metrics.observe_cancelled();
             }
         }
-        metrics.set_queue(core.scheduler().num_running(), core.scheduler().num_waiting(), core.scheduler().kv_usage());
+        metrics.set_queue(
+            core.scheduler().num_running(),
+            core.scheduler().num_waiting(),
+            core.scheduler().kv_usage(),
+        );
     }
     tracing::info!("engine loop stopped");
 }
 
-fn handle(cmd: Command, core: &mut EngineCore, live: &mut std::collections::HashMap<SeqId, Live>, metrics: &Metrics) {
+fn handle(
+    cmd: Command,
+    core: &mut EngineCore,
+    live: &mut std::collections::HashMap<SeqId, Live>,
+    metrics: &Metrics,
+) {
     match cmd {
         Command::Submit { req, events, reply } => {
             let result = core.add(req).map_err(|e| match e {
@@ -192,7 +207,10 @@ fn handle(cmd: Command, core: &mut EngineCore, live: &mut std::collections::Hash
                 other => SubmitError::Rejected(other.to_string()),
             });
             if let Ok(id) = result {
-                live.insert(id, Live { events, submitted: Instant::now(), first_token: None, last_token: None });
+                live.insert(
+                    id,
+                    Live { events, submitted: Instant::now(), first_token: None, last_token: None },
+                );
             }
             if reply.send(result.clone()).is_err() {
                 if let Ok(id) = result {
@@ -208,5 +226,9 @@ fn handle(cmd: Command, core: &mut EngineCore, live: &mut std::collections::Hash
             }
         }
     }
-    metrics.set_queue(core.scheduler().num_running(), core.scheduler().num_waiting(), core.scheduler().kv_usage());
+    metrics.set_queue(
+        core.scheduler().num_running(),
+        core.scheduler().num_waiting(),
+        core.scheduler().kv_usage(),
+    );
 }

@@ -31,11 +31,7 @@ impl StopMatcher {
         let mut stops: Vec<String> = stops.into_iter().filter(|s| !s.is_empty()).collect();
         stops.sort();
         stops.dedup();
-        StopMatcher {
-            stops,
-            held: String::new(),
-            stopped: false,
-        }
+        StopMatcher { stops, held: String::new(), stopped: false }
     }
 
     /// Whether a stop string has matched; later pushes emit nothing.
@@ -45,9 +41,7 @@ impl StopMatcher {
 
     pub fn push(&mut self, delta: &str) -> StopOutcome {
         if self.stopped {
-            return StopOutcome::Continue {
-                emit: String::new(),
-            };
+            return StopOutcome::Continue { emit: String::new() };
         }
         self.held.push_str(delta);
         if let Some((start, stop)) = self.earliest_match() {
@@ -135,9 +129,7 @@ mod tests {
     }
 
     fn cont(emit: &str) -> StopOutcome {
-        StopOutcome::Continue {
-            emit: emit.to_string(),
-        }
+        StopOutcome::Continue { emit: emit.to_string() }
     }
 
     #[test]
@@ -147,10 +139,7 @@ mod tests {
         assert_eq!(m.push("en"), cont(""));
         assert_eq!(
             m.push("d|> tail"),
-            StopOutcome::Stopped {
-                emit: String::new(),
-                matched: "<|end|>".into()
-            }
+            StopOutcome::Stopped { emit: String::new(), matched: "<|end|>".into() }
         );
         assert!(m.is_stopped());
         assert_eq!(m.push("more"), cont(""));
@@ -159,22 +148,13 @@ mod tests {
 
     #[test]
     fn stop_at_the_very_start_emits_nothing() {
-        assert_eq!(
-            run(&["###"], &["###", "x"]),
-            (String::new(), Some("###".into()))
-        );
-        assert_eq!(
-            run(&["ab"], &["a", "b", "c"]),
-            (String::new(), Some("ab".into()))
-        );
+        assert_eq!(run(&["###"], &["###", "x"]), (String::new(), Some("###".into())));
+        assert_eq!(run(&["ab"], &["a", "b", "c"]), (String::new(), Some("ab".into())));
     }
 
     #[test]
     fn text_after_the_stop_in_the_same_delta_is_dropped() {
-        assert_eq!(
-            run(&["STOP"], &["abc STOP def"]),
-            ("abc ".into(), Some("STOP".into()))
-        );
+        assert_eq!(run(&["STOP"], &["abc STOP def"]), ("abc ".into(), Some("STOP".into())));
     }
 
     #[test]
@@ -184,16 +164,10 @@ mod tests {
             assert_eq!(run(&["abc", "ab"], deltas), ("x".into(), Some("ab".into())));
         }
         for deltas in [&["abcd"][..], &["a", "bcd"], &["ab", "c", "d"]] {
-            assert_eq!(
-                run(&["abcd", "bc"], deltas),
-                ("a".into(), Some("bc".into()))
-            );
+            assert_eq!(run(&["abcd", "bc"], deltas), ("a".into(), Some("bc".into())));
         }
         // Same end: the longer (earlier-starting) one.
-        assert_eq!(
-            run(&["c", "abc"], &["xabc"]),
-            ("x".into(), Some("abc".into()))
-        );
+        assert_eq!(run(&["c", "abc"], &["xabc"]), ("x".into(), Some("abc".into())));
     }
 
     #[test]
@@ -221,35 +195,20 @@ mod tests {
         let mut m = matcher(&["ab"]);
         assert_eq!(m.push("a"), cont(""));
         assert_eq!(m.push("a"), cont("a"));
-        assert_eq!(
-            m.push("b"),
-            StopOutcome::Stopped {
-                emit: String::new(),
-                matched: "ab".into()
-            }
-        );
+        assert_eq!(m.push("b"), StopOutcome::Stopped { emit: String::new(), matched: "ab".into() });
     }
 
     #[test]
     fn multibyte_text_and_stops_are_cut_on_char_boundaries() {
         // "é" is 2 bytes, "🙂" 4; the stop starts with the same lead byte as "é…".
         let stops = ["éz", "🙂!"];
-        assert_eq!(
-            run(&stops, &["café", "z là"]),
-            ("caf".into(), Some("éz".into()))
-        );
+        assert_eq!(run(&stops, &["café", "z là"]), ("caf".into(), Some("éz".into())));
         assert_eq!(run(&stops, &["ça 🙂", "?"]), ("ça 🙂?".into(), None));
         let mut m = matcher(&stops);
         assert_eq!(m.push("naïve é"), cont("naïve "));
         assert_eq!(m.push("è"), cont("éè"));
         assert_eq!(m.push("🙂"), cont(""));
-        assert_eq!(
-            m.push("!"),
-            StopOutcome::Stopped {
-                emit: String::new(),
-                matched: "🙂!".into()
-            }
-        );
+        assert_eq!(m.push("!"), StopOutcome::Stopped { emit: String::new(), matched: "🙂!".into() });
     }
 
     #[test]
@@ -275,11 +234,7 @@ mod tests {
                 let e = bounds.get(k + 1).copied().unwrap_or(text.len());
                 deltas.push(&text[b..e]);
             }
-            assert_eq!(
-                run(&stops, &deltas),
-                (text.to_string(), None),
-                "width {width}"
-            );
+            assert_eq!(run(&stops, &deltas), (text.to_string(), None), "width {width}");
         }
         // Irregular splits, including empty deltas (pieces of 0..=5 chars).
         let mut state = 12345u64;
@@ -287,19 +242,13 @@ mod tests {
             let mut deltas = Vec::new();
             let mut at = 0;
             while at < chars.len() {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let next = (at + (state >> 33) as usize % 6).min(chars.len());
                 let end = chars.get(next).map_or(text.len(), |c| c.0);
                 deltas.push(&text[chars[at].0..end]);
                 at = next;
             }
-            assert_eq!(
-                run(&stops, &deltas),
-                (text.to_string(), None),
-                "trial {trial}"
-            );
+            assert_eq!(run(&stops, &deltas), (text.to_string(), None), "trial {trial}");
         }
     }
 }

@@ -11,18 +11,10 @@ pub enum HubError {
     Unsupported { path: PathBuf, reason: String },
 
     #[error("sha256 mismatch for {}: expected {expected}, got {actual}", path.display())]
-    ChecksumMismatch {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    ChecksumMismatch { path: PathBuf, expected: String, actual: String },
 
     #[error("size mismatch for {}: expected {expected} bytes, got {actual}", path.display())]
-    SizeMismatch {
-        path: PathBuf,
-        expected: u64,
-        actual: u64,
-    },
+    SizeMismatch { path: PathBuf, expected: u64, actual: u64 },
 
     #[error("could not get model {name}; tried:{}", bullet_list(attempts))]
     AllSourcesFailed { name: String, attempts: Vec<String> },

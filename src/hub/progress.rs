@@ -29,13 +29,7 @@ impl Progress {
             bar.set_message(label.clone());
             bar
         });
-        Progress {
-            label,
-            total,
-            done: 0,
-            bar,
-            last_log: Instant::now(),
-        }
+        Progress { label, total, done: 0, bar, last_log: Instant::now() }
     }
 
     pub(crate) fn inc(&mut self, bytes: u64) {
@@ -44,12 +38,7 @@ impl Progress {
             Some(bar) => bar.inc(bytes),
             None if self.last_log.elapsed() >= LOG_EVERY => {
                 self.last_log = Instant::now();
-                tracing::info!(
-                    "{}: {} of {} MiB",
-                    self.label,
-                    self.done >> 20,
-                    self.total >> 20
-                );
+                tracing::info!("{}: {} of {} MiB", self.label, self.done >> 20, self.total >> 20);
             }
             None => {}
         }

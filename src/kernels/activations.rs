@@ -23,13 +23,7 @@ pub struct QActs {
 }
 
 /// One row's outputs (quants, scales, scaled sums, sums) and its input.
-type Row<'a> = (
-    (
-        ((&'a mut [i8], &'a mut [f32]), &'a mut [f32]),
-        &'a mut [i32],
-    ),
-    &'a [f32],
-);
+type Row<'a> = ((((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a mut [i32]), &'a [f32]);
 
 /// Rows at or above which quantization itself is spread over threads.
 const PARALLEL_ROWS: usize = 32;
@@ -66,14 +60,7 @@ impl QActs {
     }
 }
 
-fn quantize_row(
-    kernel: Kernel,
-    x: &[f32],
-    q: &mut [i8],
-    d: &mut [f32],
-    s: &mut [f32],
-    isum: &mut [i32],
-) {
+fn quantize_row(kernel: Kernel, x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]) {
     for (b, (xb, qb)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
         let (db, sum) = match kernel {
             // SAFETY: the kernel is only ever used once `is_available` said so, and both
@@ -142,10 +129,7 @@ mod x86 {
         let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
         // The packs interleave 128-bit lanes; the permute restores element order.
-        let p = _mm256_packs_epi16(
-            _mm256_packs_epi32(i[0], i[1]),
-            _mm256_packs_epi32(i[2], i[3]),
-        );
+        let p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
         let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256(q.cast(), p);
         (d, _mm_cvtsi128_si32(s))
@@ -199,10 +183,7 @@ mod tests {
             for (i, &v) in xb.iter().enumerate() {
                 let q = a.qs[blk * QK + i];
                 assert!(q != -128);
-                assert!(
-                    (f32::from(q) * d - v).abs() <= 0.5 * d + 1e-6,
-                    "block {blk} {i}"
-                );
+                assert!((f32::from(q) * d - v).abs() <= 0.5 * d + 1e-6, "block {blk} {i}");
                 sum += i32::from(q);
             }
             assert_eq!(a.isum[blk], sum);

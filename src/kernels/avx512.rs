@@ -77,11 +77,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             }
         }
     }
-    let mask: __mmask16 = if t.ncols >= 16 {
-        0xffff
-    } else {
-        (1u16 << t.ncols) - 1
-    };
+    let mask: __mmask16 = if t.ncols >= 16 { 0xffff } else { (1u16 << t.ncols) - 1 };
     for (r, acc) in acc.iter().enumerate() {
         _mm512_mask_storeu_ps(t.out.add(r * t.ldo), mask, *acc);
     }

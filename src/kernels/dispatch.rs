@@ -107,31 +107,27 @@ fn select() -> Kernel {
 /// ragged last group and several row tiles, and compares the results exactly.
 fn agrees_with_portable(kernel: Kernel) -> bool {
     let (n, k, m) = (21, 2 * QK, 11);
-    let x: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
-        .collect();
-    [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0]
-        .into_iter()
-        .all(|format| {
-            let bytes: Vec<u8> = (0..n * (k / QK) * format.gguf_block_bytes())
-                .map(|i| match i % format.gguf_block_bytes() {
-                    // Scales: small positive f16 (0x2c00 ≈ 0.0625); minimums negative.
-                    0 => 0x00,
-                    1 => 0x2c,
-                    2 if format == WeightFormat::Q4_1 => 0x00,
-                    3 if format == WeightFormat::Q4_1 => 0xac,
-                    _ => (i * 73 % 251) as u8,
-                })
-                .collect();
-            let Ok(w) = QMatrix::from_raw(format, n, k, &bytes) else {
-                return false;
-            };
-            let mut want = vec![0.0; m * n];
-            let mut got = vec![0.0; m * n];
-            w.matmul_with(Kernel::Portable, &x, m, &mut want);
-            w.matmul_with(kernel, &x, m, &mut got);
-            want == got
-        })
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+    [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0].into_iter().all(|format| {
+        let bytes: Vec<u8> = (0..n * (k / QK) * format.gguf_block_bytes())
+            .map(|i| match i % format.gguf_block_bytes() {
+                // Scales: small positive f16 (0x2c00 ≈ 0.0625); minimums negative.
+                0 => 0x00,
+                1 => 0x2c,
+                2 if format == WeightFormat::Q4_1 => 0x00,
+                3 if format == WeightFormat::Q4_1 => 0xac,
+                _ => (i * 73 % 251) as u8,
+            })
+            .collect();
+        let Ok(w) = QMatrix::from_raw(format, n, k, &bytes) else {
+            return false;
+        };
+        let mut want = vec![0.0; m * n];
+        let mut got = vec![0.0; m * n];
+        w.matmul_with(Kernel::Portable, &x, m, &mut want);
+        w.matmul_with(kernel, &x, m, &mut got);
+        want == got
+    })
 }
 
 #[cfg(test)]

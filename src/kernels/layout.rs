@@ -101,10 +101,7 @@ pub struct AlignedBytes {
 
 impl AlignedBytes {
     pub fn zeroed(len: usize) -> Self {
-        AlignedBytes {
-            lines: vec![Line([0; 64]); len.div_ceil(64)],
-            len,
-        }
+        AlignedBytes { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
     }
 
     pub fn as_slice(&self) -> &[u8] {

@@ -48,12 +48,7 @@ impl Plan {
         let rows_per_task = m.div_ceil(row_chunks).max(1);
         let want = (TASKS_PER_THREAD * threads).div_ceil(row_chunks);
         let groups_per_task = groups.div_ceil(want.clamp(1, groups.max(1))).max(1);
-        Plan {
-            rows_per_task,
-            row_chunks,
-            groups_per_task,
-            group_chunks: groups.div_ceil(groups_per_task),
-        }
+        Plan { rows_per_task, row_chunks, groups_per_task, group_chunks: groups.div_ceil(groups_per_task) }
     }
 }
 
@@ -107,11 +102,7 @@ unsafe fn run_task(
         let mut row0 = rows.start;
         while row0 < rows.end {
             let mr = (rows.end - row0).min(max_rows);
-            let f = if mr == max_rows {
-                full
-            } else {
-                tile::select(kernel, format, mr)
-            };
+            let f = if mr == max_rows { full } else { tile::select(kernel, format, mr) };
             let t = Tile {
                 w: &data[g * group_bytes..(g + 1) * group_bytes],
                 acts,

@@ -34,13 +34,7 @@ pub enum KernelError {
     #[error("a weight matrix needs k divisible by {QK}, got k = {k}")]
     RaggedRows { k: usize },
     #[error("{format:?} matrix {n}x{k} needs {expected} bytes, got {got}")]
-    SizeMismatch {
-        format: WeightFormat,
-        n: usize,
-        k: usize,
-        expected: usize,
-        got: usize,
-    },
+    SizeMismatch { format: WeightFormat, n: usize, k: usize, expected: usize, got: usize },
     #[error("cannot stack {what}")]
     CannotStack { what: String },
     #[error("reading quantized tensor data: {0}")]
@@ -80,32 +74,15 @@ impl QMatrix {
     }
 
     /// Repacks GGUF blocks: `n` rows of `k / 32` blocks of `format`, row after row.
-    pub fn from_raw(
-        format: WeightFormat,
-        n: usize,
-        k: usize,
-        gguf: &[u8],
-    ) -> Result<QMatrix, KernelError> {
+    pub fn from_raw(format: WeightFormat, n: usize, k: usize, gguf: &[u8]) -> Result<QMatrix, KernelError> {
         if !k.is_multiple_of(QK) {
             return Err(KernelError::RaggedRows { k });
         }
         let expected = n * (k / QK) * format.gguf_block_bytes();
         if gguf.len() != expected {
-            return Err(KernelError::SizeMismatch {
-                format,
-                n,
-                k,
-                expected,
-                got: gguf.len(),
-            });
+            return Err(KernelError::SizeMismatch { format, n, k, expected, got: gguf.len() });
         }
-        Ok(QMatrix {
-            format,
-            n,
-            k,
-            groups: n.div_ceil(GROUP),
-            data: layout::repack(format, gguf, n, k),
-        })
+        Ok(QMatrix { format, n, k, groups: n.div_ceil(GROUP), data: layout::repack(format, gguf, n, k) })
     }
 
     /// The matrices' rows one after another (e.g. q, k and v of a layer, or gate and
@@ -114,16 +91,12 @@ impl QMatrix {
     /// a multiple of 16 rows; all must share format and `k`.
     pub fn stack(parts: &[&QMatrix]) -> Result<QMatrix, KernelError> {
         let Some((first, _)) = parts.split_first() else {
-            return Err(KernelError::CannotStack {
-                what: "zero matrices".into(),
-            });
+            return Err(KernelError::CannotStack { what: "zero matrices".into() });
         };
         let mut n = 0;
         for (i, p) in parts.iter().enumerate() {
             if p.format != first.format || p.k != first.k {
-                return Err(KernelError::CannotStack {
-                    what: format!("{p:?} onto {first:?}"),
-                });
+                return Err(KernelError::CannotStack { what: format!("{p:?} onto {first:?}") });
             }
             if i + 1 < parts.len() && !p.n.is_multiple_of(GROUP) {
                 return Err(KernelError::CannotStack {
@@ -139,13 +112,7 @@ impl QMatrix {
             data.as_mut_slice()[at..at + bytes.len()].copy_from_slice(bytes);
             at += bytes.len();
         }
-        Ok(QMatrix {
-            format: first.format,
-            n,
-            k: first.k,
-            groups: n.div_ceil(GROUP),
-            data,
-        })
+        Ok(QMatrix { format: first.format, n, k: first.k, groups: n.div_ceil(GROUP), data })
     }
 
     pub fn n(&self) -> usize {
@@ -188,11 +155,7 @@ impl QMatrix {
     pub fn matmul_with(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.k, "activations are not {m}x{}", self.k);
         assert_eq!(out.len(), m * self.n, "output is not {m}x{}", self.n);
-        assert!(
-            kernel.is_available(),
-            "{} kernel unavailable",
-            kernel.name()
-        );
+        assert!(kernel.is_available(), "{} kernel unavailable", kernel.name());
         matmul::run(kernel, self, x, m, out)
     }
 

@@ -1,9 +1,7 @@
 //! The reference kernel in plain Rust: the exact integer dot products and the same
 //! sequence of fused multiply-adds as the SIMD kernels, so their results are identical.
 
-use super::layout::{
-    read_f16, record_shape, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, Q4_1_MINS_OFFSET, QK,
-};
+use super::layout::{read_f16, record_shape, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, Q4_1_MINS_OFFSET, QK};
 use super::tile::{store_partial, Tile};
 
 /// # Safety

@@ -38,9 +38,7 @@ fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {
-            out[i * n + j] = (0..k)
-                .map(|c| f64::from(x[i * k + c]) * f64::from(w[j * k + c]))
-                .sum();
+            out[i * n + j] = (0..k).map(|c| f64::from(x[i * k + c]) * f64::from(w[j * k + c])).sum();
         }
     }
     out
@@ -50,17 +48,11 @@ fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
 fn requantized(x: &[f32], m: usize, k: usize) -> Vec<f32> {
     let mut a = QActs::default();
     a.quantize(Kernel::Portable, x, m, k);
-    (0..m * k)
-        .map(|i| f32::from(a.qs[i]) * a.d[i / 32])
-        .collect()
+    (0..m * k).map(|i| f32::from(a.qs[i]) * a.d[i / 32]).collect()
 }
 
 fn rel_l2(got: &[f32], want: &[f64]) -> f64 {
-    let err: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (f64::from(g) - w).powi(2))
-        .sum();
+    let err: f64 = got.iter().zip(want).map(|(&g, &w)| (f64::from(g) - w).powi(2)).sum();
     let norm: f64 = want.iter().map(|w| w * w).sum();
     (err / norm).sqrt()
 }
@@ -137,10 +129,7 @@ fn other_dtypes_and_ranks_are_left_to_candle() {
 fn raw_input_of_the_wrong_size_is_an_error() {
     use super::{KernelError, WeightFormat};
     let err = QMatrix::from_raw(WeightFormat::Q4_1, 3, 64, &[0; 119]).unwrap_err();
-    assert!(matches!(
-        err,
-        KernelError::SizeMismatch { expected: 120, .. }
-    ));
+    assert!(matches!(err, KernelError::SizeMismatch { expected: 120, .. }));
     let err = QMatrix::from_raw(WeightFormat::Q8_0, 3, 48, &[0; 0]).unwrap_err();
     assert!(matches!(err, KernelError::RaggedRows { k: 48 }));
 }
@@ -151,11 +140,7 @@ fn stacked_matrices_compute_the_concatenated_outputs() {
     let k = 64;
     let parts: Vec<QMatrix> = [32, 16, 21]
         .iter()
-        .map(|&n| {
-            QMatrix::from_qtensor(&quantized(&mut rng, n, k, GgmlDType::Q4_1).0)
-                .unwrap()
-                .unwrap()
-        })
+        .map(|&n| QMatrix::from_qtensor(&quantized(&mut rng, n, k, GgmlDType::Q4_1).0).unwrap().unwrap())
         .collect();
     let refs: Vec<&QMatrix> = parts.iter().collect();
     let all = QMatrix::stack(&refs).unwrap();
@@ -169,18 +154,13 @@ fn stacked_matrices_compute_the_concatenated_outputs() {
         let mut want = vec![0.0; m * p.n()];
         p.matmul(&x, m, &mut want);
         for i in 0..m {
-            assert_eq!(
-                got[i * 69 + col..i * 69 + col + p.n()],
-                want[i * p.n()..(i + 1) * p.n()]
-            );
+            assert_eq!(got[i * 69 + col..i * 69 + col + p.n()], want[i * p.n()..(i + 1) * p.n()]);
         }
         col += p.n();
     }
     // A ragged part may only come last; formats and widths must agree.
     assert!(QMatrix::stack(&[&parts[2], &parts[0]]).is_err());
-    let q8 = QMatrix::from_qtensor(&quantized(&mut rng, 16, k, GgmlDType::Q8_0).0)
-        .unwrap()
-        .unwrap();
+    let q8 = QMatrix::from_qtensor(&quantized(&mut rng, 16, k, GgmlDType::Q8_0).0).unwrap().unwrap();
     assert!(QMatrix::stack(&[&parts[0], &q8]).is_err());
     assert!(QMatrix::stack(&[]).is_err());
 }
@@ -192,11 +172,7 @@ fn model_path() -> std::path::PathBuf {
     }
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models/cache/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "default model missing at {} (set INFLIGHT_TEST_MODEL)",
-        p.display()
-    );
+    assert!(p.exists(), "default model missing at {} (set INFLIGHT_TEST_MODEL)", p.display());
     p
 }
 
@@ -206,33 +182,20 @@ fn real_weights_match_candles_qmatmul() {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut rng = StdRng::seed_from_u64(3);
-    for (name, dtype) in [
-        ("blk.0.ffn_gate.weight", GgmlDType::Q4_1),
-        ("token_embd.weight", GgmlDType::Q8_0),
-    ] {
+    for (name, dtype) in [("blk.0.ffn_gate.weight", GgmlDType::Q4_1), ("token_embd.weight", GgmlDType::Q8_0)]
+    {
         let q = content.tensor(&mut file, name, &Device::Cpu).unwrap();
         assert_eq!(q.dtype(), dtype, "{name}");
         let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
         let (n, k, m) = (qm.n(), qm.k(), 5);
         let x = random(&mut rng, m * k);
         let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
-        let want: Vec<f32> = QMatMul::from_qtensor(q)
-            .unwrap()
-            .forward(&xt)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let want: Vec<f32> =
+            QMatMul::from_qtensor(q).unwrap().forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let mut got = vec![0.0; m * n];
         qm.matmul(&x, m, &mut got);
         for i in 0..m {
-            let row = |v: &[f32]| {
-                v[i * n..(i + 1) * n]
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .collect::<Vec<_>>()
-            };
+            let row = |v: &[f32]| v[i * n..(i + 1) * n].iter().map(|&v| f64::from(v)).collect::<Vec<_>>();
             let err = rel_l2(&got[i * n..(i + 1) * n], &row(&want));
             assert!(err < 1e-3, "{name} row {i}: relative error {err}");
         }

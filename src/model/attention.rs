@@ -55,15 +55,12 @@ pub fn attend(
     let scale = 1.0 / (d as f32).sqrt();
     let kv = cache.layer(layer);
     // (span, position) of every row, so rows can be processed independently.
-    let rows: Vec<(&SeqSpan, usize)> = spans
-        .iter()
-        .flat_map(|s| (0..s.len).map(move |i| (s, s.start_pos + i)))
-        .collect();
+    let rows: Vec<(&SeqSpan, usize)> =
+        spans.iter().flat_map(|s| (0..s.len).map(move |i| (s, s.start_pos + i))).collect();
 
-    out.par_chunks_mut(q_dim)
-        .zip(q.par_chunks(q_dim))
-        .zip(rows.par_iter())
-        .for_each_init(Vec::new, |scores, ((out_row, q_row), &(span, pos))| {
+    out.par_chunks_mut(q_dim).zip(q.par_chunks(q_dim)).zip(rows.par_iter()).for_each_init(
+        Vec::new,
+        |scores, ((out_row, q_row), &(span, pos))| {
             let ctx = pos + 1;
             scores.resize(ctx, 0.0);
             let slots: Vec<usize> = (0..ctx).map(|p| cache.slot(span.block_table, p)).collect();
@@ -89,7 +86,8 @@ pub fn attend(
                     axpy(oh, w * inv, &kv.v[off..off + d]);
                 }
             }
-        });
+        },
+    );
 }
 
 /// Dot product with eight independent accumulators, so the compiler can keep
@@ -158,9 +156,7 @@ mod tests {
                 let kvh = h / group;
                 let s: Vec<f64> = (0..=i)
                     .map(|j| {
-                        (0..d)
-                            .map(|x| (q[i * qd + h * d + x] * k[j * kd + kvh * d + x]) as f64)
-                            .sum::<f64>()
+                        (0..d).map(|x| (q[i * qd + h * d + x] * k[j * kd + kvh * d + x]) as f64).sum::<f64>()
                             / (d as f64).sqrt()
                     })
                     .collect();

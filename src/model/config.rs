@@ -67,11 +67,8 @@ impl LlamaConfig {
     /// token list when the file does not state it.
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self, ModelError> {
         let md = &content.metadata;
-        let arch = md
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
+        let arch =
+            md.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
         if arch != "llama" {
             return Err(ModelError::UnsupportedArchitecture { path: path.into(), arch });
         }
@@ -91,23 +88,17 @@ impl LlamaConfig {
             .unwrap_or(hidden_size / num_heads.max(1));
         let vocab_size = match get_u("llama.vocab_size") {
             Ok(v) => v,
-            Err(_) => md
-                .get("tokenizer.ggml.tokens")
-                .and_then(|v| v.to_vec().ok())
-                .map(|v| v.len())
-                .ok_or_else(|| ModelError::Metadata {
-                    path: path.into(),
-                    key: "llama.vocab_size".into(),
-                })?,
+            Err(_) => {
+                md.get("tokenizer.ggml.tokens").and_then(|v| v.to_vec().ok()).map(|v| v.len()).ok_or_else(
+                    || ModelError::Metadata { path: path.into(), key: "llama.vocab_size".into() },
+                )?
+            }
         };
-        let rope_scaling = match md
-            .get("llama.rope.scaling.type")
-            .and_then(|v| v.to_string().ok())
-            .map(String::as_str)
-        {
-            Some("linear") => RopeScaling::Linear(get_f("llama.rope.scaling.factor").unwrap_or(1.0)),
-            _ => RopeScaling::None,
-        };
+        let rope_scaling =
+            match md.get("llama.rope.scaling.type").and_then(|v| v.to_string().ok()).map(String::as_str) {
+                Some("linear") => RopeScaling::Linear(get_f("llama.rope.scaling.factor").unwrap_or(1.0)),
+                _ => RopeScaling::None,
+            };
         let cfg = Self {
             hidden_size,
             intermediate_size: get_u("llama.feed_forward_length")?,
@@ -185,13 +176,13 @@ impl LlamaConfig {
         if self.num_heads == 0 || self.num_kv_heads == 0 || self.head_dim == 0 {
             return Err(bad("head counts and head size must be non-zero".into()));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(bad(format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.num_heads, self.num_kv_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(bad(format!("head size {} is odd; rope needs pairs", self.head_dim)));
         }
         if self.hidden_size == 0 || self.intermediate_size == 0 || self.vocab_size == 0 {

@@ -25,9 +25,7 @@ impl PagedKvCache {
         let kv_dim = cfg.kv_dim();
         let len = num_blocks * block_size * kv_dim;
         // vec![0.0; n] maps zeroed pages lazily, so an unused pool costs no RAM.
-        let layers = (0..cfg.num_layers)
-            .map(|_| LayerKv { k: vec![0.0; len], v: vec![0.0; len] })
-            .collect();
+        let layers = (0..cfg.num_layers).map(|_| LayerKv { k: vec![0.0; len], v: vec![0.0; len] }).collect();
         Self { block_size, num_blocks, kv_dim, layers }
     }
 

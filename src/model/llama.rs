@@ -50,6 +50,9 @@ struct Attention {
     wo: Linear,
 }
 
+/// Query, key and value rows of a step.
+type Qkv = (Vec<f32>, Vec<f32>, Vec<f32>);
+
 enum Projections {
     Fused { qkv: Linear, q_dim: usize, kv_dim: usize },
     Separate { wq: Linear, wk: Linear, wv: Linear },
@@ -63,9 +66,11 @@ impl Projections {
         }
     }
 
-    fn forward(&self, x: &[f32], t: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), ModelError> {
+    fn forward(&self, x: &[f32], t: usize) -> Result<Qkv, ModelError> {
         match self {
-            Projections::Separate { wq, wk, wv } => Ok((wq.forward(x, t)?, wk.forward(x, t)?, wv.forward(x, t)?)),
+            Projections::Separate { wq, wk, wv } => {
+                Ok((wq.forward(x, t)?, wk.forward(x, t)?, wv.forward(x, t)?))
+            }
             Projections::Fused { qkv, q_dim, kv_dim } => {
                 let all = qkv.forward(x, t)?;
                 let (qd, kd) = (*q_dim, *kv_dim);
@@ -95,7 +100,13 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &[f32], step: &StepContext, layer: usize, kv: &mut PagedKvCache) -> Result<Vec<f32>, ModelError> {
+    fn forward(
+        &self,
+        x: &[f32],
+        step: &StepContext,
+        layer: usize,
+        kv: &mut PagedKvCache,
+    ) -> Result<Vec<f32>, ModelError> {
         let t = step.num_tokens;
         let (mut q, mut k, v) = self.qkv.forward(x, t)?;
         step.rope.apply(&mut q, step.shape.num_heads, &step.angles);
@@ -179,7 +190,14 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &mut [f32], step: &StepContext, layer: usize, eps: f32, kv: &mut PagedKvCache) -> Result<(), ModelError> {
+    fn forward(
+        &self,
+        x: &mut [f32],
+        step: &StepContext,
+        layer: usize,
+        eps: f32,
+        kv: &mut PagedKvCache,
+    ) -> Result<(), ModelError> {
         let mut h = vec![0.0; x.len()];
         rms_norm(x, &self.attn_norm, eps, &mut h);
         add_in_place(x, &self.attn.forward(&h, step, layer, kv)?);
@@ -218,9 +236,7 @@ impl Llama {
         // Tied embeddings (SmolLM2, Llama 3.2 1B): the output projection reuses them.
         let head_name = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
         let lm_head = w.linear(head_name, v, h)?;
-        let blocks = (0..cfg.num_layers)
-            .map(|i| Block::load(w, &cfg, i))
-            .collect::<Result<Vec<_>, _>>()?;
+        let blocks = (0..cfg.num_layers).map(|i| Block::load(w, &cfg, i)).collect::<Result<Vec<_>, _>>()?;
         let norm = w.vector("output_norm.weight", h)?;
         let rope = Rope::new(&cfg);
         Ok(Self { cfg, embed, blocks, norm, lm_head, rope })

@@ -42,8 +42,8 @@ impl Rope {
                     if wavelen > low_wavelen {
                         *f /= s.factor;
                     } else if wavelen >= high_wavelen {
-                        let smooth = (old / wavelen - s.low_freq_factor)
-                            / (s.high_freq_factor - s.low_freq_factor);
+                        let smooth =
+                            (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
                         *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
                     }
                 }

@@ -24,7 +24,10 @@ pub enum WeightSource {
         /// float references; slower and larger).
         dequantize: bool,
     },
-    Safetensors { path: PathBuf, st: MmapedSafetensors },
+    Safetensors {
+        path: PathBuf,
+        st: MmapedSafetensors,
+    },
 }
 
 /// The token embedding table, looked up row by row (quantized rows are
@@ -139,9 +142,8 @@ impl WeightSource {
         if !content.tensor_infos.contains_key(name) {
             return Err(self.missing(name));
         }
-        let t = content
-            .tensor(&mut *reader.borrow_mut(), name, &Device::Cpu)
-            .map_err(|e| ModelError::Load {
+        let t =
+            content.tensor(&mut *reader.borrow_mut(), name, &Device::Cpu).map_err(|e| ModelError::Load {
                 path: path.clone(),
                 message: format!("reading tensor `{name}`: {e} (truncated or corrupt file?)"),
             })?;

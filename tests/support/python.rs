@@ -21,7 +21,9 @@ pub fn python() -> PathBuf {
         let wanted = std::fs::read_to_string(&reqs).expect("requirements.txt");
         if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
             run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-            run(Command::new(&py).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"]).arg(&reqs));
+            run(Command::new(&py)
+                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+                .arg(&reqs));
             std::fs::write(&stamp, &wanted).expect("write stamp");
         }
         py

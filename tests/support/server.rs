@@ -29,7 +29,8 @@ impl Server {
         let (port, flag_port) = match envs.iter().find(|(k, _)| *k == "SAGEMAKER_BIND_TO_PORT") {
             Some((_, p)) => (p.parse().expect("port"), 9),
             None => {
-                let p = TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+                let p =
+                    TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
                 (p, p)
             }
         };

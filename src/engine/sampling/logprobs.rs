@@ -20,9 +20,7 @@ pub(super) fn sanitize_and_argmax(logits: &mut [f32]) -> Option<(usize, f32)> {
         *x = sanitize(*x);
         lanes[0] = if *x > lanes[0] { *x } else { lanes[0] };
     }
-    let max = lanes
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
     if max == f32::NEG_INFINITY {
         return None;
     }
@@ -84,10 +82,7 @@ mod tests {
         assert_eq!(v[1], f32::NEG_INFINITY);
         let mut w = [0.0, f32::INFINITY];
         assert_eq!(sanitize_and_argmax(&mut w), Some((1, f32::MAX)));
-        assert_eq!(
-            sanitize_and_argmax(&mut [f32::NAN, f32::NEG_INFINITY]),
-            None
-        );
+        assert_eq!(sanitize_and_argmax(&mut [f32::NAN, f32::NEG_INFINITY]), None);
         assert_eq!(sanitize_and_argmax(&mut []), None);
     }
 
@@ -100,11 +95,7 @@ mod tests {
                 if at + 3 < len {
                     v[at + 3] = 5.0;
                 }
-                assert_eq!(
-                    sanitize_and_argmax(&mut v),
-                    Some((at, 5.0)),
-                    "len {len} at {at}"
-                );
+                assert_eq!(sanitize_and_argmax(&mut v), Some((at, 5.0)), "len {len} at {at}");
             }
         }
     }

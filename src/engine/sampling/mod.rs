@@ -26,10 +26,7 @@ pub use sampler::{Sampled, Sampler};
 pub enum SamplingError {
     /// A request parameter is out of range; `param` is its OpenAI field name.
     #[error("invalid `{param}`: {message}")]
-    InvalidParam {
-        param: &'static str,
-        message: String,
-    },
+    InvalidParam { param: &'static str, message: String },
     /// Every logit was NaN or -inf (or there were none), so no token can be chosen.
     #[error("no finite logit to sample from")]
     NoFiniteLogits,

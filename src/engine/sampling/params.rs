@@ -55,40 +55,27 @@ impl SamplingParams {
             ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(invalid(
-                "top_p",
-                format!("must be in (0, 1], got {}", self.top_p),
-            ));
+            return Err(invalid("top_p", format!("must be in (0, 1], got {}", self.top_p)));
         }
         if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
-            return Err(invalid(
-                "min_p",
-                format!("must be in [0, 1], got {}", self.min_p),
-            ));
+            return Err(invalid("min_p", format!("must be in [0, 1], got {}", self.min_p)));
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return Err(invalid(
                 "repetition_penalty",
-                format!(
-                    "must be a finite number > 0, got {}",
-                    self.repetition_penalty
-                ),
+                format!("must be a finite number > 0, got {}", self.repetition_penalty),
             ));
         }
-        for (param, value) in [
-            ("presence_penalty", self.presence_penalty),
-            ("frequency_penalty", self.frequency_penalty),
-        ] {
+        for (param, value) in
+            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+        {
             if !(-2.0..=2.0).contains(&value) {
                 return Err(invalid(param, format!("must be in [-2, 2], got {value}")));
             }
         }
         if let Some(n) = self.logprobs {
             if n > MAX_LOGPROBS {
-                return Err(invalid(
-                    "logprobs",
-                    format!("must be at most {MAX_LOGPROBS}, got {n}"),
-                ));
+                return Err(invalid("logprobs", format!("must be at most {MAX_LOGPROBS}, got {n}")));
             }
         }
         Ok(())
@@ -123,104 +110,20 @@ mod tests {
     fn each_bad_value_names_its_param() {
         let base = SamplingParams::default;
         let cases: Vec<(SamplingParams, &str)> = vec![
-            (
-                SamplingParams {
-                    temperature: f32::NAN,
-                    ..base()
-                },
-                "temperature",
-            ),
-            (
-                SamplingParams {
-                    temperature: -0.1,
-                    ..base()
-                },
-                "temperature",
-            ),
-            (
-                SamplingParams {
-                    temperature: f32::INFINITY,
-                    ..base()
-                },
-                "temperature",
-            ),
-            (
-                SamplingParams {
-                    top_p: 0.0,
-                    ..base()
-                },
-                "top_p",
-            ),
-            (
-                SamplingParams {
-                    top_p: 1.01,
-                    ..base()
-                },
-                "top_p",
-            ),
-            (
-                SamplingParams {
-                    top_p: f32::NAN,
-                    ..base()
-                },
-                "top_p",
-            ),
-            (
-                SamplingParams {
-                    min_p: -0.01,
-                    ..base()
-                },
-                "min_p",
-            ),
-            (
-                SamplingParams {
-                    min_p: 1.5,
-                    ..base()
-                },
-                "min_p",
-            ),
-            (
-                SamplingParams {
-                    repetition_penalty: 0.0,
-                    ..base()
-                },
-                "repetition_penalty",
-            ),
-            (
-                SamplingParams {
-                    repetition_penalty: -1.0,
-                    ..base()
-                },
-                "repetition_penalty",
-            ),
-            (
-                SamplingParams {
-                    presence_penalty: 2.5,
-                    ..base()
-                },
-                "presence_penalty",
-            ),
-            (
-                SamplingParams {
-                    presence_penalty: f32::NAN,
-                    ..base()
-                },
-                "presence_penalty",
-            ),
-            (
-                SamplingParams {
-                    frequency_penalty: -2.01,
-                    ..base()
-                },
-                "frequency_penalty",
-            ),
-            (
-                SamplingParams {
-                    logprobs: Some(21),
-                    ..base()
-                },
-                "logprobs",
-            ),
+            (SamplingParams { temperature: f32::NAN, ..base() }, "temperature"),
+            (SamplingParams { temperature: -0.1, ..base() }, "temperature"),
+            (SamplingParams { temperature: f32::INFINITY, ..base() }, "temperature"),
+            (SamplingParams { top_p: 0.0, ..base() }, "top_p"),
+            (SamplingParams { top_p: 1.01, ..base() }, "top_p"),
+            (SamplingParams { top_p: f32::NAN, ..base() }, "top_p"),
+            (SamplingParams { min_p: -0.01, ..base() }, "min_p"),
+            (SamplingParams { min_p: 1.5, ..base() }, "min_p"),
+            (SamplingParams { repetition_penalty: 0.0, ..base() }, "repetition_penalty"),
+            (SamplingParams { repetition_penalty: -1.0, ..base() }, "repetition_penalty"),
+            (SamplingParams { presence_penalty: 2.5, ..base() }, "presence_penalty"),
+            (SamplingParams { presence_penalty: f32::NAN, ..base() }, "presence_penalty"),
+            (SamplingParams { frequency_penalty: -2.01, ..base() }, "frequency_penalty"),
+            (SamplingParams { logprobs: Some(21), ..base() }, "logprobs"),
         ];
         for (params, want) in cases {
             let err = params.validate().expect_err(want);
@@ -243,13 +146,6 @@ mod tests {
             logprobs: Some(20),
         };
         assert_eq!(ok.validate(), Ok(()));
-        assert_eq!(
-            param_of(SamplingParams {
-                min_p: 0.0,
-                logprobs: Some(0),
-                ..ok
-            }),
-            None
-        );
+        assert_eq!(param_of(SamplingParams { min_p: 0.0, logprobs: Some(0), ..ok }), None);
     }
 }

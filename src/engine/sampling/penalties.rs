@@ -28,12 +28,7 @@ impl Penalizer {
             self.repetition(logits, params.repetition_penalty, prompt_ids, output_ids);
         }
         if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
-            self.presence_frequency(
-                logits,
-                params.presence_penalty,
-                params.frequency_penalty,
-                output_ids,
-            );
+            self.presence_frequency(logits, params.presence_penalty, params.frequency_penalty, output_ids);
         }
     }
 
@@ -51,30 +46,15 @@ impl Penalizer {
                 continue;
             }
             self.seen[word] |= bit;
-            *logit = if *logit > 0.0 {
-                *logit / penalty
-            } else {
-                *logit * penalty
-            };
+            *logit = if *logit > 0.0 { *logit / penalty } else { *logit * penalty };
         }
     }
 
-    fn presence_frequency(
-        &mut self,
-        logits: &mut [f32],
-        presence: f32,
-        frequency: f32,
-        output: &[u32],
-    ) {
+    fn presence_frequency(&mut self, logits: &mut [f32], presence: f32, frequency: f32, output: &[u32]) {
         // Output is at most max_tokens long, so sorting it is cheaper than a
         // vocabulary-sized count table per sequence.
         self.sorted_output.clear();
-        self.sorted_output.extend(
-            output
-                .iter()
-                .copied()
-                .filter(|&id| (id as usize) < logits.len()),
-        );
+        self.sorted_output.extend(output.iter().copied().filter(|&id| (id as usize) < logits.len()));
         self.sorted_output.sort_unstable();
         for run in self.sorted_output.chunk_by(|a, b| a == b) {
             let logit = &mut logits[run[0] as usize];
@@ -95,10 +75,7 @@ mod tests {
 
     #[test]
     fn repetition_divides_positive_multiplies_negative_once_per_token() {
-        let params = SamplingParams {
-            repetition_penalty: 2.0,
-            ..Default::default()
-        };
+        let params = SamplingParams { repetition_penalty: 2.0, ..Default::default() };
         // Token 0 occurs three times: still divided only once.
         let got = penalise(&[4.0, -1.0, 3.0, 0.5], &params, &[0, 1, 0], &[0]);
         assert_eq!(got, vec![2.0, -2.0, 3.0, 0.5]);
@@ -106,21 +83,14 @@ mod tests {
 
     #[test]
     fn repetition_below_one_encourages() {
-        let params = SamplingParams {
-            repetition_penalty: 0.5,
-            ..Default::default()
-        };
+        let params = SamplingParams { repetition_penalty: 0.5, ..Default::default() };
         let got = penalise(&[4.0, -1.0], &params, &[], &[0, 1]);
         assert_eq!(got, vec![8.0, -0.5]);
     }
 
     #[test]
     fn presence_and_frequency_by_hand() {
-        let params = SamplingParams {
-            presence_penalty: 0.5,
-            frequency_penalty: 0.25,
-            ..Default::default()
-        };
+        let params = SamplingParams { presence_penalty: 0.5, frequency_penalty: 0.25, ..Default::default() };
         // Prompt tokens are not penalised; token 1 occurs 3x, token 3 once.
         let got = penalise(&[1.0, 1.0, 1.0, 1.0], &params, &[0, 2], &[1, 3, 1, 1]);
         let want = [1.0, 1.0 - (0.25 * 3.0 + 0.5), 1.0, 1.0 - (0.25 + 0.5)];
@@ -131,30 +101,20 @@ mod tests {
 
     #[test]
     fn negative_presence_raises_and_out_of_vocab_ids_are_ignored() {
-        let params = SamplingParams {
-            presence_penalty: -1.0,
-            repetition_penalty: 1.5,
-            ..Default::default()
-        };
+        let params = SamplingParams { presence_penalty: -1.0, repetition_penalty: 1.5, ..Default::default() };
         let got = penalise(&[3.0, 0.0], &params, &[99], &[1, 1, 7]);
         assert_eq!(got, vec![3.0, 1.0]);
     }
 
     #[test]
     fn scratch_reuse_does_not_leak_between_calls() {
-        let params = SamplingParams {
-            repetition_penalty: 2.0,
-            ..Default::default()
-        };
+        let params = SamplingParams { repetition_penalty: 2.0, ..Default::default() };
         let mut p = Penalizer::default();
         let mut a = vec![2.0; 130];
         p.apply(&mut a, &params, &[129], &[]);
         let mut b = vec![2.0; 130];
         p.apply(&mut b, &params, &[129], &[3]);
-        assert_eq!(
-            b[129], 1.0,
-            "bit from the first call must not skip the penalty"
-        );
+        assert_eq!(b[129], 1.0, "bit from the first call must not skip the penalty");
         assert_eq!(b[3], 1.0);
     }
 }

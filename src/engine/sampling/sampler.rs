@@ -57,10 +57,7 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => os_seeded_rng(),
         };
-        Sampler {
-            params: params.clone(),
-            rng,
-        }
+        Sampler { params: params.clone(), rng }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -89,9 +86,7 @@ impl Sampler {
         let work = &mut scratch.work;
         work.clear();
         work.extend_from_slice(logits);
-        scratch
-            .penalizer
-            .apply(work, &self.params, prompt_ids, output_ids);
+        scratch.penalizer.apply(work, &self.params, prompt_ids, output_ids);
         let (argmax, max) = sanitize_and_argmax(work).ok_or(SamplingError::NoFiniteLogits)?;
 
         // Fills the draw's weights at temperature 1 on the way.
@@ -103,14 +98,7 @@ impl Sampler {
             argmax as u32
         } else {
             let draw_scratch = &mut scratch.draw;
-            draw(
-                work,
-                (argmax, max),
-                &self.params,
-                draw_scratch,
-                t1_total,
-                &mut self.rng,
-            )
+            draw(work, (argmax, max), &self.params, draw_scratch, t1_total, &mut self.rng)
         };
 
         let mut top_logprobs = Vec::new();
@@ -120,11 +108,7 @@ impl Sampler {
                 *x = (*x - max) - log_sum;
             }
         }
-        Ok(Sampled {
-            token,
-            logprob: (work[token as usize] - max) - log_sum,
-            top_logprobs,
-        })
+        Ok(Sampled { token, logprob: (work[token as usize] - max) - log_sum, top_logprobs })
     }
 }
 
@@ -146,10 +130,7 @@ mod tests {
     use rand::Rng;
 
     fn seeded(params: SamplingParams, seed: u64) -> Sampler {
-        Sampler::new(&SamplingParams {
-            seed: Some(seed),
-            ..params
-        })
+        Sampler::new(&SamplingParams { seed: Some(seed), ..params })
     }
 
     fn random_logits(vocab: usize, seed: u64) -> Vec<f32> {
@@ -169,10 +150,7 @@ mod tests {
 
     fn softmax(v: &[f32], temperature: f32) -> Vec<f64> {
         let m = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f64> = v
-            .iter()
-            .map(|&x| f64::from((x - m) / temperature).exp())
-            .collect();
+        let e: Vec<f64> = v.iter().map(|&x| f64::from((x - m) / temperature).exp()).collect();
         let z: f64 = e.iter().sum();
         e.iter().map(|x| x / z).collect()
     }
@@ -186,10 +164,7 @@ mod tests {
     }
 
     fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
     }
 
     /// ln of [0.5, 0.3, 0.15, 0.05]: easy to reason about by hand.
@@ -214,19 +189,9 @@ mod tests {
         // Random logits can nearly tie; a 0.1 gap is e^-100 at T = 1e-3.
         logits[want as usize] += 0.1;
         for temperature in [1e-6, 1e-3] {
-            let mut s = seeded(
-                SamplingParams {
-                    temperature,
-                    ..Default::default()
-                },
-                5,
-            );
+            let mut s = seeded(SamplingParams { temperature, ..Default::default() }, 5);
             for _ in 0..200 {
-                assert_eq!(
-                    s.sample(&logits, &[], &[]).unwrap().token,
-                    want,
-                    "{temperature}"
-                );
+                assert_eq!(s.sample(&logits, &[], &[]).unwrap().token, want, "{temperature}");
             }
         }
     }
@@ -236,18 +201,8 @@ mod tests {
         let logits = random_logits(2000, 1);
         let want = argmax(&logits);
         for seed in 0..50 {
-            let params = SamplingParams {
-                temperature: 1.5,
-                top_k: 1,
-                ..Default::default()
-            };
-            assert_eq!(
-                seeded(params, seed)
-                    .sample(&logits, &[], &[])
-                    .unwrap()
-                    .token,
-                want
-            );
+            let params = SamplingParams { temperature: 1.5, top_k: 1, ..Default::default() };
+            assert_eq!(seeded(params, seed).sample(&logits, &[], &[]).unwrap().token, want);
         }
     }
 
@@ -255,11 +210,7 @@ mod tests {
     fn tiny_top_p_is_argmax() {
         let logits = random_logits(2000, 2);
         let want = argmax(&logits);
-        let params = SamplingParams {
-            temperature: 2.0,
-            top_p: 1e-6,
-            ..Default::default()
-        };
+        let params = SamplingParams { temperature: 2.0, top_p: 1e-6, ..Default::default() };
         let mut s = seeded(params, 0);
         for _ in 0..100 {
             assert_eq!(s.sample(&logits, &[], &[]).unwrap().token, want);
@@ -268,20 +219,11 @@ mod tests {
 
     #[test]
     fn seed_reproduces_and_different_seeds_differ() {
-        let logits = random_logits(100, 4)
-            .iter()
-            .map(|x| x * 0.2)
-            .collect::<Vec<_>>();
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_p: 0.95,
-            ..Default::default()
-        };
+        let logits = random_logits(100, 4).iter().map(|x| x * 0.2).collect::<Vec<_>>();
+        let params = SamplingParams { temperature: 1.0, top_p: 0.95, ..Default::default() };
         let run = |seed| {
             let mut s = seeded(params.clone(), seed);
-            (0..50)
-                .map(|_| s.sample(&logits, &[], &[]).unwrap().token)
-                .collect::<Vec<_>>()
+            (0..50).map(|_| s.sample(&logits, &[], &[]).unwrap().token).collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42), run(43));
@@ -291,19 +233,10 @@ mod tests {
     fn temperature_one_matches_softmax_and_temperature_sharpens() {
         let logits = [1.0f32, 0.0, 2.0, -1.0, 0.5];
         for temperature in [1.0f32, 0.5] {
-            let mut s = seeded(
-                SamplingParams {
-                    temperature,
-                    ..Default::default()
-                },
-                11,
-            );
+            let mut s = seeded(SamplingParams { temperature, ..Default::default() }, 11);
             let got = frequencies(&mut s, &logits, 20_000);
             let want = softmax(&logits, temperature);
-            assert!(
-                max_abs_diff(&got, &want) < 0.02,
-                "T={temperature}: {got:?} vs {want:?}"
-            );
+            assert!(max_abs_diff(&got, &want) < 0.02, "T={temperature}: {got:?} vs {want:?}");
         }
     }
 
@@ -311,71 +244,29 @@ mod tests {
     fn top_k_top_p_min_p_renormalise_over_survivors() {
         let logits = four_probs();
         let cases = [
-            (
-                SamplingParams {
-                    top_k: 2,
-                    ..Default::default()
-                },
-                [0.625, 0.375, 0.0, 0.0],
-            ),
+            (SamplingParams { top_k: 2, ..Default::default() }, [0.625, 0.375, 0.0, 0.0]),
             // Nucleus 0.7: 0.5 is not enough, 0.5 + 0.3 is.
-            (
-                SamplingParams {
-                    top_p: 0.7,
-                    ..Default::default()
-                },
-                [0.625, 0.375, 0.0, 0.0],
-            ),
+            (SamplingParams { top_p: 0.7, ..Default::default() }, [0.625, 0.375, 0.0, 0.0]),
             // After top-k 3 renormalises, 0.5 + 0.3 is 0.842 >= 0.83 (unnormalised 0.8
             // would keep a third token).
-            (
-                SamplingParams {
-                    top_p: 0.83,
-                    top_k: 3,
-                    ..Default::default()
-                },
-                [0.625, 0.375, 0.0, 0.0],
-            ),
+            (SamplingParams { top_p: 0.83, top_k: 3, ..Default::default() }, [0.625, 0.375, 0.0, 0.0]),
             // min_p 0.5 keeps p >= 0.25; 0.25 keeps p >= 0.125.
+            (SamplingParams { min_p: 0.5, ..Default::default() }, [0.625, 0.375, 0.0, 0.0]),
             (
-                SamplingParams {
-                    min_p: 0.5,
-                    ..Default::default()
-                },
-                [0.625, 0.375, 0.0, 0.0],
-            ),
-            (
-                SamplingParams {
-                    min_p: 0.25,
-                    ..Default::default()
-                },
+                SamplingParams { min_p: 0.25, ..Default::default() },
                 [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0],
             ),
             (
-                SamplingParams {
-                    min_p: 0.25,
-                    top_k: 3,
-                    top_p: 0.99,
-                    ..Default::default()
-                },
+                SamplingParams { min_p: 0.25, top_k: 3, top_p: 0.99, ..Default::default() },
                 [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0],
             ),
         ];
         for (params, want) in cases {
-            let mut s = seeded(
-                SamplingParams {
-                    temperature: 1.0,
-                    ..params.clone()
-                },
-                21,
-            );
+            let mut s = seeded(SamplingParams { temperature: 1.0, ..params.clone() }, 21);
             let got = frequencies(&mut s, &logits, 20_000);
             assert!(max_abs_diff(&got, &want) < 0.02, "{params:?}: {got:?}");
             for (g, w) in got.iter().zip(want) {
-                assert!(
-                    w > 0.0 || *g == 0.0,
-                    "{params:?} drew a filtered token: {got:?}"
-                );
+                assert!(w > 0.0 || *g == 0.0, "{params:?} drew a filtered token: {got:?}");
             }
         }
     }
@@ -385,10 +276,7 @@ mod tests {
         let logits = [2.0f32, 1.9, -3.0];
         let mut plain = Sampler::new(&SamplingParams::default());
         assert_eq!(plain.sample(&logits, &[0], &[]).unwrap().token, 0);
-        let params = SamplingParams {
-            repetition_penalty: 1.1,
-            ..Default::default()
-        };
+        let params = SamplingParams { repetition_penalty: 1.1, ..Default::default() };
         let mut s = Sampler::new(&params);
         assert_eq!(s.sample(&logits, &[0], &[]).unwrap().token, 1);
         assert_eq!(s.sample(&logits, &[], &[0, 0]).unwrap().token, 1);
@@ -429,11 +317,7 @@ mod tests {
             let got = s.sample(&logits, &[], &[]).unwrap();
             assert!((f64::from(got.logprob) - want[got.token as usize].ln()).abs() < 1e-5);
             assert_eq!(got.top_logprobs.len(), 16);
-            let mass: f64 = got
-                .top_logprobs
-                .iter()
-                .map(|&(_, lp)| f64::from(lp).exp())
-                .sum();
+            let mass: f64 = got.top_logprobs.iter().map(|&(_, lp)| f64::from(lp).exp()).sum();
             assert!((mass - 1.0).abs() < 1e-5, "{mass}");
             assert!(got.top_logprobs.windows(2).all(|w| w[0].1 >= w[1].1));
             for &(id, lp) in &got.top_logprobs {
@@ -444,10 +328,7 @@ mod tests {
 
     #[test]
     fn logprobs_zero_reports_only_the_chosen_token() {
-        let params = SamplingParams {
-            logprobs: Some(0),
-            ..Default::default()
-        };
+        let params = SamplingParams { logprobs: Some(0), ..Default::default() };
         let got = Sampler::new(&params).sample(&[0.0, 0.0], &[], &[]).unwrap();
         assert!(got.top_logprobs.is_empty());
         assert!((got.logprob - 0.5f32.ln()).abs() < 1e-6);
@@ -457,11 +338,7 @@ mod tests {
     fn nan_and_inf_logits_do_not_panic() {
         let nan_mixed = [f32::NAN, 1.0, f32::NAN, 0.0];
         for temperature in [0.0, 1.0] {
-            let params = SamplingParams {
-                temperature,
-                top_k: 3,
-                ..Default::default()
-            };
+            let params = SamplingParams { temperature, top_k: 3, ..Default::default() };
             let mut s = seeded(params, 0);
             for _ in 0..50 {
                 let got = s.sample(&nan_mixed, &[], &[]).unwrap();
@@ -478,13 +355,8 @@ mod tests {
 
     #[test]
     fn huge_logits_do_not_overflow_the_normaliser() {
-        let params = SamplingParams {
-            logprobs: Some(1),
-            ..Default::default()
-        };
-        let got = Sampler::new(&params)
-            .sample(&[1e30, 1e30, -1e30], &[], &[])
-            .unwrap();
+        let params = SamplingParams { logprobs: Some(1), ..Default::default() };
+        let got = Sampler::new(&params).sample(&[1e30, 1e30, -1e30], &[], &[]).unwrap();
         assert_eq!(got.token, 0);
         assert!((got.logprob - 0.5f32.ln()).abs() < 1e-6, "{got:?}");
     }
@@ -492,15 +364,10 @@ mod tests {
     #[test]
     fn unseeded_samplers_are_independent() {
         let logits = vec![0.0f32; 1000];
-        let params = SamplingParams {
-            temperature: 1.0,
-            ..Default::default()
-        };
+        let params = SamplingParams { temperature: 1.0, ..Default::default() };
         let draw = || {
             let mut s = Sampler::new(&params);
-            (0..8)
-                .map(|_| s.sample(&logits, &[], &[]).unwrap().token)
-                .collect::<Vec<_>>()
+            (0..8).map(|_| s.sample(&logits, &[], &[]).unwrap().token).collect::<Vec<_>>()
         };
         assert_ne!(draw(), draw());
     }

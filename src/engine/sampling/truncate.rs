@@ -101,9 +101,7 @@ pub(super) fn draw(
 
 /// Best logit first; lower id first on ties, so the order is fully determined.
 fn best_first(logits: &[f32], a: u32, b: u32) -> Ordering {
-    logits[b as usize]
-        .total_cmp(&logits[a as usize])
-        .then(a.cmp(&b))
+    logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b))
 }
 
 /// Reorders `ids` so that its first n entries are the n best, for the smallest n
@@ -139,11 +137,7 @@ fn nucleus_len(ids: &mut [u32], logits: &[f32], weights: &[f32], target: f64) ->
 
 /// One id drawn with probability proportional to its weight among those with
 /// `weight >= min_p`; None if they all weigh 0.
-fn pick(
-    candidates: impl Iterator<Item = (u32, f32)> + Clone,
-    min_p: f32,
-    rng: &mut impl Rng,
-) -> Option<u32> {
+fn pick(candidates: impl Iterator<Item = (u32, f32)> + Clone, min_p: f32, rng: &mut impl Rng) -> Option<u32> {
     let kept = |w: f32| if w >= min_p { w } else { 0.0 };
     let total: f64 = candidates.clone().map(|(_, w)| f64::from(kept(w))).sum();
     let u = rng.random::<f64>() * total;
@@ -215,9 +209,7 @@ mod tests {
         for trial in 0..200 {
             let len = [1, 5, 33, 100, 1000][trial % 5];
             // Coarse logits make many ties, which the id tie-break must settle alike.
-            let logits: Vec<f32> = (0..len)
-                .map(|_| rng.random_range(0..40) as f32 * 0.25)
-                .collect();
+            let logits: Vec<f32> = (0..len).map(|_| rng.random_range(0..40) as f32 * 0.25).collect();
             let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let mut weights = Vec::new();
             let total = fill_weights(&logits, max, 1.0, &mut weights);
@@ -257,11 +249,7 @@ mod tests {
         }
         assert_eq!(counts[5] + counts[70] + counts[299], 20_000);
         for (i, p) in [(5, 0.25), (70, 0.5), (299, 0.25)] {
-            assert!(
-                (counts[i] as f64 / 20_000.0 - p).abs() < 0.02,
-                "{i}: {}",
-                counts[i]
-            );
+            assert!((counts[i] as f64 / 20_000.0 - p).abs() < 0.02, "{i}: {}", counts[i]);
         }
         assert_eq!(pick_dense(&[0.0; 10], 0.0, &mut rng), None);
     }
@@ -278,41 +266,24 @@ mod tests {
         let total = fill_weights(&logits, 0.0, 1.0, &mut weights);
         let cut = nucleus_by_sorting(&logits, &weights, f64::from(top_p) * total).len();
 
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_p,
-            ..Default::default()
-        };
-        let mut scratch = DrawScratch {
-            weights,
-            ..Default::default()
-        };
+        let params = SamplingParams { temperature: 1.0, top_p, ..Default::default() };
+        let mut scratch = DrawScratch { weights, ..Default::default() };
         let mut rng = StdRng::seed_from_u64(3);
-        let draws: Vec<u32> = (0..3000)
-            .map(|_| draw(&logits, (0, 0.0), &params, &mut scratch, total, &mut rng))
-            .collect();
+        let draws: Vec<u32> =
+            (0..3000).map(|_| draw(&logits, (0, 0.0), &params, &mut scratch, total, &mut rng)).collect();
         let max_drawn = *draws.iter().max().unwrap() as usize;
         assert!(max_drawn < cut, "drew {max_drawn}, nucleus ends at {cut}");
-        assert!(
-            max_drawn + 20 > cut,
-            "never reached the nucleus tail: {max_drawn} vs {cut}"
-        );
+        assert!(max_drawn + 20 > cut, "never reached the nucleus tail: {max_drawn} vs {cut}");
     }
 
     #[test]
     fn large_top_k_uses_selection_and_keeps_exactly_k() {
         let vocab = 1000usize;
-        let logits: Vec<f32> = (0..vocab)
-            .map(|i| ((i * 7919) % vocab) as f32 * -0.001)
-            .collect();
+        let logits: Vec<f32> = (0..vocab).map(|i| ((i * 7919) % vocab) as f32 * -0.001).collect();
         let k = 300;
         // The best 300 are the ids whose (i * 7919) % 1000 < 300.
         // Temperature 2 makes `draw` compute its own weights.
-        let params = SamplingParams {
-            temperature: 2.0,
-            top_k: k,
-            ..Default::default()
-        };
+        let params = SamplingParams { temperature: 2.0, top_k: k, ..Default::default() };
         let mut scratch = DrawScratch::default();
         let mut rng = StdRng::seed_from_u64(5);
         let argmax = (0, 0.0);
