@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use super::fastexp::exp_nonpositive;
 use super::kv_cache::{LayerKv, PagedKvCache};
 
 /// One sequence's tokens inside the flattened step.
@@ -59,40 +60,66 @@ pub fn attend(
         spans.iter().flat_map(|s| (0..s.len).map(move |i| (s, s.start_pos + i))).collect();
 
     out.par_chunks_mut(q_dim).zip(q.par_chunks(q_dim)).zip(rows.par_iter()).for_each_init(
-        Vec::new,
-        |scores, ((out_row, q_row), &(span, pos))| {
-            let ctx = pos + 1;
-            scores.resize(ctx, 0.0);
-            let slots: Vec<usize> = (0..ctx).map(|p| cache.slot(span.block_table, p)).collect();
-            for h in 0..shape.num_heads {
-                let kvh = h / group;
-                let qh = &q_row[h * d..(h + 1) * d];
-                let mut max = f32::NEG_INFINITY;
-                for (s, &slot) in scores.iter_mut().zip(&slots) {
-                    let off = slot * kv_dim + kvh * d;
-                    *s = dot(qh, &kv.k[off..off + d]) * scale;
-                    max = max.max(*s);
-                }
-                let mut sum = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let oh = &mut out_row[h * d..(h + 1) * d];
-                oh.fill(0.0);
-                let inv = 1.0 / sum;
-                for (&w, &slot) in scores.iter().zip(&slots) {
-                    let off = slot * kv_dim + kvh * d;
-                    axpy(oh, w * inv, &kv.v[off..off + d]);
-                }
-            }
+        || (Vec::new(), Vec::new()),
+        |(scores, slots), ((out_row, q_row), &(span, pos))| {
+            slots.clear();
+            slots.extend((0..=pos).map(|p| cache.slot(span.block_table, p)));
+            let geo = RowGeometry { head_dim: d, kv_dim, group, num_heads: shape.num_heads, scale };
+            attend_row(&kv.k, &kv.v, slots, &geo, q_row, out_row, scores);
         },
     );
 }
 
+struct RowGeometry {
+    head_dim: usize,
+    kv_dim: usize,
+    group: usize,
+    num_heads: usize,
+    scale: f32,
+}
+
+/// One query row (all heads) against its sequence's cached positions. Compiled for
+/// AVX-512 and AVX2 as well as the baseline, picked at run time; the arithmetic is
+/// the same in every version (no reassociation), so results do not depend on it.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn attend_row(
+    k: &[f32],
+    v: &[f32],
+    slots: &[usize],
+    geo: &RowGeometry,
+    q_row: &[f32],
+    out_row: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let d = geo.head_dim;
+    scores.resize(slots.len(), 0.0);
+    for h in 0..geo.num_heads {
+        let kvh = h / geo.group;
+        let qh = &q_row[h * d..(h + 1) * d];
+        let mut max = f32::NEG_INFINITY;
+        for (s, &slot) in scores.iter_mut().zip(slots) {
+            let off = slot * geo.kv_dim + kvh * d;
+            *s = dot(qh, &k[off..off + d]) * geo.scale;
+            max = max.max(*s);
+        }
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = exp_nonpositive(*s - max);
+            sum += *s;
+        }
+        let oh = &mut out_row[h * d..(h + 1) * d];
+        oh.fill(0.0);
+        let inv = 1.0 / sum;
+        for (&w, &slot) in scores.iter().zip(slots) {
+            let off = slot * geo.kv_dim + kvh * d;
+            axpy(oh, w * inv, &v[off..off + d]);
+        }
+    }
+}
+
 /// Dot product with eight independent accumulators, so the compiler can keep
 /// them in one vector register without reordering a single float sum.
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -105,7 +132,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[inline]
+#[inline(always)]
 fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
     for (o, &x) in out.iter_mut().zip(v) {
         *o += w * x;

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod config;
+pub mod fastexp;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;

@@ -11,7 +11,6 @@
 //! largest finite value); a `Sampler` with a seed draws the same tokens for the same
 //! logits on every run of the same build.
 
-mod fastexp;
 mod logprobs;
 mod params;
 mod penalties;

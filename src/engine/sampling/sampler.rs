@@ -14,11 +14,11 @@ use std::cell::RefCell;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::fastexp::fill_weights;
 use super::logprobs::{sanitize_and_argmax, top_n_into};
 use super::penalties::Penalizer;
 use super::truncate::{draw, DrawScratch};
 use super::{SamplingError, SamplingParams};
+use crate::model::fastexp::fill_weights;
 
 /// One sampled token with its log-probability under the penalised distribution.
 #[derive(Debug, Clone, PartialEq)]

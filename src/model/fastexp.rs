@@ -1,5 +1,5 @@
-//! A branch-free `exp` for the non-positive arguments sampling needs, so the passes
-//! over the whole vocabulary auto-vectorise instead of calling libm once per token.
+//! A branch-free `exp` for non-positive arguments (softmax in sampling and in
+//! attention), so passes over many values auto-vectorise instead of calling libm.
 //!
 //! Every exponent here is `(logit - max) / temperature <= 0`. Range reduction
 //! `x = n ln2 + r`, |r| <= ln2 / 2, a degree-7 Taylor polynomial for `e^r`
@@ -25,7 +25,7 @@ const C6: f32 = 1.0 / 720.0;
 const C7: f32 = 1.0 / 5040.0;
 
 #[inline(always)]
-pub(super) fn exp_nonpositive(x: f32) -> f32 {
+pub fn exp_nonpositive(x: f32) -> f32 {
     // Clamping first keeps the bit tricks in range (and maps NaN / -inf somewhere
     // harmless); the select at the end restores the true 0.
     let xc = if x > UNDERFLOW { x } else { UNDERFLOW };
@@ -47,7 +47,7 @@ pub(super) fn exp_nonpositive(x: f32) -> f32 {
 
 /// Fills `weights[i] = exp((logits[i] - max) * inv_t)` and returns their sum.
 /// `max` must be the maximum of `logits` and `inv_t` positive.
-pub(super) fn fill_weights(logits: &[f32], max: f32, inv_t: f32, weights: &mut Vec<f32>) -> f64 {
+pub fn fill_weights(logits: &[f32], max: f32, inv_t: f32, weights: &mut Vec<f32>) -> f64 {
     weights.clear();
     weights.resize(logits.len(), 0.0);
     for (w, &x) in weights.iter_mut().zip(logits) {
@@ -58,7 +58,7 @@ pub(super) fn fill_weights(logits: &[f32], max: f32, inv_t: f32, weights: &mut V
 
 /// Sum in f64 over eight independent lanes: accurate over 128k terms and still
 /// vectorisable (a single running sum would serialise).
-pub(super) fn sum_f64(values: &[f32]) -> f64 {
+pub fn sum_f64(values: &[f32]) -> f64 {
     let mut lanes = [0.0f64; 8];
     let chunks = values.chunks_exact(8);
     let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x)).sum();
