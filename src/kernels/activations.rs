@@ -1,7 +1,7 @@
 //! Quantization of the activations (the matmul's left operand) to 8-bit blocks.
 //!
 //! Each row of `k` floats becomes `k / 32` blocks of 32 signed bytes in -127..=127 with a
-//! scale `d = amax / 127` (f32), the integer sum of the block's bytes (for the zero-point
+//! scale `d = amax / 127` (rounded to f16, as ggml stores it), the integer sum of the block's bytes (for the zero-point
 //! terms of Q4_0 and of the +128 offset of repacked Q8_0) and `s = d * sum` (for the
 //! Q4_1 minimum). Rounding is to nearest, ties to even, on every path, so all kernels
 //! see identical bytes.
@@ -71,17 +71,25 @@ fn quantize_row(kernel: Kernel, x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut 
             Kernel::Avx2 => unsafe { x86::block_avx2(xb.as_ptr(), qb.as_mut_ptr()) },
             _ => block_portable(xb, qb),
         };
-        d[b] = db;
+        // The scale is kept at f16 precision, as ggml's Q8_0/Q8_1 blocks store it, so
+        // results follow llama.cpp's arithmetic more closely, not only its algorithm.
+        d[b] = round_f16(db);
         isum[b] = sum;
-        s[b] = db * sum as f32;
+        s[b] = d[b] * sum as f32;
     }
 }
 
-/// Scale and reciprocal for a block whose largest magnitude is `amax`.
+/// Scale and reciprocal for a block whose largest magnitude is `amax` (the
+/// reciprocal as ggml computes it, `127 / amax`, which can differ from `1 / d` in
+/// the last bit and so flip a rounding).
 fn scales(amax: f32) -> (f32, f32) {
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     (d, id)
+}
+
+fn round_f16(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
 }
 
 fn block_portable(x: &[f32], q: &mut [i8]) -> (f32, i32) {

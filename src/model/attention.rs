@@ -104,7 +104,7 @@ fn attend_row(
         }
         let mut sum = 0.0;
         for s in scores.iter_mut() {
-            *s = exp_nonpositive(*s - max);
+            *s = (*s - max).exp();
             sum += *s;
         }
         let oh = &mut out_row[h * d..(h + 1) * d];
