@@ -5,7 +5,6 @@
 
 use rayon::prelude::*;
 
-use super::fastexp::exp_nonpositive;
 use super::kv_cache::{LayerKv, PagedKvCache};
 
 /// One sequence's tokens inside the flattened step.
