@@ -212,8 +212,9 @@ impl Model {
         layers + self.lm_head.weight_bytes()
     }
 
-    /// Every matmul of one forward step over `m` rows (logits for the last row only).
-    fn step(&self, m: usize, buf: &mut Buffers) {
+    /// Every matmul of one forward step over `m` rows, with logits for `lm` of them
+    /// (every sequence of a decode batch; only the last position of a prefill).
+    fn step(&self, m: usize, lm: usize, buf: &mut Buffers) {
         for l in &self.layers {
             for w in &l[..4] {
                 w.matmul(&buf.x576[..m * 576], m, &mut buf.o576[..m * w.n()]);
@@ -222,7 +223,8 @@ impl Model {
             l[5].matmul(&buf.x576[..m * 576], m, &mut buf.o1536[..m * 1536]);
             l[6].matmul(&buf.x1536[..m * 1536], m, &mut buf.o576[..m * 576]);
         }
-        self.lm_head.matmul(&buf.x576[..576], 1, &mut buf.logits);
+        self.lm_head
+            .matmul(&buf.x576[..lm * 576], lm, &mut buf.logits[..lm * 49152]);
     }
 }
 
@@ -242,21 +244,22 @@ fn model_summary() {
         x1536: rng.vec(512 * 1536),
         o576: vec![0.0; 512 * 576],
         o1536: vec![0.0; 512 * 1536],
-        logits: vec![0.0; 49152],
+        logits: vec![0.0; 16 * 49152],
     };
     let mb = model.bytes() as f64 / 1e6;
     println!(
         "\nwhole model ({mb:.1} MB of weights, kernel {}):",
         kernel_name()
     );
-    for (what, m, tokens, runs) in [
+    for (what, m, lm, runs) in [
         ("decode, 1 sequence", 1, 1, 21),
         ("decode, batch 16", 16, 16, 9),
-        ("prefill 512", 512, 512, 3),
+        ("prefill 512", 512, 1, 3),
     ] {
-        let outside = median(runs, || model.step(m, &mut buf)).as_secs_f64();
+        let tokens = m;
+        let outside = median(runs, || model.step(m, lm, &mut buf)).as_secs_f64();
         // Called from a pool thread, the caller works instead of waiting for the pool.
-        let inside = rayon::scope(|_| median(runs, || model.step(m, &mut buf))).as_secs_f64();
+        let inside = rayon::scope(|_| median(runs, || model.step(m, lm, &mut buf))).as_secs_f64();
         for (how, t) in [
             ("caller outside pool", outside),
             ("caller inside pool", inside),
