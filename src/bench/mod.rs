@@ -2,7 +2,7 @@
 //! endpoint (inflight, vLLM, llama.cpp's server, …), measuring every request as
 //! the client sees it.
 //!
-//! How a run flows through the files:
+//! How a run flows through the files (`sweep` strings them together):
 //! `workload` (what each request sends) → `driver` (when it is sent: closed-loop
 //! concurrency, or open-loop arrivals from `arrivals`) → `client` (one streamed
 //! request, timed chunk by chunk, into a `record::RequestRecord`) → `stats` (a load
@@ -22,6 +22,7 @@ pub mod record;
 pub mod report;
 pub mod results;
 pub mod stats;
+pub mod sweep;
 pub mod table;
 mod words;
 pub mod workload;

@@ -43,6 +43,18 @@ fn axis_max(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// Tick labels with as many decimals as the axis range needs.
+fn tick_format(max: f64) -> impl Fn(&f64) -> String {
+    let decimals = if max >= 20.0 {
+        0
+    } else if max >= 2.0 {
+        1
+    } else {
+        2
+    };
+    move |v: &f64| format!("{v:.decimals$}")
+}
+
 pub fn write_svg(runs: &[BenchResults], path: &Path) -> Result<(), BenchError> {
     draw(runs, path).map_err(|message| BenchError::Plot { path: path.to_path_buf(), message })
 }
@@ -66,7 +78,16 @@ fn draw(runs: &[BenchResults], path: &Path) -> Result<(), String> {
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..xmax, 0f64..ymax)
             .map_err(|e| err(&e))?;
-        chart.configure_mesh().x_desc("output tokens/s").y_desc(title).draw().map_err(|e| err(&e))?;
+        let (xfmt, yfmt) = (tick_format(xmax), tick_format(ymax));
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .x_desc("output tokens/s")
+            .y_desc(title)
+            .x_label_formatter(&xfmt)
+            .y_label_formatter(&yfmt)
+            .draw()
+            .map_err(|e| err(&e))?;
         for (i, (pts, name)) in all.iter().zip(&names).enumerate() {
             let color = Palette99::pick(i).to_rgba();
             let line: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1)).collect();
@@ -76,11 +97,10 @@ fn draw(runs: &[BenchResults], path: &Path) -> Result<(), String> {
                 .label(name.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             chart
-                .draw_series(
-                    pts.iter().map(|(x, y, level)| {
-                        Text::new(level.clone(), (*x, *y), ("sans-serif", 11).into_font())
-                    }),
-                )
+                .draw_series(pts.iter().map(|(x, y, level)| {
+                    EmptyElement::at((*x, *y))
+                        + Text::new(level.clone(), (6, -14), ("sans-serif", 11).into_font())
+                }))
                 .map_err(|e| err(&e))?;
         }
         chart

@@ -38,13 +38,11 @@ fn find<'a>(run: &'a BenchResults, load: &str) -> Option<&'a LevelResult> {
     run.levels.iter().find(|l| l.summary.load == load)
 }
 
-fn md_table(header: &[String], rows: &[Vec<String>]) -> String {
+/// A markdown table; `numbers` right-aligns every column but the first.
+fn md_table(header: &[String], rows: &[Vec<String>], numbers: bool) -> String {
     let mut out = format!("| {} |\n", header.join(" | "));
-    let _ = writeln!(
-        out,
-        "|{}",
-        header.iter().enumerate().map(|(i, _)| if i == 0 { "---|" } else { "---:|" }).collect::<String>()
-    );
+    let align = |i: usize| if i == 0 || !numbers { "---|" } else { "---:|" };
+    let _ = writeln!(out, "|{}", (0..header.len()).map(align).collect::<String>());
     for r in rows {
         let _ = writeln!(out, "| {} |", r.join(" | "));
     }
@@ -95,7 +93,9 @@ const METRICS: &[Metric] = &[
     ("E2E p50 (ms)", |s| dist(&s.e2e_ms, 50.0), 1),
 ];
 
-const COSTS: &[(&str, fn(&Cost) -> Option<f64>)] = &[
+type CostField = (&'static str, fn(&Cost) -> Option<f64>);
+
+const COSTS: &[CostField] = &[
     ("$ per 1M output tokens", |c| c.usd_per_1m_output_tokens),
     ("$ per 1M total tokens", |c| c.usd_per_1m_total_tokens),
     ("$ per 1,000 requests", |c| c.usd_per_1k_requests),
@@ -129,7 +129,7 @@ pub fn markdown(runs: &[BenchResults]) -> String {
             ]
         })
         .collect();
-    out.push_str(&md_table(&header, &rows));
+    out.push_str(&md_table(&header, &rows, false));
     let mut header = vec!["load".to_string()];
     header.extend(names.iter().cloned());
     let table = |value: &dyn Fn(&LevelResult) -> String| -> String {
@@ -141,7 +141,7 @@ pub fn markdown(runs: &[BenchResults]) -> String {
                 row
             })
             .collect();
-        md_table(&header, &rows)
+        md_table(&header, &rows, true)
     };
     for (title, get, decimals) in METRICS {
         let _ = writeln!(out, "\n## {title}\n");
@@ -175,7 +175,7 @@ pub fn markdown(runs: &[BenchResults]) -> String {
             None => vec![name.clone(), "none".into(), "-".into(), "-".into()],
         })
         .collect();
-    out.push_str(&md_table(&header, &rows));
+    out.push_str(&md_table(&header, &rows, true));
     out
 }
 

@@ -116,7 +116,7 @@ impl<'a> Workload<'a> {
                 "the tokenizer encodes almost none of the built-in words as one token; use --dataset",
             );
         }
-        let mut rng = StdRng::seed_from_u64(spec.seed ^ 0x5eed_0f_9e7f_u64);
+        let mut rng = StdRng::seed_from_u64(spec.seed ^ 0x005e_ed0f_9e7f_u64);
         let prefix =
             (0..spec.shared_prefix_tokens).map(|_| words[rng.random_range(0..words.len())]).collect();
         Ok(Workload { source: Source::Synthetic { spec, words, prefix }, counter })
