@@ -248,7 +248,7 @@ pub struct BenchRunArgs {
     #[arg(long, env = "INFLIGHT_BENCH_URL", required = true, help_heading = "Target")]
     pub url: Option<String>,
     /// The model name to put in requests (as the server knows it).
-    #[arg(long, env = "INFLIGHT_BENCH_MODEL", required = true, help_heading = "Target")]
+    #[arg(long, env = "INFLIGHT_BENCH_MODEL_NAME", required = true, help_heading = "Target")]
     pub model: Option<String>,
     #[arg(
         long,
