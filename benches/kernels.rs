@@ -72,9 +72,7 @@ fn kernel_benches(c: &mut Criterion) {
     let mut rng = XorShift(0x9e3779b97f4a7c15);
     for (label, dtype, n, k) in SHAPES {
         let q = qtensor(&mut rng, dtype, n, k);
-        let w = QMatrix::from_qtensor(&q)
-            .expect("repack")
-            .expect("supported");
+        let w = QMatrix::from_qtensor(&q).expect("repack").expect("supported");
         let bytes = w.weight_bytes() as u64;
         let mut group = c.benchmark_group(format!("{label}/{}", kernel_name()));
         group.throughput(Throughput::Bytes(bytes));
@@ -110,9 +108,7 @@ fn bandwidth_benches(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(BW_BYTES as u64));
     group.bench_function("memcpy_256MiB", |b| {
         b.iter(|| {
-            dst.par_chunks_mut(chunk)
-                .zip(src.par_chunks(chunk))
-                .for_each(|(d, s)| d.copy_from_slice(s))
+            dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s))
         })
     });
     group.bench_function("read_256MiB", |b| b.iter(|| read_all(&src, chunk)));
@@ -150,10 +146,7 @@ fn median(runs: usize, mut f: impl FnMut()) -> Duration {
 /// Per-shape figures from our own timer (criterion reports time and GB/s only).
 fn shape_table() {
     let mut rng = XorShift(42);
-    println!(
-        "\n{:<16} {:>5} {:>11} {:>8} {:>8}",
-        "shape", "m", "time", "GB/s", "GOP/s"
-    );
+    println!("\n{:<16} {:>5} {:>11} {:>8} {:>8}", "shape", "m", "time", "GB/s", "GOP/s");
     for (label, dtype, n, k) in SHAPES {
         let format = match dtype {
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
@@ -203,12 +196,7 @@ impl Model {
     }
 
     fn bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .flatten()
-            .map(QMatrix::weight_bytes)
-            .sum();
+        let layers: usize = self.layers.iter().flatten().map(QMatrix::weight_bytes).sum();
         layers + self.lm_head.weight_bytes()
     }
 
@@ -223,8 +211,7 @@ impl Model {
             l[5].matmul(&buf.x576[..m * 576], m, &mut buf.o1536[..m * 1536]);
             l[6].matmul(&buf.x1536[..m * 1536], m, &mut buf.o576[..m * 576]);
         }
-        self.lm_head
-            .matmul(&buf.x576[..lm * 576], lm, &mut buf.logits[..lm * 49152]);
+        self.lm_head.matmul(&buf.x576[..lm * 576], lm, &mut buf.logits[..lm * 49152]);
     }
 }
 
@@ -247,23 +234,15 @@ fn model_summary() {
         logits: vec![0.0; 16 * 49152],
     };
     let mb = model.bytes() as f64 / 1e6;
-    println!(
-        "\nwhole model ({mb:.1} MB of weights, kernel {}):",
-        kernel_name()
-    );
-    for (what, m, lm, runs) in [
-        ("decode, 1 sequence", 1, 1, 21),
-        ("decode, batch 16", 16, 16, 9),
-        ("prefill 512", 512, 1, 3),
-    ] {
+    println!("\nwhole model ({mb:.1} MB of weights, kernel {}):", kernel_name());
+    for (what, m, lm, runs) in
+        [("decode, 1 sequence", 1, 1, 21), ("decode, batch 16", 16, 16, 9), ("prefill 512", 512, 1, 3)]
+    {
         let tokens = m;
         let outside = median(runs, || model.step(m, lm, &mut buf)).as_secs_f64();
         // Called from a pool thread, the caller works instead of waiting for the pool.
         let inside = rayon::scope(|_| median(runs, || model.step(m, lm, &mut buf))).as_secs_f64();
-        for (how, t) in [
-            ("caller outside pool", outside),
-            ("caller inside pool", inside),
-        ] {
+        for (how, t) in [("caller outside pool", outside), ("caller inside pool", inside)] {
             println!(
                 "  {what:<20} {how:<20} {:>8.2} ms/step {:>8.1} tok/s {:>6.1} GB/s",
                 t * 1e3,

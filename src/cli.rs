@@ -22,6 +22,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Generate text offline, without a server: one prompt, or many batched together.
     Generate(GenerateArgs),
+    /// Benchmark an OpenAI-compatible server from the client side (latency
+    /// percentiles, throughput, goodput, cost per token); `bench report` compares runs.
+    Bench(Box<BenchArgs>),
     /// List or download models of the registry.
     Models {
         #[command(subcommand)]
@@ -177,4 +180,209 @@ pub struct ServeArgs {
     /// How long in-flight requests may finish after SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "INFLIGHT_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = inflight::bench::METRIC_DEFINITIONS
+)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub run: BenchRunArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Put results files side by side: markdown tables on stdout and an SVG plot of
+    /// TTFT and TPOT against output throughput, one line per run.
+    Report(BenchReportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchReportArgs {
+    /// Results files written by `inflight bench`.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Also write the markdown to this file.
+    #[arg(long, env = "INFLIGHT_BENCH_MARKDOWN")]
+    pub markdown: Option<PathBuf>,
+    /// Where the plot goes (SVG).
+    #[arg(long, env = "INFLIGHT_BENCH_PLOT", default_value = "bench-report.svg")]
+    pub plot: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchEndpoint {
+    /// `/v1/completions`
+    Completions,
+    /// `/v1/chat/completions`
+    Chat,
+}
+
+/// A request rate: a positive number per second, or `inf` (all at once).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate(pub Option<f64>);
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Rate, String> {
+        if s.eq_ignore_ascii_case("inf") {
+            return Ok(Rate(None));
+        }
+        match s.parse::<f64>() {
+            Ok(r) if r > 0.0 && r.is_finite() => Ok(Rate(Some(r))),
+            _ => Err(format!("`{s}` is not a positive rate or `inf`")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchRunArgs {
+    /// The server: a base URL (`http://127.0.0.1:8080`, with or without `/v1`) or a
+    /// full endpoint URL ending in `/completions`.
+    #[arg(long, env = "INFLIGHT_BENCH_URL", required = true, help_heading = "Target")]
+    pub url: Option<String>,
+    /// The model name to put in requests (as the server knows it).
+    #[arg(long, env = "INFLIGHT_BENCH_MODEL_NAME", required = true, help_heading = "Target")]
+    pub model: Option<String>,
+    #[arg(
+        long,
+        env = "INFLIGHT_BENCH_ENDPOINT",
+        value_enum,
+        default_value = "completions",
+        help_heading = "Target"
+    )]
+    pub endpoint: BenchEndpoint,
+    /// Sent as `Authorization: Bearer <key>`.
+    #[arg(long, env = "INFLIGHT_BENCH_API_KEY", hide_env_values = true, help_heading = "Target")]
+    pub api_key: Option<String>,
+    /// Longest one request may take, in seconds.
+    #[arg(long, env = "INFLIGHT_BENCH_TIMEOUT", default_value_t = 600.0, help_heading = "Target")]
+    pub timeout: f64,
+    /// Open a new connection for every request (for servers that close them).
+    #[arg(long, env = "INFLIGHT_BENCH_NO_KEEP_ALIVE", help_heading = "Target")]
+    pub no_keep_alive: bool,
+
+    /// Closed loop: requests kept in flight; a list sweeps the levels in turn.
+    /// Default 1 unless --request-rate is given.
+    #[arg(
+        long,
+        env = "INFLIGHT_BENCH_CONCURRENCY",
+        value_delimiter = ',',
+        conflicts_with = "request_rate",
+        help_heading = "Load"
+    )]
+    pub concurrency: Vec<usize>,
+    /// Open loop: requests per second (`inf`: all at once); a list sweeps the levels.
+    #[arg(long, env = "INFLIGHT_BENCH_REQUEST_RATE", value_delimiter = ',', help_heading = "Load")]
+    pub request_rate: Vec<Rate>,
+    /// Open loop: shape of the gamma-distributed gaps between arrivals; 1 is Poisson,
+    /// smaller is burstier (as vLLM's --burstiness).
+    #[arg(
+        long,
+        env = "INFLIGHT_BENCH_BURSTINESS",
+        default_value_t = 1.0,
+        requires = "request_rate",
+        help_heading = "Load"
+    )]
+    pub burstiness: f64,
+    /// Open loop: at most this many requests in flight (later arrivals wait).
+    #[arg(long, env = "INFLIGHT_BENCH_MAX_CONCURRENCY", requires = "request_rate", help_heading = "Load")]
+    pub max_concurrency: Option<usize>,
+    /// Requests per load level.
+    #[arg(long, env = "INFLIGHT_BENCH_NUM_REQUESTS", default_value_t = 100, help_heading = "Load")]
+    pub num_requests: usize,
+    /// Stop sending new requests this many seconds into a level (the ones in flight
+    /// finish).
+    #[arg(long, env = "INFLIGHT_BENCH_DURATION", help_heading = "Load")]
+    pub duration: Option<f64>,
+    /// Requests sent before the first level and not counted.
+    #[arg(long, env = "INFLIGHT_BENCH_WARMUP", default_value_t = 1, help_heading = "Load")]
+    pub warmup: usize,
+    /// Seeds prompts and arrival times: the same seed sends the same workload.
+    #[arg(long, env = "INFLIGHT_BENCH_SEED", default_value_t = 0, help_heading = "Load")]
+    pub seed: u64,
+
+    /// Synthetic prompt length in tokens (including any shared prefix).
+    #[arg(long, env = "INFLIGHT_BENCH_INPUT_TOKENS", default_value_t = 256, help_heading = "Workload")]
+    pub input_tokens: usize,
+    /// Output length in tokens (`max_tokens`; exact with ignore_eos).
+    #[arg(long, env = "INFLIGHT_BENCH_OUTPUT_TOKENS", default_value_t = 128, help_heading = "Workload")]
+    pub output_tokens: usize,
+    /// Draw input lengths uniformly from ±this fraction of --input-tokens (0: fixed).
+    #[arg(long, env = "INFLIGHT_BENCH_INPUT_RANGE_RATIO", default_value_t = 0.0, help_heading = "Workload")]
+    pub input_range_ratio: f64,
+    /// Draw output lengths uniformly from ±this fraction of --output-tokens (0: fixed).
+    #[arg(long, env = "INFLIGHT_BENCH_OUTPUT_RANGE_RATIO", default_value_t = 0.0, help_heading = "Workload")]
+    pub output_range_ratio: f64,
+    /// The first N prompt tokens are the same in every request (measures prefix
+    /// caching); the rest stays unique.
+    #[arg(long, env = "INFLIGHT_BENCH_SHARED_PREFIX_TOKENS", default_value_t = 0, help_heading = "Workload")]
+    pub shared_prefix_tokens: usize,
+    /// JSONL prompts instead of synthetic ones: `{"prompt": ...}` or
+    /// `{"messages": [...]}` per line, optional `"max_tokens"`.
+    #[arg(long, env = "INFLIGHT_BENCH_DATASET", help_heading = "Workload")]
+    pub dataset: Option<PathBuf>,
+    /// The served model's tokenizer (a .gguf file, tokenizer.json, or a Hugging Face
+    /// folder): makes synthetic prompt lengths exact.
+    #[arg(long, env = "INFLIGHT_BENCH_TOKENIZER", help_heading = "Workload")]
+    pub tokenizer: Option<PathBuf>,
+    /// Do not send `ignore_eos` (for servers that reject it); outputs may then stop early.
+    #[arg(long, env = "INFLIGHT_BENCH_NO_IGNORE_EOS", help_heading = "Workload")]
+    pub no_ignore_eos: bool,
+    #[arg(long, env = "INFLIGHT_BENCH_TEMPERATURE", default_value_t = 0.0, help_heading = "Workload")]
+    pub temperature: f32,
+
+    /// Percentiles to show (linear interpolation between closest ranks, as numpy's
+    /// default; 50 and 99 are always computed for reports).
+    #[arg(
+        long,
+        env = "INFLIGHT_BENCH_PERCENTILES",
+        value_delimiter = ',',
+        default_value = "50,90,99",
+        help_heading = "Metrics"
+    )]
+    pub percentiles: Vec<f64>,
+    /// SLO on time to first token, in ms.
+    #[arg(long, env = "INFLIGHT_BENCH_SLO_TTFT_MS", help_heading = "Metrics")]
+    pub slo_ttft_ms: Option<f64>,
+    /// SLO on time per output token, in ms.
+    #[arg(long, env = "INFLIGHT_BENCH_SLO_TPOT_MS", help_heading = "Metrics")]
+    pub slo_tpot_ms: Option<f64>,
+    /// SLO on end-to-end latency, in ms.
+    #[arg(long, env = "INFLIGHT_BENCH_SLO_E2E_MS", help_heading = "Metrics")]
+    pub slo_e2e_ms: Option<f64>,
+    /// A level meets the SLOs when at least this percentage of its requests did.
+    #[arg(long, env = "INFLIGHT_BENCH_SLO_ATTAINMENT", default_value_t = 90.0, help_heading = "Metrics")]
+    pub slo_attainment: f64,
+
+    /// The instance type this benchmark's server runs on, priced from the prices file.
+    #[arg(
+        long,
+        env = "INFLIGHT_BENCH_INSTANCE_TYPE",
+        conflicts_with = "price_per_hour",
+        help_heading = "Cost"
+    )]
+    pub instance_type: Option<String>,
+    /// The hourly price of the server's hardware, in USD, instead of --instance-type.
+    #[arg(long, env = "INFLIGHT_BENCH_PRICE_PER_HOUR", help_heading = "Cost")]
+    pub price_per_hour: Option<f64>,
+    /// A prices file (TOML) replacing the built-in deploy/instance-prices.toml.
+    #[arg(long, env = "INFLIGHT_BENCH_PRICES", help_heading = "Cost")]
+    pub prices: Option<PathBuf>,
+    /// What the server runs on, in words (stored with the results).
+    #[arg(long, env = "INFLIGHT_BENCH_HARDWARE", help_heading = "Cost")]
+    pub hardware: Option<String>,
+
+    /// The run's name in reports (default: `MODEL @ HOST:PORT`).
+    #[arg(long, env = "INFLIGHT_BENCH_LABEL", help_heading = "Output")]
+    pub label: Option<String>,
+    /// The results file (JSON; default: bench-<UTC time>.json).
+    #[arg(long, short, env = "INFLIGHT_BENCH_OUTPUT", help_heading = "Output")]
+    pub output: Option<PathBuf>,
 }

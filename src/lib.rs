@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod bench;
 pub mod engine;
 pub mod hub;
 pub mod kernels;

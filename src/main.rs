@@ -15,6 +15,7 @@ fn main() -> Result<()> {
     match cli.command {
         cli::Command::Serve(args) => commands::serve::run(args),
         cli::Command::Generate(args) => commands::generate::run(args),
+        cli::Command::Bench(args) => commands::bench::run(*args),
         cli::Command::Models { command } => commands::models::run(command),
     }
 }

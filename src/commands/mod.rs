@@ -1,5 +1,6 @@
 //! One module per subcommand, plus the flag-to-config glue they share.
 
+pub mod bench;
 pub mod generate;
 pub mod models;
 pub mod serve;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's `llama-server` from the llama.cpp sources that the PyPI
+# package llama-cpp-python ships in its sdist (vendor/llama.cpp), under
+# $INFLIGHT_PEERS_DIR. Nothing of llama.cpp is kept in this repository.
+# Needs a C++ compiler; cmake comes from PyPI if the system has none.
+
+source "$(dirname "$0")/common.sh"
+
+if [[ -x $LLAMA_SERVER ]]; then
+    log "llama-server ready: $LLAMA_SERVER"
+    exit 0
+fi
+mkdir -p "$LLAMACPP_DIR"
+sdist=$LLAMACPP_DIR/sdist
+if [[ ! -d $sdist/vendor/llama.cpp ]]; then
+    log "downloading the llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist"
+    "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+        -d "$LLAMACPP_DIR" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+    mkdir -p "$sdist"
+    tar -xzf "$LLAMACPP_DIR"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION".tar.gz -C "$sdist" --strip-components=1
+fi
+cmake_bin=$(command -v cmake || true)
+if [[ -z $cmake_bin ]]; then
+    "$PYTHON" -m venv "$LLAMACPP_DIR/tools"
+    "$LLAMACPP_DIR/tools/bin/pip" install -q --disable-pip-version-check cmake
+    cmake_bin=$LLAMACPP_DIR/tools/bin/cmake
+fi
+log "building llama-server (Release, native CPU features, $THREADS jobs)"
+"$cmake_bin" -S "$sdist/vendor/llama.cpp" -B "$LLAMACPP_DIR/build" -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON > "$LLAMACPP_DIR/cmake.log"
+"$cmake_bin" --build "$LLAMACPP_DIR/build" --target llama-server -j "$THREADS" > "$LLAMACPP_DIR/build.log"
+log "llama-server ready: $LLAMA_SERVER"
