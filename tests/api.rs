@@ -175,9 +175,18 @@ fn api_key_is_required_on_v1_when_configured() {
     assert_eq!(r.status(), 401);
     let r = client().post(&url).bearer_auth("s3cret").json(&body).send().expect("send");
     assert_eq!(r.status(), 200);
-    // Health and metrics stay open.
+    // Health and metrics stay open, and the served request is in the histograms.
     assert_eq!(client().get(server.url("/health")).send().expect("send").status(), 200);
-    assert_eq!(client().get(server.url("/metrics")).send().expect("send").status(), 200);
+    let m = client().get(server.url("/metrics")).send().expect("send");
+    assert_eq!(m.status(), 200);
+    let text = m.text().expect("text");
+    for name in [
+        "inflight_request_queue_time_seconds_count",
+        "inflight_time_to_first_token_seconds_count",
+        "inflight_e2e_request_latency_seconds_count",
+    ] {
+        assert_eq!(metric(&text, name), Some(1.0), "{name} after one request");
+    }
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub struct StepStats {
     pub prefill_tokens: usize,
     pub decode_tokens: usize,
     pub preempted: usize,
+    /// Every sequence that ran in this step.
+    pub scheduled: Vec<SeqId>,
 }
 
 pub struct EngineCore {
@@ -130,6 +132,7 @@ impl EngineCore {
         }
         let batch = plan.to_step_batch();
         self.last_stats.num_seqs = plan.seqs.len();
+        self.last_stats.scheduled = plan.seqs.iter().map(|s| s.id).collect();
         self.last_stats.num_tokens = batch.num_tokens();
         let logits = match self.backend.step(&batch) {
             Ok(l) => l,

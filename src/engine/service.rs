@@ -119,6 +119,8 @@ struct Live {
     submitted: Instant,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
+    /// Whether the sequence has been in a step yet (for queue time).
+    started: bool,
 }
 
 fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
@@ -153,6 +155,12 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
         let events = core.step();
         let now = Instant::now();
         metrics.observe_step(core.last_stats(), now - started);
+        for id in &core.last_stats().scheduled {
+            if let Some(l) = live.get_mut(id).filter(|l| !l.started) {
+                l.started = true;
+                metrics.observe_queue_time(started - l.submitted);
+            }
+        }
         for ev in events {
             let Some(l) = live.get_mut(&ev.id) else { continue };
             let finished = matches!(ev.kind, EventKind::Finished { .. } | EventKind::Failed(_));
@@ -209,7 +217,13 @@ fn handle(
             if let Ok(id) = result {
                 live.insert(
                     id,
-                    Live { events, submitted: Instant::now(), first_token: None, last_token: None },
+                    Live {
+                        events,
+                        submitted: Instant::now(),
+                        first_token: None,
+                        last_token: None,
+                        started: false,
+                    },
                 );
             }
             if reply.send(result.clone()).is_err() {
