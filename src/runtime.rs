@@ -27,6 +27,7 @@ pub struct BackendOptions {
     pub max_batch_tokens: usize,
     pub max_batch_seqs: usize,
     pub max_context: Option<usize>,
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Error)]
@@ -94,6 +95,7 @@ pub fn load(resolved: &ResolvedModel, opts: &BackendOptions) -> Result<LoadedMod
                 max_batch_tokens: opts.max_batch_tokens,
                 max_batch_seqs: opts.max_batch_seqs,
                 max_context: opts.max_context,
+                threads: opts.threads,
             };
             Box::new(CpuBackend::new(model, &cpu)?)
         }

@@ -70,6 +70,7 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
         max_batch_tokens: sched.max_batch_tokens,
         max_batch_seqs: sched.max_running,
         max_context: args.max_context,
+        threads: args.threads,
     };
     let start = std::time::Instant::now();
     let loaded = inflight::runtime::load(&resolved, &opts).context("loading the model")?;
