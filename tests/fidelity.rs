@@ -158,3 +158,74 @@ fn batching_does_not_change_greedy_tokens() {
         assert_eq!(&alone[0], b, "prompt of {} tokens: alone vs batch of 8", p.len());
     }
 }
+
+/// Reverses llama.cpp's converter, which permutes Hugging Face's Q/K rows so that
+/// rotating adjacent pairs equals HF's rotate-half: rows of each head go from
+/// (pair index, half) order back to (half, pair index).
+fn unpermute(t: &candle_core::Tensor, heads: usize) -> candle_core::Tensor {
+    let (out, inp) = t.dims2().expect("2-D");
+    t.reshape((heads, out / heads / 2, 2, inp))
+        .and_then(|x| x.transpose(1, 2))
+        .and_then(|x| x.contiguous())
+        .and_then(|x| x.reshape((out, inp)))
+        .expect("unpermute")
+}
+
+/// A Hugging Face safetensors checkpoint (HF tensor names, rotate-half Q/K layout,
+/// config.json) loads and computes the same logits as the GGUF it was made from.
+#[test]
+fn safetensors_checkpoint_gives_the_same_logits_as_its_gguf() {
+    use candle_core::Device;
+    let path = model_path();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gguf = WeightSource::open_gguf(&path).expect("open gguf");
+    let content = gguf.gguf_content().expect("gguf");
+    let cfg = LlamaConfig::from_gguf(content, &path).expect("config");
+    let mut file = std::fs::File::open(&path).expect("open");
+    let mut tensors = std::collections::HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let mut t = content
+            .tensor(&mut file, name, &Device::Cpu)
+            .expect("tensor")
+            .dequantize(&Device::Cpu)
+            .expect("f32");
+        if name.ends_with("attn_q.weight") {
+            t = unpermute(&t, cfg.num_heads);
+        } else if name.ends_with("attn_k.weight") {
+            t = unpermute(&t, cfg.num_kv_heads);
+        }
+        tensors.insert(inflight::model::weights::hf_name(name), t);
+    }
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).expect("save");
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads, "vocab_size": cfg.vocab_size,
+        "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": cfg.max_position, "tie_word_embeddings": true,
+    });
+    let cfg_path = dir.path().join("config.json");
+    std::fs::write(&cfg_path, config.to_string()).expect("write config");
+    let hf_cfg = LlamaConfig::from_hf_json(&config.to_string(), &cfg_path).expect("hf config");
+    let st = WeightSource::open_safetensors(dir.path()).expect("open safetensors");
+    let model = Llama::load(&st, hf_cfg).expect("load safetensors");
+    let mut st_backend =
+        CpuBackend::new(model, &CpuBackendConfig { kv_cache_bytes: 256 << 20, ..Default::default() })
+            .expect("backend");
+    let mut gguf_backend = backend_with(true);
+    let prompts: Vec<Vec<u32>> = reference()["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .take(3)
+        .map(|p| ids(&p["prompt_ids"]))
+        .collect();
+    let (a_tokens, a) = greedy_batch(&mut st_backend, &prompts, 4);
+    let (b_tokens, b) = greedy_batch(&mut gguf_backend, &prompts, 4);
+    assert_eq!(a_tokens, b_tokens);
+    for (x, y) in a.iter().zip(&b) {
+        let max = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(max < 1e-3, "safetensors vs GGUF logits differ by {max}");
+    }
+}

@@ -200,7 +200,7 @@ impl WeightSource {
 }
 
 /// llama.cpp tensor names → Hugging Face transformers names.
-fn hf_name(name: &str) -> String {
+pub fn hf_name(name: &str) -> String {
     let fixed = match name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
