@@ -14,3 +14,6 @@ pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod tokenizer;
+
+#[cfg(test)]
+mod testing;

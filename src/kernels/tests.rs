@@ -167,15 +167,8 @@ fn stacked_matrices_compute_the_concatenated_outputs() {
     assert!(QMatrix::stack(&[]).is_err());
 }
 
-/// The default model's GGUF: `INFLIGHT_TEST_MODEL`, else the download cache.
 fn model_path() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("INFLIGHT_TEST_MODEL") {
-        return p.into();
-    }
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models/cache/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "default model missing at {} (set INFLIGHT_TEST_MODEL)", p.display());
-    p
+    crate::testing::default_model_path()
 }
 
 #[test]

@@ -211,13 +211,8 @@ pub(crate) mod tests {
 
     use super::*;
 
-    const MODEL_FILE: &str = "smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-    /// The default model's GGUF: `INFLIGHT_TEST_MODEL`, else under `models/cache`.
     fn model_path() -> PathBuf {
-        std::env::var("INFLIGHT_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cache").join(MODEL_FILE)
-        })
+        crate::testing::default_model_path()
     }
 
     /// `INFLIGHT_REFERENCE_DIR`, else `../shared/reference` beside the checkout.
