@@ -1,5 +1,5 @@
 //! One engine step of the default model on the CPU backend: prefill of 128 and
-//! 512 tokens, and decode steps at batch 1, 8 and 32 (one token per sequence, each
+//! 512 tokens, and decode steps at batch 1, 8, 16 and 32 (one token per sequence, each
 //! sequence 128 tokens deep). Throughput is in tokens per second of the step.
 //!
 //! `cargo bench --bench step` (model: `INFLIGHT_BENCH_MODEL` or the registry's
@@ -59,7 +59,7 @@ fn bench_step(c: &mut Criterion) {
 
     let depth: usize = 128;
     let per_seq = (depth + 1).div_ceil(bs);
-    for batch_size in [1usize, 8, 32] {
+    for batch_size in [1usize, 8, 16, 32] {
         // Fill each sequence's KV to `depth` tokens once, then time decode steps.
         for i in 0..batch_size {
             let prefill = StepBatch {

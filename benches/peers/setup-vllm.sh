@@ -28,7 +28,7 @@ if ! "$VLLM_VENV/bin/python" -c 'import vllm' 2>/dev/null; then
 fi
 if [[ ! -f $VLLM_MODEL_DIR/config.json ]]; then
     log "converting $MODEL_GGUF into $VLLM_MODEL_DIR"
-    "${pip[@]}" install -q gguf
+    "${pip[@]}" install -q gguf accelerate
     "$VLLM_VENV/bin/python" "$PEERS_SRC/gguf_to_hf.py" "$MODEL_GGUF" "$VLLM_MODEL_DIR"
 fi
 log "vLLM CPU ready: $VLLM_VENV, model $VLLM_MODEL_DIR"

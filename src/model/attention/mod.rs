@@ -3,6 +3,9 @@
 //! read through that sequence's block table, so sequences at different positions
 //! share one call. Work is spread over tokens with rayon.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 use rayon::prelude::*;
 
 use super::kv_cache::{LayerKv, PagedKvCache};
@@ -40,6 +43,10 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, spans: &[SeqSpan], k: &[
 }
 
 /// `out[row]` = softmax(q·Kᵀ / √d) · V for every token row of the step.
+///
+/// The unit of work is one token row × one KV head: the query heads that share that
+/// KV head read each cached K and V row once between them, and a single decoding
+/// sequence still spreads its heads over every thread.
 pub fn attend(
     cache: &PagedKvCache,
     layer: usize,
@@ -49,86 +56,112 @@ pub fn attend(
     out: &mut [f32],
 ) {
     let d = shape.head_dim;
-    let q_dim = shape.num_heads * d;
-    let kv_dim = shape.num_kv_heads * d;
     let group = shape.num_heads / shape.num_kv_heads;
-    let scale = 1.0 / (d as f32).sqrt();
+    let geo = HeadGeometry {
+        head_dim: d,
+        kv_dim: shape.num_kv_heads * d,
+        group,
+        scale: 1.0 / (d as f32).sqrt(),
+    };
     let kv = cache.layer(layer);
+    #[cfg(target_arch = "x86_64")]
+    let head_fn = if avx512::supports(&geo) { avx512::attend_kv_head } else { attend_kv_head };
+    #[cfg(not(target_arch = "x86_64"))]
+    let head_fn = attend_kv_head;
     // (span, position) of every row, so rows can be processed independently.
     let rows: Vec<(&SeqSpan, usize)> =
         spans.iter().flat_map(|s| (0..s.len).map(move |i| (s, s.start_pos + i))).collect();
-
-    out.par_chunks_mut(q_dim).zip(q.par_chunks(q_dim)).zip(rows.par_iter()).for_each_init(
+    // Chunks of `group * d` are one KV head's query heads, so chunk i belongs to row
+    // i / num_kv_heads and KV head i % num_kv_heads.
+    let unit = group * d;
+    out.par_chunks_mut(unit).zip(q.par_chunks(unit)).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
-        |(scores, slots), ((out_row, q_row), &(span, pos))| {
+        |(scores, slots), (i, (out_heads, q_heads))| {
+            let (span, pos) = rows[i / shape.num_kv_heads];
+            let kvh = i % shape.num_kv_heads;
             slots.clear();
-            slots.extend((0..=pos).map(|p| cache.slot(span.block_table, p)));
-            let geo = RowGeometry { head_dim: d, kv_dim, group, num_heads: shape.num_heads, scale };
-            attend_row(&kv.k, &kv.v, slots, &geo, q_row, out_row, scores);
+            slots.extend((0..=pos).map(|p| cache.slot(span.block_table, p) * geo.kv_dim + kvh * d));
+            head_fn(&kv.k, &kv.v, slots, &geo, q_heads, out_heads, scores);
         },
     );
 }
 
-struct RowGeometry {
+struct HeadGeometry {
     head_dim: usize,
     kv_dim: usize,
+    /// Query heads per KV head.
     group: usize,
-    num_heads: usize,
     scale: f32,
 }
 
-/// One query row (all heads) against its sequence's cached positions. Compiled for
-/// AVX-512 and AVX2 as well as the baseline, picked at run time; the arithmetic is
-/// the same in every version (no reassociation), so results do not depend on it.
+/// Lanes of every partial sum: one AVX-512 register, two AVX2 registers.
+const LANES: usize = 16;
+
+/// The query heads of one KV head (`group` heads of `head_dim`, back to back in
+/// `q_heads`) against the cached K/V rows starting at `offsets`. Compiled for
+/// AVX-512 and AVX2 as well as the baseline, picked at run time; the arithmetic is the
+/// same in every version (the compiler does not reassociate float sums), so results
+/// do not depend on the machine.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn attend_row(
+fn attend_kv_head(
     k: &[f32],
     v: &[f32],
-    slots: &[usize],
-    geo: &RowGeometry,
-    q_row: &[f32],
-    out_row: &mut [f32],
+    offsets: &[usize],
+    geo: &HeadGeometry,
+    q_heads: &[f32],
+    out_heads: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    let d = geo.head_dim;
-    scores.resize(slots.len(), 0.0);
-    for h in 0..geo.num_heads {
-        let kvh = h / geo.group;
-        let qh = &q_row[h * d..(h + 1) * d];
-        let mut max = f32::NEG_INFINITY;
-        for (s, &slot) in scores.iter_mut().zip(slots) {
-            let off = slot * geo.kv_dim + kvh * d;
-            *s = dot(qh, &k[off..off + d]) * geo.scale;
-            max = max.max(*s);
+    let (d, g, n) = (geo.head_dim, geo.group, offsets.len());
+    // scores[h * n + p]: head h of the group at position p.
+    scores.clear();
+    scores.resize(g * n, 0.0);
+    for (p, &off) in offsets.iter().enumerate() {
+        let krow = &k[off..off + d];
+        for h in 0..g {
+            scores[h * n + p] = dot(&q_heads[h * d..(h + 1) * d], krow) * geo.scale;
         }
+    }
+    for h in 0..g {
+        let s = &mut scores[h * n..(h + 1) * n];
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
         }
-        let oh = &mut out_row[h * d..(h + 1) * d];
-        oh.fill(0.0);
         let inv = 1.0 / sum;
-        for (&w, &slot) in scores.iter().zip(slots) {
-            let off = slot * geo.kv_dim + kvh * d;
-            axpy(oh, w * inv, &v[off..off + d]);
+        s.iter_mut().for_each(|x| *x *= inv);
+    }
+    out_heads.fill(0.0);
+    for (p, &off) in offsets.iter().enumerate() {
+        let vrow = &v[off..off + d];
+        for h in 0..g {
+            axpy(&mut out_heads[h * d..(h + 1) * d], scores[h * n + p], vrow);
         }
     }
 }
 
-/// Dot product with eight independent accumulators, so the compiler can keep
-/// them in one vector register without reordering a single float sum.
+/// Dot product over `LANES` independent partial sums, added pairwise at the end, so
+/// the compiler keeps them in registers without reordering any single float sum.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut acc = [0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
+        for i in 0..LANES {
             acc[i] += x[i] * y[i];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+        width /= 2;
+    }
+    acc[0] + tail
 }
 
 #[inline(always)]

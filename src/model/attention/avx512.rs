@@ -1,0 +1,138 @@
+//! AVX-512 attention for one token row × one KV head, when `head_dim` is 64 or 128.
+//!
+//! The portable loop in `mod.rs` leaves the query heads and the output in memory and
+//! pays a horizontal sum per score in scalar code. Here the group's query heads and
+//! its output accumulators live in registers for the whole pass (`G` heads ×
+//! `V` = head_dim / 16 vectors), each cached K and V row is loaded once for the group,
+//! and a score costs `V` fused multiply-adds and one in-register reduction. Results
+//! equal the portable path's within float rounding (fused multiply-add, another
+//! summation order); the exponential is the same libm call.
+
+use std::arch::x86_64::*;
+
+use super::HeadGeometry;
+
+/// Whether this kernel handles the geometry on this CPU.
+pub fn supports(geo: &HeadGeometry) -> bool {
+    matches!(geo.head_dim, 64 | 128)
+        && geo.group >= 1
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+}
+
+/// Group sizes the kernel is instantiated for; larger groups go in chunks of this.
+const MAX_G: usize = 4;
+
+/// Same contract as `attend_kv_head`; the caller has checked [`supports`].
+pub fn attend_kv_head(
+    k: &[f32],
+    v: &[f32],
+    offsets: &[usize],
+    geo: &HeadGeometry,
+    q_heads: &[f32],
+    out_heads: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let d = geo.head_dim;
+    let n = offsets.len();
+    let need = offsets.iter().map(|&o| o + d).max().unwrap_or(0);
+    assert!(k.len() >= need && v.len() >= need, "a KV offset is outside the cache");
+    assert_eq!(q_heads.len(), geo.group * d);
+    assert_eq!(out_heads.len(), geo.group * d);
+    scores.clear();
+    scores.resize(MAX_G * n, 0.0);
+    let mut h0 = 0;
+    while h0 < geo.group {
+        let g = (geo.group - h0).min(MAX_G);
+        let (q, out) = (&q_heads[h0 * d..(h0 + g) * d], &mut out_heads[h0 * d..(h0 + g) * d]);
+        macro_rules! run {
+            ($v:literal, $g:literal) => {
+                // SAFETY: `supports` checked the instruction set; the asserts above
+                // keep every offset's row inside `k` and `v`, and the slices hold
+                // `g` heads of `d = 16 * $v` values.
+                unsafe { chunk::<$v, $g>(k, v, offsets, geo.scale, q, out, scores) }
+            };
+        }
+        match (d, g) {
+            (64, 1) => run!(4, 1),
+            (64, 2) => run!(4, 2),
+            (64, 3) => run!(4, 3),
+            (64, _) => run!(4, 4),
+            (_, 1) => run!(8, 1),
+            (_, 2) => run!(8, 2),
+            (_, 3) => run!(8, 3),
+            (_, _) => run!(8, 4),
+        }
+        h0 += g;
+    }
+}
+
+/// # Safety
+/// AVX-512 F/BW must be available; every `offsets[p] + 16 * V` must be within `k` and
+/// `v`; `q` and `out` hold `G * 16 * V` values; `scores` at least `G * offsets.len()`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn chunk<const V: usize, const G: usize>(
+    k: &[f32],
+    v: &[f32],
+    offsets: &[usize],
+    scale: f32,
+    q: &[f32],
+    out: &mut [f32],
+    scores: &mut [f32],
+) {
+    let n = offsets.len();
+    let (kp, vp) = (k.as_ptr(), v.as_ptr());
+    let mut qv = [[_mm512_setzero_ps(); V]; G];
+    for (h, qh) in qv.iter_mut().enumerate() {
+        for (j, r) in qh.iter_mut().enumerate() {
+            *r = _mm512_loadu_ps(q.as_ptr().add((h * V + j) * 16));
+        }
+    }
+    // Scores, scaled, and each head's maximum.
+    let mut max = [f32::NEG_INFINITY; G];
+    for (p, &off) in offsets.iter().enumerate() {
+        let mut kr = [_mm512_setzero_ps(); V];
+        for (j, r) in kr.iter_mut().enumerate() {
+            *r = _mm512_loadu_ps(kp.add(off + 16 * j));
+        }
+        for h in 0..G {
+            let mut acc = _mm512_mul_ps(qv[h][0], kr[0]);
+            for j in 1..V {
+                acc = _mm512_fmadd_ps(qv[h][j], kr[j], acc);
+            }
+            let s = _mm512_reduce_add_ps(acc) * scale;
+            *scores.get_unchecked_mut(h * n + p) = s;
+            max[h] = max[h].max(s);
+        }
+    }
+    // Softmax weights, normalised.
+    for h in 0..G {
+        let s = &mut scores[h * n..(h + 1) * n];
+        let mut sum = 0.0f32;
+        for x in s.iter_mut() {
+            *x = (*x - max[h]).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        s.iter_mut().for_each(|x| *x *= inv);
+    }
+    // Weighted sum of the V rows, accumulated in registers.
+    let mut acc = [[_mm512_setzero_ps(); V]; G];
+    for (p, &off) in offsets.iter().enumerate() {
+        let mut vr = [_mm512_setzero_ps(); V];
+        for (j, r) in vr.iter_mut().enumerate() {
+            *r = _mm512_loadu_ps(vp.add(off + 16 * j));
+        }
+        for h in 0..G {
+            let w = _mm512_set1_ps(*scores.get_unchecked(h * n + p));
+            for j in 0..V {
+                acc[h][j] = _mm512_fmadd_ps(w, vr[j], acc[h][j]);
+            }
+        }
+    }
+    for h in 0..G {
+        for j in 0..V {
+            _mm512_storeu_ps(out.as_mut_ptr().add((h * V + j) * 16), acc[h][j]);
+        }
+    }
+}
