@@ -67,7 +67,7 @@ start() {
         [[ -x $LLAMA_SERVER ]] || { log "run setup-llamacpp.sh first"; return 1; }
         # 16 slots share the context: 4,096 tokens each.
         "$LLAMA_SERVER" -m "$MODEL_GGUF" --host 127.0.0.1 --port "$port" -t "$THREADS" \
-            -np 16 -c 65536 --alias "$SERVED_NAME" > "$out/$peer.log" 2>&1 &
+            -np 16 -c 65536 --alias "$SERVED_NAME" ${LLAMACPP_ARGS:-} > "$out/$peer.log" 2>&1 &
         server_pid=$!; wait_ready "http://127.0.0.1:$port" "$server_pid" 300
         # llama-server closes the connection after each streamed response.
         extra=--no-keep-alive ;;

@@ -80,7 +80,7 @@ impl CpuBackend {
             vocab_size: mcfg.vocab_size,
             supports_prefix_caching: true,
         };
-        let kv = PagedKvCache::new(mcfg, cfg.block_size, num_blocks);
+        let kv = pool.install(|| PagedKvCache::new(mcfg, cfg.block_size, num_blocks));
         Ok(Self { model, kv, info, pool })
     }
 

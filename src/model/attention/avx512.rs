@@ -6,11 +6,12 @@
 //! `V` = head_dim / 16 vectors), each cached K and V row is loaded once for the group,
 //! and a score costs `V` fused multiply-adds and one in-register reduction. Results
 //! equal the portable path's within float rounding (fused multiply-add, another
-//! summation order); the exponential is the same libm call.
+//! summation order); the exponential is the same `exp_nonpositive`.
 
 use std::arch::x86_64::*;
 
 use super::HeadGeometry;
+use crate::model::fastexp::exp_nonpositive;
 
 /// Whether this kernel handles the geometry on this CPU.
 pub fn supports(geo: &HeadGeometry) -> bool {
@@ -110,7 +111,7 @@ unsafe fn chunk<const V: usize, const G: usize>(
         let s = &mut scores[h * n..(h + 1) * n];
         let mut sum = 0.0f32;
         for x in s.iter_mut() {
-            *x = (*x - max[h]).exp();
+            *x = exp_nonpositive(*x - max[h]);
             sum += *x;
         }
         let inv = 1.0 / sum;

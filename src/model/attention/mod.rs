@@ -8,6 +8,7 @@ mod avx512;
 
 use rayon::prelude::*;
 
+use super::fastexp::exp_nonpositive;
 use super::kv_cache::{LayerKv, PagedKvCache};
 
 /// One sequence's tokens inside the flattened step.
@@ -26,17 +27,20 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
-/// Stores the step's K and V rows (`kv_dim` values per token) in the cache.
+/// Stores the step's K and V rows (`kv_dim` values per token, head after head) in
+/// the cache.
 pub fn write_kv(cache: &mut PagedKvCache, layer: usize, spans: &[SeqSpan], k: &[f32], v: &[f32]) {
-    let kv_dim = cache.kv_dim();
-    let slots: Vec<usize> = spans
+    let (kv_dim, d) = (cache.kv_dim(), cache.head_dim());
+    let starts: Vec<usize> = spans
         .iter()
         .flat_map(|s| (0..s.len).map(move |i| (s, i)))
-        .map(|(s, i)| cache.slot(s.block_table, s.start_pos + i))
+        .flat_map(|(s, i)| (0..kv_dim / d).map(move |h| (s, i, h)))
+        .map(|(s, i, h)| cache.offset(s.block_table, s.start_pos + i, h))
         .collect();
     let LayerKv { k: kc, v: vc } = cache.layer_mut(layer);
-    for (row, slot) in slots.into_iter().enumerate() {
-        let (src, dst) = (row * kv_dim..(row + 1) * kv_dim, slot * kv_dim..(slot + 1) * kv_dim);
+    // `starts` holds one entry per (token row, KV head), in the order of k and v.
+    for (j, dst) in starts.into_iter().enumerate() {
+        let (src, dst) = (j * d..(j + 1) * d, dst..dst + d);
         kc[dst.clone()].copy_from_slice(&k[src.clone()]);
         vc[dst].copy_from_slice(&v[src]);
     }
@@ -57,12 +61,7 @@ pub fn attend(
 ) {
     let d = shape.head_dim;
     let group = shape.num_heads / shape.num_kv_heads;
-    let geo = HeadGeometry {
-        head_dim: d,
-        kv_dim: shape.num_kv_heads * d,
-        group,
-        scale: 1.0 / (d as f32).sqrt(),
-    };
+    let geo = HeadGeometry { head_dim: d, group, scale: 1.0 / (d as f32).sqrt() };
     let kv = cache.layer(layer);
     #[cfg(target_arch = "x86_64")]
     let head_fn = if avx512::supports(&geo) { avx512::attend_kv_head } else { attend_kv_head };
@@ -80,7 +79,7 @@ pub fn attend(
             let (span, pos) = rows[i / shape.num_kv_heads];
             let kvh = i % shape.num_kv_heads;
             slots.clear();
-            slots.extend((0..=pos).map(|p| cache.slot(span.block_table, p) * geo.kv_dim + kvh * d));
+            slots.extend((0..=pos).map(|p| cache.offset(span.block_table, p, kvh)));
             head_fn(&kv.k, &kv.v, slots, &geo, q_heads, out_heads, scores);
         },
     );
@@ -88,7 +87,6 @@ pub fn attend(
 
 struct HeadGeometry {
     head_dim: usize,
-    kv_dim: usize,
     /// Query heads per KV head.
     group: usize,
     scale: f32,
@@ -127,7 +125,7 @@ fn attend_kv_head(
         let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         let mut sum = 0.0;
         for x in s.iter_mut() {
-            *x = (*x - max).exp();
+            *x = exp_nonpositive(*x - max);
             sum += *x;
         }
         let inv = 1.0 / sum;
@@ -177,13 +175,17 @@ mod tests {
     use crate::model::config::{LlamaConfig, RopeLayout, RopeScaling};
 
     fn cfg() -> LlamaConfig {
+        cfg_with(4, 2, 8)
+    }
+
+    fn cfg_with(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> LlamaConfig {
         LlamaConfig {
             hidden_size: 8,
             intermediate_size: 8,
             num_layers: 1,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 8,
+            num_heads,
+            num_kv_heads,
+            head_dim,
             vocab_size: 4,
             rms_norm_eps: 1e-5,
             rope_theta: 10_000.0,
@@ -231,25 +233,30 @@ mod tests {
         out
     }
 
+    /// Every geometry the kernels treat differently: a head size only the portable
+    /// loop takes; SmolLM2's (64, groups of 3); one KV head per query head; and
+    /// 128-wide heads in groups of 5, which the AVX-512 kernel splits as 4 + 1.
     #[test]
     fn paged_attention_matches_dense_in_chunks_and_scattered_blocks() {
-        let c = cfg();
-        let (t, bs) = (11, 4);
-        let (q, k, v) = (pseudo(t * c.q_dim(), 1), pseudo(t * c.kv_dim(), 2), pseudo(t * c.kv_dim(), 3));
-        let want = reference(&q, &k, &v, t, &c);
-        let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 8 };
-        let mut cache = PagedKvCache::new(&c, bs, 8);
-        // Non-contiguous, out-of-order blocks; prefill 7 tokens then 4 more.
-        let table = [5u32, 0, 6];
-        let mut got = vec![0.0; t * c.q_dim()];
-        for (lo, hi) in [(0, 7), (7, 11)] {
-            let span = SeqSpan { first_row: 0, len: hi - lo, start_pos: lo, block_table: &table };
-            let (kd, qd) = (c.kv_dim(), c.q_dim());
-            write_kv(&mut cache, 0, &[span], &k[lo * kd..hi * kd], &v[lo * kd..hi * kd]);
-            attend(&cache, 0, &[span], &shape, &q[lo * qd..hi * qd], &mut got[lo * qd..hi * qd]);
-        }
-        for (a, b) in got.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        for (heads, kv_heads, d) in [(4, 2, 8), (9, 3, 64), (4, 4, 64), (10, 2, 128)] {
+            let c = cfg_with(heads, kv_heads, d);
+            let (t, bs) = (11, 4);
+            let (q, k, v) = (pseudo(t * c.q_dim(), 1), pseudo(t * c.kv_dim(), 2), pseudo(t * c.kv_dim(), 3));
+            let want = reference(&q, &k, &v, t, &c);
+            let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d };
+            let mut cache = PagedKvCache::new(&c, bs, 8);
+            // Non-contiguous, out-of-order blocks; prefill 7 tokens then 4 more.
+            let table = [5u32, 0, 6];
+            let mut got = vec![0.0; t * c.q_dim()];
+            for (lo, hi) in [(0, 7), (7, 11)] {
+                let span = SeqSpan { first_row: 0, len: hi - lo, start_pos: lo, block_table: &table };
+                let (kd, qd) = (c.kv_dim(), c.q_dim());
+                write_kv(&mut cache, 0, &[span], &k[lo * kd..hi * kd], &v[lo * kd..hi * kd]);
+                attend(&cache, 0, &[span], &shape, &q[lo * qd..hi * qd], &mut got[lo * qd..hi * qd]);
+            }
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "heads {heads}/{kv_heads}, d {d}: {a} vs {b}");
+            }
         }
     }
 
