@@ -82,8 +82,29 @@ impl PagedKvCache {
     /// covers `pos`.
     #[inline]
     pub fn offset(&self, block_table: &[u32], pos: usize, kv_head: usize) -> usize {
-        let block = block_table[pos / self.block_size] as usize;
+        let block = block_table[pos / self.block_size];
+        self.block_offset(block, kv_head) + (pos % self.block_size) * self.head_dim
+    }
+
+    /// Where KV head `kv_head`'s rows of `block` start; its `block_size` rows of
+    /// `head_dim` values follow one another.
+    #[inline]
+    pub fn block_offset(&self, block: u32, kv_head: usize) -> usize {
         let heads = self.kv_dim / self.head_dim;
-        ((block * heads + kv_head) * self.block_size + pos % self.block_size) * self.head_dim
+        (block as usize * heads + kv_head) * self.block_size * self.head_dim
+    }
+
+    /// Appends the offsets (as [`PagedKvCache::offset`]) of positions `0..len` of a
+    /// sequence for one KV head, a block at a time: no division per position.
+    pub fn extend_offsets(&self, block_table: &[u32], len: usize, kv_head: usize, out: &mut Vec<usize>) {
+        for (b, &block) in block_table.iter().enumerate() {
+            let first = b * self.block_size;
+            if first >= len {
+                break;
+            }
+            let base = self.block_offset(block, kv_head);
+            let n = (len - first).min(self.block_size);
+            out.extend((0..n).map(|i| base + i * self.head_dim));
+        }
     }
 }

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::attention::{self, AttentionShape, SeqSpan};
 use super::config::{LlamaConfig, RopeScaling};
+use super::fastexp::exp_nonpositive;
 use super::kv_cache::PagedKvCache;
 use super::linear::Linear;
 use super::rope::Rope;
@@ -144,7 +145,7 @@ impl Mlp {
     fn forward(&self, x: &[f32], t: usize) -> Result<Vec<f32>, ModelError> {
         let swiglu = |g: &mut [f32], u: &[f32]| {
             for (g, &u) in g.iter_mut().zip(u) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+                *g = silu(*g) * u;
             }
         };
         let h = match &self.gate_up {
@@ -300,5 +301,29 @@ impl Llama {
         let mut normed = vec![0.0; picked.len()];
         rms_norm(&picked, &self.norm, self.cfg.rms_norm_eps, &mut normed);
         self.lm_head.forward(&normed, last_rows.len())
+    }
+}
+
+/// `x · sigmoid(x)`, through `e^-|x|` (never above 1) so the vectorisable
+/// `exp_nonpositive` serves both signs: sigmoid(x) = 1 / (1 + e^-x) for x ≥ 0 and
+/// e^x / (1 + e^x) below.
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    let sigmoid = if x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+    x * sigmoid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::silu;
+
+    #[test]
+    fn silu_matches_the_definition_for_both_signs_and_extremes() {
+        for x in [-100.0f32, -20.0, -3.5, -1.0, -1e-3, 0.0, 1e-3, 0.5, 2.0, 9.0, 100.0] {
+            let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
+            let got = f64::from(silu(x));
+            assert!((got - want).abs() <= 1e-6 * want.abs().max(1e-3), "silu({x}) = {got}, want {want}");
+        }
     }
 }

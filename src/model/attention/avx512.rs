@@ -6,12 +6,11 @@
 //! `V` = head_dim / 16 vectors), each cached K and V row is loaded once for the group,
 //! and a score costs `V` fused multiply-adds and one in-register reduction. Results
 //! equal the portable path's within float rounding (fused multiply-add, another
-//! summation order); the exponential is the same `exp_nonpositive`.
+//! summation order); the softmax is the same code.
 
 use std::arch::x86_64::*;
 
-use super::HeadGeometry;
-use crate::model::fastexp::exp_nonpositive;
+use super::{softmax_in_place, HeadGeometry};
 
 /// Whether this kernel handles the geometry on this CPU.
 pub fn supports(geo: &HeadGeometry) -> bool {
@@ -108,14 +107,7 @@ unsafe fn chunk<const V: usize, const G: usize>(
     }
     // Softmax weights, normalised.
     for h in 0..G {
-        let s = &mut scores[h * n..(h + 1) * n];
-        let mut sum = 0.0f32;
-        for x in s.iter_mut() {
-            *x = exp_nonpositive(*x - max[h]);
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        s.iter_mut().for_each(|x| *x *= inv);
+        softmax_in_place(&mut scores[h * n..(h + 1) * n], max[h]);
     }
     // Weighted sum of the V rows, accumulated in registers.
     let mut acc = [[_mm512_setzero_ps(); V]; G];

@@ -79,7 +79,7 @@ pub fn attend(
             let (span, pos) = rows[i / shape.num_kv_heads];
             let kvh = i % shape.num_kv_heads;
             slots.clear();
-            slots.extend((0..=pos).map(|p| cache.offset(span.block_table, p, kvh)));
+            cache.extend_offsets(span.block_table, pos + 1, kvh, slots);
             head_fn(&kv.k, &kv.v, slots, &geo, q_heads, out_heads, scores);
         },
     );
@@ -123,13 +123,7 @@ fn attend_kv_head(
     for h in 0..g {
         let s = &mut scores[h * n..(h + 1) * n];
         let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let mut sum = 0.0;
-        for x in s.iter_mut() {
-            *x = exp_nonpositive(*x - max);
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        s.iter_mut().for_each(|x| *x *= inv);
+        softmax_in_place(s, max);
     }
     out_heads.fill(0.0);
     for (p, &off) in offsets.iter().enumerate() {
@@ -138,6 +132,25 @@ fn attend_kv_head(
             axpy(&mut out_heads[h * d..(h + 1) * d], scores[h * n + p], vrow);
         }
     }
+}
+
+/// `s = softmax(s)` given `max(s)`, in three passes that each vectorise: the
+/// exponentials, a sum over `LANES` partial sums, the normalisation.
+#[inline(always)]
+fn softmax_in_place(s: &mut [f32], max: f32) {
+    for x in s.iter_mut() {
+        *x = exp_nonpositive(*x - max);
+    }
+    let mut lanes = [0f32; LANES];
+    let chunks = s.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] += c[i];
+        }
+    }
+    let inv = 1.0 / (lanes.iter().sum::<f32>() + tail);
+    s.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Dot product over `LANES` independent partial sums, added pairwise at the end, so
