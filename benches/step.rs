@@ -3,7 +3,8 @@
 //! sequence 128 tokens deep). Throughput is in tokens per second of the step.
 //!
 //! `cargo bench --bench step` (model: `INFLIGHT_BENCH_MODEL` or the registry's
-//! download location; fetch it first with `inflight models pull`).
+//! download location; fetch it first with `inflight models pull`; threads:
+//! `INFLIGHT_THREADS`, default one per core).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,7 +26,10 @@ fn backend() -> CpuBackend {
     let w = WeightSource::open_gguf(&path).expect("model file (run `inflight models pull` first)");
     let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
     let model = Llama::load(&w, cfg).expect("load");
-    let cfg = CpuBackendConfig { kv_cache_bytes: 1 << 30, max_batch_tokens: 4096, ..Default::default() };
+    // INFLIGHT_THREADS as for the CLI; default: one per core.
+    let threads = std::env::var("INFLIGHT_THREADS").ok().and_then(|t| t.parse().ok());
+    let cfg =
+        CpuBackendConfig { kv_cache_bytes: 1 << 30, max_batch_tokens: 4096, threads, ..Default::default() };
     CpuBackend::new(model, &cfg).expect("backend")
 }
 

@@ -22,6 +22,7 @@ VLLM_VENV=$PEERS_DIR/vllm-venv
 VLLM_MODEL_DIR=$PEERS_DIR/smollm2-hf
 LLAMACPP_DIR=$PEERS_DIR/llamacpp
 LLAMA_SERVER=$LLAMACPP_DIR/build/bin/llama-server
+LLAMA_BENCH=$LLAMACPP_DIR/build/bin/llama-bench
 
 mkdir -p "$PEERS_DIR"
 
