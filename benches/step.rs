@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inflight::backend::cpu::{CpuBackend, CpuBackendConfig};
+use inflight::backend::cpu::CpuBackend;
+use inflight::backend::BackendConfig;
 use inflight::backend::{Backend, SeqStep, StepBatch};
 use inflight::model::{Llama, LlamaConfig, WeightSource};
 
@@ -29,7 +30,7 @@ fn backend() -> CpuBackend {
     // INFLIGHT_THREADS as for the CLI; default: one per core.
     let threads = std::env::var("INFLIGHT_THREADS").ok().and_then(|t| t.parse().ok());
     let cfg =
-        CpuBackendConfig { kv_cache_bytes: 1 << 30, max_batch_tokens: 4096, threads, ..Default::default() };
+        BackendConfig { kv_cache_bytes: 1 << 30, max_batch_tokens: 4096, threads, ..Default::default() };
     CpuBackend::new(model, &cfg).expect("backend")
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::backend::cpu::{CpuBackend, CpuBackendConfig};
-use crate::backend::{Backend, BackendError};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Backend, BackendConfig, BackendError};
 use crate::hub::ResolvedModel;
 use crate::model::{Llama, LlamaConfig, ModelError, WeightSource};
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -22,12 +22,7 @@ pub enum BackendChoice {
 #[derive(Debug, Clone)]
 pub struct BackendOptions {
     pub choice: BackendChoice,
-    pub block_size: usize,
-    pub kv_cache_bytes: usize,
-    pub max_batch_tokens: usize,
-    pub max_batch_seqs: usize,
-    pub max_context: Option<usize>,
-    pub threads: Option<usize>,
+    pub config: BackendConfig,
 }
 
 #[derive(Debug, Error)]
@@ -89,15 +84,7 @@ pub fn load(resolved: &ResolvedModel, opts: &BackendOptions) -> Result<LoadedMod
     let backend: Box<dyn Backend> = match opts.choice {
         BackendChoice::Cpu => {
             let model = Llama::load(&w, cfg)?;
-            let cpu = CpuBackendConfig {
-                block_size: opts.block_size,
-                kv_cache_bytes: opts.kv_cache_bytes,
-                max_batch_tokens: opts.max_batch_tokens,
-                max_batch_seqs: opts.max_batch_seqs,
-                max_context: opts.max_context,
-                threads: opts.threads,
-            };
-            Box::new(CpuBackend::new(model, &cpu)?)
+            Box::new(CpuBackend::new(model, &opts.config)?)
         }
         BackendChoice::Cuda => {
             return Err(BackendError::Unavailable(

@@ -2,7 +2,8 @@
 //! greedy tokens up to llama.cpp's first near-tie, first-position top-5 logits,
 //! and batch invariance.
 
-use inflight::backend::cpu::{CpuBackend, CpuBackendConfig};
+use inflight::backend::cpu::CpuBackend;
+use inflight::backend::BackendConfig;
 use inflight::backend::{Backend, SeqStep, StepBatch};
 use inflight::model::{Llama, LlamaConfig, WeightSource};
 
@@ -20,7 +21,7 @@ fn backend_with(dequantized: bool) -> CpuBackend {
     }
     let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
     let model = Llama::load(&w, cfg).expect("load");
-    let cfg = CpuBackendConfig { kv_cache_bytes: 256 << 20, ..Default::default() };
+    let cfg = BackendConfig { kv_cache_bytes: 256 << 20, ..Default::default() };
     CpuBackend::new(model, &cfg).expect("backend")
 }
 
@@ -211,7 +212,7 @@ fn safetensors_checkpoint_gives_the_same_logits_as_its_gguf() {
     let st = WeightSource::open_safetensors(dir.path()).expect("open safetensors");
     let model = Llama::load(&st, hf_cfg).expect("load safetensors");
     let mut st_backend =
-        CpuBackend::new(model, &CpuBackendConfig { kv_cache_bytes: 256 << 20, ..Default::default() })
+        CpuBackend::new(model, &BackendConfig { kv_cache_bytes: 256 << 20, ..Default::default() })
             .expect("backend");
     let mut gguf_backend = backend_with(true);
     let prompts: Vec<Vec<u32>> = reference()["prompts"]

@@ -7,7 +7,11 @@
 #   benches/peers/crosscheck-aiperf.sh http://127.0.0.1:8123 smollm2
 #
 # Settings (environment): ROUNDS (2), CONCURRENCY (2), NUM_REQUESTS (12),
-# INPUT_TOKENS (32), OUTPUT_TOKENS (16), AIPERF_VERSION (0.13.0), INFLIGHT_BIN.
+# INPUT_TOKENS (32), OUTPUT_TOKENS (16), AIPERF_VERSION (0.13.0), INFLIGHT_BIN,
+# CLIENT_CPUS (a `taskset -c` list both clients are pinned to). aiperf spends most
+# of a core of its own: on a small machine start the server on other cores
+# (`taskset -c 0 inflight serve --threads 1 …`, CLIENT_CPUS=1), or its load slows
+# the server it measures and the two tools see different servers.
 # The server must serve MODEL_GGUF's model (for exact prompt lengths).
 
 source "$(dirname "$0")/common.sh"
@@ -34,18 +38,21 @@ if [[ -z ${INFLIGHT_BIN:-} ]]; then
     INFLIGHT_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/inflight
 fi
 
+pin=()
+[[ -n ${CLIENT_CPUS:-} ]] && pin=(taskset -c "$CLIENT_CPUS")
+
 out=$PEERS_DIR/crosscheck/$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$out"
 ours=() theirs=()
 for round in $(seq "$ROUNDS"); do
     log "round $round: inflight bench"
-    "$INFLIGHT_BIN" bench --url "$url" --model "$name" --concurrency "$CONCURRENCY" \
+    "${pin[@]}" "$INFLIGHT_BIN" bench --url "$url" --model "$name" --concurrency "$CONCURRENCY" \
         --num-requests "$NUM_REQUESTS" --warmup 2 --input-tokens "$INPUT_TOKENS" \
         --output-tokens "$OUTPUT_TOKENS" --tokenizer "$MODEL_GGUF" --seed "$round" \
         --output "$out/inflight-r$round.json" > "$out/inflight-r$round.txt"
     ours+=("$out/inflight-r$round.json")
     log "round $round: aiperf"
-    "$venv/bin/aiperf" profile --model "$name" --url "$url" --endpoint-type completions --streaming \
+    "${pin[@]}" "$venv/bin/aiperf" profile --model "$name" --url "$url" --endpoint-type completions --streaming \
         --tokenizer "$tok" --isl "$INPUT_TOKENS" --isl-stddev 0 --osl "$OUTPUT_TOKENS" --osl-stddev 0 \
         --extra-inputs ignore_eos:true --extra-inputs temperature:0 --use-server-token-count \
         --concurrency "$CONCURRENCY" --request-count "$NUM_REQUESTS" --warmup-request-count 2 \

@@ -1,35 +1,8 @@
 //! The CPU backend: the model on host memory with a paged KV pool. It is the
 //! reference every test runs on.
 
-use super::{validate_step, Backend, BackendError, BackendInfo, Logits, StepBatch};
+use super::{validate_step, Backend, BackendConfig, BackendError, BackendInfo, Logits, StepBatch};
 use crate::model::{Llama, PagedKvCache, SeqInput};
-
-#[derive(Debug, Clone)]
-pub struct CpuBackendConfig {
-    /// Tokens per KV block.
-    pub block_size: usize,
-    /// Memory for the KV pool; the block count follows from it.
-    pub kv_cache_bytes: usize,
-    pub max_batch_tokens: usize,
-    pub max_batch_seqs: usize,
-    /// Longest sequence served; at most the model's own context length.
-    pub max_context: Option<usize>,
-    /// Compute threads (default: one per core).
-    pub threads: Option<usize>,
-}
-
-impl Default for CpuBackendConfig {
-    fn default() -> Self {
-        Self {
-            block_size: 16,
-            kv_cache_bytes: 2 << 30,
-            max_batch_tokens: 2048,
-            max_batch_seqs: 256,
-            max_context: None,
-            threads: None,
-        }
-    }
-}
 
 pub struct CpuBackend {
     model: Llama,
@@ -42,7 +15,7 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    pub fn new(model: Llama, cfg: &CpuBackendConfig) -> Result<Self, BackendError> {
+    pub fn new(model: Llama, cfg: &BackendConfig) -> Result<Self, BackendError> {
         let mcfg = model.config();
         if cfg.block_size == 0 {
             return Err(BackendError::Unavailable("block size must be at least 1".into()));

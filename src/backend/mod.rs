@@ -14,6 +14,34 @@ use thiserror::Error;
 /// Index of one KV block in a backend's pool.
 pub type BlockId = u32;
 
+#[derive(Debug, Clone)]
+/// What every backend is sized by: its KV pool and the limits of one step.
+pub struct BackendConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Memory for the KV pool; the block count follows from it.
+    pub kv_cache_bytes: usize,
+    pub max_batch_tokens: usize,
+    pub max_batch_seqs: usize,
+    /// Longest sequence served; at most the model's own context length.
+    pub max_context: Option<usize>,
+    /// Host compute threads (default: one per core).
+    pub threads: Option<usize>,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            kv_cache_bytes: 2 << 30,
+            max_batch_tokens: 2048,
+            max_batch_seqs: 256,
+            max_context: None,
+            threads: None,
+        }
+    }
+}
+
 /// What a backend can do. The scheduler adapts to these numbers; it never asks
 /// which backend it is talking to.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@ pub mod serve;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{BackendKind, ModelArgs, ModelDirArgs, SchedulerArgs};
+use inflight::backend::BackendConfig;
 use inflight::engine::scheduler::SchedulerConfig;
 use inflight::hub::{self, FetchOptions, Registry, ResolvedModel};
 use inflight::runtime::{BackendChoice, BackendOptions, LoadedModel};
@@ -65,12 +66,14 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
             BackendKind::Cuda => BackendChoice::Cuda,
             BackendKind::Neuron => BackendChoice::Neuron,
         },
-        block_size: args.block_size,
-        kv_cache_bytes: (args.kv_cache_gib * (1u64 << 30) as f64) as usize,
-        max_batch_tokens: sched.max_batch_tokens,
-        max_batch_seqs: sched.max_running,
-        max_context: args.max_context,
-        threads: args.threads,
+        config: BackendConfig {
+            block_size: args.block_size,
+            kv_cache_bytes: (args.kv_cache_gib * (1u64 << 30) as f64) as usize,
+            max_batch_tokens: sched.max_batch_tokens,
+            max_batch_seqs: sched.max_running,
+            max_context: args.max_context,
+            threads: args.threads,
+        },
     };
     let start = std::time::Instant::now();
     let loaded = inflight::runtime::load(&resolved, &opts).context("loading the model")?;

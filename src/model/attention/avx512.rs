@@ -116,16 +116,16 @@ unsafe fn chunk<const V: usize, const G: usize>(
         for (j, r) in vr.iter_mut().enumerate() {
             *r = _mm512_loadu_ps(vp.add(off + 16 * j));
         }
-        for h in 0..G {
+        for (h, acc) in acc.iter_mut().enumerate() {
             let w = _mm512_set1_ps(*scores.get_unchecked(h * n + p));
-            for j in 0..V {
-                acc[h][j] = _mm512_fmadd_ps(w, vr[j], acc[h][j]);
+            for (a, &x) in acc.iter_mut().zip(&vr) {
+                *a = _mm512_fmadd_ps(w, x, *a);
             }
         }
     }
-    for h in 0..G {
-        for j in 0..V {
-            _mm512_storeu_ps(out.as_mut_ptr().add((h * V + j) * 16), acc[h][j]);
+    for (h, acc) in acc.iter().enumerate() {
+        for (j, &a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add((h * V + j) * 16), a);
         }
     }
 }
