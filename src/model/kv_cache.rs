@@ -108,3 +108,49 @@ impl PagedKvCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{RopeLayout, RopeScaling};
+
+    fn cache(num_kv_heads: usize, head_dim: usize, block_size: usize, num_blocks: usize) -> PagedKvCache {
+        let cfg = LlamaConfig {
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_layers: 1,
+            num_heads: num_kv_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
+            rope_layout: RopeLayout::Halves,
+            max_position: 64,
+        };
+        PagedKvCache::new(&cfg, block_size, num_blocks)
+    }
+
+    #[test]
+    fn offsets_tile_the_pool_without_overlap_and_agree_with_extend_offsets() {
+        let c = cache(3, 8, 4, 5);
+        let table = [4u32, 0, 2, 1, 3];
+        let mut seen = vec![false; c.layer(0).k.len()];
+        for h in 0..3 {
+            let mut runs = Vec::new();
+            c.extend_offsets(&table, 18, h, &mut runs);
+            assert_eq!(runs.len(), 18);
+            for (pos, &off) in runs.iter().enumerate() {
+                assert_eq!(off, c.offset(&table, pos, h), "head {h} position {pos}");
+                for x in &mut seen[off..off + 8] {
+                    assert!(!*x, "head {h} position {pos} overlaps another row");
+                    *x = true;
+                }
+            }
+        }
+        // A KV head's rows of one block are contiguous (what attention streams).
+        assert_eq!(c.offset(&table, 1, 2), c.offset(&table, 0, 2) + 8);
+        assert_eq!(c.block_offset(4, 0), c.offset(&table, 0, 0));
+    }
+}
