@@ -4,15 +4,16 @@
 //!
 //! `cargo bench --bench step` (model: `INFLIGHT_BENCH_MODEL` or the registry's
 //! download location; fetch it first with `inflight models pull`; threads:
-//! `INFLIGHT_THREADS`, default one per core).
+//! `INFLIGHT_THREADS`, default one per core; `INFLIGHT_KV_CACHE_DTYPE=f32` for an f32
+//! KV cache).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inflight::backend::cpu::CpuBackend;
-use inflight::backend::BackendConfig;
 use inflight::backend::{Backend, SeqStep, StepBatch};
+use inflight::backend::{BackendConfig, KvDtype};
 use inflight::model::{Llama, LlamaConfig, WeightSource};
 
 fn model_path() -> PathBuf {
@@ -27,10 +28,19 @@ fn backend() -> CpuBackend {
     let w = WeightSource::open_gguf(&path).expect("model file (run `inflight models pull` first)");
     let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
     let model = Llama::load(&w, cfg).expect("load");
-    // INFLIGHT_THREADS as for the CLI; default: one per core.
+    // INFLIGHT_THREADS and INFLIGHT_KV_CACHE_DTYPE as for the CLI.
     let threads = std::env::var("INFLIGHT_THREADS").ok().and_then(|t| t.parse().ok());
-    let cfg =
-        BackendConfig { kv_cache_bytes: 1 << 30, max_batch_tokens: 4096, threads, ..Default::default() };
+    let kv_dtype = match std::env::var("INFLIGHT_KV_CACHE_DTYPE").as_deref() {
+        Ok("f32") => KvDtype::F32,
+        _ => KvDtype::default(),
+    };
+    let cfg = BackendConfig {
+        kv_cache_bytes: 1 << 30,
+        max_batch_tokens: 4096,
+        threads,
+        kv_dtype,
+        ..Default::default()
+    };
     CpuBackend::new(model, &cfg).expect("backend")
 }
 

@@ -59,6 +59,12 @@ pub struct ModelDirArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvCacheDtype {
+    F16,
+    F32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
     Cpu,
     Cuda,
@@ -83,6 +89,10 @@ pub struct ModelArgs {
     /// Memory for the KV cache, in GiB.
     #[arg(long, env = "INFLIGHT_KV_CACHE_GIB", default_value_t = 2.0)]
     pub kv_cache_gib: f64,
+    /// How the KV cache stores values: f16 (half the memory and the bytes attention
+    /// reads) or f32 (exact arithmetic).
+    #[arg(long, env = "INFLIGHT_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::F16)]
+    pub kv_cache_dtype: KvCacheDtype,
     /// Tokens per KV block.
     #[arg(long, env = "INFLIGHT_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,

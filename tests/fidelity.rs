@@ -3,8 +3,8 @@
 //! and batch invariance.
 
 use inflight::backend::cpu::CpuBackend;
-use inflight::backend::BackendConfig;
 use inflight::backend::{Backend, SeqStep, StepBatch};
+use inflight::backend::{BackendConfig, KvDtype};
 use inflight::model::{Llama, LlamaConfig, WeightSource};
 
 use crate::support::{ids, model_path, reference, steps_to_match, LOGIT_MAX_TOLERANCE, LOGIT_MEAN_TOLERANCE};
@@ -21,7 +21,10 @@ fn backend_with(dequantized: bool) -> CpuBackend {
     }
     let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
     let model = Llama::load(&w, cfg).expect("load");
-    let cfg = BackendConfig { kv_cache_bytes: 256 << 20, ..Default::default() };
+    // Float weights are the exactness check against transformers' f32: the KV cache
+    // is f32 there whatever the default. The quantized path runs the serving default.
+    let kv_dtype = if dequantized { KvDtype::F32 } else { KvDtype::default() };
+    let cfg = BackendConfig { kv_cache_bytes: 256 << 20, kv_dtype, ..Default::default() };
     CpuBackend::new(model, &cfg).expect("backend")
 }
 
@@ -211,9 +214,11 @@ fn safetensors_checkpoint_gives_the_same_logits_as_its_gguf() {
     let hf_cfg = LlamaConfig::from_hf_json(&config.to_string(), &cfg_path).expect("hf config");
     let st = WeightSource::open_safetensors(dir.path()).expect("open safetensors");
     let model = Llama::load(&st, hf_cfg).expect("load safetensors");
-    let mut st_backend =
-        CpuBackend::new(model, &BackendConfig { kv_cache_bytes: 256 << 20, ..Default::default() })
-            .expect("backend");
+    let mut st_backend = CpuBackend::new(
+        model,
+        &BackendConfig { kv_cache_bytes: 256 << 20, kv_dtype: KvDtype::F32, ..Default::default() },
+    )
+    .expect("backend");
     let mut gguf_backend = backend_with(true);
     let prompts: Vec<Vec<u32>> = reference()["prompts"]
         .as_array()

@@ -20,7 +20,7 @@ impl CpuBackend {
         if cfg.block_size == 0 {
             return Err(BackendError::Unavailable("block size must be at least 1".into()));
         }
-        let per_block = PagedKvCache::bytes_per_block(mcfg, cfg.block_size);
+        let per_block = PagedKvCache::bytes_per_block(mcfg, cfg.block_size, cfg.kv_dtype);
         let num_blocks = cfg.kv_cache_bytes / per_block;
         let max_context = cfg.max_context.unwrap_or(mcfg.max_position).min(mcfg.max_position);
         if num_blocks * cfg.block_size < max_context.min(cfg.max_batch_tokens) {
@@ -53,7 +53,7 @@ impl CpuBackend {
             vocab_size: mcfg.vocab_size,
             supports_prefix_caching: true,
         };
-        let kv = pool.install(|| PagedKvCache::new(mcfg, cfg.block_size, num_blocks));
+        let kv = pool.install(|| PagedKvCache::new(mcfg, cfg.block_size, num_blocks, cfg.kv_dtype));
         Ok(Self { model, kv, info, pool })
     }
 

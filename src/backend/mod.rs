@@ -11,6 +11,8 @@ pub mod cpu;
 
 use thiserror::Error;
 
+pub use crate::model::kv_cache::KvDtype;
+
 /// Index of one KV block in a backend's pool.
 pub type BlockId = u32;
 
@@ -21,6 +23,8 @@ pub struct BackendConfig {
     pub block_size: usize,
     /// Memory for the KV pool; the block count follows from it.
     pub kv_cache_bytes: usize,
+    /// How cached K/V values are stored.
+    pub kv_dtype: KvDtype,
     pub max_batch_tokens: usize,
     pub max_batch_seqs: usize,
     /// Longest sequence served; at most the model's own context length.
@@ -34,6 +38,7 @@ impl Default for BackendConfig {
         Self {
             block_size: 16,
             kv_cache_bytes: 2 << 30,
+            kv_dtype: KvDtype::default(),
             max_batch_tokens: 2048,
             max_batch_seqs: 256,
             max_context: None,

@@ -7,8 +7,8 @@ pub mod serve;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::{BackendKind, ModelArgs, ModelDirArgs, SchedulerArgs};
-use inflight::backend::BackendConfig;
+use crate::cli::{BackendKind, KvCacheDtype, ModelArgs, ModelDirArgs, SchedulerArgs};
+use inflight::backend::{BackendConfig, KvDtype};
 use inflight::engine::scheduler::SchedulerConfig;
 use inflight::hub::{self, FetchOptions, Registry, ResolvedModel};
 use inflight::runtime::{BackendChoice, BackendOptions, LoadedModel};
@@ -69,6 +69,10 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
         config: BackendConfig {
             block_size: args.block_size,
             kv_cache_bytes: (args.kv_cache_gib * (1u64 << 30) as f64) as usize,
+            kv_dtype: match args.kv_cache_dtype {
+                KvCacheDtype::F16 => KvDtype::F16,
+                KvCacheDtype::F32 => KvDtype::F32,
+            },
             max_batch_tokens: sched.max_batch_tokens,
             max_batch_seqs: sched.max_running,
             max_context: args.max_context,

@@ -4,13 +4,37 @@
 //! pays a horizontal sum per score in scalar code. Here the group's query heads and
 //! its output accumulators live in registers for the whole pass (`G` heads ×
 //! `V` = head_dim / 16 vectors), each cached K and V row is loaded once for the group,
-//! and a score costs `V` fused multiply-adds and one in-register reduction. Results
+//! and a score costs `V` fused multiply-adds and one in-register reduction. An f16
+//! cache is widened in registers as it is read. Results
 //! equal the portable path's within float rounding (fused multiply-add, another
 //! summation order); the softmax is the same code.
 
 use std::arch::x86_64::*;
 
+use half::f16;
+
 use super::{softmax_in_place, HeadGeometry};
+
+/// A cached value type the kernel can widen 16 at a time into one f32 register.
+pub trait Load16: Copy {
+    /// # Safety
+    /// AVX-512 F must be available and `p` valid for reading 16 values.
+    unsafe fn load16(p: *const Self) -> __m512;
+}
+
+impl Load16 for f32 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+}
+
+impl Load16 for f16 {
+    #[inline(always)]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+}
 
 /// Whether this kernel handles the geometry on this CPU.
 pub fn supports(geo: &HeadGeometry) -> bool {
@@ -24,9 +48,9 @@ pub fn supports(geo: &HeadGeometry) -> bool {
 const MAX_G: usize = 4;
 
 /// Same contract as `attend_kv_head`; the caller has checked [`supports`].
-pub fn attend_kv_head(
-    k: &[f32],
-    v: &[f32],
+pub fn attend_kv_head<T: Load16>(
+    k: &[T],
+    v: &[T],
     offsets: &[usize],
     geo: &HeadGeometry,
     q_heads: &[f32],
@@ -50,7 +74,7 @@ pub fn attend_kv_head(
                 // SAFETY: `supports` checked the instruction set; the asserts above
                 // keep every offset's row inside `k` and `v`, and the slices hold
                 // `g` heads of `d = 16 * $v` values.
-                unsafe { chunk::<$v, $g>(k, v, offsets, geo.scale, q, out, scores) }
+                unsafe { chunk::<T, $v, $g>(k, v, offsets, geo.scale, q, out, scores) }
             };
         }
         match (d, g) {
@@ -71,9 +95,9 @@ pub fn attend_kv_head(
 /// AVX-512 F/BW must be available; every `offsets[p] + 16 * V` must be within `k` and
 /// `v`; `q` and `out` hold `G * 16 * V` values; `scores` at least `G * offsets.len()`.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn chunk<const V: usize, const G: usize>(
-    k: &[f32],
-    v: &[f32],
+unsafe fn chunk<T: Load16, const V: usize, const G: usize>(
+    k: &[T],
+    v: &[T],
     offsets: &[usize],
     scale: f32,
     q: &[f32],
@@ -93,7 +117,7 @@ unsafe fn chunk<const V: usize, const G: usize>(
     for (p, &off) in offsets.iter().enumerate() {
         let mut kr = [_mm512_setzero_ps(); V];
         for (j, r) in kr.iter_mut().enumerate() {
-            *r = _mm512_loadu_ps(kp.add(off + 16 * j));
+            *r = T::load16(kp.add(off + 16 * j));
         }
         for h in 0..G {
             let mut acc = _mm512_mul_ps(qv[h][0], kr[0]);
@@ -114,7 +138,7 @@ unsafe fn chunk<const V: usize, const G: usize>(
     for (p, &off) in offsets.iter().enumerate() {
         let mut vr = [_mm512_setzero_ps(); V];
         for (j, r) in vr.iter_mut().enumerate() {
-            *r = _mm512_loadu_ps(vp.add(off + 16 * j));
+            *r = T::load16(vp.add(off + 16 * j));
         }
         for (h, acc) in acc.iter_mut().enumerate() {
             let w = _mm512_set1_ps(*scores.get_unchecked(h * n + p));
