@@ -55,6 +55,26 @@ pub struct LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// A one-layer model of the given attention shape, for unit tests of the parts
+    /// that only read these fields.
+    #[cfg(test)]
+    pub(crate) fn tiny(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> LlamaConfig {
+        LlamaConfig {
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_layers: 1,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
+            rope_layout: RopeLayout::Halves,
+            max_position: 64,
+        }
+    }
+
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }

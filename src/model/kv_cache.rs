@@ -178,23 +178,9 @@ impl PagedKvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{RopeLayout, RopeScaling};
 
     fn cache(num_kv_heads: usize, head_dim: usize, block_size: usize, num_blocks: usize) -> PagedKvCache {
-        let cfg = LlamaConfig {
-            hidden_size: 8,
-            intermediate_size: 8,
-            num_layers: 1,
-            num_heads: num_kv_heads,
-            num_kv_heads,
-            head_dim,
-            vocab_size: 4,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            rope_scaling: RopeScaling::None,
-            rope_layout: RopeLayout::Halves,
-            max_position: 64,
-        };
+        let cfg = LlamaConfig::tiny(num_kv_heads, num_kv_heads, head_dim);
         PagedKvCache::new(&cfg, block_size, num_blocks, KvDtype::F32)
     }
 

@@ -247,7 +247,7 @@ fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{LlamaConfig, RopeLayout, RopeScaling};
+    use crate::model::config::LlamaConfig;
     use crate::model::kv_cache::KvDtype;
 
     fn cfg() -> LlamaConfig {
@@ -255,20 +255,7 @@ mod tests {
     }
 
     fn cfg_with(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> LlamaConfig {
-        LlamaConfig {
-            hidden_size: 8,
-            intermediate_size: 8,
-            num_layers: 1,
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            vocab_size: 4,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
-            rope_scaling: RopeScaling::None,
-            rope_layout: RopeLayout::Halves,
-            max_position: 64,
-        }
+        LlamaConfig::tiny(num_heads, num_kv_heads, head_dim)
     }
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
