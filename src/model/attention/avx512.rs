@@ -38,10 +38,7 @@ impl Load16 for f16 {
 
 /// Whether this kernel handles the geometry on this CPU.
 pub fn supports(geo: &HeadGeometry) -> bool {
-    matches!(geo.head_dim, 64 | 128)
-        && geo.group >= 1
-        && is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
+    matches!(geo.head_dim, 64 | 128) && geo.group >= 1 && is_x86_feature_detected!("avx512f")
 }
 
 /// Group sizes the kernel is instantiated for; larger groups go in chunks of this.
@@ -92,9 +89,9 @@ pub fn attend_kv_head<T: Load16>(
 }
 
 /// # Safety
-/// AVX-512 F/BW must be available; every `offsets[p] + 16 * V` must be within `k` and
+/// AVX-512 F must be available; every `offsets[p] + 16 * V` must be within `k` and
 /// `v`; `q` and `out` hold `G * 16 * V` values; `scores` at least `G * offsets.len()`.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f")]
 unsafe fn chunk<T: Load16, const V: usize, const G: usize>(
     k: &[T],
     v: &[T],

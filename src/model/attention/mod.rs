@@ -1,7 +1,7 @@
 //! Causal grouped-query attention over the paged KV cache, for every token of a
 //! step at once. Each token attends to its own sequence's positions `0..=pos`,
 //! read through that sequence's block table, so sequences at different positions
-//! share one call. Work is spread over tokens with rayon.
+//! share one call. Work is spread with rayon over token rows × KV heads.
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -10,7 +10,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::fastexp::exp_nonpositive;
+use super::fastexp::{exp_nonpositive, sum_f64};
 use super::kv_cache::{LayerKv, PagedKvCache};
 
 /// One sequence's tokens inside the flattened step.
@@ -63,22 +63,15 @@ pub fn attend(
     let d = shape.head_dim;
     let group = shape.num_heads / shape.num_kv_heads;
     let geo = HeadGeometry { head_dim: d, group, scale: 1.0 / (d as f32).sqrt() };
+    let kv_heads = shape.num_kv_heads;
     match cache.layer(layer) {
         LayerKv::F32 { k, v } => {
-            #[cfg(target_arch = "x86_64")]
-            let head_fn: HeadFn<f32> =
-                if avx512::supports(&geo) { avx512::attend_kv_head::<f32> } else { attend_kv_head };
-            #[cfg(not(target_arch = "x86_64"))]
-            let head_fn: HeadFn<f32> = attend_kv_head;
-            attend_units(cache, spans, shape, &geo, (k, v), head_fn, q, out)
+            let head_fn = kernel_for::<f32>(&geo, attend_kv_head);
+            attend_units(cache, spans, kv_heads, &geo, (k, v), head_fn, q, out)
         }
         LayerKv::F16 { k, v } => {
-            #[cfg(target_arch = "x86_64")]
-            let head_fn: HeadFn<f16> =
-                if avx512::supports(&geo) { avx512::attend_kv_head::<f16> } else { attend_kv_head_f16 };
-            #[cfg(not(target_arch = "x86_64"))]
-            let head_fn: HeadFn<f16> = attend_kv_head_f16;
-            attend_units(cache, spans, shape, &geo, (k, v), head_fn, q, out)
+            let head_fn = kernel_for::<f16>(&geo, attend_kv_head_f16);
+            attend_units(cache, spans, kv_heads, &geo, (k, v), head_fn, q, out)
         }
     }
 }
@@ -87,30 +80,43 @@ pub fn attend(
 /// `attend_kv_head` for the arguments).
 type HeadFn<T> = fn(&[T], &[T], &[usize], &HeadGeometry, &[f32], &mut [f32], &mut Vec<f32>);
 
+/// The AVX-512 kernel where it covers the geometry on this CPU, else `portable`.
+#[cfg(target_arch = "x86_64")]
+fn kernel_for<T: avx512::Load16>(geo: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
+    if avx512::supports(geo) {
+        avx512::attend_kv_head::<T>
+    } else {
+        portable
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn kernel_for<T>(_: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
+    portable
+}
+
 #[allow(clippy::too_many_arguments)]
 fn attend_units<T: Sync>(
     cache: &PagedKvCache,
     spans: &[SeqSpan],
-    shape: &AttentionShape,
+    num_kv_heads: usize,
     geo: &HeadGeometry,
     (k, v): (&[T], &[T]),
     head_fn: HeadFn<T>,
     q: &[f32],
     out: &mut [f32],
 ) {
-    let d = shape.head_dim;
-    let group = shape.num_heads / shape.num_kv_heads;
     // (span, position) of every row, so rows can be processed independently.
     let rows: Vec<(&SeqSpan, usize)> =
         spans.iter().flat_map(|s| (0..s.len).map(move |i| (s, s.start_pos + i))).collect();
-    // Chunks of `group * d` are one KV head's query heads, so chunk i belongs to row
-    // i / num_kv_heads and KV head i % num_kv_heads.
-    let unit = group * d;
+    // Chunks of `group * head_dim` are one KV head's query heads, so chunk i belongs
+    // to row i / num_kv_heads and KV head i % num_kv_heads.
+    let unit = geo.group * geo.head_dim;
     out.par_chunks_mut(unit).zip(q.par_chunks(unit)).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(scores, slots), (i, (out_heads, q_heads))| {
-            let (span, pos) = rows[i / shape.num_kv_heads];
-            let kvh = i % shape.num_kv_heads;
+            let (span, pos) = rows[i / num_kv_heads];
+            let kvh = i % num_kv_heads;
             slots.clear();
             cache.extend_offsets(span.block_table, pos + 1, kvh, slots);
             head_fn(k, v, slots, geo, q_heads, out_heads, scores);
@@ -197,28 +203,20 @@ fn attend_kv_head_f16(
 }
 
 /// `s = softmax(s)` given `max(s)`, in three passes that each vectorise: the
-/// exponentials, a sum over `LANES` partial sums, the normalisation.
+/// exponentials, their sum (over independent lanes), the normalisation.
 #[inline(always)]
 fn softmax_in_place(s: &mut [f32], max: f32) {
     for x in s.iter_mut() {
         *x = exp_nonpositive(*x - max);
     }
-    let mut lanes = [0f32; LANES];
-    let chunks = s.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for i in 0..LANES {
-            lanes[i] += c[i];
-        }
-    }
-    let inv = 1.0 / (lanes.iter().sum::<f32>() + tail);
+    let inv = (1.0 / sum_f64(s)) as f32;
     s.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Dot product over `LANES` independent partial sums, added pairwise at the end, so
 /// the compiler keeps them in registers without reordering any single float sum.
 #[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
