@@ -15,5 +15,5 @@ pub mod model;
 pub mod runtime;
 pub mod tokenizer;
 
-#[cfg(test)]
-mod testing;
+#[doc(hidden)]
+pub mod testing;

