@@ -14,9 +14,20 @@ fn inflight() -> Command {
 
 /// `generate --prompts-file --json` runs the reference's plain-text prompts together
 /// through the batched path and reproduces llama.cpp's greedy tokens up to its
-/// first near-tie (`support::NEAR_TIE_MARGIN`), in input order.
+/// first near-tie (`support::NEAR_TIE_MARGIN`), in input order, with either KV cache
+/// dtype; an unknown dtype is a usage error.
 #[test]
 fn generate_json_batch_reproduces_reference_greedy_tokens() {
+    for dtype in ["f16", "f32"] {
+        generate_json_batch_matches_reference(dtype);
+    }
+    let out = inflight().args(["generate", "-p", "hi", "--kv-cache-dtype", "f8"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--kv-cache-dtype") && stderr.contains("f16, f32"), "{stderr}");
+}
+
+fn generate_json_batch_matches_reference(kv_dtype: &str) {
     let prompts: Vec<&Value> =
         reference()["prompts"].as_array().expect("prompts").iter().filter(|p| p["kind"] == "text").collect();
     assert!(prompts.len() >= 3);
@@ -26,7 +37,8 @@ fn generate_json_batch_reproduces_reference_greedy_tokens() {
     let lines: Vec<String> = prompts.iter().map(|p| p["prompt_text"].to_string()).collect();
     std::fs::write(&file, lines.join("\n")).expect("write prompts");
     let out = inflight()
-        .args(["generate", "--json", "--max-tokens", "32", "--ignore-eos", "--prompts-file"])
+        .args(["generate", "--json", "--max-tokens", "32", "--ignore-eos", "--kv-cache-dtype", kv_dtype])
+        .arg("--prompts-file")
         .arg(&file)
         .arg("--model")
         .arg(model_path())
@@ -47,7 +59,12 @@ fn generate_json_batch_reproduces_reference_greedy_tokens() {
         assert_eq!(row["finish_reason"], "length");
         let want = ids(&p["llamacpp"]["greedy_ids"]);
         let n = steps_to_match(p);
-        assert_eq!(&got[..n], &want[..n], "prompt {}: greedy tokens before the first near-tie", p["id"]);
+        assert_eq!(
+            &got[..n],
+            &want[..n],
+            "{kv_dtype} KV, prompt {}: greedy tokens before the first near-tie",
+            p["id"]
+        );
         assert!(row["text"].as_str().is_some_and(|t| !t.is_empty()));
     }
 }
