@@ -4,6 +4,8 @@
 //! share one call. Work is spread with rayon over token rows × KV heads.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 
 use half::f16;
@@ -80,11 +82,14 @@ pub fn attend(
 /// `attend_kv_head` for the arguments).
 type HeadFn<T> = fn(&[T], &[T], &[usize], &HeadGeometry, &[f32], &mut [f32], &mut Vec<f32>);
 
-/// The AVX-512 kernel where it covers the geometry on this CPU, else `portable`.
+/// The widest hand-written kernel that covers the geometry on this CPU, else
+/// `portable`.
 #[cfg(target_arch = "x86_64")]
-fn kernel_for<T: avx512::Load16>(geo: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
+fn kernel_for<T: avx512::Load16 + avx2::Load8>(geo: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
     if avx512::supports(geo) {
         avx512::attend_kv_head::<T>
+    } else if avx2::supports(geo) {
+        avx2::attend_kv_head::<T>
     } else {
         portable
     }
@@ -174,8 +179,8 @@ fn attend_kv_head(
 }
 
 /// The portable path for an f16 cache: the rows it reads are widened to f32 once
-/// (F16C where the CPU has it), then the f32 loop runs. Machines with AVX-512 use the
-/// kernel in `avx512.rs`, which widens in registers instead.
+/// (F16C where the CPU has it), then the f32 loop runs. Machines with AVX2 or AVX-512
+/// use the kernels in `avx2.rs` / `avx512.rs`, which widen in registers instead.
 fn attend_kv_head_f16(
     k: &[f16],
     v: &[f16],
@@ -326,6 +331,40 @@ mod tests {
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() < tol, "{dtype:?} heads {heads}/{kv_heads}, d {d}: {a} vs {b}");
             }
+        }
+    }
+
+    /// Each hand-written kernel this CPU can run gives the portable loop's result
+    /// within float rounding, for both cache dtypes and every group split, so a
+    /// machine with AVX-512 still checks its AVX2 kernel.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn hand_written_kernels_match_the_portable_loop() {
+        fn check<T: Copy>(name: &str, kernel: HeadFn<T>, portable: HeadFn<T>, k: &[T], v: &[T]) {
+            for (group, d) in [(1, 64), (3, 64), (4, 64), (5, 128), (2, 128)] {
+                let geo = HeadGeometry { head_dim: d, group, scale: 1.0 / (d as f32).sqrt() };
+                let offsets: Vec<usize> = (0..37).map(|p| (p * 7 % 37) * 128).collect();
+                let q = pseudo(group * d, 9);
+                let (mut want, mut got) = (vec![0.0; group * d], vec![1.0; group * d]);
+                let mut scores = Vec::new();
+                portable(k, v, &offsets, &geo, &q, &mut want, &mut scores);
+                kernel(k, v, &offsets, &geo, &q, &mut got, &mut scores);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "{name}: group {group}, d {d}: {a} vs {b}");
+                }
+            }
+        }
+        let (k, v) = (pseudo(37 * 128, 7), pseudo(37 * 128, 8));
+        let (k16, v16): (Vec<f16>, Vec<f16>) =
+            (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
+        let geo_any = |d| HeadGeometry { head_dim: d, group: 1, scale: 1.0 };
+        if avx2::supports(&geo_any(64)) {
+            check("avx2 f32", avx2::attend_kv_head::<f32>, attend_kv_head, &k, &v);
+            check("avx2 f16", avx2::attend_kv_head::<f16>, attend_kv_head_f16, &k16, &v16);
+        }
+        if avx512::supports(&geo_any(64)) {
+            check("avx512 f32", avx512::attend_kv_head::<f32>, attend_kv_head, &k, &v);
+            check("avx512 f16", avx512::attend_kv_head::<f16>, attend_kv_head_f16, &k16, &v16);
         }
     }
 
