@@ -14,7 +14,7 @@ mkdir -p "$LLAMACPP_DIR"
 sdist=$LLAMACPP_DIR/sdist
 if [[ ! -d $sdist/vendor/llama.cpp ]]; then
     log "downloading the llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist"
-    "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
         -d "$LLAMACPP_DIR" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
     mkdir -p "$sdist"
     tar -xzf "$LLAMACPP_DIR"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION".tar.gz -C "$sdist" --strip-components=1
