@@ -55,21 +55,11 @@ pub fn attend_kv_head<T: Load16>(
     scores: &mut Vec<f32>,
 ) {
     let d = geo.head_dim;
-    let n = offsets.len();
-    let need = offsets.iter().map(|&o| o + d).max().unwrap_or(0);
-    assert!(k.len() >= need && v.len() >= need, "a KV offset is outside the cache");
-    assert_eq!(q_heads.len(), geo.group * d);
-    assert_eq!(out_heads.len(), geo.group * d);
-    scores.clear();
-    scores.resize(MAX_G * n, 0.0);
-    let mut h0 = 0;
-    while h0 < geo.group {
-        let g = (geo.group - h0).min(MAX_G);
-        let (q, out) = (&q_heads[h0 * d..(h0 + g) * d], &mut out_heads[h0 * d..(h0 + g) * d]);
+    super::in_head_chunks(k, v, offsets, geo, (q_heads, out_heads), scores, MAX_G, |g, q, out, scores| {
         macro_rules! run {
             ($v:literal, $g:literal) => {
-                // SAFETY: `supports` checked the instruction set; the asserts above
-                // keep every offset's row inside `k` and `v`, and the slices hold
+                // SAFETY: `supports` checked the instruction set; `in_head_chunks` checked
+                // that every offset's row is inside `k` and `v`, and the slices hold
                 // `g` heads of `d = 16 * $v` values.
                 unsafe { chunk::<T, $v, $g>(k, v, offsets, geo.scale, q, out, scores) }
             };
@@ -84,8 +74,7 @@ pub fn attend_kv_head<T: Load16>(
             (_, 3) => run!(8, 3),
             (_, _) => run!(8, 4),
         }
-        h0 += g;
-    }
+    });
 }
 
 /// # Safety

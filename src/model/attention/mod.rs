@@ -129,6 +129,41 @@ fn attend_units<T: Sync>(
     );
 }
 
+/// Runs a hand-written kernel over the group's query heads in chunks of at most
+/// `max_g`, after the checks its safety relies on: every offset's row lies inside `k`
+/// and `v`, and the queries and outputs hold the whole group. `run` gets the chunk's
+/// head count, queries, outputs and a score buffer of `max_g` heads.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn in_head_chunks<T>(
+    k: &[T],
+    v: &[T],
+    offsets: &[usize],
+    geo: &HeadGeometry,
+    (q_heads, out_heads): (&[f32], &mut [f32]),
+    scores: &mut Vec<f32>,
+    max_g: usize,
+    mut run: impl FnMut(usize, &[f32], &mut [f32], &mut [f32]),
+) {
+    let d = geo.head_dim;
+    let need = offsets.iter().map(|&o| o + d).max().unwrap_or(0);
+    assert!(k.len() >= need && v.len() >= need, "a KV offset is outside the cache");
+    assert_eq!(q_heads.len(), geo.group * d);
+    assert_eq!(out_heads.len(), geo.group * d);
+    // Grown, never cleared: the kernels write every score before reading it, so
+    // zeroing up to `max_g * positions` floats for every unit would be wasted.
+    let slots = max_g * offsets.len();
+    if scores.len() < slots {
+        scores.resize(slots, 0.0);
+    }
+    let mut h0 = 0;
+    while h0 < geo.group {
+        let g = (geo.group - h0).min(max_g);
+        run(g, &q_heads[h0 * d..(h0 + g) * d], &mut out_heads[h0 * d..(h0 + g) * d], scores);
+        h0 += g;
+    }
+}
+
 struct HeadGeometry {
     head_dim: usize,
     /// Query heads per KV head.
