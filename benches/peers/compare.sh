@@ -8,7 +8,8 @@
 #
 # Settings (environment): PEERS, ROUNDS, CONCURRENCY, NUM_REQUESTS, WARMUP,
 # INPUT_TOKENS, OUTPUT_TOKENS, THREADS, PRICE_PER_HOUR or INSTANCE_TYPE, HARDWARE,
-# INFLIGHT_BIN, INFLIGHT_PEERS_DIR, MODEL_GGUF. Run setup-vllm.sh and
+# INFLIGHT_BIN, INFLIGHT_PEERS_DIR, MODEL_GGUF, VLLM_ARGS (e.g. `--dtype float32` on CPUs
+# without AVX-512 BF16, where vLLM's bf16 default is emulated), LLAMACPP_ARGS. Run setup-vllm.sh and
 # setup-llamacpp.sh first for the peers you name. Every server listens on
 # 127.0.0.1 only and is stopped before the next one starts.
 
@@ -61,7 +62,7 @@ start() {
         VLLM_CPU_OMP_THREADS_BIND=0-$((THREADS - 1)) VLLM_CPU_KVCACHE_SPACE=${VLLM_KV_GIB:-2} \
             "$VLLM_VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$VLLM_MODEL_DIR" \
             --served-model-name "$SERVED_NAME" --host 127.0.0.1 --port "$port" --max-model-len 4096 \
-            > "$out/$peer.log" 2>&1 &
+            ${VLLM_ARGS:-} > "$out/$peer.log" 2>&1 &
         server_pid=$!; wait_ready "http://127.0.0.1:$port" "$server_pid" 900 ;;
     llamacpp)
         [[ -x $LLAMA_SERVER ]] || { log "run setup-llamacpp.sh first"; return 1; }
