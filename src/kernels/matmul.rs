@@ -12,6 +12,7 @@ use rayon::prelude::*;
 use super::activations::QActs;
 use super::dispatch::Kernel;
 use super::layout::GROUP;
+use super::prefetch::{prefetch, Level};
 use super::tile::{self, Tile};
 use super::QMatrix;
 
@@ -97,10 +98,24 @@ unsafe fn run_task(
     let full = tile::select(kernel, format, max_rows);
     let group_bytes = w.k / super::layout::QK * w.format.record_bytes();
     let data = w.data.as_slice();
+    let tiles_per_group = (rows.end - rows.start).div_ceil(max_rows);
     for g in groups {
         let col0 = g * GROUP;
+        // With several row tiles per group, only the first reads the group from memory
+        // and the rest run from L1; each tile therefore pulls a share of the next group
+        // in, so the memory traffic overlaps the compute instead of stalling the first
+        // tile of every group. The last group of a task warms the next task's first
+        // group, which some thread reads soon anyway.
+        let next = data.get((g + 1) * group_bytes..(g + 2) * group_bytes).unwrap_or(&[]);
+        let share = if tiles_per_group > 1 { next.len().div_ceil(tiles_per_group) } else { 0 };
+        let mut tile_index = 0;
         let mut row0 = rows.start;
         while row0 < rows.end {
+            if share > 0 {
+                let from = (tile_index * share).min(next.len());
+                prefetch(&next[from..(from + share).min(next.len())], Level::L1);
+            }
+            tile_index += 1;
             let mr = (rows.end - row0).min(max_rows);
             let f = if mr == max_rows { full } else { tile::select(kernel, format, mr) };
             let t = Tile {

@@ -18,6 +18,7 @@ mod dispatch;
 mod layout;
 mod matmul;
 mod portable;
+pub mod prefetch;
 #[cfg(test)]
 mod tests;
 mod tile;
