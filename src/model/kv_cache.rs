@@ -79,6 +79,22 @@ impl LayerKv {
         }
     }
 
+    /// Asks for the K and V rows of `n` values at `at` to be brought into L1, ahead of
+    /// a [`LayerKv::store`] there.
+    pub fn prefetch_row(&self, at: usize, n: usize) {
+        use crate::kernels::prefetch::{prefetch, Level};
+        match self {
+            LayerKv::F32 { k, v } => {
+                prefetch(k.get(at..at + n).unwrap_or(&[]), Level::L1);
+                prefetch(v.get(at..at + n).unwrap_or(&[]), Level::L1);
+            }
+            LayerKv::F16 { k, v } => {
+                prefetch(k.get(at..at + n).unwrap_or(&[]), Level::L1);
+                prefetch(v.get(at..at + n).unwrap_or(&[]), Level::L1);
+            }
+        }
+    }
+
     /// Values in each of K and V.
     pub fn len(&self) -> usize {
         match self {

@@ -115,7 +115,9 @@ unsafe fn chunk<T: Load8, const V: usize, const G: usize>(
     let (kp, vp, qp) = (k.as_ptr(), v.as_ptr(), q.as_ptr());
     // Scores, scaled, and each head's maximum.
     let mut max = [f32::NEG_INFINITY; G];
-    for (p, &off) in offsets.iter().enumerate() {
+    for p in 0..n {
+        let off = *offsets.get_unchecked(p);
+        super::prefetch_for_position(k, v, offsets, p, 8 * V);
         let mut acc = [_mm256_setzero_ps(); 4];
         for j0 in (0..V).step_by(4) {
             let row = kp.add(off + 8 * j0);

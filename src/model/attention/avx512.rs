@@ -101,6 +101,7 @@ unsafe fn chunk<T: Load16, const V: usize, const G: usize>(
     // Scores, scaled, and each head's maximum.
     let mut max = [f32::NEG_INFINITY; G];
     for (p, &off) in offsets.iter().enumerate() {
+        super::prefetch_for_position(k, v, offsets, p, 16 * V);
         let mut kr = [_mm512_setzero_ps(); V];
         for (j, r) in kr.iter_mut().enumerate() {
             *r = T::load16(kp.add(off + 16 * j));
