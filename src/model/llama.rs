@@ -7,11 +7,9 @@
 //! where batching pays); attention runs per token over its own sequence's blocks;
 //! the output projection runs only for the rows that asked for logits.
 
-use rayon::prelude::*;
-
 use super::attention::{self, AttentionShape, SeqSpan};
 use super::config::{LlamaConfig, RopeScaling};
-use super::fastexp::exp_nonpositive;
+use super::elementwise::{add_in_place, rms_norm, swiglu_rows};
 use super::kv_cache::PagedKvCache;
 use super::linear::Linear;
 use super::rope::Rope;
@@ -25,23 +23,6 @@ pub struct SeqInput<'a> {
     pub start_pos: usize,
     pub block_table: &'a [u32],
     pub want_logits: bool,
-}
-
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let n = weight.len();
-    for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
-            *o = v * inv * w;
-        }
-    }
-}
-
-fn add_in_place(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
 }
 
 struct Attention {
@@ -143,32 +124,19 @@ impl Mlp {
     }
 
     fn forward(&self, x: &[f32], t: usize) -> Result<Vec<f32>, ModelError> {
-        let swiglu = |g: &mut [f32], u: &[f32]| {
-            for (g, &u) in g.iter_mut().zip(u) {
-                *g = silu(*g) * u;
-            }
-        };
         let h = match &self.gate_up {
             GateUp::Separate { gate, up } => {
-                let mut g = gate.forward(x, t)?;
-                let u = up.forward(x, t)?;
-                g.par_chunks_mut(4096).zip(u.par_chunks(4096)).for_each(|(g, u)| swiglu(g, u));
-                g
+                let (g, u) = (gate.forward(x, t)?, up.forward(x, t)?);
+                let f = gate.out_features();
+                let rows: Vec<f32> = g
+                    .chunks_exact(f)
+                    .zip(u.chunks_exact(f))
+                    .flat_map(|(g, u)| g.iter().chain(u))
+                    .copied()
+                    .collect();
+                swiglu_rows(&rows, f)
             }
-            GateUp::Fused { both, width } => {
-                let f = *width;
-                let mut gu = both.forward(x, t)?;
-                gu.par_chunks_mut(2 * f).for_each(|row| {
-                    let (g, u) = row.split_at_mut(f);
-                    swiglu(g, u);
-                });
-                // Keep the gated halves, row after row.
-                let mut h = Vec::with_capacity(t * f);
-                for row in gu.chunks_exact(2 * f) {
-                    h.extend_from_slice(&row[..f]);
-                }
-                h
-            }
+            GateUp::Fused { both, width } => swiglu_rows(&both.forward(x, t)?, *width),
         };
         self.down.forward(&h, t)
     }
@@ -301,29 +269,5 @@ impl Llama {
         let mut normed = vec![0.0; picked.len()];
         rms_norm(&picked, &self.norm, self.cfg.rms_norm_eps, &mut normed);
         self.lm_head.forward(&normed, last_rows.len())
-    }
-}
-
-/// `x · sigmoid(x)`, through `e^-|x|` (never above 1) so the vectorisable
-/// `exp_nonpositive` serves both signs: sigmoid(x) = 1 / (1 + e^-x) for x ≥ 0 and
-/// e^x / (1 + e^x) below.
-#[inline(always)]
-fn silu(x: f32) -> f32 {
-    let e = exp_nonpositive(-x.abs());
-    let sigmoid = if x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
-    x * sigmoid
-}
-
-#[cfg(test)]
-mod tests {
-    use super::silu;
-
-    #[test]
-    fn silu_matches_the_definition_for_both_signs_and_extremes() {
-        for x in [-100.0f32, -20.0, -3.5, -1.0, -1e-3, 0.0, 1e-3, 0.5, 2.0, 9.0, 100.0] {
-            let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
-            let got = f64::from(silu(x));
-            assert!((got - want).abs() <= 1e-6 * want.abs().max(1e-3), "silu({x}) = {got}, want {want}");
-        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod config;
+mod elementwise;
 pub mod fastexp;
 pub mod kv_cache;
 pub mod linear;
