@@ -16,6 +16,10 @@ use inflight::backend::{Backend, SeqStep, StepBatch};
 use inflight::backend::{BackendConfig, KvDtype};
 use inflight::model::{Llama, LlamaConfig, WeightSource};
 
+// The allocator the `inflight` binary uses (see src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn model_path() -> PathBuf {
     std::env::var("INFLIGHT_BENCH_MODEL").map(PathBuf::from).unwrap_or_else(|_| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))

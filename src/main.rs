@@ -6,6 +6,12 @@ mod commands;
 use anyhow::Result;
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: a step runs on rayon's worker threads, whose glibc
+/// arenas hand freed step buffers (activations, the 3 MB logits of a batch-16 step) back
+/// to the kernel and fault them in again on the next step.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
