@@ -122,7 +122,14 @@ fn attend_units<T: Sync>(
     // Chunks of `group * head_dim` are one KV head's query heads, so chunk i belongs
     // to row i / num_kv_heads and KV head i % num_kv_heads.
     let unit = geo.group * geo.head_dim;
-    out.par_chunks_mut(unit).zip(q.par_chunks(unit)).enumerate().for_each_init(
+    // Keep a job's work above the cost of handing it to another thread: one decoding
+    // sequence's three or four units at a short context take a few microseconds, less
+    // than waking a sleeping worker.
+    let positions: usize = rows.iter().map(|&(_, pos)| pos + 1).sum();
+    let per_unit = positions.div_ceil(rows.len().max(1)).max(1);
+    let min_units = MIN_POSITIONS_PER_JOB.div_ceil(per_unit).max(1);
+    let units = out.par_chunks_mut(unit).zip(q.par_chunks(unit)).enumerate().with_min_len(min_units);
+    units.for_each_init(
         || (Vec::new(), Vec::new()),
         |(scores, slots), (i, (out_heads, q_heads))| {
             let (span, pos) = rows[i / num_kv_heads];
@@ -168,6 +175,10 @@ fn in_head_chunks<T>(
         h0 += g;
     }
 }
+
+/// Cached positions (summed over a job's units) below which attention work is not
+/// split further between threads.
+const MIN_POSITIONS_PER_JOB: usize = 1024;
 
 /// How many positions ahead the hand-written kernels' score loops prefetch K rows.
 #[cfg(target_arch = "x86_64")]
