@@ -99,6 +99,7 @@ unsafe fn run_task(
     let group_bytes = w.k / super::layout::QK * w.format.record_bytes();
     let data = w.data.as_slice();
     let tiles_per_group = (rows.end - rows.start).div_ceil(max_rows);
+    let groups_start = groups.start;
     for g in groups {
         let col0 = g * GROUP;
         // With several row tiles per group, only the first reads the group from memory
@@ -122,7 +123,9 @@ unsafe fn run_task(
                 w: &data[g * group_bytes..(g + 1) * group_bytes],
                 acts,
                 row0,
-                prefetch: row0 == rows.start,
+                // The kernel's own read-ahead is for a group nothing has prefetched: the
+                // task's first, or any group when there is one tile per group.
+                prefetch: row0 == rows.start && (tiles_per_group == 1 || g == groups_start),
                 out: out.0.add(row0 * w.n + col0),
                 ldo: w.n,
                 ncols: (w.n - col0).min(GROUP),

@@ -43,15 +43,24 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// SwiGLU over rows of `[gate (width) | up (width)]`: returns the rows of
-/// `silu(gate) * up`, `width` values each.
+/// SwiGLU over rows of `[gate (width) | up (width)]`, as one stacked projection
+/// yields them: returns the rows of `silu(gate) * up`, `width` values each.
 pub fn swiglu_rows(gate_up: &[f32], width: usize) -> Vec<f32> {
     let rows = gate_up.len() / (2 * width);
+    gate_rows(gate_up, gate_up.get(width..).unwrap_or(&[]), 2 * width, width, rows)
+}
+
+/// SwiGLU over separate gate and up projections of `width` values per row.
+pub fn swiglu_separate(gate: &[f32], up: &[f32], width: usize) -> Vec<f32> {
+    gate_rows(gate, up, width, width, gate.len() / width)
+}
+
+/// Row `r` of the result is `silu(gate[r * stride..][..width]) * up[r * stride..][..width]`.
+fn gate_rows(gate: &[f32], up: &[f32], stride: usize, width: usize, rows: usize) -> Vec<f32> {
     let mut out = vec![0.0; rows * width];
-    let pairs = out.par_chunks_mut(width).zip(gate_up.par_chunks(2 * width));
-    pairs.with_min_len(PARALLEL_ROWS).for_each(|(o, gu)| {
-        let (g, u) = gu.split_at(width);
-        swiglu(g, u, o);
+    out.par_chunks_mut(width).enumerate().with_min_len(PARALLEL_ROWS).for_each(|(r, o)| {
+        let at = r * stride;
+        swiglu(&gate[at..at + width], &up[at..at + width], o);
     });
     out
 }
@@ -116,5 +125,15 @@ mod tests {
                 assert_eq!(out[r * width + c], silu(g) * u, "row {r} col {c}");
             }
         }
+    }
+
+    #[test]
+    fn separate_projections_gate_like_stacked_ones() {
+        let (width, rows) = (7, 3);
+        let gate: Vec<f32> = (0..rows * width).map(|i| (i as f32 - 10.0) / 3.0).collect();
+        let up: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 7.0 % 5.0) - 2.0).collect();
+        let stacked: Vec<f32> =
+            gate.chunks(width).zip(up.chunks(width)).flat_map(|(g, u)| g.iter().chain(u)).copied().collect();
+        assert_eq!(swiglu_separate(&gate, &up, width), swiglu_rows(&stacked, width));
     }
 }

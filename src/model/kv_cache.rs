@@ -82,16 +82,14 @@ impl LayerKv {
     /// Asks for the K and V rows of `n` values at `at` to be brought into L1, ahead of
     /// a [`LayerKv::store`] there.
     pub fn prefetch_row(&self, at: usize, n: usize) {
-        use crate::kernels::prefetch::{prefetch, Level};
+        fn both<T>(k: &[T], v: &[T], rows: std::ops::Range<usize>) {
+            use crate::kernels::prefetch::{prefetch, Level};
+            prefetch(k.get(rows.clone()).unwrap_or(&[]), Level::L1);
+            prefetch(v.get(rows).unwrap_or(&[]), Level::L1);
+        }
         match self {
-            LayerKv::F32 { k, v } => {
-                prefetch(k.get(at..at + n).unwrap_or(&[]), Level::L1);
-                prefetch(v.get(at..at + n).unwrap_or(&[]), Level::L1);
-            }
-            LayerKv::F16 { k, v } => {
-                prefetch(k.get(at..at + n).unwrap_or(&[]), Level::L1);
-                prefetch(v.get(at..at + n).unwrap_or(&[]), Level::L1);
-            }
+            LayerKv::F32 { k, v } => both(k, v, at..at + n),
+            LayerKv::F16 { k, v } => both(k, v, at..at + n),
         }
     }
 

@@ -9,7 +9,7 @@
 
 use super::attention::{self, AttentionShape, SeqSpan};
 use super::config::{LlamaConfig, RopeScaling};
-use super::elementwise::{add_in_place, rms_norm, swiglu_rows};
+use super::elementwise::{add_in_place, rms_norm, swiglu_rows, swiglu_separate};
 use super::kv_cache::PagedKvCache;
 use super::linear::Linear;
 use super::rope::Rope;
@@ -126,15 +126,7 @@ impl Mlp {
     fn forward(&self, x: &[f32], t: usize) -> Result<Vec<f32>, ModelError> {
         let h = match &self.gate_up {
             GateUp::Separate { gate, up } => {
-                let (g, u) = (gate.forward(x, t)?, up.forward(x, t)?);
-                let f = gate.out_features();
-                let rows: Vec<f32> = g
-                    .chunks_exact(f)
-                    .zip(u.chunks_exact(f))
-                    .flat_map(|(g, u)| g.iter().chain(u))
-                    .copied()
-                    .collect();
-                swiglu_rows(&rows, f)
+                swiglu_separate(&gate.forward(x, t)?, &up.forward(x, t)?, gate.out_features())
             }
             GateUp::Fused { both, width } => swiglu_rows(&both.forward(x, t)?, *width),
         };
