@@ -22,9 +22,6 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     assert!(a.d.len() >= (t.row0 + MR) * nb);
     let w = t.w.as_ptr();
     let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
-    let ones = _mm256_set1_epi16(1);
-    let low = _mm256_set1_epi8(0x0f);
-    let flip = _mm256_set1_epi8(-128);
     for h in 0..2 {
         if 8 * h >= t.ncols {
             break;
@@ -44,46 +41,22 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             } else {
                 _mm256_setzero_ps()
             };
-            let mut v = [_mm256_setzero_si256(); 8];
-            let mut mag = [_mm256_setzero_si256(); 8];
+            let mut dots = [_mm256_setzero_si256(); MR];
             if F == FMT_Q8_0 {
-                for j in 0..8 {
-                    let raw = _mm256_loadu_si256(blk.add(64 * j + 32 * h).cast());
-                    v[j] = _mm256_xor_si256(raw, flip);
-                    mag[j] = _mm256_abs_epi8(v[j]);
-                }
+                q8_0_dots(blk, h, qs, t.row0 * k + b * QK, k, &mut dots);
             } else {
-                for i in 0..4 {
-                    let raw = _mm256_loadu_si256(blk.add(64 * i + 32 * h).cast());
-                    v[i] = _mm256_and_si256(raw, low);
-                    v[i + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                q4_dots::<F, MR>(blk, h, qs, t.row0 * k + b * QK, k, &mut dots);
+                if F == FMT_Q4_0 {
+                    for (r, dot) in dots.iter_mut().enumerate() {
+                        let zero_point = _mm256_set1_epi32(8 * *sums.add((t.row0 + r) * nb + b));
+                        *dot = _mm256_sub_epi32(*dot, zero_point);
+                    }
                 }
             }
-            for (r, acc) in acc.iter_mut().enumerate() {
+            for (r, (acc, dot)) in acc.iter_mut().zip(&dots).enumerate() {
                 let row = t.row0 + r;
-                let xw = qs.add(row * k + b * QK).cast::<i32>();
-                let x = |j: usize| _mm256_set1_epi32(xw.add(j).read_unaligned());
-                let dot = if F == FMT_Q8_0 {
-                    let mut s = _mm256_setzero_si256();
-                    for j in 0..8 {
-                        let p = _mm256_maddubs_epi16(mag[j], _mm256_sign_epi8(x(j), v[j]));
-                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
-                    }
-                    s
-                } else {
-                    let mut s16 = _mm256_maddubs_epi16(v[0], x(0));
-                    for (j, &vj) in v.iter().enumerate().skip(1) {
-                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(vj, x(j)));
-                    }
-                    let s = _mm256_madd_epi16(s16, ones);
-                    if F == FMT_Q4_0 {
-                        _mm256_sub_epi32(s, _mm256_set1_epi32(8 * *sums.add(row * nb + b)))
-                    } else {
-                        s
-                    }
-                };
                 let dx = _mm256_set1_ps(*ds.add(row * nb + b));
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, dx), *acc);
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*dot), _mm256_mul_ps(dw, dx), *acc);
                 if F == FMT_Q4_1 {
                     *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*ss.add(row * nb + b)), *acc);
                 }
@@ -98,6 +71,64 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 _mm256_storeu_ps(tmp.as_mut_ptr(), *acc);
                 store_partial(out, &tmp, t.ncols - 8 * h);
             }
+        }
+    }
+}
+
+/// Integer dot products of half `h` (8 of the group's rows) of one block with the
+/// block's activations in `MR` rows (`x` at `qs + at + r * k`), for Q4_0 and Q4_1.
+/// All eight 4-byte chunks of weights stay in registers while the rows go by.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q4_dots<const F: u8, const MR: usize>(
+    blk: *const u8,
+    h: usize,
+    qs: *const i8,
+    at: usize,
+    k: usize,
+    dots: &mut [__m256i; MR],
+) {
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut v = [_mm256_setzero_si256(); 8];
+    for i in 0..4 {
+        let raw = _mm256_loadu_si256(blk.add(64 * i + 32 * h).cast());
+        v[i] = _mm256_and_si256(raw, low);
+        v[i + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+    }
+    for (r, dot) in dots.iter_mut().enumerate() {
+        let xw = qs.add(at + r * k).cast::<i32>();
+        let x = |j: usize| _mm256_set1_epi32(xw.add(j).read_unaligned());
+        let mut s16 = _mm256_maddubs_epi16(v[0], x(0));
+        for (j, &vj) in v.iter().enumerate().skip(1) {
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(vj, x(j)));
+        }
+        *dot = _mm256_madd_epi16(s16, ones);
+    }
+}
+
+/// As [`q4_dots`] for Q8_0. Every product pair must be widened (two of them can exceed
+/// 16 bits), so the loop runs chunk by chunk with one 32-bit sum per row: holding all
+/// eight chunks' magnitudes and signs would need 16 registers and spill.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q8_0_dots<const MR: usize>(
+    blk: *const u8,
+    h: usize,
+    qs: *const i8,
+    at: usize,
+    k: usize,
+    dots: &mut [__m256i; MR],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let flip = _mm256_set1_epi8(-128);
+    for j in 0..8 {
+        let v = _mm256_xor_si256(_mm256_loadu_si256(blk.add(64 * j + 32 * h).cast()), flip);
+        let mag = _mm256_abs_epi8(v);
+        for (r, dot) in dots.iter_mut().enumerate() {
+            let x = _mm256_set1_epi32(qs.add(at + r * k).cast::<i32>().add(j).read_unaligned());
+            let p = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, v));
+            *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, ones));
         }
     }
 }
