@@ -18,10 +18,13 @@ use rayon::prelude::*;
 const ROWS: [usize; 5] = [1, 4, 16, 64, 512];
 
 /// (label, dtype, n, k)
-const SHAPES: [(&str, GgmlDType, usize, usize); 3] = [
+/// The last is the FFN down projection as a Q4_K_M file carries it (the default model
+/// has no K-quants; Q4_K models run the same kernels with f32 block scales).
+const SHAPES: [(&str, GgmlDType, usize, usize); 4] = [
     ("q4_1_1536x576", GgmlDType::Q4_1, 1536, 576),
     ("q4_1_576x1536", GgmlDType::Q4_1, 576, 1536),
     ("q8_0_49152x576", GgmlDType::Q8_0, 49152, 576),
+    ("q4_k_576x1536", GgmlDType::Q4K, 576, 1536),
 ];
 
 /// A small deterministic generator; quality is irrelevant here.
@@ -52,14 +55,20 @@ fn qtensor(rng: &mut XorShift, dtype: GgmlDType, n: usize, k: usize) -> QTensor 
 /// Random GGUF blocks with plausible scales, much faster to make than quantizing.
 fn synthetic(rng: &mut XorShift, format: WeightFormat, n: usize, k: usize) -> QMatrix {
     let block = format.gguf_block_bytes();
-    let mut bytes = vec![0u8; n * k / 32 * block];
+    let mut bytes = vec![0u8; n * format.gguf_row_bytes(k)];
     for b in bytes.chunks_mut(block) {
         b[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
-        let start = if format == WeightFormat::Q4_1 {
-            b[2..4].copy_from_slice(&half::f16::from_f32(-0.08).to_le_bytes());
-            4
-        } else {
-            2
+        let start = match format {
+            WeightFormat::Q4_1 => {
+                b[2..4].copy_from_slice(&half::f16::from_f32(-0.08).to_le_bytes());
+                4
+            }
+            // `dmin` (subtracted); the 6-bit scales and the quants stay random.
+            WeightFormat::Q4K => {
+                b[2..4].copy_from_slice(&half::f16::from_f32(0.002).to_le_bytes());
+                4
+            }
+            _ => 2,
         };
         for v in &mut b[start..] {
             *v = rng.next() as u8;
@@ -150,6 +159,7 @@ fn shape_table() {
     for (label, dtype, n, k) in SHAPES {
         let format = match dtype {
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
+            GgmlDType::Q4K => WeightFormat::Q4K,
             _ => WeightFormat::Q4_1,
         };
         let w = synthetic(&mut rng, format, n, k);

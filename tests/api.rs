@@ -286,3 +286,33 @@ fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     let status = server.stop();
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+/// A user's GGUF with K-quant matrices (here Q4_K, see `support::q4k_model`) serves
+/// like the default model: a chat completion and the same prompt streamed as a
+/// completion, greedy, with usage.
+#[test]
+fn a_gguf_with_q4k_matrices_serves_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, changed) = crate::support::q4k_model(dir.path());
+    assert!(changed > 0);
+    let server = Server::start_with_model(&path, &[]);
+    let (status, body) = post(
+        &server.url("/v1/chat/completions"),
+        &json!({"model": "test-model", "messages": [{"role": "user", "content": "Name a colour."}],
+                "max_tokens": 12, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let reply = body["choices"][0]["message"]["content"].as_str().expect("content");
+    assert!(!reply.trim().is_empty(), "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"].as_u64().map(|n| n > 0), Some(true), "{body}");
+    let prompt = "The three primary colours are";
+    let (status, plain) = post(
+        &server.url("/v1/completions"),
+        &json!({"model": "test-model", "prompt": prompt, "max_tokens": 12, "temperature": 0,
+                "ignore_eos": true}),
+    );
+    assert_eq!(status, 200, "{plain}");
+    let (streamed, tokens, _) = stream_completion(&server.base, prompt, 12);
+    assert_eq!(tokens, 12);
+    assert_eq!(plain["choices"][0]["text"].as_str(), Some(streamed.as_str()));
+}

@@ -7,25 +7,35 @@ use inflight::backend::{Backend, SeqStep, StepBatch};
 use inflight::backend::{BackendConfig, KvDtype};
 use inflight::model::{Llama, LlamaConfig, WeightSource};
 
-use crate::support::{ids, model_path, reference, steps_to_match, LOGIT_MAX_TOLERANCE, LOGIT_MEAN_TOLERANCE};
+use crate::support::{
+    ids, model_path, q4k_model, reference, steps_to_match, LOGIT_MAX_TOLERANCE, LOGIT_MEAN_TOLERANCE,
+    NEAR_TIE_MARGIN,
+};
 
 fn backend() -> CpuBackend {
     backend_with(false)
 }
 
 fn backend_with(dequantized: bool) -> CpuBackend {
-    let path = model_path();
-    let mut w = WeightSource::open_gguf(&path).expect("open gguf");
-    if dequantized {
-        w = w.with_dequantized_weights();
-    }
-    let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
-    let model = Llama::load(&w, cfg).expect("load");
+    backend_on(&model_path(), dequantized)
+}
+
+fn backend_on(path: &std::path::Path, dequantized: bool) -> CpuBackend {
+    let model = model_on(path, dequantized);
     // Float weights are the exactness check against transformers' f32: the KV cache
     // is f32 there whatever the default. The quantized path runs the serving default.
     let kv_dtype = if dequantized { KvDtype::F32 } else { KvDtype::default() };
     let cfg = BackendConfig { kv_cache_bytes: 256 << 20, kv_dtype, ..Default::default() };
     CpuBackend::new(model, &cfg).expect("backend")
+}
+
+fn model_on(path: &std::path::Path, dequantized: bool) -> Llama {
+    let mut w = WeightSource::open_gguf(path).expect("open gguf");
+    if dequantized {
+        w = w.with_dequantized_weights();
+    }
+    let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), path).expect("config");
+    Llama::load(&w, cfg).expect("load")
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -38,9 +48,30 @@ fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
+/// What `greedy_batch` saw, per prompt.
+struct Greedy {
+    tokens: Vec<Vec<u32>>,
+    first_logits: Vec<Vec<f32>>,
+    /// Per step, how far the chosen token's logit is above the runner-up's.
+    margins: Vec<Vec<f32>>,
+}
+
+fn top1_top2_margin(row: &[f32]) -> f32 {
+    let (mut best, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &v in row {
+        if v > best {
+            second = best;
+            best = v;
+        } else if v > second {
+            second = v;
+        }
+    }
+    best - second
+}
+
 /// Greedy decoding of several prompts in lockstep through the batched step path:
 /// one step prefills all prompts, then every step decodes one token of each.
-fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> (Vec<Vec<u32>>, Vec<Vec<f32>>) {
+fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> Greedy {
     let bs = be.info().block_size;
     let mut next_block = 0u32;
     let tables: Vec<Vec<u32>> = prompts
@@ -54,6 +85,7 @@ fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> (Vec
         .collect();
     let mut outs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     let mut first_logits = Vec::new();
+    let mut margins: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
     for step in 0..steps {
         let batch = StepBatch {
             seqs: prompts
@@ -80,10 +112,11 @@ fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> (Vec
             if step == 0 {
                 first_logits.push(row.to_vec());
             }
+            margins[i].push(top1_top2_margin(row));
             o.push(argmax(row));
         }
     }
-    (outs, first_logits)
+    Greedy { tokens: outs, first_logits, margins }
 }
 
 /// Greedy tokens and first-position logits against llama.cpp, within llama.cpp's
@@ -93,7 +126,7 @@ fn greedy_tokens_and_logits_match_llama_cpp() {
     let mut be = backend();
     let prompts = reference()["prompts"].as_array().expect("prompts");
     let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
-    let (outs, first) = greedy_batch(&mut be, &prompt_ids, 32);
+    let Greedy { tokens: outs, first_logits: first, .. } = greedy_batch(&mut be, &prompt_ids, 32);
     let mut diffs = Vec::new();
     for ((p, got), logits) in prompts.iter().zip(&outs).zip(&first) {
         let want = ids(&p["llamacpp"]["greedy_ids"]);
@@ -132,7 +165,7 @@ fn float_weights_reproduce_transformers_f32_logits() {
     let mut be = backend_with(true);
     let prompts = reference()["prompts"].as_array().expect("prompts");
     let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
-    let (_, first) = greedy_batch(&mut be, &prompt_ids, 1);
+    let first = greedy_batch(&mut be, &prompt_ids, 1).first_logits;
     for (p, logits) in prompts.iter().zip(&first) {
         for top in p["transformers_f32"]["top5_first"].as_array().expect("top5") {
             let id = top["id"].as_u64().expect("id") as usize;
@@ -156,9 +189,9 @@ fn batching_does_not_change_greedy_tokens() {
     // Eight prompts of mixed lengths: the six references plus two truncations.
     prompt_ids.push(prompt_ids[0][..3].to_vec());
     prompt_ids.push(prompt_ids[prompt_ids.len() - 2].iter().take(40).cloned().collect());
-    let (batched, _) = greedy_batch(&mut be, &prompt_ids, 12);
+    let batched = greedy_batch(&mut be, &prompt_ids, 12).tokens;
     for (p, b) in prompt_ids.iter().zip(&batched) {
-        let (alone, _) = greedy_batch(&mut be, std::slice::from_ref(p), 12);
+        let alone = greedy_batch(&mut be, std::slice::from_ref(p), 12).tokens;
         assert_eq!(&alone[0], b, "prompt of {} tokens: alone vs batch of 8", p.len());
     }
 }
@@ -227,11 +260,57 @@ fn safetensors_checkpoint_gives_the_same_logits_as_its_gguf() {
         .take(3)
         .map(|p| ids(&p["prompt_ids"]))
         .collect();
-    let (a_tokens, a) = greedy_batch(&mut st_backend, &prompts, 4);
-    let (b_tokens, b) = greedy_batch(&mut gguf_backend, &prompts, 4);
+    let Greedy { tokens: a_tokens, first_logits: a, .. } = greedy_batch(&mut st_backend, &prompts, 4);
+    let Greedy { tokens: b_tokens, first_logits: b, .. } = greedy_batch(&mut gguf_backend, &prompts, 4);
     assert_eq!(a_tokens, b_tokens);
     for (x, y) in a.iter().zip(&b) {
         let max = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
         assert!(max < 1e-3, "safetensors vs GGUF logits differ by {max}");
+    }
+}
+
+/// A GGUF with Q4_K matrices (see `support::q4k_model`) runs them on inflight's
+/// kernels, and computes what the same file's weights dequantized to f32 compute:
+/// first-position logits within the quantized path's usual distance, and the same
+/// greedy tokens up to the float path's first near-tie.
+#[test]
+fn q4k_weights_run_on_the_kernels_and_match_their_float_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, changed) = q4k_model(dir.path());
+    let model = model_on(&path, false);
+    let layers = model.config().num_layers;
+    assert_eq!(changed, layers, "one FFN down projection per layer requantized");
+    let kinds = model.matmul_implementations();
+    assert_eq!(kinds.get("inflight Q4K"), Some(&layers), "{kinds:?}");
+    assert!(kinds.keys().all(|k| k.starts_with("inflight")), "nothing left to candle: {kinds:?}");
+    let mut quantized = CpuBackend::new(
+        model,
+        &BackendConfig { kv_cache_bytes: 256 << 20, kv_dtype: KvDtype::default(), ..Default::default() },
+    )
+    .expect("backend");
+    let mut float = backend_on(&path, true);
+    let prompts: Vec<Vec<u32>> =
+        reference()["prompts"].as_array().expect("prompts").iter().map(|p| ids(&p["prompt_ids"])).collect();
+    let got = greedy_batch(&mut quantized, &prompts, 16);
+    let want = greedy_batch(&mut float, &prompts, 16);
+    for (i, prompt) in prompts.iter().enumerate() {
+        let (g, w) = (&got.first_logits[i], &want.first_logits[i]);
+        let mut top: Vec<usize> = (0..w.len()).collect();
+        top.sort_by(|&a, &b| w[b].total_cmp(&w[a]));
+        for &id in &top[..5] {
+            let diff = (g[id] - w[id]).abs();
+            assert!(
+                diff < LOGIT_MAX_TOLERANCE,
+                "prompt of {} tokens: logit of {id} off by {diff}",
+                prompt.len()
+            );
+        }
+        let n = want.margins[i].iter().position(|&m| f64::from(m) < NEAR_TIE_MARGIN).unwrap_or(16);
+        assert_eq!(
+            got.tokens[i][..n],
+            want.tokens[i][..n],
+            "prompt of {} tokens: greedy tokens before the first near-tie",
+            prompt.len()
+        );
     }
 }

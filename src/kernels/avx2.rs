@@ -8,14 +8,15 @@
 
 use std::arch::x86_64::*;
 
-use super::layout::{record_shape, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, Q4_1_MINS_OFFSET, QK};
+use super::layout::{record_shape, FMT_Q4_0, FMT_Q8_0, QK};
 use super::tile::{store_partial, Tile, PREFETCH_AHEAD};
 
 /// # Safety
 /// See [`super::tile::TileFn`]; AVX2, FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
-    let (so, rec) = record_shape(F);
+    let shape = record_shape(F);
+    let rec = shape.bytes;
     let a = t.acts;
     let (k, nb) = (a.k, a.nb);
     assert!(t.w.len() >= nb * rec && a.qs.len() >= (t.row0 + MR) * k);
@@ -35,12 +36,16 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
                 }
             }
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(so + 16 * h).cast()));
-            let mw = if F == FMT_Q4_1 {
-                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(Q4_1_MINS_OFFSET + 16 * h).cast()))
-            } else {
-                _mm256_setzero_ps()
+            // The eight scales (or minimums) of half `h` at `at`.
+            let load8 = |at: usize| {
+                if shape.f32_scales {
+                    _mm256_loadu_ps(blk.add(at + 32 * h).cast())
+                } else {
+                    _mm256_cvtph_ps(_mm_loadu_si128(blk.add(at + 16 * h).cast()))
+                }
             };
+            let dw = load8(shape.scales);
+            let mw = if shape.has_mins { load8(shape.mins) } else { _mm256_setzero_ps() };
             let mut dots = [_mm256_setzero_si256(); MR];
             if F == FMT_Q8_0 {
                 q8_0_dots(blk, h, qs, t.row0 * k + b * QK, k, &mut dots);
@@ -57,7 +62,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 let row = t.row0 + r;
                 let dx = _mm256_set1_ps(*ds.add(row * nb + b));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*dot), _mm256_mul_ps(dw, dx), *acc);
-                if F == FMT_Q4_1 {
+                if shape.has_mins {
                     *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*ss.add(row * nb + b)), *acc);
                 }
             }
@@ -76,7 +81,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
 }
 
 /// Integer dot products of half `h` (8 of the group's rows) of one block with the
-/// block's activations in `MR` rows (`x` at `qs + at + r * k`), for Q4_0 and Q4_1.
+/// block's activations in `MR` rows (`x` at `qs + at + r * k`), for the 4-bit formats.
 /// All eight 4-byte chunks of weights stay in registers while the rows go by.
 #[inline]
 #[target_feature(enable = "avx2")]

@@ -7,14 +7,15 @@
 
 use std::arch::x86_64::*;
 
-use super::layout::{record_shape, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, Q4_1_MINS_OFFSET, QK};
+use super::layout::{record_shape, FMT_Q4_0, FMT_Q8_0, QK};
 use super::tile::{Tile, PREFETCH_AHEAD};
 
 /// # Safety
 /// See [`super::tile::TileFn`]; AVX-512 F, BW and VNNI must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
-    let (so, rec) = record_shape(F);
+    let shape = record_shape(F);
+    let rec = shape.bytes;
     let a = t.acts;
     let (k, nb) = (a.k, a.nb);
     assert!(t.w.len() >= nb * rec && a.qs.len() >= (t.row0 + MR) * k);
@@ -36,12 +37,16 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
             }
         }
-        let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(so).cast()));
-        let mw = if F == FMT_Q4_1 {
-            _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(Q4_1_MINS_OFFSET).cast()))
-        } else {
-            _mm512_setzero_ps()
+        // The 16 scales (or minimums) at `at`.
+        let load16 = |at: usize| {
+            if shape.f32_scales {
+                _mm512_loadu_ps(blk.add(at).cast())
+            } else {
+                _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(at).cast()))
+            }
         };
+        let dw = load16(shape.scales);
+        let mw = if shape.has_mins { load16(shape.mins) } else { _mm512_setzero_ps() };
         let mut v = [_mm512_setzero_si512(); 8];
         if F == FMT_Q8_0 {
             for (j, v) in v.iter_mut().enumerate() {
@@ -72,7 +77,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             }
             let dx = _mm512_set1_ps(*ds.add(row * nb + b));
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *acc);
-            if F == FMT_Q4_1 {
+            if shape.has_mins {
                 *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*ss.add(row * nb + b)), *acc);
             }
         }

@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use super::layout::{WeightFormat, QK};
+use super::layout::WeightFormat;
 use super::QMatrix;
 
 /// An implementation of the quantized dot products.
@@ -106,16 +106,20 @@ fn select() -> Kernel {
 /// Runs every format through `kernel` and the portable kernel on a small problem with a
 /// ragged last group and several row tiles, and compares the results exactly.
 fn agrees_with_portable(kernel: Kernel) -> bool {
-    let (n, k, m) = (21, 2 * QK, 11);
+    let (n, k, m) = (21, 256, 11);
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
-    [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0].into_iter().all(|format| {
-        let bytes: Vec<u8> = (0..n * (k / QK) * format.gguf_block_bytes())
-            .map(|i| match i % format.gguf_block_bytes() {
-                // Scales: small positive f16 (0x2c00 ≈ 0.0625); minimums negative.
-                0 => 0x00,
-                1 => 0x2c,
-                2 if format == WeightFormat::Q4_1 => 0x00,
-                3 if format == WeightFormat::Q4_1 => 0xac,
+    let formats = [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::Q4K];
+    formats.into_iter().all(|format| {
+        let block = format.gguf_block_bytes();
+        let bytes: Vec<u8> = (0..n * format.gguf_row_bytes(k))
+            .map(|i| match (format, i % block) {
+                // Scales: small positive f16 (0x2c00 ≈ 0.0625); Q4_1 minimums negative
+                // (Q4_K subtracts its positive `dmin`).
+                (_, 0) => 0x00,
+                (_, 1) => 0x2c,
+                (WeightFormat::Q4_1, 2) | (WeightFormat::Q4K, 2) => 0x00,
+                (WeightFormat::Q4_1, 3) => 0xac,
+                (WeightFormat::Q4K, 3) => 0x2c,
                 _ => (i * 73 % 251) as u8,
             })
             .collect();

@@ -1,6 +1,6 @@
 //! Quantized matrix multiplication for the CPU backend's linear layers.
 //!
-//! [`QMatrix`] holds a GGUF Q4_1 / Q4_0 / Q8_0 weight matrix repacked for SIMD (see
+//! [`QMatrix`] holds a GGUF Q4_1 / Q4_0 / Q8_0 / Q4_K weight matrix repacked for SIMD (see
 //! `layout`), and [`QMatrix::matmul`] computes `x · Wᵀ` for any number of activation
 //! rows: the activations are quantized once to 8-bit blocks, the dot products are exact
 //! integer multiply-adds, and the work is spread over rayon's threads. One token
@@ -32,8 +32,8 @@ use layout::{AlignedBytes, GROUP, QK};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("a weight matrix needs k divisible by {QK}, got k = {k}")]
-    RaggedRows { k: usize },
+    #[error("a {format:?} weight matrix needs k divisible by {block}, got k = {k}")]
+    RaggedRows { format: WeightFormat, block: usize, k: usize },
     #[error("{format:?} matrix {n}x{k} needs {expected} bytes, got {got}")]
     SizeMismatch { format: WeightFormat, n: usize, k: usize, expected: usize, got: usize },
     #[error("cannot stack {what}")]
@@ -58,13 +58,14 @@ impl std::fmt::Debug for QMatrix {
 }
 
 impl QMatrix {
-    /// Repacks a 2-D Q4_1, Q4_0 or Q8_0 tensor; `None` for anything else (other dtypes,
+    /// Repacks a 2-D Q4_1, Q4_0, Q8_0 or Q4_K tensor; `None` for anything else (other dtypes,
     /// other ranks), which the caller leaves to candle's `QMatMul`.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<QMatrix>, KernelError> {
         let format = match t.dtype() {
             GgmlDType::Q4_1 => WeightFormat::Q4_1,
             GgmlDType::Q4_0 => WeightFormat::Q4_0,
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
+            GgmlDType::Q4K => WeightFormat::Q4K,
             _ => return Ok(None),
         };
         let &[n, k] = t.shape().dims() else {
@@ -74,12 +75,13 @@ impl QMatrix {
         QMatrix::from_raw(format, n, k, &data).map(Some)
     }
 
-    /// Repacks GGUF blocks: `n` rows of `k / 32` blocks of `format`, row after row.
+    /// Repacks GGUF blocks: `n` rows of `k` values in blocks of `format`, row after row.
     pub fn from_raw(format: WeightFormat, n: usize, k: usize, gguf: &[u8]) -> Result<QMatrix, KernelError> {
-        if !k.is_multiple_of(QK) {
-            return Err(KernelError::RaggedRows { k });
+        let block = format.gguf_block_values();
+        if !k.is_multiple_of(block) {
+            return Err(KernelError::RaggedRows { format, block, k });
         }
-        let expected = n * (k / QK) * format.gguf_block_bytes();
+        let expected = n * format.gguf_row_bytes(k);
         if gguf.len() != expected {
             return Err(KernelError::SizeMismatch { format, n, k, expected, got: gguf.len() });
         }
@@ -133,12 +135,14 @@ impl QMatrix {
             WeightFormat::Q4_1 => GgmlDType::Q4_1,
             WeightFormat::Q4_0 => GgmlDType::Q4_0,
             WeightFormat::Q8_0 => GgmlDType::Q8_0,
+            WeightFormat::Q4K => GgmlDType::Q4K,
         }
     }
 
-    /// Bytes of quantized weights (what one pass over the matrix streams).
+    /// Bytes of quantized weights one pass over the matrix streams: the file's bytes,
+    /// except for Q4_K, whose repacked records are a third larger (see `layout`).
     pub fn weight_bytes(&self) -> usize {
-        self.n * (self.k / QK) * self.format.gguf_block_bytes()
+        self.n * (self.k / QK) * self.format.record_bytes() / GROUP
     }
 
     /// `out[i * n + j] = Σ_c x[i * k + c] · W[j, c]` for `m` rows of `x`.

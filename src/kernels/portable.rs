@@ -1,13 +1,23 @@
 //! The reference kernel in plain Rust: the exact integer dot products and the same
 //! sequence of fused multiply-adds as the SIMD kernels, so their results are identical.
 
-use super::layout::{read_f16, record_shape, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, Q4_1_MINS_OFFSET, QK};
+use super::layout::{read_f16, record_shape, FMT_Q4_0, FMT_Q8_0, GROUP, QK};
 use super::tile::{store_partial, Tile};
 
 /// # Safety
 /// See [`super::tile::TileFn`].
 pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
-    let (scales, rec) = record_shape(F);
+    let shape = record_shape(F);
+    let rec = shape.bytes;
+    // Scale or minimum `c` of the table at `at`.
+    let scale = |record: &[u8], at: usize, c: usize| {
+        if shape.f32_scales {
+            let b = &record[at + 4 * c..at + 4 * c + 4];
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            read_f16(record, at + 2 * c)
+        }
+    };
     let a = t.acts;
     let (k, nb) = (a.k, a.nb);
     let mut acc = [[0.0f32; GROUP]; MR];
@@ -33,10 +43,10 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                         dot -= 8 * isum;
                     }
                 }
-                let dw = read_f16(record, scales + 2 * c);
+                let dw = scale(record, shape.scales, c);
                 *acc = (dot as f32).mul_add(dw * dx, *acc);
-                if F == FMT_Q4_1 {
-                    *acc = read_f16(record, Q4_1_MINS_OFFSET + 2 * c).mul_add(sx, *acc);
+                if shape.has_mins {
+                    *acc = scale(record, shape.mins, c).mul_add(sx, *acc);
                 }
             }
         }

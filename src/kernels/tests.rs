@@ -10,7 +10,12 @@ use rand::{Rng, SeedableRng};
 use super::activations::QActs;
 use super::{Kernel, QMatrix};
 
-const DTYPES: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0];
+const DTYPES: [GgmlDType; 4] = [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q4K];
+
+/// `k` rounded up to whole blocks of `dtype` (256 values for Q4_K, 32 otherwise).
+fn whole_blocks(dtype: GgmlDType, k: usize) -> usize {
+    k.next_multiple_of(dtype.block_size())
+}
 
 fn random(rng: &mut StdRng, len: usize) -> Vec<f32> {
     // Roughly normal, with a few outliers as real activations have.
@@ -62,6 +67,7 @@ fn matmul_matches_float64_references_for_every_kernel() {
     let mut rng = StdRng::seed_from_u64(7);
     for dtype in DTYPES {
         for (n, k) in [(37, 576), (50, 1536), (16, 64), (29, 64)] {
+            let k = whole_blocks(dtype, k);
             let (q, w) = quantized(&mut rng, n, k, dtype);
             let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
             assert_eq!((qm.n(), qm.k(), qm.dtype()), (n, k, dtype));
@@ -104,7 +110,7 @@ fn matmul_matches_float64_references_for_every_kernel() {
 fn dequantized_rows_equal_candles() {
     let mut rng = StdRng::seed_from_u64(11);
     for dtype in DTYPES {
-        let (n, k) = (19, 96);
+        let (n, k) = (19, whole_blocks(dtype, 96));
         let (q, w) = quantized(&mut rng, n, k, dtype);
         let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
         let mut row = vec![0.0; k];
@@ -118,7 +124,7 @@ fn dequantized_rows_equal_candles() {
 #[test]
 fn other_dtypes_and_ranks_are_left_to_candle() {
     let t = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
-    for dtype in [GgmlDType::F32, GgmlDType::Q4K, GgmlDType::Q6K] {
+    for dtype in [GgmlDType::F32, GgmlDType::Q5K, GgmlDType::Q6K] {
         let q = QTensor::quantize(&t, dtype).unwrap();
         assert!(QMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
     }
@@ -133,7 +139,11 @@ fn raw_input_of_the_wrong_size_is_an_error() {
     let err = QMatrix::from_raw(WeightFormat::Q4_1, 3, 64, &[0; 119]).unwrap_err();
     assert!(matches!(err, KernelError::SizeMismatch { expected: 120, .. }));
     let err = QMatrix::from_raw(WeightFormat::Q8_0, 3, 48, &[0; 0]).unwrap_err();
-    assert!(matches!(err, KernelError::RaggedRows { k: 48 }));
+    assert!(matches!(err, KernelError::RaggedRows { k: 48, .. }));
+    let err = QMatrix::from_raw(WeightFormat::Q4K, 2, 576, &[0; 0]).unwrap_err();
+    assert!(matches!(err, KernelError::RaggedRows { block: 256, k: 576, .. }));
+    let err = QMatrix::from_raw(WeightFormat::Q4K, 2, 512, &[0; 575]).unwrap_err();
+    assert!(matches!(err, KernelError::SizeMismatch { expected: 576, .. }));
 }
 
 #[test]
@@ -195,4 +205,28 @@ fn real_weights_match_candles_qmatmul() {
             assert!(err < 1e-3, "{name} row {i}: relative error {err}");
         }
     }
+}
+
+/// Q4_K as users' GGUF files carry it: a real weight matrix requantized to Q4_K by
+/// candle (as llama.cpp would for a row length divisible by 256), against candle's
+/// dequantized weights in f64.
+#[test]
+fn real_weights_requantized_to_q4k_match_their_dequantization() {
+    let path = model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let down = content.tensor(&mut file, "blk.0.ffn_down.weight", &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&down.dequantize(&Device::Cpu).unwrap(), GgmlDType::Q4K).unwrap();
+    let w: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
+    let (n, k, m) = (qm.n(), qm.k(), 4);
+    assert_eq!((n, k, qm.dtype()), (576, 1536, GgmlDType::Q4K));
+    let mut rng = StdRng::seed_from_u64(13);
+    let x = random(&mut rng, m * k);
+    let mut got = vec![0.0; m * n];
+    qm.matmul(&x, m, &mut got);
+    let same_acts = reference(&requantized(&x, m, k), &w, m, n, k);
+    assert!(rel_l2(&got, &same_acts) < 1e-5, "against the same 8-bit activations");
+    let loss = rel_l2(&got, &reference(&x, &w, m, n, k));
+    assert!(loss < 0.02, "activation quantization loss {loss}");
 }

@@ -14,7 +14,7 @@ pub struct Linear {
 }
 
 enum Imp {
-    /// The project's own kernels (Q4_0, Q4_1, Q8_0 on the CPU).
+    /// The project's own kernels (Q4_0, Q4_1, Q8_0, Q4_K on the CPU).
     Kernel(crate::kernels::QMatrix),
     /// Everything else: candle's quantized or dense matmul.
     Candle(QMatMul),
@@ -51,6 +51,18 @@ impl Linear {
     pub fn from_dense(w: Tensor) -> Result<Self, ModelError> {
         let (out_features, in_features) = w.dims2()?;
         Ok(Self { out_features, in_features, imp: Imp::Candle(QMatMul::Tensor(w)) })
+    }
+
+    /// Which code computes this layer and on what weights, e.g. `inflight Q4_1` or
+    /// `candle Q6K` (for the load-time summary and tests).
+    pub fn implementation(&self) -> String {
+        match &self.imp {
+            Imp::Kernel(q) => format!("inflight {:?}", q.format()),
+            Imp::Candle(QMatMul::QTensor(q)) => format!("candle {:?}", q.dtype()),
+            Imp::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                format!("candle dense {:?}", t.dtype())
+            }
+        }
     }
 
     pub fn out_features(&self) -> usize {

@@ -48,6 +48,13 @@ impl Projections {
         }
     }
 
+    fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Projections::Separate { wq, wk, wv } => vec![wq, wk, wv],
+            Projections::Fused { qkv, .. } => vec![qkv],
+        }
+    }
+
     fn forward(&self, x: &[f32], t: usize) -> Result<Qkv, ModelError> {
         match self {
             Projections::Separate { wq, wk, wv } => {
@@ -121,6 +128,13 @@ impl Mlp {
             None => GateUp::Separate { gate, up },
         };
         Ok(Self { gate_up, down: w.linear(&format!("blk.{i}.ffn_down.weight"), h, f)? })
+    }
+
+    fn linears(&self) -> Vec<&Linear> {
+        match &self.gate_up {
+            GateUp::Separate { gate, up } => vec![gate, up, &self.down],
+            GateUp::Fused { both, .. } => vec![both, &self.down],
+        }
     }
 
     fn forward(&self, x: &[f32], t: usize) -> Result<Vec<f32>, ModelError> {
@@ -200,7 +214,27 @@ impl Llama {
         let blocks = (0..cfg.num_layers).map(|i| Block::load(w, &cfg, i)).collect::<Result<Vec<_>, _>>()?;
         let norm = w.vector("output_norm.weight", h)?;
         let rope = Rope::new(&cfg);
-        Ok(Self { cfg, embed, blocks, norm, lm_head, rope })
+        let model = Self { cfg, embed, blocks, norm, lm_head, rope };
+        // Which matrices run where: a format the kernels do not cover falls back to
+        // candle and is much slower at batch sizes above one.
+        tracing::info!(matmuls = ?model.matmul_implementations(), "model loaded");
+        Ok(model)
+    }
+
+    /// How many weight matrices (stacked ones counting once) each implementation
+    /// computes, keyed by [`Linear::implementation`].
+    pub fn matmul_implementations(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        let per_block = self.blocks.iter().flat_map(|b| {
+            let mut l = b.attn.qkv.linears();
+            l.push(&b.attn.wo);
+            l.extend(b.mlp.linears());
+            l
+        });
+        for linear in per_block.chain([&self.lm_head]) {
+            *counts.entry(linear.implementation()).or_insert(0) += 1;
+        }
+        counts
     }
 
     pub fn config(&self) -> &LlamaConfig {

@@ -35,6 +35,53 @@ pub fn reference() -> &'static Value {
     })
 }
 
+/// Writes a copy of the default model to `dir` in which every matrix `requantize`
+/// names a type for is requantized (through f32) to that type, as a user's GGUF of
+/// another quantization mix would carry it; returns its path and how many tensors
+/// changed. Metadata (tokenizer, chat template) is copied unchanged.
+pub fn requantized_model(
+    dir: &std::path::Path,
+    requantize: impl Fn(&str, &[usize]) -> Option<candle_core::quantized::GgmlDType>,
+) -> (PathBuf, usize) {
+    use candle_core::quantized::{gguf_file, QTensor};
+    use candle_core::Device;
+    let src = model_path();
+    let mut file = std::fs::File::open(&src).expect("open model");
+    let content = gguf_file::Content::read(&mut file).expect("read gguf");
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut changed = 0;
+    let mut tensors = Vec::new();
+    for name in names {
+        let t = content.tensor(&mut file, name, &Device::Cpu).expect("tensor");
+        let t = match requantize(name, t.shape().dims()) {
+            Some(dtype) => {
+                changed += 1;
+                QTensor::quantize(&t.dequantize(&Device::Cpu).expect("dequantize"), dtype).expect("quantize")
+            }
+            None => t,
+        };
+        tensors.push((name.as_str(), t));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let path = dir.join("requantized.gguf");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("create gguf"));
+    gguf_file::write(&mut out, &metadata, &tensor_refs).expect("write gguf");
+    (path, changed)
+}
+
+/// The default model with its FFN down projections in Q4_K: what llama.cpp's Q4_K_M
+/// makes of the matrices whose rows divide into 256-value super-blocks (SmolLM2's
+/// other matrices have 576-value rows and cannot be K-quants).
+pub fn q4k_model(dir: &std::path::Path) -> (PathBuf, usize) {
+    requantized_model(dir, |name, dims| {
+        (name.ends_with("ffn_down.weight") && dims.last().is_some_and(|k| k % 256 == 0))
+            .then_some(candle_core::quantized::GgmlDType::Q4K)
+    })
+}
+
 pub fn ids(v: &Value) -> Vec<u32> {
     v.as_array().expect("array of ids").iter().map(|x| x.as_u64().expect("id") as u32).collect()
 }

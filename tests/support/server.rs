@@ -24,6 +24,15 @@ impl Server {
     /// As `start`, with extra environment variables for the server process. A
     /// `SAGEMAKER_BIND_TO_PORT` among them decides the port.
     pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> Server {
+        Self::spawn(&model_path(), extra, envs)
+    }
+
+    /// As `start`, serving the GGUF at `model` instead of the default model.
+    pub fn start_with_model(model: &std::path::Path, extra: &[&str]) -> Server {
+        Self::spawn(model, extra, &[])
+    }
+
+    fn spawn(model: &std::path::Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         // With SageMaker's variable set, `--port` names a port nobody listens on:
         // the server must take the variable's.
         let (port, flag_port) = match envs.iter().find(|(k, _)| *k == "SAGEMAKER_BIND_TO_PORT") {
@@ -36,7 +45,7 @@ impl Server {
         };
         let mut child = Command::new(env!("CARGO_BIN_EXE_inflight"))
             .args(["serve", "--host", "127.0.0.1", "--port", &flag_port.to_string(), "--exit-on-stdin-eof"])
-            .args(["--model", &model_path().to_string_lossy(), "--served-model-name", "test-model"])
+            .args(["--model", &model.to_string_lossy(), "--served-model-name", "test-model"])
             .args(["--kv-cache-gib", "0.5", "--log", "warn"])
             .args(extra)
             .env_remove("INFLIGHT_API_KEY")
