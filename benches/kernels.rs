@@ -19,7 +19,8 @@ const ROWS: [usize; 5] = [1, 4, 16, 64, 512];
 
 /// (label, dtype, n, k)
 /// The last is the FFN down projection as a Q4_K_M file carries it (the default model
-/// has no K-quants; Q4_K models run the same kernels with f32 block scales).
+/// has no K-quants; Q4_K models run the same kernels, forming each block scale from
+/// the super-block's `d` and the block's 6-bit `sc`).
 const SHAPES: [(&str, GgmlDType, usize, usize); 4] = [
     ("q4_1_1536x576", GgmlDType::Q4_1, 1536, 576),
     ("q4_1_576x1536", GgmlDType::Q4_1, 576, 1536),

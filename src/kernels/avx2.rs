@@ -8,7 +8,9 @@
 
 use std::arch::x86_64::*;
 
-use super::layout::{record_shape, FMT_Q4_0, FMT_Q8_0, QK};
+use super::layout::{
+    q4k_header_offset, record_offset, record_shape, FMT_Q4K, FMT_Q4_0, FMT_Q8_0, Q4K_DMIN_OFFSET, QK,
+};
 use super::tile::{store_partial, Tile, PREFETCH_AHEAD};
 
 /// # Safety
@@ -19,7 +21,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     let rec = shape.bytes;
     let a = t.acts;
     let (k, nb) = (a.k, a.nb);
-    assert!(t.w.len() >= nb * rec && a.qs.len() >= (t.row0 + MR) * k);
+    assert!(t.w.len() >= record_offset(F, nb - 1) + rec && a.qs.len() >= (t.row0 + MR) * k);
     assert!(a.d.len() >= (t.row0 + MR) * nb);
     let w = t.w.as_ptr();
     let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
@@ -29,23 +31,13 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
         }
         let mut acc = [_mm256_setzero_ps(); MR];
         for b in 0..nb {
-            let blk = w.add(b * rec);
+            let blk = w.add(record_offset(F, b));
             if h == 0 && t.prefetch {
                 let ahead = blk.wrapping_add(PREFETCH_AHEAD);
                 for line in (0..rec).step_by(64) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
                 }
             }
-            // The eight scales (or minimums) of half `h` at `at`.
-            let load8 = |at: usize| {
-                if shape.f32_scales {
-                    _mm256_loadu_ps(blk.add(at + 32 * h).cast())
-                } else {
-                    _mm256_cvtph_ps(_mm_loadu_si128(blk.add(at + 16 * h).cast()))
-                }
-            };
-            let dw = load8(shape.scales);
-            let mw = if shape.has_mins { load8(shape.mins) } else { _mm256_setzero_ps() };
             let mut dots = [_mm256_setzero_si256(); MR];
             if F == FMT_Q8_0 {
                 q8_0_dots(blk, h, qs, t.row0 * k + b * QK, k, &mut dots);
@@ -58,11 +50,29 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                     }
                 }
             }
+            // Half `h`'s eight scales and minimums (for Q4_K `d · sc` and `dmin · m`,
+            // the minimum subtracted below), formed after the dot products so they
+            // do not hold registers the weights need.
+            let f16x8 = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h).cast()));
+            let (dw, mw) = if F == FMT_Q4K {
+                let header = w.add(q4k_header_offset(b));
+                let u8x8 = |at: usize| {
+                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(at + 8 * h).cast())))
+                };
+                let (d, dmin) = (f16x8(header), f16x8(header.add(Q4K_DMIN_OFFSET)));
+                (_mm256_mul_ps(d, u8x8(shape.scales)), _mm256_mul_ps(dmin, u8x8(shape.mins)))
+            } else if shape.has_mins {
+                (f16x8(blk.add(shape.scales)), f16x8(blk.add(shape.mins)))
+            } else {
+                (f16x8(blk.add(shape.scales)), _mm256_setzero_ps())
+            };
             for (r, (acc, dot)) in acc.iter_mut().zip(&dots).enumerate() {
                 let row = t.row0 + r;
                 let dx = _mm256_set1_ps(*ds.add(row * nb + b));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*dot), _mm256_mul_ps(dw, dx), *acc);
-                if shape.has_mins {
+                if F == FMT_Q4K {
+                    *acc = _mm256_fnmadd_ps(mw, _mm256_set1_ps(*ss.add(row * nb + b)), *acc);
+                } else if shape.has_mins {
                     *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*ss.add(row * nb + b)), *acc);
                 }
             }

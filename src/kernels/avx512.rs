@@ -7,7 +7,9 @@
 
 use std::arch::x86_64::*;
 
-use super::layout::{record_shape, FMT_Q4_0, FMT_Q8_0, QK};
+use super::layout::{
+    q4k_header_offset, record_offset, record_shape, FMT_Q4K, FMT_Q4_0, FMT_Q8_0, Q4K_DMIN_OFFSET, QK,
+};
 use super::tile::{Tile, PREFETCH_AHEAD};
 
 /// # Safety
@@ -18,7 +20,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     let rec = shape.bytes;
     let a = t.acts;
     let (k, nb) = (a.k, a.nb);
-    assert!(t.w.len() >= nb * rec && a.qs.len() >= (t.row0 + MR) * k);
+    assert!(t.w.len() >= record_offset(F, nb - 1) + rec && a.qs.len() >= (t.row0 + MR) * k);
     assert!(a.d.len() >= (t.row0 + MR) * nb);
     let w = t.w.as_ptr();
     let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
@@ -30,23 +32,27 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     };
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..nb {
-        let blk = w.add(b * rec);
+        let blk = w.add(record_offset(F, b));
         if t.prefetch {
             let ahead = blk.wrapping_add(PREFETCH_AHEAD);
             for line in (0..rec).step_by(64) {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
             }
         }
-        // The 16 scales (or minimums) at `at`.
-        let load16 = |at: usize| {
-            if shape.f32_scales {
-                _mm512_loadu_ps(blk.add(at).cast())
-            } else {
-                _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(at).cast()))
-            }
+        // The 16 scales and minimums (for Q4_K `d · sc` and `dmin · m`, the minimum
+        // subtracted below).
+        let f16x16 = |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
+        let (dw, mw) = if F == FMT_Q4K {
+            let header = w.add(q4k_header_offset(b));
+            let u8x16 =
+                |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(at).cast())));
+            let (d, dmin) = (f16x16(header), f16x16(header.add(Q4K_DMIN_OFFSET)));
+            (_mm512_mul_ps(d, u8x16(shape.scales)), _mm512_mul_ps(dmin, u8x16(shape.mins)))
+        } else if shape.has_mins {
+            (f16x16(blk.add(shape.scales)), f16x16(blk.add(shape.mins)))
+        } else {
+            (f16x16(blk.add(shape.scales)), _mm512_setzero_ps())
         };
-        let dw = load16(shape.scales);
-        let mw = if shape.has_mins { load16(shape.mins) } else { _mm512_setzero_ps() };
         let mut v = [_mm512_setzero_si512(); 8];
         if F == FMT_Q8_0 {
             for (j, v) in v.iter_mut().enumerate() {
@@ -77,7 +83,9 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             }
             let dx = _mm512_set1_ps(*ds.add(row * nb + b));
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *acc);
-            if shape.has_mins {
+            if F == FMT_Q4K {
+                *acc = _mm512_fnmadd_ps(mw, _mm512_set1_ps(*ss.add(row * nb + b)), *acc);
+            } else if shape.has_mins {
                 *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*ss.add(row * nb + b)), *acc);
             }
         }

@@ -10,16 +10,17 @@
 //!   is value `4 i + t` plus 128 as an unsigned byte (8 chunks);
 //! - the 16 rows' scales `d` (f16), then for Q4_1 the 16 rows' minimums `m` (f16).
 //!
-//! Q4_K super-blocks (256 values: one f16 scale and minimum, refined by a 6-bit scale
-//! and minimum per 32 values) become eight Q4_1-like records whose scales and minimums
-//! are the products `d · sc` and `-dmin · m` stored as f32: a product of an f16 and a
-//! 6-bit integer needs up to 17 significant bits, so f16 would round it. Such a record
-//! (24 bytes per row and block) is a third larger than the file's 18 bytes.
+//! Q4_K keeps its two-level scales, so decode streams about the file's bytes: per
+//! group and 256-value super-block, a 64-byte header holds the 16 rows' `d` (f16) then
+//! `dmin` (f16), followed by eight records of quants (as Q4_1's) and the 16 rows'
+//! 6-bit scale `sc` and minimum `m` as bytes. A kernel forms `d · sc` and `dmin · m` in
+//! f32, where they are exact (an f16 times a 6-bit integer), as ggml does.
 //!
 //! So one 512-bit (or two 256-bit) integer multiply-adds of a chunk against four
 //! activation bytes broadcast to every lane yield partial sums for 16 outputs at once,
 //! and every per-row scale is a vector load. The record is as large as the GGUF blocks
-//! it replaces, so decode streams exactly the file's bytes. Invariant: quants of padded
+//! it replaces (Q4_K: 148 bytes per 256 values against the file's 144), so decode
+//! streams the file's bytes. Invariant: quants of padded
 //! rows are zero and their scales are zero, so padded outputs are 0 and never written.
 
 use half::f16;
@@ -40,8 +41,8 @@ pub enum WeightFormat {
     Q4_0,
     /// 8-bit with per-block scale: `w = d * q`, q in -128..128.
     Q8_0,
-    /// 4-bit K-quant: per 32 values `w = d·sc * q - dmin·m`, repacked as Q4_1 with f32
-    /// scales and minimums.
+    /// 4-bit K-quant: per 32 values `w = d·sc * q - dmin·m`, with `d`, `dmin` per 256
+    /// values and the 6-bit `sc`, `m` per 32.
     Q4K,
 }
 
@@ -69,7 +70,7 @@ impl WeightFormat {
         k / self.gguf_block_values() * self.gguf_block_bytes()
     }
 
-    /// Offset of the 16 scales inside a group record (the quants come first).
+    /// Offset of the 16 scales inside a record (the quants come first).
     pub const fn scales_offset(self) -> usize {
         match self {
             WeightFormat::Q4_1 | WeightFormat::Q4_0 | WeightFormat::Q4K => GROUP * QK / 2,
@@ -77,15 +78,15 @@ impl WeightFormat {
         }
     }
 
-    /// Bytes of one scale or minimum: f16, except f32 for Q4_K.
+    /// Bytes of one row's scale or minimum in a record: f16, or the 6-bit byte of Q4_K.
     pub const fn scale_bytes(self) -> usize {
         match self {
-            WeightFormat::Q4K => 4,
+            WeightFormat::Q4K => 1,
             _ => 2,
         }
     }
 
-    /// Offset of the 16 minimums inside a group record, for formats that have them.
+    /// Offset of the 16 minimums inside a record, for formats that have them.
     pub const fn mins_offset(self) -> Option<usize> {
         match self {
             WeightFormat::Q4_1 | WeightFormat::Q4K => Some(self.scales_offset() + GROUP * self.scale_bytes()),
@@ -93,13 +94,21 @@ impl WeightFormat {
         }
     }
 
-    /// Bytes of one group record (16 rows × one block).
+    /// Bytes of one record (16 rows × one 32-value block).
     pub const fn record_bytes(self) -> usize {
         let per_row = match self.mins_offset() {
             Some(_) => 2 * self.scale_bytes(),
             None => self.scale_bytes(),
         };
         self.scales_offset() + GROUP * per_row
+    }
+
+    /// Bytes of one group (16 rows × `k` values).
+    pub const fn group_bytes(self, k: usize) -> usize {
+        match self {
+            WeightFormat::Q4K => k / QK_K * Q4K_SUPER_BYTES,
+            _ => k / QK * self.record_bytes(),
+        }
     }
 
     /// A small integer naming the format, used as a const generic by the kernels.
@@ -112,7 +121,7 @@ impl WeightFormat {
         }
     }
 
-    const fn from_id(id: u8) -> WeightFormat {
+    pub const fn from_id(id: u8) -> WeightFormat {
         match id {
             FMT_Q4_1 => WeightFormat::Q4_1,
             FMT_Q4_0 => WeightFormat::Q4_0,
@@ -127,6 +136,32 @@ pub const FMT_Q4_0: u8 = 1;
 pub const FMT_Q8_0: u8 = 2;
 pub const FMT_Q4K: u8 = 3;
 
+/// Records per Q4_K super-block.
+const Q4K_RECORDS: usize = QK_K / QK;
+/// The Q4_K super-block header: 16 rows' `d`, then 16 rows' `dmin`, as f16.
+pub const Q4K_HEADER_BYTES: usize = GROUP * 2 * 2;
+/// Offset of `dmin` in the header.
+pub const Q4K_DMIN_OFFSET: usize = GROUP * 2;
+/// A group's share of one Q4_K super-block: header and eight records.
+const Q4K_SUPER_BYTES: usize = Q4K_HEADER_BYTES + Q4K_RECORDS * WeightFormat::Q4K.record_bytes();
+
+/// Offset of block `b`'s record within a group of the format with id `format`.
+#[inline(always)]
+pub const fn record_offset(format: u8, b: usize) -> usize {
+    match format {
+        FMT_Q4K => {
+            q4k_header_offset(b) + Q4K_HEADER_BYTES + (b % Q4K_RECORDS) * WeightFormat::Q4K.record_bytes()
+        }
+        _ => b * WeightFormat::from_id(format).record_bytes(),
+    }
+}
+
+/// Offset of the header of the Q4_K super-block holding block `b`, within a group.
+#[inline(always)]
+pub const fn q4k_header_offset(b: usize) -> usize {
+    b / Q4K_RECORDS * Q4K_SUPER_BYTES
+}
+
 /// Where a kernel finds things in a record of the format with id `format` (kernels
 /// take the format as a const generic, so all of this is known at compile time).
 pub struct RecordShape {
@@ -136,8 +171,6 @@ pub struct RecordShape {
     pub mins: usize,
     /// Whether the format has minimums.
     pub has_mins: bool,
-    /// Scales and minimums are f32 (else f16).
-    pub f32_scales: bool,
     /// Bytes of the record.
     pub bytes: usize,
 }
@@ -148,12 +181,24 @@ pub const fn record_shape(format: u8) -> RecordShape {
         Some(at) => (true, at),
         None => (false, 0),
     };
-    RecordShape {
-        scales: f.scales_offset(),
-        mins,
-        has_mins,
-        f32_scales: f.scale_bytes() == 4,
-        bytes: f.record_bytes(),
+    RecordShape { scales: f.scales_offset(), mins, has_mins, bytes: f.record_bytes() }
+}
+
+/// Row `r`'s scale and additive minimum for block `b` of a group (`w = d * q + m`;
+/// `m` is 0 for Q8_0 and not used for Q4_0). The kernels compute exactly these, in the
+/// same order.
+pub fn scale_and_min(format: WeightFormat, group: &[u8], b: usize, r: usize) -> (f32, f32) {
+    let record = &group[record_offset(format.id(), b)..][..format.record_bytes()];
+    let so = format.scales_offset();
+    match format {
+        WeightFormat::Q4K => {
+            let header = &group[q4k_header_offset(b)..][..Q4K_HEADER_BYTES];
+            let (d, dmin) = (read_f16(header, 2 * r), read_f16(header, Q4K_DMIN_OFFSET + 2 * r));
+            let (sc, m) = (record[so + r], record[so + GROUP + r]);
+            (d * f32::from(sc), -(dmin * f32::from(m)))
+        }
+        WeightFormat::Q4_1 => (read_f16(record, so + 2 * r), read_f16(record, so + 2 * GROUP + 2 * r)),
+        WeightFormat::Q4_0 | WeightFormat::Q8_0 => (read_f16(record, so + 2 * r), 0.0),
     }
 }
 
@@ -187,48 +232,40 @@ impl AlignedBytes {
 /// Repacks GGUF rows (`n` rows of `k` values, as in the file) into groups.
 /// The caller has checked that `gguf.len()` matches `n`, `k` and the format.
 pub fn repack(format: WeightFormat, gguf: &[u8], n: usize, k: usize) -> AlignedBytes {
-    let nb = k / QK;
     let groups = n.div_ceil(GROUP);
-    let rec = format.record_bytes();
-    let row_bytes = format.gguf_row_bytes(k);
-    let mut buf = AlignedBytes::zeroed(groups * nb * rec);
+    let group_bytes = format.group_bytes(k);
+    let mut buf = AlignedBytes::zeroed(groups * group_bytes);
     let dst = buf.as_mut_slice();
-    for (row, src) in gguf.chunks_exact(row_bytes).take(n).enumerate() {
+    for (row, src) in gguf.chunks_exact(format.gguf_row_bytes(k)).take(n).enumerate() {
         let (g, r) = (row / GROUP, row % GROUP);
-        let mut put = |b: usize, block: RowBlock| {
-            let out = &mut dst[(g * nb + b) * rec..][..rec];
-            let (at, len) = (format.scales_offset() + r * format.scale_bytes(), format.scale_bytes());
-            out[at..at + len].copy_from_slice(&block.scale[..len]);
-            if let Some(mins) = format.mins_offset() {
-                let at = mins + r * format.scale_bytes();
-                out[at..at + len].copy_from_slice(&block.min[..len]);
-            }
-            scatter_words(block.quants, r, out);
+        let group = &mut dst[g * group_bytes..][..group_bytes];
+        let put = |group: &mut [u8], b: usize, scale: &[u8], min: &[u8], quants: &[u8]| {
+            put_row_block(format, group, b, r, scale, min, quants)
         };
-        match format {
-            WeightFormat::Q4K => {
-                for (sb, super_block) in src.chunks_exact(format.gguf_block_bytes()).enumerate() {
-                    for (i, sub) in q4k_sub_blocks(super_block).iter().enumerate() {
-                        let (scale, min) = (sub.0.to_le_bytes(), sub.1.to_le_bytes());
-                        put(sb * (QK_K / QK) + i, RowBlock { scale, min, quants: &sub.2 });
-                    }
+        if format == WeightFormat::Q4K {
+            for (s, block) in src.chunks_exact(format.gguf_block_bytes()).enumerate() {
+                let quants = q4k_quants(block);
+                let scales: &[u8; 12] = block[4..16].try_into().expect("12 bytes of scales");
+                for (i, q) in quants.iter().enumerate() {
+                    let (sc, m) = q4k_scale_min(i, scales);
+                    put(group, s * Q4K_RECORDS + i, &[sc], &[m], q);
                 }
+                let header = &mut group[q4k_header_offset(s * Q4K_RECORDS)..][..Q4K_HEADER_BYTES];
+                header[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
+                header[Q4K_DMIN_OFFSET + 2 * r..Q4K_DMIN_OFFSET + 2 * r + 2].copy_from_slice(&block[2..4]);
             }
-            _ => {
-                for (b, block) in src.chunks_exact(format.gguf_block_bytes()).enumerate() {
-                    let f16_pair = |at: usize| [block[at], block[at + 1], 0, 0];
+            continue;
+        }
+        for (b, block) in src.chunks_exact(format.gguf_block_bytes()).enumerate() {
+            match format {
+                WeightFormat::Q4_1 => put(group, b, &block[0..2], &block[2..4], &block[4..20]),
+                WeightFormat::Q4_0 => put(group, b, &block[0..2], &[], &block[2..18]),
+                _ => {
                     let mut q8 = [0u8; QK];
-                    let (min, quants) = match format {
-                        WeightFormat::Q4_1 => (f16_pair(2), &block[4..20]),
-                        WeightFormat::Q4_0 => ([0; 4], &block[2..18]),
-                        _ => {
-                            for (dst, &s) in q8.iter_mut().zip(&block[2..34]) {
-                                *dst = s ^ 0x80; // i8 + 128 as u8
-                            }
-                            ([0; 4], &q8[..])
-                        }
-                    };
-                    put(b, RowBlock { scale: f16_pair(0), min, quants });
+                    for (dst, &s) in q8.iter_mut().zip(&block[2..34]) {
+                        *dst = s ^ 0x80; // i8 + 128 as u8
+                    }
+                    put(group, b, &block[0..2], &[], &q8);
                 }
             }
         }
@@ -236,30 +273,36 @@ pub fn repack(format: WeightFormat, gguf: &[u8], n: usize, k: usize) -> AlignedB
     buf
 }
 
-/// One row's share of a record, as raw little-endian scale and minimum (the first
-/// `scale_bytes` of each are used) and the quants in GGUF order.
-struct RowBlock<'a> {
-    scale: [u8; 4],
-    min: [u8; 4],
-    quants: &'a [u8],
+/// Writes row `r`'s share of block `b`'s record in `group`: its scale and minimum
+/// bytes (the minimum ignored by formats without) and its quants in GGUF order.
+fn put_row_block(
+    format: WeightFormat,
+    group: &mut [u8],
+    b: usize,
+    r: usize,
+    scale: &[u8],
+    min: &[u8],
+    quants: &[u8],
+) {
+    let (so, sb) = (format.scales_offset(), format.scale_bytes());
+    let out = &mut group[record_offset(format.id(), b)..][..format.record_bytes()];
+    out[so + r * sb..][..sb].copy_from_slice(scale);
+    if let Some(mins) = format.mins_offset() {
+        out[mins + r * sb..][..sb].copy_from_slice(min);
+    }
+    scatter_words(quants, r, out);
 }
 
-/// The eight 32-value sub-blocks of a Q4_K super-block as (scale, minimum, 16 bytes of
-/// quants laid out as Q4_1's: low nibble value `i`, high nibble value `16 + i`), such
-/// that value `v = scale * q + minimum` exactly as ggml dequantizes it.
-fn q4k_sub_blocks(block: &[u8]) -> [(f32, f32, [u8; QK / 2]); QK_K / QK] {
-    let d = read_f16(block, 0);
-    let dmin = read_f16(block, 2);
-    let scales: &[u8; 12] = block[4..16].try_into().expect("12 bytes of scales");
+/// The quants of a Q4_K super-block's eight 32-value sub-blocks, each as 16 bytes laid
+/// out as Q4_1's (low nibble value `i`, high nibble value `16 + i`).
+fn q4k_quants(block: &[u8]) -> [[u8; QK / 2]; Q4K_RECORDS] {
     let qs = &block[16..144];
     std::array::from_fn(|sub| {
         // Each 64 values share 32 bytes: the low nibbles are the even sub-block, the
         // high nibbles the odd one.
         let bytes = &qs[32 * (sub / 2)..][..32];
         let value = |t: usize| if sub % 2 == 0 { bytes[t] & 0x0f } else { bytes[t] >> 4 };
-        let quants = std::array::from_fn(|i| value(i) | (value(i + QK / 2) << 4));
-        let (sc, m) = q4k_scale_min(sub, scales);
-        (d * f32::from(sc), -(dmin * f32::from(m)), quants)
+        std::array::from_fn(|i| value(i) | (value(i + QK / 2) << 4))
     })
 }
 
@@ -284,16 +327,12 @@ fn scatter_words(quants: &[u8], r: usize, record: &mut [u8]) {
 
 /// Dequantizes row `row` of a repacked matrix into `out` (`k` values).
 pub fn dequantize_row(format: WeightFormat, data: &[u8], k: usize, row: usize, out: &mut [f32]) {
-    let nb = k / QK;
-    let rec = format.record_bytes();
+    let group_bytes = format.group_bytes(k);
     let (g, r) = (row / GROUP, row % GROUP);
-    let scale = |record: &[u8], at: usize| match format.scale_bytes() {
-        4 => f32::from_le_bytes([record[at], record[at + 1], record[at + 2], record[at + 3]]),
-        _ => read_f16(record, at),
-    };
-    for b in 0..nb {
-        let record = &data[(g * nb + b) * rec..][..rec];
-        let d = scale(record, format.scales_offset() + r * format.scale_bytes());
+    let group = &data[g * group_bytes..][..group_bytes];
+    for b in 0..k / QK {
+        let record = &group[record_offset(format.id(), b)..][..format.record_bytes()];
+        let (d, m) = scale_and_min(format, group, b, r);
         let vals = &mut out[b * QK..(b + 1) * QK];
         let quant = |i: usize| record[(i / 4) * 64 + 4 * r + i % 4];
         if format == WeightFormat::Q8_0 {
@@ -301,10 +340,7 @@ pub fn dequantize_row(format: WeightFormat, data: &[u8], k: usize, row: usize, o
                 *v = d * f32::from((quant(i) ^ 0x80) as i8);
             }
         } else {
-            let m = match format.mins_offset() {
-                Some(mins) => scale(record, mins + r * format.scale_bytes()),
-                None => -8.0 * d,
-            };
+            let m = if format == WeightFormat::Q4_0 { -8.0 * d } else { m };
             for i in 0..QK / 2 {
                 vals[i] = d * f32::from(quant(i) & 0x0f) + m;
                 vals[i + QK / 2] = d * f32::from(quant(i) >> 4) + m;
@@ -326,9 +362,10 @@ mod tests {
         for f in [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0] {
             assert_eq!(f.record_bytes(), GROUP * f.gguf_block_bytes(), "{f:?}");
         }
-        // Q4_K: 16 bytes of quants and two f32 per row and 32 values, in whole lines.
-        assert_eq!(WeightFormat::Q4K.record_bytes(), GROUP * 24);
-        assert_eq!(WeightFormat::Q4K.record_bytes() % 64, 0);
+        // Q4_K: per row and 256 values, 8 × (16 bytes of quants + sc + m) and the
+        // header's d and dmin: 148 bytes against the file's 144; whole cache lines.
+        assert_eq!(WeightFormat::Q4K.group_bytes(256), GROUP * 148);
+        assert_eq!(WeightFormat::Q4K.group_bytes(256) % 64, 0);
     }
 
     #[test]

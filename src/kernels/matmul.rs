@@ -96,7 +96,7 @@ unsafe fn run_task(
     let max_rows = tile::max_rows(kernel);
     let format = w.format.id();
     let full = tile::select(kernel, format, max_rows);
-    let group_bytes = w.k / super::layout::QK * w.format.record_bytes();
+    let group_bytes = w.format.group_bytes(w.k);
     let data = w.data.as_slice();
     let tiles_per_group = (rows.end - rows.start).div_ceil(max_rows);
     let groups_start = groups.start;

@@ -28,7 +28,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 pub use dispatch::{kernel_name, selected as selected_kernel, Kernel};
 pub use layout::WeightFormat;
 
-use layout::{AlignedBytes, GROUP, QK};
+use layout::{AlignedBytes, GROUP};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -139,10 +139,10 @@ impl QMatrix {
         }
     }
 
-    /// Bytes of quantized weights one pass over the matrix streams: the file's bytes,
-    /// except for Q4_K, whose repacked records are a third larger (see `layout`).
+    /// Bytes of quantized weights one pass over the matrix streams: the file's bytes
+    /// (Q4_K: 148 per 256 values against 144; see `layout`).
     pub fn weight_bytes(&self) -> usize {
-        self.n * (self.k / QK) * self.format.record_bytes() / GROUP
+        self.n * self.format.group_bytes(self.k) / GROUP
     }
 
     /// `out[i * n + j] = Σ_c x[i * k + c] · W[j, c]` for `m` rows of `x`.

@@ -1,27 +1,21 @@
 //! The reference kernel in plain Rust: the exact integer dot products and the same
 //! sequence of fused multiply-adds as the SIMD kernels, so their results are identical.
 
-use super::layout::{read_f16, record_shape, FMT_Q4_0, FMT_Q8_0, GROUP, QK};
+use super::layout::{
+    record_offset, record_shape, scale_and_min, WeightFormat, FMT_Q4_0, FMT_Q8_0, GROUP, QK,
+};
 use super::tile::{store_partial, Tile};
 
 /// # Safety
 /// See [`super::tile::TileFn`].
 pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     let shape = record_shape(F);
-    let rec = shape.bytes;
-    // Scale or minimum `c` of the table at `at`.
-    let scale = |record: &[u8], at: usize, c: usize| {
-        if shape.f32_scales {
-            let b = &record[at + 4 * c..at + 4 * c + 4];
-            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-        } else {
-            read_f16(record, at + 2 * c)
-        }
-    };
+    let format = WeightFormat::from_id(F);
     let a = t.acts;
     let (k, nb) = (a.k, a.nb);
     let mut acc = [[0.0f32; GROUP]; MR];
-    for (b, record) in t.w.chunks_exact(rec).take(nb).enumerate() {
+    for b in 0..nb {
+        let record = &t.w[record_offset(F, b)..][..shape.bytes];
         for (r, acc) in acc.iter_mut().enumerate() {
             let row = t.row0 + r;
             let xq = &a.qs[row * k + b * QK..][..QK];
@@ -43,10 +37,10 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                         dot -= 8 * isum;
                     }
                 }
-                let dw = scale(record, shape.scales, c);
+                let (dw, mw) = scale_and_min(format, t.w, b, c);
                 *acc = (dot as f32).mul_add(dw * dx, *acc);
                 if shape.has_mins {
-                    *acc = scale(record, shape.mins, c).mul_add(sx, *acc);
+                    *acc = mw.mul_add(sx, *acc);
                 }
             }
         }
