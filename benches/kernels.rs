@@ -18,14 +18,14 @@ use rayon::prelude::*;
 const ROWS: [usize; 5] = [1, 4, 16, 64, 512];
 
 /// (label, dtype, n, k)
-/// The last is the FFN down projection as a Q4_K_M file carries it (the default model
-/// has no K-quants; Q4_K models run the same kernels, forming each block scale from
-/// the super-block's `d` and the block's 6-bit `sc`).
-const SHAPES: [(&str, GgmlDType, usize, usize); 4] = [
+/// The last two are the FFN down projection as a Q4_K_M file carries it (Q4_K, and
+/// Q6_K in some layers); the default model has no K-quants.
+const SHAPES: [(&str, GgmlDType, usize, usize); 5] = [
     ("q4_1_1536x576", GgmlDType::Q4_1, 1536, 576),
     ("q4_1_576x1536", GgmlDType::Q4_1, 576, 1536),
     ("q8_0_49152x576", GgmlDType::Q8_0, 49152, 576),
     ("q4_k_576x1536", GgmlDType::Q4K, 576, 1536),
+    ("q6_k_576x1536", GgmlDType::Q6K, 576, 1536),
 ];
 
 /// A small deterministic generator; quality is irrelevant here.
@@ -58,6 +58,14 @@ fn synthetic(rng: &mut XorShift, format: WeightFormat, n: usize, k: usize) -> QM
     let block = format.gguf_block_bytes();
     let mut bytes = vec![0u8; n * format.gguf_row_bytes(k)];
     for b in bytes.chunks_mut(block) {
+        if format == WeightFormat::Q6K {
+            // Quants and scales random; `d` comes last.
+            for v in &mut b[..208] {
+                *v = rng.next() as u8;
+            }
+            b[208..].copy_from_slice(&half::f16::from_f32(0.0001).to_le_bytes());
+            continue;
+        }
         b[..2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
         let start = match format {
             WeightFormat::Q4_1 => {
@@ -161,6 +169,7 @@ fn shape_table() {
         let format = match dtype {
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
             GgmlDType::Q4K => WeightFormat::Q4K,
+            GgmlDType::Q6K => WeightFormat::Q6K,
             _ => WeightFormat::Q4_1,
         };
         let w = synthetic(&mut rng, format, n, k);

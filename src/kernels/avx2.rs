@@ -5,11 +5,14 @@
 //! 64-byte chunk of the layout). For Q4 the eight 16-bit partial sums of a block cannot
 //! overflow (8 × 2 × 15 × 127 < 2^15), so they are added before one widening; Q8_0 uses
 //! the sign trick (|w| × sign(x, w)) on the un-offset weights and widens every product.
+//! Q6_K uses the sign trick too; its values (-32..32) are small enough that the four
+//! products of each 16-value half-block add up in 16 bits before one widening.
 
 use std::arch::x86_64::*;
 
 use super::layout::{
-    q4k_header_offset, record_offset, record_shape, FMT_Q4K, FMT_Q4_0, FMT_Q8_0, Q4K_DMIN_OFFSET, QK,
+    k_header_offset, record_offset, record_shape, FMT_Q4K, FMT_Q4_0, FMT_Q6K, FMT_Q8_0, GROUP,
+    Q4K_DMIN_OFFSET, Q6K_HIGH_OFFSET, QK,
 };
 use super::tile::{store_partial, Tile, PREFETCH_AHEAD};
 
@@ -39,8 +42,12 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 }
             }
             let mut dots = [_mm256_setzero_si256(); MR];
+            // Q6_K: the dot products of values 16..32, which have a scale of their own.
+            let mut dots_hi = [_mm256_setzero_si256(); MR];
             if F == FMT_Q8_0 {
                 q8_0_dots(blk, h, qs, t.row0 * k + b * QK, k, &mut dots);
+            } else if F == FMT_Q6K {
+                q6k_dots(blk, h, qs, t.row0 * k + b * QK, k, &mut dots, &mut dots_hi);
             } else {
                 q4_dots::<F, MR>(blk, h, qs, t.row0 * k + b * QK, k, &mut dots);
                 if F == FMT_Q4_0 {
@@ -51,11 +58,17 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 }
             }
             // Half `h`'s eight scales and minimums (for Q4_K `d · sc` and `dmin · m`,
-            // the minimum subtracted below), formed after the dot products so they
-            // do not hold registers the weights need.
+            // the minimum subtracted below; for Q6_K the two `d · sc`), formed after
+            // the dot products so they do not hold registers the weights need.
             let f16x8 = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h).cast()));
-            let (dw, mw) = if F == FMT_Q4K {
-                let header = w.add(q4k_header_offset(b));
+            let (dw, mw) = if F == FMT_Q6K {
+                let d = f16x8(w.add(k_header_offset(F, b)));
+                let i8x8 = |at: usize| {
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(at + 8 * h).cast())))
+                };
+                (_mm256_mul_ps(d, i8x8(shape.scales)), _mm256_mul_ps(d, i8x8(shape.scales + GROUP)))
+            } else if F == FMT_Q4K {
+                let header = w.add(k_header_offset(F, b));
                 let u8x8 = |at: usize| {
                     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(at + 8 * h).cast())))
                 };
@@ -70,7 +83,9 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 let row = t.row0 + r;
                 let dx = _mm256_set1_ps(*ds.add(row * nb + b));
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*dot), _mm256_mul_ps(dw, dx), *acc);
-                if F == FMT_Q4K {
+                if F == FMT_Q6K {
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots_hi[r]), _mm256_mul_ps(mw, dx), *acc);
+                } else if F == FMT_Q4K {
                     *acc = _mm256_fnmadd_ps(mw, _mm256_set1_ps(*ss.add(row * nb + b)), *acc);
                 } else if shape.has_mins {
                     *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*ss.add(row * nb + b)), *acc);
@@ -144,6 +159,56 @@ unsafe fn q8_0_dots<const MR: usize>(
             let x = _mm256_set1_epi32(qs.add(at + r * k).cast::<i32>().add(j).read_unaligned());
             let p = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, v));
             *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, ones));
+        }
+    }
+}
+
+/// As [`q4_dots`] for Q6_K, with the sums of values 0..16 in `lo` and 16..32 in `hi`:
+/// each value is its low nibble plus the two top bits moved up from the high-bits
+/// chunk, less 32; the products go through the sign trick, and the four of each
+/// half-block add in 16 bits (4 × 2 × 32 × 127 < 2^15) before one widening.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q6k_dots<const MR: usize>(
+    blk: *const u8,
+    h: usize,
+    qs: *const i8,
+    at: usize,
+    k: usize,
+    lo: &mut [__m256i; MR],
+    hi: &mut [__m256i; MR],
+) {
+    let nibble = _mm256_set1_epi8(0x0f);
+    let top_bits = _mm256_set1_epi8(0x30);
+    let bias = _mm256_set1_epi8(32);
+    let ones = _mm256_set1_epi16(1);
+    for (part, dots) in [lo, hi].into_iter().enumerate() {
+        let tops = _mm256_loadu_si256(blk.add(Q6K_HIGH_OFFSET + 64 * part + 32 * h).cast());
+        let mut s16 = [_mm256_setzero_si256(); MR];
+        for i in 0..4 {
+            let raw = _mm256_loadu_si256(blk.add(64 * i + 32 * h).cast());
+            let low = if part == 0 { raw } else { _mm256_srli_epi16::<4>(raw) };
+            // Bits 2i..2i+2 of the high-bits byte to bits 4..6 (16-bit shifts; the
+            // mask drops what crosses from the neighbouring byte).
+            let top = match i {
+                0 => _mm256_slli_epi16::<4>(tops),
+                1 => _mm256_slli_epi16::<2>(tops),
+                2 => tops,
+                _ => _mm256_srli_epi16::<2>(tops),
+            };
+            let v = _mm256_sub_epi8(
+                _mm256_or_si256(_mm256_and_si256(low, nibble), _mm256_and_si256(top, top_bits)),
+                bias,
+            );
+            let mag = _mm256_abs_epi8(v);
+            for (r, s) in s16.iter_mut().enumerate() {
+                let xw = qs.add(at + r * k).cast::<i32>();
+                let x = _mm256_set1_epi32(xw.add(4 * part + i).read_unaligned());
+                *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, v)));
+            }
+        }
+        for (dot, s) in dots.iter_mut().zip(&s16) {
+            *dot = _mm256_madd_epi16(*s, ones);
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::layout::{
-    q4k_header_offset, record_offset, record_shape, FMT_Q4K, FMT_Q4_0, FMT_Q8_0, Q4K_DMIN_OFFSET, QK,
+    k_header_offset, record_offset, record_shape, FMT_Q4K, FMT_Q4_0, FMT_Q6K, FMT_Q8_0, Q4K_DMIN_OFFSET, QK,
 };
 use super::tile::{Tile, PREFETCH_AHEAD};
 
@@ -16,6 +16,11 @@ use super::tile::{Tile, PREFETCH_AHEAD};
 /// See [`super::tile::TileFn`]; AVX-512 F, BW and VNNI must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
+    // No AVX-512 Q6_K kernel yet (AVX-512 has no byte sign instruction for the trick
+    // the AVX2 one uses): that format runs on AVX2, which `Kernel::is_available` checks.
+    if F == FMT_Q6K {
+        return super::avx2::tile::<F, MR>(t);
+    }
     let shape = record_shape(F);
     let rec = shape.bytes;
     let a = t.acts;
@@ -43,7 +48,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
         // subtracted below).
         let f16x16 = |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
         let (dw, mw) = if F == FMT_Q4K {
-            let header = w.add(q4k_header_offset(b));
+            let header = w.add(k_header_offset(F, b));
             let u8x16 =
                 |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(at).cast())));
             let (d, dmin) = (f16x16(header), f16x16(header.add(Q4K_DMIN_OFFSET)));

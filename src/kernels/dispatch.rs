@@ -40,8 +40,10 @@ impl Kernel {
         match self {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
+            // Q6_K borrows the AVX2 kernel (see `avx512::tile`).
             Kernel::Avx512Vnni => {
-                std::arch::is_x86_feature_detected!("avx512f")
+                Kernel::Avx2.is_available()
+                    && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
@@ -108,7 +110,8 @@ fn select() -> Kernel {
 fn agrees_with_portable(kernel: Kernel) -> bool {
     let (n, k, m) = (21, 256, 11);
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
-    let formats = [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::Q4K];
+    let formats =
+        [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K];
     formats.into_iter().all(|format| {
         let block = format.gguf_block_bytes();
         let bytes: Vec<u8> = (0..n * format.gguf_row_bytes(k))
@@ -120,6 +123,10 @@ fn agrees_with_portable(kernel: Kernel) -> bool {
                 (WeightFormat::Q4_1, 2) | (WeightFormat::Q4K, 2) => 0x00,
                 (WeightFormat::Q4_1, 3) => 0xac,
                 (WeightFormat::Q4K, 3) => 0x2c,
+                // Q6_K keeps its f16 `d` last: 0x2c00 again.
+                (WeightFormat::Q6K, 0..=207) => (i * 73 % 251) as u8,
+                (WeightFormat::Q6K, 208) => 0x00,
+                (WeightFormat::Q6K, _) => 0x2c,
                 _ => (i * 73 % 251) as u8,
             })
             .collect();

@@ -16,6 +16,11 @@
 //! 6-bit scale `sc` and minimum `m` as bytes. A kernel forms `d · sc` and `dmin · m` in
 //! f32, where they are exact (an f16 times a 6-bit integer), as ggml does.
 //!
+//! Q6_K is laid out the same way: a header of the rows' `d` (f16; 32 bytes of padding
+//! keep super-blocks on cache lines), then per 32-value record the low 4 bits of each
+//! value as Q4's quants, its top 2 bits (see `Q6K_HIGH_OFFSET`) and the rows' two
+//! signed 8-bit scales, one per 16 values: 210 bytes per 256 values, as in the file.
+//!
 //! So one 512-bit (or two 256-bit) integer multiply-adds of a chunk against four
 //! activation bytes broadcast to every lane yield partial sums for 16 outputs at once,
 //! and every per-row scale is a vector load. The record is as large as the GGUF blocks
@@ -44,6 +49,9 @@ pub enum WeightFormat {
     /// 4-bit K-quant: per 32 values `w = d·sc * q - dmin·m`, with `d`, `dmin` per 256
     /// values and the 6-bit `sc`, `m` per 32.
     Q4K,
+    /// 6-bit K-quant: per 16 values `w = d·sc * (q - 32)`, q in 0..64, with `d` per 256
+    /// values and a signed 8-bit `sc` per 16.
+    Q6K,
 }
 
 impl WeightFormat {
@@ -54,13 +62,14 @@ impl WeightFormat {
             WeightFormat::Q4_0 => 18,
             WeightFormat::Q8_0 => 34,
             WeightFormat::Q4K => 144,
+            WeightFormat::Q6K => 210,
         }
     }
 
     /// Values per GGUF block of this format.
     pub const fn gguf_block_values(self) -> usize {
         match self {
-            WeightFormat::Q4K => QK_K,
+            WeightFormat::Q4K | WeightFormat::Q6K => QK_K,
             _ => QK,
         }
     }
@@ -75,13 +84,15 @@ impl WeightFormat {
         match self {
             WeightFormat::Q4_1 | WeightFormat::Q4_0 | WeightFormat::Q4K => GROUP * QK / 2,
             WeightFormat::Q8_0 => GROUP * QK,
+            WeightFormat::Q6K => Q6K_HIGH_OFFSET + 2 * 64,
         }
     }
 
-    /// Bytes of one row's scale or minimum in a record: f16, or the 6-bit byte of Q4_K.
+    /// Bytes of one row's scale or minimum in a record: f16, or the byte of the
+    /// K-quants (Q6_K has two scales per row, `GROUP` bytes apart).
     pub const fn scale_bytes(self) -> usize {
         match self {
-            WeightFormat::Q4K => 1,
+            WeightFormat::Q4K | WeightFormat::Q6K => 1,
             _ => 2,
         }
     }
@@ -90,24 +101,29 @@ impl WeightFormat {
     pub const fn mins_offset(self) -> Option<usize> {
         match self {
             WeightFormat::Q4_1 | WeightFormat::Q4K => Some(self.scales_offset() + GROUP * self.scale_bytes()),
-            WeightFormat::Q4_0 | WeightFormat::Q8_0 => None,
+            WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q6K => None,
         }
     }
 
     /// Bytes of one record (16 rows × one 32-value block).
     pub const fn record_bytes(self) -> usize {
-        let per_row = match self.mins_offset() {
-            Some(_) => 2 * self.scale_bytes(),
-            None => self.scale_bytes(),
+        let per_row = match (self, self.mins_offset()) {
+            (WeightFormat::Q6K, _) | (_, Some(_)) => 2 * self.scale_bytes(),
+            _ => self.scale_bytes(),
         };
         self.scales_offset() + GROUP * per_row
     }
 
+    const fn is_k_quant(self) -> bool {
+        matches!(self, WeightFormat::Q4K | WeightFormat::Q6K)
+    }
+
     /// Bytes of one group (16 rows × `k` values).
     pub const fn group_bytes(self, k: usize) -> usize {
-        match self {
-            WeightFormat::Q4K => k / QK_K * Q4K_SUPER_BYTES,
-            _ => k / QK * self.record_bytes(),
+        if self.is_k_quant() {
+            k / QK_K * (K_HEADER_BYTES + K_RECORDS * self.record_bytes())
+        } else {
+            k / QK * self.record_bytes()
         }
     }
 
@@ -118,6 +134,7 @@ impl WeightFormat {
             WeightFormat::Q4_0 => FMT_Q4_0,
             WeightFormat::Q8_0 => FMT_Q8_0,
             WeightFormat::Q4K => FMT_Q4K,
+            WeightFormat::Q6K => FMT_Q6K,
         }
     }
 
@@ -126,6 +143,7 @@ impl WeightFormat {
             FMT_Q4_1 => WeightFormat::Q4_1,
             FMT_Q4_0 => WeightFormat::Q4_0,
             FMT_Q4K => WeightFormat::Q4K,
+            FMT_Q6K => WeightFormat::Q6K,
             _ => WeightFormat::Q8_0,
         }
     }
@@ -135,31 +153,34 @@ pub const FMT_Q4_1: u8 = 0;
 pub const FMT_Q4_0: u8 = 1;
 pub const FMT_Q8_0: u8 = 2;
 pub const FMT_Q4K: u8 = 3;
+pub const FMT_Q6K: u8 = 4;
 
-/// Records per Q4_K super-block.
-const Q4K_RECORDS: usize = QK_K / QK;
-/// The Q4_K super-block header: 16 rows' `d`, then 16 rows' `dmin`, as f16.
-pub const Q4K_HEADER_BYTES: usize = GROUP * 2 * 2;
-/// Offset of `dmin` in the header.
+/// Records per K-quant super-block.
+const K_RECORDS: usize = QK_K / QK;
+/// A K-quant super-block's header: 16 rows' `d` (f16), then for Q4_K 16 rows' `dmin`.
+pub const K_HEADER_BYTES: usize = 64;
+/// Offset of `dmin` in a Q4_K header.
 pub const Q4K_DMIN_OFFSET: usize = GROUP * 2;
-/// A group's share of one Q4_K super-block: header and eight records.
-const Q4K_SUPER_BYTES: usize = Q4K_HEADER_BYTES + Q4K_RECORDS * WeightFormat::Q4K.record_bytes();
+/// Offset, in a Q6_K record, of two 64-byte chunks holding the top 2 bits of each
+/// value: in the first, byte `4 * r + t` of row `r` holds those of values `4 i + t`
+/// at bits `2 i..2 i + 2` (i in 0..4); the second the same for values `16 + 4 i + t`.
+pub const Q6K_HIGH_OFFSET: usize = GROUP * QK / 2;
 
 /// Offset of block `b`'s record within a group of the format with id `format`.
 #[inline(always)]
 pub const fn record_offset(format: u8, b: usize) -> usize {
-    match format {
-        FMT_Q4K => {
-            q4k_header_offset(b) + Q4K_HEADER_BYTES + (b % Q4K_RECORDS) * WeightFormat::Q4K.record_bytes()
-        }
-        _ => b * WeightFormat::from_id(format).record_bytes(),
+    let f = WeightFormat::from_id(format);
+    if f.is_k_quant() {
+        k_header_offset(format, b) + K_HEADER_BYTES + (b % K_RECORDS) * f.record_bytes()
+    } else {
+        b * f.record_bytes()
     }
 }
 
-/// Offset of the header of the Q4_K super-block holding block `b`, within a group.
+/// Offset of the header of the K-quant super-block holding block `b`, within a group.
 #[inline(always)]
-pub const fn q4k_header_offset(b: usize) -> usize {
-    b / Q4K_RECORDS * Q4K_SUPER_BYTES
+pub const fn k_header_offset(format: u8, b: usize) -> usize {
+    b / K_RECORDS * (K_HEADER_BYTES + K_RECORDS * WeightFormat::from_id(format).record_bytes())
 }
 
 /// Where a kernel finds things in a record of the format with id `format` (kernels
@@ -192,14 +213,32 @@ pub fn scale_and_min(format: WeightFormat, group: &[u8], b: usize, r: usize) -> 
     let so = format.scales_offset();
     match format {
         WeightFormat::Q4K => {
-            let header = &group[q4k_header_offset(b)..][..Q4K_HEADER_BYTES];
+            let header = &group[k_header_offset(FMT_Q4K, b)..][..K_HEADER_BYTES];
             let (d, dmin) = (read_f16(header, 2 * r), read_f16(header, Q4K_DMIN_OFFSET + 2 * r));
             let (sc, m) = (record[so + r], record[so + GROUP + r]);
             (d * f32::from(sc), -(dmin * f32::from(m)))
         }
         WeightFormat::Q4_1 => (read_f16(record, so + 2 * r), read_f16(record, so + 2 * GROUP + 2 * r)),
         WeightFormat::Q4_0 | WeightFormat::Q8_0 => (read_f16(record, so + 2 * r), 0.0),
+        WeightFormat::Q6K => (q6k_scales(group, b, r)[0], 0.0),
     }
+}
+
+/// Value `i` (0..32) of row `r` in a Q6_K record, as the signed `q - 32`.
+pub fn q6k_value(record: &[u8], r: usize, i: usize) -> i32 {
+    let (half, j) = (i / 16, i % 16);
+    let byte = record[(j / 4) * 64 + 4 * r + j % 4];
+    let low = if half == 0 { byte & 0x0f } else { byte >> 4 };
+    let top = (record[Q6K_HIGH_OFFSET + 64 * half + 4 * r + j % 4] >> (2 * (j / 4))) & 3;
+    i32::from(low | (top << 4)) - 32
+}
+
+/// Row `r`'s two scales `d · sc` (values 0–15, 16–31) for block `b` of a Q6_K group.
+pub fn q6k_scales(group: &[u8], b: usize, r: usize) -> [f32; 2] {
+    let d = read_f16(&group[k_header_offset(FMT_Q6K, b)..], 2 * r);
+    let record = &group[record_offset(FMT_Q6K, b)..][..WeightFormat::Q6K.record_bytes()];
+    let so = WeightFormat::Q6K.scales_offset();
+    [d * f32::from(record[so + r] as i8), d * f32::from(record[so + GROUP + r] as i8)]
 }
 
 #[derive(Clone, Copy)]
@@ -248,11 +287,22 @@ pub fn repack(format: WeightFormat, gguf: &[u8], n: usize, k: usize) -> AlignedB
                 let scales: &[u8; 12] = block[4..16].try_into().expect("12 bytes of scales");
                 for (i, q) in quants.iter().enumerate() {
                     let (sc, m) = q4k_scale_min(i, scales);
-                    put(group, s * Q4K_RECORDS + i, &[sc], &[m], q);
+                    put(group, s * K_RECORDS + i, &[sc], &[m], q);
                 }
-                let header = &mut group[q4k_header_offset(s * Q4K_RECORDS)..][..Q4K_HEADER_BYTES];
+                let header = &mut group[k_header_offset(FMT_Q4K, s * K_RECORDS)..][..K_HEADER_BYTES];
                 header[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
                 header[Q4K_DMIN_OFFSET + 2 * r..Q4K_DMIN_OFFSET + 2 * r + 2].copy_from_slice(&block[2..4]);
+            }
+            continue;
+        }
+        if format == WeightFormat::Q6K {
+            for (s, block) in src.chunks_exact(format.gguf_block_bytes()).enumerate() {
+                let (values, scales) = q6k_values(block);
+                for (i, v) in values.chunks_exact(QK).enumerate() {
+                    put_q6k_row_block(group, s * K_RECORDS + i, r, v, [scales[2 * i], scales[2 * i + 1]]);
+                }
+                let header = &mut group[k_header_offset(FMT_Q6K, s * K_RECORDS)..][..K_HEADER_BYTES];
+                header[2 * r..2 * r + 2].copy_from_slice(&block[208..210]);
             }
             continue;
         }
@@ -293,9 +343,45 @@ fn put_row_block(
     scatter_words(quants, r, out);
 }
 
+/// Writes row `r`'s share of Q6_K block `b`: `values` are its 32 quants (0..64, the
+/// `q` of `d·sc * (q - 32)`), `scales` the signed scales of values 0–15 and 16–31.
+fn put_q6k_row_block(group: &mut [u8], b: usize, r: usize, values: &[u8], scales: [u8; 2]) {
+    let format = WeightFormat::Q6K;
+    let out = &mut group[record_offset(FMT_Q6K, b)..][..format.record_bytes()];
+    let low: [u8; QK / 2] = std::array::from_fn(|i| (values[i] & 0x0f) | ((values[i + QK / 2] & 0x0f) << 4));
+    scatter_words(&low, r, out);
+    for half in 0..2 {
+        for t in 0..4 {
+            let tops = (0..4).fold(0u8, |acc, i| acc | ((values[16 * half + 4 * i + t] >> 4) << (2 * i)));
+            out[Q6K_HIGH_OFFSET + 64 * half + 4 * r + t] = tops;
+        }
+    }
+    let so = format.scales_offset();
+    out[so + r] = scales[0];
+    out[so + GROUP + r] = scales[1];
+}
+
+/// A Q6_K super-block's 256 quants (0..64, in value order) and 16 scales (as bytes of
+/// signed values), decoded from ggml's split of each value into 4 + 2 bits.
+fn q6k_values(block: &[u8]) -> ([u8; QK_K], [u8; 16]) {
+    let (ql, qh) = (&block[0..128], &block[128..192]);
+    let mut values = [0u8; QK_K];
+    for half in 0..2 {
+        let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+        for l in 0..32 {
+            let v = &mut values[128 * half..];
+            v[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
+            v[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+            v[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            v[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    (values, block[192..208].try_into().expect("16 scales"))
+}
+
 /// The quants of a Q4_K super-block's eight 32-value sub-blocks, each as 16 bytes laid
 /// out as Q4_1's (low nibble value `i`, high nibble value `16 + i`).
-fn q4k_quants(block: &[u8]) -> [[u8; QK / 2]; Q4K_RECORDS] {
+fn q4k_quants(block: &[u8]) -> [[u8; QK / 2]; K_RECORDS] {
     let qs = &block[16..144];
     std::array::from_fn(|sub| {
         // Each 64 values share 32 bytes: the low nibbles are the even sub-block, the
@@ -335,7 +421,12 @@ pub fn dequantize_row(format: WeightFormat, data: &[u8], k: usize, row: usize, o
         let (d, m) = scale_and_min(format, group, b, r);
         let vals = &mut out[b * QK..(b + 1) * QK];
         let quant = |i: usize| record[(i / 4) * 64 + 4 * r + i % 4];
-        if format == WeightFormat::Q8_0 {
+        if format == WeightFormat::Q6K {
+            let scales = q6k_scales(group, b, r);
+            for (i, v) in vals.iter_mut().enumerate() {
+                *v = scales[i / 16] * q6k_value(record, r, i) as f32;
+            }
+        } else if format == WeightFormat::Q8_0 {
             for (i, v) in vals.iter_mut().enumerate() {
                 *v = d * f32::from((quant(i) ^ 0x80) as i8);
             }
@@ -366,6 +457,9 @@ mod tests {
         // header's d and dmin: 148 bytes against the file's 144; whole cache lines.
         assert_eq!(WeightFormat::Q4K.group_bytes(256), GROUP * 148);
         assert_eq!(WeightFormat::Q4K.group_bytes(256) % 64, 0);
+        // Q6_K: the file's 210 bytes per row and 256 values, plus the header's padding.
+        assert_eq!(WeightFormat::Q6K.group_bytes(256), GROUP * 210 + 32);
+        assert_eq!(WeightFormat::Q6K.group_bytes(256) % 64, 0);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Quantized matrix multiplication for the CPU backend's linear layers.
 //!
-//! [`QMatrix`] holds a GGUF Q4_1 / Q4_0 / Q8_0 / Q4_K weight matrix repacked for SIMD (see
+//! [`QMatrix`] holds a GGUF Q4_1 / Q4_0 / Q8_0 / Q4_K / Q6_K weight matrix repacked for SIMD (see
 //! `layout`), and [`QMatrix::matmul`] computes `x · Wᵀ` for any number of activation
 //! rows: the activations are quantized once to 8-bit blocks, the dot products are exact
 //! integer multiply-adds, and the work is spread over rayon's threads. One token
@@ -58,7 +58,7 @@ impl std::fmt::Debug for QMatrix {
 }
 
 impl QMatrix {
-    /// Repacks a 2-D Q4_1, Q4_0, Q8_0 or Q4_K tensor; `None` for anything else (other dtypes,
+    /// Repacks a 2-D Q4_1, Q4_0, Q8_0, Q4_K or Q6_K tensor; `None` for anything else (other dtypes,
     /// other ranks), which the caller leaves to candle's `QMatMul`.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<QMatrix>, KernelError> {
         let format = match t.dtype() {
@@ -66,6 +66,7 @@ impl QMatrix {
             GgmlDType::Q4_0 => WeightFormat::Q4_0,
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
             GgmlDType::Q4K => WeightFormat::Q4K,
+            GgmlDType::Q6K => WeightFormat::Q6K,
             _ => return Ok(None),
         };
         let &[n, k] = t.shape().dims() else {
@@ -136,11 +137,12 @@ impl QMatrix {
             WeightFormat::Q4_0 => GgmlDType::Q4_0,
             WeightFormat::Q8_0 => GgmlDType::Q8_0,
             WeightFormat::Q4K => GgmlDType::Q4K,
+            WeightFormat::Q6K => GgmlDType::Q6K,
         }
     }
 
     /// Bytes of quantized weights one pass over the matrix streams: the file's bytes
-    /// (Q4_K: 148 per 256 values against 144; see `layout`).
+    /// (K-quants: a few more, see `layout`).
     pub fn weight_bytes(&self) -> usize {
         self.n * self.format.group_bytes(self.k) / GROUP
     }

@@ -2,7 +2,8 @@
 //! sequence of fused multiply-adds as the SIMD kernels, so their results are identical.
 
 use super::layout::{
-    record_offset, record_shape, scale_and_min, WeightFormat, FMT_Q4_0, FMT_Q8_0, GROUP, QK,
+    q6k_scales, q6k_value, record_offset, record_shape, scale_and_min, WeightFormat, FMT_Q4_0, FMT_Q6K,
+    FMT_Q8_0, GROUP, QK,
 };
 use super::tile::{store_partial, Tile};
 
@@ -22,6 +23,17 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             let (dx, sx, isum) = (a.d[row * nb + b], a.s[row * nb + b], a.isum[row * nb + b]);
             for (c, acc) in acc.iter_mut().enumerate() {
                 let byte = |i: usize| record[(i / 4) * 64 + 4 * c + i % 4];
+                if F == FMT_Q6K {
+                    // Two half-blocks with a scale each, in the AVX2 kernel's order.
+                    let scales = q6k_scales(t.w, b, c);
+                    for (half, scale) in scales.iter().enumerate() {
+                        let dot: i32 = (16 * half..16 * half + 16)
+                            .map(|i| q6k_value(record, c, i) * i32::from(xq[i]))
+                            .sum();
+                        *acc = (dot as f32).mul_add(scale * dx, *acc);
+                    }
+                    continue;
+                }
                 let mut dot = 0i32;
                 if F == FMT_Q8_0 {
                     for (i, &x) in xq.iter().enumerate() {

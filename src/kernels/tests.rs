@@ -10,7 +10,8 @@ use rand::{Rng, SeedableRng};
 use super::activations::QActs;
 use super::{Kernel, QMatrix};
 
-const DTYPES: [GgmlDType; 4] = [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q4K];
+const DTYPES: [GgmlDType; 5] =
+    [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K];
 
 /// `k` rounded up to whole blocks of `dtype` (256 values for Q4_K, 32 otherwise).
 fn whole_blocks(dtype: GgmlDType, k: usize) -> usize {
@@ -124,7 +125,7 @@ fn dequantized_rows_equal_candles() {
 #[test]
 fn other_dtypes_and_ranks_are_left_to_candle() {
     let t = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
-    for dtype in [GgmlDType::F32, GgmlDType::Q5K, GgmlDType::Q6K] {
+    for dtype in [GgmlDType::F32, GgmlDType::Q5K, GgmlDType::Q2K] {
         let q = QTensor::quantize(&t, dtype).unwrap();
         assert!(QMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
     }
@@ -207,26 +208,28 @@ fn real_weights_match_candles_qmatmul() {
     }
 }
 
-/// Q4_K as users' GGUF files carry it: a real weight matrix requantized to Q4_K by
+/// K-quants as users' GGUF files carry them: a real weight matrix requantized by
 /// candle (as llama.cpp would for a row length divisible by 256), against candle's
 /// dequantized weights in f64.
 #[test]
-fn real_weights_requantized_to_q4k_match_their_dequantization() {
+fn real_weights_requantized_to_k_quants_match_their_dequantization() {
     let path = model_path();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let down = content.tensor(&mut file, "blk.0.ffn_down.weight", &Device::Cpu).unwrap();
-    let q = QTensor::quantize(&down.dequantize(&Device::Cpu).unwrap(), GgmlDType::Q4K).unwrap();
-    let w: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
-    let (n, k, m) = (qm.n(), qm.k(), 4);
-    assert_eq!((n, k, qm.dtype()), (576, 1536, GgmlDType::Q4K));
     let mut rng = StdRng::seed_from_u64(13);
-    let x = random(&mut rng, m * k);
-    let mut got = vec![0.0; m * n];
-    qm.matmul(&x, m, &mut got);
-    let same_acts = reference(&requantized(&x, m, k), &w, m, n, k);
-    assert!(rel_l2(&got, &same_acts) < 1e-5, "against the same 8-bit activations");
-    let loss = rel_l2(&got, &reference(&x, &w, m, n, k));
-    assert!(loss < 0.02, "activation quantization loss {loss}");
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        let q = QTensor::quantize(&down.dequantize(&Device::Cpu).unwrap(), dtype).unwrap();
+        let w: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
+        let (n, k, m) = (qm.n(), qm.k(), 4);
+        assert_eq!((n, k, qm.dtype()), (576, 1536, dtype));
+        let x = random(&mut rng, m * k);
+        let mut got = vec![0.0; m * n];
+        qm.matmul(&x, m, &mut got);
+        let same_acts = reference(&requantized(&x, m, k), &w, m, n, k);
+        assert!(rel_l2(&got, &same_acts) < 1e-5, "{dtype:?}: against the same 8-bit activations");
+        let loss = rel_l2(&got, &reference(&x, &w, m, n, k));
+        assert!(loss < 0.02, "{dtype:?}: activation quantization loss {loss}");
+    }
 }

@@ -72,13 +72,18 @@ pub fn requantized_model(
     (path, changed)
 }
 
-/// The default model with its FFN down projections in Q4_K: what llama.cpp's Q4_K_M
-/// makes of the matrices whose rows divide into 256-value super-blocks (SmolLM2's
-/// other matrices have 576-value rows and cannot be K-quants).
-pub fn q4k_model(dir: &std::path::Path) -> (PathBuf, usize) {
+/// The default model with its FFN down projections in K-quants, Q4_K in even layers
+/// and Q6_K in odd ones: what llama.cpp's Q4_K_M makes of the matrices whose rows
+/// divide into 256-value super-blocks (SmolLM2's other matrices have 576-value rows
+/// and cannot be K-quants).
+pub fn k_quant_model(dir: &std::path::Path) -> (PathBuf, usize) {
+    use candle_core::quantized::GgmlDType;
     requantized_model(dir, |name, dims| {
-        (name.ends_with("ffn_down.weight") && dims.last().is_some_and(|k| k % 256 == 0))
-            .then_some(candle_core::quantized::GgmlDType::Q4K)
+        if !name.ends_with("ffn_down.weight") || dims.last().is_none_or(|k| !k.is_multiple_of(256)) {
+            return None;
+        }
+        let layer: usize = name.split('.').nth(1)?.parse().ok()?;
+        Some(if layer.is_multiple_of(2) { GgmlDType::Q4K } else { GgmlDType::Q6K })
     })
 }
 
