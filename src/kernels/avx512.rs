@@ -8,7 +8,8 @@
 use std::arch::x86_64::*;
 
 use super::layout::{
-    k_header_offset, record_offset, record_shape, FMT_Q4K, FMT_Q4_0, FMT_Q6K, FMT_Q8_0, Q4K_DMIN_OFFSET, QK,
+    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q4_0, FMT_Q6K, FMT_Q8_0,
+    Q4K_DMIN_OFFSET, QK,
 };
 use super::tile::{Tile, PREFETCH_AHEAD};
 
@@ -25,7 +26,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     let rec = shape.bytes;
     let a = t.acts;
     let (k, nb) = (a.k, a.nb);
-    assert!(t.w.len() >= record_offset(F, nb - 1) + rec && a.qs.len() >= (t.row0 + MR) * k);
+    assert!(t.w.len() >= WeightFormat::from_id(F).group_bytes(k) && a.qs.len() >= (t.row0 + MR) * k);
     assert!(a.d.len() >= (t.row0 + MR) * nb);
     let w = t.w.as_ptr();
     let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
