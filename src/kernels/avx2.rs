@@ -41,15 +41,17 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
                 }
             }
+            let operands =
+                BlockOperands { record: blk, half: h, acts: qs.add(t.row0 * k + b * QK), row_stride: k };
             let mut dots = [_mm256_setzero_si256(); MR];
             // Q6_K: the dot products of values 16..32, which have a scale of their own.
             let mut dots_hi = [_mm256_setzero_si256(); MR];
             if F == FMT_Q8_0 {
-                q8_0_dots(blk, h, qs, t.row0 * k + b * QK, k, &mut dots);
+                q8_0_dots(operands, &mut dots);
             } else if F == FMT_Q6K {
-                q6k_dots(blk, h, qs, t.row0 * k + b * QK, k, &mut dots, &mut dots_hi);
+                q6k_dots(operands, &mut dots, &mut dots_hi);
             } else {
-                q4_dots::<F, MR>(blk, h, qs, t.row0 * k + b * QK, k, &mut dots);
+                q4_dots(operands, &mut dots);
                 if F == FMT_Q4_0 {
                     for (r, dot) in dots.iter_mut().enumerate() {
                         let zero_point = _mm256_set1_epi32(8 * *sums.add((t.row0 + r) * nb + b));
@@ -105,33 +107,51 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     }
 }
 
-/// Integer dot products of half `h` (8 of the group's rows) of one block with the
-/// block's activations in `MR` rows (`x` at `qs + at + r * k`), for the 4-bit formats.
-/// All eight 4-byte chunks of weights stay in registers while the rows go by.
+/// One block's operands for the dot products of half `half` (8 of the group's rows):
+/// the block's record, and the block's activation bytes in the tile's first row, the
+/// next rows `row_stride` bytes apart.
+#[derive(Clone, Copy)]
+struct BlockOperands {
+    record: *const u8,
+    half: usize,
+    acts: *const i8,
+    row_stride: usize,
+}
+
+impl BlockOperands {
+    /// This half's 32 bytes of the record's 64-byte chunk at `offset`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn chunk(self, offset: usize) -> __m256i {
+        _mm256_loadu_si256(self.record.add(offset + 32 * self.half).cast())
+    }
+
+    /// Activation bytes `4 j .. 4 j + 4` of row `r`, broadcast to every lane.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn x(self, r: usize, j: usize) -> __m256i {
+        _mm256_set1_epi32(self.acts.add(r * self.row_stride).cast::<i32>().add(j).read_unaligned())
+    }
+}
+
+/// Integer dot products of one block half with the block's activations in `MR` rows,
+/// for the 4-bit formats. All eight 4-byte chunks of weights stay in registers while
+/// the rows go by.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn q4_dots<const F: u8, const MR: usize>(
-    blk: *const u8,
-    h: usize,
-    qs: *const i8,
-    at: usize,
-    k: usize,
-    dots: &mut [__m256i; MR],
-) {
+unsafe fn q4_dots<const MR: usize>(op: BlockOperands, dots: &mut [__m256i; MR]) {
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     let mut v = [_mm256_setzero_si256(); 8];
     for i in 0..4 {
-        let raw = _mm256_loadu_si256(blk.add(64 * i + 32 * h).cast());
+        let raw = op.chunk(64 * i);
         v[i] = _mm256_and_si256(raw, low);
         v[i + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
     }
     for (r, dot) in dots.iter_mut().enumerate() {
-        let xw = qs.add(at + r * k).cast::<i32>();
-        let x = |j: usize| _mm256_set1_epi32(xw.add(j).read_unaligned());
-        let mut s16 = _mm256_maddubs_epi16(v[0], x(0));
+        let mut s16 = _mm256_maddubs_epi16(v[0], op.x(r, 0));
         for (j, &vj) in v.iter().enumerate().skip(1) {
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(vj, x(j)));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(vj, op.x(r, j)));
         }
         *dot = _mm256_madd_epi16(s16, ones);
     }
@@ -139,25 +159,17 @@ unsafe fn q4_dots<const F: u8, const MR: usize>(
 
 /// As [`q4_dots`] for Q8_0. Every product pair must be widened (two of them can exceed
 /// 16 bits), so the loop runs chunk by chunk with one 32-bit sum per row: holding all
-/// eight chunks' magnitudes and signs would need 16 registers and spill.
+/// eight chunks' magnitudes and signs would take all 16 registers.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn q8_0_dots<const MR: usize>(
-    blk: *const u8,
-    h: usize,
-    qs: *const i8,
-    at: usize,
-    k: usize,
-    dots: &mut [__m256i; MR],
-) {
+unsafe fn q8_0_dots<const MR: usize>(op: BlockOperands, dots: &mut [__m256i; MR]) {
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
     for j in 0..8 {
-        let v = _mm256_xor_si256(_mm256_loadu_si256(blk.add(64 * j + 32 * h).cast()), flip);
+        let v = _mm256_xor_si256(op.chunk(64 * j), flip);
         let mag = _mm256_abs_epi8(v);
         for (r, dot) in dots.iter_mut().enumerate() {
-            let x = _mm256_set1_epi32(qs.add(at + r * k).cast::<i32>().add(j).read_unaligned());
-            let p = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, v));
+            let p = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(op.x(r, j), v));
             *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, ones));
         }
     }
@@ -169,24 +181,16 @@ unsafe fn q8_0_dots<const MR: usize>(
 /// half-block add in 16 bits (4 × 2 × 32 × 127 < 2^15) before one widening.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn q6k_dots<const MR: usize>(
-    blk: *const u8,
-    h: usize,
-    qs: *const i8,
-    at: usize,
-    k: usize,
-    lo: &mut [__m256i; MR],
-    hi: &mut [__m256i; MR],
-) {
+unsafe fn q6k_dots<const MR: usize>(op: BlockOperands, lo: &mut [__m256i; MR], hi: &mut [__m256i; MR]) {
     let nibble = _mm256_set1_epi8(0x0f);
     let top_bits = _mm256_set1_epi8(0x30);
     let bias = _mm256_set1_epi8(32);
     let ones = _mm256_set1_epi16(1);
     for (part, dots) in [lo, hi].into_iter().enumerate() {
-        let tops = _mm256_loadu_si256(blk.add(Q6K_HIGH_OFFSET + 64 * part + 32 * h).cast());
+        let tops = op.chunk(Q6K_HIGH_OFFSET + 64 * part);
         let mut s16 = [_mm256_setzero_si256(); MR];
         for i in 0..4 {
-            let raw = _mm256_loadu_si256(blk.add(64 * i + 32 * h).cast());
+            let raw = op.chunk(64 * i);
             let low = if part == 0 { raw } else { _mm256_srli_epi16::<4>(raw) };
             // Bits 2i..2i+2 of the high-bits byte to bits 4..6 (16-bit shifts; the
             // mask drops what crosses from the neighbouring byte).
@@ -202,9 +206,10 @@ unsafe fn q6k_dots<const MR: usize>(
             );
             let mag = _mm256_abs_epi8(v);
             for (r, s) in s16.iter_mut().enumerate() {
-                let xw = qs.add(at + r * k).cast::<i32>();
-                let x = _mm256_set1_epi32(xw.add(4 * part + i).read_unaligned());
-                *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, v)));
+                *s = _mm256_add_epi16(
+                    *s,
+                    _mm256_maddubs_epi16(mag, _mm256_sign_epi8(op.x(r, 4 * part + i), v)),
+                );
             }
         }
         for (dot, s) in dots.iter_mut().zip(&s16) {
