@@ -217,7 +217,7 @@ impl Llama {
         let model = Self { cfg, embed, blocks, norm, lm_head, rope };
         // Which matrices run where: a format the kernels do not cover falls back to
         // candle and is much slower at batch sizes above one.
-        tracing::info!(matmuls = ?model.matmul_implementations(), "model loaded");
+        tracing::info!(matmuls = ?model.matmul_implementations(), "weight matrices placed");
         Ok(model)
     }
 
