@@ -10,31 +10,33 @@
 //!   is value `4 i + t` plus 128 as an unsigned byte (8 chunks);
 //! - the 16 rows' scales `d` (f16), then for Q4_1 the 16 rows' minimums `m` (f16).
 //!
-//! Q4_K keeps its two-level scales, so decode streams about the file's bytes: per
-//! group and 256-value super-block, a 64-byte header holds the 16 rows' `d` (f16) then
-//! `dmin` (f16), followed by eight records of quants (as Q4_1's) and the 16 rows'
-//! 6-bit scale `sc` and minimum `m` as bytes. A kernel forms `d · sc` and `dmin · m` in
-//! f32, where they are exact (an f16 times a 6-bit integer), as ggml does.
-//!
-//! Q6_K is laid out the same way: a header of the rows' `d` (f16; 32 bytes of padding
-//! keep super-blocks on cache lines), then per 32-value record the low 4 bits of each
-//! value as Q4's quants, its top 2 bits (see `Q6K_HIGH_OFFSET`) and the rows' two
-//! signed 8-bit scales, one per 16 values: 210 bytes per 256 values, as in the file.
-//!
 //! So one 512-bit (or two 256-bit) integer multiply-adds of a chunk against four
 //! activation bytes broadcast to every lane yield partial sums for 16 outputs at once,
 //! and every per-row scale is a vector load. The record is as large as the GGUF blocks
-//! it replaces (Q4_K: 148 bytes per 256 values against the file's 144), so decode
-//! streams the file's bytes. Invariant: quants of padded
-//! rows are zero and their scales are zero, so padded outputs are 0 and never written.
+//! it replaces, so decode streams exactly the file's bytes.
+//!
+//! The K-quants keep their two-level scales, so decode streams about the file's bytes;
+//! their kernels form `d · sc` (and `dmin · m`) in f32, where the products are exact (an
+//! f16 times a small integer), as ggml does. Per group and 256-value super-block:
+//!
+//! - Q4_K: a 64-byte header of the 16 rows' `d` then `dmin` (f16), then eight records of
+//!   quants (as Q4_1's) and the rows' 6-bit `sc` and `m` as bytes: 148 bytes per row and
+//!   256 values against the file's 144;
+//! - Q6_K: a header of the rows' `d` (f16; 32 bytes of padding keep super-blocks on cache
+//!   lines), then eight records of each value's low 4 bits (as Q4's quants), its top 2
+//!   bits (see `Q6K_HIGH_OFFSET`) and the rows' two signed 8-bit scales, one per 16
+//!   values: 212 bytes per row against the file's 210.
+//!
+//! Invariant: quants of padded rows are zero and their scales are zero, so padded
+//! outputs are 0 and never written.
 
 use half::f16;
 
 /// Output rows handled together by one pass of a kernel.
 pub const GROUP: usize = 16;
-/// Values per block of the repacked layout (every format; a Q4_K super-block is eight).
+/// Values per block of the repacked layout (every format; a K-quant super-block is eight).
 pub const QK: usize = 32;
-/// Values per Q4_K super-block in the file.
+/// Values per K-quant super-block in the file.
 pub const QK_K: usize = 256;
 
 /// The weight formats the kernels understand.
@@ -206,8 +208,8 @@ pub const fn record_shape(format: u8) -> RecordShape {
 }
 
 /// Row `r`'s scale and additive minimum for block `b` of a group (`w = d * q + m`;
-/// `m` is 0 for Q8_0 and not used for Q4_0). The kernels compute exactly these, in the
-/// same order.
+/// `m` is 0 for Q8_0 and not used for Q4_0; Q6_K's two scales are [`q6k_scales`], the
+/// first returned here). The kernels compute exactly these, in the same order.
 pub fn scale_and_min(format: WeightFormat, group: &[u8], b: usize, r: usize) -> (f32, f32) {
     let record = &group[record_offset(format.id(), b)..][..format.record_bytes()];
     let so = format.scales_offset();
