@@ -21,7 +21,10 @@ fn backend_with(dequantized: bool) -> CpuBackend {
 }
 
 fn backend_on(path: &std::path::Path, dequantized: bool) -> CpuBackend {
-    let model = model_on(path, dequantized);
+    backend_for(model_on(path, dequantized), dequantized)
+}
+
+fn backend_for(model: Llama, dequantized: bool) -> CpuBackend {
     // Float weights are the exactness check against transformers' f32: the KV cache
     // is f32 there whatever the default. The quantized path runs the serving default.
     let kv_dtype = if dequantized { KvDtype::F32 } else { KvDtype::default() };
@@ -247,11 +250,8 @@ fn safetensors_checkpoint_gives_the_same_logits_as_its_gguf() {
     let hf_cfg = LlamaConfig::from_hf_json(&config.to_string(), &cfg_path).expect("hf config");
     let st = WeightSource::open_safetensors(dir.path()).expect("open safetensors");
     let model = Llama::load(&st, hf_cfg).expect("load safetensors");
-    let mut st_backend = CpuBackend::new(
-        model,
-        &BackendConfig { kv_cache_bytes: 256 << 20, kv_dtype: KvDtype::F32, ..Default::default() },
-    )
-    .expect("backend");
+    // Float weights, so the float configuration (f32 KV cache).
+    let mut st_backend = backend_for(model, true);
     let mut gguf_backend = backend_with(true);
     let prompts: Vec<Vec<u32>> = reference()["prompts"]
         .as_array()
@@ -284,11 +284,7 @@ fn k_quant_weights_run_on_the_kernels_and_match_their_float_values() {
     assert_eq!(kinds.get("inflight Q4K"), Some(&layers.div_ceil(2)), "{kinds:?}");
     assert_eq!(kinds.get("inflight Q6K"), Some(&(layers / 2)), "{kinds:?}");
     assert!(kinds.keys().all(|k| k.starts_with("inflight")), "nothing left to candle: {kinds:?}");
-    let mut quantized = CpuBackend::new(
-        model,
-        &BackendConfig { kv_cache_bytes: 256 << 20, kv_dtype: KvDtype::default(), ..Default::default() },
-    )
-    .expect("backend");
+    let mut quantized = backend_for(model, false);
     let mut float = backend_on(&path, true);
     let prompts: Vec<Vec<u32>> =
         reference()["prompts"].as_array().expect("prompts").iter().map(|p| ids(&p["prompt_ids"])).collect();

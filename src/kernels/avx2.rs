@@ -59,9 +59,9 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                     }
                 }
             }
-            // Half `h`'s eight scales and minimums (for Q4_K `d · sc` and `dmin · m`,
-            // the minimum subtracted below; for Q6_K the two `d · sc`), formed after
-            // the dot products so they do not hold registers the weights need.
+            // Half `h`'s eight scales and minimums (for Q4_K `d · sc` and `-dmin · m`;
+            // for Q6_K the two `d · sc`), formed after the dot products so they do not
+            // hold registers the weights need.
             let f16x8 = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h).cast()));
             let (dw, mw) = if F == FMT_Q6K {
                 let d = f16x8(w.add(k_header_offset(F, b)));
@@ -74,8 +74,8 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 let u8x8 = |at: usize| {
                     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(at + 8 * h).cast())))
                 };
-                let (d, dmin) = (f16x8(header), f16x8(header.add(Q4K_DMIN_OFFSET)));
-                (_mm256_mul_ps(d, u8x8(shape.scales)), _mm256_mul_ps(dmin, u8x8(shape.mins)))
+                let (d, neg_dmin) = (f16x8(header), f16x8(header.add(Q4K_DMIN_OFFSET)));
+                (_mm256_mul_ps(d, u8x8(shape.scales)), _mm256_mul_ps(neg_dmin, u8x8(shape.mins)))
             } else if shape.has_mins {
                 (f16x8(blk.add(shape.scales)), f16x8(blk.add(shape.mins)))
             } else {
@@ -87,8 +87,6 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*dot), _mm256_mul_ps(dw, dx), *acc);
                 if F == FMT_Q6K {
                     *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots_hi[r]), _mm256_mul_ps(mw, dx), *acc);
-                } else if F == FMT_Q4K {
-                    *acc = _mm256_fnmadd_ps(mw, _mm256_set1_ps(*ss.add(row * nb + b)), *acc);
                 } else if shape.has_mins {
                     *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*ss.add(row * nb + b)), *acc);
                 }

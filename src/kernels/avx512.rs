@@ -45,15 +45,14 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
             }
         }
-        // The 16 scales and minimums (for Q4_K `d · sc` and `dmin · m`, the minimum
-        // subtracted below).
+        // The 16 scales and minimums (for Q4_K `d · sc` and `-dmin · m`).
         let f16x16 = |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
         let (dw, mw) = if F == FMT_Q4K {
             let header = w.add(k_header_offset(F, b));
             let u8x16 =
                 |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(at).cast())));
-            let (d, dmin) = (f16x16(header), f16x16(header.add(Q4K_DMIN_OFFSET)));
-            (_mm512_mul_ps(d, u8x16(shape.scales)), _mm512_mul_ps(dmin, u8x16(shape.mins)))
+            let (d, neg_dmin) = (f16x16(header), f16x16(header.add(Q4K_DMIN_OFFSET)));
+            (_mm512_mul_ps(d, u8x16(shape.scales)), _mm512_mul_ps(neg_dmin, u8x16(shape.mins)))
         } else if shape.has_mins {
             (f16x16(blk.add(shape.scales)), f16x16(blk.add(shape.mins)))
         } else {
@@ -89,9 +88,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             }
             let dx = _mm512_set1_ps(*ds.add(row * nb + b));
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, dx), *acc);
-            if F == FMT_Q4K {
-                *acc = _mm512_fnmadd_ps(mw, _mm512_set1_ps(*ss.add(row * nb + b)), *acc);
-            } else if shape.has_mins {
+            if shape.has_mins {
                 *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*ss.add(row * nb + b)), *acc);
             }
         }

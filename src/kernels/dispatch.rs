@@ -110,9 +110,7 @@ fn select() -> Kernel {
 fn agrees_with_portable(kernel: Kernel) -> bool {
     let (n, k, m) = (21, 256, 11);
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
-    let formats =
-        [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K];
-    formats.into_iter().all(|format| {
+    WeightFormat::ALL.into_iter().all(|format| {
         let block = format.gguf_block_bytes();
         let bytes: Vec<u8> = (0..n * format.gguf_row_bytes(k))
             .map(|i| match (format, i % block) {

@@ -19,9 +19,10 @@
 //! their kernels form `d · sc` (and `dmin · m`) in f32, where the products are exact (an
 //! f16 times a small integer), as ggml does. Per group and 256-value super-block:
 //!
-//! - Q4_K: a 64-byte header of the 16 rows' `d` then `dmin` (f16), then eight records of
-//!   quants (as Q4_1's) and the rows' 6-bit `sc` and `m` as bytes: 148 bytes per row and
-//!   256 values against the file's 144;
+//! - Q4_K: a 64-byte header of the 16 rows' `d` then `-dmin` (f16, sign flipped so the
+//!   minimum `-dmin · m` adds like Q4_1's), then eight records of quants (as Q4_1's) and
+//!   the rows' 6-bit `sc` and `m` as bytes: 148 bytes per row and 256 values against the
+//!   file's 144;
 //! - Q6_K: a header of the rows' `d` (f16; 32 bytes of padding keep super-blocks on cache
 //!   lines), then eight records of each value's low 4 bits (as Q4's quants), its top 2
 //!   bits (see `Q6K_HIGH_OFFSET`) and the rows' two signed 8-bit scales, one per 16
@@ -30,6 +31,7 @@
 //! Invariant: quants of padded rows are zero and their scales are zero, so padded
 //! outputs are 0 and never written.
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
 
 /// Output rows handled together by one pass of a kernel.
@@ -57,6 +59,20 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
+    pub const ALL: [WeightFormat; 5] =
+        [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K];
+
+    /// The GGUF tensor type this format reads.
+    pub const fn ggml_dtype(self) -> GgmlDType {
+        match self {
+            WeightFormat::Q4_1 => GgmlDType::Q4_1,
+            WeightFormat::Q4_0 => GgmlDType::Q4_0,
+            WeightFormat::Q8_0 => GgmlDType::Q8_0,
+            WeightFormat::Q4K => GgmlDType::Q4K,
+            WeightFormat::Q6K => GgmlDType::Q6K,
+        }
+    }
+
     /// Bytes of one GGUF block of this format.
     pub const fn gguf_block_bytes(self) -> usize {
         match self {
@@ -159,9 +175,9 @@ pub const FMT_Q6K: u8 = 4;
 
 /// Records per K-quant super-block.
 const K_RECORDS: usize = QK_K / QK;
-/// A K-quant super-block's header: 16 rows' `d` (f16), then for Q4_K 16 rows' `dmin`.
+/// A K-quant super-block's header: 16 rows' `d` (f16), then for Q4_K 16 rows' `-dmin`.
 pub const K_HEADER_BYTES: usize = 64;
-/// Offset of `dmin` in a Q4_K header.
+/// Offset of `-dmin` in a Q4_K header.
 pub const Q4K_DMIN_OFFSET: usize = GROUP * 2;
 /// Offset, in a Q6_K record, of two 64-byte chunks holding the top 2 bits of each
 /// value: in the first, byte `4 * r + t` of row `r` holds those of values `4 i + t`
@@ -216,9 +232,9 @@ pub fn scale_and_min(format: WeightFormat, group: &[u8], b: usize, r: usize) -> 
     match format {
         WeightFormat::Q4K => {
             let header = &group[k_header_offset(FMT_Q4K, b)..][..K_HEADER_BYTES];
-            let (d, dmin) = (read_f16(header, 2 * r), read_f16(header, Q4K_DMIN_OFFSET + 2 * r));
+            let (d, neg_dmin) = (read_f16(header, 2 * r), read_f16(header, Q4K_DMIN_OFFSET + 2 * r));
             let (sc, m) = (record[so + r], record[so + GROUP + r]);
-            (d * f32::from(sc), -(dmin * f32::from(m)))
+            (d * f32::from(sc), neg_dmin * f32::from(m))
         }
         WeightFormat::Q4_1 => (read_f16(record, so + 2 * r), read_f16(record, so + 2 * GROUP + 2 * r)),
         WeightFormat::Q4_0 | WeightFormat::Q8_0 => (read_f16(record, so + 2 * r), 0.0),
@@ -293,7 +309,9 @@ pub fn repack(format: WeightFormat, gguf: &[u8], n: usize, k: usize) -> AlignedB
                 }
                 let header = &mut group[k_header_offset(FMT_Q4K, s * K_RECORDS)..][..K_HEADER_BYTES];
                 header[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
-                header[Q4K_DMIN_OFFSET + 2 * r..Q4K_DMIN_OFFSET + 2 * r + 2].copy_from_slice(&block[2..4]);
+                // f16 sign bit flipped: exact negation.
+                let neg_dmin = [block[2], block[3] ^ 0x80];
+                header[Q4K_DMIN_OFFSET + 2 * r..Q4K_DMIN_OFFSET + 2 * r + 2].copy_from_slice(&neg_dmin);
             }
             continue;
         }
@@ -420,15 +438,17 @@ pub fn dequantize_row(format: WeightFormat, data: &[u8], k: usize, row: usize, o
     let group = &data[g * group_bytes..][..group_bytes];
     for b in 0..k / QK {
         let record = &group[record_offset(format.id(), b)..][..format.record_bytes()];
-        let (d, m) = scale_and_min(format, group, b, r);
         let vals = &mut out[b * QK..(b + 1) * QK];
-        let quant = |i: usize| record[(i / 4) * 64 + 4 * r + i % 4];
         if format == WeightFormat::Q6K {
             let scales = q6k_scales(group, b, r);
             for (i, v) in vals.iter_mut().enumerate() {
                 *v = scales[i / 16] * q6k_value(record, r, i) as f32;
             }
-        } else if format == WeightFormat::Q8_0 {
+            continue;
+        }
+        let (d, m) = scale_and_min(format, group, b, r);
+        let quant = |i: usize| record[(i / 4) * 64 + 4 * r + i % 4];
+        if format == WeightFormat::Q8_0 {
             for (i, v) in vals.iter_mut().enumerate() {
                 *v = d * f32::from((quant(i) ^ 0x80) as i8);
             }

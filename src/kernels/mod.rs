@@ -1,7 +1,7 @@
 //! Quantized matrix multiplication for the CPU backend's linear layers.
 //!
-//! [`QMatrix`] holds a GGUF Q4_1 / Q4_0 / Q8_0 / Q4_K / Q6_K weight matrix repacked for SIMD (see
-//! `layout`), and [`QMatrix::matmul`] computes `x · Wᵀ` for any number of activation
+//! [`QMatrix`] holds a GGUF Q4_1 / Q4_0 / Q8_0 / Q4_K / Q6_K weight matrix repacked for
+//! SIMD (see `layout`), and [`QMatrix::matmul`] computes `x · Wᵀ` for any number of activation
 //! rows: the activations are quantized once to 8-bit blocks, the dot products are exact
 //! integer multiply-adds, and the work is spread over rayon's threads. One token
 //! (decode) streams the weights once; many rows (prefill, batched decode) reuse each
@@ -58,16 +58,11 @@ impl std::fmt::Debug for QMatrix {
 }
 
 impl QMatrix {
-    /// Repacks a 2-D Q4_1, Q4_0, Q8_0, Q4_K or Q6_K tensor; `None` for anything else (other dtypes,
-    /// other ranks), which the caller leaves to candle's `QMatMul`.
+    /// Repacks a 2-D Q4_1, Q4_0, Q8_0, Q4_K or Q6_K tensor; `None` for anything else
+    /// (other dtypes, other ranks), which the caller leaves to candle's `QMatMul`.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<QMatrix>, KernelError> {
-        let format = match t.dtype() {
-            GgmlDType::Q4_1 => WeightFormat::Q4_1,
-            GgmlDType::Q4_0 => WeightFormat::Q4_0,
-            GgmlDType::Q8_0 => WeightFormat::Q8_0,
-            GgmlDType::Q4K => WeightFormat::Q4K,
-            GgmlDType::Q6K => WeightFormat::Q6K,
-            _ => return Ok(None),
+        let Some(format) = WeightFormat::ALL.into_iter().find(|f| f.ggml_dtype() == t.dtype()) else {
+            return Ok(None);
         };
         let &[n, k] = t.shape().dims() else {
             return Ok(None);
@@ -132,13 +127,7 @@ impl QMatrix {
     }
 
     pub fn dtype(&self) -> GgmlDType {
-        match self.format {
-            WeightFormat::Q4_1 => GgmlDType::Q4_1,
-            WeightFormat::Q4_0 => GgmlDType::Q4_0,
-            WeightFormat::Q8_0 => GgmlDType::Q8_0,
-            WeightFormat::Q4K => GgmlDType::Q4K,
-            WeightFormat::Q6K => GgmlDType::Q6K,
-        }
+        self.format.ggml_dtype()
     }
 
     /// Bytes of quantized weights one pass over the matrix streams: the file's bytes
