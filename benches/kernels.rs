@@ -147,6 +147,126 @@ fn read_all(src: &[u64], chunk: usize) -> u64 {
         .reduce(|| 0, |x, y| x ^ y)
 }
 
+/// The core's peak multiply-add rates with every thread busy, for the gap between a
+/// kernel's GOP/s and what the machine can do: register-only loops of independent
+/// chains (no loads), 8 chains per thread so latency does not bound them.
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    /// Chains per loop: at least latency × instructions per cycle of every mix below.
+    const CHAINS: usize = 8;
+
+    /// `vpmaddubsw` + `vpaddw`: the 4-bit kernels' inner step, 32 products each.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn maddubs_add16(iters: usize) -> i64 {
+        let (mut x, step) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
+        let w: [__m256i; CHAINS] = std::array::from_fn(|i| _mm256_set1_epi8(i as i8 + 2));
+        let mut acc = [_mm256_setzero_si256(); CHAINS];
+        for _ in 0..iters {
+            for (a, w) in acc.iter_mut().zip(&w) {
+                *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(*w, x));
+            }
+            // A new operand every iteration, so the products cannot be hoisted out of
+            // the loop; its chain (one add) is shorter than the iteration.
+            x = _mm256_add_epi8(x, step);
+        }
+        fold(&acc)
+    }
+
+    /// `vpmaddubsw` + `vpmaddwd` + `vpaddd`: Q8_0's step on AVX2, 32 products each.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn maddubs_madd_add32(iters: usize) -> i64 {
+        let ones = _mm256_set1_epi16(1);
+        let (mut x, step) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
+        let w: [__m256i; CHAINS] = std::array::from_fn(|i| _mm256_set1_epi8(i as i8 + 2));
+        let mut acc = [_mm256_setzero_si256(); CHAINS];
+        for _ in 0..iters {
+            for (a, w) in acc.iter_mut().zip(&w) {
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(_mm256_maddubs_epi16(*w, x), ones));
+            }
+            x = _mm256_add_epi8(x, step);
+        }
+        fold(&acc)
+    }
+
+    /// `vfmadd231ps` on 8 floats: what a dequantize-then-f32 GEMM could reach.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma_f32(iters: usize) -> i64 {
+        let mut x = _mm256_set1_ps(1.0);
+        let w: [__m256; CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(1e-6 * i as f32));
+        let mut acc = [_mm256_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for (a, w) in acc.iter_mut().zip(&w) {
+                *a = _mm256_fmadd_ps(*w, x, *a);
+            }
+            x = _mm256_add_ps(x, w[1]);
+        }
+        fold(&acc.map(|a| _mm256_castps_si256(a)))
+    }
+
+    /// `vpdpbusd` on 64 bytes: the AVX-512 VNNI kernel's step, 64 products each.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dpbusd_512(iters: usize) -> i64 {
+        let (mut x, step) = (_mm512_set1_epi8(1), _mm512_set1_epi8(3));
+        let w: [__m512i; CHAINS] = std::array::from_fn(|i| _mm512_set1_epi8(i as i8 + 2));
+        let mut acc = [_mm512_setzero_si512(); CHAINS];
+        for _ in 0..iters {
+            for (a, w) in acc.iter_mut().zip(&w) {
+                *a = _mm512_dpbusd_epi32(*a, *w, x);
+            }
+            x = _mm512_add_epi8(x, step);
+        }
+        acc.iter().fold(0, |s, a| s ^ _mm512_reduce_add_epi32(*a) as i64)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn fold(acc: &[__m256i]) -> i64 {
+        let mut lanes = [0i32; 8];
+        let s = acc.iter().fold(_mm256_setzero_si256(), |s, a| _mm256_xor_si256(s, *a));
+        _mm256_storeu_si256(lanes.as_mut_ptr().cast(), s);
+        lanes.iter().fold(0, |s, &v| s ^ v as i64)
+    }
+
+    /// Each mix: its name, multiply-adds per loop iteration and chain, whether this CPU
+    /// runs it, and the loop.
+    pub type Mix = (&'static str, usize, bool, unsafe fn(usize) -> i64);
+
+    pub fn mixes() -> [Mix; 4] {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let vnni = is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni");
+        [
+            ("vpmaddubsw+vpaddw (Q4 step)", 32, avx2, maddubs_add16),
+            ("vpmaddubsw+vpmaddwd+vpaddd (Q8_0 step)", 32, avx2, maddubs_madd_add32),
+            ("vfmadd231ps f32", 8, avx2, fma_f32),
+            ("vpdpbusd zmm (VNNI step)", 64, vnni, dpbusd_512),
+        ]
+    }
+}
+
+/// Peak multiply-add rates of the core, every thread running the same register-only loop.
+#[cfg(target_arch = "x86_64")]
+fn peak_table() {
+    const ITERS: usize = 20_000_000;
+    let threads = rayon::current_num_threads();
+    println!("\npeak multiply-add rate, {threads} threads, registers only (no memory):");
+    for (name, macs, available, f) in peak::mixes() {
+        if !available {
+            continue;
+        }
+        let t = median(5, || {
+            let sums = rayon::broadcast(|_| {
+                // SAFETY: `available` says this CPU has the mix's instructions.
+                unsafe { f(ITERS) }
+            });
+            black_box(sums);
+        })
+        .as_secs_f64();
+        let per_second = (threads * ITERS * 8 * macs) as f64 / t;
+        println!("  {name:<42} {:>7.1} GMAC/s", per_second / 1e9);
+    }
+}
+
 /// Median wall time of `f` over `runs` runs after one warm-up run.
 fn median(runs: usize, mut f: impl FnMut()) -> Duration {
     f();
@@ -280,9 +400,12 @@ fn main() {
         .sample_size(10)
         .configure_from_args();
     println!("kernel: {}", kernel_name());
+
     bandwidth_benches(&mut c);
     kernel_benches(&mut c);
     c.final_summary();
+    #[cfg(target_arch = "x86_64")]
+    peak_table();
     shape_table();
     model_summary();
 }

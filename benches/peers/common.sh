@@ -23,6 +23,7 @@ VLLM_MODEL_DIR=$PEERS_DIR/smollm2-hf
 LLAMACPP_DIR=$PEERS_DIR/llamacpp
 LLAMA_SERVER=$LLAMACPP_DIR/build/bin/llama-server
 LLAMA_BENCH=$LLAMACPP_DIR/build/bin/llama-bench
+LLAMA_BATCHED_BENCH=$LLAMACPP_DIR/build/bin/llama-batched-bench
 
 mkdir -p "$PEERS_DIR"
 

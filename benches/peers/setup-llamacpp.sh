@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's `llama-server` and `llama-bench` from the llama.cpp sources that the PyPI
-# package llama-cpp-python ships in its sdist (vendor/llama.cpp), under
+# Builds llama.cpp's `llama-server`, `llama-bench` and `llama-batched-bench` from the
+# llama.cpp sources that the PyPI package llama-cpp-python ships in its sdist
+# (vendor/llama.cpp), under
 # $INFLIGHT_PEERS_DIR. Nothing of llama.cpp is kept in this repository.
 # Needs a C++ compiler; cmake comes from PyPI if the system has none.
 
 source "$(dirname "$0")/common.sh"
 
-if [[ -x $LLAMA_SERVER && -x $LLAMA_BENCH ]]; then
+if [[ -x $LLAMA_SERVER && -x $LLAMA_BENCH && -x $LLAMA_BATCHED_BENCH ]]; then
     log "llama-server ready: $LLAMA_SERVER; llama-bench: $LLAMA_BENCH"
     exit 0
 fi
@@ -25,9 +26,9 @@ if [[ -z $cmake_bin ]]; then
     "$LLAMACPP_DIR/tools/bin/pip" install -q --disable-pip-version-check cmake
     cmake_bin=$LLAMACPP_DIR/tools/bin/cmake
 fi
-log "building llama-server and llama-bench (Release, native CPU features, $THREADS jobs)"
+log "building llama-server, llama-bench and llama-batched-bench (Release, native CPU features, $THREADS jobs)"
 "$cmake_bin" -S "$sdist/vendor/llama.cpp" -B "$LLAMACPP_DIR/build" -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON > "$LLAMACPP_DIR/cmake.log"
-"$cmake_bin" --build "$LLAMACPP_DIR/build" --target llama-server llama-bench -j "$THREADS" > "$LLAMACPP_DIR/build.log"
+"$cmake_bin" --build "$LLAMACPP_DIR/build" --target llama-server llama-bench llama-batched-bench -j "$THREADS" > "$LLAMACPP_DIR/build.log"
 log "llama-server ready: $LLAMA_SERVER"

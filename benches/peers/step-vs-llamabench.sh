@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The kernels issue's bars in one sitting: inflight's engine step (`cargo bench
-# --bench step`) and llama.cpp's `llama-bench` on the same GGUF and thread count,
-# alternating, ROUNDS times; prints every round and the medians.
+# --bench step`), llama.cpp's `llama-bench` (prefill, one-sequence decode) and its
+# `llama-batched-bench` (decode of 1 and 16 sequences, 128-token prompts) on the same
+# GGUF and thread count, alternating, ROUNDS times; prints every round and the medians.
 #
 #   benches/peers/step-vs-llamabench.sh            # ROUNDS=5
 #
@@ -39,6 +40,14 @@ EOF
     # shellcheck disable=SC2086
     "$LLAMA_BENCH" -m "$MODEL_GGUF" -t "$THREADS" -p 128,512 -n 128 -r 3 -o json ${LLAMABENCH_ARGS:-} \
         > "$out/llamabench-r$round.json" 2> "$out/llamabench-r$round.log"
+    if [[ -x $LLAMA_BATCHED_BENCH ]]; then
+        log "round $round/$ROUNDS: llama-batched-bench"
+        # 128-token prompts, then 32 decode steps of 1 and of 16 sequences: contexts of
+        # 128-160 positions, near the step bench's 128.
+        "$LLAMA_BATCHED_BENCH" -m "$MODEL_GGUF" -t "$THREADS" -c 4096 -b 2048 -ub 512 \
+            -npp 128 -ntg 32 -npl 1,16 --output-format jsonl \
+            > "$out/batched-r$round.jsonl" 2> "$out/batched-r$round.log"
+    fi
 done
 
 "$PYTHON" - "$out" "$ROUNDS" <<'EOF'
@@ -67,5 +76,28 @@ for key in ("decode_batch_8", "decode_batch_16", "decode_batch_32"):
     if a:
         ratio = med(a) / med([o["decode_batch_1"] for o in ours])
         print(f"| {key} | {med(a):.0f} {[round(x) for x in a]} | | {ratio:.2f}x our batch 1 |")
+
+# llama-batched-bench: aggregate decode tokens/s (speed_tg) at 1 and 16 sequences.
+batched = {}
+for r in range(1, rounds + 1):
+    try:
+        lines = open(f"{out}/batched-r{r}.jsonl").read().splitlines()
+    except FileNotFoundError:
+        continue
+    for line in lines:
+        if line.startswith("{"):
+            t = json.loads(line)
+            batched.setdefault(t["pl"], []).append(t["speed_tg"])
+if 1 in batched and 16 in batched:
+    ours16 = med([o["decode_batch_16"] for o in ours])
+    ours1 = med([o["decode_batch_1"] for o in ours])
+    b1, b16 = med(batched[1]), med(batched[16])
+    print("\nDecode, aggregate tokens/s: batch 16 against batch 1 (llama-batched-bench, "
+          "128-token prompts, 32 steps)\n")
+    print("| | batch 1 | batch 16 | batch 16 / batch 1 |")
+    print("|---|---:|---:|---:|")
+    print(f"| inflight (step bench) | {ours1:.0f} | {ours16:.0f} | {ours16 / ours1:.2f}x |")
+    print(f"| llama.cpp | {b1:.0f} {[round(x) for x in batched[1]]} | "
+          f"{b16:.0f} {[round(x) for x in batched[16]]} | {b16 / b1:.2f}x |")
 EOF
 log "raw results: $out"
