@@ -18,14 +18,16 @@ use rayon::prelude::*;
 const ROWS: [usize; 5] = [1, 4, 16, 64, 512];
 
 /// (label, dtype, n, k)
-/// The last two are the FFN down projection as a Q4_K_M file carries it (Q4_K, and
-/// Q6_K in some layers); the default model has no K-quants.
-const SHAPES: [(&str, GgmlDType, usize, usize); 5] = [
+/// The last three are how a Q4_K_M file carries the model: the FFN down projection in
+/// Q4_K (Q6_K in some layers), the gate projection in Q5_0 (rows of 576 values do not
+/// divide into K-quant super-blocks); the default model has neither.
+const SHAPES: [(&str, GgmlDType, usize, usize); 6] = [
     ("q4_1_1536x576", GgmlDType::Q4_1, 1536, 576),
     ("q4_1_576x1536", GgmlDType::Q4_1, 576, 1536),
     ("q8_0_49152x576", GgmlDType::Q8_0, 49152, 576),
     ("q4_k_576x1536", GgmlDType::Q4K, 576, 1536),
     ("q6_k_576x1536", GgmlDType::Q6K, 576, 1536),
+    ("q5_0_1536x576", GgmlDType::Q5_0, 1536, 576),
 ];
 
 /// A small deterministic generator; quality is irrelevant here.
@@ -290,6 +292,7 @@ fn shape_table() {
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
             GgmlDType::Q4K => WeightFormat::Q4K,
             GgmlDType::Q6K => WeightFormat::Q6K,
+            GgmlDType::Q5_0 => WeightFormat::Q5_0,
             _ => WeightFormat::Q4_1,
         };
         let w = synthetic(&mut rng, format, n, k);

@@ -287,13 +287,13 @@ fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
-/// A user's GGUF with K-quant matrices (Q4_K and Q6_K, see `support::k_quant_model`) serves
-/// like the default model: a chat completion and the same prompt streamed as a
+/// A user's GGUF with K-quant matrices and their Q5 stand-ins (Q4_K, Q6_K, Q5_0, Q5_1; see
+/// `support::mixed_quant_model`) serves like the default model: a chat completion and the same prompt streamed as a
 /// completion, greedy, with usage.
 #[test]
-fn a_gguf_with_k_quant_matrices_serves_over_http() {
+fn a_gguf_with_k_quant_and_q5_matrices_serves_over_http() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, changed) = crate::support::k_quant_model(dir.path());
+    let (path, changed) = crate::support::mixed_quant_model(dir.path());
     assert!(changed > 0);
     let server = Server::start_with_model(&path, &[]);
     let (status, body) = post(

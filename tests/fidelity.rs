@@ -8,7 +8,7 @@ use inflight::backend::{BackendConfig, KvDtype};
 use inflight::model::{Llama, LlamaConfig, WeightSource};
 
 use crate::support::{
-    ids, k_quant_model, model_path, reference, steps_to_match, LOGIT_MAX_TOLERANCE, LOGIT_MEAN_TOLERANCE,
+    ids, mixed_quant_model, model_path, reference, steps_to_match, LOGIT_MAX_TOLERANCE, LOGIT_MEAN_TOLERANCE,
     NEAR_TIE_MARGIN,
 };
 
@@ -269,20 +269,22 @@ fn safetensors_checkpoint_gives_the_same_logits_as_its_gguf() {
     }
 }
 
-/// A GGUF with Q4_K and Q6_K matrices (see `support::k_quant_model`) runs them on
-/// inflight's kernels, and computes what the same file's weights dequantized to f32 compute:
+/// A GGUF with Q4_K, Q6_K, Q5_0 and Q5_1 matrices (see `support::mixed_quant_model`)
+/// runs them on inflight's kernels, and computes what the same file's weights dequantized to f32 compute:
 /// first-position logits within the quantized path's usual distance, and the same
 /// greedy tokens up to the float path's first near-tie.
 #[test]
-fn k_quant_weights_run_on_the_kernels_and_match_their_float_values() {
+fn k_quant_and_q5_weights_run_on_the_kernels_and_match_their_float_values() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, changed) = k_quant_model(dir.path());
+    let (path, changed) = mixed_quant_model(dir.path());
     let model = model_on(&path, false);
     let layers = model.config().num_layers;
-    assert_eq!(changed, layers, "one FFN down projection per layer requantized");
+    assert_eq!(changed, 2 * layers, "the FFN down and attention output projections requantized");
     let kinds = model.matmul_implementations();
     assert_eq!(kinds.get("inflight Q4K"), Some(&layers.div_ceil(2)), "{kinds:?}");
     assert_eq!(kinds.get("inflight Q6K"), Some(&(layers / 2)), "{kinds:?}");
+    assert_eq!(kinds.get("inflight Q5_0"), Some(&layers.div_ceil(2)), "{kinds:?}");
+    assert_eq!(kinds.get("inflight Q5_1"), Some(&(layers / 2)), "{kinds:?}");
     assert!(kinds.keys().all(|k| k.starts_with("inflight")), "nothing left to candle: {kinds:?}");
     let mut quantized = backend_for(model, false);
     let mut float = backend_on(&path, true);

@@ -6,13 +6,15 @@
 //! overflow (8 × 2 × 15 × 127 < 2^15), so they are added before one widening; Q8_0 uses
 //! the sign trick (|w| × sign(x, w)) on the un-offset weights and widens every product.
 //! Q6_K uses the sign trick too; its values (-32..32) are small enough that the four
-//! products of each 16-value half-block add up in 16 bits before one widening.
+//! products of each 16-value half-block add up in 16 bits before one widening. Q5's
+//! unsigned values (0..32) are Q4's with a fifth bit OR-ed in; four of their 16-bit
+//! partial sums fit (4 × 2 × 31 × 127 < 2^15), so a block widens twice.
 
 use std::arch::x86_64::*;
 
 use super::layout::{
-    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q4_0, FMT_Q6K, FMT_Q8_0, GROUP,
-    Q4K_DMIN_OFFSET, Q6K_HIGH_OFFSET, QK,
+    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q4_0, FMT_Q5_0, FMT_Q6K,
+    FMT_Q8_0, GROUP, Q4K_DMIN_OFFSET, Q5_HIGH_OFFSET, Q6K_HIGH_OFFSET, QK,
 };
 use super::tile::{store_partial, Tile, PREFETCH_AHEAD};
 
@@ -51,11 +53,20 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             } else if F == FMT_Q6K {
                 q6k_dots(operands, &mut dots, &mut dots_hi);
             } else {
-                q4_dots(operands, &mut dots);
-                if F == FMT_Q4_0 {
+                if WeightFormat::from_id(F).is_q5() {
+                    q5_dots(operands, &mut dots);
+                } else {
+                    q4_dots(operands, &mut dots);
+                }
+                let zero_point = match F {
+                    FMT_Q4_0 => 8,
+                    FMT_Q5_0 => 16,
+                    _ => 0,
+                };
+                if zero_point != 0 {
                     for (r, dot) in dots.iter_mut().enumerate() {
-                        let zero_point = _mm256_set1_epi32(8 * *sums.add((t.row0 + r) * nb + b));
-                        *dot = _mm256_sub_epi32(*dot, zero_point);
+                        let offset = _mm256_set1_epi32(zero_point * *sums.add((t.row0 + r) * nb + b));
+                        *dot = _mm256_sub_epi32(*dot, offset);
                     }
                 }
             }
@@ -152,6 +163,46 @@ unsafe fn q4_dots<const MR: usize>(op: BlockOperands, dots: &mut [__m256i; MR]) 
             s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(vj, op.x(r, j)));
         }
         *dot = _mm256_madd_epi16(s16, ones);
+    }
+}
+
+/// As [`q4_dots`] for Q5_0 and Q5_1: each nibble gets its fifth bit from the
+/// high-bits chunk (bit `i` for the low nibbles of quant chunk `i`, bit `4 + i` for its
+/// high nibbles), and the 16-bit sums are widened per four chunks.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q5_dots<const MR: usize>(op: BlockOperands, dots: &mut [__m256i; MR]) {
+    let low = _mm256_set1_epi8(0x0f);
+    let fifth = _mm256_set1_epi8(0x10);
+    let ones = _mm256_set1_epi16(1);
+    let high = op.chunk(Q5_HIGH_OFFSET);
+    let mut v = [_mm256_setzero_si256(); 8];
+    for i in 0..4 {
+        let raw = op.chunk(64 * i);
+        // Bit i (and 4 + i) of each high-bits byte to bit 4 (16-bit shifts; the mask
+        // drops what crosses from the neighbouring byte).
+        let (lo_top, hi_top) = match i {
+            0 => (_mm256_slli_epi16::<4>(high), high),
+            1 => (_mm256_slli_epi16::<3>(high), _mm256_srli_epi16::<1>(high)),
+            2 => (_mm256_slli_epi16::<2>(high), _mm256_srli_epi16::<2>(high)),
+            _ => (_mm256_slli_epi16::<1>(high), _mm256_srli_epi16::<3>(high)),
+        };
+        v[i] = _mm256_or_si256(_mm256_and_si256(raw, low), _mm256_and_si256(lo_top, fifth));
+        v[i + 4] = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low),
+            _mm256_and_si256(hi_top, fifth),
+        );
+    }
+    for (r, dot) in dots.iter_mut().enumerate() {
+        let mut halves = [_mm256_setzero_si256(); 2];
+        for (half, s16) in halves.iter_mut().enumerate() {
+            let vs = &v[4 * half..4 * half + 4];
+            *s16 = _mm256_maddubs_epi16(vs[0], op.x(r, 4 * half));
+            for (j, &vj) in vs.iter().enumerate().skip(1) {
+                *s16 = _mm256_add_epi16(*s16, _mm256_maddubs_epi16(vj, op.x(r, 4 * half + j)));
+            }
+        }
+        *dot = _mm256_add_epi32(_mm256_madd_epi16(halves[0], ones), _mm256_madd_epi16(halves[1], ones));
     }
 }
 

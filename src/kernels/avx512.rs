@@ -19,7 +19,9 @@ use super::tile::{Tile, PREFETCH_AHEAD};
 pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     // No AVX-512 Q6_K kernel yet (AVX-512 has no byte sign instruction for the trick
     // the AVX2 one uses): that format runs on AVX2, which `Kernel::is_available` checks.
-    if F == FMT_Q6K {
+    // Nor for Q5_0 / Q5_1 (llama.cpp's stand-ins for K-quants on rows that do not
+    // divide into 256 values).
+    if F == FMT_Q6K || WeightFormat::from_id(F).is_q5() {
         return super::avx2::tile::<F, MR>(t);
     }
     let shape = record_shape(F);

@@ -40,7 +40,7 @@ impl Kernel {
         match self {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            // Q6_K borrows the AVX2 kernel (see `avx512::tile`).
+            // Q6_K, Q5_0 and Q5_1 borrow the AVX2 kernel (see `avx512::tile`).
             Kernel::Avx512Vnni => {
                 Kernel::Avx2.is_available()
                     && std::arch::is_x86_feature_detected!("avx512f")
@@ -114,12 +114,12 @@ fn agrees_with_portable(kernel: Kernel) -> bool {
         let block = format.gguf_block_bytes();
         let bytes: Vec<u8> = (0..n * format.gguf_row_bytes(k))
             .map(|i| match (format, i % block) {
-                // Scales: small positive f16 (0x2c00 ≈ 0.0625); Q4_1 minimums negative
-                // (Q4_K subtracts its positive `dmin`).
+                // Scales: small positive f16 (0x2c00 ≈ 0.0625); Q4_1 and Q5_1 minimums
+                // negative (Q4_K subtracts its positive `dmin`).
                 (_, 0) => 0x00,
                 (_, 1) => 0x2c,
-                (WeightFormat::Q4_1, 2) | (WeightFormat::Q4K, 2) => 0x00,
-                (WeightFormat::Q4_1, 3) => 0xac,
+                (WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4K, 2) => 0x00,
+                (WeightFormat::Q4_1 | WeightFormat::Q5_1, 3) => 0xac,
                 (WeightFormat::Q4K, 3) => 0x2c,
                 // Q6_K keeps its f16 `d` last: 0x2c00 again.
                 (WeightFormat::Q6K, 0..=207) => (i * 73 % 251) as u8,

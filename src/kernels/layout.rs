@@ -7,8 +7,9 @@
 //! - quants, as 64-byte chunks in which byte `4 * r + t` of chunk `i` belongs to row `r`
 //!   of the group: for Q4 formats it is the GGUF byte `qs[4 i + t]` of that row (low
 //!   nibble = value `4 i + t`, high nibble = value `16 + 4 i + t`; 4 chunks); for Q8_0 it
-//!   is value `4 i + t` plus 128 as an unsigned byte (8 chunks);
-//! - the 16 rows' scales `d` (f16), then for Q4_1 the 16 rows' minimums `m` (f16).
+//!   is value `4 i + t` plus 128 as an unsigned byte (8 chunks); Q5 formats add to the
+//!   Q4 chunks one chunk of each value's fifth bit (see `Q5_HIGH_OFFSET`);
+//! - the 16 rows' scales `d` (f16), then for Q4_1 and Q5_1 the 16 rows' minimums `m` (f16).
 //!
 //! So one 512-bit (or two 256-bit) integer multiply-adds of a chunk against four
 //! activation bytes broadcast to every lane yield partial sums for 16 outputs at once,
@@ -56,11 +57,24 @@ pub enum WeightFormat {
     /// 6-bit K-quant: per 16 values `w = d·sc * (q - 32)`, q in 0..64, with `d` per 256
     /// values and a signed 8-bit `sc` per 16.
     Q6K,
+    /// 5-bit with per-block scale: `w = d * (q - 16)`, q in 0..32 (llama.cpp's Q4_K
+    /// stand-in for rows that do not divide into 256 values).
+    Q5_0,
+    /// 5-bit with per-block scale and minimum: `w = d * q + m`, q in 0..32 (the Q5_K
+    /// stand-in).
+    Q5_1,
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 5] =
-        [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0, WeightFormat::Q4K, WeightFormat::Q6K];
+    pub const ALL: [WeightFormat; 7] = [
+        WeightFormat::Q4_1,
+        WeightFormat::Q4_0,
+        WeightFormat::Q8_0,
+        WeightFormat::Q4K,
+        WeightFormat::Q6K,
+        WeightFormat::Q5_0,
+        WeightFormat::Q5_1,
+    ];
 
     /// The GGUF tensor type this format reads.
     pub const fn ggml_dtype(self) -> GgmlDType {
@@ -70,6 +84,8 @@ impl WeightFormat {
             WeightFormat::Q8_0 => GgmlDType::Q8_0,
             WeightFormat::Q4K => GgmlDType::Q4K,
             WeightFormat::Q6K => GgmlDType::Q6K,
+            WeightFormat::Q5_0 => GgmlDType::Q5_0,
+            WeightFormat::Q5_1 => GgmlDType::Q5_1,
         }
     }
 
@@ -81,6 +97,8 @@ impl WeightFormat {
             WeightFormat::Q8_0 => 34,
             WeightFormat::Q4K => 144,
             WeightFormat::Q6K => 210,
+            WeightFormat::Q5_0 => 22,
+            WeightFormat::Q5_1 => 24,
         }
     }
 
@@ -103,6 +121,7 @@ impl WeightFormat {
             WeightFormat::Q4_1 | WeightFormat::Q4_0 | WeightFormat::Q4K => GROUP * QK / 2,
             WeightFormat::Q8_0 => GROUP * QK,
             WeightFormat::Q6K => Q6K_HIGH_OFFSET + 2 * 64,
+            WeightFormat::Q5_0 | WeightFormat::Q5_1 => Q5_HIGH_OFFSET + 64,
         }
     }
 
@@ -118,8 +137,10 @@ impl WeightFormat {
     /// Offset of the 16 minimums inside a record, for formats that have them.
     pub const fn mins_offset(self) -> Option<usize> {
         match self {
-            WeightFormat::Q4_1 | WeightFormat::Q4K => Some(self.scales_offset() + GROUP * self.scale_bytes()),
-            WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q6K => None,
+            WeightFormat::Q4_1 | WeightFormat::Q4K | WeightFormat::Q5_1 => {
+                Some(self.scales_offset() + GROUP * self.scale_bytes())
+            }
+            WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q6K | WeightFormat::Q5_0 => None,
         }
     }
 
@@ -134,6 +155,11 @@ impl WeightFormat {
 
     const fn is_k_quant(self) -> bool {
         matches!(self, WeightFormat::Q4K | WeightFormat::Q6K)
+    }
+
+    /// Whether values have a fifth bit beside the Q4 nibbles (`Q5_HIGH_OFFSET`).
+    pub const fn is_q5(self) -> bool {
+        matches!(self, WeightFormat::Q5_0 | WeightFormat::Q5_1)
     }
 
     /// Bytes of one group (16 rows × `k` values).
@@ -153,6 +179,8 @@ impl WeightFormat {
             WeightFormat::Q8_0 => FMT_Q8_0,
             WeightFormat::Q4K => FMT_Q4K,
             WeightFormat::Q6K => FMT_Q6K,
+            WeightFormat::Q5_0 => FMT_Q5_0,
+            WeightFormat::Q5_1 => FMT_Q5_1,
         }
     }
 
@@ -162,6 +190,8 @@ impl WeightFormat {
             FMT_Q4_0 => WeightFormat::Q4_0,
             FMT_Q4K => WeightFormat::Q4K,
             FMT_Q6K => WeightFormat::Q6K,
+            FMT_Q5_0 => WeightFormat::Q5_0,
+            FMT_Q5_1 => WeightFormat::Q5_1,
             _ => WeightFormat::Q8_0,
         }
     }
@@ -172,6 +202,8 @@ pub const FMT_Q4_0: u8 = 1;
 pub const FMT_Q8_0: u8 = 2;
 pub const FMT_Q4K: u8 = 3;
 pub const FMT_Q6K: u8 = 4;
+pub const FMT_Q5_0: u8 = 5;
+pub const FMT_Q5_1: u8 = 6;
 
 /// Records per K-quant super-block.
 const K_RECORDS: usize = QK_K / QK;
@@ -183,6 +215,11 @@ pub const Q4K_DMIN_OFFSET: usize = GROUP * 2;
 /// value: in the first, byte `4 * r + t` of row `r` holds those of values `4 i + t`
 /// at bits `2 i..2 i + 2` (i in 0..4); the second the same for values `16 + 4 i + t`.
 pub const Q6K_HIGH_OFFSET: usize = GROUP * QK / 2;
+/// Offset, in a Q5_0 or Q5_1 record, of the 64-byte chunk holding each value's fifth
+/// bit: byte `4 * r + t` of row `r` holds that of value `4 i + t` at bit `i` and that of
+/// value `16 + 4 i + t` at bit `4 + i` (i in 0..4), the values whose low 4 bits sit in
+/// the same byte position of quant chunk `i`.
+pub const Q5_HIGH_OFFSET: usize = GROUP * QK / 2;
 
 /// Offset of block `b`'s record within a group of the format with id `format`.
 #[inline(always)]
@@ -236,8 +273,10 @@ pub fn scale_and_min(format: WeightFormat, group: &[u8], b: usize, r: usize) -> 
             let (sc, m) = (record[so + r], record[so + GROUP + r]);
             (d * f32::from(sc), neg_dmin * f32::from(m))
         }
-        WeightFormat::Q4_1 => (read_f16(record, so + 2 * r), read_f16(record, so + 2 * GROUP + 2 * r)),
-        WeightFormat::Q4_0 | WeightFormat::Q8_0 => (read_f16(record, so + 2 * r), 0.0),
+        WeightFormat::Q4_1 | WeightFormat::Q5_1 => {
+            (read_f16(record, so + 2 * r), read_f16(record, so + 2 * GROUP + 2 * r))
+        }
+        WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q5_0 => (read_f16(record, so + 2 * r), 0.0),
         WeightFormat::Q6K => (q6k_scales(group, b, r)[0], 0.0),
     }
 }
@@ -249,6 +288,15 @@ pub fn q6k_value(record: &[u8], r: usize, i: usize) -> i32 {
     let low = if half == 0 { byte & 0x0f } else { byte >> 4 };
     let top = (record[Q6K_HIGH_OFFSET + 64 * half + 4 * r + j % 4] >> (2 * (j / 4))) & 3;
     i32::from(low | (top << 4)) - 32
+}
+
+/// Value `i` (0..32) of row `r` in a Q5_0 or Q5_1 record, as the unsigned `q` (0..32).
+pub fn q5_value(record: &[u8], r: usize, i: usize) -> i32 {
+    let (half, j) = (i / 16, i % 16);
+    let byte = record[(j / 4) * 64 + 4 * r + j % 4];
+    let low = if half == 0 { byte & 0x0f } else { byte >> 4 };
+    let top = (record[Q5_HIGH_OFFSET + 4 * r + j % 4] >> (4 * half + j / 4)) & 1;
+    i32::from(low | (top << 4))
 }
 
 /// Row `r`'s two scales `d · sc` (values 0–15, 16–31) for block `b` of a Q6_K group.
@@ -330,6 +378,15 @@ pub fn repack(format: WeightFormat, gguf: &[u8], n: usize, k: usize) -> AlignedB
             match format {
                 WeightFormat::Q4_1 => put(group, b, &block[0..2], &block[2..4], &block[4..20]),
                 WeightFormat::Q4_0 => put(group, b, &block[0..2], &[], &block[2..18]),
+                WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
+                    // d, [m,] the fifth bits as a little-endian u32 (bit j of value j),
+                    // then the nibbles as Q4's.
+                    let (min, at) =
+                        if format == WeightFormat::Q5_1 { (&block[2..4], 4) } else { (&[][..], 2) };
+                    put(group, b, &block[0..2], min, &block[at + 4..]);
+                    let high = u32::from_le_bytes(block[at..at + 4].try_into().expect("4 bytes"));
+                    put_q5_high_bits(format, group, b, r, high);
+                }
                 _ => {
                     let mut q8 = [0u8; QK];
                     for (dst, &s) in q8.iter_mut().zip(&block[2..34]) {
@@ -361,6 +418,17 @@ fn put_row_block(
         out[mins + r * sb..][..sb].copy_from_slice(min);
     }
     scatter_words(quants, r, out);
+}
+
+/// Writes row `r`'s fifth bits (bit `j` of `high` is value `j`'s) into the high-bits
+/// chunk of Q5 block `b`'s record.
+fn put_q5_high_bits(format: WeightFormat, group: &mut [u8], b: usize, r: usize, high: u32) {
+    let at = record_offset(format.id(), b) + Q5_HIGH_OFFSET + 4 * r;
+    for t in 0..4 {
+        let bit = |j: usize| ((high >> j) & 1) as u8;
+        group[at + t] =
+            (0..4).fold(0u8, |acc, i| acc | (bit(4 * i + t) << i) | (bit(16 + 4 * i + t) << (4 + i)));
+    }
 }
 
 /// Writes row `r`'s share of Q6_K block `b`: `values` are its 32 quants (0..64, the
@@ -447,6 +515,13 @@ pub fn dequantize_row(format: WeightFormat, data: &[u8], k: usize, row: usize, o
             continue;
         }
         let (d, m) = scale_and_min(format, group, b, r);
+        if format.is_q5() {
+            let m = if format == WeightFormat::Q5_0 { -16.0 * d } else { m };
+            for (i, v) in vals.iter_mut().enumerate() {
+                *v = d * q5_value(record, r, i) as f32 + m;
+            }
+            continue;
+        }
         let quant = |i: usize| record[(i / 4) * 64 + 4 * r + i % 4];
         if format == WeightFormat::Q8_0 {
             for (i, v) in vals.iter_mut().enumerate() {
@@ -472,7 +547,13 @@ mod tests {
 
     #[test]
     fn record_sizes_match_gguf_blocks() {
-        for f in [WeightFormat::Q4_1, WeightFormat::Q4_0, WeightFormat::Q8_0] {
+        for f in [
+            WeightFormat::Q4_1,
+            WeightFormat::Q4_0,
+            WeightFormat::Q8_0,
+            WeightFormat::Q5_0,
+            WeightFormat::Q5_1,
+        ] {
             assert_eq!(f.record_bytes(), GROUP * f.gguf_block_bytes(), "{f:?}");
         }
         // Q4_K: per row and 256 values, 8 × (16 bytes of quants + sc + m) and the

@@ -2,8 +2,8 @@
 //! sequence of fused multiply-adds as the SIMD kernels, so their results are identical.
 
 use super::layout::{
-    q6k_scales, q6k_value, record_offset, record_shape, scale_and_min, WeightFormat, FMT_Q4_0, FMT_Q6K,
-    FMT_Q8_0, GROUP, QK,
+    q5_value, q6k_scales, q6k_value, record_offset, record_shape, scale_and_min, WeightFormat, FMT_Q4_0,
+    FMT_Q5_0, FMT_Q6K, FMT_Q8_0, GROUP, QK,
 };
 use super::tile::{store_partial, Tile};
 
@@ -38,6 +38,13 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                 if F == FMT_Q8_0 {
                     for (i, &x) in xq.iter().enumerate() {
                         dot += i32::from((byte(i) ^ 0x80) as i8) * i32::from(x);
+                    }
+                } else if format.is_q5() {
+                    for (i, &x) in xq.iter().enumerate() {
+                        dot += q5_value(record, c, i) * i32::from(x);
+                    }
+                    if F == FMT_Q5_0 {
+                        dot -= 16 * isum;
                     }
                 } else {
                     for i in 0..QK / 2 {

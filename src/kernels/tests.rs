@@ -10,8 +10,15 @@ use rand::{Rng, SeedableRng};
 use super::activations::QActs;
 use super::{Kernel, QMatrix};
 
-const DTYPES: [GgmlDType; 5] =
-    [GgmlDType::Q4_1, GgmlDType::Q4_0, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K];
+const DTYPES: [GgmlDType; 7] = [
+    GgmlDType::Q4_1,
+    GgmlDType::Q4_0,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+];
 
 /// `k` rounded up to whole blocks of `dtype` (256 values for Q4_K, 32 otherwise).
 fn whole_blocks(dtype: GgmlDType, k: usize) -> usize {
@@ -208,22 +215,29 @@ fn real_weights_match_candles_qmatmul() {
     }
 }
 
-/// K-quants as users' GGUF files carry them: a real weight matrix requantized by
-/// candle (as llama.cpp would for a row length divisible by 256), against candle's
-/// dequantized weights in f64.
+/// K-quants and their Q5 stand-ins as users' GGUF files carry them: a real weight
+/// matrix requantized by candle (as llama.cpp would: K-quants for a row length
+/// divisible by 256, Q5_0 / Q5_1 for rows that are not), against candle's dequantized
+/// weights in f64.
 #[test]
-fn real_weights_requantized_to_k_quants_match_their_dequantization() {
+fn real_weights_requantized_to_k_quants_and_q5_match_their_dequantization() {
     let path = model_path();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let down = content.tensor(&mut file, "blk.0.ffn_down.weight", &Device::Cpu).unwrap();
     let mut rng = StdRng::seed_from_u64(13);
-    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
-        let q = QTensor::quantize(&down.dequantize(&Device::Cpu).unwrap(), dtype).unwrap();
+    let gate = content.tensor(&mut file, "blk.0.ffn_gate.weight", &Device::Cpu).unwrap();
+    for (dtype, tensor, shape) in [
+        (GgmlDType::Q4K, &down, (576, 1536)),
+        (GgmlDType::Q6K, &down, (576, 1536)),
+        (GgmlDType::Q5_0, &gate, (1536, 576)),
+        (GgmlDType::Q5_1, &gate, (1536, 576)),
+    ] {
+        let q = QTensor::quantize(&tensor.dequantize(&Device::Cpu).unwrap(), dtype).unwrap();
         let w: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
         let (n, k, m) = (qm.n(), qm.k(), 4);
-        assert_eq!((n, k, qm.dtype()), (576, 1536, dtype));
+        assert_eq!((n, k, qm.dtype()), (shape.0, shape.1, dtype));
         let x = random(&mut rng, m * k);
         let mut got = vec![0.0; m * n];
         qm.matmul(&x, m, &mut got);

@@ -3,7 +3,7 @@
 
 use super::activations::QActs;
 use super::dispatch::Kernel;
-use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q6K, FMT_Q8_0};
+use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q5_0, FMT_Q5_1, FMT_Q6K, FMT_Q8_0};
 
 /// One kernel call's operands.
 pub struct Tile<'a> {
@@ -67,6 +67,8 @@ macro_rules! by_format {
             FMT_Q4_0 => by_rows!($m, FMT_Q4_0, $mr),
             FMT_Q4K => by_rows!($m, FMT_Q4K, $mr),
             FMT_Q6K => by_rows!($m, FMT_Q6K, $mr),
+            FMT_Q5_0 => by_rows!($m, FMT_Q5_0, $mr),
+            FMT_Q5_1 => by_rows!($m, FMT_Q5_1, $mr),
             _ => by_rows!($m, FMT_Q8_0, $mr),
         }
     };

@@ -72,18 +72,23 @@ pub fn requantized_model(
     (path, changed)
 }
 
-/// The default model with its FFN down projections in K-quants, Q4_K in even layers
-/// and Q6_K in odd ones: what llama.cpp's Q4_K_M makes of the matrices whose rows
-/// divide into 256-value super-blocks (SmolLM2's other matrices have 576-value rows
-/// and cannot be K-quants).
-pub fn k_quant_model(dir: &std::path::Path) -> (PathBuf, usize) {
+/// The default model in the formats llama.cpp's K-quant mixes give it: FFN down
+/// projections (rows of 1536 values) in Q4_K in even layers and Q6_K in odd ones, and
+/// attention output projections (rows of 576, which do not divide into 256-value
+/// super-blocks) in the stand-ins llama.cpp then uses, Q5_0 (for Q4_K) in even layers
+/// and Q5_1 (for Q5_K) in odd ones.
+pub fn mixed_quant_model(dir: &std::path::Path) -> (PathBuf, usize) {
     use candle_core::quantized::GgmlDType;
     requantized_model(dir, |name, dims| {
-        if !name.ends_with("ffn_down.weight") || dims.last().is_none_or(|k| !k.is_multiple_of(256)) {
-            return None;
+        let layer: usize = name.strip_prefix("blk.")?.split('.').next()?.parse().ok()?;
+        let even = layer.is_multiple_of(2);
+        if name.ends_with("ffn_down.weight") && dims.last().is_some_and(|k| k.is_multiple_of(256)) {
+            Some(if even { GgmlDType::Q4K } else { GgmlDType::Q6K })
+        } else if name.ends_with("attn_output.weight") {
+            Some(if even { GgmlDType::Q5_0 } else { GgmlDType::Q5_1 })
+        } else {
+            None
         }
-        let layer: usize = name.split('.').nth(1)?.parse().ok()?;
-        Some(if layer.is_multiple_of(2) { GgmlDType::Q4K } else { GgmlDType::Q6K })
     })
 }
 
