@@ -6,6 +6,9 @@
 //! download location; fetch it first with `inflight models pull`; threads:
 //! `INFLIGHT_THREADS`, default one per core; `INFLIGHT_KV_CACHE_DTYPE=f32` for an f32
 //! KV cache).
+//!
+//! With `INFLIGHT_PROFILE_STEP=1` each benchmark is followed by 20 more steps with the
+//! model's section timers on (`inflight::model::profile`), and their breakdown printed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +17,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use inflight::backend::cpu::CpuBackend;
 use inflight::backend::{Backend, SeqStep, StepBatch};
 use inflight::backend::{BackendConfig, KvDtype};
+use inflight::model::profile;
 use inflight::model::{Llama, LlamaConfig, WeightSource};
 
 // The allocator the `inflight` binary uses (see src/main.rs).
@@ -48,6 +52,25 @@ fn backend() -> CpuBackend {
     CpuBackend::new(model, &cfg).expect("backend")
 }
 
+/// With `INFLIGHT_PROFILE_STEP` set, prints where `batch`'s steps spend their time.
+/// Outside criterion's timed loop, so the timers never touch the benchmark's figures.
+fn print_profile(be: &mut CpuBackend, batch: &StepBatch, label: &str) {
+    if std::env::var_os("INFLIGHT_PROFILE_STEP").is_none() {
+        return;
+    }
+    let steps = 20;
+    be.step(batch).expect("warm-up step");
+    profile::set_enabled(true);
+    let _ = profile::take();
+    let start = std::time::Instant::now();
+    for _ in 0..steps {
+        be.step(batch).expect("step");
+    }
+    let wall_ms = start.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    profile::set_enabled(false);
+    println!("\n{label}: {wall_ms:.2} ms per step (wall)\n{}\n", profile::take());
+}
+
 /// Sequence `i` owns blocks `[i * per_seq, (i + 1) * per_seq)`.
 fn table(i: usize, per_seq: usize) -> Vec<u32> {
     ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect()
@@ -74,6 +97,7 @@ fn bench_step(c: &mut Criterion) {
         };
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("prefill_{n}"), |b| b.iter(|| be.step(&batch).expect("step")));
+        print_profile(&mut be, &batch, &format!("step/prefill_{n}"));
     }
 
     let depth: usize = 128;
@@ -102,7 +126,9 @@ fn bench_step(c: &mut Criterion) {
                 .collect(),
         };
         g.throughput(Throughput::Elements(batch_size as u64));
-        g.bench_function(format!("decode_batch_{batch_size}"), |b| b.iter(|| be.step(&batch).expect("step")));
+        let name = format!("decode_batch_{batch_size}");
+        g.bench_function(&name, |b| b.iter(|| be.step(&batch).expect("step")));
+        print_profile(&mut be, &batch, &format!("step/{name}"));
     }
     g.finish();
 }

@@ -12,6 +12,7 @@ use super::config::{LlamaConfig, RopeScaling};
 use super::elementwise::{add_in_place, rms_norm, swiglu_rows, swiglu_separate};
 use super::kv_cache::PagedKvCache;
 use super::linear::Linear;
+use super::profile::{self, Section};
 use super::rope::Rope;
 use super::weights::{Embedding, WeightSource};
 use super::ModelError;
@@ -97,13 +98,17 @@ impl Attention {
         kv: &mut PagedKvCache,
     ) -> Result<Vec<f32>, ModelError> {
         let t = step.num_tokens;
-        let (mut q, mut k, v) = self.qkv.forward(x, t)?;
-        step.rope.apply(&mut q, step.shape.num_heads, &step.angles);
-        step.rope.apply(&mut k, step.shape.num_kv_heads, &step.angles);
-        attention::write_kv(kv, layer, &step.spans, &k, &v);
+        let (mut q, mut k, v) = profile::time(Section::QkvMatmul, || self.qkv.forward(x, t))?;
+        profile::time(Section::RopeKvWrite, || {
+            step.rope.apply(&mut q, step.shape.num_heads, &step.angles);
+            step.rope.apply(&mut k, step.shape.num_kv_heads, &step.angles);
+            attention::write_kv(kv, layer, &step.spans, &k, &v);
+        });
         let mut out = vec![0.0; q.len()];
-        attention::attend(kv, layer, &step.spans, &step.shape, &q, &mut out);
-        self.wo.forward(&out, t)
+        profile::time(Section::Attention, || {
+            attention::attend(kv, layer, &step.spans, &step.shape, &q, &mut out)
+        });
+        profile::time(Section::AttnOutMatmul, || self.wo.forward(&out, t))
     }
 }
 
@@ -140,11 +145,17 @@ impl Mlp {
     fn forward(&self, x: &[f32], t: usize) -> Result<Vec<f32>, ModelError> {
         let h = match &self.gate_up {
             GateUp::Separate { gate, up } => {
-                swiglu_separate(&gate.forward(x, t)?, &up.forward(x, t)?, gate.out_features())
+                let (g, u) = profile::time(Section::GateUpMatmul, || {
+                    Ok::<_, ModelError>((gate.forward(x, t)?, up.forward(x, t)?))
+                })?;
+                profile::time(Section::Swiglu, || swiglu_separate(&g, &u, gate.out_features()))
             }
-            GateUp::Fused { both, width } => swiglu_rows(&both.forward(x, t)?, *width),
+            GateUp::Fused { both, width } => {
+                let both = profile::time(Section::GateUpMatmul, || both.forward(x, t))?;
+                profile::time(Section::Swiglu, || swiglu_rows(&both, *width))
+            }
         };
-        self.down.forward(&h, t)
+        profile::time(Section::DownMatmul, || self.down.forward(&h, t))
     }
 }
 
@@ -174,10 +185,14 @@ impl Block {
         kv: &mut PagedKvCache,
     ) -> Result<(), ModelError> {
         let mut h = vec![0.0; x.len()];
-        rms_norm(x, &self.attn_norm, eps, &mut h);
-        add_in_place(x, &self.attn.forward(&h, step, layer, kv)?);
-        rms_norm(x, &self.ffn_norm, eps, &mut h);
-        add_in_place(x, &self.mlp.forward(&h, step.num_tokens)?);
+        profile::time(Section::NormsResiduals, || rms_norm(x, &self.attn_norm, eps, &mut h));
+        let attended = self.attn.forward(&h, step, layer, kv)?;
+        profile::time(Section::NormsResiduals, || {
+            add_in_place(x, &attended);
+            rms_norm(x, &self.ffn_norm, eps, &mut h);
+        });
+        let mlp = self.mlp.forward(&h, step.num_tokens)?;
+        profile::time(Section::NormsResiduals, || add_in_place(x, &mlp));
         Ok(())
     }
 }
@@ -273,7 +288,8 @@ impl Llama {
                 head_dim: self.cfg.head_dim,
             },
         };
-        let mut x = self.embed.lookup(&ids)?;
+        profile::count_pass();
+        let mut x = profile::time(Section::Embedding, || self.embed.lookup(&ids))?;
         for (layer, block) in self.blocks.iter().enumerate() {
             block.forward(&mut x, &step, layer, self.cfg.rms_norm_eps, kv)?;
         }
@@ -288,12 +304,14 @@ impl Llama {
         if last_rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut picked = Vec::with_capacity(last_rows.len() * h);
-        for r in &last_rows {
-            picked.extend_from_slice(&x[r * h..(r + 1) * h]);
-        }
-        let mut normed = vec![0.0; picked.len()];
-        rms_norm(&picked, &self.norm, self.cfg.rms_norm_eps, &mut normed);
-        self.lm_head.forward(&normed, last_rows.len())
+        profile::time(Section::LmHead, || {
+            let mut picked = Vec::with_capacity(last_rows.len() * h);
+            for r in &last_rows {
+                picked.extend_from_slice(&x[r * h..(r + 1) * h]);
+            }
+            let mut normed = vec![0.0; picked.len()];
+            rms_norm(&picked, &self.norm, self.cfg.rms_norm_eps, &mut normed);
+            self.lm_head.forward(&normed, last_rows.len())
+        })
     }
 }

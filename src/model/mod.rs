@@ -8,6 +8,7 @@ pub mod fastexp;
 pub mod kv_cache;
 pub mod linear;
 pub mod llama;
+pub mod profile;
 pub mod rope;
 pub mod weights;
 
