@@ -162,32 +162,32 @@ mod peak {
     /// `vpmaddubsw` + `vpaddw`: the 4-bit kernels' inner step, 32 products each.
     #[target_feature(enable = "avx2")]
     pub unsafe fn maddubs_add16(iters: usize) -> i64 {
-        let (mut x, step) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
-        let w: [__m256i; CHAINS] = std::array::from_fn(|i| _mm256_set1_epi8(i as i8 + 2));
-        let mut acc = [_mm256_setzero_si256(); CHAINS];
-        for _ in 0..iters {
-            for (a, w) in acc.iter_mut().zip(&w) {
-                *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(*w, x));
-            }
-            // A new operand every iteration, so the products cannot be hoisted out of
-            // the loop; its chain (one add) is shorter than the iteration.
-            x = _mm256_add_epi8(x, step);
-        }
-        fold(&acc)
+        int_chains(iters, |acc, w, x| _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x)))
     }
 
     /// `vpmaddubsw` + `vpmaddwd` + `vpaddd`: Q8_0's step on AVX2, 32 products each.
     #[target_feature(enable = "avx2")]
     pub unsafe fn maddubs_madd_add32(iters: usize) -> i64 {
         let ones = _mm256_set1_epi16(1);
-        let (mut x, step) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
+        int_chains(iters, |acc, w, x| {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones))
+        })
+    }
+
+    /// `CHAINS` independent accumulators, each updated by `step(acc, weights, x)` once
+    /// per iteration.
+    #[target_feature(enable = "avx2")]
+    unsafe fn int_chains(iters: usize, step: impl Fn(__m256i, __m256i, __m256i) -> __m256i) -> i64 {
+        let (mut x, dx) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
         let w: [__m256i; CHAINS] = std::array::from_fn(|i| _mm256_set1_epi8(i as i8 + 2));
         let mut acc = [_mm256_setzero_si256(); CHAINS];
         for _ in 0..iters {
             for (a, w) in acc.iter_mut().zip(&w) {
-                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(_mm256_maddubs_epi16(*w, x), ones));
+                *a = step(*a, *w, x);
             }
-            x = _mm256_add_epi8(x, step);
+            // A new operand every iteration, so the products cannot be hoisted out of
+            // the loop; its chain (one add) is shorter than the iteration.
+            x = _mm256_add_epi8(x, dx);
         }
         fold(&acc)
     }
