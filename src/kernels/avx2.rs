@@ -22,6 +22,23 @@ use super::tile::{store_partial, Tile, PREFETCH_AHEAD};
 /// See [`super::tile::TileFn`]; AVX2, FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
+    tile_keeping::<F, MR, KEEP_NONE>(t)
+}
+
+/// What a tile does with `Tile::kept_scales` (Q6_K; see `tile::select_keeping`): a
+/// const generic, so the plain kernel compiles without any of it.
+pub const KEEP_NONE: u8 = 0;
+/// Forms the block scales and stores them.
+pub const KEEP_WRITE: u8 = 1;
+/// Loads the block scales a `KEEP_WRITE` tile of the same group stored.
+pub const KEEP_READ: u8 = 2;
+
+/// As [`tile`], keeping Q6_K block scales as `KEEP` says.
+///
+/// # Safety
+/// As [`tile`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_keeping<const F: u8, const MR: usize, const KEEP: u8>(t: &Tile<'_>) {
     let shape = record_shape(F);
     let rec = shape.bytes;
     let a = t.acts;
@@ -30,6 +47,8 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     assert!(a.d.len() >= (t.row0 + MR) * nb);
     let w = t.w.as_ptr();
     let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
+    let keep = if F == FMT_Q6K { KEEP } else { KEEP_NONE };
+    assert!(keep == KEEP_NONE || !t.kept_scales.is_null());
     for h in 0..2 {
         if 8 * h >= t.ncols {
             break;
@@ -74,7 +93,12 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             // for Q6_K the two `d · sc`), formed after the dot products so they do not
             // hold registers the weights need.
             let f16x8 = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h).cast()));
-            let (dw, mw) = if F == FMT_Q6K {
+            // Q6_K's block scales: as an earlier row tile of the group formed them, or
+            // formed here (and, for KEEP_WRITE, kept for the later tiles).
+            let kept_at = t.kept_scales.wrapping_add(b * 2 * GROUP + 8 * h);
+            let (dw, mw) = if keep == KEEP_READ {
+                (_mm256_loadu_ps(kept_at), _mm256_loadu_ps(kept_at.add(GROUP)))
+            } else if F == FMT_Q6K {
                 let d = f16x8(w.add(k_header_offset(F, b)));
                 let i8x8 = |at: usize| {
                     _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(at + 8 * h).cast())))
@@ -92,6 +116,10 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             } else {
                 (f16x8(blk.add(shape.scales)), _mm256_setzero_ps())
             };
+            if keep == KEEP_WRITE {
+                _mm256_storeu_ps(kept_at, dw);
+                _mm256_storeu_ps(kept_at.add(GROUP), mw);
+            }
             for (r, (acc, dot)) in acc.iter_mut().zip(&dots).enumerate() {
                 let row = t.row0 + r;
                 let dx = _mm256_set1_ps(*ds.add(row * nb + b));

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::activations::QActs;
 use super::dispatch::Kernel;
-use super::layout::GROUP;
+use super::layout::{GROUP, QK};
 use super::prefetch::{prefetch, Level};
 use super::tile::{self, Tile};
 use super::QMatrix;
@@ -24,6 +24,8 @@ const TASKS_PER_THREAD: usize = 4;
 thread_local! {
     /// Quantized-activation buffers, reused across calls on this thread.
     static SCRATCH: Cell<QActs> = Cell::new(QActs::default());
+    /// A group's block scales, shared by its row tiles (see `tile::select_keeping`).
+    static BLOCK_SCALES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// A raw output pointer that tasks share; each writes a disjoint set of elements.
@@ -100,6 +102,10 @@ unsafe fn run_task(
     let data = w.data.as_slice();
     let tiles_per_group = (rows.end - rows.start).div_ceil(max_rows);
     let groups_start = groups.start;
+    let share_scales = tiles_per_group > 1 && tile::keeps_block_scales(kernel, format);
+    let mut scales = if share_scales { BLOCK_SCALES.with(Cell::take) } else { Vec::new() };
+    scales.resize(if share_scales { w.k / QK * 2 * GROUP } else { 0 }, 0.0);
+    let scales_ptr = scales.as_mut_ptr();
     for g in groups {
         let col0 = g * GROUP;
         // With several row tiles per group, only the first reads the group from memory
@@ -118,7 +124,13 @@ unsafe fn run_task(
             }
             tile_index += 1;
             let mr = (rows.end - row0).min(max_rows);
-            let f = if mr == max_rows { full } else { tile::select(kernel, format, mr) };
+            let f = if share_scales {
+                tile::select_keeping(kernel, format, mr, row0 == rows.start)
+            } else if mr == max_rows {
+                full
+            } else {
+                tile::select(kernel, format, mr)
+            };
             let t = Tile {
                 w: &data[g * group_bytes..(g + 1) * group_bytes],
                 acts,
@@ -129,10 +141,14 @@ unsafe fn run_task(
                 out: out.0.add(row0 * w.n + col0),
                 ldo: w.n,
                 ncols: (w.n - col0).min(GROUP),
+                kept_scales: if share_scales { scales_ptr } else { std::ptr::null_mut() },
             };
             f(&t);
             row0 += mr;
         }
+    }
+    if share_scales {
+        BLOCK_SCALES.with(|s| s.set(scales));
     }
 }
 

@@ -21,6 +21,10 @@ pub struct Tile<'a> {
     pub prefetch: bool,
     /// Valid columns in this group (16 except in the last group); only those are written.
     pub ncols: usize,
+    /// For a kernel from [`select_keeping`]: the group's block scales as f32, `2 *
+    /// GROUP` per block (the 16 rows' `d · sc` for values 0–15, then for 16–31); null
+    /// for any other kernel.
+    pub kept_scales: *mut f32,
 }
 
 /// How far ahead of the record being read to prefetch, in bytes. The hardware
@@ -33,7 +37,10 @@ pub const PREFETCH_AHEAD: usize = 1024;
 ///
 /// # Safety
 /// The kernel's instruction set must be available; `tile.out` must be valid for writes
-/// of `ncols` floats at each of the tile's rows, and no other thread may touch them.
+/// of `ncols` floats at each of the tile's rows, and no other thread may touch them;
+/// for a kernel from [`select_keeping`], `tile.kept_scales` points at `2 * GROUP` floats
+/// per block of `k` that no other thread touches, which a reading kernel finds written
+/// by the writing kernel on an earlier tile of the same group.
 pub type TileFn = unsafe fn(&Tile<'_>);
 
 /// Largest tile height each kernel is instantiated for.
@@ -84,6 +91,41 @@ pub fn select(kernel: Kernel, format: u8, rows: usize) -> TileFn {
         Kernel::Avx2 => by_format!(avx2, format, rows),
         _ => by_format!(portable, format, rows),
     }
+}
+
+/// Whether [`select_keeping`] has kernels for `format` on `kernel`: Q6_K on AVX2, whose
+/// two scales per block cost most to form again for every row tile (16 rows: ≈ 90 →
+/// 110 GOP/s on a Zen 3 core, `cargo bench --bench kernels`). Q4_K measured no better.
+pub fn keeps_block_scales(kernel: Kernel, format: u8) -> bool {
+    cfg!(target_arch = "x86_64") && kernel == Kernel::Avx2 && format == FMT_Q6K
+}
+
+/// For a group computed in several row tiles, when [`keeps_block_scales`]: the kernel
+/// for its first tile (`write`: forms the block scales and keeps them in
+/// `Tile::kept_scales`) or for a later one (loads them).
+pub fn select_keeping(kernel: Kernel, format: u8, rows: usize, write: bool) -> TileFn {
+    debug_assert!(keeps_block_scales(kernel, format) && (1..=max_rows(kernel)).contains(&rows));
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::avx2::{tile_keeping, KEEP_READ, KEEP_WRITE};
+        macro_rules! keeping {
+            ($keep:expr) => {
+                match rows {
+                    1 => tile_keeping::<FMT_Q6K, 1, $keep> as TileFn,
+                    2 => tile_keeping::<FMT_Q6K, 2, $keep> as TileFn,
+                    3 => tile_keeping::<FMT_Q6K, 3, $keep> as TileFn,
+                    _ => tile_keeping::<FMT_Q6K, 4, $keep> as TileFn,
+                }
+            };
+        }
+        if write {
+            keeping!(KEEP_WRITE)
+        } else {
+            keeping!(KEEP_READ)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    select(kernel, format, rows)
 }
 
 /// Writes the first `ncols` of `vals` to `out`.
