@@ -94,8 +94,9 @@ pub fn select(kernel: Kernel, format: u8, rows: usize) -> TileFn {
 }
 
 /// Whether [`select_keeping`] has kernels for `format` on `kernel`: Q6_K on AVX2, whose
-/// two scales per block cost most to form again for every row tile (16 rows: ≈ 90 →
-/// 110 GOP/s on a Zen 3 core, `cargo bench --bench kernels`). Q4_K measured no better.
+/// two scales per block cost most to form again for every row tile (576 × 1536 on a
+/// Zen 3 core, `cargo bench --bench kernels`: 64 rows ≈ 75 → 100 GOP/s). Q4_K measured
+/// no better.
 pub fn keeps_block_scales(kernel: Kernel, format: u8) -> bool {
     cfg!(target_arch = "x86_64") && kernel == Kernel::Avx2 && format == FMT_Q6K
 }
