@@ -13,8 +13,8 @@
 use std::arch::x86_64::*;
 
 use super::layout::{
-    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q4_0, FMT_Q5_0, FMT_Q6K,
-    FMT_Q8_0, GROUP, Q4K_DMIN_OFFSET, Q5_HIGH_OFFSET, Q6K_HIGH_OFFSET, QK,
+    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q6K, FMT_Q8_0, GROUP,
+    Q4K_DMIN_OFFSET, Q5_HIGH_OFFSET, Q6K_HIGH_OFFSET, QK,
 };
 use super::tile::{store_partial, Tile, PREFETCH_AHEAD};
 
@@ -77,11 +77,7 @@ pub unsafe fn tile_keeping<const F: u8, const MR: usize, const KEEP: u8>(t: &Til
                 } else {
                     q4_dots(operands, &mut dots);
                 }
-                let zero_point = match F {
-                    FMT_Q4_0 => 8,
-                    FMT_Q5_0 => 16,
-                    _ => 0,
-                };
+                let zero_point = WeightFormat::from_id(F).zero_point();
                 if zero_point != 0 {
                     for (r, dot) in dots.iter_mut().enumerate() {
                         let offset = _mm256_set1_epi32(zero_point * *sums.add((t.row0 + r) * nb + b));

@@ -8,8 +8,8 @@
 use std::arch::x86_64::*;
 
 use super::layout::{
-    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q4_0, FMT_Q6K, FMT_Q8_0,
-    Q4K_DMIN_OFFSET, QK,
+    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q6K, FMT_Q8_0, Q4K_DMIN_OFFSET,
+    QK,
 };
 use super::tile::{Tile, PREFETCH_AHEAD};
 
@@ -33,11 +33,8 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     let w = t.w.as_ptr();
     let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
     let low = _mm512_set1_epi8(0x0f);
-    let offset = match F {
-        FMT_Q8_0 => 128,
-        FMT_Q4_0 => 8,
-        _ => 0,
-    };
+    // Q8_0's +128 is the layout's; the others are the format's own zero point.
+    let offset = if F == FMT_Q8_0 { 128 } else { WeightFormat::from_id(F).zero_point() };
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..nb {
         let blk = w.add(record_offset(F, b));

@@ -157,6 +157,16 @@ impl WeightFormat {
         matches!(self, WeightFormat::Q4K | WeightFormat::Q6K)
     }
 
+    /// The `z` of formats stored as `w = d * (q - z)` (Q4_0: 8, Q5_0: 16), else 0: kernels
+    /// subtract `z` times the activations' block sum from the integer dot product.
+    pub const fn zero_point(self) -> i32 {
+        match self {
+            WeightFormat::Q4_0 => 8,
+            WeightFormat::Q5_0 => 16,
+            _ => 0,
+        }
+    }
+
     /// Whether values have a fifth bit beside the Q4 nibbles (`Q5_HIGH_OFFSET`).
     pub const fn is_q5(self) -> bool {
         matches!(self, WeightFormat::Q5_0 | WeightFormat::Q5_1)
@@ -515,8 +525,9 @@ pub fn dequantize_row(format: WeightFormat, data: &[u8], k: usize, row: usize, o
             continue;
         }
         let (d, m) = scale_and_min(format, group, b, r);
+        // Exact: `d` is an f16 and the zero point a small integer.
+        let m = if format.zero_point() != 0 { -(format.zero_point() as f32) * d } else { m };
         if format.is_q5() {
-            let m = if format == WeightFormat::Q5_0 { -16.0 * d } else { m };
             for (i, v) in vals.iter_mut().enumerate() {
                 *v = d * q5_value(record, r, i) as f32 + m;
             }
@@ -528,7 +539,6 @@ pub fn dequantize_row(format: WeightFormat, data: &[u8], k: usize, row: usize, o
                 *v = d * f32::from((quant(i) ^ 0x80) as i8);
             }
         } else {
-            let m = if format == WeightFormat::Q4_0 { -8.0 * d } else { m };
             for i in 0..QK / 2 {
                 vals[i] = d * f32::from(quant(i) & 0x0f) + m;
                 vals[i + QK / 2] = d * f32::from(quant(i) >> 4) + m;

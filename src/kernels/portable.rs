@@ -2,8 +2,8 @@
 //! sequence of fused multiply-adds as the SIMD kernels, so their results are identical.
 
 use super::layout::{
-    q5_value, q6k_scales, q6k_value, record_offset, record_shape, scale_and_min, WeightFormat, FMT_Q4_0,
-    FMT_Q5_0, FMT_Q6K, FMT_Q8_0, GROUP, QK,
+    q5_value, q6k_scales, q6k_value, record_offset, record_shape, scale_and_min, WeightFormat, FMT_Q6K,
+    FMT_Q8_0, GROUP, QK,
 };
 use super::tile::{store_partial, Tile};
 
@@ -43,19 +43,14 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
                     for (i, &x) in xq.iter().enumerate() {
                         dot += q5_value(record, c, i) * i32::from(x);
                     }
-                    if F == FMT_Q5_0 {
-                        dot -= 16 * isum;
-                    }
                 } else {
                     for i in 0..QK / 2 {
                         let q = byte(i);
                         dot += i32::from(q & 0x0f) * i32::from(xq[i])
                             + i32::from(q >> 4) * i32::from(xq[i + QK / 2]);
                     }
-                    if F == FMT_Q4_0 {
-                        dot -= 8 * isum;
-                    }
                 }
+                dot -= format.zero_point() * isum;
                 let (dw, mw) = scale_and_min(format, t.w, b, c);
                 *acc = (dot as f32).mul_add(dw * dx, *acc);
                 if shape.has_mins {
