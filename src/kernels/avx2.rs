@@ -168,25 +168,47 @@ impl BlockOperands {
 }
 
 /// Integer dot products of one block half with the block's activations in `MR` rows,
-/// for the 4-bit formats. All eight 4-byte chunks of weights stay in registers while
-/// the rows go by.
+/// for the 4-bit formats.
+///
+/// One row keeps all eight 4-byte chunks of weights in registers while its products go
+/// by. Several rows go chunk by chunk instead: each 64-byte chunk is split into its two
+/// nibble vectors and used by every row before the next is loaded, the rows' 16-bit
+/// sums held across the chunks. That leaves registers for eight rows' sums, where four
+/// rows with all chunks held already spilled, and is what lets the AVX2 tile be eight
+/// rows tall for these formats (figures at `tile::rows_for`).
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn q4_dots<const MR: usize>(op: BlockOperands, dots: &mut [__m256i; MR]) {
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let mut v = [_mm256_setzero_si256(); 8];
+    if MR == 1 {
+        let mut v = [_mm256_setzero_si256(); 8];
+        for i in 0..4 {
+            let raw = op.chunk(64 * i);
+            v[i] = _mm256_and_si256(raw, low);
+            v[i + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+        }
+        let mut s16 = _mm256_maddubs_epi16(v[0], op.x(0, 0));
+        for (j, &vj) in v.iter().enumerate().skip(1) {
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(vj, op.x(0, j)));
+        }
+        dots[0] = _mm256_madd_epi16(s16, ones);
+        return;
+    }
+    let mut s16 = [_mm256_setzero_si256(); MR];
     for i in 0..4 {
         let raw = op.chunk(64 * i);
-        v[i] = _mm256_and_si256(raw, low);
-        v[i + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
-    }
-    for (r, dot) in dots.iter_mut().enumerate() {
-        let mut s16 = _mm256_maddubs_epi16(v[0], op.x(r, 0));
-        for (j, &vj) in v.iter().enumerate().skip(1) {
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(vj, op.x(r, j)));
+        let (lo, hi) = (_mm256_and_si256(raw, low), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
+        for (r, s) in s16.iter_mut().enumerate() {
+            let pair = _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo, op.x(r, i)),
+                _mm256_maddubs_epi16(hi, op.x(r, i + 4)),
+            );
+            *s = _mm256_add_epi16(*s, pair);
         }
-        *dot = _mm256_madd_epi16(s16, ones);
+    }
+    for (dot, s) in dots.iter_mut().zip(&s16) {
+        *dot = _mm256_madd_epi16(*s, ones);
     }
 }
 

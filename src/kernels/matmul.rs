@@ -95,8 +95,8 @@ unsafe fn run_task(
     groups: std::ops::Range<usize>,
     out: OutPtr,
 ) {
-    let max_rows = tile::max_rows(kernel);
     let format = w.format.id();
+    let max_rows = tile::rows_for(kernel, format);
     let full = tile::select(kernel, format, max_rows);
     let group_bytes = w.format.group_bytes(w.k);
     let data = w.data.as_slice();
