@@ -56,7 +56,7 @@ pub fn max_rows(kernel: Kernel) -> usize {
 /// that keeps the kernel's live values in registers. On AVX2 the kernels that walk a
 /// block chunk by chunk with one sum per row (the 4-bit formats, see `avx2::q4_dots`,
 /// and Q8_0) go eight rows at a time; Q5 and Q6_K, which hold more per row, stay at
-/// four (eight measured ≈ 14% slower for Q5_0). One Zen 3 core, 16 rows, eight
+/// four (eight measured ≈ 14% slower for Q5_0, half the speed for Q6_K). One Zen 3 core, 16 rows, eight
 /// against four: Q4_1 3072×576 ≈ 81 → 83 GMAC/s, Q4_K 1536×768 ≈ 66 → 78, Q8_0
 /// 8192×576 ≈ 50.5 → 55.
 pub fn rows_for(kernel: Kernel, format: u8) -> usize {
