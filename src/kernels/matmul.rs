@@ -96,11 +96,11 @@ unsafe fn run_task(
     out: OutPtr,
 ) {
     let format = w.format.id();
-    let max_rows = tile::rows_for(kernel, format);
-    let full = tile::select(kernel, format, max_rows);
+    let tile_rows = tile::rows_for(kernel, format);
+    let full = tile::select(kernel, format, tile_rows);
     let group_bytes = w.format.group_bytes(w.k);
     let data = w.data.as_slice();
-    let tiles_per_group = (rows.end - rows.start).div_ceil(max_rows);
+    let tiles_per_group = (rows.end - rows.start).div_ceil(tile_rows);
     let groups_start = groups.start;
     let share_scales = tiles_per_group > 1 && tile::keeps_block_scales(kernel, format);
     let mut scales = if share_scales { BLOCK_SCALES.with(Cell::take) } else { Vec::new() };
@@ -123,10 +123,10 @@ unsafe fn run_task(
                 prefetch(&next[from..(from + share).min(next.len())], Level::L1);
             }
             tile_index += 1;
-            let mr = (rows.end - row0).min(max_rows);
+            let mr = (rows.end - row0).min(tile_rows);
             let f = if share_scales {
                 tile::select_keeping(kernel, format, mr, row0 == rows.start)
-            } else if mr == max_rows {
+            } else if mr == tile_rows {
                 full
             } else {
                 tile::select(kernel, format, mr)
