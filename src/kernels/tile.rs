@@ -56,12 +56,14 @@ pub fn max_rows(kernel: Kernel) -> usize {
 /// that keeps the kernel's live values in registers. On AVX2 the kernels that walk a
 /// block chunk by chunk with one sum per row (the 4-bit formats, see `avx2::q4_dots`,
 /// and Q8_0) go eight rows at a time; Q5 and Q6_K, which hold more per row, stay at
-/// four (eight measured ≈ 14% slower for Q5_0, half the speed for Q6_K). One Zen 3 core, 16 rows, eight
-/// against four: Q4_1 3072×576 ≈ 81 → 83 GMAC/s, Q4_K 1536×768 ≈ 66 → 78, Q8_0
-/// 8192×576 ≈ 50.5 → 55.
+/// four (eight measured ≈ 14% slower for Q5_0, half the speed for Q6_K), also on
+/// AVX-512 hosts, where those two run the AVX2 kernel (`avx512::tile`). One Zen 3 core,
+/// 16 rows, eight against four: Q4_1 3072×576 ≈ 81 → 83 GMAC/s, Q4_K 1536×768 ≈ 66 →
+/// 78, Q8_0 8192×576 ≈ 50.5 → 55.
 pub fn rows_for(kernel: Kernel, format: u8) -> usize {
+    let one_sum_per_row = matches!(format, FMT_Q4_0 | FMT_Q4_1 | FMT_Q4K | FMT_Q8_0);
     match kernel {
-        Kernel::Avx2 if !matches!(format, FMT_Q4_0 | FMT_Q4_1 | FMT_Q4K | FMT_Q8_0) => 4,
+        Kernel::Avx2 | Kernel::Avx512Vnni if !one_sum_per_row => 4,
         _ => max_rows(kernel),
     }
 }
@@ -150,4 +152,24 @@ pub fn select_keeping(kernel: Kernel, format: u8, rows: usize, write: bool) -> T
 #[inline(always)]
 pub unsafe fn store_partial(out: *mut f32, vals: &[f32], ncols: usize) {
     std::ptr::copy_nonoverlapping(vals.as_ptr(), out, ncols.min(vals.len()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX-512 tile hands Q5 and Q6_K to the AVX2 one, so they must be cut into
+    /// tiles the AVX2 kernel holds in registers; and no format exceeds its kernel's
+    /// largest instantiated height.
+    #[test]
+    fn delegated_formats_run_at_the_avx2_height() {
+        for format in [FMT_Q5_0, FMT_Q5_1, FMT_Q6K] {
+            assert_eq!(rows_for(Kernel::Avx512Vnni, format), rows_for(Kernel::Avx2, format));
+        }
+        for kernel in [Kernel::Avx512Vnni, Kernel::Avx2, Kernel::Portable] {
+            for format in [FMT_Q4_0, FMT_Q4_1, FMT_Q4K, FMT_Q5_0, FMT_Q5_1, FMT_Q6K, FMT_Q8_0] {
+                assert!((1..=max_rows(kernel)).contains(&rows_for(kernel, format)));
+            }
+        }
+    }
 }
