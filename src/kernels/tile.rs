@@ -121,7 +121,8 @@ pub fn keeps_block_scales(kernel: Kernel, format: u8) -> bool {
 /// for its first tile (`write`: forms the block scales and keeps them in
 /// `Tile::kept_scales`) or for a later one (loads them).
 pub fn select_keeping(kernel: Kernel, format: u8, rows: usize, write: bool) -> TileFn {
-    debug_assert!(keeps_block_scales(kernel, format) && (1..=max_rows(kernel)).contains(&rows));
+    // Instantiated up to Q6_K's tile height on AVX2 (`rows_for`), not the kernel's maximum.
+    debug_assert!(keeps_block_scales(kernel, format) && (1..=rows_for(kernel, format)).contains(&rows));
     #[cfg(target_arch = "x86_64")]
     {
         use super::avx2::{tile_keeping, KEEP_READ, KEEP_WRITE};
