@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use inflight::kernels::{kernel_name, QMatrix, WeightFormat};
+use inflight::backend::cpu::kernels::{kernel_name, QMatrix, WeightFormat};
 use rayon::prelude::*;
 
 const ROWS: [usize; 5] = [1, 4, 16, 64, 512];

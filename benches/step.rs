@@ -8,17 +8,15 @@
 //! KV cache).
 //!
 //! With `INFLIGHT_PROFILE_STEP=1` each benchmark is followed by 20 more steps with the
-//! model's section timers on (`inflight::model::profile`), and their breakdown printed.
+//! model's section timers on (`inflight::backend::cpu::profile`), and their breakdown printed.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inflight::backend::cpu::CpuBackend;
-use inflight::backend::{Backend, SeqStep, StepBatch};
-use inflight::backend::{BackendConfig, KvDtype};
-use inflight::model::profile;
-use inflight::model::{Llama, LlamaConfig, WeightSource};
+use inflight::backend::cpu::{profile, CpuBackend, CpuConfig, KvDtype, Llama};
+use inflight::backend::{Backend, SeqStep, StepBatch, StepLimits};
+use inflight::model::{LlamaConfig, WeightSource};
 
 // The allocator the `inflight` binary uses (see src/main.rs).
 #[global_allocator]
@@ -42,9 +40,9 @@ fn backend() -> CpuBackend {
         Ok("f32") => KvDtype::F32,
         _ => KvDtype::default(),
     };
-    let cfg = BackendConfig {
+    let cfg = CpuConfig {
+        limits: StepLimits { max_batch_tokens: 4096, ..Default::default() },
         kv_cache_bytes: 1 << 30,
-        max_batch_tokens: 4096,
         threads,
         kv_dtype,
         ..Default::default()
@@ -87,11 +85,13 @@ fn bench_step(c: &mut Criterion) {
     g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(8));
 
     for n in [128usize, 512] {
+        let (prompt, blocks) = (tokens(n, 1), table(0, n.div_ceil(bs)));
         let batch = StepBatch {
             seqs: vec![SeqStep {
-                tokens: tokens(n, 1),
+                id: 0,
+                tokens: &prompt,
                 start_pos: 0,
-                block_table: table(0, n.div_ceil(bs)),
+                block_table: &blocks,
                 want_logits: true,
             }],
         };
@@ -104,23 +104,28 @@ fn bench_step(c: &mut Criterion) {
     let per_seq = (depth + 1).div_ceil(bs);
     for batch_size in [1usize, 8, 16, 32] {
         // Fill each sequence's KV to `depth` tokens once, then time decode steps.
-        for i in 0..batch_size {
+        let tables: Vec<Vec<u32>> = (0..batch_size).map(|i| table(i, per_seq)).collect();
+        for (i, blocks) in tables.iter().enumerate() {
+            let prompt = tokens(depth, i);
             let prefill = StepBatch {
                 seqs: vec![SeqStep {
-                    tokens: tokens(depth, i),
+                    id: 0,
+                    tokens: &prompt,
                     start_pos: 0,
-                    block_table: table(i, per_seq),
+                    block_table: blocks,
                     want_logits: false,
                 }],
             };
             be.step(&prefill).expect("prefill");
         }
+        let next: Vec<Vec<u32>> = (0..batch_size).map(|i| tokens(1, i + 7)).collect();
         let batch = StepBatch {
             seqs: (0..batch_size)
                 .map(|i| SeqStep {
-                    tokens: vec![tokens(1, i + 7)[0]],
+                    id: i as u64,
+                    tokens: &next[i],
                     start_pos: depth,
-                    block_table: table(i, per_seq),
+                    block_table: &tables[i],
                     want_logits: true,
                 })
                 .collect(),

@@ -9,9 +9,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::engine::core::StepStats;
-use crate::engine::request::Usage;
-
 const LATENCY_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0,
     15.0, 20.0, 30.0, 45.0, 60.0,
@@ -22,6 +19,17 @@ const TOKEN_LATENCY_BUCKETS: &[f64] = &[
 ];
 const BATCH_BUCKETS: &[f64] =
     &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+
+/// What one engine step did, in the terms the metrics count. The engine fills it;
+/// this module knows nothing of the engine's types.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepFigures {
+    pub num_seqs: usize,
+    pub num_tokens: usize,
+    pub prefill_tokens: usize,
+    pub decode_tokens: usize,
+    pub preempted: usize,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -135,7 +143,7 @@ impl Metrics {
         m
     }
 
-    pub fn observe_step(&self, stats: &StepStats, took: Duration) {
+    pub fn observe_step(&self, stats: &StepFigures, took: Duration) {
         if stats.num_seqs == 0 {
             return;
         }
@@ -160,19 +168,22 @@ impl Metrics {
         self.queue_time.observe(d.as_secs_f64());
     }
 
+    /// A sequence that finished with `reason` after `completion_tokens` tokens, of
+    /// whose prompt `cached_tokens` came from the prefix cache.
     pub fn observe_finished(
         &self,
         reason: &str,
-        usage: &Usage,
+        completion_tokens: usize,
+        cached_tokens: usize,
         e2e: Duration,
         since_first: Option<Duration>,
     ) {
         self.requests.with_label_values(&[reason]).inc();
         self.e2e.observe(e2e.as_secs_f64());
-        self.cached_tokens.inc_by(usage.cached_tokens as u64);
+        self.cached_tokens.inc_by(cached_tokens as u64);
         if let Some(d) = since_first {
-            if usage.completion_tokens > 1 {
-                self.tpot.observe(d.as_secs_f64() / (usage.completion_tokens - 1) as f64);
+            if completion_tokens > 1 {
+                self.tpot.observe(d.as_secs_f64() / (completion_tokens - 1) as f64);
             }
         }
     }

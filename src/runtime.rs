@@ -1,28 +1,26 @@
-//! Turns a resolved model into a running backend plus its tokenizer: reads the
-//! weights, builds the tokenizer from the same files, and picks the backend.
+//! Turns a resolved model into a running backend plus its tokenizer: one loader
+//! per backend, each reading the model source it understands (GGUF or safetensors
+//! weights for the CPU; a folder of compiled artifacts for Neuron).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, BackendConfig, BackendError};
+use crate::backend::cpu::{CpuBackend, CpuConfig, Llama};
+use crate::backend::{Backend, BackendError, StepLimits};
 use crate::hub::ResolvedModel;
-use crate::model::{Llama, LlamaConfig, ModelError, WeightSource};
+use crate::model::{LlamaConfig, ModelError, WeightSource};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendChoice {
-    Cpu,
-    Cuda,
-    Neuron,
-}
-
+/// Which backend to load, with its own configuration.
 #[derive(Debug, Clone)]
-pub struct BackendOptions {
-    pub choice: BackendChoice,
-    pub config: BackendConfig,
+pub enum BackendConfig {
+    Cpu(CpuConfig),
+    /// The CUDA backend is planned; its device and memory settings come with it.
+    Cuda(StepLimits),
+    /// The Neuron backend is planned; its runtime library path comes with it.
+    Neuron(StepLimits),
 }
 
 #[derive(Debug, Error)]
@@ -40,9 +38,9 @@ pub struct LoadedModel {
     pub backend: Box<dyn Backend>,
 }
 
-/// Opens the weights and tokenizer of a model (GGUF file or safetensors folder).
+/// Opens the weights, config and tokenizer of a GGUF file or safetensors folder.
 pub fn open(resolved: &ResolvedModel) -> Result<(WeightSource, LlamaConfig, Tokenizer), LoadError> {
-    match resolved {
+    let (w, cfg, tok) = match resolved {
         ResolvedModel::Gguf(path) => {
             let w = WeightSource::open_gguf(path)?;
             let content = w.gguf_content().ok_or_else(|| ModelError::Load {
@@ -51,7 +49,7 @@ pub fn open(resolved: &ResolvedModel) -> Result<(WeightSource, LlamaConfig, Toke
             })?;
             let cfg = LlamaConfig::from_gguf(content, path)?;
             let tok = Tokenizer::from_gguf(content)?;
-            Ok((w, cfg, tok))
+            (w, cfg, tok)
         }
         ResolvedModel::HfDir(dir) => {
             let cfg_path = dir.join("config.json");
@@ -62,14 +60,18 @@ pub fn open(resolved: &ResolvedModel) -> Result<(WeightSource, LlamaConfig, Toke
             let cfg = LlamaConfig::from_hf_json(&json, &cfg_path)?;
             let w = WeightSource::open_safetensors(dir)?;
             let tok = Tokenizer::from_hf_dir(dir)?;
-            Ok((w, cfg, tok))
+            (w, cfg, tok)
         }
-    }
-}
-
-/// Loads the model onto the chosen backend.
-pub fn load(resolved: &ResolvedModel, opts: &BackendOptions) -> Result<LoadedModel, LoadError> {
-    let (w, cfg, tok) = open(resolved)?;
+        ResolvedModel::Compiled(dir) => {
+            return Err(ModelError::Load {
+                path: dir.clone(),
+                message: "holds compiled artifacts (manifest.json), which only a backend running compiled \
+                          graphs loads; give a GGUF file or a safetensors folder"
+                    .into(),
+            }
+            .into())
+        }
+    };
     if tok.vocab_size() > cfg.vocab_size {
         return Err(ModelError::Load {
             path: w.path().into(),
@@ -81,25 +83,29 @@ pub fn load(resolved: &ResolvedModel, opts: &BackendOptions) -> Result<LoadedMod
         }
         .into());
     }
-    let backend: Box<dyn Backend> = match opts.choice {
-        BackendChoice::Cpu => {
-            let model = Llama::load(&w, cfg)?;
-            Box::new(CpuBackend::new(model, &opts.config)?)
-        }
-        BackendChoice::Cuda => {
-            return Err(BackendError::Unavailable(
-                "the CUDA backend is not available in this build (build with `--features cuda` on a machine with nvcc)".into(),
-            )
-            .into())
-        }
-        BackendChoice::Neuron => {
-            return Err(BackendError::Unavailable(
-                "the Neuron backend is not implemented yet in this build".into(),
-            )
-            .into())
-        }
-    };
-    Ok(LoadedModel { tokenizer: Arc::new(tok), backend })
+    Ok((w, cfg, tok))
+}
+
+/// Loads the model onto the configured backend.
+pub fn load(resolved: &ResolvedModel, config: &BackendConfig) -> Result<LoadedModel, LoadError> {
+    match config {
+        BackendConfig::Cpu(cpu) => load_cpu(resolved, cpu),
+        BackendConfig::Cuda(_) => Err(BackendError::Unavailable(
+            "the CUDA backend is not available in this build (planned; use --backend cpu)".into(),
+        )
+        .into()),
+        BackendConfig::Neuron(_) => Err(BackendError::Unavailable(
+            "the Neuron backend is not implemented yet in this build (planned; use --backend cpu)".into(),
+        )
+        .into()),
+    }
+}
+
+fn load_cpu(resolved: &ResolvedModel, config: &CpuConfig) -> Result<LoadedModel, LoadError> {
+    let (w, cfg, tok) = open(resolved)?;
+    let model = Llama::load(&w, cfg)?;
+    let backend = CpuBackend::new(model, config)?;
+    Ok(LoadedModel { tokenizer: Arc::new(tok), backend: Box::new(backend) })
 }
 
 /// A short display name for a model path (its file or folder name).

@@ -2,10 +2,9 @@
 //! greedy tokens up to llama.cpp's first near-tie, first-position top-5 logits,
 //! and batch invariance.
 
-use inflight::backend::cpu::CpuBackend;
+use inflight::backend::cpu::{CpuBackend, CpuConfig, KvDtype, Llama};
 use inflight::backend::{Backend, SeqStep, StepBatch};
-use inflight::backend::{BackendConfig, KvDtype};
-use inflight::model::{Llama, LlamaConfig, WeightSource};
+use inflight::model::{LlamaConfig, WeightSource};
 
 use crate::support::{
     ids, mixed_quant_model, model_path, reference, steps_to_match, LOGIT_MAX_TOLERANCE, LOGIT_MEAN_TOLERANCE,
@@ -28,7 +27,7 @@ fn backend_for(model: Llama, dequantized: bool) -> CpuBackend {
     // Float weights are the exactness check against transformers' f32: the KV cache
     // is f32 there whatever the default. The quantized path runs the serving default.
     let kv_dtype = if dequantized { KvDtype::F32 } else { KvDtype::default() };
-    let cfg = BackendConfig { kv_cache_bytes: 256 << 20, kv_dtype, ..Default::default() };
+    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, kv_dtype, ..Default::default() };
     CpuBackend::new(model, &cfg).expect("backend")
 }
 
@@ -95,14 +94,16 @@ fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> Gree
                 .iter()
                 .zip(&outs)
                 .zip(&tables)
-                .map(|((p, o), t)| {
+                .enumerate()
+                .map(|(i, ((p, o), t))| {
                     if step == 0 {
-                        SeqStep { tokens: p.clone(), start_pos: 0, block_table: t.clone(), want_logits: true }
+                        SeqStep { id: i as u64, tokens: p, start_pos: 0, block_table: t, want_logits: true }
                     } else {
                         SeqStep {
-                            tokens: vec![*o.last().expect("token")],
+                            id: i as u64,
+                            tokens: std::slice::from_ref(o.last().expect("token")),
                             start_pos: p.len() + o.len() - 1,
-                            block_table: t.clone(),
+                            block_table: t,
                             want_logits: true,
                         }
                     }

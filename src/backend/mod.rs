@@ -8,108 +8,115 @@
 //! ids point at.
 
 pub mod cpu;
+mod step;
 
 use thiserror::Error;
 
-pub use crate::model::kv_cache::KvDtype;
+pub use step::{BlockId, Logits, PackedStep, SeqId, SeqStep, StepBatch};
 
-/// Index of one KV block in a backend's pool.
-pub type BlockId = u32;
-
-#[derive(Debug, Clone)]
-/// What every backend is sized by: its KV pool and the limits of one step.
-pub struct BackendConfig {
-    /// Tokens per KV block.
-    pub block_size: usize,
-    /// Memory for the KV pool; the block count follows from it.
-    pub kv_cache_bytes: usize,
-    /// How cached K/V values are stored.
-    pub kv_dtype: KvDtype,
+/// The step limits a user asks for (flags); a backend may grant less and says what
+/// in its [`BackendInfo`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepLimits {
     pub max_batch_tokens: usize,
     pub max_batch_seqs: usize,
     /// Longest sequence served; at most the model's own context length.
     pub max_context: Option<usize>,
-    /// Host compute threads (default: one per core).
-    pub threads: Option<usize>,
 }
 
-impl Default for BackendConfig {
+impl Default for StepLimits {
     fn default() -> Self {
-        Self {
-            block_size: 16,
-            kv_cache_bytes: 2 << 30,
-            kv_dtype: KvDtype::default(),
-            max_batch_tokens: 2048,
-            max_batch_seqs: 256,
-            max_context: None,
-            threads: None,
-        }
+        Self { max_batch_tokens: 2048, max_batch_seqs: 256, max_context: None }
     }
 }
 
 /// What a backend can do. The scheduler adapts to these numbers; it never asks
 /// which backend it is talking to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendInfo {
     /// Human-readable device name, e.g. `cpu (avx512vnni, 2 threads)`.
     pub device: String,
-    /// Tokens per KV block.
+    /// Tokens per KV block. A backend that keeps one contiguous KV slot per sequence
+    /// says so with one block of `max_context` tokens per slot.
     pub block_size: usize,
     /// Blocks in the KV pool.
     pub num_blocks: usize,
-    /// Most tokens one step may carry (prefill chunks plus decode tokens).
-    pub max_batch_tokens: usize,
-    /// Most sequences one step may carry.
-    pub max_batch_seqs: usize,
-    /// Longest sequence (prompt plus generated tokens) the model supports.
+    /// Longest sequence (prompt plus generated tokens) the backend serves.
     pub max_context: usize,
     /// Logits per row returned by `step`.
     pub vocab_size: usize,
+    /// What one step may hold.
+    pub step: StepShapes,
     /// Whether full KV blocks may be shared between sequences (prefix caching).
-    pub supports_prefix_caching: bool,
+    pub prefix_caching: bool,
 }
 
-/// One sequence's share of a step.
-#[derive(Debug, Clone)]
-pub struct SeqStep {
-    /// The new tokens to run: a prefill chunk, or one decode token.
-    pub tokens: Vec<u32>,
-    /// Position of `tokens[0]` in the sequence; tokens before it are already in KV.
-    pub start_pos: usize,
-    /// The sequence's KV blocks in order; must cover `start_pos + tokens.len()`.
-    pub block_table: Vec<BlockId>,
-    /// Whether to return logits for the last token (false for non-final prefill
-    /// chunks, which saves the output projection).
-    pub want_logits: bool,
+/// The shapes of step a backend can run: dynamic ones (CPU: any mix of chunks) or
+/// the static buckets of compiled graphs (Neuron).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepShapes {
+    /// Most tokens one step may carry; a prefill chunk counts at its padded length.
+    pub max_tokens: usize,
+    /// Most sequences one step may carry.
+    pub max_seqs: usize,
+    pub prefill: Prefill,
+    /// Most sequences prefilling in one step.
+    pub max_prefill_seqs: usize,
+    /// Sequence counts a decode step is padded to, ascending; empty means any count
+    /// up to `max_seqs`. The scheduler never exceeds the largest; the backend pads.
+    pub decode_batch_sizes: Vec<usize>,
+    /// Whether prefill and decode rows may share a step. When they may not, the
+    /// scheduler alternates prefill-only and decode-only steps.
+    pub mixed_prefill_decode: bool,
 }
 
-/// All work of one engine step.
-#[derive(Debug, Clone, Default)]
-pub struct StepBatch {
-    pub seqs: Vec<SeqStep>,
-}
+impl StepShapes {
+    /// Any mix of chunks and decodes, as a backend with dynamic shapes runs.
+    pub fn dynamic(max_tokens: usize, max_seqs: usize) -> Self {
+        Self {
+            max_tokens,
+            max_seqs,
+            prefill: Prefill::Chunked,
+            max_prefill_seqs: max_seqs,
+            decode_batch_sizes: Vec::new(),
+            mixed_prefill_decode: true,
+        }
+    }
 
-impl StepBatch {
-    pub fn num_tokens(&self) -> usize {
-        self.seqs.iter().map(|s| s.tokens.len()).sum()
+    /// Most sequences a decode step may carry.
+    pub fn max_decode_seqs(&self) -> usize {
+        self.decode_batch_sizes.last().map_or(self.max_seqs, |&b| b.min(self.max_seqs))
     }
 }
 
-/// Last-position logits: one row of `vocab_size` floats for every sequence of the
-/// batch that set `want_logits`, in batch order.
-#[derive(Debug, Clone)]
-pub struct Logits {
-    pub vocab_size: usize,
-    /// `rows[i]` is the row index into `data` for batch entry `i`, if it has one.
-    pub rows: Vec<Option<usize>>,
-    pub data: Vec<f32>,
+/// How a sequence's prompt may be cut into prefill chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prefill {
+    /// Chunks of any length starting at any position (chunked prefill), so a long
+    /// prompt shares steps with running decodes.
+    Chunked,
+    /// The sequence's whole remainder in one chunk, which the backend pads to the
+    /// smallest of these lengths (ascending) that holds it. A sequence longer than
+    /// the largest cannot be prefilled.
+    Buckets(Vec<usize>),
 }
 
-impl Logits {
-    /// The logits row of batch entry `i`, if it asked for one.
-    pub fn row(&self, i: usize) -> Option<&[f32]> {
-        let r = (*self.rows.get(i)?)?;
-        self.data.get(r * self.vocab_size..(r + 1) * self.vocab_size)
+impl Prefill {
+    /// The length a chunk of `n` tokens occupies in a step: itself, or its bucket
+    /// (`None` when no bucket holds it).
+    pub fn padded_len(&self, n: usize) -> Option<usize> {
+        match self {
+            Prefill::Chunked => Some(n),
+            Prefill::Buckets(lengths) => lengths.iter().copied().find(|&l| l >= n),
+        }
+    }
+
+    /// The longest prefill one chunk may hold, if there is a limit.
+    pub fn max_len(&self) -> Option<usize> {
+        match self {
+            Prefill::Chunked => None,
+            Prefill::Buckets(lengths) => lengths.last().copied(),
+        }
     }
 }
 
@@ -127,59 +134,82 @@ pub enum BackendError {
 
 pub trait Backend: Send {
     fn info(&self) -> &BackendInfo;
+    /// Runs every sequence's new tokens through the model and returns last-position
+    /// logits for those that asked. The batch must fit `info()` ([`validate_step`]).
     fn step(&mut self, batch: &StepBatch) -> Result<Logits, BackendError>;
 }
 
 /// Checks the parts of a step every backend relies on, so each backend reports
-/// a caller's mistake the same way instead of indexing out of bounds.
+/// a caller's mistake the same way instead of indexing out of bounds or running a
+/// shape it has no graph for.
 pub fn validate_step(info: &BackendInfo, batch: &StepBatch) -> Result<(), BackendError> {
+    let bad = |m: String| Err(BackendError::InvalidStep(m));
+    let shapes = &info.step;
     if batch.seqs.is_empty() {
-        return Err(BackendError::InvalidStep("empty batch".into()));
+        return bad("empty batch".into());
     }
-    if batch.seqs.len() > info.max_batch_seqs {
-        return Err(BackendError::InvalidStep(format!(
+    if batch.seqs.len() > shapes.max_seqs {
+        return bad(format!(
             "{} sequences exceed the backend's limit of {}",
             batch.seqs.len(),
-            info.max_batch_seqs
-        )));
+            shapes.max_seqs
+        ));
     }
-    if batch.num_tokens() > info.max_batch_tokens {
-        return Err(BackendError::InvalidStep(format!(
-            "{} tokens exceed the backend's limit of {} per step",
-            batch.num_tokens(),
-            info.max_batch_tokens
-        )));
+    let decodes = batch.seqs.iter().filter(|s| s.is_decode()).count();
+    let prefills = batch.seqs.len() - decodes;
+    if decodes > shapes.max_decode_seqs() {
+        return bad(format!(
+            "{decodes} decodes exceed the largest decode batch of {}",
+            shapes.max_decode_seqs()
+        ));
     }
+    if prefills > shapes.max_prefill_seqs {
+        return bad(format!("{prefills} prefills exceed the limit of {} per step", shapes.max_prefill_seqs));
+    }
+    if decodes > 0 && prefills > 0 && !shapes.mixed_prefill_decode {
+        return bad("prefill and decode rows in one step, which this backend runs apart".into());
+    }
+    let mut tokens = 0;
     for (i, s) in batch.seqs.iter().enumerate() {
         if s.tokens.is_empty() {
-            return Err(BackendError::InvalidStep(format!("sequence {i} has no tokens")));
+            return bad(format!("sequence {i} has no tokens"));
         }
-        let end = s.start_pos + s.tokens.len();
+        tokens += if s.is_decode() {
+            1
+        } else {
+            shapes.prefill.padded_len(s.tokens.len()).ok_or_else(|| {
+                BackendError::InvalidStep(format!(
+                    "sequence {i}'s prefill of {} tokens is longer than every prefill bucket",
+                    s.tokens.len()
+                ))
+            })?
+        };
+        let end = s.end();
         if end > info.max_context {
-            return Err(BackendError::InvalidStep(format!(
+            return bad(format!(
                 "sequence {i} reaches position {end}, beyond the context of {}",
                 info.max_context
-            )));
+            ));
         }
         if s.block_table.len() * info.block_size < end {
-            return Err(BackendError::InvalidStep(format!(
+            return bad(format!(
                 "sequence {i} needs {} blocks for {end} tokens but has {}",
                 end.div_ceil(info.block_size),
                 s.block_table.len()
-            )));
+            ));
         }
         if let Some(b) = s.block_table.iter().find(|&&b| b as usize >= info.num_blocks) {
-            return Err(BackendError::InvalidStep(format!(
-                "sequence {i} names block {b}, but the pool has {}",
-                info.num_blocks
-            )));
+            return bad(format!("sequence {i} names block {b}, but the pool has {}", info.num_blocks));
         }
         if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= info.vocab_size) {
-            return Err(BackendError::InvalidStep(format!(
+            return bad(format!(
                 "sequence {i} has token id {t} outside the vocabulary of {}",
                 info.vocab_size
-            )));
+            ));
         }
+    }
+    if tokens > shapes.max_tokens {
+        return bad(format!("{tokens} tokens exceed the backend's limit of {} per step", shapes.max_tokens));
     }
     Ok(())
 }

@@ -79,8 +79,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ..SamplingParams::default()
     };
     sampling.validate()?;
-    let mut core =
-        EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler, max_context))?;
+    let mut core = EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler))?;
 
     let mut outputs = Vec::with_capacity(prompts.len());
     let mut index_of = HashMap::new();

@@ -8,10 +8,11 @@ pub mod serve;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{BackendKind, KvCacheDtype, ModelArgs, ModelDirArgs, SchedulerArgs};
-use inflight::backend::{BackendConfig, KvDtype};
+use inflight::backend::cpu::{CpuConfig, KvDtype};
+use inflight::backend::StepLimits;
 use inflight::engine::scheduler::SchedulerConfig;
 use inflight::hub::{self, FetchOptions, Registry, ResolvedModel};
-use inflight::runtime::{BackendChoice, BackendOptions, LoadedModel};
+use inflight::runtime::{BackendConfig, LoadedModel};
 
 pub fn registry(dirs: &ModelDirArgs) -> Result<Registry> {
     Ok(Registry::load_with_user(dirs.registry.as_deref())?)
@@ -60,27 +61,27 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
     let spec = model_spec(args);
     let resolved = hub::resolve(&spec, &registry, &fetch_options(&args.dirs))
         .with_context(|| format!("resolving model `{spec}`"))?;
-    let opts = BackendOptions {
-        choice: match args.backend {
-            BackendKind::Cpu => BackendChoice::Cpu,
-            BackendKind::Cuda => BackendChoice::Cuda,
-            BackendKind::Neuron => BackendChoice::Neuron,
-        },
-        config: BackendConfig {
+    let limits = StepLimits {
+        max_batch_tokens: sched.max_batch_tokens,
+        max_batch_seqs: sched.max_running,
+        max_context: args.max_context,
+    };
+    let config = match args.backend {
+        BackendKind::Cpu => BackendConfig::Cpu(CpuConfig {
+            limits,
             block_size: args.block_size,
             kv_cache_bytes: (args.kv_cache_gib * (1u64 << 30) as f64) as usize,
             kv_dtype: match args.kv_cache_dtype {
                 KvCacheDtype::F16 => KvDtype::F16,
                 KvCacheDtype::F32 => KvDtype::F32,
             },
-            max_batch_tokens: sched.max_batch_tokens,
-            max_batch_seqs: sched.max_running,
-            max_context: args.max_context,
             threads: args.threads,
-        },
+        }),
+        BackendKind::Cuda => BackendConfig::Cuda(limits),
+        BackendKind::Neuron => BackendConfig::Neuron(limits),
     };
     let start = std::time::Instant::now();
-    let loaded = inflight::runtime::load(&resolved, &opts).context("loading the model")?;
+    let loaded = inflight::runtime::load(&resolved, &config).context("loading the model")?;
     tracing::info!(
         model = %spec,
         device = %loaded.backend.info().device,
@@ -91,13 +92,11 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
     Ok((resolved, loaded))
 }
 
-pub fn scheduler_config(sched: &SchedulerArgs, max_context: usize) -> SchedulerConfig {
-    SchedulerConfig {
-        max_batch_tokens: sched.max_batch_tokens,
-        max_running: sched.max_running,
-        max_waiting: sched.max_waiting,
-        block_size: 16,
-        max_context,
-        prefix_caching: sched.prefix_caching,
-    }
+pub fn scheduler_config(sched: &SchedulerArgs) -> SchedulerConfig {
+    SchedulerConfig::dynamic(
+        sched.max_batch_tokens,
+        sched.max_running,
+        sched.max_waiting,
+        sched.prefix_caching,
+    )
 }

@@ -66,11 +66,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let (_, loaded) = load_model(&load_args.model, &load_args.scheduler)?;
         let max_context = loaded.backend.info().max_context;
         let tokenizer = loaded.tokenizer.clone();
-        let core = EngineCore::new(
-            loaded.backend,
-            tokenizer.clone(),
-            scheduler_config(&load_args.scheduler, max_context),
-        )?;
+        let core =
+            EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&load_args.scheduler))?;
         Ok((core, tokenizer, max_context))
     })
     .await

@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use super::request::{EventKind, FinishReason, GenerationRequest, SeqEvent, SeqId, TokenOutput, Usage};
 use super::sampling::Sampler;
-use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError, SchedulerOutput};
+use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError};
 use super::stop::{StopMatcher, StopOutcome};
 use crate::backend::Backend;
+use crate::metrics::StepFigures;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
 /// Per-sequence state the scheduler does not need: how to sample, how to turn
@@ -25,14 +26,10 @@ struct Active {
     cached_tokens: usize,
 }
 
-/// Figures of one step, for metrics.
+/// What one step did: its figures for the metrics, and who ran.
 #[derive(Debug, Clone, Default)]
 pub struct StepStats {
-    pub num_seqs: usize,
-    pub num_tokens: usize,
-    pub prefill_tokens: usize,
-    pub decode_tokens: usize,
-    pub preempted: usize,
+    pub figures: StepFigures,
     /// Every sequence that ran in this step.
     pub scheduled: Vec<SeqId>,
 }
@@ -50,16 +47,10 @@ impl EngineCore {
     pub fn new(
         backend: Box<dyn Backend>,
         tokenizer: Arc<Tokenizer>,
-        mut cfg: SchedulerConfig,
+        cfg: SchedulerConfig,
     ) -> Result<Self, SchedulerError> {
         let info = backend.info();
-        // The backend's limits bind the scheduler, whatever the flags asked for.
-        cfg.block_size = info.block_size;
-        cfg.max_batch_tokens = cfg.max_batch_tokens.min(info.max_batch_tokens);
-        cfg.max_running = cfg.max_running.min(info.max_batch_seqs);
-        cfg.max_context = cfg.max_context.min(info.max_context);
-        cfg.prefix_caching &= info.supports_prefix_caching;
-        let scheduler = Scheduler::new(cfg, info.num_blocks)?;
+        let scheduler = Scheduler::new(cfg.fit_to(info), info.num_blocks)?;
         Ok(Self {
             backend,
             scheduler,
@@ -120,59 +111,67 @@ impl EngineCore {
 
     /// Runs one engine step and returns what happened to each sequence in it.
     pub fn step(&mut self) -> Vec<SeqEvent> {
-        let plan: SchedulerOutput = self.scheduler.schedule();
-        self.last_stats = StepStats { preempted: plan.preempted.len(), ..Default::default() };
+        let plan = self.scheduler.schedule();
+        let mut figures = StepFigures {
+            preempted: plan.preempted.len(),
+            num_seqs: plan.batch.seqs.len(),
+            num_tokens: plan.num_tokens(),
+            ..Default::default()
+        };
+        let result = (!plan.batch.seqs.is_empty()).then(|| self.backend.step(&plan.batch));
+        // What the rest of the step needs once the plan's borrow of the scheduler ends.
+        let ran: Vec<(SeqId, usize, bool)> =
+            plan.batch.seqs.iter().map(|s| (s.id, s.tokens.len(), s.is_decode())).collect();
+        let (cannot_continue, prefix_hits) = (plan.cannot_continue, plan.prefix_hits);
+
         let mut events = Vec::new();
-        // A sequence that alone fills the KV pool cannot grow: it ends here.
-        for &id in &plan.kv_exhausted {
+        for id in cannot_continue {
             events.extend(self.finish_now(id, FinishReason::Length));
         }
-        if plan.seqs.is_empty() {
-            return events;
+        for (id, cached) in prefix_hits {
+            if let Some(a) = self.active.get_mut(&id) {
+                a.cached_tokens = a.cached_tokens.max(cached);
+            }
         }
-        let batch = plan.to_step_batch();
-        self.last_stats.num_seqs = plan.seqs.len();
-        self.last_stats.scheduled = plan.seqs.iter().map(|s| s.id).collect();
-        self.last_stats.num_tokens = batch.num_tokens();
-        let logits = match self.backend.step(&batch) {
-            Ok(l) => l,
-            Err(e) => {
+        for &(_, n, decode) in &ran {
+            if decode {
+                figures.decode_tokens += 1;
+            } else {
+                figures.prefill_tokens += n;
+            }
+        }
+        self.last_stats = StepStats { figures, scheduled: ran.iter().map(|r| r.0).collect() };
+        let logits = match result {
+            None => return events,
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
                 // A failed step fails the sequences in it, not the engine.
                 tracing::error!(error = %e, "backend step failed");
-                events.extend(plan.seqs.iter().map(|s| {
-                    self.abort(s.id);
-                    SeqEvent { id: s.id, kind: EventKind::Failed(format!("inference failed: {e}")) }
-                }));
+                for &(id, ..) in &ran {
+                    self.abort(id);
+                    events.push(SeqEvent { id, kind: EventKind::Failed(format!("inference failed: {e}")) });
+                }
                 return events;
             }
         };
-        for (i, s) in plan.seqs.iter().enumerate() {
-            if s.tokens.len() == 1 && s.start_pos > 0 && s.want_logits {
-                self.last_stats.decode_tokens += 1;
-            } else {
-                self.last_stats.prefill_tokens += s.tokens.len();
-            }
-            let Some(active) = self.active.get_mut(&s.id) else {
+        for (i, &(id, ..)) in ran.iter().enumerate() {
+            let Some(active) = self.active.get_mut(&id) else {
                 continue;
             };
-            active.cached_tokens = active.cached_tokens.max(s.cached_tokens);
             let Some(row) = logits.row(i) else {
-                self.update_scheduler(s.id, None);
+                self.update_scheduler(id, None);
                 continue;
             };
             let sampled = match active.sampler.sample(row, &active.req.prompt_ids, &active.output) {
                 Ok(x) => x,
                 Err(e) => {
-                    events.push(SeqEvent {
-                        id: s.id,
-                        kind: EventKind::Failed(format!("sampling failed: {e}")),
-                    });
-                    self.abort(s.id);
+                    events.push(SeqEvent { id, kind: EventKind::Failed(format!("sampling failed: {e}")) });
+                    self.abort(id);
                     continue;
                 }
             };
-            self.update_scheduler(s.id, Some(sampled.token));
-            events.extend(self.on_token(s.id, sampled));
+            self.update_scheduler(id, Some(sampled.token));
+            events.extend(self.on_token(id, sampled));
         }
         events
     }

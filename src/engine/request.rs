@@ -4,7 +4,7 @@
 use super::sampling::SamplingParams;
 
 /// Engine-wide id of one sequence (one choice of one HTTP request).
-pub type SeqId = u64;
+pub use crate::backend::SeqId;
 
 #[derive(Debug, Clone)]
 pub struct GenerationRequest {

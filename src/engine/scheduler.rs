@@ -20,22 +20,26 @@
 //!    while the budget, `max_running` and free blocks allow; the queue head blocks
 //!    the ones behind it. Skipped entirely in a step that had to preempt.
 //!
+//! The backend's step shapes bind all three (`backend::StepShapes`): a prefill
+//! chunk costs its padded length, bucketed prefill is never split, decode and
+//! prefill rows have their own per-step caps, and a backend that runs them in
+//! separate graphs gets prefill-only and decode-only steps in turn (decodes wait at
+//! most one prefill step).
+//!
 //! When a running sequence needs a block and none is free, the most recently
 //! admitted running sequence is preempted: its blocks are freed and it waits to be
 //! recomputed from position 0 (its generated tokens are kept).
 //!
 //! Invariants: waiting sequences hold no blocks; a running sequence's block table
 //! covers its computed tokens; no step exceeds `max_batch_tokens`, `max_running`
-//! sequences or `max_context` positions.
+//! sequences, `max_context` positions or a shape the backend cannot run.
 
 use std::collections::{HashMap, VecDeque};
 
 use thiserror::Error;
 
 use super::block_pool::{hash_block, BlockHash, BlockPool};
-use crate::backend::{BlockId, SeqStep, StepBatch};
-
-pub type SeqId = u64;
+use crate::backend::{BackendInfo, BlockId, Prefill, SeqId, SeqStep, StepBatch};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -49,6 +53,66 @@ pub struct SchedulerConfig {
     pub max_context: usize,
     /// Share full prompt blocks between sequences; only if the backend supports it.
     pub prefix_caching: bool,
+    /// How a prompt may be cut into chunks (the backend's `StepShapes::prefill`).
+    pub prefill: Prefill,
+    /// Most sequences prefilling in one step.
+    pub max_prefill_seqs: usize,
+    /// Most sequences decoding in one step.
+    pub max_decode_seqs: usize,
+    /// Whether prefill and decode rows may share a step.
+    pub mixed_prefill_decode: bool,
+}
+
+impl SchedulerConfig {
+    /// Limits from flags, with the step shapes of a backend that runs any mix.
+    pub fn dynamic(
+        max_batch_tokens: usize,
+        max_running: usize,
+        max_waiting: usize,
+        prefix_caching: bool,
+    ) -> Self {
+        Self {
+            max_batch_tokens,
+            max_running,
+            max_waiting,
+            block_size: 16,
+            max_context: usize::MAX,
+            prefix_caching,
+            prefill: Prefill::Chunked,
+            max_prefill_seqs: usize::MAX,
+            max_decode_seqs: usize::MAX,
+            mixed_prefill_decode: true,
+        }
+    }
+
+    /// These limits, bound by what the backend can hold and run, whatever the
+    /// flags asked for.
+    pub fn fit_to(self, info: &BackendInfo) -> Self {
+        let shapes = &info.step;
+        Self {
+            max_batch_tokens: self.max_batch_tokens.min(shapes.max_tokens),
+            max_running: self.max_running.min(shapes.max_seqs),
+            max_waiting: self.max_waiting,
+            block_size: info.block_size,
+            max_context: self.max_context.min(info.max_context),
+            prefix_caching: self.prefix_caching && info.prefix_caching,
+            prefill: shapes.prefill.clone(),
+            max_prefill_seqs: self.max_prefill_seqs.min(shapes.max_prefill_seqs),
+            max_decode_seqs: self.max_decode_seqs.min(shapes.max_decode_seqs()),
+            mixed_prefill_decode: self.mixed_prefill_decode && shapes.mixed_prefill_decode,
+        }
+    }
+
+    /// The longest prefill one chunk may carry: unlimited when prompts may be cut,
+    /// else the largest bucket the step budget holds.
+    fn max_prefill_len(&self) -> Option<usize> {
+        match &self.prefill {
+            Prefill::Chunked => None,
+            Prefill::Buckets(lengths) => {
+                Some(lengths.iter().copied().filter(|&l| l <= self.max_batch_tokens).max().unwrap_or(0))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -75,50 +139,28 @@ pub enum SchedulerError {
     UnexpectedToken(SeqId),
 }
 
-/// One sequence's share of a step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScheduledSeq {
-    pub id: SeqId,
-    pub tokens: Vec<u32>,
-    pub start_pos: usize,
-    pub block_table: Vec<BlockId>,
-    /// True iff this chunk reaches the end of the known tokens, so its last
-    /// position's logits give the next token.
-    pub want_logits: bool,
-    /// Prompt tokens served from the prefix cache; nonzero only in the step that
-    /// admitted the sequence.
-    pub cached_tokens: usize,
-}
-
+/// What one step runs and what happened to the sequences that do not run. The
+/// batch borrows tokens and block tables from the scheduler.
 #[derive(Debug, Clone, Default)]
-pub struct SchedulerOutput {
-    pub seqs: Vec<ScheduledSeq>,
+pub struct SchedulerOutput<'a> {
+    /// Each sequence's share of the step; `want_logits` is true iff a chunk
+    /// reaches the end of the known tokens, so its logits give the next token.
+    pub batch: StepBatch<'a>,
+    /// Sequences admitted this step with prompt tokens served from the prefix
+    /// cache, and how many.
+    pub prefix_hits: Vec<(SeqId, usize)>,
     /// Sequences that lost their KV this step and went back to the waiting queue.
     pub preempted: Vec<SeqId>,
-    /// Running sequences that need another block while holding every block in use:
-    /// they can never continue, so the engine must finish them (finish reason
-    /// "length"). Only possible when prompt plus output outgrows the whole pool.
-    pub kv_exhausted: Vec<SeqId>,
+    /// Sequences that can never continue, so the engine must finish them (finish
+    /// reason "length"): a running one that needs another block while holding
+    /// every block in use (prompt plus output outgrew the whole pool), or a
+    /// preempted one whose recompute is longer than any prefill the backend runs.
+    pub cannot_continue: Vec<SeqId>,
 }
 
-impl SchedulerOutput {
+impl SchedulerOutput<'_> {
     pub fn num_tokens(&self) -> usize {
-        self.seqs.iter().map(|s| s.tokens.len()).sum()
-    }
-
-    pub fn to_step_batch(&self) -> StepBatch {
-        StepBatch {
-            seqs: self
-                .seqs
-                .iter()
-                .map(|s| SeqStep {
-                    tokens: s.tokens.clone(),
-                    start_pos: s.start_pos,
-                    block_table: s.block_table.clone(),
-                    want_logits: s.want_logits,
-                })
-                .collect(),
-        }
+        self.batch.num_tokens()
     }
 }
 
@@ -136,6 +178,34 @@ struct Seq {
     in_flight: usize,
 }
 
+/// What is left of a step's token budget, and how many prefill and decode rows it
+/// holds so far.
+struct StepRoom {
+    budget: usize,
+    prefills: usize,
+    decodes: usize,
+}
+
+impl StepRoom {
+    fn take(&mut self, cost: usize, decode: bool) {
+        self.budget -= cost;
+        *self.rows(decode) += 1;
+    }
+
+    fn give_back(&mut self, cost: usize, decode: bool) {
+        self.budget += cost;
+        *self.rows(decode) -= 1;
+    }
+
+    fn rows(&mut self, decode: bool) -> &mut usize {
+        if decode {
+            &mut self.decodes
+        } else {
+            &mut self.prefills
+        }
+    }
+}
+
 impl Seq {
     fn extend_hashes(&mut self, full_blocks: usize, block_size: usize) {
         while self.hashes.len() < full_blocks {
@@ -150,6 +220,10 @@ impl Seq {
 struct Planned {
     id: SeqId,
     n: usize,
+    /// What the chunk costs of the step budget (its padded length).
+    cost: usize,
+    decode: bool,
+    /// Prompt tokens served from the prefix cache (admissions only).
     cached: usize,
 }
 
@@ -168,6 +242,9 @@ pub struct Scheduler {
     waiting: VecDeque<SeqId>,
     /// Admission order: the last one is the first to be preempted.
     running: Vec<SeqId>,
+    /// Whether the last step prefilled, for backends that alternate prefill-only
+    /// and decode-only steps.
+    last_step_prefilled: bool,
 }
 
 impl Scheduler {
@@ -185,8 +262,21 @@ impl Scheduler {
         if num_blocks == 0 {
             return bad("the KV pool has no blocks");
         }
+        if config.max_prefill_seqs == 0 || config.max_decode_seqs == 0 {
+            return bad("a step must hold at least one prefill and one decode");
+        }
+        if config.max_prefill_len() == Some(0) {
+            return bad("no prefill bucket fits the step's token budget");
+        }
         let pool = BlockPool::new(num_blocks, config.block_size).with_prefix_caching(config.prefix_caching);
-        Ok(Self { config, pool, seqs: HashMap::new(), waiting: VecDeque::new(), running: Vec::new() })
+        Ok(Self {
+            config,
+            pool,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            last_step_prefilled: false,
+        })
     }
 
     pub fn add(&mut self, id: SeqId, prompt: Vec<u32>, max_new_tokens: usize) -> Result<(), AddError> {
@@ -209,6 +299,9 @@ impl Scheduler {
         if prompt.len() > pool_tokens {
             return Err(AddError::TooLong { tokens: prompt.len(), limit: pool_tokens });
         }
+        if let Some(limit) = self.config.max_prefill_len().filter(|&l| prompt.len() > l) {
+            return Err(AddError::TooLong { tokens: prompt.len(), limit });
+        }
         self.seqs.insert(
             id,
             Seq {
@@ -224,60 +317,127 @@ impl Scheduler {
         Ok(())
     }
 
-    pub fn schedule(&mut self) -> SchedulerOutput {
+    pub fn schedule(&mut self) -> SchedulerOutput<'_> {
         let mut plan = Vec::new();
-        let mut budget = self.config.max_batch_tokens;
-        let mut out = SchedulerOutput::default();
+        let mut room = StepRoom { budget: self.config.max_batch_tokens, prefills: 0, decodes: 0 };
+        let mut preempted = Vec::new();
+        let mut cannot_continue = Vec::new();
 
-        for decodes in [true, false] {
-            let ids = self.running.clone();
-            for id in ids {
-                if budget == 0 {
-                    break;
-                }
-                if !self.running.contains(&id) {
-                    continue; // preempted earlier in this step
-                }
-                let Some(remaining) = self.remaining(id) else {
-                    continue;
-                };
-                if (remaining == 1) != decodes {
-                    continue;
-                }
-                let n = remaining.min(budget);
-                match self.grow(id, n, &mut plan, &mut budget, &mut out.preempted) {
-                    Grow::Ready => {
-                        plan.push(Planned { id, n, cached: 0 });
-                        budget -= n;
-                    }
-                    Grow::PreemptedSelf => {}
-                    Grow::Exhausted => out.kv_exhausted.push(id),
-                }
+        let (decodes, prefills) = self.phase();
+        if decodes {
+            self.schedule_running(true, &mut plan, &mut room, &mut preempted, &mut cannot_continue);
+        }
+        if prefills {
+            self.schedule_running(false, &mut plan, &mut room, &mut preempted, &mut cannot_continue);
+            // Admitting while evicting running work would only thrash.
+            if preempted.is_empty() {
+                self.admit_waiting(&mut plan, &mut room, &mut cannot_continue);
+            }
+            // A prefill step that found nothing to prefill gives its turn back.
+            if plan.is_empty() && !decodes && !self.config.mixed_prefill_decode {
+                self.schedule_running(true, &mut plan, &mut room, &mut preempted, &mut cannot_continue);
             }
         }
-        // Admitting while evicting running work would only thrash.
-        if out.preempted.is_empty() {
-            self.admit_waiting(&mut plan, &mut budget);
-        }
+        self.last_step_prefilled = plan.iter().any(|p| !p.decode);
 
-        for p in plan {
-            let Some(seq) = self.seqs.get_mut(&p.id) else {
-                continue;
-            };
-            seq.in_flight = p.n;
-            let start = seq.num_computed;
-            out.seqs.push(ScheduledSeq {
-                id: p.id,
-                tokens: seq.tokens[start..start + p.n].to_vec(),
-                start_pos: start,
-                block_table: seq.blocks.clone(),
-                want_logits: start + p.n == seq.tokens.len(),
-                cached_tokens: p.cached,
-            });
+        let mut prefix_hits = Vec::new();
+        for p in &plan {
+            if let Some(seq) = self.seqs.get_mut(&p.id) {
+                seq.in_flight = p.n;
+            }
         }
-        out
+        let this = &*self;
+        let seqs = plan
+            .iter()
+            .filter_map(|p| {
+                let seq = this.seqs.get(&p.id)?;
+                let start = seq.num_computed;
+                if p.cached > 0 {
+                    prefix_hits.push((p.id, p.cached));
+                }
+                Some(SeqStep {
+                    id: p.id,
+                    tokens: &seq.tokens[start..start + p.n],
+                    start_pos: start,
+                    block_table: &seq.blocks,
+                    want_logits: start + p.n == seq.tokens.len(),
+                })
+            })
+            .collect();
+        SchedulerOutput { batch: StepBatch { seqs }, prefix_hits, preempted, cannot_continue }
     }
 
+    /// Which kinds of row this step takes: both, unless the backend runs prefill
+    /// and decode apart; then decodes when nothing waits to prefill or the last
+    /// step prefilled, else prefills.
+    fn phase(&self) -> (bool, bool) {
+        if self.config.mixed_prefill_decode {
+            return (true, true);
+        }
+        let remaining = |id: &SeqId| self.remaining(*id);
+        let decode_ready = self.running.iter().filter_map(remaining).any(|r| r == 1);
+        let prefill_ready =
+            !self.waiting.is_empty() || self.running.iter().filter_map(remaining).any(|r| r > 1);
+        let decode = decode_ready && (!prefill_ready || self.last_step_prefilled);
+        (decode, !decode)
+    }
+
+    /// Plans the running sequences that need one token (`decodes`) or a prefill
+    /// chunk, in admission order.
+    fn schedule_running(
+        &mut self,
+        decodes: bool,
+        plan: &mut Vec<Planned>,
+        room: &mut StepRoom,
+        preempted: &mut Vec<SeqId>,
+        cannot_continue: &mut Vec<SeqId>,
+    ) {
+        let ids = self.running.clone();
+        for id in ids {
+            if room.budget == 0 {
+                break;
+            }
+            if !self.running.contains(&id) {
+                continue; // preempted earlier in this step
+            }
+            let Some(remaining) = self.remaining(id) else {
+                continue;
+            };
+            if (remaining == 1) != decodes {
+                continue;
+            }
+            let Some((n, cost)) = self.chunk(remaining, decodes, room) else {
+                continue;
+            };
+            match self.grow(id, n, plan, room, preempted) {
+                Grow::Ready => {
+                    plan.push(Planned { id, n, cost, decode: decodes, cached: 0 });
+                    room.take(cost, decodes);
+                }
+                Grow::PreemptedSelf => {}
+                Grow::Exhausted => cannot_continue.push(id),
+            }
+        }
+    }
+
+    /// How many of `remaining` tokens this step can take, and what they cost of
+    /// its budget; `None` when the step has no room for the chunk.
+    fn chunk(&self, remaining: usize, decode: bool, room: &StepRoom) -> Option<(usize, usize)> {
+        if decode {
+            return (room.decodes < self.config.max_decode_seqs).then_some((1, 1));
+        }
+        if room.prefills >= self.config.max_prefill_seqs {
+            return None;
+        }
+        match &self.config.prefill {
+            Prefill::Chunked => Some((remaining.min(room.budget), remaining.min(room.budget))),
+            // Never split: the whole remainder, at its padded length, or nothing.
+            prefill @ Prefill::Buckets(_) => {
+                let cost = prefill.padded_len(remaining)?;
+                (cost <= room.budget).then_some((remaining, cost))
+            }
+        }
+    }
     /// Tokens a running sequence could compute now, or `None` if it has a step in
     /// flight or nothing it may compute (caught up, or at the context limit).
     fn remaining(&self, id: SeqId) -> Option<usize> {
@@ -296,7 +456,7 @@ impl Scheduler {
         id: SeqId,
         n: usize,
         plan: &mut Vec<Planned>,
-        budget: &mut usize,
+        room: &mut StepRoom,
         preempted: &mut Vec<SeqId>,
     ) -> Grow {
         loop {
@@ -326,7 +486,8 @@ impl Scheduler {
                 return Grow::Exhausted;
             }
             if let Some(i) = plan.iter().position(|p| p.id == victim) {
-                *budget += plan.remove(i).n;
+                let p = plan.remove(i);
+                room.give_back(p.cost, p.decode);
             }
             self.preempt(victim);
             preempted.push(victim);
@@ -347,9 +508,14 @@ impl Scheduler {
         self.waiting.push_front(id);
     }
 
-    fn admit_waiting(&mut self, plan: &mut Vec<Planned>, budget: &mut usize) {
+    fn admit_waiting(
+        &mut self,
+        plan: &mut Vec<Planned>,
+        room: &mut StepRoom,
+        cannot_continue: &mut Vec<SeqId>,
+    ) {
         let bs = self.config.block_size;
-        while *budget > 0 && self.running.len() < self.config.max_running {
+        while room.budget > 0 && self.running.len() < self.config.max_running {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
@@ -367,7 +533,28 @@ impl Scheduler {
             };
             let cached = cached_blocks.len() * bs;
             let end = seq.tokens.len().min(self.config.max_context);
-            let n = end.saturating_sub(cached).min(*budget);
+            let remaining = end.saturating_sub(cached);
+            // A recompute after preemption (prompt plus output) may be longer than
+            // any prefill a bucketed backend runs: it can never resume.
+            if self.config.max_prefill_len().is_some_and(|l| remaining > l) {
+                release(&mut self.pool, &cached_blocks);
+                self.waiting.pop_front();
+                cannot_continue.push(id);
+                continue;
+            }
+            let (n, cost) = match remaining {
+                0 => (0, 0),
+                r => match self.chunk(r, false, room) {
+                    Some(c) => c,
+                    None => {
+                        release(&mut self.pool, &cached_blocks);
+                        break;
+                    }
+                },
+            };
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                break;
+            };
             let need = (cached + n).div_ceil(bs) - cached_blocks.len();
             let Some(new) = self.pool.allocate(need) else {
                 release(&mut self.pool, &cached_blocks);
@@ -382,8 +569,8 @@ impl Scheduler {
             // n is 0 only for a sequence already at max_context, which the engine
             // must finish; an empty chunk would be an invalid step.
             if n > 0 {
-                plan.push(Planned { id, n, cached });
-                *budget -= n;
+                plan.push(Planned { id, n, cost, decode: false, cached });
+                room.take(cost, false);
             }
         }
     }
@@ -482,21 +669,14 @@ fn release(pool: &mut BlockPool, blocks: &[BlockId]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{validate_step, BackendInfo};
+    use crate::backend::{validate_step, StepShapes};
     use crate::engine::block_pool::tests::Lcg;
     use std::collections::BTreeMap;
 
     const SAMPLED: u32 = 7;
 
     fn config(block_size: usize, budget: usize) -> SchedulerConfig {
-        SchedulerConfig {
-            max_batch_tokens: budget,
-            max_running: 16,
-            max_waiting: 16,
-            block_size,
-            max_context: 4096,
-            prefix_caching: false,
-        }
+        SchedulerConfig { block_size, max_context: 4096, ..SchedulerConfig::dynamic(budget, 16, 16, false) }
     }
 
     fn scheduler(blocks: usize, block_size: usize, budget: usize) -> Scheduler {
@@ -516,9 +696,82 @@ mod tests {
         (0..len as u32).map(|i| first + i).collect()
     }
 
-    /// One engine step: schedule, check the batch, report every chunk back.
-    fn step(s: &mut Scheduler) -> SchedulerOutput {
+    /// One sequence's share of a planned step, copied out of the scheduler.
+    #[derive(Debug, Clone)]
+    struct Row {
+        id: SeqId,
+        tokens: Vec<u32>,
+        start_pos: usize,
+        block_table: Vec<BlockId>,
+        want_logits: bool,
+        cached_tokens: usize,
+    }
+
+    /// A step's plan copied out, so a test can keep it while it reports back.
+    #[derive(Debug, Default)]
+    struct Step {
+        seqs: Vec<Row>,
+        preempted: Vec<SeqId>,
+        kv_exhausted: Vec<SeqId>,
+    }
+
+    impl Step {
+        fn num_tokens(&self) -> usize {
+            self.seqs.iter().map(|q| q.tokens.len()).sum()
+        }
+    }
+
+    /// What a backend with these limits and shapes would report.
+    fn info_for(s: &Scheduler) -> BackendInfo {
+        let c = &s.config;
+        BackendInfo {
+            device: "test".into(),
+            block_size: c.block_size,
+            num_blocks: s.pool.num_blocks(),
+            max_context: c.max_context,
+            vocab_size: 1 << 20,
+            step: StepShapes {
+                max_tokens: c.max_batch_tokens,
+                max_seqs: c.max_running,
+                prefill: c.prefill.clone(),
+                max_prefill_seqs: c.max_prefill_seqs,
+                decode_batch_sizes: vec![c.max_decode_seqs.min(c.max_running)],
+                mixed_prefill_decode: c.mixed_prefill_decode,
+            },
+            prefix_caching: c.prefix_caching,
+        }
+    }
+
+    /// Schedules one step, checks that the backend would accept it, and copies it out.
+    fn plan(s: &mut Scheduler) -> Step {
+        let info = info_for(s);
         let out = s.schedule();
+        if !out.batch.seqs.is_empty() {
+            validate_step(&info, &out.batch).unwrap();
+        }
+        let hits: BTreeMap<SeqId, usize> = out.prefix_hits.iter().copied().collect();
+        Step {
+            seqs: out
+                .batch
+                .seqs
+                .iter()
+                .map(|q| Row {
+                    id: q.id,
+                    tokens: q.tokens.to_vec(),
+                    start_pos: q.start_pos,
+                    block_table: q.block_table.to_vec(),
+                    want_logits: q.want_logits,
+                    cached_tokens: hits.get(&q.id).copied().unwrap_or(0),
+                })
+                .collect(),
+            preempted: out.preempted.clone(),
+            kv_exhausted: out.cannot_continue.clone(),
+        }
+    }
+
+    /// One engine step: schedule, check the batch, report every chunk back.
+    fn step(s: &mut Scheduler) -> Step {
+        let out = plan(s);
         check(s, &out);
         for q in &out.seqs {
             s.update(q.id, q.want_logits.then_some(SAMPLED)).unwrap();
@@ -527,23 +780,10 @@ mod tests {
         out
     }
 
-    fn check(s: &Scheduler, out: &SchedulerOutput) {
+    fn check(s: &Scheduler, out: &Step) {
         assert!(out.num_tokens() <= s.config.max_batch_tokens, "budget exceeded");
         assert!(out.seqs.len() <= s.config.max_running);
         s.pool.check_invariants().unwrap();
-        if !out.seqs.is_empty() {
-            let info = BackendInfo {
-                device: "test".into(),
-                block_size: s.config.block_size,
-                num_blocks: s.pool.num_blocks(),
-                max_batch_tokens: s.config.max_batch_tokens,
-                max_batch_seqs: s.config.max_running,
-                max_context: s.config.max_context,
-                vocab_size: 1 << 20,
-                supports_prefix_caching: s.config.prefix_caching,
-            };
-            validate_step(&info, &out.to_step_batch()).unwrap();
-        }
         // Each table entry holds exactly one reference; waiting ones hold none.
         let mut refs = vec![0u32; s.pool.num_blocks()];
         for (id, seq) in &s.seqs {
@@ -560,7 +800,7 @@ mod tests {
         }
     }
 
-    fn ids(out: &SchedulerOutput) -> Vec<SeqId> {
+    fn ids(out: &Step) -> Vec<SeqId> {
         out.seqs.iter().map(|q| q.id).collect()
     }
 
@@ -665,7 +905,7 @@ mod tests {
         // exercised: 1 now counts as newer, is planned first as a decode, and
         // must then be evicted from the batch when 2 needs its blocks.
         s.running = vec![2, 1];
-        let out = s.schedule();
+        let out = plan(&mut s);
         check(&s, &out);
         assert_eq!(out.preempted, vec![1]);
         assert_eq!(ids(&out), vec![2]);
@@ -727,7 +967,7 @@ mod tests {
         s.add(1, prompt(6), 4).unwrap();
         assert_eq!(s.update(1, None), Err(SchedulerError::NotScheduled(1)));
         assert_eq!(s.update(9, None), Err(SchedulerError::UnknownSeq(9)));
-        let out = s.schedule();
+        let out = plan(&mut s);
         assert!(!out.seqs[0].want_logits);
         assert_eq!(s.update(1, Some(3)), Err(SchedulerError::UnexpectedToken(1)));
         assert_eq!(s.tokens(1).unwrap().len(), 6, "the stray token was not appended");
@@ -800,14 +1040,8 @@ mod tests {
     #[test]
     fn random_workload_keeps_every_invariant_and_drains() {
         let mut rng = Lcg(11);
-        let cfg = SchedulerConfig {
-            max_batch_tokens: 16,
-            max_running: 6,
-            max_waiting: 8,
-            block_size: 4,
-            max_context: 64,
-            prefix_caching: true,
-        };
+        let cfg =
+            SchedulerConfig { block_size: 4, max_context: 64, ..SchedulerConfig::dynamic(16, 6, 8, true) };
         let mut s = Scheduler::new(cfg, 24).unwrap();
         let mut limits: BTreeMap<SeqId, usize> = BTreeMap::new();
         let mut next_id = 0;
@@ -840,7 +1074,7 @@ mod tests {
                     limits.remove(&q.id);
                 }
             }
-            check(&s, &SchedulerOutput::default());
+            check(&s, &Step::default());
             if !adding && !s.has_work() {
                 break;
             }

@@ -154,7 +154,7 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
         let started = Instant::now();
         let events = core.step();
         let now = Instant::now();
-        metrics.observe_step(core.last_stats(), now - started);
+        metrics.observe_step(&core.last_stats().figures, now - started);
         for id in &core.last_stats().scheduled {
             if let Some(l) = live.get_mut(id).filter(|l| !l.started) {
                 l.started = true;
@@ -176,7 +176,8 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
                 EventKind::Finished { reason, usage, .. } => {
                     metrics.observe_finished(
                         reason.as_str(),
-                        usage,
+                        usage.completion_tokens,
+                        usage.cached_tokens,
                         now - l.submitted,
                         l.first_token.map(|t| now - t),
                     );

@@ -25,12 +25,16 @@ pub enum ResolvedModel {
     Gguf(PathBuf),
     /// A folder with `config.json`, tokenizer files and safetensors weights.
     HfDir(PathBuf),
+    /// A folder of ahead-of-time compiled artifacts described by its `manifest.json`
+    /// (the Neuron compile pipeline's output); only a backend that runs compiled
+    /// graphs can load it.
+    Compiled(PathBuf),
 }
 
 impl ResolvedModel {
     pub fn path(&self) -> &Path {
         match self {
-            ResolvedModel::Gguf(path) | ResolvedModel::HfDir(path) => path,
+            ResolvedModel::Gguf(path) | ResolvedModel::HfDir(path) | ResolvedModel::Compiled(path) => path,
         }
     }
 }

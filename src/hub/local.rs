@@ -63,8 +63,9 @@ fn parse_hf_id(spec: &str) -> Option<Spec<'static>> {
     file_ok.then(|| Spec::HfFile { repo, file: file.join("/") })
 }
 
-/// An existing file must be GGUF (by extension or magic); a folder must hold either
-/// `config.json` plus safetensors weights, or exactly one `.gguf` file.
+/// An existing file must be GGUF (by extension or magic); a folder must hold a
+/// compiled artifact `manifest.json`, `config.json` plus safetensors weights, or
+/// exactly one `.gguf` file.
 pub(crate) fn resolve_existing(path: &Path) -> Result<ResolvedModel, HubError> {
     if path.is_file() {
         return if has_gguf_extension(path) || has_gguf_magic(path) {
@@ -77,6 +78,7 @@ pub(crate) fn resolve_existing(path: &Path) -> Result<ResolvedModel, HubError> {
         };
     }
     let mut has_config = false;
+    let mut has_manifest = false;
     let mut has_safetensors = false;
     let mut ggufs = Vec::new();
     for item in std::fs::read_dir(path).map_err(HubError::io(path))? {
@@ -87,10 +89,14 @@ pub(crate) fn resolve_existing(path: &Path) -> Result<ResolvedModel, HubError> {
             continue;
         }
         has_config |= name == "config.json";
+        has_manifest |= name == "manifest.json";
         has_safetensors |= name.ends_with(".safetensors");
         if has_gguf_extension(&child) {
             ggufs.push(child);
         }
+    }
+    if has_manifest {
+        return Ok(ResolvedModel::Compiled(path.to_path_buf()));
     }
     if has_config && has_safetensors {
         return Ok(ResolvedModel::HfDir(path.to_path_buf()));
@@ -165,6 +171,10 @@ mod tests {
         std::fs::write(hf.path().join("config.json"), b"{}").unwrap();
         std::fs::write(hf.path().join("model.safetensors"), b"").unwrap();
         assert_eq!(resolve_existing(hf.path()).unwrap(), ResolvedModel::HfDir(hf.path().to_path_buf()));
+
+        // Compiled artifacts keep their config and weights beside the manifest.
+        std::fs::write(hf.path().join("manifest.json"), b"{}").unwrap();
+        assert_eq!(resolve_existing(hf.path()).unwrap(), ResolvedModel::Compiled(hf.path().to_path_buf()));
 
         let empty = tempfile::tempdir().unwrap();
         assert!(matches!(resolve_existing(empty.path()), Err(HubError::Unsupported { .. })));

@@ -1,14 +1,9 @@
-//! Model code: configuration, weight loading (GGUF and safetensors) and the
-//! llama-family forward pass over a step batch, with a paged KV cache.
+//! The device-neutral part of a model, which every backend shares: its
+//! configuration (from GGUF metadata or `config.json`), its weights by name with
+//! shapes checked (read onto whichever device a backend names), and the RoPE
+//! tables. Forward passes are per backend (`backend::cpu`, …).
 
-pub mod attention;
 pub mod config;
-mod elementwise;
-pub mod fastexp;
-pub mod kv_cache;
-pub mod linear;
-pub mod llama;
-pub mod profile;
 pub mod rope;
 pub mod weights;
 
@@ -16,9 +11,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 pub use config::LlamaConfig;
-pub use kv_cache::PagedKvCache;
-pub use llama::{Llama, SeqInput};
-pub use weights::WeightSource;
+pub use weights::{MatrixWeight, WeightSource};
 
 #[derive(Debug, Error)]
 pub enum ModelError {

@@ -150,7 +150,7 @@ mod tests {
         let mut c = cfg(RopeLayout::Halves);
         c.head_dim = 64;
         let plain = Rope::new(&c);
-        c.rope_scaling = RopeScaling::Llama3(super::super::config::Llama3RopeScaling {
+        c.rope_scaling = RopeScaling::Llama3(crate::model::config::Llama3RopeScaling {
             factor: 8.0,
             low_freq_factor: 1.0,
             high_freq_factor: 4.0,

@@ -2,6 +2,8 @@
 //! names) or a Hugging Face safetensors folder (float tensors, HF names). The
 //! model asks for tensors by llama.cpp's names; this module maps the name and
 //! checks the shape, so a bad file fails here with the file and tensor named.
+//! Tensors are read onto the device the caller names; what a backend builds from
+//! them (kernel layouts, device buffers) is the backend's business.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -12,7 +14,6 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::linear::Linear;
 use super::ModelError;
 
 pub enum WeightSource {
@@ -30,22 +31,11 @@ pub enum WeightSource {
     },
 }
 
-/// The token embedding table, looked up row by row (quantized rows are
-/// dequantized on the fly, so a large vocabulary costs no f32 copy).
-pub enum Embedding {
-    Quant(QTensor),
+/// A weight matrix as the file stores it: quantized blocks (GGUF) or a dense float
+/// tensor (safetensors, float GGUF tensors, or anything when dequantizing).
+pub enum MatrixWeight {
+    Quantized(QTensor),
     Dense(Tensor),
-}
-
-impl Embedding {
-    pub fn lookup(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let ids_t = Tensor::new(ids, &Device::Cpu)?;
-        let rows = match self {
-            Embedding::Quant(q) => q.embedding(&ids_t)?,
-            Embedding::Dense(t) => t.index_select(&ids_t, 0)?,
-        };
-        Ok(rows.flatten_all()?.to_vec1::<f32>()?)
-    }
 }
 
 impl WeightSource {
@@ -132,7 +122,7 @@ impl WeightSource {
         Ok(())
     }
 
-    fn qtensor(&self, name: &str, expected: &[usize]) -> Result<QTensor, ModelError> {
+    fn qtensor(&self, name: &str, expected: &[usize], device: &Device) -> Result<QTensor, ModelError> {
         let Self::Gguf { content, reader, path, .. } = self else {
             return Err(ModelError::Load {
                 path: self.path().into(),
@@ -142,24 +132,23 @@ impl WeightSource {
         if !content.tensor_infos.contains_key(name) {
             return Err(self.missing(name));
         }
-        let t =
-            content.tensor(&mut *reader.borrow_mut(), name, &Device::Cpu).map_err(|e| ModelError::Load {
-                path: path.clone(),
-                message: format!("reading tensor `{name}`: {e} (truncated or corrupt file?)"),
-            })?;
+        let t = content.tensor(&mut *reader.borrow_mut(), name, device).map_err(|e| ModelError::Load {
+            path: path.clone(),
+            message: format!("reading tensor `{name}`: {e} (truncated or corrupt file?)"),
+        })?;
         self.check_shape(name, t.shape().dims(), expected)?;
         Ok(t)
     }
 
-    fn dense(&self, name: &str, expected: &[usize]) -> Result<Tensor, ModelError> {
+    fn dense(&self, name: &str, expected: &[usize], device: &Device) -> Result<Tensor, ModelError> {
         let t = match self {
-            Self::Gguf { .. } => self.qtensor(name, expected)?.dequantize(&Device::Cpu)?,
+            Self::Gguf { .. } => self.qtensor(name, expected, device)?.dequantize(device)?,
             Self::Safetensors { st, path } => {
                 let n = self.file_name(name);
                 if st.get(&n).is_err() {
                     return Err(self.missing(name));
                 }
-                st.load(&n, &Device::Cpu)
+                st.load(&n, device)
                     .map_err(|e| ModelError::Load {
                         path: path.clone(),
                         message: format!("reading tensor `{n}`: {e}"),
@@ -171,31 +160,48 @@ impl WeightSource {
         Ok(t)
     }
 
-    pub fn linear(&self, name: &str, out_f: usize, in_f: usize) -> Result<Linear, ModelError> {
+    /// The `[out_f, in_f]` matrix `name`: quantized as stored, or dense f32 for float
+    /// tensors and when the source dequantizes.
+    pub fn matrix(
+        &self,
+        name: &str,
+        out_f: usize,
+        in_f: usize,
+        device: &Device,
+    ) -> Result<MatrixWeight, ModelError> {
         match self {
             Self::Gguf { dequantize, .. } => {
-                let q = self.qtensor(name, &[out_f, in_f])?;
+                let q = self.qtensor(name, &[out_f, in_f], device)?;
                 match q.dtype() {
-                    _ if *dequantize => Linear::from_dense(q.dequantize(&Device::Cpu)?),
+                    _ if *dequantize => Ok(MatrixWeight::Dense(q.dequantize(device)?)),
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                        Linear::from_dense(q.dequantize(&Device::Cpu)?)
+                        Ok(MatrixWeight::Dense(q.dequantize(device)?))
                     }
-                    _ => Linear::from_qtensor(q),
+                    _ => Ok(MatrixWeight::Quantized(q)),
                 }
             }
-            Self::Safetensors { .. } => Linear::from_dense(self.dense(name, &[out_f, in_f])?),
+            Self::Safetensors { .. } => Ok(MatrixWeight::Dense(self.dense(name, &[out_f, in_f], device)?)),
         }
     }
 
-    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-        Ok(self.dense(name, &[len])?.to_vec1::<f32>()?)
-    }
-
-    pub fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embedding, ModelError> {
+    /// A `[rows, cols]` lookup table (the token embeddings): kept quantized as stored,
+    /// whatever the dequantize setting, because rows are dequantized when looked up.
+    pub fn table(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        device: &Device,
+    ) -> Result<MatrixWeight, ModelError> {
         match self {
-            Self::Gguf { .. } => Ok(Embedding::Quant(self.qtensor(name, &[rows, cols])?)),
-            Self::Safetensors { .. } => Ok(Embedding::Dense(self.dense(name, &[rows, cols])?)),
+            Self::Gguf { .. } => Ok(MatrixWeight::Quantized(self.qtensor(name, &[rows, cols], device)?)),
+            Self::Safetensors { .. } => Ok(MatrixWeight::Dense(self.dense(name, &[rows, cols], device)?)),
         }
+    }
+
+    /// A 1-D f32 weight (norms, RoPE frequency factors), on the host.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        Ok(self.dense(name, &[len], &Device::Cpu)?.to_vec1::<f32>()?)
     }
 }
 

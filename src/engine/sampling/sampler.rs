@@ -18,7 +18,7 @@ use super::logprobs::{sanitize_and_argmax, top_n_into};
 use super::penalties::Penalizer;
 use super::truncate::{draw, DrawScratch};
 use super::{SamplingError, SamplingParams};
-use crate::model::fastexp::fill_weights;
+use crate::fastexp::fill_weights;
 
 /// One sampled token with its log-probability under the penalised distribution.
 #[derive(Debug, Clone, PartialEq)]

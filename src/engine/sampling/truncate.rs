@@ -16,7 +16,7 @@ use rand::Rng;
 
 use super::logprobs::top_n_into;
 use super::SamplingParams;
-use crate::model::fastexp::{fill_weights, sum_f64};
+use crate::fastexp::{fill_weights, sum_f64};
 
 /// Up to this k, top-k scans once keeping a sorted list; above it, selects.
 const SCAN_TOP_K: usize = 64;

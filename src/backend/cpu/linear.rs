@@ -1,11 +1,14 @@
-//! A linear layer `y = x · Wᵀ` over row-major f32 activations. Quantized weights
-//! run on the project's own kernels where they cover the format, else on candle's
-//! `QMatMul`; the model never knows which.
+//! The CPU's weight-backed layers: a linear layer `y = x · Wᵀ` over row-major f32
+//! activations, and the token embedding lookup. Quantized weights run on the
+//! project's own kernels where they cover the format, else on candle's `QMatMul`;
+//! the forward pass never knows which.
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use super::ModelError;
+use super::kernels::QMatrix;
+use crate::model::weights::{MatrixWeight, WeightSource};
+use crate::model::ModelError;
 
 pub struct Linear {
     out_features: usize,
@@ -15,15 +18,24 @@ pub struct Linear {
 
 enum Imp {
     /// The project's own kernels (Q4_0, Q4_1, Q8_0, Q4_K on the CPU).
-    Kernel(crate::kernels::QMatrix),
+    Kernel(QMatrix),
     /// Everything else: candle's quantized or dense matmul.
     Candle(QMatMul),
 }
 
 impl Linear {
+    /// Reads the `[out_f, in_f]` matrix `name` and places it on the kernels that
+    /// cover its format.
+    pub fn load(w: &WeightSource, name: &str, out_f: usize, in_f: usize) -> Result<Self, ModelError> {
+        match w.matrix(name, out_f, in_f, &Device::Cpu)? {
+            MatrixWeight::Quantized(q) => Self::from_qtensor(q),
+            MatrixWeight::Dense(t) => Self::from_dense(t),
+        }
+    }
+
     pub fn from_qtensor(t: QTensor) -> Result<Self, ModelError> {
         let (out_features, in_features) = t.shape().dims2()?;
-        let kernel = crate::kernels::QMatrix::from_qtensor(&t)
+        let kernel = QMatrix::from_qtensor(&t)
             .map_err(|e| ModelError::Compute(candle_core::Error::Msg(e.to_string())))?;
         let imp = match kernel {
             Some(q) => Imp::Kernel(q),
@@ -36,14 +48,14 @@ impl Linear {
     /// so the activations are quantized once and the threads synchronise once.
     /// `None` when the parts cannot share a kernel matrix.
     pub fn stack(parts: &[&Linear]) -> Option<Linear> {
-        let mats: Vec<&crate::kernels::QMatrix> = parts
+        let mats: Vec<&QMatrix> = parts
             .iter()
             .map(|l| match &l.imp {
                 Imp::Kernel(q) => Some(q),
                 Imp::Candle(_) => None,
             })
             .collect::<Option<_>>()?;
-        let q = crate::kernels::QMatrix::stack(&mats).ok()?;
+        let q = QMatrix::stack(&mats).ok()?;
         Some(Linear { out_features: q.n(), in_features: q.k(), imp: Imp::Kernel(q) })
     }
 
@@ -87,5 +99,24 @@ impl Linear {
                 Ok(mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?)
             }
         }
+    }
+}
+
+/// The token embedding table, looked up row by row (quantized rows are
+/// dequantized on the fly, so a large vocabulary costs no f32 copy).
+pub struct Embedding(MatrixWeight);
+
+impl Embedding {
+    pub fn load(w: &WeightSource, name: &str, rows: usize, cols: usize) -> Result<Self, ModelError> {
+        Ok(Self(w.table(name, rows, cols, &Device::Cpu)?))
+    }
+
+    pub fn lookup(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let ids_t = Tensor::new(ids, &Device::Cpu)?;
+        let rows = match &self.0 {
+            MatrixWeight::Quantized(q) => q.embedding(&ids_t)?,
+            MatrixWeight::Dense(t) => t.index_select(&ids_t, 0)?,
+        };
+        Ok(rows.flatten_all()?.to_vec1::<f32>()?)
     }
 }

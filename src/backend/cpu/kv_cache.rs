@@ -10,7 +10,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::config::LlamaConfig;
+use crate::model::config::LlamaConfig;
 
 /// How cached K and V values are stored. f16 is the default (as in llama.cpp and
 /// vLLM): half the pool memory, so twice the tokens fit in `--kv-cache-gib`, and half
@@ -83,7 +83,7 @@ impl LayerKv {
     /// a [`LayerKv::store`] there.
     pub fn prefetch_row(&self, at: usize, n: usize) {
         fn both<T>(k: &[T], v: &[T], rows: std::ops::Range<usize>) {
-            use crate::kernels::prefetch::{prefetch, Level};
+            use crate::backend::cpu::kernels::prefetch::{prefetch, Level};
             prefetch(k.get(rows.clone()).unwrap_or(&[]), Level::L1);
             prefetch(v.get(rows).unwrap_or(&[]), Level::L1);
         }

@@ -12,18 +12,9 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::fastexp::{exp_nonpositive, sum_f64};
 use super::kv_cache::{LayerKv, PagedKvCache};
-
-/// One sequence's tokens inside the flattened step.
-#[derive(Debug, Clone, Copy)]
-pub struct SeqSpan<'a> {
-    /// Index of the sequence's first token in the step's token rows.
-    pub first_row: usize,
-    pub len: usize,
-    pub start_pos: usize,
-    pub block_table: &'a [u32],
-}
+use crate::backend::SeqStep;
+use crate::fastexp::{exp_nonpositive, sum_f64};
 
 pub struct AttentionShape {
     pub num_heads: usize,
@@ -33,11 +24,11 @@ pub struct AttentionShape {
 
 /// Stores the step's K and V rows (`kv_dim` values per token, head after head) in
 /// the cache.
-pub fn write_kv(cache: &mut PagedKvCache, layer: usize, spans: &[SeqSpan], k: &[f32], v: &[f32]) {
+pub fn write_kv(cache: &mut PagedKvCache, layer: usize, seqs: &[SeqStep], k: &[f32], v: &[f32]) {
     let (kv_dim, d) = (cache.kv_dim(), cache.head_dim());
-    let starts: Vec<usize> = spans
+    let starts: Vec<usize> = seqs
         .iter()
-        .flat_map(|s| (0..s.len).map(move |i| (s, i)))
+        .flat_map(|s| (0..s.tokens.len()).map(move |i| (s, i)))
         .flat_map(|(s, i)| (0..kv_dim / d).map(move |h| (s, i, h)))
         .map(|(s, i, h)| cache.offset(s.block_table, s.start_pos + i, h))
         .collect();
@@ -62,7 +53,7 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, spans: &[SeqSpan], k: &[
 pub fn attend(
     cache: &PagedKvCache,
     layer: usize,
-    spans: &[SeqSpan],
+    seqs: &[SeqStep],
     shape: &AttentionShape,
     q: &[f32],
     out: &mut [f32],
@@ -74,11 +65,11 @@ pub fn attend(
     match cache.layer(layer) {
         LayerKv::F32 { k, v } => {
             let head_fn = kernel_for::<f32>(&geo, attend_kv_head);
-            attend_units(cache, spans, kv_heads, &geo, (k, v), head_fn, q, out)
+            attend_units(cache, seqs, kv_heads, &geo, (k, v), head_fn, q, out)
         }
         LayerKv::F16 { k, v } => {
             let head_fn = kernel_for::<f16>(&geo, attend_kv_head_f16);
-            attend_units(cache, spans, kv_heads, &geo, (k, v), head_fn, q, out)
+            attend_units(cache, seqs, kv_heads, &geo, (k, v), head_fn, q, out)
         }
     }
 }
@@ -108,7 +99,7 @@ fn kernel_for<T>(_: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
 #[allow(clippy::too_many_arguments)]
 fn attend_units<T: Sync>(
     cache: &PagedKvCache,
-    spans: &[SeqSpan],
+    seqs: &[SeqStep],
     num_kv_heads: usize,
     geo: &HeadGeometry,
     (k, v): (&[T], &[T]),
@@ -117,8 +108,8 @@ fn attend_units<T: Sync>(
     out: &mut [f32],
 ) {
     // (span, position) of every row, so rows can be processed independently.
-    let rows: Vec<(&SeqSpan, usize)> =
-        spans.iter().flat_map(|s| (0..s.len).map(move |i| (s, s.start_pos + i))).collect();
+    let rows: Vec<(&SeqStep, usize)> =
+        seqs.iter().flat_map(|s| (0..s.tokens.len()).map(move |i| (s, s.start_pos + i))).collect();
     // Chunks of `group * head_dim` are one KV head's query heads, so chunk i belongs
     // to row i / num_kv_heads and KV head i % num_kv_heads.
     let unit = geo.group * geo.head_dim;
@@ -193,7 +184,7 @@ const PREFETCH_POSITIONS: usize = 16;
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_for_position<T>(k: &[T], v: &[T], offsets: &[usize], p: usize, row_len: usize) {
-    use crate::kernels::prefetch::{prefetch, Level};
+    use crate::backend::cpu::kernels::prefetch::{prefetch, Level};
     let ahead =
         if p == 0 { 0..PREFETCH_POSITIONS } else { p + PREFETCH_POSITIONS - 1..p + PREFETCH_POSITIONS };
     for &off in offsets.get(ahead.start..ahead.end.min(offsets.len())).unwrap_or(&[]) {
@@ -325,8 +316,8 @@ fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::kv_cache::KvDtype;
     use crate::model::config::LlamaConfig;
-    use crate::model::kv_cache::KvDtype;
 
     fn cfg() -> LlamaConfig {
         cfg_with(4, 2, 8)
@@ -397,8 +388,15 @@ mod tests {
             // Non-contiguous, out-of-order blocks; prefill 7 tokens then 4 more.
             let table = [5u32, 0, 6];
             let mut got = vec![0.0; t * c.q_dim()];
+            let ids: Vec<u32> = (0..t as u32).collect();
             for (lo, hi) in [(0, 7), (7, 11)] {
-                let span = SeqSpan { first_row: 0, len: hi - lo, start_pos: lo, block_table: &table };
+                let span = SeqStep {
+                    id: 0,
+                    tokens: &ids[lo..hi],
+                    start_pos: lo,
+                    block_table: &table,
+                    want_logits: false,
+                };
                 let (kd, qd) = (c.kv_dim(), c.q_dim());
                 write_kv(&mut cache, 0, &[span], &k[lo * kd..hi * kd], &v[lo * kd..hi * kd]);
                 attend(&cache, 0, &[span], &shape, &q[lo * qd..hi * qd], &mut got[lo * qd..hi * qd]);
@@ -451,8 +449,8 @@ mod tests {
         let mut cache = PagedKvCache::new(&c, 4, 4, KvDtype::F32);
         let (ta, tb) = ([0u32], [1u32]);
         let spans = [
-            SeqSpan { first_row: 0, len: 2, start_pos: 0, block_table: &ta },
-            SeqSpan { first_row: 2, len: 1, start_pos: 0, block_table: &tb },
+            SeqStep { id: 0, tokens: &[1, 2], start_pos: 0, block_table: &ta, want_logits: false },
+            SeqStep { id: 1, tokens: &[3], start_pos: 0, block_table: &tb, want_logits: false },
         ];
         write_kv(&mut cache, 0, &spans, &k, &v);
         let mut out = vec![0.0; 3 * c.q_dim()];

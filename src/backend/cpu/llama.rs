@@ -7,24 +7,16 @@
 //! where batching pays); attention runs per token over its own sequence's blocks;
 //! the output projection runs only for the rows that asked for logits.
 
-use super::attention::{self, AttentionShape, SeqSpan};
-use super::config::{LlamaConfig, RopeScaling};
+use super::attention::{self, AttentionShape};
 use super::elementwise::{add_in_place, rms_norm, swiglu_rows, swiglu_separate};
 use super::kv_cache::PagedKvCache;
-use super::linear::Linear;
+use super::linear::{Embedding, Linear};
 use super::profile::{self, Section};
-use super::rope::Rope;
-use super::weights::{Embedding, WeightSource};
-use super::ModelError;
-
-/// One sequence's share of a forward pass.
-#[derive(Debug, Clone, Copy)]
-pub struct SeqInput<'a> {
-    pub tokens: &'a [u32],
-    pub start_pos: usize,
-    pub block_table: &'a [u32],
-    pub want_logits: bool,
-}
+use crate::backend::{PackedStep, SeqStep, StepBatch};
+use crate::model::config::{LlamaConfig, RopeScaling};
+use crate::model::rope::Rope;
+use crate::model::weights::WeightSource;
+use crate::model::ModelError;
 
 struct Attention {
     /// Q, K and V stacked into one matrix when the kernels allow it: one pass over
@@ -82,11 +74,11 @@ impl Attention {
         let h = cfg.hidden_size;
         Ok(Self {
             qkv: Projections::new(
-                w.linear(&format!("blk.{i}.attn_q.weight"), cfg.q_dim(), h)?,
-                w.linear(&format!("blk.{i}.attn_k.weight"), cfg.kv_dim(), h)?,
-                w.linear(&format!("blk.{i}.attn_v.weight"), cfg.kv_dim(), h)?,
+                Linear::load(w, &format!("blk.{i}.attn_q.weight"), cfg.q_dim(), h)?,
+                Linear::load(w, &format!("blk.{i}.attn_k.weight"), cfg.kv_dim(), h)?,
+                Linear::load(w, &format!("blk.{i}.attn_v.weight"), cfg.kv_dim(), h)?,
             ),
-            wo: w.linear(&format!("blk.{i}.attn_output.weight"), h, cfg.q_dim())?,
+            wo: Linear::load(w, &format!("blk.{i}.attn_output.weight"), h, cfg.q_dim())?,
         })
     }
 
@@ -102,11 +94,11 @@ impl Attention {
         profile::time(Section::RopeKvWrite, || {
             step.rope.apply(&mut q, step.shape.num_heads, &step.angles);
             step.rope.apply(&mut k, step.shape.num_kv_heads, &step.angles);
-            attention::write_kv(kv, layer, &step.spans, &k, &v);
+            attention::write_kv(kv, layer, step.seqs, &k, &v);
         });
         let mut out = vec![0.0; q.len()];
         profile::time(Section::Attention, || {
-            attention::attend(kv, layer, &step.spans, &step.shape, &q, &mut out)
+            attention::attend(kv, layer, step.seqs, &step.shape, &q, &mut out)
         });
         profile::time(Section::AttnOutMatmul, || self.wo.forward(&out, t))
     }
@@ -126,13 +118,13 @@ enum GateUp {
 impl Mlp {
     fn load(w: &WeightSource, cfg: &LlamaConfig, i: usize) -> Result<Self, ModelError> {
         let (h, f) = (cfg.hidden_size, cfg.intermediate_size);
-        let gate = w.linear(&format!("blk.{i}.ffn_gate.weight"), f, h)?;
-        let up = w.linear(&format!("blk.{i}.ffn_up.weight"), f, h)?;
+        let gate = Linear::load(w, &format!("blk.{i}.ffn_gate.weight"), f, h)?;
+        let up = Linear::load(w, &format!("blk.{i}.ffn_up.weight"), f, h)?;
         let gate_up = match Linear::stack(&[&gate, &up]) {
             Some(both) => GateUp::Fused { both, width: f },
             None => GateUp::Separate { gate, up },
         };
-        Ok(Self { gate_up, down: w.linear(&format!("blk.{i}.ffn_down.weight"), h, f)? })
+        Ok(Self { gate_up, down: Linear::load(w, &format!("blk.{i}.ffn_down.weight"), h, f)? })
     }
 
     fn linears(&self) -> Vec<&Linear> {
@@ -200,9 +192,9 @@ impl Block {
 /// What every layer of one forward pass shares.
 struct StepContext<'a> {
     num_tokens: usize,
-    spans: Vec<SeqSpan<'a>>,
+    seqs: &'a [SeqStep<'a>],
     rope: &'a Rope,
-    angles: super::rope::RopeAngles,
+    angles: crate::model::rope::RopeAngles,
     shape: AttentionShape,
 }
 
@@ -222,10 +214,10 @@ impl Llama {
             cfg.rope_scaling = RopeScaling::FreqFactors(w.vector("rope_freqs.weight", cfg.head_dim / 2)?);
         }
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
-        let embed = w.embedding("token_embd.weight", v, h)?;
+        let embed = Embedding::load(w, "token_embd.weight", v, h)?;
         // Tied embeddings (SmolLM2, Llama 3.2 1B): the output projection reuses them.
         let head_name = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
-        let lm_head = w.linear(head_name, v, h)?;
+        let lm_head = Linear::load(w, head_name, v, h)?;
         let blocks = (0..cfg.num_layers).map(|i| Block::load(w, &cfg, i)).collect::<Result<Vec<_>, _>>()?;
         let norm = w.vector("output_norm.weight", h)?;
         let rope = Rope::new(&cfg);
@@ -257,31 +249,18 @@ impl Llama {
     }
 
     /// Runs one step. Returns one row of `vocab_size` logits per sequence with
-    /// `want_logits`, in input order. The caller has validated block tables,
+    /// `want_logits`, in batch order. The caller has validated block tables,
     /// positions and token ids against the cache and vocabulary.
-    pub fn forward(&self, seqs: &[SeqInput], kv: &mut PagedKvCache) -> Result<Vec<f32>, ModelError> {
-        let mut spans = Vec::with_capacity(seqs.len());
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        for s in seqs {
-            spans.push(SeqSpan {
-                first_row: ids.len(),
-                len: s.tokens.len(),
-                start_pos: s.start_pos,
-                block_table: s.block_table,
-            });
-            ids.extend_from_slice(s.tokens);
-            positions.extend(s.start_pos..s.start_pos + s.tokens.len());
-        }
-        let num_tokens = ids.len();
-        if num_tokens == 0 {
+    pub fn forward(&self, batch: &StepBatch, kv: &mut PagedKvCache) -> Result<Vec<f32>, ModelError> {
+        let packed = PackedStep::new(batch);
+        if packed.num_tokens() == 0 {
             return Err(ModelError::InvalidBatch("no tokens".into()));
         }
         let step = StepContext {
-            num_tokens,
-            spans,
+            num_tokens: packed.num_tokens(),
+            seqs: &batch.seqs,
             rope: &self.rope,
-            angles: self.rope.angles(&positions),
+            angles: self.rope.angles(&packed.positions),
             shape: AttentionShape {
                 num_heads: self.cfg.num_heads,
                 num_kv_heads: self.cfg.num_kv_heads,
@@ -289,24 +268,19 @@ impl Llama {
             },
         };
         profile::count_pass();
-        let mut x = profile::time(Section::Embedding, || self.embed.lookup(&ids))?;
+        let mut x = profile::time(Section::Embedding, || self.embed.lookup(&packed.ids))?;
         for (layer, block) in self.blocks.iter().enumerate() {
             block.forward(&mut x, &step, layer, self.cfg.rms_norm_eps, kv)?;
         }
         // Only the last token of each sequence that wants logits reaches the head.
         let h = self.cfg.hidden_size;
-        let last_rows: Vec<usize> = seqs
-            .iter()
-            .zip(&step.spans)
-            .filter(|(s, _)| s.want_logits)
-            .map(|(_, sp)| sp.first_row + sp.len - 1)
-            .collect();
+        let last_rows = &packed.logit_rows;
         if last_rows.is_empty() {
             return Ok(Vec::new());
         }
         profile::time(Section::LmHead, || {
             let mut picked = Vec::with_capacity(last_rows.len() * h);
-            for r in &last_rows {
+            for r in last_rows {
                 picked.extend_from_slice(&x[r * h..(r + 1) * h]);
             }
             let mut normed = vec![0.0; picked.len()];

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::fastexp::exp_nonpositive;
+use crate::fastexp::exp_nonpositive;
 
 /// Rows below which the gate runs on the calling thread: a decode batch's few rows
 /// take less time than waking another thread.

@@ -1,0 +1,160 @@
+//! One engine step as the scheduler plans it and every backend runs it: each
+//! sequence's share of the step ([`SeqStep`], the one type from scheduler to
+//! kernel), the batch of them ([`StepBatch`]), its token rows flattened in batch
+//! order ([`PackedStep`], what a forward pass consumes), and the logits that come
+//! back ([`Logits`]).
+//!
+//! A `SeqStep` borrows its tokens and block table from the scheduler's own state,
+//! so planning a step copies no block table.
+
+use std::ops::Range;
+
+/// A sequence's id, unique for the engine's lifetime.
+pub type SeqId = u64;
+
+/// Index of one KV block in a backend's pool.
+pub type BlockId = u32;
+
+/// One sequence's share of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqStep<'a> {
+    pub id: SeqId,
+    /// The new tokens to run: a prefill chunk, or one decode token.
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]` in the sequence; tokens before it are already in KV.
+    pub start_pos: usize,
+    /// The sequence's KV blocks in order; covers `start_pos + tokens.len()`.
+    pub block_table: &'a [BlockId],
+    /// Whether to return logits for the last token: true iff the chunk reaches the
+    /// end of the sequence's known tokens (false for non-final prefill chunks, which
+    /// saves the output projection).
+    pub want_logits: bool,
+}
+
+impl SeqStep<'_> {
+    /// Position after the last token of this step.
+    pub fn end(&self) -> usize {
+        self.start_pos + self.tokens.len()
+    }
+
+    /// One token appended to a sequence that already has KV: what a decode graph
+    /// runs. Everything else (a prompt, a chunk of one, a recompute) is prefill.
+    pub fn is_decode(&self) -> bool {
+        self.start_pos > 0 && self.tokens.len() == 1
+    }
+}
+
+/// All work of one engine step, in the scheduler's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepBatch<'a> {
+    pub seqs: Vec<SeqStep<'a>>,
+}
+
+impl StepBatch<'_> {
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.tokens.len()).sum()
+    }
+}
+
+/// A step's token rows in batch order: what a forward pass embeds, positions and
+/// indexes. Device-neutral; a backend copies the vectors to its device as it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedStep {
+    pub ids: Vec<u32>,
+    pub positions: Vec<usize>,
+    /// `row_starts[i]..row_starts[i + 1]` are sequence `i`'s rows.
+    row_starts: Vec<usize>,
+    /// The last row of every sequence that wants logits, in batch order.
+    pub logit_rows: Vec<usize>,
+}
+
+impl PackedStep {
+    pub fn new(batch: &StepBatch) -> Self {
+        let n = batch.num_tokens();
+        let (mut ids, mut positions) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut row_starts = Vec::with_capacity(batch.seqs.len() + 1);
+        let mut logit_rows = Vec::new();
+        for s in &batch.seqs {
+            row_starts.push(ids.len());
+            ids.extend_from_slice(s.tokens);
+            positions.extend(s.start_pos..s.end());
+            if s.want_logits && !s.tokens.is_empty() {
+                logit_rows.push(ids.len() - 1);
+            }
+        }
+        row_starts.push(ids.len());
+        Self { ids, positions, row_starts, logit_rows }
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The rows of batch entry `i`.
+    pub fn rows(&self, i: usize) -> Range<usize> {
+        self.row_starts[i]..self.row_starts[i + 1]
+    }
+}
+
+/// Last-position logits: one row of `vocab_size` floats for every sequence of the
+/// batch that set `want_logits`, in batch order.
+#[derive(Debug, Clone)]
+pub struct Logits {
+    pub vocab_size: usize,
+    /// `rows[i]` is the row index into `data` for batch entry `i`, if it has one.
+    pub rows: Vec<Option<usize>>,
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    /// Wraps `data`, the rows of the batch's entries that want logits, in order.
+    pub fn for_batch(batch: &StepBatch, vocab_size: usize, data: Vec<f32>) -> Self {
+        let mut next = 0;
+        let rows = batch
+            .seqs
+            .iter()
+            .map(|s| {
+                s.want_logits.then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect();
+        Self { vocab_size, rows, data }
+    }
+
+    /// The logits row of batch entry `i`, if it asked for one.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        let r = (*self.rows.get(i)?)?;
+        self.data.get(r * self.vocab_size..(r + 1) * self.vocab_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_keeps_batch_order_and_finds_the_rows_that_want_logits() {
+        let (a, b, c) = ([5u32, 6, 7], [9u32], [1u32, 2]);
+        let batch = StepBatch {
+            seqs: vec![
+                SeqStep { id: 1, tokens: &a, start_pos: 0, block_table: &[0], want_logits: false },
+                SeqStep { id: 2, tokens: &b, start_pos: 40, block_table: &[1, 2, 3], want_logits: true },
+                SeqStep { id: 3, tokens: &c, start_pos: 3, block_table: &[4], want_logits: true },
+            ],
+        };
+        let p = PackedStep::new(&batch);
+        assert_eq!(p.ids, vec![5, 6, 7, 9, 1, 2]);
+        assert_eq!(p.positions, vec![0, 1, 2, 40, 3, 4]);
+        assert_eq!((p.rows(0), p.rows(1), p.rows(2)), (0..3, 3..4, 4..6));
+        assert_eq!(p.logit_rows, vec![3, 5]);
+        assert!(!batch.seqs[0].is_decode() && batch.seqs[1].is_decode() && !batch.seqs[2].is_decode());
+
+        let logits = Logits::for_batch(&batch, 2, vec![0.5, 1.5, 2.5, 3.5]);
+        assert_eq!(logits.row(0), None);
+        assert_eq!(logits.row(1), Some(&[0.5, 1.5][..]));
+        assert_eq!(logits.row(2), Some(&[2.5, 3.5][..]));
+        assert_eq!(logits.row(3), None);
+    }
+}
