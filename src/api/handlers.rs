@@ -3,12 +3,14 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -19,6 +21,7 @@ use tracing::Instrument;
 use crate::engine::request::{EventKind, TokenOutput, Usage};
 use crate::tokenizer::Tokenizer;
 
+use super::arrival::Arrival;
 use super::error::ApiError;
 use super::run::{self, ChoiceResult};
 use super::state::{AppState, Ready};
@@ -128,7 +131,12 @@ async fn validated(
     .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))?
 }
 
-async fn serve(state: AppState, endpoint: Endpoint, body: serde_json::Value) -> Result<Response, ApiError> {
+async fn serve(
+    state: AppState,
+    endpoint: Endpoint,
+    body: serde_json::Value,
+    arrived: Instant,
+) -> Result<Response, ApiError> {
     let ready = state.ready()?;
     let req = validated(&ready, &state.config.served_model, endpoint, body).await?;
     let id = match endpoint {
@@ -138,7 +146,7 @@ async fn serve(state: AppState, endpoint: Endpoint, body: serde_json::Value) -> 
     let span = tracing::info_span!("request", request_id = %id, prompts = req.prompts.len(), n = req.n, stream = req.stream);
     async move {
         tracing::debug!(prompt_tokens = req.prompts.iter().map(|p| p.ids.len()).sum::<usize>(), "admitting");
-        let streams = run::submit(&ready.engine, &req).await?;
+        let streams = run::submit(&ready.engine, &req, arrived).await?;
         if req.stream {
             Ok(stream_response(state, ready, req, streams, id, endpoint))
         } else {
@@ -358,26 +366,35 @@ async fn send_json<T: serde::Serialize>(tx: &mpsc::Sender<Event>, v: &T) -> Resu
 
 pub async fn chat_completions(
     State(state): State<AppState>,
+    arrival: Option<Extension<Arrival>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
         let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
-        serve(state.clone(), Endpoint::Chat, value).await
+        serve(state.clone(), Endpoint::Chat, value, Arrival::of(arrival)).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn completions(
+    State(state): State<AppState>,
+    arrival: Option<Extension<Arrival>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
-        serve(state.clone(), Endpoint::Completion, value).await
+        serve(state.clone(), Endpoint::Completion, value, Arrival::of(arrival)).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// SageMaker's `POST /invocations`: a chat body (has `messages`) or a completions
 /// body (has `prompt`); streams when `"stream": true`.
-pub async fn invocations(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn invocations(
+    State(state): State<AppState>,
+    arrival: Option<Extension<Arrival>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
         let endpoint = if value.get("messages").is_some() {
@@ -389,7 +406,7 @@ pub async fn invocations(State(state): State<AppState>, body: Result<Bytes, Byte
                 "the body needs `messages` (chat) or `prompt` (completions)",
             ));
         };
-        serve(state.clone(), endpoint, value).await
+        serve(state.clone(), endpoint, value, Arrival::of(arrival)).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -2,6 +2,7 @@
 //! This is the only layer that knows JSON; it validates requests into the engine's
 //! types and turns engine events back into responses and stream chunks.
 
+pub mod arrival;
 pub mod error;
 pub mod handlers;
 pub mod run;

@@ -3,7 +3,7 @@
 //! events into OpenAI stream chunks. Dropping what this returns aborts the
 //! sequences, which is how a client disconnect frees its KV blocks.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{self, BoxStream, StreamExt};
 
@@ -31,9 +31,13 @@ pub struct ChoiceEvent {
 
 /// Submits every sequence of the request. If one is refused, the ones already
 /// admitted are dropped (and so aborted) and the refusal is returned.
-pub async fn submit(engine: &EngineHandle, req: &ValidatedRequest) -> Result<Vec<SeqStream>, ApiError> {
+pub async fn submit(
+    engine: &EngineHandle,
+    req: &ValidatedRequest,
+    arrived: Instant,
+) -> Result<Vec<SeqStream>, ApiError> {
     let mut streams = Vec::new();
-    for g in req.generation_requests() {
+    for g in req.generation_requests(arrived) {
         streams.push(engine.submit(g).await?);
     }
     Ok(streams)

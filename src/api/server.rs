@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
+use super::arrival;
 use super::error::ApiError;
 use super::handlers;
 use super::state::AppState;
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .layer(middleware::from_fn(arrival::stamp))
         .with_state(state)
 }
 

@@ -2,7 +2,9 @@
 //! with every parameter range-checked and every prompt tokenized and measured
 //! against the context. The engine accepts nothing else.
 
-use crate::engine::request::GenerationRequest;
+use std::time::Instant;
+
+use crate::engine::request::{output_budget, ContextError, GenerationRequest};
 use crate::engine::sampling::SamplingParams;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
@@ -44,8 +46,9 @@ pub struct ValidatedRequest {
 }
 
 impl ValidatedRequest {
-    /// The engine requests, one per (prompt, choice), in choice-index order.
-    pub fn generation_requests(&self) -> Vec<GenerationRequest> {
+    /// The engine requests, one per (prompt, choice), in choice-index order, for a
+    /// request that reached the server at `arrived`.
+    pub fn generation_requests(&self, arrived: Instant) -> Vec<GenerationRequest> {
         let mut out = Vec::with_capacity(self.prompts.len() * self.n);
         for (p, prompt) in self.prompts.iter().enumerate() {
             for j in 0..self.n {
@@ -53,6 +56,7 @@ impl ValidatedRequest {
                 // Each choice gets its own stream of randomness, reproducibly.
                 sampling.seed = sampling.seed.map(|s| s.wrapping_add(j as u64));
                 out.push(GenerationRequest {
+                    arrived,
                     prompt_ids: prompt.ids.clone(),
                     max_new_tokens: self.max_new_tokens[p],
                     sampling,
@@ -105,29 +109,24 @@ fn positive(param: &str, v: Option<i64>) -> Result<Option<usize>, ApiError> {
     }
 }
 
-/// Checks prompt + output against the context and picks the output budget.
+/// The output budget of one prompt (`engine::request::output_budget`), with
+/// OpenAI's wording when it does not fit.
 fn budget(
     prompt_len: usize,
     requested: Option<usize>,
     max_context: usize,
     what: &str,
 ) -> Result<usize, ApiError> {
-    if prompt_len == 0 {
-        return Err(ApiError::invalid(what, "the prompt is empty"));
-    }
-    if prompt_len >= max_context {
-        return Err(ApiError::context_length(format!(
-            "This model's maximum context length is {max_context} tokens. However, your {what} resulted in {prompt_len} tokens, which leaves no room for output."
-        )));
-    }
-    match requested {
-        None => Ok(max_context - prompt_len),
-        Some(m) if prompt_len + m <= max_context => Ok(m),
-        Some(m) => Err(ApiError::context_length(format!(
-            "This model's maximum context length is {max_context} tokens. However, you requested {} tokens ({prompt_len} in the {what}, {m} in the completion). Please reduce the length of the {what} or completion.",
-            prompt_len + m
-        ))),
-    }
+    output_budget(prompt_len, requested, max_context).map_err(|e| match e {
+        ContextError::EmptyPrompt => ApiError::invalid(what, "the prompt is empty"),
+        ContextError::NoRoomForOutput { prompt, max_context } => ApiError::context_length(format!(
+            "This model's maximum context length is {max_context} tokens. However, your {what} resulted in {prompt} tokens, which leaves no room for output."
+        )),
+        ContextError::TooLong { prompt, requested, max_context } => ApiError::context_length(format!(
+            "This model's maximum context length is {max_context} tokens. However, you requested {} tokens ({prompt} in the {what}, {requested} in the completion). Please reduce the length of the {what} or completion.",
+            prompt + requested
+        )),
+    })
 }
 
 fn common_fields(

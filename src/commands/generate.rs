@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{load_model, scheduler_config};
 use crate::cli::GenerateArgs;
 use inflight::engine::core::EngineCore;
-use inflight::engine::request::{EventKind, GenerationRequest};
+use inflight::engine::request::{output_budget, EventKind, GenerationRequest};
 use inflight::engine::sampling::SamplingParams;
 use inflight::tokenizer::{ChatMessage, Tokenizer};
 
@@ -85,18 +85,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut index_of = HashMap::new();
     for (i, p) in prompts.iter().enumerate() {
         let ids = encode(&tokenizer, &args, p)?;
-        if ids.is_empty() {
-            bail!("prompt {} is empty after tokenization", i + 1);
-        }
-        if ids.len() >= max_context {
-            bail!(
-                "prompt {} has {} tokens; the context holds {max_context} (prompt plus output)",
-                i + 1,
-                ids.len()
-            );
-        }
-        let max_new_tokens = args.max_tokens.min(max_context - ids.len());
+        // --max-tokens is a default for every prompt: cut it to the room left.
+        let room =
+            output_budget(ids.len(), None, max_context).with_context(|| format!("prompt {}", i + 1))?;
+        let max_new_tokens = args.max_tokens.min(room);
         let req = GenerationRequest {
+            arrived: Instant::now(),
             prompt_ids: ids.clone(),
             max_new_tokens,
             sampling: sampling.clone(),

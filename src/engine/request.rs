@@ -1,6 +1,10 @@
 //! What the engine accepts and what it reports back. A `GenerationRequest` is
 //! already validated (parse, don't validate): the engine trusts its fields.
 
+use std::time::Instant;
+
+use thiserror::Error;
+
 use super::sampling::SamplingParams;
 
 /// Engine-wide id of one sequence (one choice of one HTTP request).
@@ -8,6 +12,9 @@ pub use crate::backend::SeqId;
 
 #[derive(Debug, Clone)]
 pub struct GenerationRequest {
+    /// When the request reached the server (the HTTP layer's first look at it),
+    /// so TTFT, E2E and queue time include tokenizing and the wait to be admitted.
+    pub arrived: Instant,
     pub prompt_ids: Vec<u32>,
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
@@ -15,6 +22,39 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Keep generating through EOS / end-of-turn tokens (benchmarks rely on it).
     pub ignore_eos: bool,
+}
+
+/// Why a prompt cannot be served within the context.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ContextError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens, which leaves no room for output in a context of {max_context}")]
+    NoRoomForOutput { prompt: usize, max_context: usize },
+    #[error("{prompt} prompt tokens plus {requested} output tokens exceed the context of {max_context}")]
+    TooLong { prompt: usize, requested: usize, max_context: usize },
+}
+
+/// How many tokens a prompt of `prompt_len` may generate within `max_context`:
+/// `requested` when prompt plus it fit, all the room left when `None`. The one
+/// place that holds prompt plus output to the context; the HTTP API and the
+/// `generate` command both ask it.
+pub fn output_budget(
+    prompt_len: usize,
+    requested: Option<usize>,
+    max_context: usize,
+) -> Result<usize, ContextError> {
+    if prompt_len == 0 {
+        return Err(ContextError::EmptyPrompt);
+    }
+    if prompt_len >= max_context {
+        return Err(ContextError::NoRoomForOutput { prompt: prompt_len, max_context });
+    }
+    match requested {
+        None => Ok(max_context - prompt_len),
+        Some(m) if m <= max_context - prompt_len => Ok(m),
+        Some(m) => Err(ContextError::TooLong { prompt: prompt_len, requested: m, max_context }),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,4 +109,25 @@ pub enum EventKind {
 pub struct SeqEvent {
     pub id: SeqId,
     pub kind: EventKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_budget_holds_prompt_plus_output_to_the_context() {
+        assert_eq!(output_budget(10, None, 64), Ok(54));
+        assert_eq!(output_budget(10, Some(54), 64), Ok(54));
+        assert_eq!(
+            output_budget(10, Some(55), 64),
+            Err(ContextError::TooLong { prompt: 10, requested: 55, max_context: 64 })
+        );
+        assert_eq!(
+            output_budget(64, None, 64),
+            Err(ContextError::NoRoomForOutput { prompt: 64, max_context: 64 })
+        );
+        assert_eq!(output_budget(0, Some(1), 64), Err(ContextError::EmptyPrompt));
+        assert!(output_budget(1, Some(usize::MAX), 64).is_err(), "no overflow");
+    }
 }

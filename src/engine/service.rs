@@ -116,6 +116,9 @@ impl EngineThread {
 
 struct Live {
     events: tmpsc::UnboundedSender<EventKind>,
+    /// When the request reached the server (TTFT and E2E count from here).
+    arrived: Instant,
+    /// When the engine received it (queue time counts from here).
     submitted: Instant,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
@@ -167,7 +170,7 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
             match &ev.kind {
                 EventKind::Token(_) => {
                     match l.last_token {
-                        None => metrics.observe_ttft(now - l.submitted),
+                        None => metrics.observe_ttft(now - l.arrived),
                         Some(prev) => metrics.observe_itl(now - prev),
                     }
                     l.first_token.get_or_insert(now);
@@ -178,7 +181,7 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
                         reason.as_str(),
                         usage.completion_tokens,
                         usage.cached_tokens,
-                        now - l.submitted,
+                        now - l.arrived,
                         l.first_token.map(|t| now - t),
                     );
                 }
@@ -211,6 +214,7 @@ fn handle(
 ) {
     match cmd {
         Command::Submit { req, events, reply } => {
+            let arrived = req.arrived;
             let result = core.add(req).map_err(|e| match e {
                 AddError::QueueFull(_) => SubmitError::QueueFull,
                 other => SubmitError::Rejected(other.to_string()),
@@ -220,6 +224,7 @@ fn handle(
                     id,
                     Live {
                         events,
+                        arrived,
                         submitted: Instant::now(),
                         first_token: None,
                         last_token: None,
@@ -246,4 +251,58 @@ fn handle(
         core.scheduler().num_waiting(),
         core.scheduler().kv_usage(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuConfig;
+    use crate::backend::StepLimits;
+    use crate::engine::sampling::SamplingParams;
+    use crate::engine::scheduler::SchedulerConfig;
+    use crate::hub::ResolvedModel;
+    use crate::runtime::{load, BackendConfig};
+
+    /// The value of a metric's sample line, e.g. `…_sum 5.01`.
+    fn sample(text: &str, name: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+    }
+
+    #[test]
+    fn ttft_and_e2e_count_from_arrival_at_the_server_queue_time_from_the_engine() {
+        let model = ResolvedModel::Gguf(crate::testing::default_model_path());
+        let limits = StepLimits { max_context: Some(512), ..Default::default() };
+        let cpu = CpuConfig { limits, kv_cache_bytes: 32 << 20, ..Default::default() };
+        let loaded = load(&model, &BackendConfig::Cpu(cpu)).expect("model");
+        let core =
+            EngineCore::new(loaded.backend, loaded.tokenizer, SchedulerConfig::dynamic(256, 4, 4, false))
+                .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let engine = EngineThread::spawn(core, metrics.clone()).unwrap();
+        // As if tokenizing and the HTTP layer had taken five seconds.
+        let early = Duration::from_secs(5);
+        let req = GenerationRequest {
+            arrived: Instant::now().checked_sub(early).expect("a clock five seconds old"),
+            prompt_ids: vec![1, 2, 3],
+            max_new_tokens: 2,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: true,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut events = engine.handle.submit(req).await.expect("admitted");
+            while let Some(ev) = events.next().await {
+                assert!(!matches!(ev, EventKind::Failed(_)), "{ev:?}");
+            }
+        });
+        engine.join();
+        let text = metrics.render();
+        assert!(sample(&text, "inflight_time_to_first_token_seconds_sum") >= 5.0);
+        assert!(sample(&text, "inflight_e2e_request_latency_seconds_sum") >= 5.0);
+        assert!(sample(&text, "inflight_request_queue_time_seconds_sum") < 5.0);
+        assert_eq!(sample(&text, "inflight_time_to_first_token_seconds_count"), 1.0);
+    }
 }
