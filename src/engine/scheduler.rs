@@ -176,6 +176,9 @@ struct Seq {
     num_registered: usize,
     /// Tokens scheduled and not yet reported back through `update`.
     in_flight: usize,
+    /// The step that last ran this sequence, so capped decode steps take the
+    /// ones that waited longest first.
+    last_step: u64,
 }
 
 /// What is left of a step's token budget, and how many prefill and decode rows it
@@ -245,6 +248,8 @@ pub struct Scheduler {
     /// Whether the last step prefilled, for backends that alternate prefill-only
     /// and decode-only steps.
     last_step_prefilled: bool,
+    /// Steps planned so far.
+    steps: u64,
 }
 
 impl Scheduler {
@@ -276,6 +281,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             last_step_prefilled: false,
+            steps: 0,
         })
     }
 
@@ -311,6 +317,7 @@ impl Scheduler {
                 hashes: Vec::new(),
                 num_registered: 0,
                 in_flight: 0,
+                last_step: 0,
             },
         );
         self.waiting.push_back(id);
@@ -339,11 +346,13 @@ impl Scheduler {
             }
         }
         self.last_step_prefilled = plan.iter().any(|p| !p.decode);
+        self.steps += 1;
 
         let mut prefix_hits = Vec::new();
         for p in &plan {
             if let Some(seq) = self.seqs.get_mut(&p.id) {
                 seq.in_flight = p.n;
+                seq.last_step = self.steps;
             }
         }
         let this = &*self;
@@ -392,7 +401,12 @@ impl Scheduler {
         preempted: &mut Vec<SeqId>,
         cannot_continue: &mut Vec<SeqId>,
     ) {
-        let ids = self.running.clone();
+        let mut ids = self.running.clone();
+        if decodes && self.config.max_decode_seqs < ids.len() {
+            // More may be ready than a step holds: those that waited longest first
+            // (stable, so admission order among equals), or the newest would starve.
+            ids.sort_by_key(|id| self.seqs.get(id).map_or(0, |s| s.last_step));
+        }
         for id in ids {
             if room.budget == 0 {
                 break;
@@ -1039,10 +1053,33 @@ mod tests {
 
     #[test]
     fn random_workload_keeps_every_invariant_and_drains() {
-        let mut rng = Lcg(11);
         let cfg =
             SchedulerConfig { block_size: 4, max_context: 64, ..SchedulerConfig::dynamic(16, 6, 8, true) };
-        let mut s = Scheduler::new(cfg, 24).unwrap();
+        let (preemptions, cache_hits) = random_workload(cfg, 24);
+        assert!(preemptions > 10 && cache_hits > 10, "{preemptions} preemptions, {cache_hits} hits");
+    }
+
+    #[test]
+    fn random_workload_on_compiled_shapes_keeps_every_invariant_and_drains() {
+        let cfg = SchedulerConfig {
+            block_size: 4,
+            max_context: 64,
+            prefill: Prefill::Buckets(vec![8, 16, 32, 64]),
+            max_prefill_seqs: 2,
+            max_decode_seqs: 4,
+            mixed_prefill_decode: false,
+            ..SchedulerConfig::dynamic(64, 6, 8, false)
+        };
+        let (preemptions, _) = random_workload(cfg, 24);
+        assert!(preemptions > 10, "{preemptions} preemptions");
+    }
+
+    /// Random arrivals, aborts and finishes until everything drains, checking the
+    /// scheduler's invariants and the backend's acceptance of every step. Returns
+    /// the preemptions and prefix-cache hits it saw.
+    fn random_workload(cfg: SchedulerConfig, blocks: usize) -> (usize, usize) {
+        let mut rng = Lcg(11);
+        let mut s = Scheduler::new(cfg, blocks).unwrap();
         let mut limits: BTreeMap<SeqId, usize> = BTreeMap::new();
         let mut next_id = 0;
         let (mut preemptions, mut cache_hits) = (0, 0);
@@ -1081,7 +1118,161 @@ mod tests {
         }
         assert!(!s.has_work(), "the workload did not drain: no progress");
         assert_eq!(s.kv_usage(), 0.0);
-        // The workload must reach the paths it is meant to check.
-        assert!(preemptions > 10 && cache_hits > 10, "{preemptions} preemptions, {cache_hits} hits");
+        // The caller checks that the workload reached the paths it is meant to.
+        (preemptions, cache_hits)
+    }
+
+    /// A backend with compiled shapes, as a Neuron one describes itself: prefill in
+    /// whole buckets of 16/32/64 tokens, one prefill and at most four decodes per
+    /// step, prefill and decode in separate steps, no prefix caching.
+    fn bucketed_info() -> BackendInfo {
+        BackendInfo {
+            device: "fake bucketed".into(),
+            block_size: 4,
+            num_blocks: 64,
+            max_context: 128,
+            vocab_size: 1 << 20,
+            step: StepShapes {
+                max_tokens: 64,
+                max_seqs: 8,
+                prefill: Prefill::Buckets(vec![16, 32, 64]),
+                max_prefill_seqs: 1,
+                decode_batch_sizes: vec![1, 2, 4],
+                mixed_prefill_decode: false,
+            },
+            prefix_caching: false,
+        }
+    }
+
+    /// A scheduler whose flags ask for more than `info` allows.
+    fn fitted(info: &BackendInfo) -> Scheduler {
+        let cfg = SchedulerConfig::dynamic(4096, 16, 16, true).fit_to(info);
+        Scheduler::new(cfg, info.num_blocks).unwrap()
+    }
+
+    #[test]
+    fn the_backend_binds_what_the_flags_ask_for() {
+        let s = fitted(&bucketed_info());
+        let c = s.config();
+        assert_eq!((c.max_batch_tokens, c.max_running, c.block_size, c.max_context), (64, 8, 4, 128));
+        assert_eq!((c.max_prefill_seqs, c.max_decode_seqs), (1, 4));
+        assert!(!c.prefix_caching && !c.mixed_prefill_decode);
+        assert_eq!(c.prefill, Prefill::Buckets(vec![16, 32, 64]));
+    }
+
+    #[test]
+    fn bucketed_prefill_is_never_split_and_costs_its_bucket() {
+        let mut s = fitted(&bucketed_info());
+        s.add(1, prompt(40), 4).unwrap(); // bucket 64: the whole step budget
+        s.add(2, prompt_from(5000, 10), 4).unwrap(); // bucket 16
+        let out = step(&mut s);
+        assert_eq!(ids(&out), vec![1], "40 tokens pad to 64, so 2 waits");
+        assert_eq!(out.seqs[0].tokens.len(), 40, "the whole prompt in one chunk");
+        assert!(out.seqs[0].want_logits);
+        // A prompt no bucket holds is refused, not cut.
+        assert_eq!(s.add(3, prompt(65), 1), Err(AddError::TooLong { tokens: 65, limit: 64 }));
+        // A budget below the largest bucket lowers the limit to what fits a step.
+        let small = SchedulerConfig::dynamic(40, 16, 16, false).fit_to(&bucketed_info());
+        let mut s = Scheduler::new(small, 64).unwrap();
+        assert_eq!(s.add(1, prompt(33), 1), Err(AddError::TooLong { tokens: 33, limit: 32 }));
+        s.add(1, prompt(32), 1).unwrap();
+    }
+
+    #[test]
+    fn prefill_and_decode_take_turns_when_they_cannot_share_a_step() {
+        let mut s = fitted(&bucketed_info());
+        for id in 1..=3 {
+            s.add(id, prompt_from(1000 * id as u32, 8), 20).unwrap();
+        }
+        // One prefill per step; once something decodes, the kinds alternate.
+        let kinds: Vec<(Vec<SeqId>, bool)> = (0..6)
+            .map(|_| {
+                let out = step(&mut s);
+                let decode = out.seqs.iter().all(|q| q.tokens.len() == 1 && q.start_pos > 0);
+                assert!(
+                    out.seqs.iter().all(|q| (q.tokens.len() == 1 && q.start_pos > 0) == decode),
+                    "mixed step"
+                );
+                (ids(&out), decode)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (vec![1], false),
+                (vec![1], true),
+                (vec![2], false),
+                (vec![1, 2], true),
+                (vec![3], false),
+                (vec![1, 2, 3], true),
+            ]
+        );
+        // With nothing left to prefill, every step decodes.
+        assert!(step(&mut s).seqs.iter().all(|q| q.tokens.len() == 1));
+        assert!(step(&mut s).seqs.iter().all(|q| q.tokens.len() == 1));
+    }
+
+    #[test]
+    fn decodes_stop_at_the_largest_compiled_batch_size() {
+        let mut info = bucketed_info();
+        info.step.mixed_prefill_decode = true;
+        info.step.max_prefill_seqs = 8;
+        let mut s = fitted(&info);
+        for id in 1..=6 {
+            s.add(id, prompt_from(1000 * id as u32, 4), 20).unwrap();
+        }
+        // Six 4-token prompts pad to 16 each: four fit the 64-token budget.
+        assert_eq!(ids(&step(&mut s)), vec![1, 2, 3, 4]);
+        let out = step(&mut s);
+        let decodes: Vec<SeqId> = out.seqs.iter().filter(|q| q.tokens.len() == 1).map(|q| q.id).collect();
+        assert_eq!(decodes, vec![1, 2, 3, 4], "four decodes (largest batch size) and the two prefills");
+        assert_eq!(ids(&out), vec![1, 2, 3, 4, 5, 6]);
+        let out = step(&mut s);
+        assert_eq!(out.seqs.len(), 4, "six decode-ready sequences, four per step");
+        assert_eq!(ids(&step(&mut s)), vec![5, 6, 1, 2], "the ones left out go first next");
+    }
+
+    #[test]
+    fn a_recompute_longer_than_every_bucket_cannot_continue() {
+        // Two slots of 40 tokens: preemption happens, and a preempted sequence's
+        // prompt plus output (here 17 tokens) outgrows the 16-token bucket.
+        let info = BackendInfo {
+            block_size: 4,
+            num_blocks: 8,
+            step: StepShapes {
+                prefill: Prefill::Buckets(vec![16]),
+                mixed_prefill_decode: true,
+                max_prefill_seqs: 2,
+                ..bucketed_info().step
+            },
+            ..bucketed_info()
+        };
+        let mut s = fitted(&info);
+        s.add(1, prompt(16), 100).unwrap();
+        s.add(2, prompt_from(5000, 16), 100).unwrap();
+        step(&mut s);
+        // Both hold 4 blocks of the 8; the first decode needs a fifth: 2 yields.
+        let out = step(&mut s);
+        assert_eq!(out.preempted, vec![2]);
+        s.finish(1);
+        let out = step(&mut s);
+        assert_eq!(out.kv_exhausted, vec![2], "17 tokens fit no bucket");
+        assert!(s.finish(2));
+        assert!(!s.has_work());
+        assert_eq!(s.kv_usage(), 0.0);
+    }
+
+    #[test]
+    fn no_prefix_sharing_on_a_backend_without_it() {
+        let mut info = bucketed_info();
+        info.step.prefill = Prefill::Chunked;
+        info.step.mixed_prefill_decode = true;
+        let mut s = fitted(&info);
+        s.add(1, prompt(40), 4).unwrap();
+        step(&mut s);
+        s.add(2, prompt(40), 4).unwrap();
+        let out = step(&mut s);
+        let q = out.seqs.iter().find(|q| q.id == 2).expect("2 runs");
+        assert_eq!((q.cached_tokens, q.start_pos), (0, 0), "flags asked for caching; the backend cannot");
     }
 }
