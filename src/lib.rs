@@ -1,8 +1,9 @@
-//! inflight: a local LLM inference server with continuous batching and CPU, CUDA
-//! and AWS Neuron backends.
+//! inflight: a local LLM inference server with continuous batching behind one
+//! `Backend` trait (CPU today; CUDA and AWS Neuron planned).
 //!
-//! Dependencies point one way: `api → engine → backend → model → kernels`.
-//! See `ARCHITECTURE.md` for the map and the invariants.
+//! Dependencies point one way: `api → engine → backend → model`. `ARCHITECTURE.md`
+//! has the map, the full layer table and the invariants; `tests/layers.rs` checks
+//! the layers.
 
 pub mod api;
 pub mod backend;
