@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{load_model, scheduler_config};
 use crate::cli::GenerateArgs;
 use inflight::engine::core::EngineCore;
-use inflight::engine::request::{output_budget, EventKind, GenerationRequest};
+use inflight::engine::request::{output_budget, EventKind, GenerationRequest, SeqId};
 use inflight::engine::sampling::SamplingParams;
 use inflight::tokenizer::{ChatMessage, Tokenizer};
 
@@ -69,16 +69,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let (_, loaded) = load_model(&args.model, &args.scheduler)?;
     let max_context = loaded.backend.info().max_context;
     let tokenizer = loaded.tokenizer.clone();
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repetition_penalty: args.repetition_penalty,
-        seed: args.seed,
-        ..SamplingParams::default()
-    };
-    sampling.validate()?;
+    let sampling = sampling_params(&args)?;
     let mut core = EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler))?;
 
     let mut outputs = Vec::with_capacity(prompts.len());
@@ -88,11 +79,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         // --max-tokens is a default for every prompt: cut it to the room left.
         let room =
             output_budget(ids.len(), None, max_context).with_context(|| format!("prompt {}", i + 1))?;
-        let max_new_tokens = args.max_tokens.min(room);
         let req = GenerationRequest {
             arrived: Instant::now(),
             prompt_ids: ids.clone(),
-            max_new_tokens,
+            max_new_tokens: args.max_tokens.min(room),
             sampling: sampling.clone(),
             stop: Vec::new(),
             ignore_eos: args.ignore_eos,
@@ -109,6 +99,44 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
     // A single prompt streams to stdout as it is produced.
     let stream = prompts.len() == 1 && !args.json;
+    let start = Instant::now();
+    let first_token = drive(&mut core, &index_of, &mut outputs, stream)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    print_outputs(&outputs, args.json, stream)?;
+    let generated: usize = outputs.iter().map(|o| o.token_ids.len()).sum();
+    let prompt_tokens: usize = outputs.iter().map(|o| o.prompt_ids.len()).sum();
+    eprintln!(
+        "{} prompt(s): {prompt_tokens} prompt tokens, {generated} generated in {elapsed:.2} s ({:.1} tok/s generated; first token after {:.3} s)",
+        outputs.len(),
+        generated as f64 / elapsed.max(1e-9),
+        first_token.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+    );
+    Ok(())
+}
+
+fn sampling_params(args: &GenerateArgs) -> Result<SamplingParams> {
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        ..SamplingParams::default()
+    };
+    sampling.validate()?;
+    Ok(sampling)
+}
+
+/// Steps the engine until every prompt is done, collecting each prompt's output
+/// (and writing it to stdout as it comes when `stream`). Returns the time to the
+/// first generated token.
+fn drive(
+    core: &mut EngineCore,
+    index_of: &HashMap<SeqId, usize>,
+    outputs: &mut [Output],
+    stream: bool,
+) -> Result<Option<Duration>> {
     let mut stdout = std::io::stdout().lock();
     let start = Instant::now();
     let mut first_token = None;
@@ -135,12 +163,17 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             out.text.push_str(&piece);
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
     if stream {
         writeln!(stdout)?;
     }
-    for out in &outputs {
-        if args.json {
+    Ok(first_token)
+}
+
+/// Every output as a JSON line (`json`), or its text when it was not streamed.
+fn print_outputs(outputs: &[Output], json: bool, streamed: bool) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for out in outputs {
+        if json {
             let obj = json!({
                 "prompt_token_ids": out.prompt_ids,
                 "token_ids": out.token_ids,
@@ -148,17 +181,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 "finish_reason": out.finish_reason,
             });
             writeln!(stdout, "{obj}")?;
-        } else if !stream {
+        } else if !streamed {
             writeln!(stdout, "{}\n", out.text)?;
         }
     }
-    let generated: usize = outputs.iter().map(|o| o.token_ids.len()).sum();
-    let prompt_tokens: usize = outputs.iter().map(|o| o.prompt_ids.len()).sum();
-    eprintln!(
-        "{} prompt(s): {prompt_tokens} prompt tokens, {generated} generated in {elapsed:.2} s ({:.1} tok/s generated; first token after {:.3} s)",
-        outputs.len(),
-        generated as f64 / elapsed.max(1e-9),
-        first_token.map(|d| d.as_secs_f64()).unwrap_or(0.0),
-    );
     Ok(())
 }
