@@ -142,3 +142,26 @@ fn models_list_shows_the_default_model() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("smollm2-135m-instruct-q4_1"));
 }
+
+/// Backends not built yet, and a model source the CPU backend cannot run, are clear
+/// errors that say what to do, never a panic.
+#[test]
+fn planned_backends_and_compiled_artifacts_on_the_cpu_are_clear_errors() {
+    for (backend, name) in [("cuda", "CUDA"), ("neuron", "Neuron")] {
+        let out = inflight()
+            .args(["generate", "-p", "hi", "--backend", backend, "--model"])
+            .arg(model_path())
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name) && err.contains("--backend cpu"), "{err}");
+    }
+    // A folder of compiled (Neuron) artifacts is recognised by its manifest.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("manifest.json"), b"{}").expect("write");
+    let out = inflight().args(["generate", "-p", "hi", "--model"]).arg(dir.path()).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("compiled artifacts") && err.contains("GGUF"), "{err}");
+}
