@@ -10,9 +10,10 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{BenchArgs, BenchCommand, BenchEndpoint, BenchReportArgs, BenchRunArgs};
-use inflight::bench::client::{Client, Endpoint, Target};
+use inflight::bench::client::{Client, Target};
 use inflight::bench::cost::{PriceTable, PriceUsed};
 use inflight::bench::driver::{LoadLevel, Progress};
+use inflight::bench::endpoint::Endpoint;
 use inflight::bench::record::RequestRecord;
 use inflight::bench::results::{self, BenchResults, LevelResult, LoadInfo, TargetInfo, WorkloadInfo};
 use inflight::bench::stats::{self, Slo};
