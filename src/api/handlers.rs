@@ -289,66 +289,16 @@ fn stream_response(
     // closes, the producer returns, and dropping the streams aborts them.
     tokio::spawn(
         async move {
-            let created = now_secs();
-            let head = (id.as_str(), created);
-            let choices = streams.len();
-            let mut usage = vec![None; choices];
-            if endpoint == Endpoint::Chat {
-                for index in 0..choices {
-                    let first = ChatCompletionChunk {
-                        id: id.clone(),
-                        object: "chat.completion.chunk",
-                        created,
-                        model: req.model.clone(),
-                        choices: vec![ChatChunkChoice {
-                            index,
-                            delta: ChatDelta { role: Some("assistant"), content: Some(String::new()) },
-                            logprobs: None,
-                            finish_reason: None,
-                        }],
-                        usage: None,
-                    };
-                    if send_json(&tx, &first).await.is_err() {
-                        return;
-                    }
-                }
+            let head = (id.as_str(), now_secs());
+            if endpoint == Endpoint::Chat
+                && send_role_chunks(&tx, head, &req.model, streams.len()).await.is_err()
+            {
+                return;
             }
-            let mut events = run::merged(streams);
-            let deadline = tokio::time::sleep(timeout);
-            tokio::pin!(deadline);
-            loop {
-                let ev = tokio::select! {
-                    ev = events.next() => ev,
-                    _ = &mut deadline => {
-                        let _ = send_json(&tx, &ApiError::timeout().body()).await;
-                        return;
-                    }
-                };
-                let Some(ev) = ev else { break };
-                if let EventKind::Failed(msg) = &ev.kind {
-                    let _ = send_json(&tx, &ApiError::internal(msg.clone()).body()).await;
-                    return;
-                }
-                if let EventKind::Finished { usage: u, .. } = &ev.kind {
-                    usage[ev.index] = Some(u.clone());
-                }
-                if let Some(chunk) = chunk_for(endpoint, &ready, &req, head, ev.index, &ev.kind) {
-                    if send_json(&tx, &chunk).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            if req.include_usage {
-                let results: Vec<ChoiceResult> =
-                    usage.into_iter().map(|u| ChoiceResult { usage: u, ..Default::default() }).collect();
-                let u = usage_out(&run::total_usage(&results, req.n));
-                let body = serde_json::json!({
-                    "id": id, "object": if endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" },
-                    "created": created, "model": req.model, "choices": [], "usage": u,
-                });
-                if send_json(&tx, &body).await.is_err() {
-                    return;
-                }
+            let chunk = |index, kind: &EventKind| chunk_for(endpoint, &ready, &req, head, index, kind);
+            let Ok(usage) = forward_events(&tx, streams, timeout, chunk).await else { return };
+            if req.include_usage && send_json(&tx, &usage_chunk(endpoint, &req, head, usage)).await.is_err() {
+                return;
             }
             let _ = tx.send(Event::default().data("[DONE]")).await;
         }
@@ -357,6 +307,87 @@ fn stream_response(
     Sse::new(ReceiverStream::new(rx).map(Ok::<_, Infallible>))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// A chat stream opens every choice with a chunk that names the assistant role and
+/// carries no text yet, as OpenAI's streams do.
+async fn send_role_chunks(
+    tx: &mpsc::Sender<Event>,
+    head: (&str, u64),
+    model: &str,
+    choices: usize,
+) -> Result<(), ()> {
+    for index in 0..choices {
+        let first = ChatCompletionChunk {
+            id: head.0.to_string(),
+            object: "chat.completion.chunk",
+            created: head.1,
+            model: model.to_string(),
+            choices: vec![ChatChunkChoice {
+                index,
+                delta: ChatDelta { role: Some("assistant"), content: Some(String::new()) },
+                logprobs: None,
+                finish_reason: None,
+            }],
+            usage: None,
+        };
+        send_json(tx, &first).await?;
+    }
+    Ok(())
+}
+
+/// Sends a chunk for every event of every choice until all have finished, and
+/// returns each choice's usage. `Err` means the stream is over already: the client
+/// went away, or an engine failure or the request timeout was sent as an error
+/// body.
+async fn forward_events(
+    tx: &mpsc::Sender<Event>,
+    streams: Vec<crate::engine::service::SeqStream>,
+    timeout: std::time::Duration,
+    chunk: impl Fn(usize, &EventKind) -> Option<serde_json::Value>,
+) -> Result<Vec<Option<Usage>>, ()> {
+    let mut usage = vec![None; streams.len()];
+    let mut events = run::merged(streams);
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        let ev = tokio::select! {
+            ev = events.next() => ev,
+            _ = &mut deadline => {
+                let _ = send_json(tx, &ApiError::timeout().body()).await;
+                return Err(());
+            }
+        };
+        let Some(ev) = ev else { break };
+        if let EventKind::Failed(msg) = &ev.kind {
+            let _ = send_json(tx, &ApiError::internal(msg.clone()).body()).await;
+            return Err(());
+        }
+        if let EventKind::Finished { usage: u, .. } = &ev.kind {
+            usage[ev.index] = Some(u.clone());
+        }
+        if let Some(chunk) = chunk(ev.index, &ev.kind) {
+            send_json(tx, &chunk).await?;
+        }
+    }
+    Ok(usage)
+}
+
+/// The last chunk when `stream_options.include_usage` asks for it: no choices, and
+/// the usage of the whole request.
+fn usage_chunk(
+    endpoint: Endpoint,
+    req: &ValidatedRequest,
+    head: (&str, u64),
+    usage: Vec<Option<Usage>>,
+) -> serde_json::Value {
+    let results: Vec<ChoiceResult> =
+        usage.into_iter().map(|u| ChoiceResult { usage: u, ..Default::default() }).collect();
+    let u = usage_out(&run::total_usage(&results, req.n));
+    serde_json::json!({
+        "id": head.0, "object": if endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" },
+        "created": head.1, "model": req.model, "choices": [], "usage": u,
+    })
 }
 
 async fn send_json<T: serde::Serialize>(tx: &mpsc::Sender<Event>, v: &T) -> Result<(), ()> {

@@ -7,30 +7,12 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::endpoint::Endpoint;
 use super::record::{ErrorKind, RequestError, RequestRecord};
 use super::workload::{Input, Message, WorkItem};
 use super::BenchError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Endpoint {
-    /// `/v1/completions` (a prompt).
-    Completions,
-    /// `/v1/chat/completions` (messages, rendered by the server's chat template).
-    Chat,
-}
-
-impl Endpoint {
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Chat => "/v1/chat/completions",
-        }
-    }
-}
 
 /// Where requests go and how they are shaped.
 #[derive(Debug, Clone)]

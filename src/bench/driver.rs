@@ -142,7 +142,8 @@ mod tests {
     use axum::routing::post;
 
     use super::*;
-    use crate::bench::client::{Endpoint, Target};
+    use crate::bench::client::Target;
+    use crate::bench::endpoint::Endpoint;
     use crate::bench::workload::Input;
 
     /// A fake OpenAI server whose every answer takes `delay` and streams two

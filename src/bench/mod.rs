@@ -9,6 +9,8 @@
 //! level's records into a `LevelSummary`, goodput included) → `cost` (prices file →
 //! dollars per token) → `results` (the JSON file: summaries plus every raw record)
 //! → `table` (stdout), `report` (markdown across runs) and `plot` (SVG).
+//! `endpoint` (completions or chat) is a leaf that `workload`, `client` and
+//! `results` share, so the workload never depends on the client.
 //!
 //! Invariant: this module is only a client. It speaks OpenAI HTTP and knows nothing
 //! of the engine, so its numbers mean the same against any server.
@@ -17,6 +19,7 @@ pub mod arrivals;
 pub mod client;
 pub mod cost;
 pub mod driver;
+pub mod endpoint;
 pub mod plot;
 pub mod record;
 pub mod report;

@@ -7,9 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::client::Endpoint;
 use super::cost::PriceUsed;
 use super::driver::LoadLevel;
+use super::endpoint::Endpoint;
 use super::record::RequestRecord;
 use super::stats::{LevelSummary, Slo};
 use super::workload::SyntheticSpec;

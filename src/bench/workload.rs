@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::client::Endpoint;
+use super::endpoint::Endpoint;
 use super::words::WORDS;
 use super::BenchError;
 

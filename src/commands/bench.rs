@@ -10,9 +10,10 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{BenchArgs, BenchCommand, BenchEndpoint, BenchReportArgs, BenchRunArgs};
-use inflight::bench::client::{Client, Endpoint, Target};
+use inflight::bench::client::{Client, Target};
 use inflight::bench::cost::{PriceTable, PriceUsed};
 use inflight::bench::driver::{LoadLevel, Progress};
+use inflight::bench::endpoint::Endpoint;
 use inflight::bench::record::RequestRecord;
 use inflight::bench::results::{self, BenchResults, LevelResult, LoadInfo, TargetInfo, WorkloadInfo};
 use inflight::bench::stats::{self, Slo};
@@ -124,36 +125,14 @@ fn bench(args: BenchRunArgs) -> Result<()> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
     }
-    let duration = match args.duration {
-        Some(d) if !(d > 0.0 && d.is_finite()) => bail!("--duration must be a positive number of seconds"),
-        d => d.map(Duration::from_secs_f64),
-    };
-    if !(0.0..=100.0).contains(&args.slo_attainment) {
-        bail!("--slo-attainment is a percentage (0..=100)");
-    }
+    let cfg = sweep_config(&args)?;
     let endpoint = match args.endpoint {
         BenchEndpoint::Completions => Endpoint::Completions,
         BenchEndpoint::Chat => Endpoint::Chat,
     };
-    let levels = levels(&args)?;
-    let computed = percentiles(&args.percentiles)?;
-    let price = price(&args)?;
-    let slo = Slo {
-        ttft_ms: args.slo_ttft_ms,
-        tpot_ms: args.slo_tpot_ms,
-        e2e_ms: args.slo_e2e_ms,
-        attainment_pct: args.slo_attainment,
-    };
 
     let tokenizer = args.tokenizer.as_deref().map(load_tokenizer).transpose()?;
-    let spec = SyntheticSpec {
-        input_tokens: args.input_tokens,
-        output_tokens: args.output_tokens,
-        input_range_ratio: args.input_range_ratio,
-        output_range_ratio: args.output_range_ratio,
-        shared_prefix_tokens: args.shared_prefix_tokens,
-        seed: args.seed,
-    };
+    let spec = synthetic_spec(&args);
     let workload = match &args.dataset {
         Some(path) => Workload::from_jsonl(path, endpoint, args.output_tokens)?,
         None => Workload::synthetic(spec.clone(), tokenizer.as_ref().map(|t| t as &dyn TokenCount))?,
@@ -168,19 +147,8 @@ fn bench(args: BenchRunArgs) -> Result<()> {
         ignore_eos: !args.no_ignore_eos,
         temperature: Some(args.temperature),
     };
-    let started_at = results::utc_timestamp(SystemTime::now());
-    let label = args.label.clone().unwrap_or_else(|| default_label(&model, &url));
-    let output = args.output.clone().unwrap_or_else(|| default_output(&started_at));
-    let cfg = SweepConfig {
-        levels,
-        num_requests: args.num_requests,
-        duration,
-        warmup: args.warmup,
-        seed: args.seed,
-        percentiles: computed,
-        slo: slo.clone(),
-        price: price.clone(),
-    };
+    let header = results_header(&args, TargetInfo { url, model, endpoint }, spec, &cfg);
+    let output = args.output.clone().unwrap_or_else(|| default_output(&header.started_at));
 
     // The client must not compete with a server on the same machine for cores:
     // one thread drives every stream.
@@ -189,15 +157,88 @@ fn bench(args: BenchRunArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let client = Client::new(target)?;
-    println!("inflight bench: {label} → {} (model {model})", client.url());
-    let mut results = BenchResults {
+    println!("inflight bench: {} → {} (model {})", header.label, client.url(), header.target.model);
+    let display = Display { bar: Mutex::new(None), header: header.clone() };
+    let sweep = runtime.block_on(sweep::run(&client, &workload, &cfg, &display))?;
+    display.finish_bar();
+    if sweep.warmup_failed > 0 {
+        eprintln!("warning: {} of {} warmup requests failed", sweep.warmup_failed, args.warmup);
+    }
+    let mut results = header;
+    let summaries: Vec<_> = sweep.levels.iter().map(|l| l.summary.clone()).collect();
+    results.best_level = stats::best_level(&summaries).map(|i| summaries[i].load.clone());
+    results.levels = sweep.levels;
+    results.skipped_levels = sweep.skipped;
+    println!();
+    print!("{}", table::summary_table(&results));
+    results.write(&output)?;
+    println!("results written to {}", output.display());
+    if results.levels.iter().all(|l| l.summary.completed == 0) {
+        bail!("no request succeeded; the errors are listed above");
+    }
+    Ok(())
+}
+
+/// What the sweep runs (load levels, requests, percentiles, SLOs, price), from the
+/// load and reporting flags.
+fn sweep_config(args: &BenchRunArgs) -> Result<SweepConfig> {
+    let duration = match args.duration {
+        Some(d) if !(d > 0.0 && d.is_finite()) => bail!("--duration must be a positive number of seconds"),
+        d => d.map(Duration::from_secs_f64),
+    };
+    if !(0.0..=100.0).contains(&args.slo_attainment) {
+        bail!("--slo-attainment is a percentage (0..=100)");
+    }
+    let levels = levels(args)?;
+    let percentiles = percentiles(&args.percentiles)?;
+    let price = price(args)?;
+    let slo = Slo {
+        ttft_ms: args.slo_ttft_ms,
+        tpot_ms: args.slo_tpot_ms,
+        e2e_ms: args.slo_e2e_ms,
+        attainment_pct: args.slo_attainment,
+    };
+    Ok(SweepConfig {
+        levels,
+        num_requests: args.num_requests,
+        duration,
+        warmup: args.warmup,
+        seed: args.seed,
+        percentiles,
+        slo,
+        price,
+    })
+}
+
+fn synthetic_spec(args: &BenchRunArgs) -> SyntheticSpec {
+    SyntheticSpec {
+        input_tokens: args.input_tokens,
+        output_tokens: args.output_tokens,
+        input_range_ratio: args.input_range_ratio,
+        output_range_ratio: args.output_range_ratio,
+        shared_prefix_tokens: args.shared_prefix_tokens,
+        seed: args.seed,
+    }
+}
+
+/// The results file as it stands before the first level runs: what is measured,
+/// against what, and how. `spec` is recorded only when no dataset replaces it.
+fn results_header(
+    args: &BenchRunArgs,
+    target: TargetInfo,
+    spec: SyntheticSpec,
+    cfg: &SweepConfig,
+) -> BenchResults {
+    let started_at = results::utc_timestamp(SystemTime::now());
+    let label = args.label.clone().unwrap_or_else(|| default_label(&target.model, &target.url));
+    BenchResults {
         schema_version: results::SCHEMA_VERSION,
         tool: format!("inflight {}", env!("CARGO_PKG_VERSION")),
         label,
         started_at,
-        target: TargetInfo { url, model, endpoint },
+        target,
         hardware: args.hardware.clone(),
-        price,
+        price: cfg.price.clone(),
         workload: WorkloadInfo {
             synthetic: args.dataset.is_none().then_some(spec),
             dataset: args.dataset.as_ref().map(|p| p.display().to_string()),
@@ -211,30 +252,12 @@ fn bench(args: BenchRunArgs) -> Result<()> {
             warmup: args.warmup,
             timeout_s: args.timeout,
         },
-        slo,
+        slo: cfg.slo.clone(),
         percentiles: args.percentiles.clone(),
         levels: Vec::new(),
         best_level: None,
         skipped_levels: Vec::new(),
-    };
-    let display = Display { bar: Mutex::new(None), header: results.clone() };
-    let sweep = runtime.block_on(sweep::run(&client, &workload, &cfg, &display))?;
-    display.finish_bar();
-    if sweep.warmup_failed > 0 {
-        eprintln!("warning: {} of {} warmup requests failed", sweep.warmup_failed, args.warmup);
     }
-    let summaries: Vec<_> = sweep.levels.iter().map(|l| l.summary.clone()).collect();
-    results.best_level = stats::best_level(&summaries).map(|i| summaries[i].load.clone());
-    results.levels = sweep.levels;
-    results.skipped_levels = sweep.skipped;
-    println!();
-    print!("{}", table::summary_table(&results));
-    results.write(&output)?;
-    println!("results written to {}", output.display());
-    if results.levels.iter().all(|l| l.summary.completed == 0) {
-        bail!("no request succeeded; the errors are listed above");
-    }
-    Ok(())
 }
 
 /// Progress bar while a level runs, its block when it ends.
