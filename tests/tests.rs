@@ -8,3 +8,4 @@ mod api;
 mod bench;
 mod cli;
 mod fidelity;
+mod layers;

@@ -452,6 +452,7 @@ impl Scheduler {
             }
         }
     }
+
     /// Tokens a running sequence could compute now, or `None` if it has a step in
     /// flight or nothing it may compute (caught up, or at the context limit).
     fn remaining(&self, id: SeqId) -> Option<usize> {
