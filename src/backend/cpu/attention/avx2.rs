@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{softmax_in_place, HeadGeometry};
+use super::head::{in_head_chunks, prefetch_for_position, softmax_in_place, HeadGeometry};
 
 /// A cached value type the kernel can widen 8 at a time into one f32 register.
 pub trait Load8: Copy {
@@ -64,7 +64,7 @@ pub fn attend_kv_head<T: Load8>(
     scores: &mut Vec<f32>,
 ) {
     let d = geo.head_dim;
-    super::in_head_chunks(k, v, offsets, geo, (q_heads, out_heads), scores, MAX_G, |g, q, out, scores| {
+    in_head_chunks(k, v, offsets, geo, (q_heads, out_heads), scores, MAX_G, |g, q, out, scores| {
         macro_rules! run {
             ($v:literal, $g:literal) => {
                 // SAFETY: `supports` checked the instruction sets; `in_head_chunks` checked
@@ -117,7 +117,7 @@ unsafe fn chunk<T: Load8, const V: usize, const G: usize>(
     let mut max = [f32::NEG_INFINITY; G];
     for p in 0..n {
         let off = *offsets.get_unchecked(p);
-        super::prefetch_for_position(k, v, offsets, p, 8 * V);
+        prefetch_for_position(k, v, offsets, p, 8 * V);
         let mut acc = [_mm256_setzero_ps(); 4];
         for j0 in (0..V).step_by(4) {
             let row = kp.add(off + 8 * j0);

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{softmax_in_place, HeadGeometry};
+use super::head::{in_head_chunks, prefetch_for_position, softmax_in_place, HeadGeometry};
 
 /// A cached value type the kernel can widen 16 at a time into one f32 register.
 pub trait Load16: Copy {
@@ -55,7 +55,7 @@ pub fn attend_kv_head<T: Load16>(
     scores: &mut Vec<f32>,
 ) {
     let d = geo.head_dim;
-    super::in_head_chunks(k, v, offsets, geo, (q_heads, out_heads), scores, MAX_G, |g, q, out, scores| {
+    in_head_chunks(k, v, offsets, geo, (q_heads, out_heads), scores, MAX_G, |g, q, out, scores| {
         macro_rules! run {
             ($v:literal, $g:literal) => {
                 // SAFETY: `supports` checked the instruction set; `in_head_chunks` checked
@@ -101,7 +101,7 @@ unsafe fn chunk<T: Load16, const V: usize, const G: usize>(
     // Scores, scaled, and each head's maximum.
     let mut max = [f32::NEG_INFINITY; G];
     for (p, &off) in offsets.iter().enumerate() {
-        super::prefetch_for_position(k, v, offsets, p, 16 * V);
+        prefetch_for_position(k, v, offsets, p, 16 * V);
         let mut kr = [_mm512_setzero_ps(); V];
         for (j, r) in kr.iter_mut().enumerate() {
             *r = T::load16(kp.add(off + 16 * j));

@@ -25,7 +25,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     tile_keeping::<F, MR, KEEP_NONE>(t)
 }
 
-/// What a tile does with `Tile::kept_scales` (Q6_K; see `tile::select_keeping`): a
+/// What a tile does with `Tile::kept_scales` (Q6_K; see `select::select_keeping`): a
 /// const generic, so the plain kernel compiles without any of it.
 pub const KEEP_NONE: u8 = 0;
 /// Forms the block scales and stores them.
@@ -175,7 +175,7 @@ impl BlockOperands {
 /// nibble vectors and used by every row before the next is loaded, the rows' 16-bit
 /// sums held across the chunks. That leaves registers for eight rows' sums, where four
 /// rows with all chunks held already spilled, and is what lets the AVX2 tile be eight
-/// rows tall for these formats (figures at `tile::rows_for`).
+/// rows tall for these formats (figures at `select::rows_for`).
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn q4_dots<const MR: usize>(op: BlockOperands, dots: &mut [__m256i; MR]) {

@@ -19,6 +19,7 @@ mod layout;
 mod matmul;
 mod portable;
 pub mod prefetch;
+mod select;
 #[cfg(test)]
 mod tests;
 mod tile;
