@@ -1,6 +1,8 @@
 //! One token row × one KV head, the unit of attention work: its geometry, the softmax
-//! every kernel for it shares, and what the hand-written kernels run through (the
-//! checks their unchecked reads rely on, the prefetch of the rows ahead).
+//! every kernel for it shares, and the one entry the hand-written kernels run through
+//! (`attend_hand_written`: the instruction-set and bounds checks their unchecked reads
+//! rely on, the choice of instantiation by head size and group), with the prefetch of
+//! the rows ahead that their score loops share.
 
 use crate::fastexp::{exp_nonpositive, sum_f64};
 
@@ -11,9 +13,18 @@ pub struct HeadGeometry {
     pub scale: f32,
 }
 
-/// Attention for one token row × KV head over cached rows of type `T` (see
-/// `attend_kv_head` in `mod.rs` for the arguments).
-pub type HeadFn<T> = fn(&[T], &[T], &[usize], &HeadGeometry, &[f32], &mut [f32], &mut Vec<f32>);
+/// The cached rows one unit reads: a layer's K and V, and where this KV head's row of
+/// each position the token attends to starts in them.
+pub struct KvRows<'a, T> {
+    pub k: &'a [T],
+    pub v: &'a [T],
+    pub offsets: &'a [usize],
+}
+
+/// Attention for one token row × KV head over cached rows of type `T`: the group's
+/// query heads in, its output heads out (`group` heads of `head_dim`, back to back),
+/// and a score buffer to reuse.
+pub type HeadFn<T> = fn(&KvRows<'_, T>, &HeadGeometry, &[f32], &mut [f32], &mut Vec<f32>);
 
 /// `s = softmax(s)` given `max(s)`, in three passes that each vectorise: the
 /// exponentials, their sum (over independent lanes), the normalisation.
@@ -26,37 +37,90 @@ pub fn softmax_in_place(s: &mut [f32], max: f32) {
     s.iter_mut().for_each(|x| *x *= inv);
 }
 
-/// Runs a hand-written kernel over the group's query heads in chunks of at most
-/// `max_g`, after the checks its safety relies on: every offset's row lies inside `k`
-/// and `v`, and the queries and outputs hold the whole group. `run` gets the chunk's
-/// head count, queries, outputs and a score buffer of `max_g` heads.
+/// Query heads a hand-written kernel takes in one pass; larger groups go in chunks of
+/// this.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-pub fn in_head_chunks<T>(
-    k: &[T],
-    v: &[T],
-    offsets: &[usize],
+pub const MAX_G: usize = 4;
+
+/// One instantiation of a hand-written kernel, `chunk::<T, V, G>`: `G` query heads of
+/// `V` registers each. Arguments: `k`, `v`, `offsets` (as in [`KvRows`]), `scale`, the
+/// heads' queries and outputs, and the score buffer. The slices go one by one, not as a
+/// `KvRows`: behind a pointer they changed the kernels' generated code.
+///
+/// # Safety
+/// The kernel's instruction sets must be available; every `offsets[p] + head_dim` must
+/// be within `k` and `v`; queries and outputs hold `G * head_dim` values, the score
+/// buffer at least `G * offsets.len()`.
+#[cfg(target_arch = "x86_64")]
+pub type ChunkFn<T> = unsafe fn(&[T], &[T], &[usize], f32, &[f32], &mut [f32], &mut [f32]);
+
+/// A hand-written kernel for rows of `T`, as [`attend_hand_written`] runs it.
+#[cfg(target_arch = "x86_64")]
+pub trait HandWritten<T> {
+    /// Its instantiations: `[0]` for 64-value heads, `[1]` for 128; `[_][g - 1]` for
+    /// `g` heads (see [`chunk_table`]).
+    const CHUNKS: [[ChunkFn<T>; MAX_G]; 2];
+
+    /// Whether this CPU has the instruction sets its `#[target_feature]` names.
+    fn detected() -> bool;
+}
+
+/// [`HandWritten::CHUNKS`] for a kernel whose `$chunk::<$t, V, G>` takes 64-value heads
+/// at `V = $v64` and 128-value ones at `V = $v128`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! chunk_table {
+    ($chunk:ident, $t:ty, $v64:literal, $v128:literal) => {
+        [
+            [$chunk::<$t, $v64, 1>, $chunk::<$t, $v64, 2>, $chunk::<$t, $v64, 3>, $chunk::<$t, $v64, 4>],
+            [$chunk::<$t, $v128, 1>, $chunk::<$t, $v128, 2>, $chunk::<$t, $v128, 3>, $chunk::<$t, $v128, 4>],
+        ]
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use chunk_table;
+
+/// Whether kernel `K` handles the geometry on this CPU.
+#[cfg(target_arch = "x86_64")]
+pub fn supports<T, K: HandWritten<T>>(geo: &HeadGeometry) -> bool {
+    matches!(geo.head_dim, 64 | 128) && geo.group >= 1 && K::detected()
+}
+
+/// Kernel `K` as a [`HeadFn`]: the checks its unchecked reads rely on, then the
+/// group's query heads in chunks of at most [`MAX_G`].
+///
+/// # Panics
+/// If `K` does not [`support`](supports) the geometry, an offset's row lies outside `k`
+/// or `v`, or the queries or outputs do not hold the whole group.
+#[cfg(target_arch = "x86_64")]
+pub fn attend_hand_written<T, K: HandWritten<T>>(
+    rows: &KvRows<'_, T>,
     geo: &HeadGeometry,
-    (q_heads, out_heads): (&[f32], &mut [f32]),
+    q_heads: &[f32],
+    out_heads: &mut [f32],
     scores: &mut Vec<f32>,
-    max_g: usize,
-    mut run: impl FnMut(usize, &[f32], &mut [f32], &mut [f32]),
 ) {
-    let d = geo.head_dim;
+    assert!(supports::<T, K>(geo), "kernel run on a CPU or geometry it does not support");
+    let (d, offsets) = (geo.head_dim, rows.offsets);
     let need = offsets.iter().map(|&o| o + d).max().unwrap_or(0);
-    assert!(k.len() >= need && v.len() >= need, "a KV offset is outside the cache");
+    assert!(rows.k.len() >= need && rows.v.len() >= need, "a KV offset is outside the cache");
     assert_eq!(q_heads.len(), geo.group * d);
     assert_eq!(out_heads.len(), geo.group * d);
     // Grown, never cleared: the kernels write every score before reading it, so
-    // zeroing up to `max_g * positions` floats for every unit would be wasted.
-    let slots = max_g * offsets.len();
+    // zeroing up to `MAX_G * positions` floats for every unit would be wasted.
+    let slots = MAX_G * offsets.len();
     if scores.len() < slots {
         scores.resize(slots, 0.0);
     }
+    let chunks = &K::CHUNKS[usize::from(d != 64)];
     let mut h0 = 0;
     while h0 < geo.group {
-        let g = (geo.group - h0).min(max_g);
-        run(g, &q_heads[h0 * d..(h0 + g) * d], &mut out_heads[h0 * d..(h0 + g) * d], scores);
+        let g = (geo.group - h0).min(MAX_G);
+        let (q, out) = (&q_heads[h0 * d..(h0 + g) * d], &mut out_heads[h0 * d..(h0 + g) * d]);
+        // SAFETY: `supports` says the CPU has the kernel's instruction sets and `d` is 64
+        // or 128, so `chunks[g - 1]` is the instantiation for `g` heads of `d` values;
+        // the asserts put every offset's row inside `k` and `v`; `q` and `out` hold the
+        // `g` heads, `scores` `MAX_G` heads' worth.
+        unsafe { chunks[g - 1](rows.k, rows.v, offsets, geo.scale, q, out, scores) };
         h0 += g;
     }
 }

@@ -15,7 +15,9 @@ use rayon::prelude::*;
 
 use super::kv_cache::{LayerKv, PagedKvCache};
 use crate::backend::SeqStep;
-use head::{softmax_in_place, HeadFn, HeadGeometry};
+use head::{softmax_in_place, HeadFn, HeadGeometry, KvRows};
+#[cfg(target_arch = "x86_64")]
+use {avx2::Avx2, avx512::Avx512};
 
 pub struct AttentionShape {
     pub num_heads: usize,
@@ -79,10 +81,11 @@ pub fn attend(
 /// `portable`.
 #[cfg(target_arch = "x86_64")]
 fn kernel_for<T: avx512::Load16 + avx2::Load8>(geo: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
-    if avx512::supports(geo) {
-        avx512::attend_kv_head::<T>
-    } else if avx2::supports(geo) {
-        avx2::attend_kv_head::<T>
+    use head::{attend_hand_written, supports};
+    if supports::<T, Avx512>(geo) {
+        attend_hand_written::<T, Avx512>
+    } else if supports::<T, Avx2>(geo) {
+        attend_hand_written::<T, Avx2>
     } else {
         portable
     }
@@ -124,7 +127,7 @@ fn attend_units<T: Sync>(
             let kvh = i % num_kv_heads;
             slots.clear();
             cache.extend_offsets(span.block_table, pos + 1, kvh, slots);
-            head_fn(k, v, slots, geo, q_heads, out_heads, scores);
+            head_fn(&KvRows { k, v, offsets: slots }, geo, q_heads, out_heads, scores);
         },
     );
 }
@@ -141,16 +144,16 @@ const LANES: usize = 16;
 /// AVX-512 and AVX2 as well as the baseline, picked at run time; the arithmetic is the
 /// same in every version (the compiler does not reassociate float sums), so results
 /// do not depend on the machine.
+// The lifetime is named: `multiversion` cannot copy an elided one.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn attend_kv_head(
-    k: &[f32],
-    v: &[f32],
-    offsets: &[usize],
+fn attend_kv_head<'a>(
+    rows: &KvRows<'a, f32>,
     geo: &HeadGeometry,
     q_heads: &[f32],
     out_heads: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
+    let &KvRows { k, v, offsets } = rows;
     let (d, g, n) = (geo.head_dim, geo.group, offsets.len());
     // scores[h * n + p]: head h of the group at position p.
     scores.clear();
@@ -179,14 +182,13 @@ fn attend_kv_head(
 /// (F16C where the CPU has it), then the f32 loop runs. Machines with AVX2 or AVX-512
 /// use the kernels in `avx2.rs` / `avx512.rs`, which widen in registers instead.
 fn attend_kv_head_f16(
-    k: &[f16],
-    v: &[f16],
-    offsets: &[usize],
+    rows: &KvRows<'_, f16>,
     geo: &HeadGeometry,
     q_heads: &[f32],
     out_heads: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
+    let &KvRows { k, v, offsets } = rows;
     thread_local! {
         static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> = Default::default();
     }
@@ -200,7 +202,7 @@ fn attend_kv_head_f16(
             v[off..off + d].convert_to_f32_slice(&mut vw[p * d..(p + 1) * d]);
             dense.push(p * d);
         }
-        attend_kv_head(kw, vw, dense, geo, q_heads, out_heads, scores);
+        attend_kv_head(&KvRows { k: kw, v: vw, offsets: dense }, geo, q_heads, out_heads, scores);
     });
 }
 
@@ -340,8 +342,9 @@ mod tests {
                 let q = pseudo(group * d, 9);
                 let (mut want, mut got) = (vec![0.0; group * d], vec![1.0; group * d]);
                 let mut scores = Vec::new();
-                portable(k, v, &offsets, &geo, &q, &mut want, &mut scores);
-                kernel(k, v, &offsets, &geo, &q, &mut got, &mut scores);
+                let rows = KvRows { k, v, offsets: &offsets };
+                portable(&rows, &geo, &q, &mut want, &mut scores);
+                kernel(&rows, &geo, &q, &mut got, &mut scores);
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-5, "{name}: group {group}, d {d}: {a} vs {b}");
                 }
@@ -351,13 +354,14 @@ mod tests {
         let (k16, v16): (Vec<f16>, Vec<f16>) =
             (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
         let geo_any = |d| HeadGeometry { head_dim: d, group: 1, scale: 1.0 };
-        if avx2::supports(&geo_any(64)) {
-            check("avx2 f32", avx2::attend_kv_head::<f32>, attend_kv_head, &k, &v);
-            check("avx2 f16", avx2::attend_kv_head::<f16>, attend_kv_head_f16, &k16, &v16);
+        use head::{attend_hand_written, supports};
+        if supports::<f32, Avx2>(&geo_any(64)) {
+            check("avx2 f32", attend_hand_written::<f32, Avx2>, attend_kv_head, &k, &v);
+            check("avx2 f16", attend_hand_written::<f16, Avx2>, attend_kv_head_f16, &k16, &v16);
         }
-        if avx512::supports(&geo_any(64)) {
-            check("avx512 f32", avx512::attend_kv_head::<f32>, attend_kv_head, &k, &v);
-            check("avx512 f16", avx512::attend_kv_head::<f16>, attend_kv_head_f16, &k16, &v16);
+        if supports::<f32, Avx512>(&geo_any(64)) {
+            check("avx512 f32", attend_hand_written::<f32, Avx512>, attend_kv_head, &k, &v);
+            check("avx512 f16", attend_hand_written::<f16, Avx512>, attend_kv_head_f16, &k16, &v16);
         }
     }
 

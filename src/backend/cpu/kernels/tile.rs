@@ -1,7 +1,11 @@
 //! The contract between the threaded driver and the per-ISA kernels: one call computes
 //! `MR` consecutive activation rows against one group of 16 weight rows over all of `k`.
+//! Also what every SIMD kernel starts from: its operands as bounds-checked raw pointers
+//! and the read-ahead of the records.
 
 use super::activations::QActs;
+#[cfg(target_arch = "x86_64")]
+use super::layout::WeightFormat;
 
 /// One kernel call's operands.
 pub struct Tile<'a> {
@@ -29,7 +33,7 @@ pub struct Tile<'a> {
 /// prefetcher alone ramps up too slowly on the short runs of groups a decode task
 /// streams; 1 KiB ahead measured best among 0.5–4 KiB (≈ 8 → 17 GB/s on a 1536×576
 /// matrix streamed from DRAM by 2 threads).
-pub const PREFETCH_AHEAD: usize = 1024;
+const PREFETCH_AHEAD: usize = 1024;
 
 /// A kernel specialised for one format and tile height.
 ///
@@ -40,6 +44,60 @@ pub const PREFETCH_AHEAD: usize = 1024;
 /// floats per block of `k` that no other thread touches, which a reading kernel finds
 /// written by the writing kernel on an earlier tile of the same group.
 pub type TileFn = unsafe fn(&Tile<'_>);
+
+/// A tile's operands as raw pointers, for kernels that read them unchecked.
+#[cfg(target_arch = "x86_64")]
+pub struct RawOperands {
+    /// The group's records.
+    pub w: *const u8,
+    /// `QActs::qs`, `k` bytes a row.
+    pub qs: *const i8,
+    /// `QActs::d`, `s` and `isum`, `nb` a row.
+    pub d: *const f32,
+    pub s: *const f32,
+    pub isum: *const i32,
+    pub k: usize,
+    pub nb: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Tile<'_> {
+    /// The operands for a kernel of format `F` and `MR` rows, after the checks its
+    /// unchecked reads rely on: the group holds all its records, and the activations
+    /// rows `row0..row0 + MR` (`d`, `s` and `isum` are sized together by
+    /// `QActs::quantize`).
+    #[inline(always)]
+    pub fn checked<const F: u8, const MR: usize>(&self) -> RawOperands {
+        let a = self.acts;
+        let (k, nb) = (a.k, a.nb);
+        assert!(
+            self.w.len() >= WeightFormat::from_id(F).group_bytes(k) && a.qs.len() >= (self.row0 + MR) * k
+        );
+        assert!(a.d.len() >= (self.row0 + MR) * nb);
+        RawOperands {
+            w: self.w.as_ptr(),
+            qs: a.qs.as_ptr(),
+            d: a.d.as_ptr(),
+            s: a.s.as_ptr(),
+            isum: a.isum.as_ptr(),
+            k,
+            nb,
+        }
+    }
+}
+
+/// Asks for `bytes` bytes from [`PREFETCH_AHEAD`] past `record` to be loaded into L1.
+/// A hint: it never faults, so the address may lie past the group.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn prefetch_ahead(record: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let ahead = record.wrapping_add(PREFETCH_AHEAD);
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: prefetching has no requirement on the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
+    }
+}
 
 /// Writes the first `ncols` of `vals` to `out`.
 ///
