@@ -133,8 +133,9 @@ const PREFETCH_POSITIONS: usize = 16;
 /// K row `PREFETCH_POSITIONS` ahead (all of the first ones at `p == 0`) and this
 /// position's V row, which the weighted sum then finds in cache. A decoding batch's
 /// cache lives in DRAM (16 sequences × 128 positions is 47 MB for the default model),
-/// in blocks of a few KB: too short for the hardware prefetcher to ramp up (≈ 30% of
-/// a batch-16 step's attention time on a Zen 3 host).
+/// in blocks of a few KB: too short for the hardware prefetcher to ramp up, so without
+/// these hints attention stalls on memory at every block (figures in
+/// `benches/results/2026-12-04-architecture/`).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub fn prefetch_for_position<T>(k: &[T], v: &[T], offsets: &[usize], p: usize, row_len: usize) {

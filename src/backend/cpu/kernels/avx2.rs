@@ -166,7 +166,7 @@ impl BlockOperands {
 /// nibble vectors and used by every row before the next is loaded, the rows' 16-bit
 /// sums held across the chunks. That leaves registers for eight rows' sums, where four
 /// rows with all chunks held already spilled, and is what lets the AVX2 tile be eight
-/// rows tall for these formats (figures at `select::rows_for`).
+/// rows tall for these formats (see `select::rows_for`).
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn q4_dots<const MR: usize>(op: BlockOperands, dots: &mut [__m256i; MR]) {

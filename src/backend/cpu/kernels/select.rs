@@ -21,11 +21,10 @@ pub fn max_rows(kernel: Kernel) -> usize {
 /// The tile height `kernel` runs `format` at when there are enough rows: the tallest
 /// that keeps the kernel's live values in registers. On AVX2 the kernels that walk a
 /// block chunk by chunk with one sum per row (the 4-bit formats, see `avx2::q4_dots`,
-/// and Q8_0) go eight rows at a time; Q5 and Q6_K, which hold more per row, stay at
-/// four (eight measured ≈ 14% slower for Q5_0, half the speed for Q6_K), also on
-/// AVX-512 hosts, where those two run the AVX2 kernel (`avx512::tile`). One Zen 3 core,
-/// 16 rows, eight against four: Q4_1 3072×576 ≈ 81 → 83 GMAC/s, Q4_K 1536×768 ≈ 66 →
-/// 78, Q8_0 8192×576 ≈ 50.5 → 55.
+/// and Q8_0) go eight rows at a time, where each weight load serves twice the rows;
+/// Q5 and Q6_K, which hold more per row, spill at eight and stay at four, also on
+/// AVX-512 hosts, where those two run the AVX2 kernel (`avx512::tile`). The A/B of
+/// eight against four per format is in `benches/results/2026-12-04-architecture/`.
 pub fn rows_for(kernel: Kernel, format: u8) -> usize {
     let one_sum_per_row = matches!(format, FMT_Q4_0 | FMT_Q4_1 | FMT_Q4K | FMT_Q8_0);
     match kernel {
@@ -76,9 +75,9 @@ pub fn select(kernel: Kernel, format: u8, rows: usize) -> TileFn {
 }
 
 /// Whether [`select_keeping`] has kernels for `format` on `kernel`: Q6_K on AVX2, whose
-/// two scales per block cost most to form again for every row tile (576 × 1536 on a
-/// Zen 3 core, `cargo bench --bench kernels`: 64 rows ≈ 75 → 100 GOP/s). Q4_K measured
-/// no better.
+/// two scales per block cost most to form again for every row tile, so keeping them
+/// pays off as soon as a group has several tiles; Q4_K's are cheaper to form and gained
+/// nothing (figures in `benches/results/2026-12-04-architecture/`).
 pub fn keeps_block_scales(kernel: Kernel, format: u8) -> bool {
     cfg!(target_arch = "x86_64") && kernel == Kernel::Avx2 && format == FMT_Q6K
 }

@@ -31,8 +31,8 @@ pub struct Tile<'a> {
 
 /// How far ahead of the record being read to prefetch, in bytes. The hardware
 /// prefetcher alone ramps up too slowly on the short runs of groups a decode task
-/// streams; 1 KiB ahead measured best among 0.5–4 KiB (≈ 8 → 17 GB/s on a 1536×576
-/// matrix streamed from DRAM by 2 threads).
+/// streams; 1 KiB ahead was the best of 0.5–4 KiB on a matrix streamed from DRAM
+/// (figures in `benches/results/2026-12-04-architecture/`).
 const PREFETCH_AHEAD: usize = 1024;
 
 /// A kernel specialised for one format and tile height.
