@@ -14,9 +14,8 @@ use crate::model::config::LlamaConfig;
 
 /// How cached K and V values are stored. f16 is the default (as in llama.cpp and
 /// vLLM): half the pool memory, so twice the tokens fit in `--kv-cache-gib`, and half
-/// the bytes attention streams. Served A/B on a Sapphire Rapids VM (256 in / 128 out):
-/// output tokens/s +12% at 1 concurrent request, +3% at 4, +7% at 16; engine step
-/// (same sitting) decode +10% at batch 1, +6% at 16, +9% at 32, prefill within ±4%.
+/// the bytes attention streams, which is what decode waits on; prefill, bound by the
+/// matmuls, does not notice (the A/B is in `benches/results/2026-12-04-architecture/`).
 /// f32 keeps the model's arithmetic exact (the float-weights fidelity test uses it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvDtype {

@@ -18,7 +18,8 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{softmax_in_place, HeadGeometry};
+use super::head::{chunk_table, prefetch_for_position, softmax_in_place, ChunkFn, HandWritten, MAX_G};
+use crate::backend::cpu::kernels::isa;
 
 /// A cached value type the kernel can widen 8 at a time into one f32 register.
 pub trait Load8: Copy {
@@ -41,49 +42,15 @@ impl Load8 for f16 {
     }
 }
 
-/// Whether this kernel handles the geometry on this CPU.
-pub fn supports(geo: &HeadGeometry) -> bool {
-    matches!(geo.head_dim, 64 | 128)
-        && geo.group >= 1
-        && is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-}
+/// The kernel, for `head::attend_hand_written`.
+pub struct Avx2;
 
-/// Query heads handled together; larger groups go in chunks of this.
-const MAX_G: usize = 4;
+impl<T: Load8> HandWritten<T> for Avx2 {
+    const CHUNKS: [[ChunkFn<T>; MAX_G]; 2] = chunk_table!(chunk, T, 8, 16);
 
-/// Same contract as `attend_kv_head`; the caller has checked [`supports`].
-pub fn attend_kv_head<T: Load8>(
-    k: &[T],
-    v: &[T],
-    offsets: &[usize],
-    geo: &HeadGeometry,
-    q_heads: &[f32],
-    out_heads: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    let d = geo.head_dim;
-    super::in_head_chunks(k, v, offsets, geo, (q_heads, out_heads), scores, MAX_G, |g, q, out, scores| {
-        macro_rules! run {
-            ($v:literal, $g:literal) => {
-                // SAFETY: `supports` checked the instruction sets; `in_head_chunks` checked
-                // that every offset's row is inside `k` and `v`, and the slices hold
-                // `g` heads of `d = 8 * $v` values.
-                unsafe { chunk::<T, $v, $g>(k, v, offsets, geo.scale, q, out, scores) }
-            };
-        }
-        match (d, g) {
-            (64, 1) => run!(8, 1),
-            (64, 2) => run!(8, 2),
-            (64, 3) => run!(8, 3),
-            (64, _) => run!(8, 4),
-            (_, 1) => run!(16, 1),
-            (_, 2) => run!(16, 2),
-            (_, 3) => run!(16, 3),
-            (_, _) => run!(16, 4),
-        }
-    });
+    fn detected() -> bool {
+        isa::avx2_fma_f16c()
+    }
 }
 
 /// Sum of each of four registers, as the four lanes of the result.
@@ -98,9 +65,7 @@ unsafe fn reduce4(a: [__m256; 4]) -> __m128 {
 }
 
 /// # Safety
-/// AVX2, FMA and F16C must be available; every `offsets[p] + 8 * V` must be within
-/// `k` and `v`; `q` and `out` hold `G * 8 * V` values; `scores` at least
-/// `G * offsets.len()`.
+/// As [`ChunkFn`], for heads of `8 * V` values; AVX2, FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn chunk<T: Load8, const V: usize, const G: usize>(
     k: &[T],
@@ -117,7 +82,7 @@ unsafe fn chunk<T: Load8, const V: usize, const G: usize>(
     let mut max = [f32::NEG_INFINITY; G];
     for p in 0..n {
         let off = *offsets.get_unchecked(p);
-        super::prefetch_for_position(k, v, offsets, p, 8 * V);
+        prefetch_for_position(k, v, offsets, p, 8 * V);
         let mut acc = [_mm256_setzero_ps(); 4];
         for j0 in (0..V).step_by(4) {
             let row = kp.add(off + 8 * j0);

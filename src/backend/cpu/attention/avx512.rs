@@ -13,7 +13,8 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{softmax_in_place, HeadGeometry};
+use super::head::{chunk_table, prefetch_for_position, softmax_in_place, ChunkFn, HandWritten, MAX_G};
+use crate::backend::cpu::kernels::isa;
 
 /// A cached value type the kernel can widen 16 at a time into one f32 register.
 pub trait Load16: Copy {
@@ -36,50 +37,19 @@ impl Load16 for f16 {
     }
 }
 
-/// Whether this kernel handles the geometry on this CPU.
-pub fn supports(geo: &HeadGeometry) -> bool {
-    matches!(geo.head_dim, 64 | 128) && geo.group >= 1 && is_x86_feature_detected!("avx512f")
-}
+/// The kernel, for `head::attend_hand_written`.
+pub struct Avx512;
 
-/// Group sizes the kernel is instantiated for; larger groups go in chunks of this.
-const MAX_G: usize = 4;
+impl<T: Load16> HandWritten<T> for Avx512 {
+    const CHUNKS: [[ChunkFn<T>; MAX_G]; 2] = chunk_table!(chunk, T, 4, 8);
 
-/// Same contract as `attend_kv_head`; the caller has checked [`supports`].
-pub fn attend_kv_head<T: Load16>(
-    k: &[T],
-    v: &[T],
-    offsets: &[usize],
-    geo: &HeadGeometry,
-    q_heads: &[f32],
-    out_heads: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    let d = geo.head_dim;
-    super::in_head_chunks(k, v, offsets, geo, (q_heads, out_heads), scores, MAX_G, |g, q, out, scores| {
-        macro_rules! run {
-            ($v:literal, $g:literal) => {
-                // SAFETY: `supports` checked the instruction set; `in_head_chunks` checked
-                // that every offset's row is inside `k` and `v`, and the slices hold
-                // `g` heads of `d = 16 * $v` values.
-                unsafe { chunk::<T, $v, $g>(k, v, offsets, geo.scale, q, out, scores) }
-            };
-        }
-        match (d, g) {
-            (64, 1) => run!(4, 1),
-            (64, 2) => run!(4, 2),
-            (64, 3) => run!(4, 3),
-            (64, _) => run!(4, 4),
-            (_, 1) => run!(8, 1),
-            (_, 2) => run!(8, 2),
-            (_, 3) => run!(8, 3),
-            (_, _) => run!(8, 4),
-        }
-    });
+    fn detected() -> bool {
+        isa::avx512f()
+    }
 }
 
 /// # Safety
-/// AVX-512 F must be available; every `offsets[p] + 16 * V` must be within `k` and
-/// `v`; `q` and `out` hold `G * 16 * V` values; `scores` at least `G * offsets.len()`.
+/// As [`ChunkFn`], for heads of `16 * V` values; AVX-512 F must be available.
 #[target_feature(enable = "avx512f")]
 unsafe fn chunk<T: Load16, const V: usize, const G: usize>(
     k: &[T],
@@ -101,7 +71,7 @@ unsafe fn chunk<T: Load16, const V: usize, const G: usize>(
     // Scores, scaled, and each head's maximum.
     let mut max = [f32::NEG_INFINITY; G];
     for (p, &off) in offsets.iter().enumerate() {
-        super::prefetch_for_position(k, v, offsets, p, 16 * V);
+        prefetch_for_position(k, v, offsets, p, 16 * V);
         let mut kr = [_mm512_setzero_ps(); V];
         for (j, r) in kr.iter_mut().enumerate() {
             *r = T::load16(kp.add(off + 16 * j));

@@ -7,6 +7,7 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod head;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -14,7 +15,9 @@ use rayon::prelude::*;
 
 use super::kv_cache::{LayerKv, PagedKvCache};
 use crate::backend::SeqStep;
-use crate::fastexp::{exp_nonpositive, sum_f64};
+use head::{softmax_in_place, HeadFn, HeadGeometry, KvRows};
+#[cfg(target_arch = "x86_64")]
+use {avx2::Avx2, avx512::Avx512};
 
 pub struct AttentionShape {
     pub num_heads: usize,
@@ -74,18 +77,15 @@ pub fn attend(
     }
 }
 
-/// Attention for one token row × KV head over cached rows of type `T` (see
-/// `attend_kv_head` for the arguments).
-type HeadFn<T> = fn(&[T], &[T], &[usize], &HeadGeometry, &[f32], &mut [f32], &mut Vec<f32>);
-
 /// The widest hand-written kernel that covers the geometry on this CPU, else
 /// `portable`.
 #[cfg(target_arch = "x86_64")]
 fn kernel_for<T: avx512::Load16 + avx2::Load8>(geo: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
-    if avx512::supports(geo) {
-        avx512::attend_kv_head::<T>
-    } else if avx2::supports(geo) {
-        avx2::attend_kv_head::<T>
+    use head::{attend_hand_written, supports};
+    if supports::<T, Avx512>(geo) {
+        attend_hand_written::<T, Avx512>
+    } else if supports::<T, Avx2>(geo) {
+        attend_hand_written::<T, Avx2>
     } else {
         portable
     }
@@ -127,80 +127,14 @@ fn attend_units<T: Sync>(
             let kvh = i % num_kv_heads;
             slots.clear();
             cache.extend_offsets(span.block_table, pos + 1, kvh, slots);
-            head_fn(k, v, slots, geo, q_heads, out_heads, scores);
+            head_fn(&KvRows { k, v, offsets: slots }, geo, q_heads, out_heads, scores);
         },
     );
-}
-
-/// Runs a hand-written kernel over the group's query heads in chunks of at most
-/// `max_g`, after the checks its safety relies on: every offset's row lies inside `k`
-/// and `v`, and the queries and outputs hold the whole group. `run` gets the chunk's
-/// head count, queries, outputs and a score buffer of `max_g` heads.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn in_head_chunks<T>(
-    k: &[T],
-    v: &[T],
-    offsets: &[usize],
-    geo: &HeadGeometry,
-    (q_heads, out_heads): (&[f32], &mut [f32]),
-    scores: &mut Vec<f32>,
-    max_g: usize,
-    mut run: impl FnMut(usize, &[f32], &mut [f32], &mut [f32]),
-) {
-    let d = geo.head_dim;
-    let need = offsets.iter().map(|&o| o + d).max().unwrap_or(0);
-    assert!(k.len() >= need && v.len() >= need, "a KV offset is outside the cache");
-    assert_eq!(q_heads.len(), geo.group * d);
-    assert_eq!(out_heads.len(), geo.group * d);
-    // Grown, never cleared: the kernels write every score before reading it, so
-    // zeroing up to `max_g * positions` floats for every unit would be wasted.
-    let slots = max_g * offsets.len();
-    if scores.len() < slots {
-        scores.resize(slots, 0.0);
-    }
-    let mut h0 = 0;
-    while h0 < geo.group {
-        let g = (geo.group - h0).min(max_g);
-        run(g, &q_heads[h0 * d..(h0 + g) * d], &mut out_heads[h0 * d..(h0 + g) * d], scores);
-        h0 += g;
-    }
 }
 
 /// Cached positions (summed over a job's units) below which attention work is not
 /// split further between threads.
 const MIN_POSITIONS_PER_JOB: usize = 1024;
-
-/// How many positions ahead the hand-written kernels' score loops prefetch K rows.
-#[cfg(target_arch = "x86_64")]
-const PREFETCH_POSITIONS: usize = 16;
-
-/// The prefetches for position `p` of a score loop over rows of `row_len` values: the
-/// K row `PREFETCH_POSITIONS` ahead (all of the first ones at `p == 0`) and this
-/// position's V row, which the weighted sum then finds in cache. A decoding batch's
-/// cache lives in DRAM (16 sequences × 128 positions is 47 MB for the default model),
-/// in blocks of a few KB: too short for the hardware prefetcher to ramp up (≈ 30% of
-/// a batch-16 step's attention time on a Zen 3 host).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch_for_position<T>(k: &[T], v: &[T], offsets: &[usize], p: usize, row_len: usize) {
-    use crate::backend::cpu::kernels::prefetch::{prefetch, Level};
-    let ahead =
-        if p == 0 { 0..PREFETCH_POSITIONS } else { p + PREFETCH_POSITIONS - 1..p + PREFETCH_POSITIONS };
-    for &off in offsets.get(ahead.start..ahead.end.min(offsets.len())).unwrap_or(&[]) {
-        prefetch(k.get(off..off + row_len).unwrap_or(&[]), Level::L1);
-    }
-    if let Some(&off) = offsets.get(p) {
-        prefetch(v.get(off..off + row_len).unwrap_or(&[]), Level::L1);
-    }
-}
-
-struct HeadGeometry {
-    head_dim: usize,
-    /// Query heads per KV head.
-    group: usize,
-    scale: f32,
-}
 
 /// Lanes of every partial sum: one AVX-512 register, two AVX2 registers.
 const LANES: usize = 16;
@@ -210,16 +144,16 @@ const LANES: usize = 16;
 /// AVX-512 and AVX2 as well as the baseline, picked at run time; the arithmetic is the
 /// same in every version (the compiler does not reassociate float sums), so results
 /// do not depend on the machine.
+// The lifetime is named: `multiversion` cannot copy an elided one.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn attend_kv_head(
-    k: &[f32],
-    v: &[f32],
-    offsets: &[usize],
+fn attend_kv_head<'a>(
+    rows: &KvRows<'a, f32>,
     geo: &HeadGeometry,
     q_heads: &[f32],
     out_heads: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
+    let &KvRows { k, v, offsets } = rows;
     let (d, g, n) = (geo.head_dim, geo.group, offsets.len());
     // scores[h * n + p]: head h of the group at position p.
     scores.clear();
@@ -248,14 +182,13 @@ fn attend_kv_head(
 /// (F16C where the CPU has it), then the f32 loop runs. Machines with AVX2 or AVX-512
 /// use the kernels in `avx2.rs` / `avx512.rs`, which widen in registers instead.
 fn attend_kv_head_f16(
-    k: &[f16],
-    v: &[f16],
-    offsets: &[usize],
+    rows: &KvRows<'_, f16>,
     geo: &HeadGeometry,
     q_heads: &[f32],
     out_heads: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
+    let &KvRows { k, v, offsets } = rows;
     thread_local! {
         static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> = Default::default();
     }
@@ -269,19 +202,8 @@ fn attend_kv_head_f16(
             v[off..off + d].convert_to_f32_slice(&mut vw[p * d..(p + 1) * d]);
             dense.push(p * d);
         }
-        attend_kv_head(kw, vw, dense, geo, q_heads, out_heads, scores);
+        attend_kv_head(&KvRows { k: kw, v: vw, offsets: dense }, geo, q_heads, out_heads, scores);
     });
-}
-
-/// `s = softmax(s)` given `max(s)`, in three passes that each vectorise: the
-/// exponentials, their sum (over independent lanes), the normalisation.
-#[inline(always)]
-fn softmax_in_place(s: &mut [f32], max: f32) {
-    for x in s.iter_mut() {
-        *x = exp_nonpositive(*x - max);
-    }
-    let inv = (1.0 / sum_f64(s)) as f32;
-    s.iter_mut().for_each(|x| *x *= inv);
 }
 
 /// Dot product over `LANES` independent partial sums, added pairwise at the end, so
@@ -420,8 +342,9 @@ mod tests {
                 let q = pseudo(group * d, 9);
                 let (mut want, mut got) = (vec![0.0; group * d], vec![1.0; group * d]);
                 let mut scores = Vec::new();
-                portable(k, v, &offsets, &geo, &q, &mut want, &mut scores);
-                kernel(k, v, &offsets, &geo, &q, &mut got, &mut scores);
+                let rows = KvRows { k, v, offsets: &offsets };
+                portable(&rows, &geo, &q, &mut want, &mut scores);
+                kernel(&rows, &geo, &q, &mut got, &mut scores);
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-5, "{name}: group {group}, d {d}: {a} vs {b}");
                 }
@@ -431,13 +354,14 @@ mod tests {
         let (k16, v16): (Vec<f16>, Vec<f16>) =
             (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
         let geo_any = |d| HeadGeometry { head_dim: d, group: 1, scale: 1.0 };
-        if avx2::supports(&geo_any(64)) {
-            check("avx2 f32", avx2::attend_kv_head::<f32>, attend_kv_head, &k, &v);
-            check("avx2 f16", avx2::attend_kv_head::<f16>, attend_kv_head_f16, &k16, &v16);
+        use head::{attend_hand_written, supports};
+        if supports::<f32, Avx2>(&geo_any(64)) {
+            check("avx2 f32", attend_hand_written::<f32, Avx2>, attend_kv_head, &k, &v);
+            check("avx2 f16", attend_hand_written::<f16, Avx2>, attend_kv_head_f16, &k16, &v16);
         }
-        if avx512::supports(&geo_any(64)) {
-            check("avx512 f32", avx512::attend_kv_head::<f32>, attend_kv_head, &k, &v);
-            check("avx512 f16", avx512::attend_kv_head::<f16>, attend_kv_head_f16, &k16, &v16);
+        if supports::<f32, Avx512>(&geo_any(64)) {
+            check("avx512 f32", attend_hand_written::<f32, Avx512>, attend_kv_head, &k, &v);
+            check("avx512 f16", attend_hand_written::<f16, Avx512>, attend_kv_head_f16, &k16, &v16);
         }
     }
 

@@ -16,7 +16,7 @@ use super::layout::{
     k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q6K, FMT_Q8_0, GROUP,
     Q4K_DMIN_OFFSET, Q5_HIGH_OFFSET, Q6K_HIGH_OFFSET, QK,
 };
-use super::tile::{store_partial, Tile, PREFETCH_AHEAD};
+use super::tile::{prefetch_ahead, store_partial, RawOperands, Tile};
 
 /// # Safety
 /// See [`super::tile::TileFn`]; AVX2, FMA and F16C must be available.
@@ -25,7 +25,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     tile_keeping::<F, MR, KEEP_NONE>(t)
 }
 
-/// What a tile does with `Tile::kept_scales` (Q6_K; see `tile::select_keeping`): a
+/// What a tile does with `Tile::kept_scales` (Q6_K; see `select::select_keeping`): a
 /// const generic, so the plain kernel compiles without any of it.
 pub const KEEP_NONE: u8 = 0;
 /// Forms the block scales and stores them.
@@ -40,13 +40,7 @@ pub const KEEP_READ: u8 = 2;
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn tile_keeping<const F: u8, const MR: usize, const KEEP: u8>(t: &Tile<'_>) {
     let shape = record_shape(F);
-    let rec = shape.bytes;
-    let a = t.acts;
-    let (k, nb) = (a.k, a.nb);
-    assert!(t.w.len() >= WeightFormat::from_id(F).group_bytes(k) && a.qs.len() >= (t.row0 + MR) * k);
-    assert!(a.d.len() >= (t.row0 + MR) * nb);
-    let w = t.w.as_ptr();
-    let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
+    let RawOperands { w, qs, d: ds, s: ss, isum: sums, k, nb } = t.checked::<F, MR>();
     let keep = if F == FMT_Q6K { KEEP } else { KEEP_NONE };
     assert!(keep == KEEP_NONE || !t.kept_scales.is_null());
     for h in 0..2 {
@@ -57,10 +51,7 @@ pub unsafe fn tile_keeping<const F: u8, const MR: usize, const KEEP: u8>(t: &Til
         for b in 0..nb {
             let blk = w.add(record_offset(F, b));
             if h == 0 && t.prefetch {
-                let ahead = blk.wrapping_add(PREFETCH_AHEAD);
-                for line in (0..rec).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-                }
+                prefetch_ahead(blk, shape.bytes);
             }
             let operands =
                 BlockOperands { record: blk, half: h, acts: qs.add(t.row0 * k + b * QK), row_stride: k };
@@ -175,7 +166,7 @@ impl BlockOperands {
 /// nibble vectors and used by every row before the next is loaded, the rows' 16-bit
 /// sums held across the chunks. That leaves registers for eight rows' sums, where four
 /// rows with all chunks held already spilled, and is what lets the AVX2 tile be eight
-/// rows tall for these formats (figures at `tile::rows_for`).
+/// rows tall for these formats (see `select::rows_for`).
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn q4_dots<const MR: usize>(op: BlockOperands, dots: &mut [__m256i; MR]) {

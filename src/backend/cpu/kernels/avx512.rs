@@ -11,7 +11,7 @@ use super::layout::{
     k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q6K, FMT_Q8_0, Q4K_DMIN_OFFSET,
     QK,
 };
-use super::tile::{Tile, PREFETCH_AHEAD};
+use super::tile::{prefetch_ahead, RawOperands, Tile};
 
 /// # Safety
 /// See [`super::tile::TileFn`]; AVX-512 F, BW and VNNI must be available.
@@ -25,13 +25,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
         return super::avx2::tile::<F, MR>(t);
     }
     let shape = record_shape(F);
-    let rec = shape.bytes;
-    let a = t.acts;
-    let (k, nb) = (a.k, a.nb);
-    assert!(t.w.len() >= WeightFormat::from_id(F).group_bytes(k) && a.qs.len() >= (t.row0 + MR) * k);
-    assert!(a.d.len() >= (t.row0 + MR) * nb);
-    let w = t.w.as_ptr();
-    let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
+    let RawOperands { w, qs, d: ds, s: ss, isum: sums, k, nb } = t.checked::<F, MR>();
     let low = _mm512_set1_epi8(0x0f);
     // Q8_0's +128 is the layout's; the others are the format's own zero point.
     let offset = if F == FMT_Q8_0 { 128 } else { WeightFormat::from_id(F).zero_point() };
@@ -39,10 +33,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
     for b in 0..nb {
         let blk = w.add(record_offset(F, b));
         if t.prefetch {
-            let ahead = blk.wrapping_add(PREFETCH_AHEAD);
-            for line in (0..rec).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-            }
+            prefetch_ahead(blk, shape.bytes);
         }
         // The 16 scales and minimums (for Q4_K `d · sc` and `-dmin · m`).
         let f16x16 = |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));

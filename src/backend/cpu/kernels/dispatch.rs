@@ -41,18 +41,9 @@ impl Kernel {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
             // Q6_K, Q5_0 and Q5_1 borrow the AVX2 kernel (see `avx512::tile`).
-            Kernel::Avx512Vnni => {
-                Kernel::Avx2.is_available()
-                    && std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vnni")
-            }
+            Kernel::Avx512Vnni => Kernel::Avx2.is_available() && super::isa::avx512f_bw_vnni(),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                    && std::arch::is_x86_feature_detected!("f16c")
-            }
+            Kernel::Avx2 => super::isa::avx2_fma_f16c(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }

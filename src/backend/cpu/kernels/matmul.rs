@@ -13,7 +13,8 @@ use super::activations::QActs;
 use super::dispatch::Kernel;
 use super::layout::{GROUP, QK};
 use super::prefetch::{prefetch, Level};
-use super::tile::{self, Tile};
+use super::select;
+use super::tile::Tile;
 use super::QMatrix;
 
 /// Activation rows per task: their quantized bytes (`ROW_CHUNK * k`) should sit in L2.
@@ -24,7 +25,7 @@ const TASKS_PER_THREAD: usize = 4;
 thread_local! {
     /// Quantized-activation buffers, reused across calls on this thread.
     static SCRATCH: Cell<QActs> = Cell::new(QActs::default());
-    /// A group's block scales, shared by its row tiles (see `tile::select_keeping`).
+    /// A group's block scales, shared by its row tiles (see `select::select_keeping`).
     static BLOCK_SCALES: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
@@ -96,13 +97,13 @@ unsafe fn run_task(
     out: OutPtr,
 ) {
     let format = w.format.id();
-    let tile_rows = tile::rows_for(kernel, format);
-    let full = tile::select(kernel, format, tile_rows);
+    let tile_rows = select::rows_for(kernel, format);
+    let full = select::select(kernel, format, tile_rows);
     let group_bytes = w.format.group_bytes(w.k);
     let data = w.data.as_slice();
     let tiles_per_group = (rows.end - rows.start).div_ceil(tile_rows);
     let groups_start = groups.start;
-    let share_scales = tiles_per_group > 1 && tile::keeps_block_scales(kernel, format);
+    let share_scales = tiles_per_group > 1 && select::keeps_block_scales(kernel, format);
     let mut scales = if share_scales { BLOCK_SCALES.with(Cell::take) } else { Vec::new() };
     scales.resize(if share_scales { w.k / QK * 2 * GROUP } else { 0 }, 0.0);
     let scales_ptr = scales.as_mut_ptr();
@@ -125,11 +126,11 @@ unsafe fn run_task(
             tile_index += 1;
             let mr = (rows.end - row0).min(tile_rows);
             let f = if share_scales {
-                tile::select_keeping(kernel, format, mr, row0 == rows.start)
+                select::select_keeping(kernel, format, mr, row0 == rows.start)
             } else if mr == tile_rows {
                 full
             } else {
-                tile::select(kernel, format, mr)
+                select::select(kernel, format, mr)
             };
             let t = Tile {
                 w: &data[g * group_bytes..(g + 1) * group_bytes],

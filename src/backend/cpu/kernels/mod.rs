@@ -15,10 +15,13 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod dispatch;
+#[cfg(target_arch = "x86_64")]
+pub mod isa;
 mod layout;
 mod matmul;
 mod portable;
 pub mod prefetch;
+mod select;
 #[cfg(test)]
 mod tests;
 mod tile;

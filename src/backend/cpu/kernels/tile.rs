@@ -1,9 +1,11 @@
 //! The contract between the threaded driver and the per-ISA kernels: one call computes
 //! `MR` consecutive activation rows against one group of 16 weight rows over all of `k`.
+//! Also what every SIMD kernel starts from: its operands as bounds-checked raw pointers
+//! and the read-ahead of the records.
 
 use super::activations::QActs;
-use super::dispatch::Kernel;
-use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q5_0, FMT_Q5_1, FMT_Q6K, FMT_Q8_0};
+#[cfg(target_arch = "x86_64")]
+use super::layout::WeightFormat;
 
 /// One kernel call's operands.
 pub struct Tile<'a> {
@@ -21,129 +23,80 @@ pub struct Tile<'a> {
     pub prefetch: bool,
     /// Valid columns in this group (16 except in the last group); only those are written.
     pub ncols: usize,
-    /// For a kernel from [`select_keeping`]: the group's block scales as f32, `2 *
-    /// GROUP` per block (the 16 rows' `d · sc` for values 0–15, then for 16–31); null
-    /// for any other kernel.
+    /// For a kernel from `select::select_keeping`: the group's block scales as f32,
+    /// `2 * GROUP` per block (the 16 rows' `d · sc` for values 0–15, then for 16–31);
+    /// null for any other kernel.
     pub kept_scales: *mut f32,
 }
 
 /// How far ahead of the record being read to prefetch, in bytes. The hardware
 /// prefetcher alone ramps up too slowly on the short runs of groups a decode task
-/// streams; 1 KiB ahead measured best among 0.5–4 KiB (≈ 8 → 17 GB/s on a 1536×576
-/// matrix streamed from DRAM by 2 threads).
-pub const PREFETCH_AHEAD: usize = 1024;
+/// streams; 1 KiB ahead was the best of 0.5–4 KiB on a matrix streamed from DRAM
+/// (figures in `benches/results/2026-12-04-architecture/`).
+const PREFETCH_AHEAD: usize = 1024;
 
 /// A kernel specialised for one format and tile height.
 ///
 /// # Safety
 /// The kernel's instruction set must be available; `tile.out` must be valid for writes
 /// of `ncols` floats at each of the tile's rows, and no other thread may touch them;
-/// for a kernel from [`select_keeping`], `tile.kept_scales` points at `2 * GROUP` floats
-/// per block of `k` that no other thread touches, which a reading kernel finds written
-/// by the writing kernel on an earlier tile of the same group.
+/// for a kernel from `select::select_keeping`, `tile.kept_scales` points at `2 * GROUP`
+/// floats per block of `k` that no other thread touches, which a reading kernel finds
+/// written by the writing kernel on an earlier tile of the same group.
 pub type TileFn = unsafe fn(&Tile<'_>);
 
-/// Largest tile height each kernel is instantiated for.
-pub fn max_rows(kernel: Kernel) -> usize {
-    match kernel {
-        Kernel::Avx512Vnni => 8,
-        Kernel::Avx2 => 8,
-        Kernel::Portable => 4,
-    }
+/// A tile's operands as raw pointers, for kernels that read them unchecked.
+#[cfg(target_arch = "x86_64")]
+pub struct RawOperands {
+    /// The group's records.
+    pub w: *const u8,
+    /// `QActs::qs`, `k` bytes a row.
+    pub qs: *const i8,
+    /// `QActs::d`, `s` and `isum`, `nb` a row.
+    pub d: *const f32,
+    pub s: *const f32,
+    pub isum: *const i32,
+    pub k: usize,
+    pub nb: usize,
 }
 
-/// The tile height `kernel` runs `format` at when there are enough rows: the tallest
-/// that keeps the kernel's live values in registers. On AVX2 the kernels that walk a
-/// block chunk by chunk with one sum per row (the 4-bit formats, see `avx2::q4_dots`,
-/// and Q8_0) go eight rows at a time; Q5 and Q6_K, which hold more per row, stay at
-/// four (eight measured ≈ 14% slower for Q5_0, half the speed for Q6_K), also on
-/// AVX-512 hosts, where those two run the AVX2 kernel (`avx512::tile`). One Zen 3 core,
-/// 16 rows, eight against four: Q4_1 3072×576 ≈ 81 → 83 GMAC/s, Q4_K 1536×768 ≈ 66 →
-/// 78, Q8_0 8192×576 ≈ 50.5 → 55.
-pub fn rows_for(kernel: Kernel, format: u8) -> usize {
-    let one_sum_per_row = matches!(format, FMT_Q4_0 | FMT_Q4_1 | FMT_Q4K | FMT_Q8_0);
-    match kernel {
-        Kernel::Avx2 | Kernel::Avx512Vnni if !one_sum_per_row => 4,
-        _ => max_rows(kernel),
-    }
-}
-
-macro_rules! by_rows {
-    ($m:ident, $fmt:expr, $mr:expr) => {
-        match $mr {
-            1 => super::$m::tile::<$fmt, 1> as TileFn,
-            2 => super::$m::tile::<$fmt, 2> as TileFn,
-            3 => super::$m::tile::<$fmt, 3> as TileFn,
-            4 => super::$m::tile::<$fmt, 4> as TileFn,
-            5 => super::$m::tile::<$fmt, 5> as TileFn,
-            6 => super::$m::tile::<$fmt, 6> as TileFn,
-            7 => super::$m::tile::<$fmt, 7> as TileFn,
-            _ => super::$m::tile::<$fmt, 8> as TileFn,
-        }
-    };
-}
-
-macro_rules! by_format {
-    ($m:ident, $fmt:expr, $mr:expr) => {
-        match $fmt {
-            FMT_Q4_1 => by_rows!($m, FMT_Q4_1, $mr),
-            FMT_Q4_0 => by_rows!($m, FMT_Q4_0, $mr),
-            FMT_Q4K => by_rows!($m, FMT_Q4K, $mr),
-            FMT_Q6K => by_rows!($m, FMT_Q6K, $mr),
-            FMT_Q5_0 => by_rows!($m, FMT_Q5_0, $mr),
-            FMT_Q5_1 => by_rows!($m, FMT_Q5_1, $mr),
-            _ => by_rows!($m, FMT_Q8_0, $mr),
-        }
-    };
-}
-
-/// The kernel for `format` (a `layout::FMT_*` id) and `rows` (1..=`max_rows`).
-pub fn select(kernel: Kernel, format: u8, rows: usize) -> TileFn {
-    debug_assert!((1..=max_rows(kernel)).contains(&rows));
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512Vnni => by_format!(avx512, format, rows),
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => by_format!(avx2, format, rows),
-        _ => by_format!(portable, format, rows),
-    }
-}
-
-/// Whether [`select_keeping`] has kernels for `format` on `kernel`: Q6_K on AVX2, whose
-/// two scales per block cost most to form again for every row tile (576 × 1536 on a
-/// Zen 3 core, `cargo bench --bench kernels`: 64 rows ≈ 75 → 100 GOP/s). Q4_K measured
-/// no better.
-pub fn keeps_block_scales(kernel: Kernel, format: u8) -> bool {
-    cfg!(target_arch = "x86_64") && kernel == Kernel::Avx2 && format == FMT_Q6K
-}
-
-/// For a group computed in several row tiles, when [`keeps_block_scales`]: the kernel
-/// for its first tile (`write`: forms the block scales and keeps them in
-/// `Tile::kept_scales`) or for a later one (loads them).
-pub fn select_keeping(kernel: Kernel, format: u8, rows: usize, write: bool) -> TileFn {
-    // Instantiated up to Q6_K's tile height on AVX2 (`rows_for`), not the kernel's maximum.
-    debug_assert!(keeps_block_scales(kernel, format) && (1..=rows_for(kernel, format)).contains(&rows));
-    #[cfg(target_arch = "x86_64")]
-    {
-        use super::avx2::{tile_keeping, KEEP_READ, KEEP_WRITE};
-        macro_rules! keeping {
-            ($keep:expr) => {
-                match rows {
-                    1 => tile_keeping::<FMT_Q6K, 1, $keep> as TileFn,
-                    2 => tile_keeping::<FMT_Q6K, 2, $keep> as TileFn,
-                    3 => tile_keeping::<FMT_Q6K, 3, $keep> as TileFn,
-                    _ => tile_keeping::<FMT_Q6K, 4, $keep> as TileFn,
-                }
-            };
-        }
-        if write {
-            keeping!(KEEP_WRITE)
-        } else {
-            keeping!(KEEP_READ)
+#[cfg(target_arch = "x86_64")]
+impl Tile<'_> {
+    /// The operands for a kernel of format `F` and `MR` rows, after the checks its
+    /// unchecked reads rely on: the group holds all its records, and the activations
+    /// rows `row0..row0 + MR` (`d`, `s` and `isum` are sized together by
+    /// `QActs::quantize`).
+    #[inline(always)]
+    pub fn checked<const F: u8, const MR: usize>(&self) -> RawOperands {
+        let a = self.acts;
+        let (k, nb) = (a.k, a.nb);
+        assert!(
+            self.w.len() >= WeightFormat::from_id(F).group_bytes(k) && a.qs.len() >= (self.row0 + MR) * k
+        );
+        assert!(a.d.len() >= (self.row0 + MR) * nb);
+        RawOperands {
+            w: self.w.as_ptr(),
+            qs: a.qs.as_ptr(),
+            d: a.d.as_ptr(),
+            s: a.s.as_ptr(),
+            isum: a.isum.as_ptr(),
+            k,
+            nb,
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    select(kernel, format, rows)
+}
+
+/// Asks for `bytes` bytes from [`PREFETCH_AHEAD`] past `record` to be loaded into L1.
+/// A hint: it never faults, so the address may lie past the group.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn prefetch_ahead(record: *const u8, bytes: usize) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let ahead = record.wrapping_add(PREFETCH_AHEAD);
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: prefetching has no requirement on the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
+    }
 }
 
 /// Writes the first `ncols` of `vals` to `out`.
@@ -153,24 +106,4 @@ pub fn select_keeping(kernel: Kernel, format: u8, rows: usize, write: bool) -> T
 #[inline(always)]
 pub unsafe fn store_partial(out: *mut f32, vals: &[f32], ncols: usize) {
     std::ptr::copy_nonoverlapping(vals.as_ptr(), out, ncols.min(vals.len()));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The AVX-512 tile hands Q5 and Q6_K to the AVX2 one, so they must be cut into
-    /// tiles the AVX2 kernel holds in registers; and no format exceeds its kernel's
-    /// largest instantiated height.
-    #[test]
-    fn delegated_formats_run_at_the_avx2_height() {
-        for format in [FMT_Q5_0, FMT_Q5_1, FMT_Q6K] {
-            assert_eq!(rows_for(Kernel::Avx512Vnni, format), rows_for(Kernel::Avx2, format));
-        }
-        for kernel in [Kernel::Avx512Vnni, Kernel::Avx2, Kernel::Portable] {
-            for format in [FMT_Q4_0, FMT_Q4_1, FMT_Q4K, FMT_Q5_0, FMT_Q5_1, FMT_Q6K, FMT_Q8_0] {
-                assert!((1..=max_rows(kernel)).contains(&rows_for(kernel, format)));
-            }
-        }
-    }
 }
