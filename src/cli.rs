@@ -83,6 +83,10 @@ pub struct ModelArgs {
     /// Which hardware runs the model.
     #[arg(long, env = "INFLIGHT_BACKEND", value_enum, default_value = "cpu")]
     pub backend: BackendKind,
+    /// The Neuron runtime library for `--backend neuron` (default: `NEURON_RT_LIB`,
+    /// else `libnrt.so.1`, else `/opt/aws/neuron/lib/libnrt.so.1`).
+    #[arg(long, env = "INFLIGHT_NEURON_LIB")]
+    pub neuron_lib: Option<std::path::PathBuf>,
     /// Compute threads (default: one per core).
     #[arg(long, env = "INFLIGHT_THREADS")]
     pub threads: Option<usize>,

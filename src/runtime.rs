@@ -2,12 +2,13 @@
 //! per backend, each reading the model source it understands (GGUF or safetensors
 //! weights for the CPU; a folder of compiled artifacts for Neuron).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
 
 use crate::backend::cpu::{CpuBackend, CpuConfig, Llama};
+use crate::backend::neuron::library::NrtApi;
 use crate::backend::{Backend, BackendError, StepLimits};
 use crate::hub::ResolvedModel;
 use crate::model::{LlamaConfig, ModelError, WeightSource};
@@ -19,8 +20,15 @@ pub enum BackendConfig {
     Cpu(CpuConfig),
     /// The CUDA backend is planned; its device and memory settings come with it.
     Cuda(StepLimits),
-    /// The Neuron backend is planned; its runtime library path comes with it.
-    Neuron(StepLimits),
+    Neuron(NeuronConfig),
+}
+
+/// How the Neuron backend is set up (its FFI layer is built; the backend is planned).
+#[derive(Debug, Clone, Default)]
+pub struct NeuronConfig {
+    pub limits: StepLimits,
+    /// libnrt to load; `None` searches the usual places (`backend::neuron::library`).
+    pub runtime_lib: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]
@@ -94,11 +102,20 @@ pub fn load(resolved: &ResolvedModel, config: &BackendConfig) -> Result<LoadedMo
             "the CUDA backend is not available in this build (planned; use --backend cpu)".into(),
         )
         .into()),
-        BackendConfig::Neuron(_) => Err(BackendError::Unavailable(
-            "the Neuron backend is not implemented yet in this build (planned; use --backend cpu)".into(),
-        )
-        .into()),
+        BackendConfig::Neuron(neuron) => load_neuron(neuron),
     }
+}
+
+/// Loads libnrt (so a machine without it fails here, naming every path tried); the
+/// backend that runs compiled graphs on it is the next step of the Neuron issue.
+fn load_neuron(config: &NeuronConfig) -> Result<LoadedModel, LoadError> {
+    let api = NrtApi::open(config.runtime_lib.as_deref())?;
+    Err(BackendError::Unavailable(format!(
+        "libnrt loaded from {}, but the Neuron backend that runs compiled models on it is planned, not built \
+         yet; use --backend cpu",
+        api.path.display()
+    ))
+    .into())
 }
 
 fn load_cpu(resolved: &ResolvedModel, config: &CpuConfig) -> Result<LoadedModel, LoadError> {

@@ -143,20 +143,45 @@ fn models_list_shows_the_default_model() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("smollm2-135m-instruct-q4_1"));
 }
 
-/// Backends not built yet, and a model source the CPU backend cannot run, are clear
-/// errors that say what to do, never a panic.
+/// Backends not built yet, a missing libnrt, and a model source the CPU backend
+/// cannot run are clear errors that say what to do, never a panic.
 #[test]
 fn planned_backends_and_compiled_artifacts_on_the_cpu_are_clear_errors() {
-    for (backend, name) in [("cuda", "CUDA"), ("neuron", "Neuron")] {
-        let out = inflight()
-            .args(["generate", "-p", "hi", "--backend", backend, "--model"])
-            .arg(model_path())
-            .output()
-            .expect("run");
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(name) && err.contains("--backend cpu"), "{err}");
-    }
+    let out = inflight()
+        .args(["generate", "-p", "hi", "--backend", "cuda", "--model"])
+        .arg(model_path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CUDA") && err.contains("--backend cpu"), "{err}");
+    // Without libnrt, every path tried is named.
+    let out = inflight()
+        .args(["generate", "-p", "hi", "--backend", "neuron", "--model"])
+        .arg(model_path())
+        .env_remove("NEURON_RT_LIB")
+        .env_remove("INFLIGHT_NEURON_LIB")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("libnrt.so.1 (") && err.contains("/opt/aws/neuron/lib/libnrt.so.1 ("), "{err}");
+    let out = inflight()
+        .args([
+            "generate",
+            "-p",
+            "hi",
+            "--backend",
+            "neuron",
+            "--neuron-lib",
+            "/nonexistent/libnrt.so",
+            "--model",
+        ])
+        .arg(model_path())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("/nonexistent/libnrt.so ("), "{err}");
     // A folder of compiled (Neuron) artifacts is recognised by its manifest.
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("manifest.json"), b"{}").expect("write");

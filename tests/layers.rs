@@ -25,8 +25,10 @@ const LAYERS: &[&[&str]] = &[
 /// Narrower rules inside one layer: modules under the first path (other than those
 /// under the second) must not import the second.
 const FORBIDDEN_WITHIN: &[(&str, &str)] = &[
-    // The trait, step types and validation know no implementation.
+    // The trait, step types and validation know no implementation, and no
+    // implementation another's.
     ("backend", "backend::cpu"),
+    ("backend", "backend::neuron"),
     // Kernels are the bottom of the CPU backend.
     ("backend::cpu::kernels", "backend::cpu::llama"),
     ("backend::cpu::kernels", "backend::cpu::attention"),

@@ -8,6 +8,7 @@
 //! ids point at.
 
 pub mod cpu;
+pub mod neuron;
 mod step;
 
 use thiserror::Error;

@@ -12,7 +12,7 @@ use inflight::backend::cpu::{CpuConfig, KvDtype};
 use inflight::backend::StepLimits;
 use inflight::engine::scheduler::SchedulerConfig;
 use inflight::hub::{self, FetchOptions, Registry, ResolvedModel};
-use inflight::runtime::{BackendConfig, LoadedModel};
+use inflight::runtime::{BackendConfig, LoadedModel, NeuronConfig};
 
 pub fn registry(dirs: &ModelDirArgs) -> Result<Registry> {
     Ok(Registry::load_with_user(dirs.registry.as_deref())?)
@@ -78,7 +78,9 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
             threads: args.threads,
         }),
         BackendKind::Cuda => BackendConfig::Cuda(limits),
-        BackendKind::Neuron => BackendConfig::Neuron(limits),
+        BackendKind::Neuron => {
+            BackendConfig::Neuron(NeuronConfig { limits, runtime_lib: args.neuron_lib.clone() })
+        }
     };
     let start = std::time::Instant::now();
     let loaded = inflight::runtime::load(&resolved, &config).context("loading the model")?;
