@@ -147,41 +147,27 @@ fn models_list_shows_the_default_model() {
 /// cannot run are clear errors that say what to do, never a panic.
 #[test]
 fn planned_backends_and_compiled_artifacts_on_the_cpu_are_clear_errors() {
-    let out = inflight()
-        .args(["generate", "-p", "hi", "--backend", "cuda", "--model"])
-        .arg(model_path())
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `generate` with these extra flags on the default model: it must fail; its stderr.
+    let refused = |flags: &[&str]| {
+        let out = inflight()
+            .args(["generate", "-p", "hi"])
+            .args(flags)
+            .arg("--model")
+            .arg(model_path())
+            .env_remove("NEURON_RT_LIB")
+            .env_remove("INFLIGHT_NEURON_LIB")
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{flags:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&["--backend", "cuda"]);
     assert!(err.contains("CUDA") && err.contains("--backend cpu"), "{err}");
     // Without libnrt, every path tried is named.
-    let out = inflight()
-        .args(["generate", "-p", "hi", "--backend", "neuron", "--model"])
-        .arg(model_path())
-        .env_remove("NEURON_RT_LIB")
-        .env_remove("INFLIGHT_NEURON_LIB")
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["--backend", "neuron"]);
     assert!(err.contains("libnrt.so.1 (") && err.contains("/opt/aws/neuron/lib/libnrt.so.1 ("), "{err}");
-    let out = inflight()
-        .args([
-            "generate",
-            "-p",
-            "hi",
-            "--backend",
-            "neuron",
-            "--neuron-lib",
-            "/nonexistent/libnrt.so",
-            "--model",
-        ])
-        .arg(model_path())
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("/nonexistent/libnrt.so ("), "{err}");
+    let err = refused(&["--backend", "neuron", "--neuron-lib", "/nonexistent/libnrt.so"]);
+    assert!(err.contains("/nonexistent/libnrt.so ("), "{err}");
     // A folder of compiled (Neuron) artifacts is recognised by its manifest.
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("manifest.json"), b"{}").expect("write");
