@@ -538,9 +538,12 @@ impl Scheduler {
                 self.waiting.pop_front();
                 continue;
             };
-            // Never the last token: it must be computed to yield logits.
+            // Never the last token: it must be computed to yield logits. Where prefill
+            // and decode run apart, never all but the last either: a one-token chunk
+            // after the cache would look like a decode to the backend.
+            let keep = if self.config.mixed_prefill_decode { 1 } else { 2 };
             let cached_blocks = if self.pool.prefix_caching() {
-                let full = (seq.tokens.len() - 1) / bs;
+                let full = seq.tokens.len().saturating_sub(keep) / bs;
                 seq.extend_hashes(full, bs);
                 self.pool.lookup(&seq.hashes[..full])
             } else {
@@ -1275,5 +1278,30 @@ mod tests {
         let out = step(&mut s);
         let q = out.seqs.iter().find(|q| q.id == 2).expect("2 runs");
         assert_eq!((q.cached_tokens, q.start_pos), (0, 0), "flags asked for caching; the backend cannot");
+    }
+
+    #[test]
+    fn a_cache_hit_never_leaves_a_one_token_prefill_where_steps_cannot_mix() {
+        let mut info = bucketed_info();
+        info.prefix_caching = true;
+        info.step.prefill = Prefill::Chunked;
+        let mut s = fitted(&info);
+        assert!(s.config().prefix_caching && !s.config().mixed_prefill_decode);
+        s.add(1, prompt(9), 4).unwrap();
+        step(&mut s);
+        // 2 shares 1's first two 4-token blocks; 9 = 2 × 4 + 1, so a full hit would
+        // leave one token at position 8, a decode by its shape, in a prefill step.
+        s.add(2, prompt(9), 4).unwrap();
+        s.add(3, prompt_from(7000, 5), 4).unwrap();
+        let mut seen = None;
+        for _ in 0..4 {
+            // `plan` checks every step against the backend's shapes.
+            if let Some(q) =
+                step(&mut s).seqs.into_iter().find(|q| q.id == 2 && q.start_pos == q.cached_tokens)
+            {
+                seen = Some((q.cached_tokens, q.tokens.len()));
+            }
+        }
+        assert_eq!(seen, Some((4, 5)), "one block from the cache, five tokens computed");
     }
 }
