@@ -1,4 +1,4 @@
-//! Benchmarks of the quantized matmul kernels (`inflight::kernels`) on the default
+//! Benchmarks of the quantized matmul kernels (`inflight::backend::cpu::kernels`) on the default
 //! model's shapes, candle's `QMatMul` on the same shapes, and the machine's memory
 //! bandwidth; then a whole-model pass (30 layers of distinct weights + lm_head, so the
 //! weights stream from DRAM as in real decode) for decode, batch-16 decode and a
