@@ -27,7 +27,6 @@ pub struct StepFigures {
     pub num_seqs: usize,
     pub num_tokens: usize,
     pub prefill_tokens: usize,
-    pub decode_tokens: usize,
     pub preempted: usize,
 }
 

@@ -111,14 +111,6 @@ impl Prefill {
             Prefill::Buckets(lengths) => lengths.iter().copied().find(|&l| l >= n),
         }
     }
-
-    /// The longest prefill one chunk may hold, if there is a limit.
-    pub fn max_len(&self) -> Option<usize> {
-        match self {
-            Prefill::Chunked => None,
-            Prefill::Buckets(lengths) => lengths.last().copied(),
-        }
-    }
 }
 
 #[derive(Debug, Error)]

@@ -7,8 +7,6 @@
 //! A `SeqStep` borrows its tokens and block table from the scheduler's own state,
 //! so planning a step copies no block table.
 
-use std::ops::Range;
-
 /// A sequence's id, unique for the engine's lifetime.
 pub type SeqId = u64;
 
@@ -56,14 +54,13 @@ impl StepBatch<'_> {
     }
 }
 
-/// A step's token rows in batch order: what a forward pass embeds, positions and
-/// indexes. Device-neutral; a backend copies the vectors to its device as it needs.
+/// A step's token rows in batch order: what a forward pass embeds and positions, and
+/// which rows reach the output projection. Device-neutral; a backend copies the
+/// vectors to its device as it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedStep {
     pub ids: Vec<u32>,
     pub positions: Vec<usize>,
-    /// `row_starts[i]..row_starts[i + 1]` are sequence `i`'s rows.
-    row_starts: Vec<usize>,
     /// The last row of every sequence that wants logits, in batch order.
     pub logit_rows: Vec<usize>,
 }
@@ -72,27 +69,19 @@ impl PackedStep {
     pub fn new(batch: &StepBatch) -> Self {
         let n = batch.num_tokens();
         let (mut ids, mut positions) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut row_starts = Vec::with_capacity(batch.seqs.len() + 1);
         let mut logit_rows = Vec::new();
         for s in &batch.seqs {
-            row_starts.push(ids.len());
             ids.extend_from_slice(s.tokens);
             positions.extend(s.start_pos..s.end());
             if s.want_logits && !s.tokens.is_empty() {
                 logit_rows.push(ids.len() - 1);
             }
         }
-        row_starts.push(ids.len());
-        Self { ids, positions, row_starts, logit_rows }
+        Self { ids, positions, logit_rows }
     }
 
     pub fn num_tokens(&self) -> usize {
         self.ids.len()
-    }
-
-    /// The rows of batch entry `i`.
-    pub fn rows(&self, i: usize) -> Range<usize> {
-        self.row_starts[i]..self.row_starts[i + 1]
     }
 }
 
@@ -147,7 +136,6 @@ mod tests {
         let p = PackedStep::new(&batch);
         assert_eq!(p.ids, vec![5, 6, 7, 9, 1, 2]);
         assert_eq!(p.positions, vec![0, 1, 2, 40, 3, 4]);
-        assert_eq!((p.rows(0), p.rows(1), p.rows(2)), (0..3, 3..4, 4..6));
         assert_eq!(p.logit_rows, vec![3, 5]);
         assert!(!batch.seqs[0].is_decode() && batch.seqs[1].is_decode() && !batch.seqs[2].is_decode());
 

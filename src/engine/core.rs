@@ -133,13 +133,7 @@ impl EngineCore {
                 a.cached_tokens = a.cached_tokens.max(cached);
             }
         }
-        for &(_, n, decode) in &ran {
-            if decode {
-                figures.decode_tokens += 1;
-            } else {
-                figures.prefill_tokens += n;
-            }
-        }
+        figures.prefill_tokens = ran.iter().filter(|r| !r.2).map(|r| r.1).sum();
         self.last_stats = StepStats { figures, scheduled: ran.iter().map(|r| r.0).collect() };
         let logits = match result {
             None => return events,
