@@ -25,6 +25,9 @@ pub enum Command {
     /// Benchmark an OpenAI-compatible server from the client side (latency
     /// percentiles, throughput, goodput, cost per token); `bench report` compares runs.
     Bench(Box<BenchArgs>),
+    /// Teacher-forced logits of token sequences, written to files: for checking
+    /// one backend against another (or against transformers) on identical input.
+    Score(ScoreArgs),
     /// List or download models of the registry.
     Models {
         #[command(subcommand)]
@@ -40,6 +43,17 @@ pub enum ModelsCommand {
     Pull {
         /// Registry name, e.g. `smollm2-135m-instruct-q4_1`.
         name: String,
+        #[command(flatten)]
+        dirs: ModelDirArgs,
+    },
+    /// Write a model's tokenizer as Hugging Face files (`tokenizer.json`,
+    /// `tokenizer_config.json`), e.g. to pair a GGUF's tokenizer with safetensors.
+    ExportTokenizer {
+        /// A registry name, GGUF file or Hugging Face folder.
+        model: String,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
         #[command(flatten)]
         dirs: ModelDirArgs,
     },
@@ -90,9 +104,13 @@ pub struct ModelArgs {
     /// Compute threads (default: one per core).
     #[arg(long, env = "INFLIGHT_THREADS")]
     pub threads: Option<usize>,
-    /// Memory for the KV cache, in GiB.
-    #[arg(long, env = "INFLIGHT_KV_CACHE_GIB", default_value_t = 2.0)]
-    pub kv_cache_gib: f64,
+    /// Which GPU `--backend cuda` runs on.
+    #[arg(long, env = "INFLIGHT_CUDA_DEVICE", default_value_t = 0)]
+    pub cuda_device: usize,
+    /// Memory for the KV cache, in GiB (default: 2 on the CPU; on a GPU, most of
+    /// the memory left free by the weights).
+    #[arg(long, env = "INFLIGHT_KV_CACHE_GIB")]
+    pub kv_cache_gib: Option<f64>,
     /// How the KV cache stores values: f16 (half the memory and the bytes attention
     /// reads) or f32 (exact arithmetic).
     #[arg(long, env = "INFLIGHT_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::F16)]
@@ -119,6 +137,26 @@ pub struct SchedulerArgs {
     /// Reuse the KV cache of shared prompt prefixes.
     #[arg(long, env = "INFLIGHT_PREFIX_CACHING", default_value_t = true, action = clap::ArgAction::Set)]
     pub prefix_caching: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+    /// JSON: `{"sequences": [{"prompt": [ids], "continuation": [ids]}]}`; every
+    /// continuation has the same length, or none is given and `--greedy` makes them.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Tokens to continue each prompt greedily, where the input gives none.
+    #[arg(long, default_value_t = 0)]
+    pub greedy: usize,
+    /// Writes `OUTPUT.json` (the sequences and the logits' shape) and `OUTPUT.f32`
+    /// (little-endian f32 logits, `[sequences, continuation, vocab]`: row i is what
+    /// the model predicts after the prompt and the first i continuation tokens).
+    #[arg(long)]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -22,6 +22,7 @@ fn main() -> Result<()> {
         cli::Command::Serve(args) => commands::serve::run(args),
         cli::Command::Generate(args) => commands::generate::run(args),
         cli::Command::Bench(args) => commands::bench::run(*args),
+        cli::Command::Score(args) => commands::score::run(args),
         cli::Command::Models { command } => commands::models::run(command),
     }
 }

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use candle_core::Device;
+
 use crate::backend::cpu::{CpuBackend, CpuConfig, Llama};
+use crate::backend::cuda::{self, CudaBackend, CudaConfig, TensorLlama};
 use crate::backend::neuron::library::NrtApi;
 use crate::backend::{Backend, BackendError, StepLimits};
 use crate::hub::ResolvedModel;
@@ -18,8 +21,7 @@ use crate::tokenizer::{Tokenizer, TokenizerError};
 #[derive(Debug, Clone)]
 pub enum BackendConfig {
     Cpu(CpuConfig),
-    /// The CUDA backend is planned; its device and memory settings come with it.
-    Cuda(StepLimits),
+    Cuda(CudaConfig),
     Neuron(NeuronConfig),
 }
 
@@ -98,10 +100,7 @@ pub fn open(resolved: &ResolvedModel) -> Result<(WeightSource, LlamaConfig, Toke
 pub fn load(resolved: &ResolvedModel, config: &BackendConfig) -> Result<LoadedModel, LoadError> {
     match config {
         BackendConfig::Cpu(cpu) => load_cpu(resolved, cpu),
-        BackendConfig::Cuda(_) => Err(BackendError::Unavailable(
-            "the CUDA backend is not available in this build (planned; use --backend cpu)".into(),
-        )
-        .into()),
+        BackendConfig::Cuda(cuda) => load_cuda(resolved, cuda),
         BackendConfig::Neuron(neuron) => load_neuron(neuron),
     }
 }
@@ -122,6 +121,28 @@ fn load_cpu(resolved: &ResolvedModel, config: &CpuConfig) -> Result<LoadedModel,
     let (w, cfg, tok) = open(resolved)?;
     let model = Llama::load(&w, cfg)?;
     let backend = CpuBackend::new(model, config)?;
+    Ok(LoadedModel { tokenizer: Arc::new(tok), backend: Box::new(backend) })
+}
+
+/// Opens the GPU first (so a machine without one fails before reading weights),
+/// then loads the model onto it.
+fn load_cuda(resolved: &ResolvedModel, config: &CudaConfig) -> Result<LoadedModel, LoadError> {
+    let device = cuda::device::open(config.ordinal)?;
+    load_on_device(resolved, device, config)
+}
+
+/// Loads the CUDA backend's forward pass on any candle device: a GPU, or the CPU
+/// for the backend's twin in tests.
+pub fn load_on_device(
+    resolved: &ResolvedModel,
+    device: Device,
+    config: &CudaConfig,
+) -> Result<LoadedModel, LoadError> {
+    let (w, cfg, tok) = open(resolved)?;
+    let max_context = config.limits.max_context.unwrap_or(cfg.max_position).min(cfg.max_position);
+    let model = TensorLlama::load(&w, cfg, &device, CudaBackend::dtype_for(&device), max_context)?;
+    device.synchronize().map_err(|e| LoadError::Model(e.into()))?;
+    let backend = CudaBackend::new(model, device, config)?;
     Ok(LoadedModel { tokenizer: Arc::new(tok), backend: Box::new(backend) })
 }
 

@@ -8,6 +8,7 @@
 //! ids point at.
 
 pub mod cpu;
+pub mod cuda;
 pub mod neuron;
 mod step;
 

@@ -3,12 +3,14 @@
 pub mod bench;
 pub mod generate;
 pub mod models;
+pub mod score;
 pub mod serve;
 
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{BackendKind, KvCacheDtype, ModelArgs, ModelDirArgs, SchedulerArgs};
 use inflight::backend::cpu::{CpuConfig, KvDtype};
+use inflight::backend::cuda::CudaConfig;
 use inflight::backend::StepLimits;
 use inflight::engine::scheduler::SchedulerConfig;
 use inflight::hub::{self, FetchOptions, Registry, ResolvedModel};
@@ -48,15 +50,19 @@ pub fn model_spec(args: &ModelArgs) -> String {
     DEFAULT_MODEL.to_string()
 }
 
+/// The CPU backend's KV pool when `--kv-cache-gib` is not given.
+const CPU_KV_CACHE_BYTES: usize = 2 << 30;
+
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct-q4_1";
 const SAGEMAKER_MODEL_DIR: &str = "/opt/ml/model";
 
 /// Resolves (fetching if needed) and loads the model the flags name.
 pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedModel, LoadedModel)> {
     init_threads(args.threads)?;
-    if !(args.kv_cache_gib > 0.0 && args.kv_cache_gib.is_finite()) {
+    if args.kv_cache_gib.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
         bail!("--kv-cache-gib must be a positive number");
     }
+    let kv_cache_bytes = args.kv_cache_gib.map(|g| (g * (1u64 << 30) as f64) as usize);
     let registry = registry(&args.dirs)?;
     let spec = model_spec(args);
     let resolved = hub::resolve(&spec, &registry, &fetch_options(&args.dirs))
@@ -70,14 +76,19 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
         BackendKind::Cpu => BackendConfig::Cpu(CpuConfig {
             limits,
             block_size: args.block_size,
-            kv_cache_bytes: (args.kv_cache_gib * (1u64 << 30) as f64) as usize,
+            kv_cache_bytes: kv_cache_bytes.unwrap_or(CPU_KV_CACHE_BYTES),
             kv_dtype: match args.kv_cache_dtype {
                 KvCacheDtype::F16 => KvDtype::F16,
                 KvCacheDtype::F32 => KvDtype::F32,
             },
             threads: args.threads,
         }),
-        BackendKind::Cuda => BackendConfig::Cuda(limits),
+        BackendKind::Cuda => BackendConfig::Cuda(CudaConfig {
+            limits,
+            ordinal: args.cuda_device,
+            block_size: args.block_size,
+            kv_cache_bytes,
+        }),
         BackendKind::Neuron => {
             BackendConfig::Neuron(NeuronConfig { limits, runtime_lib: args.neuron_lib.clone() })
         }

@@ -19,6 +19,14 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             }
             Ok(())
         }
+        ModelsCommand::ExportTokenizer { model, out, dirs } => {
+            let reg = registry(&dirs)?;
+            let resolved = hub::resolve(&model, &reg, &fetch_options(&dirs))?;
+            let (_, _, tokenizer) = inflight::runtime::open(&resolved)?;
+            tokenizer.save_hf_dir(&out)?;
+            println!("{}", out.display());
+            Ok(())
+        }
         ModelsCommand::Pull { name, dirs } => {
             let reg = registry(&dirs)?;
             let path = hub::pull(&name, &reg, &fetch_options(&dirs))?;

@@ -18,6 +18,14 @@ pub struct RopeAngles {
     sin: Vec<f32>,
 }
 
+impl RopeAngles {
+    /// The `(cos, sin)` tables, `[positions, head_dim / 2]` row-major: what a
+    /// device-side rotation kernel takes.
+    pub fn into_tables(self) -> (Vec<f32>, Vec<f32>) {
+        (self.cos, self.sin)
+    }
+}
+
 impl Rope {
     pub fn new(cfg: &LlamaConfig) -> Self {
         let d = cfg.head_dim;

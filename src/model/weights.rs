@@ -141,8 +141,25 @@ impl WeightSource {
     }
 
     fn dense(&self, name: &str, expected: &[usize], device: &Device) -> Result<Tensor, ModelError> {
+        self.dense_as(name, expected, device, DType::F32)
+    }
+
+    /// The tensor `name` as dense `dtype` on `device`. Quantized GGUF tensors are
+    /// dequantized on the host first (candle's device-side dequantization is not
+    /// relied on); float tensors are converted on the device.
+    fn dense_as(
+        &self,
+        name: &str,
+        expected: &[usize],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor, ModelError> {
         let t = match self {
-            Self::Gguf { .. } => self.qtensor(name, expected, device)?.dequantize(device)?,
+            Self::Gguf { .. } => self
+                .qtensor(name, expected, &Device::Cpu)?
+                .dequantize(&Device::Cpu)?
+                .to_dtype(dtype)?
+                .to_device(device)?,
             Self::Safetensors { st, path } => {
                 let n = self.file_name(name);
                 if st.get(&n).is_err() {
@@ -153,7 +170,7 @@ impl WeightSource {
                         path: path.clone(),
                         message: format!("reading tensor `{n}`: {e}"),
                     })?
-                    .to_dtype(DType::F32)?
+                    .to_dtype(dtype)?
             }
         };
         self.check_shape(name, t.dims(), expected)?;
@@ -197,6 +214,19 @@ impl WeightSource {
             Self::Gguf { .. } => Ok(MatrixWeight::Quantized(self.qtensor(name, &[rows, cols], device)?)),
             Self::Safetensors { .. } => Ok(MatrixWeight::Dense(self.dense(name, &[rows, cols], device)?)),
         }
+    }
+
+    /// The `[rows, cols]` tensor `name` as dense `dtype` on `device`, whatever the
+    /// file stores: what a backend that computes in one float type loads.
+    pub fn dense_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Tensor, ModelError> {
+        self.dense_as(name, &[rows, cols], device, dtype)
     }
 
     /// A 1-D f32 weight (norms, RoPE frequency factors), on the host.

@@ -121,6 +121,28 @@ impl Tokenizer {
         }
     }
 
+    /// Writes this tokenizer as a Hugging Face folder's `tokenizer.json` and
+    /// `tokenizer_config.json` (BOS/EOS, `add_bos_token`, chat template), which
+    /// [`Tokenizer::from_hf_dir`] and transformers read back: how a GGUF's tokenizer
+    /// travels with a safetensors checkpoint.
+    pub fn save_hf_dir(&self, dir: &Path) -> Result<(), TokenizerError> {
+        let io = |path: std::path::PathBuf| move |e: std::io::Error| TokenizerError::Io { path, source: e };
+        std::fs::create_dir_all(dir).map_err(io(dir.into()))?;
+        let json = self.inner.to_string(false).map_err(|e| TokenizerError::tokenizers("serializing", e))?;
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, json).map_err(io(path.clone()))?;
+        let token = |id: Option<u32>| id.and_then(|id| self.inner.id_to_token(id));
+        let config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": token(self.bos_token_id),
+            "eos_token": token(self.eos_token_id),
+            "add_bos_token": self.add_bos_token,
+            "chat_template": self.chat_template.as_ref().map(|t| t.source()),
+        });
+        let path = dir.join("tokenizer_config.json");
+        std::fs::write(&path, config.to_string()).map_err(io(path.clone()))
+    }
+
     /// Token ids of `text`; special tokens written in it become their ids. With
     /// `add_bos`, BOS is prepended unless the text already starts with it (a chat
     /// template that writes `bos_token` itself must not get a second one).
