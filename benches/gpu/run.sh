@@ -14,6 +14,9 @@
 # .gpu/tokenizer: `inflight models export-tokenizer smollm2-135m-instruct-q4_1
 # --out .gpu/tokenizer`), python3 with torch and transformers. Results go to
 # $OUT (default /tmp/inflight-gpu-out): log.txt, summary.jsonl, bench-*.json.
+# Knobs: BUDGET_S (seconds for the whole run, default 560), LEVELS (bench
+# concurrencies, default 1,16,64), BENCH_LEVEL_S (seconds per level, default 10),
+# PARITY_8B=0 (skip the 8B shape's parity).
 set -u
 mode=${1:-all}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -61,7 +64,8 @@ json() {
 
 server_pid=
 serve() { # serve MODEL_DIR PORT
-    "$BIN" serve --backend cuda --model "$1" --port "$2" --max-batch-tokens 4096 --max-running 64 \
+    INFLIGHT_LOG=warn,inflight::backend::cuda=debug \
+        "$BIN" serve --backend cuda --model "$1" --port "$2" --max-batch-tokens 4096 --max-running 64 \
         >> "$log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 600); do
@@ -78,10 +82,13 @@ bench() { # bench NAME MODEL_DIR PORT
     local name=$1 dir=$2 port=$3 served
     served=$(served_name "$port")
     stage "bench-$name" "$BIN" bench --url "http://127.0.0.1:$port" --model "$served" \
-        --concurrency 1,16,64 --input-tokens 256 --output-tokens 128 --num-requests 100000 \
+        --concurrency "${LEVELS:-1,16,64}" --input-tokens 256 --output-tokens 128 --num-requests 2000 \
         --duration "${BENCH_LEVEL_S:-10}" --warmup 4 --tokenizer "$dir/tokenizer.json" \
         --hardware "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)" \
         --label "inflight cuda $name" --output "$OUT/bench-$name.json"
+    # Mean engine step time and batch size over the whole run, from the server.
+    get "http://127.0.0.1:$port/metrics" | grep -E '^inflight_(step_duration_seconds|batch_size)_(sum|count)' \
+        | tee -a "$log"
 }
 
 if [ "$mode" = inflight ] || [ "$mode" = all ]; then
@@ -116,9 +123,10 @@ if [ "$mode" = inflight ] || [ "$mode" = all ]; then
     fi
     stop
 
-    stage score-llama8b-cuda "$BIN" score --backend cuda --model "$WORK/llama8b" --input "$here/prompts.json" \
+    [ "${PARITY_8B:-1}" = 1 ] && stage score-llama8b-cuda "$BIN" score --backend cuda --model "$WORK/llama8b" --input "$here/prompts.json" \
         --greedy 32 --output "$WORK/llama8b-cuda"
-    json parity-llama8b python3 "$here/parity.py" --model "$WORK/llama8b" --score cuda="$WORK/llama8b-cuda"
+    [ "${PARITY_8B:-1}" = 1 ] && json parity-llama8b python3 "$here/parity.py" --model "$WORK/llama8b" \
+        --score cuda="$WORK/llama8b-cuda"
     if serve "$WORK/llama8b" 8302; then
         bench llama8b "$WORK/llama8b" 8302
     else

@@ -1,19 +1,25 @@
 //! The synchronous heart of the engine: one `step()` asks the scheduler for work,
 //! runs it on the backend once, samples, detokenizes, checks stop conditions and
-//! reports per-sequence events. No threads and no channels here: the offline
+//! reports per-sequence events. No channels here: the offline
 //! `generate` command drives it in a loop, the server drives it from its engine
 //! thread (`engine::service`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::request::{EventKind, FinishReason, GenerationRequest, SeqEvent, SeqId, TokenOutput, Usage};
-use super::sampling::Sampler;
+use super::sampling::{Sampled, Sampler, SamplingError};
 use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError};
 use super::stop::{StopMatcher, StopOutcome};
-use crate::backend::Backend;
+use crate::backend::{Backend, Logits};
 use crate::metrics::StepFigures;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+/// Below this many rows a step samples on the engine thread: a parallel draw's
+/// hand-off costs about as much as one row's sampling.
+const PARALLEL_SAMPLING_MIN_ROWS: usize = 4;
 
 /// Per-sequence state the scheduler does not need: how to sample, how to turn
 /// tokens into text, and when to stop.
@@ -148,15 +154,16 @@ impl EngineCore {
                 return events;
             }
         };
-        for (i, &(id, ..)) in ran.iter().enumerate() {
-            let Some(active) = self.active.get_mut(&id) else {
+        let mut sampled = self.sample_rows(&ran, &logits);
+        for &(id, ..) in &ran {
+            if !self.active.contains_key(&id) {
                 continue;
-            };
-            let Some(row) = logits.row(i) else {
+            }
+            let Some(result) = sampled.remove(&id) else {
                 self.update_scheduler(id, None);
                 continue;
             };
-            let sampled = match active.sampler.sample(row, &active.req.prompt_ids, &active.output) {
+            let sampled = match result {
                 Ok(x) => x,
                 Err(e) => {
                     events.push(SeqEvent { id, kind: EventKind::Failed(format!("sampling failed: {e}")) });
@@ -168,6 +175,30 @@ impl EngineCore {
             events.extend(self.on_token(id, sampled));
         }
         events
+    }
+
+    /// Samples every sequence of the step that has a logits row. Each draw reads a
+    /// whole vocabulary row, so a large batch spreads them over the cores: the rows
+    /// are independent and each sampler is its own sequence's.
+    fn sample_rows(
+        &mut self,
+        ran: &[(SeqId, usize, bool)],
+        logits: &Logits,
+    ) -> HashMap<SeqId, Result<Sampled, SamplingError>> {
+        let rows: HashMap<SeqId, usize> = ran.iter().enumerate().map(|(i, r)| (r.0, i)).collect();
+        let mut jobs: Vec<(SeqId, &mut Active, &[f32])> = self
+            .active
+            .iter_mut()
+            .filter_map(|(&id, a)| Some((id, a, logits.row(*rows.get(&id)?)?)))
+            .collect();
+        let draw = |(id, a, row): &mut (SeqId, &mut Active, &[f32])| {
+            (*id, a.sampler.sample(row, &a.req.prompt_ids, &a.output))
+        };
+        if jobs.len() >= PARALLEL_SAMPLING_MIN_ROWS {
+            jobs.par_iter_mut().map(draw).collect()
+        } else {
+            jobs.iter_mut().map(draw).collect()
+        }
     }
 
     fn update_scheduler(&mut self, id: SeqId, sampled: Option<u32>) {

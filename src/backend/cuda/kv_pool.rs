@@ -2,15 +2,20 @@
 //! `[kv_heads, slots, head_dim]`, where slot `b * block_size + i` is offset `i` of
 //! block `b`. Kv-head-major, so gathering a group's slots along dimension 1 gives
 //! `[kv_heads, seqs * kv_len, head_dim]`: already the batched layout attention
-//! multiplies, with no transpose of the gathered keys.
+//! multiplies, with no transpose of the gathered keys. Writes and decode
+//! attention go through the backend's own ops (`ops`); a prefill chunk's keys
+//! are gathered by slot.
 
 use candle_core::{DType, Device, Tensor};
+
+use super::ops::{PagedDecodeAttention, WriteKv};
 
 use crate::model::LlamaConfig;
 
 pub struct DeviceKvPool {
     keys: Vec<Tensor>,
     values: Vec<Tensor>,
+    block_size: usize,
 }
 
 impl DeviceKvPool {
@@ -18,36 +23,39 @@ impl DeviceKvPool {
         2 * cfg.num_layers * cfg.kv_dim() * block_size * dtype.size_in_bytes()
     }
 
-    pub fn new(cfg: &LlamaConfig, slots: usize, dtype: DType, device: &Device) -> candle_core::Result<Self> {
-        let shape = (cfg.num_kv_heads, slots, cfg.head_dim);
+    /// A pool of `num_blocks` blocks of `block_size` slots.
+    pub fn new(
+        cfg: &LlamaConfig,
+        block_size: usize,
+        num_blocks: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let shape = (cfg.num_kv_heads, num_blocks * block_size, cfg.head_dim);
         let mut keys = Vec::with_capacity(cfg.num_layers);
         let mut values = Vec::with_capacity(cfg.num_layers);
         for _ in 0..cfg.num_layers {
             keys.push(Tensor::zeros(shape, dtype, device)?);
             values.push(Tensor::zeros(shape, dtype, device)?);
         }
-        Ok(Self { keys, values })
+        Ok(Self { keys, values, block_size })
     }
 
-    /// Writes a step's new keys and values (`[kv_heads, rows, head_dim]`) of `layer`
-    /// at the slots `index` names (`[kv_heads, rows, head_dim]`, each row's slot
-    /// repeated; see [`DeviceKvPool::write_index`]).
-    pub fn write(&self, layer: usize, index: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<()> {
-        self.keys[layer].scatter_set(index, k, 1)?;
-        self.values[layer].scatter_set(index, v, 1)
+    pub fn block_size(&self) -> usize {
+        self.block_size
     }
 
-    /// The scatter index for rows written at `slots` (one per row): the same for
-    /// every layer of a step, so it is built once.
-    pub fn write_index(
-        slots: &[u32],
-        kv_heads: usize,
-        head_dim: usize,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        Tensor::from_slice(slots, (1, slots.len(), 1), device)?
-            .broadcast_as((kv_heads, slots.len(), head_dim))?
-            .contiguous()
+    /// Writes a step's new keys and values of `layer` (each `[rows, kv_heads *
+    /// head_dim]`, any row stride) at `slots` (`[rows]` u32, one per row).
+    pub fn write(&self, layer: usize, k: &Tensor, v: &Tensor, slots: &Tensor) -> candle_core::Result<()> {
+        self.keys[layer].inplace_op3(k, slots, &WriteKv)?;
+        self.values[layer].inplace_op3(v, slots, &WriteKv)
+    }
+
+    /// Decode attention of `q` (`[seqs, heads, head_dim]`) over `layer`'s pool
+    /// through the op's block tables: `[seqs, heads, head_dim]`.
+    pub fn attend_decode(&self, layer: usize, q: &Tensor, op: &PagedDecodeAttention) -> candle_core::Result<Tensor> {
+        q.apply_op3_no_bwd(&self.keys[layer], &self.values[layer], op)
     }
 
     /// Keys and values of `layer` at `slots` (a `[n]` u32 tensor on the device):

@@ -10,6 +10,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::kv_pool::DeviceKvPool;
+use super::ops::PagedDecodeAttention;
 use super::plan::{AttentionGroup, StepPlan};
 use crate::model::config::{LlamaConfig, RopeLayout, RopeScaling};
 use crate::model::rope::Rope;
@@ -57,8 +58,11 @@ struct StepTensors {
     /// Per-row RoPE cos/sin, `[rows, 1, head_dim / 2]` (each row a rope "batch").
     cos: Tensor,
     sin: Tensor,
-    write_index: Tensor,
-    groups: Vec<GroupTensors>,
+    /// Each row's KV slot, `[rows]` u32.
+    slots: Tensor,
+    /// The decode rows' attention (rows `0..seqs`), with their block tables.
+    decode: Option<(usize, PagedDecodeAttention)>,
+    prefills: Vec<GroupTensors>,
 }
 
 struct GroupTensors {
@@ -145,16 +149,31 @@ impl TensorLlama {
         let rows = plan.ids.len();
         let half = self.cfg.head_dim / 2;
         let positions = Tensor::from_slice(&plan.positions, rows, dev)?;
+        let c = &self.cfg;
+        let decode = match &plan.decode {
+            None => None,
+            Some(g) => Some((
+                g.seqs,
+                PagedDecodeAttention {
+                    num_heads: c.num_heads,
+                    num_kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                    block_size: kv.block_size(),
+                    scale: 1.0 / (c.head_dim as f32).sqrt(),
+                    device_tables: Tensor::from_slice(&g.tables, (g.seqs, g.max_blocks), dev)?,
+                    device_lens: Tensor::from_slice(&g.lens, g.seqs, dev)?,
+                    tables: g.tables.clone(),
+                    max_blocks: g.max_blocks,
+                    lens: g.lens.clone(),
+                },
+            )),
+        };
         let step = StepTensors {
             cos: self.cos.index_select(&positions, 0)?.reshape((rows, 1, half))?,
             sin: self.sin.index_select(&positions, 0)?.reshape((rows, 1, half))?,
-            write_index: DeviceKvPool::write_index(
-                &plan.slots,
-                self.cfg.num_kv_heads,
-                self.cfg.head_dim,
-                dev,
-            )?,
-            groups: plan.groups.iter().map(|g| GroupTensors::upload(g, dev)).collect::<Result<_>>()?,
+            slots: Tensor::from_slice(&plan.slots, rows, dev)?,
+            decode,
+            prefills: plan.prefills.iter().map(|g| GroupTensors::upload(g, dev)).collect::<Result<_>>()?,
         };
         let ids = Tensor::from_slice(&plan.ids, rows, dev)?;
         let mut x = self.embed.index_select(&ids, 0)?;
@@ -190,13 +209,15 @@ impl TensorLlama {
         let k = self.rope(&qkv.narrow(1, qd, kd)?.contiguous()?.reshape((rows, nkv, 1, d))?, step)?;
         let v = qkv.narrow(1, qd + kd, kd)?;
         // New keys and values go into the pool before attention reads it, so a
-        // chunk's own rows are among the keys it gathers.
-        let k_new = k.reshape((rows, nkv, d))?.transpose(0, 1)?.contiguous()?;
-        let v_new = v.reshape((rows, nkv, d))?.transpose(0, 1)?.contiguous()?;
-        kv.write(layer, &step.write_index, &k_new, &v_new)?;
+        // chunk's own rows are among the keys it reads.
+        kv.write(layer, &k.reshape((rows, kd))?, &v, &step.slots)?;
 
-        let mut outs = Vec::with_capacity(step.groups.len());
-        for g in &step.groups {
+        let mut outs = Vec::with_capacity(step.prefills.len() + 1);
+        if let Some((seqs, op)) = &step.decode {
+            let q_rows = q.narrow(0, 0, *seqs)?.reshape((*seqs, nh, d))?;
+            outs.push(kv.attend_decode(layer, &q_rows, op)?.reshape((*seqs, nh * d))?);
+        }
+        for g in &step.prefills {
             let q_rows = q.narrow(0, g.first_row, g.seqs * g.query_len)?;
             outs.push(self.attend(&q_rows, g, layer, kv)?);
         }

@@ -9,13 +9,17 @@
 //! built with CUDA.
 //!
 //! - `plan`: the step's rows, KV slots and attention groups, as host vectors;
-//! - `kv_pool`: the K/V tensors per layer and their scatter/gather by slot;
+//! - `kv_pool`: the K/V tensors per layer: writes by slot, decode attention
+//!   through block tables, a prefill's keys gathered by slot;
+//! - `ops`: the backend's own operations (KV write, paged decode attention), each
+//!   a CUDA kernel (`kernels.cu`, compiled by build.rs) with a CPU twin;
 //! - `llama`: the forward pass;
 //! - `device`: opening the GPU, its name and free memory.
 
 pub mod device;
 mod kv_pool;
 mod llama;
+mod ops;
 pub mod plan;
 
 use candle_core::{DType, Device};
@@ -53,6 +57,40 @@ pub struct CudaBackend {
     kv: DeviceKvPool,
     info: BackendInfo,
     device: Device,
+    timings: StepTimings,
+}
+
+/// Where a step's time goes, summed and logged (at debug level) every
+/// [`StepTimings::EVERY`] steps: planning on the host, and the forward pass up to
+/// the logits' arrival on the host (which waits for the GPU).
+#[derive(Default)]
+struct StepTimings {
+    steps: u32,
+    rows: usize,
+    plan: std::time::Duration,
+    forward: std::time::Duration,
+}
+
+impl StepTimings {
+    const EVERY: u32 = 256;
+
+    fn record(&mut self, rows: usize, plan: std::time::Duration, forward: std::time::Duration) {
+        self.steps += 1;
+        self.rows += rows;
+        self.plan += plan;
+        self.forward += forward;
+        if self.steps == Self::EVERY {
+            let per_step = |d: std::time::Duration| format!("{:.3}", d.as_secs_f64() * 1e3 / self.steps as f64);
+            tracing::debug!(
+                steps = self.steps,
+                rows_per_step = self.rows as f64 / self.steps as f64,
+                plan_ms = per_step(self.plan),
+                forward_ms = per_step(self.forward),
+                "cuda step timings"
+            );
+            *self = Self::default();
+        }
+    }
 }
 
 impl CudaBackend {
@@ -96,7 +134,7 @@ impl CudaBackend {
         if slots > u32::MAX as usize {
             return Err(BackendError::Unavailable(format!("{slots} KV slots exceed the u32 slot index")));
         }
-        let kv = DeviceKvPool::new(&mcfg, slots, model.dtype(), &device).map_err(compute_error)?;
+        let kv = DeviceKvPool::new(&mcfg, cfg.block_size, num_blocks, model.dtype(), &device).map_err(compute_error)?;
         device.synchronize().map_err(compute_error)?;
         let info = BackendInfo {
             device: format!("{} ({:?})", facts.name, model.dtype()).to_lowercase(),
@@ -107,7 +145,7 @@ impl CudaBackend {
             step: StepShapes::dynamic(limits.max_batch_tokens, limits.max_batch_seqs),
             prefix_caching: true,
         };
-        Ok(Self { model, kv, info, device })
+        Ok(Self { model, kv, info, device, timings: StepTimings::default() })
     }
 
     /// The compute dtype a device gets: bf16 on a GPU, f32 on the CPU twin (candle's
@@ -136,8 +174,11 @@ impl Backend for CudaBackend {
 
     fn step(&mut self, batch: &StepBatch) -> Result<Logits, BackendError> {
         validate_step(&self.info, batch)?;
+        let start = std::time::Instant::now();
         let plan = StepPlan::new(batch, self.info.block_size);
+        let planned = start.elapsed();
         let data = self.model.forward(&plan, &self.kv)?;
+        self.timings.record(plan.ids.len(), planned, start.elapsed() - planned);
         Ok(Logits::for_batch(batch, self.info.vocab_size, data))
     }
 }

@@ -3,9 +3,10 @@
 //! slots and masks. Everything here is plain vectors, so it is tested without a
 //! device; `llama` uploads them once per step and every layer reuses them.
 //!
-//! Row order: every one-token sequence first (one batched attention group, the
-//! decodes), then each longer chunk on its own (one group per prefill, so a long
-//! chunk never pads the decodes' attention to its length).
+//! Row order: every one-token sequence first (the decodes, whose attention reads
+//! the pool through their block tables in one kernel), then each longer chunk on
+//! its own (one attention group per prefill, with its keys gathered by slot, so
+//! a long chunk never pads the decodes' work to its length).
 
 use crate::backend::{SeqStep, StepBatch};
 
@@ -21,10 +22,22 @@ pub struct StepPlan {
     pub positions: Vec<u32>,
     /// Each row's KV slot (`block * block_size + offset`), where its K/V are written.
     pub slots: Vec<u32>,
-    /// The attention groups, covering the rows in order.
-    pub groups: Vec<AttentionGroup>,
+    /// The one-token sequences, rows `0..decode.seqs`.
+    pub decode: Option<DecodeGroup>,
+    /// The prefill chunks, one group each, covering the remaining rows in order.
+    pub prefills: Vec<AttentionGroup>,
     /// For each batch entry that wants logits, in batch order, its last row.
     pub logit_rows: Vec<u32>,
+}
+
+/// The decode rows' block tables (`[seqs, max_blocks]`, padded with block 0) and
+/// how many positions each attends to (its own included).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeGroup {
+    pub seqs: usize,
+    pub max_blocks: usize,
+    pub tables: Vec<u32>,
+    pub lens: Vec<u32>,
 }
 
 /// Sequences whose attention runs as one batched computation: `seqs` sequences of
@@ -56,53 +69,57 @@ fn slot(seq: &SeqStep, pos: usize, block_size: usize) -> u32 {
 impl StepPlan {
     /// Plans a validated batch (block tables cover every position).
     pub fn new(batch: &StepBatch, block_size: usize) -> Self {
-        let decodes: Vec<usize> =
-            (0..batch.seqs.len()).filter(|&i| batch.seqs[i].tokens.len() == 1).collect();
-        let prefills: Vec<usize> =
-            (0..batch.seqs.len()).filter(|&i| batch.seqs[i].tokens.len() > 1).collect();
+        let is_decode = |s: &SeqStep| s.tokens.len() == 1;
         let n = batch.num_tokens();
         let mut plan = StepPlan {
             ids: Vec::with_capacity(n),
             positions: Vec::with_capacity(n),
             slots: Vec::with_capacity(n),
-            groups: Vec::with_capacity(prefills.len() + 1),
+            decode: None,
+            prefills: Vec::new(),
             logit_rows: Vec::new(),
         };
         let mut last_row = vec![0u32; batch.seqs.len()];
+        let decodes: Vec<(usize, &SeqStep)> = batch.seqs.iter().enumerate().filter(|(_, s)| is_decode(s)).collect();
         if !decodes.is_empty() {
-            let seqs: Vec<&SeqStep> = decodes.iter().map(|&i| &batch.seqs[i]).collect();
-            plan.push_group(&seqs, 1, block_size);
-            for (k, &i) in decodes.iter().enumerate() {
-                last_row[i] = k as u32;
+            let max_blocks = decodes.iter().map(|(_, s)| s.end().div_ceil(block_size)).max().unwrap_or(0);
+            let mut group =
+                DecodeGroup { seqs: decodes.len(), max_blocks, tables: Vec::new(), lens: Vec::new() };
+            for (row, &(i, s)) in decodes.iter().enumerate() {
+                let used = s.end().div_ceil(block_size);
+                group.tables.extend_from_slice(&s.block_table[..used]);
+                group.tables.extend(std::iter::repeat_n(0, max_blocks - used));
+                group.lens.push(s.end() as u32);
+                plan.ids.push(s.tokens[0]);
+                plan.positions.push(s.start_pos as u32);
+                plan.slots.push(slot(s, s.start_pos, block_size));
+                last_row[i] = row as u32;
             }
+            plan.decode = Some(group);
         }
-        for &i in &prefills {
-            let s = &batch.seqs[i];
-            plan.push_group(&[s], s.tokens.len(), block_size);
+        for (i, s) in batch.seqs.iter().enumerate().filter(|(_, s)| !is_decode(s)) {
+            plan.push_group(s, block_size);
             last_row[i] = plan.ids.len() as u32 - 1;
         }
-        plan.logit_rows =
-            (0..batch.seqs.len()).filter(|&i| batch.seqs[i].want_logits).map(|i| last_row[i]).collect();
+        plan.logit_rows = (0..batch.seqs.len()).filter(|&i| batch.seqs[i].want_logits).map(|i| last_row[i]).collect();
         plan
     }
 
-    fn push_group(&mut self, seqs: &[&SeqStep], query_len: usize, block_size: usize) {
+    fn push_group(&mut self, s: &SeqStep, block_size: usize) {
         let first_row = self.ids.len();
-        let kv_len = seqs.iter().map(|s| s.end()).max().unwrap_or(0);
-        let mut kv_slots = Vec::with_capacity(seqs.len() * kv_len);
-        let mut mask = Vec::with_capacity(seqs.len() * query_len * kv_len);
-        for s in seqs {
-            self.ids.extend_from_slice(s.tokens);
-            for pos in s.start_pos..s.end() {
-                self.positions.push(pos as u32);
-                self.slots.push(slot(s, pos, block_size));
-            }
-            kv_slots.extend((0..kv_len).map(|pos| if pos < s.end() { slot(s, pos, block_size) } else { 0 }));
-            for q in s.start_pos..s.end() {
-                mask.extend((0..kv_len).map(|key| if key <= q { 0.0 } else { MASKED }));
-            }
+        let kv_len = s.end();
+        let query_len = s.tokens.len();
+        self.ids.extend_from_slice(s.tokens);
+        for pos in s.start_pos..s.end() {
+            self.positions.push(pos as u32);
+            self.slots.push(slot(s, pos, block_size));
         }
-        self.groups.push(AttentionGroup { first_row, seqs: seqs.len(), query_len, kv_len, kv_slots, mask });
+        let kv_slots = (0..kv_len).map(|pos| slot(s, pos, block_size)).collect();
+        let mut mask = Vec::with_capacity(query_len * kv_len);
+        for q in s.start_pos..s.end() {
+            mask.extend((0..kv_len).map(|key| if key <= q { 0.0 } else { MASKED }));
+        }
+        self.prefills.push(AttentionGroup { first_row, seqs: 1, query_len, kv_len, kv_slots, mask });
     }
 }
 
@@ -129,13 +146,14 @@ mod tests {
         // Entry 0's last row is row 4; entry 1 is row 0; entry 2 wants none.
         assert_eq!(plan.logit_rows, vec![4, 0]);
 
-        let decode = &plan.groups[0];
-        assert_eq!((decode.first_row, decode.seqs, decode.query_len, decode.kv_len), (0, 2, 1, 6));
-        assert_eq!(decode.kv_slots, vec![0, 1, 2, 3, 8, 9, 28, 29, 0, 0, 0, 0]);
-        let m = MASKED;
-        assert_eq!(decode.mask, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, m, m, m, m]);
+        let decode = plan.decode.as_ref().expect("decode group");
+        assert_eq!((decode.seqs, decode.max_blocks), (2, 2));
+        // Entry 1 reaches position 6 over blocks [0, 2]; entry 2 position 2 in block 7.
+        assert_eq!(decode.tables, vec![0, 2, 7, 0]);
+        assert_eq!(decode.lens, vec![6, 2]);
 
-        let prefill = &plan.groups[1];
+        let m = MASKED;
+        let prefill = &plan.prefills[0];
         assert_eq!((prefill.first_row, prefill.seqs, prefill.query_len, prefill.kv_len), (2, 1, 3, 5));
         assert_eq!(prefill.kv_slots, vec![12, 13, 14, 15, 4]);
         #[rustfmt::skip]
@@ -144,6 +162,7 @@ mod tests {
             0.0, 0.0, 0.0, 0.0, m,
             0.0, 0.0, 0.0, 0.0, 0.0,
         ]);
-        assert_eq!(plan.groups.iter().map(AttentionGroup::rows).sum::<usize>(), plan.ids.len());
+        assert_eq!(plan.prefills.len(), 1);
+        assert_eq!(decode.seqs + prefill.rows(), plan.ids.len());
     }
 }
