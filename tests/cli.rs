@@ -2,7 +2,10 @@
 
 use std::process::Command;
 
+use candle_core::quantized::gguf_file;
 use serde_json::Value;
+
+use inflight::tokenizer::{ChatMessage, Tokenizer};
 
 use crate::support::{ids, model_path, reference, steps_to_match};
 
@@ -136,6 +139,70 @@ fn truncated_model_file_is_a_clear_error_not_a_panic() {
     assert!(err.contains("truncated.gguf"), "error names the file: {err}");
 }
 
+/// `models export-tokenizer` writes a Hugging Face folder that loads back as the
+/// GGUF's own tokenizer: the same ids for plain text, whitespace, non-ASCII and
+/// special tokens written in the text, the same BOS/EOS and stop ids, and the same
+/// chat template output.
+#[test]
+fn exported_tokenizer_loads_back_as_the_gguf_tokenizer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("tokenizer");
+    let out = inflight()
+        .args(["models", "export-tokenizer"])
+        .arg(model_path())
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out_dir.join("tokenizer.json").is_file() && out_dir.join("tokenizer_config.json").is_file());
+
+    let exported = Tokenizer::from_hf_dir(&out_dir).expect("exported folder loads");
+    let mut file = std::fs::File::open(model_path()).expect("open model");
+    let content = gguf_file::Content::read(&mut file).expect("read gguf");
+    let gguf = Tokenizer::from_gguf(&content).expect("gguf tokenizer");
+
+    for text in [
+        "The capital of France is",
+        "  two leading spaces,\ttabs\n\nand newlines  ",
+        "naïve café, 東京, emoji 🙂",
+        "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n",
+        "<|endoftext|>",
+    ] {
+        for add_bos in [false, true] {
+            assert_eq!(
+                exported.encode(text, add_bos).expect("encode"),
+                gguf.encode(text, add_bos).expect("encode"),
+                "{text:?}, add_bos {add_bos}"
+            );
+        }
+    }
+    let im_start = gguf.token_to_id("<|im_start|>").expect("<|im_start|> in the vocabulary");
+    assert!(gguf.encode("<|im_start|>user", false).expect("encode").starts_with(&[im_start]));
+    assert_eq!(exported.bos_token_id(), gguf.bos_token_id());
+    assert_eq!(exported.eos_token_id(), gguf.eos_token_id());
+    assert!(gguf.eos_token_id().is_some());
+    assert_eq!(exported.add_bos_token(), gguf.add_bos_token());
+    assert_eq!(exported.stop_token_ids(), gguf.stop_token_ids());
+    assert_eq!(exported.vocab_size(), gguf.vocab_size());
+
+    let message = |role: &str, content: &str| ChatMessage { role: role.into(), content: content.into() };
+    let conversation = [
+        message("system", "You are terse."),
+        message("user", "What is 2+2?"),
+        message("assistant", "4"),
+        message("user", "And 3+3?"),
+    ];
+    for add_generation_prompt in [false, true] {
+        let want = gguf.apply_chat_template(&conversation, add_generation_prompt).expect("gguf template");
+        assert!(want.contains("<|im_start|>system\nYou are terse."), "{want}");
+        assert_eq!(
+            exported.apply_chat_template(&conversation, add_generation_prompt).expect("template"),
+            want
+        );
+    }
+}
+
 #[test]
 fn models_list_shows_the_default_model() {
     let out = inflight().args(["models", "list"]).output().expect("run");
@@ -143,10 +210,30 @@ fn models_list_shows_the_default_model() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("smollm2-135m-instruct-q4_1"));
 }
 
-/// Backends not built yet, a missing libnrt, and a model source the CPU backend
-/// cannot run are clear errors that say what to do, never a panic.
+/// `--backend cuda` in a build without the `cuda` feature says how to build one
+/// with it. A build with the feature is checked on a GPU (`benches/gpu/`), so there
+/// this test has nothing to refuse.
 #[test]
-fn planned_backends_and_compiled_artifacts_on_the_cpu_are_clear_errors() {
+fn cuda_backend_without_the_feature_says_how_to_build_it() {
+    if candle_core::utils::cuda_is_available() {
+        return;
+    }
+    let out = inflight()
+        .args(["generate", "-p", "hi", "--backend", "cuda", "--model"])
+        .arg(model_path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "--backend cuda succeeded without CUDA support");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("built without CUDA support") && err.contains("--features cuda"), "{err}");
+    assert!(!err.contains("panicked"), "no panic: {err}");
+}
+
+/// The Neuron backend (not built yet beyond loading libnrt), a missing libnrt,
+/// and a model source the CPU backend cannot run are clear errors that say what to
+/// do, never a panic.
+#[test]
+fn neuron_backend_and_compiled_artifacts_on_the_cpu_are_clear_errors() {
     // `generate` with these extra flags on the default model: it must fail; its stderr.
     let refused = |flags: &[&str]| {
         let out = inflight()
@@ -161,8 +248,6 @@ fn planned_backends_and_compiled_artifacts_on_the_cpu_are_clear_errors() {
         assert!(!out.status.success(), "{flags:?} succeeded");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let err = refused(&["--backend", "cuda"]);
-    assert!(err.contains("CUDA") && err.contains("--backend cpu"), "{err}");
     // Without libnrt, every path tried is named.
     let err = refused(&["--backend", "neuron"]);
     assert!(err.contains("libnrt.so.1 (") && err.contains("/opt/aws/neuron/lib/libnrt.so.1 ("), "{err}");

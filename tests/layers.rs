@@ -28,6 +28,7 @@ const FORBIDDEN_WITHIN: &[(&str, &str)] = &[
     // The trait, step types and validation know no implementation, and no
     // implementation another's.
     ("backend", "backend::cpu"),
+    ("backend", "backend::cuda"),
     ("backend", "backend::neuron"),
     // Kernels are the bottom of the CPU backend.
     ("backend::cpu::kernels", "backend::cpu::llama"),

@@ -10,3 +10,4 @@ mod cli;
 mod cuda_twin;
 mod fidelity;
 mod layers;
+mod score;
