@@ -142,6 +142,11 @@ fn score_refuses_input_it_cannot_score() {
             vec![],
             "same length",
         ),
+        (
+            json!({"sequences": [{"prompt": [1, 2]}, {"prompt": [5], "continuation": [6, 7]}]}),
+            vec!["--greedy", "2"],
+            "same length",
+        ),
         (json!({"sequences": [{"prompt": [], "continuation": [3]}]}), vec![], "needs a prompt"),
     ];
     for (i, (input, flags, message)) in cases.iter().enumerate() {

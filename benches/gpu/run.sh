@@ -9,8 +9,8 @@
 #   benches/gpu/run.sh inflight   # checkpoints, parity, consistency, inflight bench
 #   benches/gpu/run.sh anchor     # the PyTorch anchor: compiled (static cache), then eager
 #
-# Needs: the release binary built with `--features cuda` (INFLIGHT_BIN, or
-# .gpu/inflight[.xz]), SmolLM2's tokenizer files (TOKENIZER_DIR, or
+# Needs: the binary built with `--features cuda` (INFLIGHT_BIN; else
+# $WORK/inflight, unpacked from .gpu/inflight.xz when missing), SmolLM2's tokenizer files (TOKENIZER_DIR, or
 # .gpu/tokenizer: `inflight models export-tokenizer smollm2-135m-instruct-q4_1
 # --out .gpu/tokenizer`), python3 with torch and transformers. Results go to
 # $OUT (default /tmp/inflight-gpu-out): log.txt, summary.jsonl, bench-*.json.

@@ -47,7 +47,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     if input.sequences.is_empty() || steps == 0 {
         bail!("nothing to score: give sequences with continuations, or --greedy N");
     }
-    if input.sequences.iter().any(|s| s.prompt.is_empty() || (given > 0 && s.continuation.len() != given)) {
+    if input.sequences.iter().any(|s| s.prompt.is_empty() || s.continuation.len() != given) {
         bail!("every sequence needs a prompt, and all continuations the same length");
     }
     let (_, loaded) = load_model(&args.model, &args.scheduler)?;

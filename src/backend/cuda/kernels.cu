@@ -1,4 +1,4 @@
-// The CUDA backend's own kernels, compiled to PTX by build.rs with nvcc when the
+// The CUDA backend's own kernels, compiled to PTX by build.rs (beside this file) with nvcc when the
 // `cuda` feature is on. Each has a CPU twin in ops.rs with the same contract,
 // which the tests run; the GPU checks (benches/gpu) compare this code's results
 // against transformers.

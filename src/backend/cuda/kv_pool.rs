@@ -54,7 +54,12 @@ impl DeviceKvPool {
 
     /// Decode attention of `q` (`[seqs, heads, head_dim]`) over `layer`'s pool
     /// through the op's block tables: `[seqs, heads, head_dim]`.
-    pub fn attend_decode(&self, layer: usize, q: &Tensor, op: &PagedDecodeAttention) -> candle_core::Result<Tensor> {
+    pub fn attend_decode(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        op: &PagedDecodeAttention,
+    ) -> candle_core::Result<Tensor> {
         q.apply_op3_no_bwd(&self.keys[layer], &self.values[layer], op)
     }
 

@@ -12,7 +12,7 @@
 //! - `kv_pool`: the K/V tensors per layer: writes by slot, decode attention
 //!   through block tables, a prefill's keys gathered by slot;
 //! - `ops`: the backend's own operations (KV write, paged decode attention), each
-//!   a CUDA kernel (`kernels.cu`, compiled by build.rs) with a CPU twin;
+//!   a CUDA kernel (`kernels.cu`, compiled by the `build.rs` beside it) with a CPU twin;
 //! - `llama`: the forward pass;
 //! - `device`: opening the GPU, its name and free memory.
 
@@ -80,7 +80,8 @@ impl StepTimings {
         self.plan += plan;
         self.forward += forward;
         if self.steps == Self::EVERY {
-            let per_step = |d: std::time::Duration| format!("{:.3}", d.as_secs_f64() * 1e3 / self.steps as f64);
+            let per_step =
+                |d: std::time::Duration| format!("{:.3}", d.as_secs_f64() * 1e3 / self.steps as f64);
             tracing::debug!(
                 steps = self.steps,
                 rows_per_step = self.rows as f64 / self.steps as f64,
@@ -134,7 +135,8 @@ impl CudaBackend {
         if slots > u32::MAX as usize {
             return Err(BackendError::Unavailable(format!("{slots} KV slots exceed the u32 slot index")));
         }
-        let kv = DeviceKvPool::new(&mcfg, cfg.block_size, num_blocks, model.dtype(), &device).map_err(compute_error)?;
+        let kv = DeviceKvPool::new(&mcfg, cfg.block_size, num_blocks, model.dtype(), &device)
+            .map_err(compute_error)?;
         device.synchronize().map_err(compute_error)?;
         let info = BackendInfo {
             device: format!("{} ({:?})", facts.name, model.dtype()).to_lowercase(),

@@ -72,7 +72,9 @@ impl InplaceOp3 for WriteKv {
         let (r0, stride) = (rows_l.start_offset(), rows_l.stride()[0]);
         let geometry = (heads, dim, pool_slots);
         match (pool, rows) {
-            (CpuStorage::F32(p), CpuStorage::F32(r)) => write_rows(&mut p[p0..], &r[r0..], stride, slots, geometry),
+            (CpuStorage::F32(p), CpuStorage::F32(r)) => {
+                write_rows(&mut p[p0..], &r[r0..], stride, slots, geometry)
+            }
             (CpuStorage::BF16(p), CpuStorage::BF16(r)) => {
                 write_rows(&mut p[p0..], &r[r0..], stride, slots, geometry)
             }
@@ -143,7 +145,11 @@ impl PagedDecodeAttention {
         let (seqs, heads, dim) = q.shape().dims3()?;
         let (kv_heads, pool_slots, kdim) = k.shape().dims3()?;
         if heads != self.num_heads || dim != self.head_dim || kv_heads != self.num_kv_heads || kdim != dim {
-            candle_core::bail!("paged-attention: q {:?} and pool {:?} disagree with the model", q.shape(), k.shape());
+            candle_core::bail!(
+                "paged-attention: q {:?} and pool {:?} disagree with the model",
+                q.shape(),
+                k.shape()
+            );
         }
         if self.lens.len() != seqs || self.tables.len() != seqs * self.max_blocks {
             candle_core::bail!("paged-attention: {} lengths for {seqs} queries", self.lens.len());
@@ -157,7 +163,8 @@ impl PagedDecodeAttention {
         let mut scores = Vec::new();
         for (s, &len) in self.lens.iter().enumerate() {
             let table = &self.tables[s * self.max_blocks..(s + 1) * self.max_blocks];
-            let slot = |pos: usize| table[pos / self.block_size] as usize * self.block_size + pos % self.block_size;
+            let slot =
+                |pos: usize| table[pos / self.block_size] as usize * self.block_size + pos % self.block_size;
             for head in 0..h {
                 let kv = head / group;
                 let qh = &q[(s * h + head) * d..(s * h + head + 1) * d];
@@ -243,8 +250,10 @@ impl CustomOp3 for PagedDecodeAttention {
         let n = seqs * self.num_heads * self.head_dim;
         // SAFETY: every element is written by the kernel before it is read.
         let out = unsafe { dev.alloc::<half::bf16>(n) }?;
-        let func = dev.get_or_load_custom_func("paged_decode_attention_bf16", kernels::MODULE, kernels::PTX)?;
-        let (num_heads, kv_heads, head_dim) = (self.num_heads as u32, self.num_kv_heads as u32, self.head_dim as u32);
+        let func =
+            dev.get_or_load_custom_func("paged_decode_attention_bf16", kernels::MODULE, kernels::PTX)?;
+        let (num_heads, kv_heads, head_dim) =
+            (self.num_heads as u32, self.num_kv_heads as u32, self.head_dim as u32);
         let (block_size, max_blocks) = (self.block_size as u32, self.max_blocks as u32);
         let (slots_total, scale) = (pool_slots as u64, self.scale);
         let mut b = func.builder();

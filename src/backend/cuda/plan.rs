@@ -80,7 +80,8 @@ impl StepPlan {
             logit_rows: Vec::new(),
         };
         let mut last_row = vec![0u32; batch.seqs.len()];
-        let decodes: Vec<(usize, &SeqStep)> = batch.seqs.iter().enumerate().filter(|(_, s)| is_decode(s)).collect();
+        let decodes: Vec<(usize, &SeqStep)> =
+            batch.seqs.iter().enumerate().filter(|(_, s)| is_decode(s)).collect();
         if !decodes.is_empty() {
             let max_blocks = decodes.iter().map(|(_, s)| s.end().div_ceil(block_size)).max().unwrap_or(0);
             let mut group =
@@ -101,7 +102,8 @@ impl StepPlan {
             plan.push_group(s, block_size);
             last_row[i] = plan.ids.len() as u32 - 1;
         }
-        plan.logit_rows = (0..batch.seqs.len()).filter(|&i| batch.seqs[i].want_logits).map(|i| last_row[i]).collect();
+        plan.logit_rows =
+            (0..batch.seqs.len()).filter(|&i| batch.seqs[i].want_logits).map(|i| last_row[i]).collect();
         plan
     }
 
