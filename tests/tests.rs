@@ -10,4 +10,5 @@ mod cli;
 mod cuda_twin;
 mod fidelity;
 mod layers;
+mod neuron_runtime;
 mod score;

@@ -1,0 +1,827 @@
+//! **A libnrt emulator, not the Neuron runtime.** It exports libnrt's C symbols
+//! with the signatures, enum values and struct layouts of the Neuron SDK 2.28
+//! headers (the ones inflight's `backend::neuron::ffi` pins), over host memory, so
+//! inflight's Neuron backend can be run and tested where no Inferentia exists.
+//!
+//! It is strict where real hardware punishes mistakes: a call before `nrt_init` or
+//! after `nrt_close`, a second init, a handle freed twice or used after its free, a
+//! tensor freed while a set names it, a read or write out of bounds, an execute
+//! with a missing, unknown or wrongly sized tensor, a KV-state output not bound to
+//! its own input: each returns the status libnrt would (or `NRT_INVALID` where the
+//! real one is not documented) and is counted as misuse. `nrt_close` records what
+//! was still alive (leaks). `nrt_emulator_report` (not a libnrt symbol) returns
+//! the counts as JSON for tests.
+//!
+//! Its stand-in for a NEFF is a small JSON file (`Neff`): the graph's name and
+//! tensors (name, input/output, dtype, shape, which input an output aliases). What
+//! a graph computes is its `program`; this version knows `copy` (each output with
+//! `copy_of` gets that input's bytes), enough to exercise loading, binding and
+//! execution; the prefill and decode graphs of a model are the next step.
+//!
+//! Fault injection, read at `nrt_init`: `INFLIGHT_NRT_EMULATOR_FAULTS` lists which
+//! executes fail how (`3:busy,5:resource,6:timeout,7:nan`, counting from 1), and
+//! `INFLIGHT_NRT_EMULATOR_LOAD_FAULT=not_enough_nc` fails every load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Deserialize;
+
+pub mod status {
+    pub const SUCCESS: u32 = 0;
+    pub const FAILURE: u32 = 1;
+    pub const INVALID: u32 = 2;
+    pub const INVALID_HANDLE: u32 = 3;
+    pub const RESOURCE: u32 = 4;
+    pub const TIMEOUT: u32 = 5;
+    pub const LOAD_NOT_ENOUGH_NC: u32 = 9;
+    pub const UNINITIALIZED: u32 = 13;
+    pub const CLOSED: u32 = 14;
+    pub const EXEC_COMPLETED_WITH_NUM_ERR: u32 = 1003;
+    pub const EXEC_NC_BUSY: u32 = 1005;
+}
+use status::*;
+
+/// `nrt_tensor_info_t`.
+#[repr(C)]
+pub struct NrtTensorInfo {
+    pub name: [c_char; 256],
+    pub usage: u32,
+    pub size: usize,
+    pub dtype: u32,
+    pub shape: *mut u32,
+    pub ndim: u32,
+}
+
+/// `nrt_tensor_info_array_t`: the count, then the infos in place.
+#[repr(C)]
+pub struct NrtTensorInfoArray {
+    pub tensor_count: u64,
+    pub tensor_array: [NrtTensorInfo; 0],
+}
+
+/// `nrt_version_t`.
+#[repr(C)]
+pub struct NrtVersion {
+    pub rt_major: u64,
+    pub rt_minor: u64,
+    pub rt_patch: u64,
+    pub rt_maintenance: u64,
+    pub rt_detail: [c_char; 128],
+    pub git_hash: [c_char; 64],
+}
+
+/// `nrt_dtype_t` codes (SDK 2.28 numbering) and element sizes, by the names the
+/// stand-in NEFF uses.
+fn dtype(name: &str) -> Option<(u32, usize)> {
+    Some(match name {
+        "bfloat16" => (0x6, 2),
+        "float16" => (0x7, 2),
+        "int32" => (0x8, 4),
+        "uint32" => (0x9, 4),
+        "float32" => (0xA, 4),
+        "int64" => (0xC, 8),
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Usage {
+    Input,
+    Output,
+}
+
+/// The emulator's stand-in for a NEFF file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Neff {
+    format: String,
+    version: u32,
+    graph: String,
+    tensors: Vec<NeffTensor>,
+    program: Program,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NeffTensor {
+    name: String,
+    usage: Usage,
+    dtype: String,
+    shape: Vec<u32>,
+    /// An output that is the same memory as this input (KV state).
+    #[serde(default)]
+    aliases: Option<String>,
+    /// `copy` program: this output receives that input's bytes.
+    #[serde(default)]
+    copy_of: Option<String>,
+}
+
+impl NeffTensor {
+    fn bytes(&self) -> usize {
+        let elem = dtype(&self.dtype).map_or(0, |(_, size)| size);
+        self.shape.iter().map(|&d| d as usize).product::<usize>() * elem
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Program {
+    Copy,
+}
+
+const NEFF_FORMAT: &str = "inflight-nrt-emulator-neff";
+
+impl Neff {
+    fn parse(bytes: &[u8]) -> Result<Neff, String> {
+        let neff: Neff = serde_json::from_slice(bytes).map_err(|e| format!("not an emulator NEFF: {e}"))?;
+        if neff.format != NEFF_FORMAT || neff.version != 1 {
+            return Err(format!(
+                "format {:?} version {}, expected {NEFF_FORMAT:?} 1",
+                neff.format, neff.version
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &neff.tensors {
+            if !names.insert(t.name.as_str()) {
+                return Err(format!("tensor `{}` declared twice", t.name));
+            }
+            if dtype(&t.dtype).is_none() {
+                return Err(format!("tensor `{}`: unknown dtype `{}`", t.name, t.dtype));
+            }
+        }
+        for t in &neff.tensors {
+            for (what, other) in [("aliases", &t.aliases), ("copy_of", &t.copy_of)] {
+                let Some(other) = other else { continue };
+                let input = neff.tensors.iter().find(|i| &i.name == other && i.usage == Usage::Input);
+                match input {
+                    Some(i) if t.usage == Usage::Output && i.bytes() == t.bytes() => {}
+                    _ => {
+                        return Err(format!(
+                            "output `{}` {what} `{other}`, which is no input of its size",
+                            t.name
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(neff)
+    }
+}
+
+struct TensorRec {
+    storage: Arc<Mutex<Vec<u8>>>,
+    offset: usize,
+    size: usize,
+    name: String,
+}
+
+/// One `nrt_get_model_tensor_info` allocation: the array and the shapes it points to.
+struct InfoAlloc {
+    _buffer: Vec<u64>,
+    _shapes: Vec<Vec<u32>>,
+}
+
+#[derive(Default)]
+struct State {
+    initialized: bool,
+    closed: bool,
+    next_handle: usize,
+    tensors: HashMap<usize, TensorRec>,
+    sets: HashMap<usize, BTreeMap<String, usize>>,
+    models: HashMap<usize, Neff>,
+    infos: HashMap<usize, InfoAlloc>,
+    /// Handles freed (or destroyed, or unloaded) once, to tell a double free from garbage.
+    freed: std::collections::HashSet<usize>,
+    misuse: Vec<String>,
+    leaked_at_close: Option<serde_json::Value>,
+    executes: u64,
+    faults: HashMap<u64, u32>,
+    load_fault: Option<u32>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn state() -> MutexGuard<'static, Option<State>> {
+    STATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `f` on the emulator's state (created on first use).
+fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut guard = state();
+    f(guard.get_or_insert_with(State::default))
+}
+
+impl State {
+    fn misuse(&mut self, status: u32, what: String) -> u32 {
+        eprintln!("libnrt emulator: misuse: {what}");
+        self.misuse.push(what);
+        status
+    }
+
+    fn handle(&mut self) -> usize {
+        // Distinct, non-null, never dereferenced by callers, never reused.
+        self.next_handle += 1;
+        0x1000 + self.next_handle * 16
+    }
+
+    /// `Some(status)` when the runtime is not open for calls.
+    fn not_open(&mut self, call: &str) -> Option<u32> {
+        if self.closed {
+            return Some(self.misuse(CLOSED, format!("{call} after nrt_close")));
+        }
+        if !self.initialized {
+            return Some(self.misuse(UNINITIALIZED, format!("{call} before nrt_init")));
+        }
+        None
+    }
+
+    fn bad_handle(&mut self, call: &str, kind: &str, h: usize) -> u32 {
+        let what = if self.freed.contains(&h) { "used after its free" } else { "unknown" };
+        self.misuse(INVALID_HANDLE, format!("{call}: {kind} handle {h:#x} {what}"))
+    }
+
+    fn live(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tensors": self.tensors.values().map(|t| t.name.clone()).collect::<Vec<_>>(),
+            "tensor_sets": self.sets.len(),
+            "models": self.models.values().map(|m| m.graph.clone()).collect::<Vec<_>>(),
+            "tensor_infos": self.infos.len(),
+        })
+    }
+
+    fn read_faults(&mut self) {
+        let faults = std::env::var("INFLIGHT_NRT_EMULATOR_FAULTS").unwrap_or_default();
+        for item in faults.split(',').filter(|s| !s.is_empty()) {
+            let parsed = item.split_once(':').and_then(|(n, kind)| {
+                let code = match kind {
+                    "busy" => EXEC_NC_BUSY,
+                    "resource" => RESOURCE,
+                    "timeout" => TIMEOUT,
+                    "nan" => EXEC_COMPLETED_WITH_NUM_ERR,
+                    _ => return None,
+                };
+                Some((n.parse().ok()?, code))
+            });
+            match parsed {
+                Some((n, code)) => {
+                    self.faults.insert(n, code);
+                }
+                None => eprintln!("libnrt emulator: ignoring fault `{item}` (N:busy|resource|timeout|nan)"),
+            }
+        }
+        self.load_fault = (std::env::var("INFLIGHT_NRT_EMULATOR_LOAD_FAULT").as_deref()
+            == Ok("not_enough_nc"))
+        .then_some(LOAD_NOT_ENOUGH_NC);
+    }
+}
+
+/// # Safety
+/// `s` is null or a NUL-terminated string.
+unsafe fn c_str(s: *const c_char) -> Option<String> {
+    (!s.is_null()).then(|| CStr::from_ptr(s).to_string_lossy().into_owned())
+}
+
+#[no_mangle]
+pub extern "C" fn nrt_init(framework: u32, _fw_version: *const c_char, _fal_version: *const c_char) -> u32 {
+    with_state(|s| {
+        if s.closed {
+            return s.misuse(FAILURE, "nrt_init after nrt_close".into());
+        }
+        if s.initialized {
+            return s.misuse(FAILURE, "nrt_init called twice".into());
+        }
+        if framework > 3 {
+            return s.misuse(INVALID, format!("nrt_init: unknown framework type {framework}"));
+        }
+        s.read_faults();
+        s.initialized = true;
+        SUCCESS
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn nrt_close() {
+    with_state(|s| {
+        if s.not_open("nrt_close").is_some() {
+            return;
+        }
+        s.closed = true;
+        let live = s.live();
+        let leaked =
+            !s.tensors.is_empty() || !s.sets.is_empty() || !s.models.is_empty() || !s.infos.is_empty();
+        if leaked {
+            eprintln!("libnrt emulator: leaked at nrt_close: {live}");
+        }
+        s.leaked_at_close = Some(live);
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `neff` holds `size` bytes; `model` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_load(
+    neff: *const c_void,
+    size: usize,
+    _start_vnc: i32,
+    _vnc_count: i32,
+    model: *mut *mut c_void,
+) -> u32 {
+    with_state(|s| {
+        if let Some(status) = s.not_open("nrt_load") {
+            return status;
+        }
+        if neff.is_null() || model.is_null() {
+            return s.misuse(INVALID, "nrt_load: null NEFF or model pointer".into());
+        }
+        if let Some(fault) = s.load_fault {
+            return fault;
+        }
+        let bytes = std::slice::from_raw_parts(neff.cast::<u8>(), size);
+        match Neff::parse(bytes) {
+            Ok(parsed) => {
+                let h = s.handle();
+                s.models.insert(h, parsed);
+                *model = h as *mut c_void;
+                SUCCESS
+            }
+            Err(why) => {
+                eprintln!("libnrt emulator: nrt_load: {why}");
+                INVALID
+            }
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn nrt_unload(model: *mut c_void) -> u32 {
+    with_state(|s| {
+        if let Some(status) = s.not_open("nrt_unload") {
+            return status;
+        }
+        let h = model as usize;
+        if s.models.remove(&h).is_none() {
+            return s.bad_handle("nrt_unload", "model", h);
+        }
+        s.freed.insert(h);
+        SUCCESS
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `info` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_get_model_tensor_info(
+    model: *mut c_void,
+    info: *mut *mut NrtTensorInfoArray,
+) -> u32 {
+    with_state(|s| {
+        if let Some(status) = s.not_open("nrt_get_model_tensor_info") {
+            return status;
+        }
+        let h = model as usize;
+        let Some(neff) = s.models.get(&h) else {
+            return s.bad_handle("nrt_get_model_tensor_info", "model", h);
+        };
+        let n = neff.tensors.len();
+        let words = (8 + n * std::mem::size_of::<NrtTensorInfo>()).div_ceil(8);
+        let mut buffer = vec![0u64; words];
+        let mut shapes: Vec<Vec<u32>> = neff.tensors.iter().map(|t| t.shape.clone()).collect();
+        let array = buffer.as_mut_ptr().cast::<NrtTensorInfoArray>();
+        (*array).tensor_count = n as u64;
+        let first = std::ptr::addr_of_mut!((*array).tensor_array).cast::<NrtTensorInfo>();
+        for (i, t) in neff.tensors.iter().enumerate() {
+            let mut name = [0 as c_char; 256];
+            for (dst, &b) in name.iter_mut().zip(t.name.as_bytes().iter().take(255)) {
+                *dst = b as c_char;
+            }
+            first.add(i).write(NrtTensorInfo {
+                name,
+                usage: if t.usage == Usage::Input { 0 } else { 1 },
+                size: t.bytes(),
+                dtype: dtype(&t.dtype).map_or(0, |(code, _)| code),
+                shape: shapes[i].as_mut_ptr(),
+                ndim: t.shape.len() as u32,
+            });
+        }
+        s.infos.insert(array as usize, InfoAlloc { _buffer: buffer, _shapes: shapes });
+        *info = array;
+        SUCCESS
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn nrt_free_model_tensor_info(info: *mut NrtTensorInfoArray) -> u32 {
+    with_state(|s| {
+        let h = info as usize;
+        if s.infos.remove(&h).is_none() {
+            return s.bad_handle("nrt_free_model_tensor_info", "tensor info", h);
+        }
+        s.freed.insert(h);
+        SUCCESS
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `name` is null or a C string; `tensor` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_allocate(
+    placement: u32,
+    _vnc: c_int,
+    size: usize,
+    name: *const c_char,
+    tensor: *mut *mut c_void,
+) -> u32 {
+    with_state(|s| {
+        if let Some(status) = s.not_open("nrt_tensor_allocate") {
+            return status;
+        }
+        if tensor.is_null() || placement > 2 {
+            return s
+                .misuse(INVALID, format!("nrt_tensor_allocate: placement {placement} or null out-pointer"));
+        }
+        if placement == 1 && size > 4 << 20 {
+            return RESOURCE;
+        }
+        let h = s.handle();
+        let name = c_str(name).unwrap_or_default();
+        let storage = Arc::new(Mutex::new(vec![0u8; size]));
+        s.tensors.insert(h, TensorRec { storage, offset: 0, size, name });
+        *tensor = h as *mut c_void;
+        SUCCESS
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `tensor` is null or points to a handle.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_free(tensor: *mut *mut c_void) {
+    with_state(|s| {
+        if tensor.is_null() || (*tensor).is_null() {
+            return;
+        }
+        if s.not_open("nrt_tensor_free").is_some() {
+            return;
+        }
+        let h = *tensor as usize;
+        let Some(rec) = s.tensors.remove(&h) else {
+            let what = if s.freed.contains(&h) { "freed twice" } else { "unknown" };
+            s.misuse(INVALID_HANDLE, format!("nrt_tensor_free: tensor {h:#x} {what}"));
+            return;
+        };
+        s.freed.insert(h);
+        let named_by: Vec<String> = s
+            .sets
+            .values()
+            .flat_map(|set| set.iter().filter(|(_, &t)| t == h).map(|(n, _)| n.clone()))
+            .collect();
+        if !named_by.is_empty() {
+            s.misuse(
+                INVALID,
+                format!("tensor `{}` freed while a tensor set still names it ({named_by:?})", rec.name),
+            );
+        }
+        *tensor = std::ptr::null_mut();
+    })
+}
+
+fn tensor_io(call: &str, tensor: usize, offset: usize, size: usize, f: impl FnOnce(&mut [u8])) -> u32 {
+    with_state(|s| {
+        if let Some(status) = s.not_open(call) {
+            return status;
+        }
+        let Some(rec) = s.tensors.get(&tensor) else {
+            return s.bad_handle(call, "tensor", tensor);
+        };
+        if offset.checked_add(size).is_none_or(|end| end > rec.size) {
+            let what =
+                format!("{call}: {size} bytes at {offset} beyond tensor `{}` of {}", rec.name, rec.size);
+            return s.misuse(INVALID, what);
+        }
+        let mut data = rec.storage.lock().unwrap_or_else(|p| p.into_inner());
+        let start = rec.offset + offset;
+        f(&mut data[start..start + size]);
+        SUCCESS
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `buf` holds `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_read(
+    tensor: *const c_void,
+    buf: *mut c_void,
+    offset: usize,
+    size: usize,
+) -> u32 {
+    tensor_io("nrt_tensor_read", tensor as usize, offset, size, |src| {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), buf.cast::<u8>(), size)
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `buf` holds `size` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_write(
+    tensor: *mut c_void,
+    buf: *const c_void,
+    offset: usize,
+    size: usize,
+) -> u32 {
+    tensor_io("nrt_tensor_write", tensor as usize, offset, size, |dst| {
+        std::ptr::copy_nonoverlapping(buf.cast::<u8>(), dst.as_mut_ptr(), size)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn nrt_tensor_get_size(tensor: *const c_void) -> usize {
+    with_state(|s| match s.tensors.get(&(tensor as usize)) {
+        Some(rec) => rec.size,
+        None => {
+            s.bad_handle("nrt_tensor_get_size", "tensor", tensor as usize);
+            0
+        }
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `name` is null or a C string; `slice` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_tensor_allocate_slice(
+    source: *const c_void,
+    offset: usize,
+    size: usize,
+    name: *const c_char,
+    slice: *mut *mut c_void,
+) -> u32 {
+    with_state(|s| {
+        if let Some(status) = s.not_open("nrt_tensor_allocate_slice") {
+            return status;
+        }
+        let Some(src) = s.tensors.get(&(source as usize)) else {
+            return s.bad_handle("nrt_tensor_allocate_slice", "tensor", source as usize);
+        };
+        if slice.is_null() || offset.checked_add(size).is_none_or(|end| end > src.size) {
+            return s.misuse(
+                INVALID,
+                format!("nrt_tensor_allocate_slice: {size} bytes at {offset} beyond the source"),
+            );
+        }
+        let rec = TensorRec {
+            storage: Arc::clone(&src.storage),
+            offset: src.offset + offset,
+            size,
+            name: c_str(name).unwrap_or_default(),
+        };
+        let h = s.handle();
+        s.tensors.insert(h, rec);
+        *slice = h as *mut c_void;
+        SUCCESS
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `set` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_allocate_tensor_set(set: *mut *mut c_void) -> u32 {
+    with_state(|s| {
+        if let Some(status) = s.not_open("nrt_allocate_tensor_set") {
+            return status;
+        }
+        if set.is_null() {
+            return s.misuse(INVALID, "nrt_allocate_tensor_set: null out-pointer".into());
+        }
+        let h = s.handle();
+        s.sets.insert(h, BTreeMap::new());
+        *set = h as *mut c_void;
+        SUCCESS
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `name` is a C string.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_add_tensor_to_tensor_set(
+    set: *mut c_void,
+    name: *const c_char,
+    tensor: *mut c_void,
+) -> u32 {
+    with_state(|s| {
+        if let Some(status) = s.not_open("nrt_add_tensor_to_tensor_set") {
+            return status;
+        }
+        if !s.tensors.contains_key(&(tensor as usize)) {
+            return s.bad_handle("nrt_add_tensor_to_tensor_set", "tensor", tensor as usize);
+        }
+        let Some(name) = c_str(name) else {
+            return s.misuse(INVALID, "nrt_add_tensor_to_tensor_set: null name".into());
+        };
+        match s.sets.get_mut(&(set as usize)) {
+            Some(entries) => {
+                entries.insert(name, tensor as usize);
+                SUCCESS
+            }
+            None => s.bad_handle("nrt_add_tensor_to_tensor_set", "tensor set", set as usize),
+        }
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `set` is null or points to a handle.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_destroy_tensor_set(set: *mut *mut c_void) {
+    with_state(|s| {
+        if set.is_null() || (*set).is_null() || s.not_open("nrt_destroy_tensor_set").is_some() {
+            return;
+        }
+        let h = *set as usize;
+        if s.sets.remove(&h).is_none() {
+            s.bad_handle("nrt_destroy_tensor_set", "tensor set", h);
+            return;
+        }
+        s.freed.insert(h);
+        *set = std::ptr::null_mut();
+    })
+}
+
+/// Checks that `set` binds exactly the NEFF's tensors of `usage`, each with its
+/// declared byte size; returns the bound tensor of each name.
+fn bindings(
+    s: &mut State,
+    neff_tensors: &[NeffTensor],
+    usage: Usage,
+    set: usize,
+) -> Result<HashMap<String, usize>, u32> {
+    let kind = if usage == Usage::Input { "input" } else { "output" };
+    let Some(entries) = s.sets.get(&set).cloned() else {
+        return Err(s.bad_handle("nrt_execute", "tensor set", set));
+    };
+    for name in entries.keys() {
+        if !neff_tensors.iter().any(|t| t.usage == usage && &t.name == name) {
+            return Err(s.misuse(
+                INVALID,
+                format!("nrt_execute: the {kind} set names `{name}`, which the NEFF has no {kind} of"),
+            ));
+        }
+    }
+    let mut bound = HashMap::new();
+    for t in neff_tensors.iter().filter(|t| t.usage == usage) {
+        let Some(&h) = entries.get(&t.name) else {
+            return Err(s.misuse(INVALID, format!("nrt_execute: {kind} `{}` is not bound", t.name)));
+        };
+        let size = s.tensors.get(&h).map(|r| r.size);
+        match size {
+            None => return Err(s.bad_handle("nrt_execute", "tensor", h)),
+            Some(size) if size != t.bytes() => {
+                let what = format!(
+                    "nrt_execute: {kind} `{}` is bound to {size} bytes, the NEFF's is {}",
+                    t.name,
+                    t.bytes()
+                );
+                return Err(s.misuse(INVALID, what));
+            }
+            Some(_) => {}
+        }
+        bound.insert(t.name.clone(), h);
+    }
+    Ok(bound)
+}
+
+fn same_memory(a: &TensorRec, b: &TensorRec) -> bool {
+    Arc::ptr_eq(&a.storage, &b.storage) && a.offset == b.offset && a.size == b.size
+}
+
+#[no_mangle]
+pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs: *mut c_void) -> u32 {
+    with_state(|s| {
+        if let Some(status) = s.not_open("nrt_execute") {
+            return status;
+        }
+        let Some((tensors, program)) =
+            s.models.get(&(model as usize)).map(|m| (m.tensors.clone(), m.program))
+        else {
+            return s.bad_handle("nrt_execute", "model", model as usize);
+        };
+        let ins = match bindings(s, &tensors, Usage::Input, inputs as usize) {
+            Ok(b) => b,
+            Err(status) => return status,
+        };
+        let outs = match bindings(s, &tensors, Usage::Output, outputs as usize) {
+            Ok(b) => b,
+            Err(status) => return status,
+        };
+        for t in tensors.iter().filter(|t| t.usage == Usage::Output) {
+            if let Some(input) = &t.aliases {
+                if !same_memory(&s.tensors[&outs[&t.name]], &s.tensors[&ins[input]]) {
+                    let what =
+                        format!("nrt_execute: state output `{}` is not bound to its input `{input}`", t.name);
+                    return s.misuse(INVALID, what);
+                }
+            }
+        }
+        s.executes += 1;
+        let fault = s.faults.get(&s.executes).copied();
+        if let Some(code) = fault.filter(|&c| c != EXEC_COMPLETED_WITH_NUM_ERR) {
+            return code;
+        }
+        let Program::Copy = program;
+        for t in tensors.iter().filter(|t| t.usage == Usage::Output) {
+            let dst = &s.tensors[&outs[&t.name]];
+            let bytes = match &t.copy_of {
+                Some(input) => {
+                    let src = &s.tensors[&ins[input]];
+                    let data = src.storage.lock().unwrap_or_else(|p| p.into_inner());
+                    data[src.offset..src.offset + src.size].to_vec()
+                }
+                None => continue,
+            };
+            let mut data = dst.storage.lock().unwrap_or_else(|p| p.into_inner());
+            data[dst.offset..dst.offset + dst.size].copy_from_slice(&bytes);
+        }
+        if fault == Some(EXEC_COMPLETED_WITH_NUM_ERR) {
+            for t in tensors.iter().filter(|t| t.usage == Usage::Output && t.dtype == "float32") {
+                let dst = &s.tensors[&outs[&t.name]];
+                let mut data = dst.storage.lock().unwrap_or_else(|p| p.into_inner());
+                for v in data[dst.offset..dst.offset + dst.size].chunks_exact_mut(4) {
+                    v.copy_from_slice(&f32::NAN.to_le_bytes());
+                }
+            }
+            return EXEC_COMPLETED_WITH_NUM_ERR;
+        }
+        SUCCESS
+    })
+}
+
+/// # Safety
+/// libnrt's contract: `version` holds `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_get_version(version: *mut NrtVersion, size: usize) -> u32 {
+    if version.is_null() || size < std::mem::size_of::<NrtVersion>() {
+        return INVALID;
+    }
+    let mut detail = [0 as c_char; 128];
+    for (dst, &b) in detail.iter_mut().zip(b"inflight libnrt emulator (not the Neuron runtime)") {
+        *dst = b as c_char;
+    }
+    version.write(NrtVersion {
+        rt_major: 2,
+        rt_minor: 30,
+        rt_patch: 0,
+        rt_maintenance: 0,
+        rt_detail: detail,
+        git_hash: [0; 64],
+    });
+    SUCCESS
+}
+
+/// # Safety
+/// libnrt's contract: `count` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_get_visible_vnc_count(count: *mut u32) -> u32 {
+    if count.is_null() {
+        return INVALID;
+    }
+    // An inf2.xlarge's two NeuronCores.
+    *count = 2;
+    SUCCESS
+}
+
+/// Not a libnrt symbol: the emulator's counts as JSON (misuse, what is alive, what
+/// was alive at `nrt_close`, executes), written to `buf` (NUL-terminated, cut at
+/// `len`). Returns the full length, so a caller can retry with a larger buffer.
+///
+/// # Safety
+/// `buf` is null or holds `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn nrt_emulator_report(buf: *mut c_char, len: usize) -> usize {
+    let report = with_state(|s| {
+        serde_json::json!({
+            "emulator": "inflight libnrt emulator (not the Neuron runtime)",
+            "initialized": s.initialized,
+            "closed": s.closed,
+            "misuse": s.misuse,
+            "live": s.live(),
+            "leaked_at_close": s.leaked_at_close,
+            "executes": s.executes,
+        })
+        .to_string()
+    });
+    if !buf.is_null() && len > 0 {
+        let n = report.len().min(len - 1);
+        std::ptr::copy_nonoverlapping(report.as_ptr().cast::<c_char>(), buf, n);
+        *buf.add(n) = 0;
+    }
+    report.len() + 1
+}
+
+/// Not a libnrt symbol: forgets everything (for the emulator's own tests, which
+/// share one process).
+#[no_mangle]
+pub extern "C" fn nrt_emulator_reset() {
+    *state() = None;
+}
+
+#[cfg(test)]
+mod tests;
