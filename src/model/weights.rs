@@ -29,6 +29,13 @@ pub enum WeightSource {
         path: PathBuf,
         st: MmapedSafetensors,
     },
+    /// Float tensors already in memory, by Hugging Face name (what a runtime that
+    /// receives weights as buffers, like the libnrt emulator, has); `path` labels
+    /// them in errors.
+    Memory {
+        path: PathBuf,
+        tensors: std::collections::HashMap<String, Tensor>,
+    },
 }
 
 /// A weight matrix as the file stores it: quantized blocks (GGUF) or a dense float
@@ -79,14 +86,14 @@ impl WeightSource {
 
     pub fn path(&self) -> &Path {
         match self {
-            Self::Gguf { path, .. } | Self::Safetensors { path, .. } => path,
+            Self::Gguf { path, .. } | Self::Safetensors { path, .. } | Self::Memory { path, .. } => path,
         }
     }
 
     pub fn gguf_content(&self) -> Option<&gguf_file::Content> {
         match self {
             Self::Gguf { content, .. } => Some(content),
-            Self::Safetensors { .. } => None,
+            Self::Safetensors { .. } | Self::Memory { .. } => None,
         }
     }
 
@@ -94,7 +101,7 @@ impl WeightSource {
     fn file_name(&self, name: &str) -> String {
         match self {
             Self::Gguf { .. } => name.to_string(),
-            Self::Safetensors { .. } => hf_name(name),
+            Self::Safetensors { .. } | Self::Memory { .. } => hf_name(name),
         }
     }
 
@@ -103,6 +110,7 @@ impl WeightSource {
         match self {
             Self::Gguf { content, .. } => content.tensor_infos.contains_key(&n),
             Self::Safetensors { st, .. } => st.get(&n).is_ok(),
+            Self::Memory { tensors, .. } => tensors.contains_key(&n),
         }
     }
 
@@ -160,6 +168,10 @@ impl WeightSource {
                 .dequantize(&Device::Cpu)?
                 .to_dtype(dtype)?
                 .to_device(device)?,
+            Self::Memory { tensors, .. } => {
+                let n = self.file_name(name);
+                tensors.get(&n).ok_or_else(|| self.missing(name))?.to_dtype(dtype)?.to_device(device)?
+            }
             Self::Safetensors { st, path } => {
                 let n = self.file_name(name);
                 if st.get(&n).is_err() {
@@ -197,7 +209,9 @@ impl WeightSource {
                     _ => Ok(MatrixWeight::Quantized(q)),
                 }
             }
-            Self::Safetensors { .. } => Ok(MatrixWeight::Dense(self.dense(name, &[out_f, in_f], device)?)),
+            Self::Safetensors { .. } | Self::Memory { .. } => {
+                Ok(MatrixWeight::Dense(self.dense(name, &[out_f, in_f], device)?))
+            }
         }
     }
 
@@ -212,7 +226,9 @@ impl WeightSource {
     ) -> Result<MatrixWeight, ModelError> {
         match self {
             Self::Gguf { .. } => Ok(MatrixWeight::Quantized(self.qtensor(name, &[rows, cols], device)?)),
-            Self::Safetensors { .. } => Ok(MatrixWeight::Dense(self.dense(name, &[rows, cols], device)?)),
+            Self::Safetensors { .. } | Self::Memory { .. } => {
+                Ok(MatrixWeight::Dense(self.dense(name, &[rows, cols], device)?))
+            }
         }
     }
 

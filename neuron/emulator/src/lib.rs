@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Deserialize;
 
+pub mod llama;
+
 pub mod status {
     pub const SUCCESS: u32 = 0;
     pub const FAILURE: u32 = 1;
@@ -38,6 +40,7 @@ pub mod status {
     pub const LOAD_NOT_ENOUGH_NC: u32 = 9;
     pub const UNINITIALIZED: u32 = 13;
     pub const CLOSED: u32 = 14;
+    pub const EXEC_BAD_INPUT: u32 = 1002;
     pub const EXEC_COMPLETED_WITH_NUM_ERR: u32 = 1003;
     pub const EXEC_NC_BUSY: u32 = 1005;
 }
@@ -126,10 +129,13 @@ impl NeffTensor {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Program {
+    /// Each output with `copy_of` receives that input's bytes.
     Copy,
+    /// A prefill or decode graph of a llama model (`llama`).
+    Llama(Box<llama::LlamaProgram>),
 }
 
 const NEFF_FORMAT: &str = "inflight-nrt-emulator-neff";
@@ -167,7 +173,57 @@ impl Neff {
                 }
             }
         }
+        if let Program::Llama(p) = &neff.program {
+            neff.check_llama(p)?;
+        }
         Ok(neff)
+    }
+
+    fn tensor(&self, name: &str, usage: Usage) -> Result<&NeffTensor, String> {
+        self.tensors
+            .iter()
+            .find(|t| t.name == name && t.usage == usage)
+            .ok_or_else(|| format!("the llama program names `{name}`, which is no {usage:?} of the graph"))
+    }
+
+    fn check_llama(&self, p: &llama::LlamaProgram) -> Result<(), String> {
+        let cfg = p.llama_config()?;
+        let rows = [p.batch, p.seq_len];
+        for (name, shape) in
+            [(&p.bind.token_ids, &rows[..]), (&p.bind.positions, &rows[..]), (&p.bind.slot_ids, &rows[..1])]
+        {
+            let t = self.tensor(name, Usage::Input)?;
+            if t.dtype != "int32" || t.shape.iter().map(|&d| d as usize).ne(shape.iter().copied()) {
+                return Err(format!("`{name}` must be int32 {shape:?}, is {} {:?}", t.dtype, t.shape));
+            }
+        }
+        let logits = self.tensor(&p.bind.logits, Usage::Output)?;
+        if logits.dtype != "float32" || logits.shape != [p.batch as u32, cfg.vocab_size as u32] {
+            return Err(format!("`{}` must be float32 [{}, {}]", logits.name, p.batch, cfg.vocab_size));
+        }
+        if p.kind == llama::Kind::Decode && p.seq_len != 1 {
+            return Err("a decode graph has seq_len 1".into());
+        }
+        if p.bind.kv.len() != cfg.num_layers {
+            return Err(format!("{} KV pairs for {} layers", p.bind.kv.len(), cfg.num_layers));
+        }
+        let state = [p.slots as u32, cfg.num_kv_heads as u32, p.max_context as u32, cfg.head_dim as u32];
+        for name in p.bind.kv.iter().flatten() {
+            let t = self.tensor(name, Usage::Input)?;
+            if t.shape != state || llama::candle_dtype(&t.dtype).is_none_or(|d| !d.is_float()) {
+                return Err(format!(
+                    "state `{name}` must be a float {state:?}, is {} {:?}",
+                    t.dtype, t.shape
+                ));
+            }
+            if !self.tensors.iter().any(|o| o.usage == Usage::Output && o.aliases.as_deref() == Some(name)) {
+                return Err(format!("state `{name}` has no output aliasing it"));
+            }
+        }
+        for name in p.bind.weights.values() {
+            self.tensor(name, Usage::Input)?;
+        }
+        Ok(())
     }
 }
 
@@ -176,6 +232,11 @@ struct TensorRec {
     offset: usize,
     size: usize,
     name: String,
+    /// Host writes so far: a weight's count keys the model built from it.
+    writes: u64,
+    /// Bound as a model's weight by an execute: writing it again is misuse (weights
+    /// go to the device once, at load).
+    weight: bool,
 }
 
 /// One `nrt_get_model_tensor_info` allocation: the array and the shapes it points to.
@@ -200,7 +261,11 @@ struct State {
     executes: u64,
     faults: HashMap<u64, u32>,
     load_fault: Option<u32>,
+    /// Per loaded model: the weights (handle, writes) its llama was built from.
+    llamas: HashMap<usize, LlamaCache>,
 }
+
+type LlamaCache = (Vec<(usize, u64)>, Arc<inflight::backend::cuda::TensorLlama>);
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
@@ -448,7 +513,7 @@ pub unsafe extern "C" fn nrt_tensor_allocate(
         let h = s.handle();
         let name = c_str(name).unwrap_or_default();
         let storage = Arc::new(Mutex::new(vec![0u8; size]));
-        s.tensors.insert(h, TensorRec { storage, offset: 0, size, name });
+        s.tensors.insert(h, TensorRec { storage, offset: 0, size, name, writes: 0, weight: false });
         *tensor = h as *mut c_void;
         SUCCESS
     })
@@ -530,9 +595,20 @@ pub unsafe extern "C" fn nrt_tensor_write(
     offset: usize,
     size: usize,
 ) -> u32 {
-    tensor_io("nrt_tensor_write", tensor as usize, offset, size, |dst| {
+    let status = tensor_io("nrt_tensor_write", tensor as usize, offset, size, |dst| {
         std::ptr::copy_nonoverlapping(buf.cast::<u8>(), dst.as_mut_ptr(), size)
-    })
+    });
+    if status == SUCCESS {
+        with_state(|s| {
+            let Some(rec) = s.tensors.get_mut(&(tensor as usize)) else { return };
+            rec.writes += 1;
+            if rec.weight {
+                let what = format!("weight `{}` written again after an execute used it", rec.name);
+                s.misuse(SUCCESS, what);
+            }
+        });
+    }
+    status
 }
 
 #[no_mangle]
@@ -574,6 +650,8 @@ pub unsafe extern "C" fn nrt_tensor_allocate_slice(
             offset: src.offset + offset,
             size,
             name: c_str(name).unwrap_or_default(),
+            writes: 0,
+            weight: false,
         };
         let h = s.handle();
         s.tensors.insert(h, rec);
@@ -700,7 +778,7 @@ pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs
             return status;
         }
         let Some((tensors, program)) =
-            s.models.get(&(model as usize)).map(|m| (m.tensors.clone(), m.program))
+            s.models.get(&(model as usize)).map(|m| (m.tensors.clone(), m.program.clone()))
         else {
             return s.bad_handle("nrt_execute", "model", model as usize);
         };
@@ -726,7 +804,9 @@ pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs
         if let Some(code) = fault.filter(|&c| c != EXEC_COMPLETED_WITH_NUM_ERR) {
             return code;
         }
-        let Program::Copy = program;
+        if let Program::Llama(p) = &program {
+            return run_llama(s, model as usize, p, &tensors, &ins, &outs);
+        }
         for t in tensors.iter().filter(|t| t.usage == Usage::Output) {
             let dst = &s.tensors[&outs[&t.name]];
             let bytes = match &t.copy_of {
@@ -752,6 +832,81 @@ pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs
         }
         SUCCESS
     })
+}
+
+fn buffer(s: &State, decl: &NeffTensor, handle: usize) -> llama::Buffer {
+    let rec = &s.tensors[&handle];
+    let data = rec.storage.lock().unwrap_or_else(|p| p.into_inner());
+    llama::Buffer {
+        bytes: data[rec.offset..rec.offset + rec.size].to_vec(),
+        dtype: llama::candle_dtype(&decl.dtype).unwrap_or(candle_core::DType::U8),
+        shape: decl.shape.iter().map(|&d| d as usize).collect(),
+    }
+}
+
+fn store(s: &State, handle: usize, bytes: &[u8]) {
+    let rec = &s.tensors[&handle];
+    let mut data = rec.storage.lock().unwrap_or_else(|p| p.into_inner());
+    data[rec.offset..rec.offset + rec.size].copy_from_slice(bytes);
+}
+
+/// Runs a llama graph on bound tensors (already checked by name and size): the
+/// model is built from the weight tensors once and rebuilt only if they change.
+fn run_llama(
+    s: &mut State,
+    model: usize,
+    p: &llama::LlamaProgram,
+    tensors: &[NeffTensor],
+    ins: &HashMap<String, usize>,
+    outs: &HashMap<String, usize>,
+) -> u32 {
+    let decl = |name: &str| tensors.iter().find(|t| t.name == name && t.usage == Usage::Input);
+    let key: Vec<(usize, u64)> =
+        p.bind.weights.values().map(|n| (ins[n], s.tensors[&ins[n]].writes)).collect();
+    let cached = s.llamas.get(&model).filter(|(k, _)| *k == key).map(|(_, m)| Arc::clone(m));
+    let llama = match cached {
+        Some(m) => m,
+        None => {
+            let weights = p
+                .bind
+                .weights
+                .iter()
+                .filter_map(|(hf, n)| Some((hf.clone(), buffer(s, decl(n)?, ins[n]))))
+                .collect();
+            match p.build_model(&weights) {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    s.llamas.insert(model, (key, Arc::clone(&m)));
+                    m
+                }
+                Err(why) => return s.misuse(INVALID, format!("nrt_execute: the bound weights: {why}")),
+            }
+        }
+    };
+    for n in p.bind.weights.values() {
+        if let Some(rec) = s.tensors.get_mut(&ins[n]) {
+            rec.weight = true;
+        }
+    }
+    let names = [&p.bind.token_ids, &p.bind.positions, &p.bind.slot_ids]
+        .into_iter()
+        .chain(p.bind.kv.iter().flatten());
+    let inputs = names.filter_map(|n| Some((n.clone(), buffer(s, decl(n)?, ins[n])))).collect();
+    match p.run(&llama, &inputs) {
+        Ok((logits, state)) => {
+            store(s, outs[&p.bind.logits], &logits);
+            // The state outputs alias their inputs (checked above): one memory.
+            for ([k, v], [k_bytes, v_bytes]) in p.bind.kv.iter().zip(state) {
+                store(s, ins[k], &k_bytes);
+                store(s, ins[v], &v_bytes);
+            }
+            SUCCESS
+        }
+        Err(why) => {
+            eprintln!("libnrt emulator: nrt_execute: {why}");
+            EXEC_BAD_INPUT
+        }
+    }
 }
 
 /// # Safety

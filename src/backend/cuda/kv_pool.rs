@@ -41,6 +41,17 @@ impl DeviceKvPool {
         Ok(Self { keys, values, block_size })
     }
 
+    /// A pool over existing per-layer K and V tensors (`[kv_heads, slots,
+    /// head_dim]` each), e.g. a runtime's own KV buffers viewed as one block per slot.
+    pub fn from_layers(keys: Vec<Tensor>, values: Vec<Tensor>, block_size: usize) -> Self {
+        Self { keys, values, block_size }
+    }
+
+    /// The per-layer K and V tensors.
+    pub fn into_layers(self) -> (Vec<Tensor>, Vec<Tensor>) {
+        (self.keys, self.values)
+    }
+
     pub fn block_size(&self) -> usize {
         self.block_size
     }
