@@ -12,6 +12,7 @@ use candle_core::Device;
 use crate::backend::cpu::{CpuBackend, CpuConfig, Llama};
 use crate::backend::cuda::{self, CudaBackend, CudaConfig, TensorLlama};
 use crate::backend::neuron::library::NrtApi;
+use crate::backend::neuron::NeuronBackend;
 use crate::backend::{Backend, BackendError, StepLimits};
 use crate::hub::ResolvedModel;
 use crate::model::{LlamaConfig, ModelError, WeightSource};
@@ -25,7 +26,7 @@ pub enum BackendConfig {
     Neuron(NeuronConfig),
 }
 
-/// How the Neuron backend is set up (its FFI layer is built; the backend is planned).
+/// How the Neuron backend is set up.
 #[derive(Debug, Clone, Default)]
 pub struct NeuronConfig {
     pub limits: StepLimits,
@@ -101,20 +102,25 @@ pub fn load(resolved: &ResolvedModel, config: &BackendConfig) -> Result<LoadedMo
     match config {
         BackendConfig::Cpu(cpu) => load_cpu(resolved, cpu),
         BackendConfig::Cuda(cuda) => load_cuda(resolved, cuda),
-        BackendConfig::Neuron(neuron) => load_neuron(neuron),
+        BackendConfig::Neuron(neuron) => load_neuron(resolved, neuron),
     }
 }
 
-/// Loads libnrt (so a machine without it fails here, naming every path tried); the
-/// backend that runs compiled graphs on it is the next step of the Neuron issue.
-fn load_neuron(config: &NeuronConfig) -> Result<LoadedModel, LoadError> {
+/// Loads libnrt first (so a machine without it fails here, naming every path
+/// tried), then the compiled artifacts in the model folder onto it.
+fn load_neuron(resolved: &ResolvedModel, config: &NeuronConfig) -> Result<LoadedModel, LoadError> {
     let api = NrtApi::open(config.runtime_lib.as_deref())?;
-    Err(BackendError::Unavailable(format!(
-        "libnrt loaded from {}, but the Neuron backend that runs compiled models on it is planned, not built \
-         yet; use --backend cpu",
-        api.path.display()
-    ))
-    .into())
+    let ResolvedModel::Compiled(dir) = resolved else {
+        return Err(BackendError::Unavailable(format!(
+            "the Neuron backend runs compiled artifacts: give --model a folder with a manifest.json (neuron/README.md), \
+             not {}",
+            resolved.path().display()
+        ))
+        .into());
+    };
+    let backend = NeuronBackend::load(dir, api, &config.limits)?;
+    let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    Ok(LoadedModel { tokenizer: Arc::new(tokenizer), backend: Box::new(backend) })
 }
 
 fn load_cpu(resolved: &ResolvedModel, config: &CpuConfig) -> Result<LoadedModel, LoadError> {

@@ -84,6 +84,32 @@ impl WeightSource {
         Ok(Self::Safetensors { path: dir.into(), st })
     }
 
+    /// One safetensors file (a compiled model's weights file, say).
+    pub fn open_safetensors_file(path: &Path) -> Result<Self, ModelError> {
+        // SAFETY: as in `open_safetensors`.
+        let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| ModelError::Load {
+            path: path.into(),
+            message: format!("invalid safetensors: {e}"),
+        })?;
+        Ok(Self::Safetensors { path: path.into(), st })
+    }
+
+    /// The tensor the file itself names `name` (no name mapping, no shape check),
+    /// as dense `dtype` on `device`.
+    pub fn file_tensor(&self, name: &str, device: &Device, dtype: DType) -> Result<Tensor, ModelError> {
+        let load_err = |message: String| ModelError::Load { path: self.path().into(), message };
+        let t = match self {
+            Self::Safetensors { st, .. } => {
+                st.load(name, device).map_err(|e| load_err(format!("reading tensor `{name}`: {e}")))?
+            }
+            Self::Memory { tensors, .. } => {
+                tensors.get(name).ok_or_else(|| load_err(format!("no tensor `{name}`")))?.clone()
+            }
+            Self::Gguf { .. } => return Err(load_err("file_tensor reads float files only".into())),
+        };
+        Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
     pub fn path(&self) -> &Path {
         match self {
             Self::Gguf { path, .. } | Self::Safetensors { path, .. } | Self::Memory { path, .. } => path,

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Deserialize;
 
+pub mod artifacts;
 pub mod llama;
 
 pub mod status {
@@ -237,6 +238,17 @@ struct TensorRec {
     /// Bound as a model's weight by an execute: writing it again is misuse (weights
     /// go to the device once, at load).
     weight: bool,
+    /// A llama graph's KV state as the model code holds it between executes (the
+    /// "device" copy); the bytes are stale while it is set, and written back when
+    /// the host reads or writes the tensor.
+    shadow: Option<Shadow>,
+}
+
+struct Shadow {
+    pool: candle_core::Tensor,
+    program: llama::LlamaProgram,
+    config: inflight::model::LlamaConfig,
+    dtype: candle_core::DType,
 }
 
 /// One `nrt_get_model_tensor_info` allocation: the array and the shapes it points to.
@@ -261,11 +273,12 @@ struct State {
     executes: u64,
     faults: HashMap<u64, u32>,
     load_fault: Option<u32>,
-    /// Per loaded model: the weights (handle, writes) its llama was built from.
-    llamas: HashMap<usize, LlamaCache>,
+    /// Llama models built from bound weights, keyed by the weight tensors (handle,
+    /// writes) and the context: every graph bound to the same weights shares one.
+    llamas: HashMap<LlamaKey, Arc<inflight::backend::cuda::TensorLlama>>,
 }
 
-type LlamaCache = (Vec<(usize, u64)>, Arc<inflight::backend::cuda::TensorLlama>);
+type LlamaKey = (Vec<(usize, u64)>, usize);
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
@@ -513,7 +526,8 @@ pub unsafe extern "C" fn nrt_tensor_allocate(
         let h = s.handle();
         let name = c_str(name).unwrap_or_default();
         let storage = Arc::new(Mutex::new(vec![0u8; size]));
-        s.tensors.insert(h, TensorRec { storage, offset: 0, size, name, writes: 0, weight: false });
+        s.tensors
+            .insert(h, TensorRec { storage, offset: 0, size, name, writes: 0, weight: false, shadow: None });
         *tensor = h as *mut c_void;
         SUCCESS
     })
@@ -552,11 +566,25 @@ pub unsafe extern "C" fn nrt_tensor_free(tensor: *mut *mut c_void) {
     })
 }
 
+/// Writes a shadowed KV state back into its bytes, so the host sees them.
+fn flush(s: &mut State, handle: usize) {
+    let Some(rec) = s.tensors.get_mut(&handle) else { return };
+    let Some(shadow) = rec.shadow.take() else { return };
+    match shadow.program.from_pool(&shadow.config, &shadow.pool, shadow.dtype) {
+        Ok(bytes) => {
+            let mut data = rec.storage.lock().unwrap_or_else(|p| p.into_inner());
+            data[rec.offset..rec.offset + rec.size].copy_from_slice(&bytes);
+        }
+        Err(why) => eprintln!("libnrt emulator: cannot write back the state of `{}`: {why}", rec.name),
+    }
+}
+
 fn tensor_io(call: &str, tensor: usize, offset: usize, size: usize, f: impl FnOnce(&mut [u8])) -> u32 {
     with_state(|s| {
         if let Some(status) = s.not_open(call) {
             return status;
         }
+        flush(s, tensor);
         let Some(rec) = s.tensors.get(&tensor) else {
             return s.bad_handle(call, "tensor", tensor);
         };
@@ -652,6 +680,7 @@ pub unsafe extern "C" fn nrt_tensor_allocate_slice(
             name: c_str(name).unwrap_or_default(),
             writes: 0,
             weight: false,
+            shadow: None,
         };
         let h = s.handle();
         s.tensors.insert(h, rec);
@@ -805,7 +834,10 @@ pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs
             return code;
         }
         if let Program::Llama(p) = &program {
-            return run_llama(s, model as usize, p, &tensors, &ins, &outs);
+            return run_llama(s, p, &tensors, &ins, &outs);
+        }
+        for &h in ins.values().chain(outs.values()) {
+            flush(s, h);
         }
         for t in tensors.iter().filter(|t| t.usage == Usage::Output) {
             let dst = &s.tensors[&outs[&t.name]];
@@ -854,17 +886,16 @@ fn store(s: &State, handle: usize, bytes: &[u8]) {
 /// model is built from the weight tensors once and rebuilt only if they change.
 fn run_llama(
     s: &mut State,
-    model: usize,
     p: &llama::LlamaProgram,
     tensors: &[NeffTensor],
     ins: &HashMap<String, usize>,
     outs: &HashMap<String, usize>,
 ) -> u32 {
     let decl = |name: &str| tensors.iter().find(|t| t.name == name && t.usage == Usage::Input);
-    let key: Vec<(usize, u64)> =
+    let weights_key: Vec<(usize, u64)> =
         p.bind.weights.values().map(|n| (ins[n], s.tensors[&ins[n]].writes)).collect();
-    let cached = s.llamas.get(&model).filter(|(k, _)| *k == key).map(|(_, m)| Arc::clone(m));
-    let llama = match cached {
+    let key = (weights_key, p.max_context);
+    let llama = match s.llamas.get(&key).map(Arc::clone) {
         Some(m) => m,
         None => {
             let weights = p
@@ -876,7 +907,9 @@ fn run_llama(
             match p.build_model(&weights) {
                 Ok(m) => {
                     let m = Arc::new(m);
-                    s.llamas.insert(model, (key, Arc::clone(&m)));
+                    // Models of earlier weights go: nothing binds them any more.
+                    s.llamas.clear();
+                    s.llamas.insert(key, Arc::clone(&m));
                     m
                 }
                 Err(why) => return s.misuse(INVALID, format!("nrt_execute: the bound weights: {why}")),
@@ -888,17 +921,50 @@ fn run_llama(
             rec.weight = true;
         }
     }
-    let names = [&p.bind.token_ids, &p.bind.positions, &p.bind.slot_ids]
-        .into_iter()
-        .chain(p.bind.kv.iter().flatten());
-    let inputs = names.filter_map(|n| Some((n.clone(), buffer(s, decl(n)?, ins[n])))).collect();
-    match p.run(&llama, &inputs) {
+    let names = [&p.bind.token_ids, &p.bind.positions, &p.bind.slot_ids];
+    let inputs = names.into_iter().filter_map(|n| Some((n.clone(), buffer(s, decl(n)?, ins[n])))).collect();
+    let config = llama.config().clone();
+    let mut state = Vec::with_capacity(p.bind.kv.len());
+    for pair in &p.bind.kv {
+        let mut tensors = Vec::with_capacity(2);
+        for name in pair {
+            let h = ins[name];
+            let shadow = s.tensors.get_mut(&h).and_then(|r| r.shadow.take());
+            let pool = match shadow {
+                Some(sh) if sh.program.slots == p.slots && sh.program.max_context == p.max_context => sh.pool,
+                other => {
+                    if let Some(sh) = other {
+                        s.tensors.get_mut(&h).expect("bound").shadow = Some(sh);
+                        flush(s, h);
+                    }
+                    let Some(d) = decl(name) else { return INVALID };
+                    match p.to_pool(&config, &buffer(s, d, h)) {
+                        Ok(t) => t,
+                        Err(why) => return s.misuse(INVALID, format!("nrt_execute: state `{name}`: {why}")),
+                    }
+                }
+            };
+            tensors.push(pool);
+        }
+        let v = tensors.pop().expect("two");
+        let k = tensors.pop().expect("two");
+        state.push([k, v]);
+    }
+    match p.run(&llama, &inputs, state) {
         Ok((logits, state)) => {
             store(s, outs[&p.bind.logits], &logits);
-            // The state outputs alias their inputs (checked above): one memory.
-            for ([k, v], [k_bytes, v_bytes]) in p.bind.kv.iter().zip(state) {
-                store(s, ins[k], &k_bytes);
-                store(s, ins[v], &v_bytes);
+            // The state outputs alias their inputs (checked above): one memory,
+            // kept in the model code's layout until the host looks at it.
+            for ([k, v], new) in p.bind.kv.iter().zip(state) {
+                for (name, pool) in [k, v].into_iter().zip(new) {
+                    let dtype = decl(name)
+                        .and_then(|d| llama::candle_dtype(&d.dtype))
+                        .unwrap_or(candle_core::DType::F32);
+                    let shadow = Shadow { pool, program: p.clone(), config: config.clone(), dtype };
+                    if let Some(rec) = s.tensors.get_mut(&ins[name]) {
+                        rec.shadow = Some(shadow);
+                    }
+                }
             }
             SUCCESS
         }

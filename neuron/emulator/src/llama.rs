@@ -55,9 +55,6 @@ pub struct Binding {
     pub weights: BTreeMap<String, String>,
 }
 
-/// A graph run's results: the logits bytes, and each layer's new K and V bytes.
-pub type Outputs = (Vec<u8>, Vec<[Vec<u8>; 2]>);
-
 /// A bound tensor's bytes and declared dtype and shape.
 pub struct Buffer {
     pub bytes: Vec<u8>,
@@ -103,13 +100,35 @@ impl LlamaProgram {
         TensorLlama::load(&source, cfg, &Device::Cpu, DType::F32, self.max_context).map_err(|e| e.to_string())
     }
 
-    /// Runs the graph: returns the logits bytes and each layer's new K and V bytes
-    /// (in the state tensors' own dtype), or why the input is bad.
+    /// A state tensor's bytes (`[slots, kv_heads, max_context, head_dim]`) in the
+    /// pool's layout: `[kv_heads, slots * max_context, head_dim]`, f32.
+    pub fn to_pool(&self, cfg: &LlamaConfig, state: &Buffer) -> Result<Tensor, String> {
+        let err = |e: candle_core::Error| e.to_string();
+        let t = state.tensor().and_then(|t| t.to_dtype(DType::F32)).map_err(err)?;
+        let t = t.permute((1, 0, 2, 3)).and_then(|t| t.contiguous()).map_err(err)?;
+        t.reshape((cfg.num_kv_heads, self.slots * self.max_context, cfg.head_dim)).map_err(err)
+    }
+
+    /// The inverse of [`LlamaProgram::to_pool`]: the state's bytes in `dtype`.
+    pub fn from_pool(&self, cfg: &LlamaConfig, pool: &Tensor, dtype: DType) -> Result<Vec<u8>, String> {
+        let err = |e: candle_core::Error| e.to_string();
+        let t = pool
+            .reshape((cfg.num_kv_heads, self.slots, self.max_context, cfg.head_dim))
+            .and_then(|t| t.permute((1, 0, 2, 3)))
+            .and_then(|t| t.contiguous())
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(err)?;
+        to_bytes(&t).map_err(err)
+    }
+
+    /// Runs the graph on `state` (per layer K and V in the pool's layout, updated in
+    /// place); returns the logits bytes, or why the input is bad.
     pub fn run(
         &self,
         model: &TensorLlama,
         inputs: &BTreeMap<String, Buffer>,
-    ) -> Result<Outputs, String> {
+        state: Vec<[Tensor; 2]>,
+    ) -> Result<(Vec<u8>, Vec<[Tensor; 2]>), String> {
         let get = |name: &String| inputs.get(name).ok_or_else(|| format!("input `{name}` missing"));
         let (ids, positions, slots) = (
             get(&self.bind.token_ids)?.ints(),
@@ -139,21 +158,9 @@ impl LlamaProgram {
             let tokens = real.iter().map(|&t| ids[b * seq_len + t] as u32).collect();
             rows.push((b, tokens, start, [slot as u32]));
         }
-        let cfg = model.config();
-        let (kvh, d, ctx) = (cfg.num_kv_heads, cfg.head_dim, self.max_context);
-        let err = |e: candle_core::Error| e.to_string();
-        // The state in the pool's layout: [kv_heads, slots * max_context, head_dim].
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
-        for [k, v] in &self.bind.kv {
-            for (name, out) in [(k, &mut keys), (v, &mut values)] {
-                let t = get(name)?.tensor().map_err(err)?.to_dtype(DType::F32).map_err(err)?;
-                let t = t.permute((1, 0, 2, 3)).and_then(|t| t.contiguous()).map_err(err)?;
-                out.push(t.reshape((kvh, self.slots * ctx, d)).map_err(err)?);
-            }
-        }
-        let pool = DeviceKvPool::from_layers(keys, values, ctx);
-        let vocab = cfg.vocab_size;
+        let (keys, values): (Vec<Tensor>, Vec<Tensor>) = state.into_iter().map(|[k, v]| (k, v)).unzip();
+        let pool = DeviceKvPool::from_layers(keys, values, self.max_context);
+        let vocab = model.config().vocab_size;
         let mut logits = vec![0f32; batch * vocab];
         if !rows.is_empty() {
             let seqs = rows
@@ -166,28 +173,14 @@ impl LlamaProgram {
                     want_logits: true,
                 })
                 .collect();
-            let batch_steps = StepBatch { seqs };
-            let plan = StepPlan::new(&batch_steps, ctx);
+            let plan = StepPlan::new(&StepBatch { seqs }, self.max_context);
             let out = model.forward(&plan, &pool).map_err(|e| e.to_string())?;
             for (i, (b, ..)) in rows.iter().enumerate() {
                 logits[b * vocab..(b + 1) * vocab].copy_from_slice(&out[i * vocab..(i + 1) * vocab]);
             }
         }
         let (keys, values) = pool.into_layers();
-        let mut state = Vec::new();
-        for ((k, v), [k_name, v_name]) in keys.into_iter().zip(values).zip(&self.bind.kv) {
-            let mut pair = [Vec::new(), Vec::new()];
-            for (slot, (t, name)) in pair.iter_mut().zip([(k, k_name), (v, v_name)]) {
-                let dtype = get(name)?.dtype;
-                let t = t
-                    .reshape((kvh, self.slots, ctx, d))
-                    .and_then(|t| t.permute((1, 0, 2, 3)))
-                    .map_err(err)?;
-                *slot =
-                    to_bytes(&t.contiguous().and_then(|t| t.to_dtype(dtype)).map_err(err)?).map_err(err)?;
-            }
-            state.push(pair);
-        }
+        let state = keys.into_iter().zip(values).map(|(k, v)| [k, v]).collect();
         Ok((logits.iter().flat_map(|v| v.to_le_bytes()).collect(), state))
     }
 }

@@ -9,8 +9,11 @@
 //! Nothing here links against libnrt: the binary builds and runs anywhere, and
 //! `--backend neuron` without the library is a clear error naming every path tried.
 
+mod backend;
 pub mod ffi;
 pub mod library;
 pub mod manifest;
 pub mod runtime;
 pub mod status;
+
+pub use backend::NeuronBackend;

@@ -173,6 +173,10 @@ pub struct Model {
 unsafe impl Send for Model {}
 
 impl Model {
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+
     /// The model's input and output tensors.
     pub fn tensor_info(&self) -> Result<Vec<TensorInfo>, BackendError> {
         let api = &self.rt.api;
