@@ -7,24 +7,11 @@
 //! this is the only test in this binary that initialises it.
 
 use std::ffi::{c_char, CStr};
-use std::path::PathBuf;
 
 use inflight::backend::neuron::ffi::{dtype, placement, usage};
 use inflight::backend::neuron::library::NrtApi;
 use inflight::backend::neuron::runtime::Runtime;
 use inflight::backend::BackendError;
-
-/// `libnrt_emulator.so` beside the test binary's profile folder (`target/<profile>/`).
-pub fn emulator_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let lib = exe.parent().and_then(|deps| deps.parent()).expect("target folder").join("libnrt_emulator.so");
-    assert!(
-        lib.exists(),
-        "{} is missing: `cargo build` builds it (workspace member neuron/emulator)",
-        lib.display()
-    );
-    lib
-}
 
 fn report(lib: &libloading::Library) -> serde_json::Value {
     type Report = unsafe extern "C" fn(*mut c_char, usize) -> usize;
@@ -55,7 +42,7 @@ fn copy_neff() -> Vec<u8> {
 
 #[test]
 fn handles_are_owned_freed_once_and_the_runtime_closes_for_good() {
-    let path = emulator_path();
+    let path = crate::support::neuron::emulator_lib();
     // SAFETY: the emulator is this workspace's own library.
     let lib = unsafe { libloading::Library::new(&path) }.expect("load emulator");
     let rt = Runtime::acquire(NrtApi::open(Some(&path)).expect("open emulator")).expect("init");

@@ -10,5 +10,6 @@ mod cli;
 mod cuda_twin;
 mod fidelity;
 mod layers;
+mod neuron;
 mod neuron_runtime;
 mod score;

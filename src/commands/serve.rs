@@ -86,6 +86,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let result = server.await.context("server task")?;
     drop(tx);
+    // The HTTP side has drained; end the engine so the backend (and a device
+    // runtime under it) shuts down in order.
+    if !engine.stop(Duration::from_secs_f64(args.shutdown_timeout.max(1.0))) {
+        tracing::warn!("the engine did not stop in time; exiting without closing the backend");
+    }
     result.context("serving HTTP")?;
     tracing::info!("stopped");
     Ok(())

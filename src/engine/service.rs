@@ -34,6 +34,9 @@ enum Command {
         reply: oneshot::Sender<Result<SeqId, SubmitError>>,
     },
     Abort(SeqId),
+    /// Finish what is running, then end the loop (and drop the backend), whatever
+    /// handles are still held.
+    Stop,
 }
 
 /// Cheap to clone; every HTTP handler holds one.
@@ -107,6 +110,23 @@ impl EngineThread {
         Ok(Self { handle: EngineHandle { tx }, join })
     }
 
+    /// Asks the loop to end once nothing is running, and waits up to `wait` for it:
+    /// the backend is dropped on the engine thread, so device runtimes close. Returns
+    /// whether the loop ended in time.
+    pub fn stop(self, wait: Duration) -> bool {
+        let _ = self.handle.tx.send(Command::Stop);
+        drop(self.handle);
+        let deadline = Instant::now() + wait;
+        while !self.join.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.join.join();
+        true
+    }
+
     /// Waits for the loop to end (after all handles are dropped).
     pub fn join(self) {
         drop(self.handle);
@@ -136,6 +156,7 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
                 break;
             }
             match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(Command::Stop) => disconnected = true,
                 Ok(cmd) => handle(cmd, &mut core, &mut live, &metrics),
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
@@ -143,6 +164,7 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
         }
         loop {
             match rx.try_recv() {
+                Ok(Command::Stop) => disconnected = true,
                 Ok(cmd) => handle(cmd, &mut core, &mut live, &metrics),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
@@ -245,6 +267,8 @@ fn handle(
                 metrics.observe_cancelled();
             }
         }
+        // Taken by the loop itself before it calls here.
+        Command::Stop => {}
     }
     metrics.set_queue(
         core.scheduler().num_running(),

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 pub mod http;
+pub mod neuron;
 pub mod python;
 pub mod server;
 

@@ -12,6 +12,8 @@ pub struct Server {
     pub base: String,
     child: Child,
     _stdin: Option<ChildStdin>,
+    /// The server's log lines so far (also forwarded to the test's own).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -30,6 +32,11 @@ impl Server {
     /// As `start`, serving the GGUF at `model` instead of the default model.
     pub fn start_with_model(model: &std::path::Path, extra: &[&str]) -> Server {
         Self::spawn(model, extra, &[])
+    }
+
+    /// As `start_with_model`, with extra environment variables.
+    pub fn start_with_model_env(model: &std::path::Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
+        Self::spawn(model, extra, envs)
     }
 
     fn spawn(model: &std::path::Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
@@ -56,11 +63,14 @@ impl Server {
             .spawn()
             .expect("spawn inflight serve");
         let stdin = child.stdin.take();
-        // Forward the server's log to ours so failures show it.
+        // Forward the server's log to ours so failures show it, and keep it.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         if let Some(err) = child.stderr.take() {
+            let log = std::sync::Arc::clone(&log);
             std::thread::spawn(move || {
                 for line in BufReader::new(err).lines().map_while(Result::ok) {
                     eprintln!("[server:{port}] {line}");
+                    log.lock().expect("log lock").push(line);
                 }
             });
         }
@@ -78,7 +88,12 @@ impl Server {
             assert!(Instant::now() < deadline, "server not ready within 120 s");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Server { base, child, _stdin: stdin }
+        Server { base, child, _stdin: stdin, log }
+    }
+
+    /// The server's log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -87,6 +102,16 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops the server as `stop` does; returns its exit status and its whole log.
+    pub fn stop_and_log(self) -> (std::process::ExitStatus, Vec<String>) {
+        let log = std::sync::Arc::clone(&self.log);
+        let status = self.stop();
+        // The forwarding thread drains the pipe after the exit; give it a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        let lines = log.lock().expect("log lock").clone();
+        (status, lines)
     }
 
     /// Closes stdin (asking for a graceful stop) and waits for the exit status.

@@ -393,6 +393,9 @@ pub extern "C" fn nrt_close() {
         if leaked {
             eprintln!("libnrt emulator: leaked at nrt_close: {live}");
         }
+        // One line a test can find in a process's log: misuse and leaks at close.
+        let report = serde_json::json!({"misuse": s.misuse, "leaked_at_close": live, "executes": s.executes});
+        eprintln!("libnrt emulator: closed: {report}");
         s.leaked_at_close = Some(live);
     })
 }
@@ -834,26 +837,24 @@ pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs
             return code;
         }
         if let Program::Llama(p) = &program {
-            return run_llama(s, p, &tensors, &ins, &outs);
-        }
-        for &h in ins.values().chain(outs.values()) {
-            flush(s, h);
-        }
-        for t in tensors.iter().filter(|t| t.usage == Usage::Output) {
-            let dst = &s.tensors[&outs[&t.name]];
-            let bytes = match &t.copy_of {
-                Some(input) => {
-                    let src = &s.tensors[&ins[input]];
-                    let data = src.storage.lock().unwrap_or_else(|p| p.into_inner());
-                    data[src.offset..src.offset + src.size].to_vec()
-                }
-                None => continue,
-            };
-            let mut data = dst.storage.lock().unwrap_or_else(|p| p.into_inner());
-            data[dst.offset..dst.offset + dst.size].copy_from_slice(&bytes);
+            let status = run_llama(s, p, &tensors, &ins, &outs);
+            if status != SUCCESS || fault != Some(EXEC_COMPLETED_WITH_NUM_ERR) {
+                return status;
+            }
+        } else {
+            for &h in ins.values().chain(outs.values()) {
+                flush(s, h);
+            }
+            copy_outputs(s, &tensors, &ins, &outs);
         }
         if fault == Some(EXEC_COMPLETED_WITH_NUM_ERR) {
-            for t in tensors.iter().filter(|t| t.usage == Usage::Output && t.dtype == "float32") {
+            // NaN in the results (the state outputs alias inputs and are left as the
+            // graph wrote them).
+            for t in tensors
+                .iter()
+                .filter(|t| t.usage == Usage::Output && t.dtype == "float32" && t.aliases.is_none())
+            {
+                flush(s, outs[&t.name]);
                 let dst = &s.tensors[&outs[&t.name]];
                 let mut data = dst.storage.lock().unwrap_or_else(|p| p.into_inner());
                 for v in data[dst.offset..dst.offset + dst.size].chunks_exact_mut(4) {
@@ -864,6 +865,28 @@ pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs
         }
         SUCCESS
     })
+}
+
+/// The `copy` program: each output with `copy_of` receives that input's bytes.
+fn copy_outputs(
+    s: &State,
+    tensors: &[NeffTensor],
+    ins: &HashMap<String, usize>,
+    outs: &HashMap<String, usize>,
+) {
+    for t in tensors.iter().filter(|t| t.usage == Usage::Output) {
+        let dst = &s.tensors[&outs[&t.name]];
+        let bytes = match &t.copy_of {
+            Some(input) => {
+                let src = &s.tensors[&ins[input]];
+                let data = src.storage.lock().unwrap_or_else(|p| p.into_inner());
+                data[src.offset..src.offset + src.size].to_vec()
+            }
+            None => continue,
+        };
+        let mut data = dst.storage.lock().unwrap_or_else(|p| p.into_inner());
+        data[dst.offset..dst.offset + dst.size].copy_from_slice(&bytes);
+    }
 }
 
 fn buffer(s: &State, decl: &NeffTensor, handle: usize) -> llama::Buffer {

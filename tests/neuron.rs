@@ -1,0 +1,165 @@
+//! The Neuron backend end to end on the libnrt emulator (`neuron/emulator`; an
+//! emulator, not the Neuron runtime): the default model compiled into bucketed
+//! stand-in graphs, served through `--backend neuron --neuron-lib`, against the
+//! reference greedy tokens, concurrent streams against the same prompts alone,
+//! the largest bucket as a limit, and injected runtime faults. Every run must end
+//! with the emulator reporting no misuse and nothing leaked.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::http::{client, post, sse};
+use crate::support::neuron::{assert_clean_close, emulator_artifacts, emulator_lib, LARGEST_BUCKET};
+use crate::support::server::Server;
+use crate::support::{ids, reference, NEAR_TIE_MARGIN};
+
+fn neuron_flags(lib: &std::path::Path) -> Vec<String> {
+    vec!["--backend".into(), "neuron".into(), "--neuron-lib".into(), lib.display().to_string()]
+}
+
+/// Teacher-free greedy decoding of every reference prompt (all in flight together:
+/// prompts in three buckets, decodes batched) matches transformers' f32 greedy
+/// tokens up to its first near-tie: the emulator runs the model in f32 on weights
+/// dequantized from the GGUF, which is what transformers did.
+#[test]
+fn greedy_tokens_on_the_emulator_match_the_f32_reference() {
+    let (lib, art) = (emulator_lib(), emulator_artifacts());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prompts: Vec<Value> = reference()["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .map(|p| json!({"prompt": ids(&p["prompt_ids"])}))
+        .collect();
+    let input = dir.path().join("prompts.json");
+    std::fs::write(&input, json!({"sequences": prompts}).to_string()).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_inflight"))
+        .arg("score")
+        .args(neuron_flags(&lib))
+        .arg("--model")
+        .arg(&art)
+        .arg("--input")
+        .arg(&input)
+        .args(["--greedy", "32", "--log", "warn", "--output"])
+        .arg(dir.path().join("scored"))
+        .output()
+        .expect("run inflight score");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_clean_close(&log);
+    let scored: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("scored.json")).expect("read"))
+            .expect("json");
+    for (p, s) in reference()["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .zip(scored["sequences"].as_array().expect("seqs"))
+    {
+        let reference = &p["transformers_f32"];
+        let margins = reference["top1_top2_margin"].as_array().expect("margins");
+        let exact = margins
+            .iter()
+            .position(|m| m.as_f64().expect("margin") < NEAR_TIE_MARGIN)
+            .unwrap_or(margins.len());
+        let (want, got) = (ids(&reference["greedy_ids"]), ids(&s["continuation"]));
+        assert_eq!(got[..exact], want[..exact], "prompt {}", p["id"]);
+    }
+}
+
+fn stream(base: &str, prompt: &str) -> String {
+    let body =
+        json!({"model": "test-model", "prompt": prompt, "max_tokens": 12, "temperature": 0, "stream": true});
+    let resp = client().post(format!("{base}/v1/completions")).json(&body).send().expect("request");
+    assert_eq!(resp.status().as_u16(), 200);
+    let (events, done) = sse(resp);
+    assert!(done, "stream ended without [DONE]");
+    events.iter().filter_map(|e| e["choices"][0]["text"].as_str()).collect()
+}
+
+/// Eight concurrent streams, whose prompts land in different prefill buckets and
+/// whose decodes share batched steps over different slots, equal the same prompts
+/// served one at a time; a prompt over the largest bucket is refused with 400.
+#[test]
+fn concurrent_streams_equal_alone_and_the_largest_bucket_is_the_limit() {
+    let (lib, art) = (emulator_lib(), emulator_artifacts());
+    let flags = neuron_flags(&lib);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Server::start_with_model(&art, &flags);
+    let prompts: Vec<String> = (0..8)
+        .map(|i| match i % 3 {
+            0 => format!("Fact {i}: the capital of France is"),
+            1 => {
+                format!("Story {i}: {}", "once upon a time there was a small village by the sea, ".repeat(4))
+            }
+            _ => format!(
+                "Notes {i}: {}",
+                "the quick brown fox jumps over the lazy dog and runs away. ".repeat(20)
+            ),
+        })
+        .collect();
+    let alone: Vec<String> = prompts.iter().map(|p| stream(&server.base, p)).collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts.iter().map(|p| scope.spawn(|| stream(&server.base, p))).collect();
+        handles.into_iter().map(|h| h.join().expect("stream thread")).collect()
+    });
+    assert_eq!(together, alone);
+
+    let long = "word ".repeat(LARGEST_BUCKET + 8);
+    let (status, body) = post(
+        &server.url("/v1/completions"),
+        &json!({"model": "test-model", "prompt": long, "max_tokens": 4}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap_or_default().contains(&LARGEST_BUCKET.to_string()),
+        "{body}"
+    );
+    let health = client().get(server.url("/health")).send().expect("health");
+    assert_eq!(health.status().as_u16(), 200);
+    let (status, log) = server.stop_and_log();
+    assert!(status.success(), "server exit: {status:?}");
+    assert_clean_close(&log.join("\n"));
+}
+
+fn complete(base: &str, prompt: &str) -> (u16, Value) {
+    post(
+        &format!("{base}/v1/completions"),
+        &json!({"model": "test-model", "prompt": prompt, "max_tokens": 2}),
+    )
+}
+
+/// Runtime faults on given executes: a busy NeuronCore is retried and the request
+/// succeeds; out-of-memory, timeout and NaN results fail only the request whose
+/// step they hit, with the runtime's status named, while the server stays healthy
+/// and the next requests complete. Each request is one prefill and one decode.
+#[test]
+fn runtime_faults_fail_only_their_requests() {
+    let (lib, art) = (emulator_lib(), emulator_artifacts());
+    let flags = neuron_flags(&lib);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let faults = [("INFLIGHT_NRT_EMULATOR_FAULTS", "2:busy,5:resource,7:timeout,9:nan")];
+    let server = Server::start_with_model_env(&art, &flags, &faults);
+    // Executes: 1 prefill, 2 busy (retried as 3); 4, 5 resource; 6, 7 timeout;
+    // 8, 9 NaN; 10, 11.
+    let expect = [
+        (200, None),
+        (500, Some("NRT_RESOURCE")),
+        (500, Some("NRT_TIMEOUT")),
+        (500, Some("NUM_ERR")),
+        (200, None),
+    ];
+    for (i, (want, message)) in expect.into_iter().enumerate() {
+        let (status, body) = complete(&server.base, "The capital of France is");
+        assert_eq!(status, want, "request {i}: {body}");
+        if let Some(m) = message {
+            assert!(body["error"]["message"].as_str().unwrap_or_default().contains(m), "request {i}: {body}");
+        }
+        let health = client().get(server.url("/health")).send().expect("health");
+        assert_eq!(health.status().as_u16(), 200, "after request {i}");
+    }
+    let (status, log) = server.stop_and_log();
+    assert!(status.success());
+    assert_clean_close(&log.join("\n"));
+}

@@ -1,0 +1,86 @@
+//! The libnrt emulator and its artifact folder for the Neuron tests. Both come
+//! from the workspace's `neuron/emulator` (an emulator, not the Neuron runtime):
+//! `cargo test` builds them; a narrower run (`cargo test --test tests`) gets them
+//! built here on first use.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::model_path;
+
+/// `target/<profile>/`, where the test binary's own profile puts the emulator.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").to_path_buf()
+}
+
+fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        // Always asked: cargo builds nothing when the emulator is up to date, and a
+        // narrower test run must not use a stale one.
+        let dir = profile_dir();
+        let profile = if dir.ends_with("release") { "release" } else { "dev" };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "inflight-nrt-emulator", "--profile", profile])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for the emulator");
+        assert!(status.success(), "building the libnrt emulator failed");
+    });
+}
+
+/// The emulator library, for `--neuron-lib`.
+pub fn emulator_lib() -> PathBuf {
+    ensure_built();
+    profile_dir().join("libnrt_emulator.so")
+}
+
+/// Buckets the reference prompts (5 to 363 tokens, 32 generated) land in: three
+/// prefill lengths, three decode batch sizes, 8 slots.
+pub const PREFILL_BUCKETS: &str = "32,128,512";
+pub const LARGEST_BUCKET: usize = 512;
+
+/// The default model compiled for the emulator (once per test process).
+pub fn emulator_artifacts() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        ensure_built();
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("neuron-emulator-artifacts");
+        let status = Command::new(profile_dir().join("nrt-emulator-compile"))
+            .arg(model_path())
+            .arg(&out)
+            .args(["--prefill", PREFILL_BUCKETS, "--decode", "1,4,8", "--slots", "8", "--max-context", "544"])
+            .status()
+            .expect("run nrt-emulator-compile");
+        assert!(status.success(), "nrt-emulator-compile failed");
+        out
+    })
+    .clone()
+}
+
+/// The emulator's report at `nrt_close` in a process's log, as JSON.
+pub fn close_report(log: &str) -> serde_json::Value {
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("libnrt emulator: closed: ").map(|(_, json)| json.to_string()))
+        .unwrap_or_else(|| panic!("no emulator close report in the log:\n{log}"));
+    serde_json::from_str(&line).expect("report is JSON")
+}
+
+/// Asserts the emulator saw no misuse and nothing left alive at close.
+pub fn assert_clean_close(log: &str) {
+    let report = close_report(log);
+    assert_eq!(report["misuse"], serde_json::json!([]), "emulator misuse: {report}");
+    let leaked = &report["leaked_at_close"];
+    assert_eq!(leaked["tensors"], serde_json::json!([]), "{report}");
+    assert_eq!(leaked["models"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        (leaked["tensor_sets"].as_u64(), leaked["tensor_infos"].as_u64()),
+        (Some(0), Some(0)),
+        "{report}"
+    );
+}
