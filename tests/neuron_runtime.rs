@@ -7,6 +7,7 @@
 //! this is the only test in this binary that initialises it.
 
 use std::ffi::{c_char, CStr};
+use std::sync::Arc;
 
 use inflight::backend::neuron::ffi::{dtype, placement, usage};
 use inflight::backend::neuron::library::NrtApi;
@@ -64,9 +65,9 @@ fn handles_are_owned_freed_once_and_the_runtime_closes_for_good() {
         ]
     );
 
-    let mut x = rt.tensor(placement::DEVICE, 0, 24, "x").expect("x");
-    let kv = rt.tensor(placement::DEVICE, 0, 8, "kv").expect("kv");
-    let y = rt.tensor(placement::DEVICE, 0, 24, "y").expect("y");
+    let x = Arc::new(rt.tensor(placement::DEVICE, 0, 24, "x").expect("x"));
+    let kv = Arc::new(rt.tensor(placement::DEVICE, 0, 8, "kv").expect("kv"));
+    let y = Arc::new(rt.tensor(placement::DEVICE, 0, 24, "y").expect("y"));
     let values: Vec<u8> = (0..6).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
     x.write(&values, 0).expect("write");
     // Out of range is refused before libnrt sees it.

@@ -18,7 +18,9 @@
 //! `copy_of` gets that input's bytes), enough to exercise loading, binding and
 //! execution; the prefill and decode graphs of a model are the next step.
 //!
-//! Fault injection, read at `nrt_init`: `INFLIGHT_NRT_EMULATOR_FAULTS` lists which
+//! `INFLIGHT_NRT_EMULATOR_NO_COMPUTE=1` (read at `nrt_init`) skips the model in
+//! llama graphs, for measuring a caller's host-side cost per step. Fault injection,
+//! read at `nrt_init`: `INFLIGHT_NRT_EMULATOR_FAULTS` lists which
 //! executes fail how (`3:busy,5:resource,6:timeout,7:nan`, counting from 1), and
 //! `INFLIGHT_NRT_EMULATOR_LOAD_FAULT=not_enough_nc` fails every load.
 
@@ -273,6 +275,10 @@ struct State {
     executes: u64,
     faults: HashMap<u64, u32>,
     load_fault: Option<u32>,
+    /// `INFLIGHT_NRT_EMULATOR_NO_COMPUTE=1`: llama graphs check and bind as usual
+    /// but skip the model (zero logits, state untouched), so what remains of a
+    /// step's time is the caller's host side and the emulator's bookkeeping.
+    no_compute: bool,
     /// Llama models built from bound weights, keyed by the weight tensors (handle,
     /// writes) and the context: every graph bound to the same weights shares one.
     llamas: HashMap<LlamaKey, Arc<inflight::backend::cuda::TensorLlama>>,
@@ -331,6 +337,7 @@ impl State {
     }
 
     fn read_faults(&mut self) {
+        self.no_compute = std::env::var("INFLIGHT_NRT_EMULATOR_NO_COMPUTE").as_deref() == Ok("1");
         let faults = std::env::var("INFLIGHT_NRT_EMULATOR_FAULTS").unwrap_or_default();
         for item in faults.split(',').filter(|s| !s.is_empty()) {
             let parsed = item.split_once(':').and_then(|(n, kind)| {
@@ -915,6 +922,11 @@ fn run_llama(
     outs: &HashMap<String, usize>,
 ) -> u32 {
     let decl = |name: &str| tensors.iter().find(|t| t.name == name && t.usage == Usage::Input);
+    if s.no_compute {
+        let size = s.tensors[&outs[&p.bind.logits]].size;
+        store(s, outs[&p.bind.logits], &vec![0u8; size]);
+        return SUCCESS;
+    }
     let weights_key: Vec<(usize, u64)> =
         p.bind.weights.values().map(|n| (ins[n], s.tensors[&ins[n]].writes)).collect();
     let key = (weights_key, p.max_context);

@@ -3,8 +3,9 @@
 //! the manifest; the weights and the KV state are allocated on the device once and
 //! shared by every graph (a weight by its name in the weights file, a KV state by
 //! its tensor name); each graph's own inputs and logits are allocated once. A step
-//! writes ids, positions and slot ids into the smallest graph that holds it, binds
-//! everything by name, executes (prefill and decode rows apart) and reads logits.
+//! writes ids, positions and slot ids into the smallest graph that holds it,
+//! executes with the sets bound at load (prefill and decode rows apart) and reads
+//! logits.
 //!
 //! Static shapes: one KV slot per sequence, which the scheduler sees as one block
 //! of `max_context` tokens (`block_size = max_context`, `num_blocks = kv_slots`),
@@ -20,7 +21,7 @@ use candle_core::{DType, Device};
 use super::ffi::{dtype as nrt_dtype, placement, usage};
 use super::library::NrtApi;
 use super::manifest::{Dtype, Graph, GraphKind, Manifest, Role, TensorSpec};
-use super::runtime::{Model, Runtime, Tensor};
+use super::runtime::{Model, Runtime, Tensor, TensorSet};
 use super::status;
 use crate::backend::{
     validate_step, Backend, BackendError, BackendInfo, Logits, SeqStep, StepBatch, StepLimits,
@@ -37,19 +38,53 @@ struct LoadedGraph {
     model: Model,
     /// The graph's own tensors by name: ids, positions, slot ids, sampling
     /// parameters, logits.
-    io: HashMap<String, Tensor>,
+    io: HashMap<String, Arc<Tensor>>,
+    /// Every input and output bound once, at load: a step only writes and reads.
+    sets: Option<(TensorSet, TensorSet)>,
 }
 
 pub struct NeuronBackend {
     info: BackendInfo,
+    timings: HostTimings,
+    /// The graphs, whose sets hold the weights and KV state they share.
     graphs: Vec<LoadedGraph>,
-    /// Weights by their name in the weights file.
-    weights: HashMap<String, Tensor>,
-    /// KV state by tensor name.
-    kv: HashMap<String, Tensor>,
     // Last: the runtime closes only after every handle above is freed (each holds
     // it too; this keeps the order plain).
     _runtime: Arc<Runtime>,
+}
+
+/// The host's share of the executes, summed and logged (debug level) every
+/// [`HostTimings::EVERY`] executes: writing inputs and reading logits, and the
+/// execute itself for comparison. (Binding costs nothing per step: the sets are
+/// built at load.)
+#[derive(Default)]
+struct HostTimings {
+    executes: u32,
+    write: Duration,
+    execute: Duration,
+    read: Duration,
+}
+
+impl HostTimings {
+    const EVERY: u32 = 256;
+
+    fn record(&mut self, write: Duration, execute: Duration, read: Duration) {
+        self.executes += 1;
+        self.write += write;
+        self.execute += execute;
+        self.read += read;
+        if self.executes == Self::EVERY {
+            let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6 / self.executes as f64);
+            tracing::debug!(
+                executes = self.executes,
+                write_us = us(self.write),
+                read_us = us(self.read),
+                execute_us = us(self.execute),
+                "neuron host timings per execute"
+            );
+            *self = Self::default();
+        }
+    }
 }
 
 fn unavailable(message: String) -> BackendError {
@@ -112,9 +147,12 @@ impl NeuronBackend {
             let mut io = HashMap::new();
             let own = |t: &&TensorSpec| !matches!(t.role, Role::Weight | Role::KvState);
             for t in spec.inputs.iter().chain(&spec.outputs).filter(own) {
-                io.insert(t.name.clone(), runtime.tensor(placement::DEVICE, 0, bytes_of(t), &t.name)?);
+                io.insert(
+                    t.name.clone(),
+                    Arc::new(runtime.tensor(placement::DEVICE, 0, bytes_of(t), &t.name)?),
+                );
             }
-            graphs.push(LoadedGraph { spec: spec.clone(), model, io });
+            graphs.push(LoadedGraph { spec: spec.clone(), model, io, sets: None });
         }
 
         // Weights: once each, in the dtype the graphs declare.
@@ -130,18 +168,22 @@ impl NeuronBackend {
                         continue;
                     }
                     let bytes = weight_bytes(&source, &name, t)?;
-                    let mut tensor = runtime.tensor(placement::DEVICE, 0, bytes.len(), &name)?;
+                    let tensor = runtime.tensor(placement::DEVICE, 0, bytes.len(), &name)?;
                     tensor.write(&bytes, 0)?;
-                    weights.insert(name, tensor);
+                    weights.insert(name, Arc::new(tensor));
                 }
                 Role::KvState if !kv.contains_key(&t.name) => {
                     let size = bytes_of(t);
-                    let mut tensor = runtime.tensor(placement::DEVICE, 0, size, &t.name)?;
+                    let tensor = runtime.tensor(placement::DEVICE, 0, size, &t.name)?;
                     tensor.write(&vec![0u8; size], 0)?;
-                    kv.insert(t.name.clone(), tensor);
+                    kv.insert(t.name.clone(), Arc::new(tensor));
                 }
                 _ => {}
             }
+        }
+
+        for graph in &mut graphs {
+            graph.sets = Some(bind(&runtime, graph, &weights, &kv)?);
         }
 
         let vocab_size = manifest
@@ -163,7 +205,8 @@ impl NeuronBackend {
             step,
             prefix_caching: false,
         };
-        Ok(Self { info, graphs, weights, kv, _runtime: runtime })
+        // The weights and KV state live on in the graphs' sets, which hold them.
+        Ok(Self { info, graphs, timings: HostTimings::default(), _runtime: runtime })
     }
 
     /// The smallest graph of `kind` that holds `seqs` rows of up to `len` tokens.
@@ -201,6 +244,7 @@ impl NeuronBackend {
             }
             slots[row] = seq.block_table[0] as i32;
         }
+        let started = std::time::Instant::now();
         let graph = &mut self.graphs[gi];
         for t in graph.spec.inputs.clone() {
             let bytes = match t.role {
@@ -211,54 +255,63 @@ impl NeuronBackend {
                 Role::SamplingParams => [1f32; 3].repeat(b).iter().flat_map(|v| v.to_le_bytes()).collect(),
                 _ => continue,
             };
-            graph.io.get_mut(&t.name).expect("allocated at load").write(&bytes, 0)?;
+            graph.io[&t.name].write(&bytes, 0)?;
         }
 
+        let written = started.elapsed();
+        let (inputs, outputs) = graph.sets.as_mut().expect("bound at load");
+        execute_with_retry(&graph.model, inputs, outputs)?;
+        let executed = started.elapsed();
         let graph = &self.graphs[gi];
-        let mut inputs = graph.model_set()?;
-        for t in &graph.spec.inputs {
-            let tensor = match t.role {
-                Role::Weight => &self.weights[t.weight.as_deref().unwrap_or_default()],
-                Role::KvState => &self.kv[&t.name],
-                _ => &graph.io[&t.name],
-            };
-            inputs.add(&t.name, tensor)?;
-        }
-        let mut outputs = graph.model_set()?;
-        for t in &graph.spec.outputs {
-            let tensor = match (t.role, &t.aliases) {
-                // The state is one device tensor, bound as its own output.
-                (Role::KvState, Some(input)) => &self.kv[input],
-                _ => &graph.io[&t.name],
-            };
-            outputs.add(&t.name, tensor)?;
-        }
-        execute_with_retry(&graph.model, &inputs, &mut outputs)?;
-        drop((inputs, outputs));
-
         let logits_spec =
             graph.spec.outputs.iter().find(|t| t.role == Role::Logits).expect("checked at load");
         let vocab = self.info.vocab_size;
-        let mut raw = vec![0u8; bytes_of(logits_spec)];
-        graph.io[&logits_spec.name].read(&mut raw, 0)?;
-        let floats: Vec<f32> =
-            raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let mut floats = vec![0f32; bytes_of(logits_spec) / 4];
+        // SAFETY: any bytes are a valid f32; the runtime's little-endian f32 logits
+        // land in the host's own order on the little-endian hosts libnrt runs on.
+        let raw =
+            unsafe { std::slice::from_raw_parts_mut(floats.as_mut_ptr().cast::<u8>(), floats.len() * 4) };
+        graph.io[&logits_spec.name].read(raw, 0)?;
+        let done = started.elapsed();
+        self.timings.record(written, executed - written, done - executed);
         Ok((0..seqs.len()).map(|row| floats[row * vocab..(row + 1) * vocab].to_vec()).collect())
     }
 }
 
-impl LoadedGraph {
-    fn model_set(&self) -> Result<super::runtime::TensorSet<'_>, BackendError> {
-        self.model.runtime().tensor_set()
+/// A graph's input and output sets: its own tensors, the shared weights (by
+/// their name in the weights file) and KV state (each bound as its own output).
+fn bind(
+    runtime: &Arc<Runtime>,
+    graph: &LoadedGraph,
+    weights: &HashMap<String, Arc<Tensor>>,
+    kv: &HashMap<String, Arc<Tensor>>,
+) -> Result<(TensorSet, TensorSet), BackendError> {
+    let mut inputs = runtime.tensor_set()?;
+    for t in &graph.spec.inputs {
+        let tensor = match t.role {
+            Role::Weight => &weights[t.weight.as_deref().unwrap_or_default()],
+            Role::KvState => &kv[&t.name],
+            _ => &graph.io[&t.name],
+        };
+        inputs.add(&t.name, tensor)?;
     }
+    let mut outputs = runtime.tensor_set()?;
+    for t in &graph.spec.outputs {
+        let tensor = match (t.role, &t.aliases) {
+            (Role::KvState, Some(input)) => &kv[input],
+            _ => &graph.io[&t.name],
+        };
+        outputs.add(&t.name, tensor)?;
+    }
+    Ok((inputs, outputs))
 }
 
 /// Executes, trying again while the NeuronCore is busy (another process or model
 /// holds it), with doubling waits; any other failure is returned at once.
 fn execute_with_retry(
     model: &Model,
-    inputs: &super::runtime::TensorSet,
-    outputs: &mut super::runtime::TensorSet,
+    inputs: &TensorSet,
+    outputs: &mut TensorSet,
 ) -> Result<(), BackendError> {
     let mut wait = BUSY_FIRST_WAIT;
     for attempt in 0..=BUSY_RETRIES {

@@ -9,12 +9,12 @@
 //! - [`Model`]: a loaded NEFF, unloaded on drop; its tensors' names, dtypes and
 //!   shapes ([`Model::tensor_info`]).
 //! - [`Tensor`]: device (or host) memory, freed on drop.
-//! - [`TensorSet`]: names bound to tensors for one execute. It borrows the tensors
-//!   it names, so none can be freed while a set still names it: the runtime does
-//!   not keep them alive, and the borrow checker does.
+//! - [`TensorSet`]: names bound to tensors for executes. It holds the tensors it
+//!   names (shared, `Arc`), so none is freed while a set still names it: the
+//!   runtime does not keep them alive, the set does. Sets can therefore be built
+//!   once and bound to every execute of a graph.
 
 use std::ffi::{c_char, CStr, CString};
-use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::ptr;
 use std::sync::{Arc, Mutex, Weak};
@@ -127,11 +127,11 @@ impl Runtime {
         Ok(Tensor { rt: Arc::clone(self), ptr: tensor, size, name: name.to_string() })
     }
 
-    pub fn tensor_set<'t>(self: &Arc<Self>) -> Result<TensorSet<'t>, BackendError> {
+    pub fn tensor_set(self: &Arc<Self>) -> Result<TensorSet, BackendError> {
         let mut set = ptr::null_mut();
         // SAFETY: the runtime writes the new handle.
         check("nrt_allocate_tensor_set", unsafe { (self.api.allocate_tensor_set)(&mut set) })?;
-        Ok(TensorSet { rt: Arc::clone(self), ptr: set, _tensors: PhantomData })
+        Ok(TensorSet { rt: Arc::clone(self), ptr: set, tensors: Vec::new() })
     }
 }
 
@@ -235,8 +235,10 @@ pub struct Tensor {
     name: String,
 }
 
-// SAFETY: as for `Model`.
+// SAFETY: as for `Model`; shared (`Sync`) because sets hold tensors by `Arc`, and
+// libnrt's tensor calls take any thread (the backend makes them from one).
 unsafe impl Send for Tensor {}
+unsafe impl Sync for Tensor {}
 
 impl Tensor {
     pub fn size(&self) -> usize {
@@ -248,7 +250,7 @@ impl Tensor {
     }
 
     /// Writes `bytes` at byte `offset`.
-    pub fn write(&mut self, bytes: &[u8], offset: usize) -> Result<(), BackendError> {
+    pub fn write(&self, bytes: &[u8], offset: usize) -> Result<(), BackendError> {
         self.check_range(offset, bytes.len(), "write")?;
         // SAFETY: in range (checked), the buffer is valid for the call.
         check("nrt_tensor_write", unsafe {
@@ -279,29 +281,35 @@ impl Tensor {
 impl Drop for Tensor {
     fn drop(&mut self) {
         // SAFETY: allocated by `Runtime::tensor`, freed once, here; no set names it any
-        // more (a set borrows its tensors).
+        // more (a set holds its tensors).
         unsafe { (self.rt.api.tensor_free)(&mut self.ptr) };
     }
 }
 
-pub struct TensorSet<'t> {
+pub struct TensorSet {
     rt: Arc<Runtime>,
     ptr: *mut NrtTensorSet,
-    _tensors: PhantomData<&'t Tensor>,
+    /// What the set names, kept alive as long as it does.
+    tensors: Vec<Arc<Tensor>>,
 }
 
-impl<'t> TensorSet<'t> {
+// SAFETY: as for `Model`.
+unsafe impl Send for TensorSet {}
+
+impl TensorSet {
     /// Binds `name` to `tensor` (replacing an earlier binding of the name).
-    pub fn add(&mut self, name: &str, tensor: &'t Tensor) -> Result<(), BackendError> {
+    pub fn add(&mut self, name: &str, tensor: &Arc<Tensor>) -> Result<(), BackendError> {
         let cname = c_string(name)?;
-        // SAFETY: the set and the tensor are live; the tensor outlives the set ('t).
+        // SAFETY: the set and the tensor are live; the set keeps the tensor alive.
         check("nrt_add_tensor_to_tensor_set", unsafe {
             (self.rt.api.add_tensor_to_tensor_set)(self.ptr, cname.as_ptr(), tensor.ptr)
-        })
+        })?;
+        self.tensors.push(Arc::clone(tensor));
+        Ok(())
     }
 }
 
-impl Drop for TensorSet<'_> {
+impl Drop for TensorSet {
     fn drop(&mut self) {
         // SAFETY: allocated by `Runtime::tensor_set`, destroyed once, here.
         unsafe { (self.rt.api.destroy_tensor_set)(&mut self.ptr) };
