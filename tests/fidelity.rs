@@ -4,6 +4,7 @@
 
 use inflight::backend::cpu::{CpuBackend, CpuConfig, KvDtype, Llama};
 use inflight::backend::{Backend, SeqStep, StepBatch};
+use inflight::engine::sampling::argmax;
 use inflight::model::{LlamaConfig, WeightSource};
 
 use crate::support::{
@@ -38,16 +39,6 @@ fn model_on(path: &std::path::Path, dequantized: bool) -> Llama {
     }
     let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), path).expect("config");
     Llama::load(&w, cfg).expect("load")
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 /// What `greedy_batch` saw, per prompt.

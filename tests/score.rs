@@ -2,6 +2,7 @@
 //! prompts, the logits files' shape and layout, the same logits again when the
 //! continuations are given, and refused input.
 
+use inflight::engine::sampling::argmax;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -47,17 +48,6 @@ fn read_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).expect("logits file");
     assert_eq!(bytes.len() % 4, 0, "{} holds whole f32s", path.display());
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-}
-
-/// The first index of the largest value, as `score` picks greedy tokens.
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn prompts() -> Vec<Vec<u32>> {

@@ -5,6 +5,7 @@
 //! (`benches/gpu/`) score the CPU backend's greedy continuation on `--backend
 //! cuda` and compare with transformers.
 
+use inflight::engine::sampling::argmax;
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
@@ -25,16 +26,6 @@ struct Sequence {
     prompt: Vec<u32>,
     #[serde(default)]
     continuation: Vec<u32>,
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 pub fn run(args: ScoreArgs) -> Result<()> {

@@ -20,6 +20,18 @@ mod truncate;
 pub use params::SamplingParams;
 pub use sampler::{Sampled, Sampler};
 
+/// The first index of the largest value: a greedy token without penalties, as the
+/// offline tools (`inflight score`) and the tests pick one.
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// What can go wrong with sampling parameters or logits.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SamplingError {
