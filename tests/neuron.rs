@@ -163,3 +163,18 @@ fn runtime_faults_fail_only_their_requests() {
     assert!(status.success());
     assert_clean_close(&log.join("\n"));
 }
+
+/// The official OpenAI Python client's checks (the ones the CPU backend passes)
+/// against a server on the Neuron backend.
+#[test]
+fn official_openai_client_works_on_the_neuron_backend() {
+    let (lib, art) = (emulator_lib(), emulator_artifacts());
+    let flags = neuron_flags(&lib);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Server::start_with_model(&art, &flags);
+    let out = crate::support::python::run_script("openai_client.py", &server.base, &[]);
+    assert!(out.contains("all openai client checks passed"), "{out}");
+    let (status, log) = server.stop_and_log();
+    assert!(status.success());
+    assert_clean_close(&log.join("\n"));
+}
