@@ -277,6 +277,22 @@ impl WeightSource {
     }
 }
 
+/// A float tensor's elements as little-endian bytes, in its own dtype (f32, f16 or
+/// bf16): what a runtime that takes raw buffers is given.
+pub fn le_bytes(t: &Tensor) -> Result<Vec<u8>, ModelError> {
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F32 => flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::BF16 => flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        other => {
+            return Err(ModelError::Compute(candle_core::Error::Msg(format!(
+                "{other:?} is not a float dtype"
+            ))))
+        }
+    })
+}
+
 /// llama.cpp tensor names → Hugging Face transformers names.
 pub fn hf_name(name: &str) -> String {
     let fixed = match name {

@@ -248,9 +248,19 @@ struct TensorRec {
 
 struct Shadow {
     pool: candle_core::Tensor,
-    program: llama::LlamaProgram,
+    /// The graph that left it (a `llama` program), for its geometry.
+    neff: Arc<Neff>,
     config: inflight::model::LlamaConfig,
     dtype: candle_core::DType,
+}
+
+impl Shadow {
+    fn program(&self) -> Option<&llama::LlamaProgram> {
+        match &self.neff.program {
+            Program::Llama(p) => Some(p),
+            Program::Copy => None,
+        }
+    }
 }
 
 /// One `nrt_get_model_tensor_info` allocation: the array and the shapes it points to.
@@ -266,7 +276,9 @@ struct State {
     next_handle: usize,
     tensors: HashMap<usize, TensorRec>,
     sets: HashMap<usize, BTreeMap<String, usize>>,
-    models: HashMap<usize, Neff>,
+    /// Shared with the KV shadows a model's graphs leave, so an execute clones no
+    /// tensor list.
+    models: HashMap<usize, Arc<Neff>>,
     infos: HashMap<usize, InfoAlloc>,
     /// Handles freed (or destroyed, or unloaded) once, to tell a double free from garbage.
     freed: std::collections::HashSet<usize>,
@@ -431,7 +443,7 @@ pub unsafe extern "C" fn nrt_load(
         match Neff::parse(bytes) {
             Ok(parsed) => {
                 let h = s.handle();
-                s.models.insert(h, parsed);
+                s.models.insert(h, Arc::new(parsed));
                 *model = h as *mut c_void;
                 SUCCESS
             }
@@ -580,7 +592,8 @@ pub unsafe extern "C" fn nrt_tensor_free(tensor: *mut *mut c_void) {
 fn flush(s: &mut State, handle: usize) {
     let Some(rec) = s.tensors.get_mut(&handle) else { return };
     let Some(shadow) = rec.shadow.take() else { return };
-    match shadow.program.from_pool(&shadow.config, &shadow.pool, shadow.dtype) {
+    let Some(program) = shadow.program() else { return };
+    match program.from_pool(&shadow.config, &shadow.pool, shadow.dtype) {
         Ok(bytes) => {
             let mut data = rec.storage.lock().unwrap_or_else(|p| p.into_inner());
             data[rec.offset..rec.offset + rec.size].copy_from_slice(&bytes);
@@ -816,16 +829,15 @@ pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs
         if let Some(status) = s.not_open("nrt_execute") {
             return status;
         }
-        let Some((tensors, program)) =
-            s.models.get(&(model as usize)).map(|m| (m.tensors.clone(), m.program.clone()))
-        else {
+        let Some(neff) = s.models.get(&(model as usize)).map(Arc::clone) else {
             return s.bad_handle("nrt_execute", "model", model as usize);
         };
-        let ins = match bindings(s, &tensors, Usage::Input, inputs as usize) {
+        let tensors = &neff.tensors;
+        let ins = match bindings(s, tensors, Usage::Input, inputs as usize) {
             Ok(b) => b,
             Err(status) => return status,
         };
-        let outs = match bindings(s, &tensors, Usage::Output, outputs as usize) {
+        let outs = match bindings(s, tensors, Usage::Output, outputs as usize) {
             Ok(b) => b,
             Err(status) => return status,
         };
@@ -843,8 +855,8 @@ pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs
         if let Some(code) = fault.filter(|&c| c != EXEC_COMPLETED_WITH_NUM_ERR) {
             return code;
         }
-        if let Program::Llama(p) = &program {
-            let status = run_llama(s, p, &tensors, &ins, &outs);
+        if let Program::Llama(p) = &neff.program {
+            let status = run_llama(s, &neff, p, &ins, &outs);
             if status != SUCCESS || fault != Some(EXEC_COMPLETED_WITH_NUM_ERR) {
                 return status;
             }
@@ -852,7 +864,7 @@ pub extern "C" fn nrt_execute(model: *mut c_void, inputs: *const c_void, outputs
             for &h in ins.values().chain(outs.values()) {
                 flush(s, h);
             }
-            copy_outputs(s, &tensors, &ins, &outs);
+            copy_outputs(s, tensors, &ins, &outs);
         }
         if fault == Some(EXEC_COMPLETED_WITH_NUM_ERR) {
             // NaN in the results (the state outputs alias inputs and are left as the
@@ -916,12 +928,12 @@ fn store(s: &State, handle: usize, bytes: &[u8]) {
 /// model is built from the weight tensors once and rebuilt only if they change.
 fn run_llama(
     s: &mut State,
+    neff: &Arc<Neff>,
     p: &llama::LlamaProgram,
-    tensors: &[NeffTensor],
     ins: &HashMap<String, usize>,
     outs: &HashMap<String, usize>,
 ) -> u32 {
-    let decl = |name: &str| tensors.iter().find(|t| t.name == name && t.usage == Usage::Input);
+    let decl = |name: &str| neff.tensors.iter().find(|t| t.name == name && t.usage == Usage::Input);
     if s.no_compute {
         let size = s.tensors[&outs[&p.bind.logits]].size;
         store(s, outs[&p.bind.logits], &vec![0u8; size]);
@@ -966,7 +978,11 @@ fn run_llama(
             let h = ins[name];
             let shadow = s.tensors.get_mut(&h).and_then(|r| r.shadow.take());
             let pool = match shadow {
-                Some(sh) if sh.program.slots == p.slots && sh.program.max_context == p.max_context => sh.pool,
+                Some(sh)
+                    if sh.program().is_some_and(|q| q.slots == p.slots && q.max_context == p.max_context) =>
+                {
+                    sh.pool
+                }
                 other => {
                     if let Some(sh) = other {
                         s.tensors.get_mut(&h).expect("bound").shadow = Some(sh);
@@ -995,7 +1011,7 @@ fn run_llama(
                     let dtype = decl(name)
                         .and_then(|d| llama::candle_dtype(&d.dtype))
                         .unwrap_or(candle_core::DType::F32);
-                    let shadow = Shadow { pool, program: p.clone(), config: config.clone(), dtype };
+                    let shadow = Shadow { pool, neff: Arc::clone(neff), config: config.clone(), dtype };
                     if let Some(rec) = s.tensors.get_mut(&ins[name]) {
                         rec.shadow = Some(shadow);
                     }

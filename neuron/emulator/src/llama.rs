@@ -118,7 +118,7 @@ impl LlamaProgram {
             .and_then(|t| t.contiguous())
             .and_then(|t| t.to_dtype(dtype))
             .map_err(err)?;
-        to_bytes(&t).map_err(err)
+        inflight::model::weights::le_bytes(&t).map_err(|e| e.to_string())
     }
 
     /// Runs the graph on `state` (per layer K and V in the pool's layout, updated in
@@ -183,14 +183,4 @@ impl LlamaProgram {
         let state = keys.into_iter().zip(values).map(|(k, v)| [k, v]).collect();
         Ok((logits.iter().flat_map(|v| v.to_le_bytes()).collect(), state))
     }
-}
-
-fn to_bytes(t: &Tensor) -> candle_core::Result<Vec<u8>> {
-    let flat = t.flatten_all()?;
-    Ok(match t.dtype() {
-        DType::F32 => flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::BF16 => flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        other => candle_core::bail!("state dtype {other:?}"),
-    })
 }

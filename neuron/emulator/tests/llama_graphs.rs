@@ -155,14 +155,7 @@ fn prefill_and_decode_graphs_give_the_cpu_backends_logits() {
         .into_iter()
         .map(|(name, _)| {
             let t = st.load(&name, &Device::Cpu).expect("load");
-            let bytes = t
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
+            let bytes = inflight::model::weights::le_bytes(&t).expect("bytes");
             (name, t.dims().to_vec(), bytes)
         })
         .collect();

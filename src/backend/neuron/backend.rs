@@ -40,7 +40,7 @@ struct LoadedGraph {
     /// parameters, logits.
     io: HashMap<String, Arc<Tensor>>,
     /// Every input and output bound once, at load: a step only writes and reads.
-    sets: Option<(TensorSet, TensorSet)>,
+    sets: (TensorSet, TensorSet),
 }
 
 pub struct NeuronBackend {
@@ -137,24 +137,6 @@ impl NeuronBackend {
         let runtime = Runtime::acquire(api)?;
         let version = runtime.version().unwrap_or_else(|e| format!("unknown version ({e})"));
 
-        let mut graphs = Vec::new();
-        for spec in &manifest.graphs {
-            let path = dir.join(&spec.neff);
-            let neff = std::fs::read(&path)
-                .map_err(|e| ModelError::Load { path: path.clone(), message: format!("cannot read: {e}") })?;
-            let model = runtime.load(&neff, -1, -1)?;
-            check_tensors(&model, spec)?;
-            let mut io = HashMap::new();
-            let own = |t: &&TensorSpec| !matches!(t.role, Role::Weight | Role::KvState);
-            for t in spec.inputs.iter().chain(&spec.outputs).filter(own) {
-                io.insert(
-                    t.name.clone(),
-                    Arc::new(runtime.tensor(placement::DEVICE, 0, bytes_of(t), &t.name)?),
-                );
-            }
-            graphs.push(LoadedGraph { spec: spec.clone(), model, io, sets: None });
-        }
-
         // Weights: once each, in the dtype the graphs declare.
         let weights_path = dir.join(&manifest.weights);
         let source = WeightSource::open_safetensors_file(&weights_path)?;
@@ -182,8 +164,23 @@ impl NeuronBackend {
             }
         }
 
-        for graph in &mut graphs {
-            graph.sets = Some(bind(&runtime, graph, &weights, &kv)?);
+        let mut graphs = Vec::new();
+        for spec in &manifest.graphs {
+            let path = dir.join(&spec.neff);
+            let neff = std::fs::read(&path)
+                .map_err(|e| ModelError::Load { path: path.clone(), message: format!("cannot read: {e}") })?;
+            let model = runtime.load(&neff, -1, -1)?;
+            check_tensors(&model, spec)?;
+            let mut io = HashMap::new();
+            let own = |t: &&TensorSpec| !matches!(t.role, Role::Weight | Role::KvState);
+            for t in spec.inputs.iter().chain(&spec.outputs).filter(own) {
+                io.insert(
+                    t.name.clone(),
+                    Arc::new(runtime.tensor(placement::DEVICE, 0, bytes_of(t), &t.name)?),
+                );
+            }
+            let sets = bind(&runtime, spec, &io, &weights, &kv)?;
+            graphs.push(LoadedGraph { spec: spec.clone(), model, io, sets });
         }
 
         let vocab_size = manifest
@@ -245,8 +242,8 @@ impl NeuronBackend {
             slots[row] = seq.block_table[0] as i32;
         }
         let started = std::time::Instant::now();
-        let graph = &mut self.graphs[gi];
-        for t in graph.spec.inputs.clone() {
+        let graph = &self.graphs[gi];
+        for t in &graph.spec.inputs {
             let bytes = match t.role {
                 Role::TokenIds => ints(&ids),
                 Role::Positions => ints(&positions),
@@ -259,7 +256,8 @@ impl NeuronBackend {
         }
 
         let written = started.elapsed();
-        let (inputs, outputs) = graph.sets.as_mut().expect("bound at load");
+        let graph = &mut self.graphs[gi];
+        let (inputs, outputs) = &mut graph.sets;
         execute_with_retry(&graph.model, inputs, outputs)?;
         let executed = started.elapsed();
         let graph = &self.graphs[gi];
@@ -282,24 +280,25 @@ impl NeuronBackend {
 /// their name in the weights file) and KV state (each bound as its own output).
 fn bind(
     runtime: &Arc<Runtime>,
-    graph: &LoadedGraph,
+    spec: &Graph,
+    io: &HashMap<String, Arc<Tensor>>,
     weights: &HashMap<String, Arc<Tensor>>,
     kv: &HashMap<String, Arc<Tensor>>,
 ) -> Result<(TensorSet, TensorSet), BackendError> {
     let mut inputs = runtime.tensor_set()?;
-    for t in &graph.spec.inputs {
+    for t in &spec.inputs {
         let tensor = match t.role {
             Role::Weight => &weights[t.weight.as_deref().unwrap_or_default()],
             Role::KvState => &kv[&t.name],
-            _ => &graph.io[&t.name],
+            _ => &io[&t.name],
         };
         inputs.add(&t.name, tensor)?;
     }
     let mut outputs = runtime.tensor_set()?;
-    for t in &graph.spec.outputs {
+    for t in &spec.outputs {
         let tensor = match (t.role, &t.aliases) {
             (Role::KvState, Some(input)) => &kv[input],
-            _ => &graph.io[&t.name],
+            _ => &io[&t.name],
         };
         outputs.add(&t.name, tensor)?;
     }
@@ -376,25 +375,7 @@ fn weight_bytes(source: &WeightSource, name: &str, t: &TensorSpec) -> Result<Vec
             t.shape
         )));
     }
-    let flat = tensor.flatten_all().map_err(ModelError::from)?;
-    let bytes = match dtype {
-        DType::F32 => {
-            flat.to_vec1::<f32>().map_err(ModelError::from)?.iter().flat_map(|v| v.to_le_bytes()).collect()
-        }
-        DType::F16 => flat
-            .to_vec1::<half::f16>()
-            .map_err(ModelError::from)?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-        _ => flat
-            .to_vec1::<half::bf16>()
-            .map_err(ModelError::from)?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
-    };
-    Ok(bytes)
+    Ok(crate::model::weights::le_bytes(&tensor)?)
 }
 
 impl Backend for NeuronBackend {
