@@ -47,6 +47,7 @@ pub struct Metrics {
     running: IntGauge,
     waiting: IntGauge,
     kv_usage: Gauge,
+    http_responses: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -118,6 +119,14 @@ impl Metrics {
                 .expect("valid gauge"),
             kv_usage: Gauge::new("inflight_kv_cache_usage_ratio", "Fraction of KV blocks in use.")
                 .expect("valid gauge"),
+            http_responses: IntCounterVec::new(
+                Opts::new(
+                    "inflight_http_responses_total",
+                    "HTTP responses by route and status code (429 and 503 are load shed).",
+                ),
+                &["route", "code"],
+            )
+            .expect("valid counter"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.ttft.clone()),
@@ -135,6 +144,7 @@ impl Metrics {
             Box::new(m.running.clone()),
             Box::new(m.waiting.clone()),
             Box::new(m.kv_usage.clone()),
+            Box::new(m.http_responses.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -199,6 +209,12 @@ impl Metrics {
         self.running.set(running as i64);
         self.waiting.set(waiting as i64);
         self.kv_usage.set(kv_usage);
+    }
+
+    /// A response sent on `route` (a route pattern of the router, so the label's
+    /// values are bounded) with status `code`.
+    pub fn observe_response(&self, route: &str, code: u16) {
+        self.http_responses.with_label_values(&[route, code.to_string().as_str()]).inc();
     }
 
     /// The text exposition format for `GET /metrics`.

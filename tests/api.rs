@@ -198,6 +198,11 @@ fn api_key_is_required_on_v1_when_configured() {
     ] {
         assert_eq!(metric(&text, name), Some(1.0), "{name} after one request");
     }
+    // Refusals are counted by route and status, so a dashboard can show them.
+    let refused = r#"inflight_http_responses_total{code="401",route="/v1/chat/completions"}"#;
+    assert_eq!(metric(&text, refused), Some(2.0), "two 401s in:\n{text}");
+    let served = r#"inflight_http_responses_total{code="200",route="/v1/chat/completions"}"#;
+    assert_eq!(metric(&text, served), Some(1.0));
 }
 
 #[test]
@@ -232,6 +237,9 @@ fn full_queue_answers_429_with_retry_after_and_admitted_requests_finish() {
             assert_eq!(body["usage"]["completion_tokens"], 40, "admitted requests run to completion: {body}");
         }
     }
+    let text = client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
+    let counted = metric(&text, r#"inflight_http_responses_total{code="429",route="/v1/completions"}"#);
+    assert_eq!(counted, Some(limited.len() as f64), "429s counted in /metrics");
 }
 
 #[test]

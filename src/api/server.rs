@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +44,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
+/// Counts every response by route pattern and status, so refusals (401, 413, 429,
+/// 503) are visible in `/metrics`. Unrouted paths share one label value, which
+/// keeps the label's cardinality bounded whatever clients send.
+async fn count_responses(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let resp = next.run(req).await;
+    state.metrics.observe_response(&route, resp.status().as_u16());
+    resp
+}
+
 async fn fallback(uri: Uri) -> Response {
     ApiError::not_found(uri.path()).into_response()
 }
@@ -62,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), count_responses))
         .layer(middleware::from_fn(arrival::stamp))
         .with_state(state)
 }
