@@ -8,6 +8,7 @@ mod api;
 mod bench;
 mod cli;
 mod cuda_twin;
+mod deploy;
 mod fidelity;
 mod layers;
 mod neuron;

@@ -1,34 +1,42 @@
-//! The official `openai` Python client, installed once into `target/test-venv`
-//! (pinned in `tests/python/requirements.txt`), for tests that drive the server
-//! the way users' code does.
+//! Python tools for the tests, each set in its own venv under `target/`: the
+//! official `openai` client (pinned in `tests/python/requirements.txt`), for tests
+//! that drive the server the way users' code does, and the offline checkers of
+//! `deploy/` (`deploy/requirements-check.txt`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
-fn venv_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv")
+/// The python of `target/<venv>`, a virtual environment with the pinned
+/// `requirements` (a path from the repository root) installed; rebuilt when the
+/// requirements file changes. One venv per requirements file keeps the heavy tool
+/// sets (deploy linters, the Neuron pipeline's) out of the client tests' venv.
+pub fn python_with(venv: &str, requirements: &str) -> PathBuf {
+    static VENVS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut ready = VENVS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, py)) = ready.iter().find(|(name, _)| name == venv) {
+        return py.clone();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target").join(venv);
+    let py = dir.join("bin/python");
+    let reqs = root.join(requirements);
+    let stamp = dir.join(".requirements");
+    let wanted = std::fs::read_to_string(&reqs).unwrap_or_else(|e| panic!("{}: {e}", reqs.display()));
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&dir));
+        run(Command::new(&py)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+            .arg(&reqs));
+        std::fs::write(&stamp, &wanted).expect("write stamp");
+    }
+    ready.push((venv.to_string(), py.clone()));
+    py
 }
 
-/// The venv's python, with the requirements installed.
+/// The venv with the official `openai` client.
 pub fn python() -> PathBuf {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let venv = venv_dir();
-        let py = venv.join("bin/python");
-        let reqs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/requirements.txt");
-        let stamp = venv.join(".requirements");
-        let wanted = std::fs::read_to_string(&reqs).expect("requirements.txt");
-        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-            run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-            run(Command::new(&py)
-                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
-                .arg(&reqs));
-            std::fs::write(&stamp, &wanted).expect("write stamp");
-        }
-        py
-    })
-    .clone()
+    python_with("test-venv", "tests/python/requirements.txt")
 }
 
 fn run(cmd: &mut Command) {
