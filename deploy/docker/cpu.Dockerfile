@@ -52,7 +52,6 @@ ENV INFLIGHT_HOST=0.0.0.0 \
     INFLIGHT_BACKEND=cpu
 
 LABEL org.opencontainers.image.title="inflight (CPU)" \
-      org.opencontainers.image.source="https://example.invalid/inflight" \
       org.opencontainers.image.licenses="Apache-2.0" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 
