@@ -67,6 +67,13 @@ fn referenced_metrics(text: &str) -> Vec<(String, Vec<String>)> {
             continue;
         }
         let name = tail[..len].to_string();
+        // A regex alternation over names (`inflight_requests_(waiting|running)`, as
+        // adapter rules write them) stands for each name it spells.
+        let alternation = rest.strip_prefix('(').and_then(|s| s.split_once(')')).map(|(alts, _)| alts);
+        if let Some(alts) = alternation.filter(|a| a.chars().all(|c| is_name(c) || c == '|')) {
+            out.extend(alts.split('|').map(|alt| (format!("{name}{alt}"), Vec::new())));
+            continue;
+        }
         let mut labels = Vec::new();
         if let Some(selector) = rest.strip_prefix('{').and_then(|s| s.split_once('}')).map(|(s, _)| s) {
             for matcher in selector.split(',') {
@@ -130,11 +137,14 @@ fn every_metric_deploy_names_is_exported() {
 #[test]
 fn metric_reference_parser_reads_names_and_selector_labels() {
     let refs = referenced_metrics(
-        r#"sum(rate(inflight_http_responses_total{code=~"5..", route!="x"}[5m])) / my_inflight_x + inflight_up"#,
+        r#"sum(rate(inflight_http_responses_total{code=~"5..", route!="x"}[5m])) / my_inflight_x + inflight_up
+        {__name__=~"^inflight_requests_(waiting|running)$"}"#,
     );
     let want = vec![
         ("inflight_http_responses_total".to_string(), vec!["code".to_string(), "route".to_string()]),
         ("inflight_up".to_string(), vec![]),
+        ("inflight_requests_waiting".to_string(), vec![]),
+        ("inflight_requests_running".to_string(), vec![]),
     ];
     assert_eq!(refs, want);
 }
