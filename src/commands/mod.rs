@@ -41,11 +41,15 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
 /// The model to serve: `--model`, else SageMaker's artifact folder when present,
 /// else the registry's default.
 pub fn model_spec(args: &ModelArgs) -> String {
+    model_spec_in(args, std::path::Path::new(SAGEMAKER_MODEL_DIR))
+}
+
+fn model_spec_in(args: &ModelArgs, sagemaker_dir: &std::path::Path) -> String {
     if let Some(m) = &args.model {
         return m.clone();
     }
-    if std::path::Path::new(SAGEMAKER_MODEL_DIR).is_dir() {
-        return SAGEMAKER_MODEL_DIR.to_string();
+    if sagemaker_dir.is_dir() {
+        return sagemaker_dir.to_string_lossy().into_owned();
     }
     DEFAULT_MODEL.to_string()
 }
@@ -112,4 +116,33 @@ pub fn scheduler_config(sched: &SchedulerArgs) -> SchedulerConfig {
         sched.max_waiting,
         sched.prefix_caching,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    fn model_args(flags: &[&str]) -> ModelArgs {
+        Flags::try_parse_from(std::iter::once("inflight").chain(flags.iter().copied())).expect("flags").model
+    }
+
+    #[test]
+    fn sagemaker_model_folder_is_served_when_no_model_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sagemaker = dir.path().join("opt/ml/model");
+        let none = model_args(&[]);
+        assert_eq!(model_spec_in(&none, &sagemaker), DEFAULT_MODEL, "no SageMaker folder: the default");
+        std::fs::create_dir_all(&sagemaker).expect("mkdir");
+        assert_eq!(model_spec_in(&none, &sagemaker), sagemaker.to_string_lossy());
+        let named = model_args(&["--model", "other.gguf"]);
+        assert_eq!(model_spec_in(&named, &sagemaker), "other.gguf", "--model wins");
+    }
 }
