@@ -11,5 +11,6 @@ mod cuda_twin;
 mod fidelity;
 mod layers;
 mod neuron;
+mod neuron_compile;
 mod neuron_runtime;
 mod score;

@@ -1,34 +1,42 @@
-//! The official `openai` Python client, installed once into `target/test-venv`
-//! (pinned in `tests/python/requirements.txt`), for tests that drive the server
-//! the way users' code does.
+//! Python venvs for the tests, each installed once under `target/` from a pinned
+//! requirements file: the official `openai` client (`target/test-venv`, from
+//! `tests/python/requirements.txt`), for tests that drive the server the way
+//! users' code does, and others by `python_with`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
-fn venv_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-venv")
+/// The venv's python, with `tests/python/requirements.txt` installed.
+pub fn python() -> PathBuf {
+    python_with("tests/python/requirements.txt", "test-venv")
 }
 
-/// The venv's python, with the requirements installed.
-pub fn python() -> PathBuf {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let venv = venv_dir();
-        let py = venv.join("bin/python");
-        let reqs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/requirements.txt");
-        let stamp = venv.join(".requirements");
-        let wanted = std::fs::read_to_string(&reqs).expect("requirements.txt");
-        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-            run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-            run(Command::new(&py)
-                .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
-                .arg(&reqs));
-            std::fs::write(&stamp, &wanted).expect("write stamp");
-        }
-        py
-    })
-    .clone()
+/// The python of `target/<venv_name>`, a venv with `requirements` (relative to the
+/// checkout) installed; reinstalled when the requirements file changes.
+pub fn python_with(requirements: &str, venv_name: &str) -> PathBuf {
+    static VENVS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    // Held while installing, so two tests never build the same venv at once.
+    let mut venvs = VENVS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(py) = venvs.get(venv_name) {
+        return py.clone();
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target").join(venv_name);
+    let py = venv.join("bin/python");
+    let reqs = root.join(requirements);
+    let stamp = venv.join(".requirements");
+    let wanted = std::fs::read_to_string(&reqs).unwrap_or_else(|e| panic!("{}: {e}", reqs.display()));
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+        run(Command::new(&py)
+            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+            .arg(&reqs));
+        std::fs::write(&stamp, &wanted).expect("write stamp");
+    }
+    venvs.insert(venv_name.to_string(), py.clone());
+    py
 }
 
 fn run(cmd: &mut Command) {
