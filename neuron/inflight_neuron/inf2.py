@@ -67,6 +67,8 @@ def compile_graph(config: dict, weight_names: list, entry: dict, out: Path, work
         inputs,
         compiler_workdir=str(graph_dir),
         compiler_args=COMPILER_ARGS,
+        # The weights are example inputs here, not module parameters, so nothing
+        # would be inlined anyway; the flag keeps it so if the module changes.
         inline_weights_to_neff=False,
         input_output_aliases=aliases,
     )
