@@ -226,7 +226,7 @@ fn alert_rules_fire_on_synthetic_series() {
 }
 
 fn check_script(script: &str) {
-    let python = python_with("deploy-venv", "deploy/requirements-check.txt");
+    let python = python_with("deploy/requirements-check.txt", "deploy-venv");
     let bin = python.parent().expect("venv bin");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     run_ok(

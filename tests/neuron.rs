@@ -5,18 +5,15 @@
 //! the largest bucket as a limit, and injected runtime faults. Every run must end
 //! with the emulator reporting no misuse and nothing leaked.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
 use crate::support::http::{client, post, sse};
-use crate::support::neuron::{assert_clean_close, emulator_artifacts, emulator_lib, LARGEST_BUCKET};
+use crate::support::neuron::{
+    assert_clean_close, assert_matches_f32_reference, emulator_artifacts, emulator_lib, greedy_on_emulator,
+    neuron_flags, LARGEST_BUCKET,
+};
+use crate::support::reference;
 use crate::support::server::Server;
-use crate::support::{ids, reference, NEAR_TIE_MARGIN};
-
-fn neuron_flags(lib: &std::path::Path) -> Vec<String> {
-    vec!["--backend".into(), "neuron".into(), "--neuron-lib".into(), lib.display().to_string()]
-}
 
 /// Teacher-free greedy decoding of every reference prompt (all in flight together:
 /// prompts in three buckets, decodes batched) matches transformers' f32 greedy
@@ -24,48 +21,9 @@ fn neuron_flags(lib: &std::path::Path) -> Vec<String> {
 /// dequantized from the GGUF, which is what transformers did.
 #[test]
 fn greedy_tokens_on_the_emulator_match_the_f32_reference() {
-    let (lib, art) = (emulator_lib(), emulator_artifacts());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prompts: Vec<Value> = reference()["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .map(|p| json!({"prompt": ids(&p["prompt_ids"])}))
-        .collect();
-    let input = dir.path().join("prompts.json");
-    std::fs::write(&input, json!({"sequences": prompts}).to_string()).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_inflight"))
-        .arg("score")
-        .args(neuron_flags(&lib))
-        .arg("--model")
-        .arg(&art)
-        .arg("--input")
-        .arg(&input)
-        .args(["--greedy", "32", "--log", "warn", "--output"])
-        .arg(dir.path().join("scored"))
-        .output()
-        .expect("run inflight score");
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
-    assert_clean_close(&log);
-    let scored: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("scored.json")).expect("read"))
-            .expect("json");
-    for (p, s) in reference()["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .zip(scored["sequences"].as_array().expect("seqs"))
-    {
-        let reference = &p["transformers_f32"];
-        let margins = reference["top1_top2_margin"].as_array().expect("margins");
-        let exact = margins
-            .iter()
-            .position(|m| m.as_f64().expect("margin") < NEAR_TIE_MARGIN)
-            .unwrap_or(margins.len());
-        let (want, got) = (ids(&reference["greedy_ids"]), ids(&s["continuation"]));
-        assert_eq!(got[..exact], want[..exact], "prompt {}", p["id"]);
-    }
+    let prompts: Vec<&Value> = reference()["prompts"].as_array().expect("prompts").iter().collect();
+    let got = greedy_on_emulator(&emulator_artifacts(), &prompts, 32);
+    assert_matches_f32_reference(&prompts, &got);
 }
 
 fn stream(base: &str, prompt: &str) -> String {

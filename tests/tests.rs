@@ -12,5 +12,6 @@ mod deploy;
 mod fidelity;
 mod layers;
 mod neuron;
+mod neuron_compile;
 mod neuron_runtime;
 mod score;

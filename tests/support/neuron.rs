@@ -3,11 +3,13 @@
 //! `cargo test` builds them; a narrower run (`cargo test --test tests`) gets them
 //! built here on first use.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::model_path;
+use serde_json::{json, Value};
+
+use super::{ids, model_path, NEAR_TIE_MARGIN};
 
 /// `target/<profile>/`, where the test binary's own profile puts the emulator.
 fn profile_dir() -> PathBuf {
@@ -42,6 +44,9 @@ pub fn emulator_lib() -> PathBuf {
 /// prefill lengths, three decode batch sizes, 8 slots.
 pub const PREFILL_BUCKETS: &str = "32,128,512";
 pub const LARGEST_BUCKET: usize = 512;
+/// The buckets every test artifact folder is compiled with (both writers).
+pub const BUCKET_ARGS: [&str; 8] =
+    ["--prefill", PREFILL_BUCKETS, "--decode", "1,4,8", "--slots", "8", "--max-context", "544"];
 
 /// The default model compiled for the emulator (once per test process).
 pub fn emulator_artifacts() -> PathBuf {
@@ -52,7 +57,7 @@ pub fn emulator_artifacts() -> PathBuf {
         let status = Command::new(profile_dir().join("nrt-emulator-compile"))
             .arg(model_path())
             .arg(&out)
-            .args(["--prefill", PREFILL_BUCKETS, "--decode", "1,4,8", "--slots", "8", "--max-context", "544"])
+            .args(BUCKET_ARGS)
             .status()
             .expect("run nrt-emulator-compile");
         assert!(status.success(), "nrt-emulator-compile failed");
@@ -83,4 +88,55 @@ pub fn assert_clean_close(log: &str) {
         (Some(0), Some(0)),
         "{report}"
     );
+}
+
+/// Flags that put a server or command on the Neuron backend over `lib`.
+pub fn neuron_flags(lib: &Path) -> Vec<String> {
+    vec!["--backend".into(), "neuron".into(), "--neuron-lib".into(), lib.display().to_string()]
+}
+
+/// Greedy continuations (`steps` tokens) of reference `prompts`, all in flight
+/// together, by `inflight score` on the Neuron backend over the emulator with the
+/// artifact folder `art`; asserts the emulator closed clean.
+pub fn greedy_on_emulator(art: &Path, prompts: &[&Value], steps: usize) -> Vec<Vec<u32>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sequences: Vec<Value> = prompts.iter().map(|p| json!({"prompt": ids(&p["prompt_ids"])})).collect();
+    let input = dir.path().join("prompts.json");
+    std::fs::write(&input, json!({"sequences": sequences}).to_string()).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_inflight"))
+        .arg("score")
+        .args(neuron_flags(&emulator_lib()))
+        .arg("--model")
+        .arg(art)
+        .arg("--input")
+        .arg(&input)
+        .args(["--greedy", &steps.to_string(), "--log", "warn", "--output"])
+        .arg(dir.path().join("scored"))
+        .output()
+        .expect("run inflight score");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_clean_close(&log);
+    let scored: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("scored.json")).expect("read"))
+            .expect("json");
+    scored["sequences"].as_array().expect("seqs").iter().map(|s| ids(&s["continuation"])).collect()
+}
+
+/// Each continuation equals transformers' f32 greedy tokens up to the reference's
+/// first near-tie (the emulator runs the model in f32 on weights dequantized from
+/// the GGUF, which is what transformers did).
+pub fn assert_matches_f32_reference(prompts: &[&Value], continuations: &[Vec<u32>]) {
+    assert_eq!(prompts.len(), continuations.len());
+    for (p, got) in prompts.iter().zip(continuations) {
+        let reference = &p["transformers_f32"];
+        let margins = reference["top1_top2_margin"].as_array().expect("margins");
+        let exact = margins
+            .iter()
+            .position(|m| m.as_f64().expect("margin") < NEAR_TIE_MARGIN)
+            .unwrap_or(margins.len())
+            .min(got.len());
+        let want = ids(&reference["greedy_ids"]);
+        assert_eq!(got[..exact], want[..exact], "prompt {}", p["id"]);
+    }
 }

@@ -1,42 +1,43 @@
-//! Python tools for the tests, each set in its own venv under `target/`: the
-//! official `openai` client (pinned in `tests/python/requirements.txt`), for tests
-//! that drive the server the way users' code does, and the offline checkers of
-//! `deploy/` (`deploy/requirements-check.txt`).
+//! Python venvs for the tests, each installed once under `target/` from a pinned
+//! requirements file: the official `openai` client (`target/test-venv`, from
+//! `tests/python/requirements.txt`), for tests that drive the server the way
+//! users' code does, and others by `python_with` (the deploy checkers, the Neuron
+//! compile pipeline's light dependencies).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-/// The python of `target/<venv>`, a virtual environment with the pinned
-/// `requirements` (a path from the repository root) installed; rebuilt when the
-/// requirements file changes. One venv per requirements file keeps the heavy tool
-/// sets (deploy linters, the Neuron pipeline's) out of the client tests' venv.
-pub fn python_with(venv: &str, requirements: &str) -> PathBuf {
-    static VENVS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
-    let mut ready = VENVS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, py)) = ready.iter().find(|(name, _)| name == venv) {
+/// The venv's python, with `tests/python/requirements.txt` installed.
+pub fn python() -> PathBuf {
+    python_with("tests/python/requirements.txt", "test-venv")
+}
+
+/// The python of `target/<venv_name>`, a venv with `requirements` (relative to the
+/// checkout) installed; reinstalled when the requirements file changes.
+pub fn python_with(requirements: &str, venv_name: &str) -> PathBuf {
+    static VENVS: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    // Held while installing, so two tests never build the same venv at once.
+    let mut venvs = VENVS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(py) = venvs.get(venv_name) {
         return py.clone();
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("target").join(venv);
-    let py = dir.join("bin/python");
+    let venv = root.join("target").join(venv_name);
+    let py = venv.join("bin/python");
     let reqs = root.join(requirements);
-    let stamp = dir.join(".requirements");
+    let stamp = venv.join(".requirements");
     let wanted = std::fs::read_to_string(&reqs).unwrap_or_else(|e| panic!("{}: {e}", reqs.display()));
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&dir));
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
         run(Command::new(&py)
             .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
             .arg(&reqs));
         std::fs::write(&stamp, &wanted).expect("write stamp");
     }
-    ready.push((venv.to_string(), py.clone()));
+    venvs.insert(venv_name.to_string(), py.clone());
     py
-}
-
-/// The venv with the official `openai` client.
-pub fn python() -> PathBuf {
-    python_with("test-venv", "tests/python/requirements.txt")
 }
 
 fn run(cmd: &mut Command) {
