@@ -88,6 +88,33 @@ fn referenced_metrics(text: &str) -> Vec<(String, Vec<String>)> {
     out
 }
 
+/// The label names of every PromQL grouping clause in `text`: `by (a, b)`,
+/// `without (c)`.
+fn grouping_labels(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for keyword in ["by", "without"] {
+        let mut rest = text;
+        while let Some(at) = rest.find(keyword) {
+            let before = rest[..at].chars().next_back();
+            let after = rest[at + keyword.len()..].trim_start();
+            rest = &rest[at + keyword.len()..];
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            if let Some((list, _)) = after.strip_prefix('(').and_then(|a| a.split_once(')')) {
+                let names = list.split(',').map(str::trim);
+                if names
+                    .clone()
+                    .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                {
+                    out.extend(names.map(String::from));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Labels Prometheus (and its Kubernetes service discovery) attaches at scrape
 /// time; the server cannot export them.
 const SCRAPE_LABELS: &[&str] = &["instance", "job", "namespace", "pod", "service", "container", "endpoint"];
@@ -129,9 +156,27 @@ fn every_metric_deploy_names_is_exported() {
             }
         }
     }
+    // Labels named in `by (...)` / `without (...)` must belong to some exported
+    // series too (a grouping label that no series carries silently merges them all).
+    let all_labels: BTreeSet<&str> = exposed.values().flatten().map(String::as_str).collect();
+    for file in &files {
+        let content = std::fs::read_to_string(file).expect("read");
+        let rel = file.strip_prefix(root()).unwrap_or(file).display().to_string();
+        for label in grouping_labels(&content) {
+            if !all_labels.contains(label.as_str()) && !SCRAPE_LABELS.contains(&label.as_str()) {
+                missing.push(format!("{rel}: grouping label {label}"));
+            }
+        }
+    }
     assert!(missing.is_empty(), "deploy/ names what /metrics does not export:\n{}", missing.join("\n"));
     // The dashboard and the alert rules alone name more than a dozen series.
     assert!(checked >= 20, "only {checked} metric references found under deploy/");
+}
+
+#[test]
+fn grouping_label_parser_reads_by_and_without_clauses() {
+    let text = "sum by (le, instance) (rate(x[5m])) / sum without(code) (y) + max by(unit)(z) ; standby (q)";
+    assert_eq!(grouping_labels(text), ["le", "instance", "unit", "code"]);
 }
 
 #[test]
@@ -152,6 +197,9 @@ fn metric_reference_parser_reads_names_and_selector_labels() {
 /// `promtool` from Debian's `prometheus` package, unpacked under `target/` (the
 /// package's service is never installed or started).
 fn promtool() -> PathBuf {
+    // Two tests want it at once: one of them fetches and unpacks, the other waits.
+    static FETCHED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHED.lock().unwrap_or_else(|e| e.into_inner());
     let dir = root().join("target/deploy-tools");
     let bin = dir.join("usr/bin/promtool");
     if !bin.exists() {
