@@ -1,5 +1,5 @@
-//! The HTTP server: routes, the API-key check, health and metrics endpoints, and
-//! graceful shutdown (stop accepting with 503, let in-flight requests finish up
+//! The HTTP server: routes, authentication (the tenant of each `/v1/*` request),
+//! health and metrics endpoints, and graceful shutdown (stop accepting with 503, let in-flight requests finish up
 //! to a deadline, then return).
 
 use std::sync::atomic::Ordering;
@@ -12,25 +12,33 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use super::arrival;
 use super::error::ApiError;
 use super::handlers;
 use super::state::AppState;
+use super::tenants::Authenticated;
 
-async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(key) = &state.config.api_key {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if presented != Some(key.as_str()) {
-            return ApiError::unauthorized().into_response();
-        }
-    }
-    next.run(req).await
+/// Finds the tenant whose key the request presents (401 if a key is required and
+/// none matches), puts it in the request's extensions for the handlers, runs the
+/// request in a span naming the tenant, and counts its response per tenant.
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let tenant = match state.tenants.current().authenticate(presented) {
+        Authenticated::Tenant(t) => t,
+        Authenticated::Refused => return ApiError::unauthorized().into_response(),
+    };
+    let span = tracing::info_span!("tenant", tenant = %tenant.name);
+    req.extensions_mut().insert(tenant.clone());
+    let resp = next.run(req).instrument(span).await;
+    state.metrics.observe_tenant_response(&tenant.name, resp.status().as_u16());
+    resp
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -63,7 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::models))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(v1)
         .route("/invocations", post(handlers::invocations))
