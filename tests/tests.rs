@@ -14,3 +14,4 @@ mod layers;
 mod neuron;
 mod neuron_runtime;
 mod score;
+mod tenants;
