@@ -133,7 +133,7 @@ impl Metrics {
             tenant_requests: IntCounterVec::new(
                 Opts::new(
                     "inflight_tenant_requests_total",
-                    "Authenticated /v1 responses by tenant and status code (`anonymous` when auth is off).",
+                    "Responses to tenants by status code (`anonymous`: auth off, or /invocations).",
                 ),
                 &["tenant", "code"],
             )

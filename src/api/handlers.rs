@@ -433,8 +433,8 @@ async fn send_json<T: serde::Serialize>(tx: &mpsc::Sender<Event>, v: &T) -> Resu
     tx.send(Event::default().data(data)).await.map_err(|_| ())
 }
 
-/// The tenant `server::authenticate` found; routes outside `/v1` (SageMaker's
-/// `/invocations`, authenticated by the platform in front) serve the anonymous one.
+/// The tenant `server` put in the request (every route to a handler here has
+/// one); anonymous should a route ever lack it.
 fn tenant_of(state: &AppState, found: Option<Extension<Arc<Tenant>>>) -> Arc<Tenant> {
     found.map_or_else(|| state.tenants.current().anonymous(), |Extension(t)| t)
 }

@@ -3,6 +3,7 @@
 //! to a deadline, then return).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -18,22 +19,33 @@ use super::arrival;
 use super::error::ApiError;
 use super::handlers;
 use super::state::AppState;
-use super::tenants::Authenticated;
+use super::tenants::{Authenticated, Tenant};
 
 /// Finds the tenant whose key the request presents (401 if a key is required and
-/// none matches), puts it in the request's extensions for the handlers, runs the
-/// request in a span naming the tenant, and counts its response per tenant.
-async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// none matches) and serves the request as that tenant.
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let tenant = match state.tenants.current().authenticate(presented) {
-        Authenticated::Tenant(t) => t,
-        Authenticated::Refused => return ApiError::unauthorized().into_response(),
-    };
+    match state.tenants.current().authenticate(presented) {
+        Authenticated::Tenant(t) => serve_as(&state, t, req, next).await,
+        Authenticated::Refused => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// SageMaker's `/invocations` takes no key (the platform authenticates in front of
+/// it): it is served as the anonymous tenant.
+async fn anonymous(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let tenant = state.tenants.current().anonymous();
+    serve_as(&state, tenant, req, next).await
+}
+
+/// Puts `tenant` in the request's extensions for the handlers, runs the request
+/// in a span naming it, and counts the response per tenant.
+async fn serve_as(state: &AppState, tenant: Arc<Tenant>, mut req: Request, next: Next) -> Response {
     let span = tracing::info_span!("tenant", tenant = %tenant.name);
     req.extensions_mut().insert(tenant.clone());
     let resp = next.run(req).instrument(span).await;
@@ -74,7 +86,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(v1)
-        .route("/invocations", post(handlers::invocations))
+        .route(
+            "/invocations",
+            post(handlers::invocations).route_layer(middleware::from_fn_with_state(state.clone(), anonymous)),
+        )
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
