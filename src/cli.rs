@@ -216,9 +216,13 @@ pub struct ServeArgs {
     /// The model name clients pass in `model` (default: the `--model` value).
     #[arg(long, env = "INFLIGHT_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer <key>` on /v1/*.
+    /// Require `Authorization: Bearer <key>` on /v1/* (one tenant, `default`).
     #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Tenants, their API keys and limits (TOML; see the README). Re-read on
+    /// SIGHUP. Replaces `--api-key`: give one or the other.
+    #[arg(long, env = "INFLIGHT_TENANTS", value_name = "FILE", conflicts_with = "api_key")]
+    pub tenants: Option<std::path::PathBuf>,
     /// Largest request body accepted, in bytes (413 beyond).
     #[arg(long, env = "INFLIGHT_MAX_REQUEST_BYTES", default_value_t = 4 << 20)]
     pub max_request_bytes: usize,

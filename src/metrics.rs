@@ -48,6 +48,9 @@ pub struct Metrics {
     waiting: IntGauge,
     kv_usage: Gauge,
     http_responses: IntCounterVec,
+    tenant_requests: IntCounterVec,
+    tenant_tokens: IntCounterVec,
+    tenant_throttled: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -127,6 +130,30 @@ impl Metrics {
                 &["route", "code"],
             )
             .expect("valid counter"),
+            tenant_requests: IntCounterVec::new(
+                Opts::new(
+                    "inflight_tenant_requests_total",
+                    "Responses to tenants by status code (`anonymous`: auth off, or /invocations).",
+                ),
+                &["tenant", "code"],
+            )
+            .expect("valid counter"),
+            tenant_tokens: IntCounterVec::new(
+                Opts::new(
+                    "inflight_tenant_tokens_total",
+                    "Tokens of finished requests by tenant, from their usage (kind: prompt or completion).",
+                ),
+                &["tenant", "kind"],
+            )
+            .expect("valid counter"),
+            tenant_throttled: IntCounterVec::new(
+                Opts::new(
+                    "inflight_tenant_throttled_total",
+                    "Requests refused with 429 because the tenant was at one of its limits.",
+                ),
+                &["tenant"],
+            )
+            .expect("valid counter"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.ttft.clone()),
@@ -145,6 +172,9 @@ impl Metrics {
             Box::new(m.waiting.clone()),
             Box::new(m.kv_usage.clone()),
             Box::new(m.http_responses.clone()),
+            Box::new(m.tenant_requests.clone()),
+            Box::new(m.tenant_tokens.clone()),
+            Box::new(m.tenant_throttled.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -215,6 +245,22 @@ impl Metrics {
     /// values are bounded) with status `code`.
     pub fn observe_response(&self, route: &str, code: u16) {
         self.http_responses.with_label_values(&[route, code.to_string().as_str()]).inc();
+    }
+
+    /// A `/v1` response to `tenant` (a name from the tenants file, so the label's
+    /// values are bounded by it) with status `code`.
+    pub fn observe_tenant_response(&self, tenant: &str, code: u16) {
+        self.tenant_requests.with_label_values(&[tenant, code.to_string().as_str()]).inc();
+    }
+
+    /// The usage of one finished request of `tenant`.
+    pub fn observe_tenant_tokens(&self, tenant: &str, prompt_tokens: usize, completion_tokens: usize) {
+        self.tenant_tokens.with_label_values(&[tenant, "prompt"]).inc_by(prompt_tokens as u64);
+        self.tenant_tokens.with_label_values(&[tenant, "completion"]).inc_by(completion_tokens as u64);
+    }
+
+    pub fn observe_tenant_throttled(&self, tenant: &str) {
+        self.tenant_throttled.with_label_values(&[tenant]).inc();
     }
 
     /// The text exposition format for `GET /metrics`.

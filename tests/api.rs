@@ -203,6 +203,8 @@ fn api_key_is_required_on_v1_when_configured() {
     assert_eq!(metric(&text, refused), Some(2.0), "two 401s in:\n{text}");
     let served = r#"inflight_http_responses_total{code="200",route="/v1/chat/completions"}"#;
     assert_eq!(metric(&text, served), Some(1.0));
+    // `--api-key` is one tenant named `default`.
+    assert_eq!(metric(&text, r#"inflight_tenant_requests_total{code="200",tenant="default"}"#), Some(1.0));
 }
 
 #[test]
@@ -268,6 +270,12 @@ fn sagemaker_routes_and_port() {
     assert!(done && !events.is_empty());
     let (s, bad) = post(&format!("{base}/invocations"), &json!({"inputs": "x"}));
     assert_error(s, &bad, 422, "invocations without messages or prompt");
+    // `/invocations` takes no key: its requests are the anonymous tenant's.
+    let text = client().get(format!("{base}/metrics")).send().expect("metrics").text().expect("text");
+    let served = metric(&text, r#"inflight_tenant_requests_total{code="200",tenant="anonymous"}"#);
+    assert_eq!(served, Some(3.0), "{text}");
+    let completion = metric(&text, r#"inflight_tenant_tokens_total{kind="completion",tenant="anonymous"}"#);
+    assert!(completion.is_some_and(|v| v >= 2.0), "{text}");
 }
 
 #[test]

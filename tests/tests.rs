@@ -15,3 +15,4 @@ mod neuron;
 mod neuron_compile;
 mod neuron_runtime;
 mod score;
+mod tenants;

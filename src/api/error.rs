@@ -88,6 +88,16 @@ impl ApiError {
         }
     }
 
+    /// The tenant already has `limit` requests in flight (429, retry in a second).
+    pub fn tenant_at_concurrency_limit(tenant: &str, limit: usize) -> Self {
+        Self {
+            message: format!(
+                "Tenant `{tenant}` already has its limit of {limit} concurrent requests in flight; retry after the time in Retry-After."
+            ),
+            ..Self::overloaded(1)
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message)
     }

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -25,8 +25,9 @@ use super::arrival::Arrival;
 use super::error::ApiError;
 use super::run::{self, ChoiceResult};
 use super::state::{AppState, Ready};
+use super::tenants::{InFlightGuard, Tenant};
 use super::types::*;
-use super::validate::{self, Limits, ValidatedRequest};
+use super::validate::{self, Limits, TenantTokenCap, ValidatedRequest};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
@@ -106,14 +107,22 @@ fn completion_logprobs(tok: &Tokenizer, tokens: &[TokenOutput], mut offset: usiz
 async fn validated(
     ready: &Arc<Ready>,
     served: &str,
+    tenant: &Arc<Tenant>,
     endpoint: Endpoint,
     body: serde_json::Value,
 ) -> Result<ValidatedRequest, ApiError> {
     let ready = ready.clone();
     let served = served.to_string();
+    let tenant = tenant.clone();
     tokio::task::spawn_blocking(move || {
-        let limits =
-            Limits { tokenizer: &ready.tokenizer, served_model: &served, max_context: ready.max_context };
+        let limits = Limits {
+            tokenizer: &ready.tokenizer,
+            served_model: &served,
+            max_context: ready.max_context,
+            tenant_cap: tenant
+                .max_tokens_per_request
+                .map(|max_tokens| TenantTokenCap { tenant: &tenant.name, max_tokens }),
+        };
         match endpoint {
             Endpoint::Chat => {
                 let req: ChatCompletionRequest = serde_json::from_value(body)
@@ -131,31 +140,55 @@ async fn validated(
     .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))?
 }
 
+/// Takes one of the tenant's concurrent-request slots, or refuses with 429.
+fn admit(state: &AppState, tenant: &Tenant) -> Result<InFlightGuard, ApiError> {
+    tenant.in_flight.try_acquire(tenant.max_concurrent_requests).ok_or_else(|| {
+        state.metrics.observe_tenant_throttled(&tenant.name);
+        ApiError::tenant_at_concurrency_limit(&tenant.name, tenant.max_concurrent_requests.unwrap_or(0))
+    })
+}
+
+/// The response with `slot` held until its body has been sent or dropped: a
+/// stream keeps its tenant's slot until it ends or the client hangs up.
+fn holding_until_sent(resp: Response, slot: InFlightGuard) -> Response {
+    let (parts, body) = resp.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &slot;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
 async fn serve(
     state: AppState,
+    tenant: Arc<Tenant>,
     endpoint: Endpoint,
     body: serde_json::Value,
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let req = validated(&ready, &state.config.served_model, endpoint, body).await?;
+    let slot = admit(&state, &tenant)?;
+    let req = validated(&ready, &state.config.served_model, &tenant, endpoint, body).await?;
     let id = match endpoint {
         Endpoint::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         Endpoint::Completion => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
     };
-    let span = tracing::info_span!("request", request_id = %id, prompts = req.prompts.len(), n = req.n, stream = req.stream);
+    let span = tracing::info_span!("request", request_id = %id, tenant = %tenant.name, prompts = req.prompts.len(), n = req.n, stream = req.stream);
     async move {
         tracing::debug!(prompt_tokens = req.prompts.iter().map(|p| p.ids.len()).sum::<usize>(), "admitting");
         let streams = run::submit(&ready.engine, &req, arrived).await?;
-        if req.stream {
-            Ok(stream_response(state, ready, req, streams, id, endpoint))
+        let resp = if req.stream {
+            stream_response(state, ready, req, streams, id, endpoint, tenant)
         } else {
             let results = run::collect(streams, state.config.request_timeout).await?;
-            Ok(match endpoint {
+            let usage = run::total_usage(&results, req.n);
+            state.metrics.observe_tenant_tokens(&tenant.name, usage.prompt_tokens, usage.completion_tokens);
+            match endpoint {
                 Endpoint::Chat => Json(chat_response(&ready, &req, &results, id)).into_response(),
                 Endpoint::Completion => Json(completion_response(&ready, &req, &results, id)).into_response(),
-            })
-        }
+            }
+        };
+        Ok(holding_until_sent(resp, slot))
     }
     .instrument(span)
     .await
@@ -281,6 +314,7 @@ fn stream_response(
     streams: Vec<crate::engine::service::SeqStream>,
     id: String,
     endpoint: Endpoint,
+    tenant: Arc<Tenant>,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
     let timeout = state.config.request_timeout;
@@ -297,6 +331,10 @@ fn stream_response(
             }
             let chunk = |index, kind: &EventKind| chunk_for(endpoint, &ready, &req, head, index, kind);
             let Ok(usage) = forward_events(&tx, streams, timeout, chunk).await else { return };
+            let results: Vec<ChoiceResult> =
+                usage.iter().map(|u| ChoiceResult { usage: u.clone(), ..Default::default() }).collect();
+            let total = run::total_usage(&results, req.n);
+            state.metrics.observe_tenant_tokens(&tenant.name, total.prompt_tokens, total.completion_tokens);
             if req.include_usage && send_json(&tx, &usage_chunk(endpoint, &req, head, usage)).await.is_err() {
                 return;
             }
@@ -395,26 +433,36 @@ async fn send_json<T: serde::Serialize>(tx: &mpsc::Sender<Event>, v: &T) -> Resu
     tx.send(Event::default().data(data)).await.map_err(|_| ())
 }
 
+/// The tenant `server` put in the request (every route to a handler here has
+/// one); anonymous should a route ever lack it.
+fn tenant_of(state: &AppState, found: Option<Extension<Arc<Tenant>>>) -> Arc<Tenant> {
+    found.map_or_else(|| state.tenants.current().anonymous(), |Extension(t)| t)
+}
+
 pub async fn chat_completions(
     State(state): State<AppState>,
+    tenant: Option<Extension<Arc<Tenant>>>,
     arrival: Option<Extension<Arrival>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let tenant = tenant_of(&state, tenant);
     let result = async {
         let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
-        serve(state.clone(), Endpoint::Chat, value, Arrival::of(arrival)).await
+        serve(state.clone(), tenant, Endpoint::Chat, value, Arrival::of(arrival)).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn completions(
     State(state): State<AppState>,
+    tenant: Option<Extension<Arc<Tenant>>>,
     arrival: Option<Extension<Arrival>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let tenant = tenant_of(&state, tenant);
     let result = async {
         let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
-        serve(state.clone(), Endpoint::Completion, value, Arrival::of(arrival)).await
+        serve(state.clone(), tenant, Endpoint::Completion, value, Arrival::of(arrival)).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -423,9 +471,11 @@ pub async fn completions(
 /// body (has `prompt`); streams when `"stream": true`.
 pub async fn invocations(
     State(state): State<AppState>,
+    tenant: Option<Extension<Arc<Tenant>>>,
     arrival: Option<Extension<Arrival>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let tenant = tenant_of(&state, tenant);
     let result = async {
         let value: serde_json::Value = parse_body(body, state.config.max_request_bytes)?;
         let endpoint = if value.get("messages").is_some() {
@@ -437,7 +487,7 @@ pub async fn invocations(
                 "the body needs `messages` (chat) or `prompt` (completions)",
             ));
         };
-        serve(state.clone(), endpoint, value, Arrival::of(arrival)).await
+        serve(state.clone(), tenant, endpoint, value, Arrival::of(arrival)).await
     };
     result.await.unwrap_or_else(IntoResponse::into_response)
 }

@@ -8,6 +8,7 @@ pub mod handlers;
 pub mod run;
 pub mod server;
 pub mod state;
+pub mod tenants;
 pub mod types;
 pub mod validate;
 

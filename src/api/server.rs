@@ -1,8 +1,9 @@
-//! The HTTP server: routes, the API-key check, health and metrics endpoints, and
-//! graceful shutdown (stop accepting with 503, let in-flight requests finish up
+//! The HTTP server: routes, authentication (the tenant of each `/v1/*` request),
+//! health and metrics endpoints, and graceful shutdown (stop accepting with 503, let in-flight requests finish up
 //! to a deadline, then return).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -12,25 +13,44 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use super::arrival;
 use super::error::ApiError;
 use super::handlers;
 use super::state::AppState;
+use super::tenants::{Authenticated, Tenant};
 
-async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(key) = &state.config.api_key {
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        if presented != Some(key.as_str()) {
-            return ApiError::unauthorized().into_response();
-        }
+/// Finds the tenant whose key the request presents (401 if a key is required and
+/// none matches) and serves the request as that tenant.
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match state.tenants.current().authenticate(presented) {
+        Authenticated::Tenant(t) => serve_as(&state, t, req, next).await,
+        Authenticated::Refused => ApiError::unauthorized().into_response(),
     }
-    next.run(req).await
+}
+
+/// SageMaker's `/invocations` takes no key (the platform authenticates in front of
+/// it): it is served as the anonymous tenant.
+async fn anonymous(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let tenant = state.tenants.current().anonymous();
+    serve_as(&state, tenant, req, next).await
+}
+
+/// Puts `tenant` in the request's extensions for the handlers, runs the request
+/// in a span naming it, and counts the response per tenant.
+async fn serve_as(state: &AppState, tenant: Arc<Tenant>, mut req: Request, next: Next) -> Response {
+    let span = tracing::info_span!("tenant", tenant = %tenant.name);
+    req.extensions_mut().insert(tenant.clone());
+    let resp = next.run(req).instrument(span).await;
+    state.metrics.observe_tenant_response(&tenant.name, resp.status().as_u16());
+    resp
 }
 
 async fn health(State(state): State<AppState>) -> Response {
@@ -63,10 +83,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::models))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(v1)
-        .route("/invocations", post(handlers::invocations))
+        .route(
+            "/invocations",
+            post(handlers::invocations).route_layer(middleware::from_fn_with_state(state.clone(), anonymous)),
+        )
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))

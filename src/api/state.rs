@@ -1,11 +1,12 @@
-//! What every handler shares: the server's settings, its metrics, and — once the
-//! model has loaded — the engine and tokenizer.
+//! What every handler shares: the server's settings, its metrics, the live tenant
+//! table, and — once the model has loaded — the engine and tokenizer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::error::ApiError;
+use super::tenants::{SharedTenants, TenantTable};
 use crate::engine::service::EngineHandle;
 use crate::metrics::Metrics;
 use crate::tokenizer::Tokenizer;
@@ -14,7 +15,6 @@ use crate::tokenizer::Tokenizer;
 pub struct ServerConfig {
     /// The name clients use in `model`; requests naming another model get 404.
     pub served_model: String,
-    pub api_key: Option<String>,
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
 }
@@ -30,16 +30,19 @@ pub struct Ready {
 pub struct AppState {
     pub config: Arc<ServerConfig>,
     pub metrics: Arc<Metrics>,
+    /// Who may call `/v1/*`; replaced whole on SIGHUP.
+    pub tenants: SharedTenants,
     pub ready: Arc<OnceLock<Arc<Ready>>>,
     pub shutting_down: Arc<AtomicBool>,
     pub started: u64,
 }
 
 impl AppState {
-    pub fn new(config: ServerConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: ServerConfig, metrics: Arc<Metrics>, tenants: TenantTable) -> Self {
         Self {
             config: Arc::new(config),
             metrics,
+            tenants: SharedTenants::new(tenants),
             ready: Arc::new(OnceLock::new()),
             shutting_down: Arc::new(AtomicBool::new(false)),
             started: std::time::SystemTime::now()

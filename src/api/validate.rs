@@ -20,6 +20,15 @@ pub struct Limits<'a> {
     pub tokenizer: &'a Tokenizer,
     pub served_model: &'a str,
     pub max_context: usize,
+    /// The calling tenant's `max_tokens_per_request`, if it has one.
+    pub tenant_cap: Option<TenantTokenCap<'a>>,
+}
+
+/// A tenant's most output tokens per request: asking for more is a 400 naming
+/// the limit; asking for nothing gets at most this.
+pub struct TenantTokenCap<'a> {
+    pub tenant: &'a str,
+    pub max_tokens: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -151,15 +160,29 @@ fn common_fields(
             ),
         ));
     }
-    let max_tokens = match (common.max_completion_tokens, common.max_tokens) {
-        (Some(v), _) => positive("max_completion_tokens", Some(v))?,
-        (None, v) => positive("max_tokens", v)?,
+    let (param, max_tokens) = match (common.max_completion_tokens, common.max_tokens) {
+        (Some(v), _) => ("max_completion_tokens", positive("max_completion_tokens", Some(v))?),
+        (None, v) => ("max_tokens", positive("max_tokens", v)?),
     };
+    if let (Some(cap), Some(asked)) = (&limits.tenant_cap, max_tokens) {
+        if asked > cap.max_tokens {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "{param} is {asked}, above tenant `{}`'s limit of {} tokens per request.",
+                    cap.tenant, cap.max_tokens
+                ),
+            ));
+        }
+    }
     let sampling = sampling_params(common, logprobs)?;
     let max_new_tokens = prompts
         .iter()
-        .map(|p| budget(p.ids.len(), max_tokens, limits.max_context, what))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|p| {
+            let room = budget(p.ids.len(), max_tokens, limits.max_context, what)?;
+            Ok(limits.tenant_cap.as_ref().map_or(room, |cap| room.min(cap.max_tokens)))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let stop: Vec<String> = common.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     if stop.len() > 16 {
         return Err(ApiError::invalid("stop", "at most 16 stop sequences"));

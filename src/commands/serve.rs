@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{load_model, model_spec, scheduler_config};
 use crate::cli::ServeArgs;
+use inflight::api::tenants::{self, TenantTable};
 use inflight::api::{self, AppState, Ready, ServerConfig};
 use inflight::engine::core::EngineCore;
 use inflight::engine::service::EngineThread;
@@ -32,17 +33,35 @@ pub fn run(args: ServeArgs) -> Result<()> {
     runtime.block_on(serve(args))
 }
 
+/// The tenants from `--tenants`, or one `default` tenant for `--api-key`, or none
+/// (authentication off). clap refuses the two flags together.
+fn tenant_table(args: &ServeArgs) -> Result<TenantTable> {
+    if let Some(path) = &args.tenants {
+        let table = tenants::file::load_table(path)?;
+        tracing::info!(file = %path.display(), tenants = table.tenants().len(), "tenants loaded");
+        return Ok(table);
+    }
+    Ok(match args.api_key.as_deref().filter(|k| !k.is_empty()) {
+        Some(key) => TenantTable::single_key(key),
+        None => TenantTable::open(),
+    })
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
+    // A bad tenants file is a start-up error before the port is taken.
+    let tenant_table = tenant_table(&args)?;
     let addr = format!("{}:{}", args.host, port(&args)?);
     let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     let metrics = Arc::new(Metrics::new());
     let config = ServerConfig {
         served_model: args.served_model_name.clone().unwrap_or_else(|| model_spec(&args.model)),
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_request_bytes: args.max_request_bytes,
         request_timeout: Duration::from_secs_f64(args.request_timeout),
     };
-    let state = AppState::new(config, metrics.clone());
+    let state = AppState::new(config, metrics.clone(), tenant_table);
+    if let Some(path) = &args.tenants {
+        tenants::reload_on_sighup(state.tenants.clone(), path.clone());
+    }
     tracing::info!(%addr, model = %state.config.served_model, "listening (model loading)");
 
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -53,7 +53,9 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_inflight"))
             .args(["serve", "--host", "127.0.0.1", "--port", &flag_port.to_string(), "--exit-on-stdin-eof"])
             .args(["--model", &model.to_string_lossy(), "--served-model-name", "test-model"])
-            .args(["--kv-cache-gib", "0.5", "--log", "warn"])
+            .args(["--kv-cache-gib", "0.5"])
+            // `--log` may be given once: a test's own level replaces the quiet default.
+            .args(if extra.contains(&"--log") { &[][..] } else { &["--log", "warn"][..] })
             .args(extra)
             .env_remove("INFLIGHT_API_KEY")
             .envs(envs.iter().copied())

@@ -1,0 +1,14 @@
+//! Tenants: who may call the API and under which limits. The file format
+//! (`file`), the validated table with constant-time key lookup (`table`), the
+//! per-tenant in-flight count (`admission`) and the live table replaced on
+//! SIGHUP (`reload`). Nothing here knows HTTP; `server` and `handlers` apply it.
+
+pub mod admission;
+pub mod file;
+pub mod reload;
+pub mod table;
+
+pub use admission::{InFlight, InFlightGuard};
+pub use file::TenantsError;
+pub use reload::{reload_on_sighup, SharedTenants};
+pub use table::{Authenticated, Tenant, TenantTable, Tier, ANONYMOUS};

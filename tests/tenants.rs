@@ -1,0 +1,243 @@
+//! Tenants over real HTTP: keys from a tenants file, per-tenant limits and
+//! metrics, reloading the file on SIGHUP, and refusing a bad file at start-up.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::http::{client, metric, sse};
+use crate::support::server::Server;
+
+const ACME_KEY: &str = "sk-acme-test-0123456789";
+const GLOBEX_KEY: &str = "sk-globex-test-9876543210";
+
+fn tenants_file(dir: &Path, text: &str) -> String {
+    let path = dir.join("tenants.toml");
+    std::fs::write(&path, text).expect("write tenants file");
+    path.to_string_lossy().into_owned()
+}
+
+/// Status and JSON body of a completion sent with `key` (none: no header).
+fn complete(server: &Server, key: Option<&str>, body: &Value) -> (u16, Value, Option<String>) {
+    let mut req = client().post(server.url("/v1/completions")).json(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().expect("send");
+    let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null), retry)
+}
+
+fn models_status(server: &Server, key: &str) -> u16 {
+    client().get(server.url("/v1/models")).bearer_auth(key).send().expect("send").status().as_u16()
+}
+
+fn stream_body(max_tokens: usize) -> Value {
+    json!({"prompt": "Tell a long story:", "max_tokens": max_tokens, "ignore_eos": true, "stream": true})
+}
+
+/// Reads SSE lines until the first `data:` line, leaving the rest unread.
+fn first_chunk(resp: reqwest::blocking::Response) -> std::io::BufReader<reqwest::blocking::Response> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(resp);
+    let mut line = String::new();
+    while reader.read_line(&mut line).expect("read stream") > 0 {
+        if line.starts_with("data:") {
+            return reader;
+        }
+        line.clear();
+    }
+    panic!("stream ended before its first chunk");
+}
+
+#[test]
+fn two_tenants_each_key_works_limits_are_enforced_and_counted_per_tenant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = tenants_file(
+        dir.path(),
+        &format!(
+            r#"
+[[tenants]]
+name = "acme"
+api_key = "{ACME_KEY}"
+tier = "provisioned"
+input_tokens_per_minute = 20000
+output_tokens_per_minute = 5000
+max_tokens_per_request = 8
+
+[[tenants]]
+name = "globex"
+api_key_env = "GLOBEX_TEST_KEY"
+tier = "on-demand"
+max_concurrent_requests = 1
+"#
+        ),
+    );
+    let server =
+        Server::start_with_env(&["--tenants", &file, "--log", "debug"], &[("GLOBEX_TEST_KEY", GLOBEX_KEY)]);
+    let small = json!({"prompt": "Hello", "max_tokens": 3, "ignore_eos": true});
+
+    // Each key works; a wrong key or none is 401.
+    let (s, body, _) = complete(&server, Some(ACME_KEY), &small);
+    assert_eq!(s, 200, "{body}");
+    let (s, body, _) = complete(&server, Some(GLOBEX_KEY), &small);
+    assert_eq!(s, 200, "{body}");
+    let (s, body, _) = complete(&server, Some("sk-acme-test-012345678"), &small);
+    assert_eq!((s, body["error"]["code"].as_str()), (401, Some("invalid_api_key")), "{body}");
+    assert_eq!(complete(&server, None, &small).0, 401);
+
+    // max_tokens_per_request: above it is a 400 naming the limit; unset, it caps.
+    let (s, body, _) = complete(&server, Some(ACME_KEY), &json!({"prompt": "Hello", "max_tokens": 9}));
+    assert_eq!(s, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("`acme`") && message.contains("limit of 8"), "{body}");
+    assert_eq!(body["error"]["param"], "max_tokens");
+    let (s, body, _) = complete(&server, Some(ACME_KEY), &json!({"prompt": "Hello", "ignore_eos": true}));
+    assert_eq!((s, body["usage"]["completion_tokens"].as_u64()), (200, Some(8)), "{body}");
+
+    // max_concurrent_requests = 1: a second request while a stream runs is 429
+    // with Retry-After; the stream completes; then a new request is admitted.
+    let url = server.url("/v1/completions");
+    let first = client().post(&url).bearer_auth(GLOBEX_KEY).json(&stream_body(48)).send().expect("send");
+    assert_eq!(first.status(), 200);
+    let first = first_chunk(first);
+    let (s, body, retry) = complete(&server, Some(GLOBEX_KEY), &small);
+    assert_eq!(s, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("`globex`"), "{body}");
+    assert!(retry.is_some_and(|v| v.parse::<u64>().is_ok()), "Retry-After on the 429");
+    let (_, done) = sse(first.into_inner());
+    assert!(done, "the admitted stream ran to [DONE]");
+    assert_eq!(admitted_within(&server, GLOBEX_KEY, &small, Duration::from_secs(5)), 200);
+
+    // A client that hangs up mid-stream frees the slot too.
+    let hung = client().post(&url).bearer_auth(GLOBEX_KEY).json(&stream_body(400)).send().expect("send");
+    drop(first_chunk(hung));
+    assert_eq!(admitted_within(&server, GLOBEX_KEY, &small, Duration::from_secs(10)), 200);
+
+    let text = client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
+    let m = |name: &str| metric(&text, name);
+    assert_eq!(m(r#"inflight_tenant_requests_total{code="200",tenant="acme"}"#), Some(2.0), "{text}");
+    assert_eq!(m(r#"inflight_tenant_requests_total{code="400",tenant="acme"}"#), Some(1.0));
+    assert_eq!(m(r#"inflight_tenant_requests_total{code="429",tenant="globex"}"#), Some(1.0));
+    assert_eq!(m(r#"inflight_tenant_throttled_total{tenant="globex"}"#), Some(1.0));
+    assert_eq!(m(r#"inflight_tenant_tokens_total{kind="completion",tenant="acme"}"#), Some(11.0));
+    assert!(m(r#"inflight_tenant_tokens_total{kind="prompt",tenant="acme"}"#).is_some_and(|v| v >= 2.0));
+    // globex finished: 3 + 48 + 3 + 3 completion tokens (the hung-up stream is not
+    // a finished request).
+    assert_eq!(m(r#"inflight_tenant_tokens_total{kind="completion",tenant="globex"}"#), Some(57.0));
+
+    // Keys never reach the log, even at debug level; the tenant does.
+    let (_, log) = server.stop_and_log();
+    let all = without_colour(&log.join("\n"));
+    assert!(all.contains("DEBUG") && all.contains("tenant=acme"), "debug log with tenant spans:\n{all}");
+    for key in [ACME_KEY, GLOBEX_KEY] {
+        assert!(!all.contains(key), "a key appeared in the log");
+    }
+}
+
+/// The log text without ANSI colour sequences (`ESC [ ... m`).
+fn without_colour(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Sends `body` until it is admitted (not 429) or `within` passes; the status.
+fn admitted_within(server: &Server, key: &str, body: &Value, within: Duration) -> u16 {
+    let deadline = Instant::now() + within;
+    loop {
+        let (s, _, _) = complete(server, Some(key), body);
+        if s != 429 || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn one_tenant(key: &str) -> String {
+    format!("[[tenants]]\nname = \"acme\"\napi_key = \"{key}\"\ntier = \"on-demand\"\n")
+}
+
+fn hang_up(pid: u32) {
+    let sent = Command::new("kill").args(["-HUP", &pid.to_string()]).status().expect("kill");
+    assert!(sent.success());
+}
+
+#[test]
+fn sighup_reloads_the_tenants_file_and_a_broken_file_keeps_the_old_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = tenants_file(dir.path(), &one_tenant("sk-old"));
+    let mut server = Server::start(&["--tenants", &file, "--log", "info"]);
+    let (pid, base) = (server.pid(), server.base.clone());
+    assert_eq!(models_status(&server, "sk-old"), 200);
+
+    // A rotated key: the new one works and the old one is refused, same process.
+    tenants_file(dir.path(), &one_tenant("sk-new"));
+    hang_up(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while models_status(&server, "sk-new") != 200 {
+        assert!(Instant::now() < deadline, "the rotated key was not accepted after SIGHUP");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(models_status(&server, "sk-old"), 401);
+    assert!(server.try_wait().is_none(), "the server kept running");
+    assert_eq!((server.pid(), server.base.as_str()), (pid, base.as_str()));
+
+    // A broken file: logged, and the keys in force stay in force.
+    tenants_file(dir.path(), "[[tenants]]\nname = \"acme\"\napi_key = \n");
+    hang_up(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().iter().any(|l| l.contains("not reloaded")) {
+        assert!(Instant::now() < deadline, "no log line about the failed reload");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logged = server.log().join("\n");
+    assert!(logged.contains("tenants.toml:3:"), "the failed reload names file and line:\n{logged}");
+    assert_eq!(models_status(&server, "sk-new"), 200);
+    assert_eq!(models_status(&server, "sk-old"), 401);
+    let (s, body, _) =
+        complete(&server, Some("sk-new"), &json!({"prompt": "Hello", "max_tokens": 2, "ignore_eos": true}));
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(client().get(server.url("/health")).send().expect("health").status(), 200);
+    assert!(server.try_wait().is_none());
+}
+
+fn serve_with(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_inflight"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "9", "--model", "no-such-model"])
+        .args(args)
+        .env_remove("INFLIGHT_API_KEY")
+        .env_remove("INFLIGHT_TENANTS")
+        .env("INFLIGHT_LOG", "warn")
+        .output()
+        .expect("run inflight serve")
+}
+
+#[test]
+fn a_malformed_tenants_file_stops_start_up_naming_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = tenants_file(dir.path(), &(one_tenant("sk-a") + "max_rps = 5\n"));
+    let out = serve_with(&["--tenants", &file]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:5:")) && stderr.contains("max_rps"), "{stderr}");
+    assert!(!stderr.contains("sk-a"), "the key appeared in the error:\n{stderr}");
+
+    // `--api-key` and `--tenants` together are a usage error.
+    let good = tenants_file(dir.path(), &one_tenant("sk-a"));
+    let out = serve_with(&["--tenants", &good, "--api-key", "k"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tenants") && stderr.contains("--api-key"), "{stderr}");
+}
