@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::engine::request::{output_budget, ContextError, GenerationRequest};
+use crate::engine::request::{output_budget, ContextError, GenerationRequest, SchedClass};
 use crate::engine::sampling::SamplingParams;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
@@ -71,6 +71,7 @@ impl ValidatedRequest {
                     sampling,
                     stop: self.stop.clone(),
                     ignore_eos: self.ignore_eos,
+                    class: SchedClass::default(),
                 });
             }
         }

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{load_model, scheduler_config};
 use crate::cli::GenerateArgs;
 use inflight::engine::core::EngineCore;
-use inflight::engine::request::{output_budget, EventKind, GenerationRequest, SeqId};
+use inflight::engine::request::{output_budget, EventKind, GenerationRequest, SchedClass, SeqId};
 use inflight::engine::sampling::SamplingParams;
 use inflight::tokenizer::{ChatMessage, Tokenizer};
 
@@ -86,6 +86,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             sampling: sampling.clone(),
             stop: Vec::new(),
             ignore_eos: args.ignore_eos,
+            class: SchedClass::default(),
         };
         let id = core.add(req).map_err(|e| anyhow::anyhow!("prompt {}: {e}", i + 1))?;
         index_of.insert(id, i);

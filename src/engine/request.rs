@@ -22,6 +22,35 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Keep generating through EOS / end-of-turn tokens (benchmarks rely on it).
     pub ignore_eos: bool,
+    /// How the scheduler queues it (reserved or standard, whose fair share).
+    pub class: SchedClass,
+}
+
+/// How the scheduler treats a request: which queue it waits in and whose fair
+/// share it draws on. The HTTP layer decides (from tenants and their reserved
+/// rates); the engine knows no tenants, only these values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedClass {
+    pub priority: Priority,
+    /// Standard work is shared among these keys (one per tenant) in proportion
+    /// to `weight`, so one key's burst cannot starve another's request.
+    pub share_key: u32,
+    /// At least 1.
+    pub weight: u32,
+}
+
+impl Default for SchedClass {
+    fn default() -> Self {
+        Self { priority: Priority::Standard, share_key: 0, weight: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Within a reserved rate: admitted before standard work, and may preempt it.
+    Reserved,
+    #[default]
+    Standard,
 }
 
 /// Why a prompt cannot be served within the context.

@@ -282,6 +282,7 @@ mod tests {
     use super::*;
     use crate::backend::cpu::CpuConfig;
     use crate::backend::StepLimits;
+    use crate::engine::request::SchedClass;
     use crate::engine::sampling::SamplingParams;
     use crate::engine::scheduler::SchedulerConfig;
     use crate::hub::ResolvedModel;
@@ -314,6 +315,7 @@ mod tests {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: true,
+            class: SchedClass::default(),
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
