@@ -198,27 +198,32 @@ fn metric_reference_parser_reads_names_and_selector_labels() {
 /// package's service is never installed or started).
 fn promtool() -> PathBuf {
     // Two tests want it at once: one of them fetches and unpacks, the other waits.
+    // The unpacking happens in a scratch folder renamed into place when complete,
+    // so a run interrupted half-way never leaves a partial binary behind.
     static FETCHED: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = FETCHED.lock().unwrap_or_else(|e| e.into_inner());
     let dir = root().join("target/deploy-tools");
     let bin = dir.join("usr/bin/promtool");
     if !bin.exists() {
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let out = Command::new("apt-get").args(["download", "prometheus"]).current_dir(&dir).output();
+        let scratch = root().join(format!("target/deploy-tools.partial-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).expect("mkdir");
+        let out = Command::new("apt-get").args(["download", "prometheus"]).current_dir(&scratch).output();
         let out = out.expect("apt-get (promtool comes from Debian's prometheus package)");
         assert!(
             out.status.success(),
             "apt-get download prometheus: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let deb = std::fs::read_dir(&dir)
+        let deb = std::fs::read_dir(&scratch)
             .expect("read")
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
             .expect("downloaded .deb");
-        let ok = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir).status().expect("dpkg-deb");
+        let ok = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&scratch).status().expect("dpkg-deb");
         assert!(ok.success(), "unpacking {}", deb.display());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&scratch, &dir).expect("move promtool into place");
     }
     bin
 }
