@@ -73,8 +73,7 @@ fn report(tenant: &Tenant) -> UsageReport {
         }),
         concurrency: Concurrency {
             max_concurrent_requests: tenant.max_concurrent_requests,
-            // The count includes this request, which holds no slot: none is taken
-            // for /v1/usage.
+            // /v1/usage itself takes no slot, so this counts only generation requests.
             in_flight: tenant.in_flight.current(),
         },
     }
