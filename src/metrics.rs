@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -51,6 +51,8 @@ pub struct Metrics {
     tenant_requests: IntCounterVec,
     tenant_tokens: IntCounterVec,
     tenant_throttled: IntCounterVec,
+    tenant_admitted: IntCounterVec,
+    tenant_reservation_usage: GaugeVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -154,6 +156,22 @@ impl Metrics {
                 &["tenant"],
             )
             .expect("valid counter"),
+            tenant_admitted: IntCounterVec::new(
+                Opts::new(
+                    "inflight_tenant_admitted_total",
+                    "Requests admitted to the engine by tenant and priority (reserved: within a provisioned rate; standard: everything else, a provisioned tenant's overflow included).",
+                ),
+                &["tenant", "priority"],
+            )
+            .expect("valid counter"),
+            tenant_reservation_usage: GaugeVec::new(
+                Opts::new(
+                    "inflight_tenant_reservation_usage_ratio",
+                    "Provisioned tenants: tokens drawn from the reservation (prompt at admission, output as produced) in the last minute, over the reserved input plus output tokens per minute.",
+                ),
+                &["tenant"],
+            )
+            .expect("valid gauge"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.ttft.clone()),
@@ -175,6 +193,8 @@ impl Metrics {
             Box::new(m.tenant_requests.clone()),
             Box::new(m.tenant_tokens.clone()),
             Box::new(m.tenant_throttled.clone()),
+            Box::new(m.tenant_admitted.clone()),
+            Box::new(m.tenant_reservation_usage.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric names are unique");
@@ -261,6 +281,16 @@ impl Metrics {
 
     pub fn observe_tenant_throttled(&self, tenant: &str) {
         self.tenant_throttled.with_label_values(&[tenant]).inc();
+    }
+
+    /// A request of `tenant` admitted at `priority` (`reserved` or `standard`).
+    pub fn observe_tenant_admitted(&self, tenant: &str, priority: &str) {
+        self.tenant_admitted.with_label_values(&[tenant, priority]).inc();
+    }
+
+    /// How much of `tenant`'s reservation the last minute used (see the help).
+    pub fn set_tenant_reservation_usage(&self, tenant: &str, ratio: f64) {
+        self.tenant_reservation_usage.with_label_values(&[tenant]).set(ratio);
     }
 
     /// The text exposition format for `GET /metrics`.

@@ -241,3 +241,192 @@ fn a_malformed_tenants_file_stops_start_up_naming_file_and_line() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--tenants") && stderr.contains("--api-key"), "{stderr}");
 }
+
+/// A prompt of some twenty tokens: a few of them exhaust a small bucket.
+const LONG_PROMPT: &str =
+    "Tell a long story about a dragon who lived in the mountains and loved to read books about the sea.";
+
+/// A response's status and headers, kept after its body is read.
+struct Head {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Head {
+    fn of(r: &reqwest::blocking::Response) -> Self {
+        Self { status: r.status().as_u16(), headers: r.headers().clone() }
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    }
+
+    fn number(&self, name: &str) -> u64 {
+        self.header(name).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no numeric {name}"))
+    }
+}
+
+fn get_models(server: &Server, key: &str) -> Head {
+    Head::of(&client().get(server.url("/v1/models")).bearer_auth(key).send().expect("send"))
+}
+
+/// Sends a short completion of `LONG_PROMPT` with `key`.
+fn complete_long(server: &Server, key: &str) -> (Head, Value) {
+    let body = json!({"prompt": LONG_PROMPT, "max_tokens": 3, "ignore_eos": true});
+    let r = client().post(server.url("/v1/completions")).bearer_auth(key).json(&body).send().expect("send");
+    let head = Head::of(&r);
+    (head, r.json().unwrap_or(Value::Null))
+}
+
+fn usage_of(server: &Server, key: Option<&str>) -> (u16, Value) {
+    let mut req = client().get(server.url("/v1/usage"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().expect("send");
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn token_rates_reserve_fall_back_refuse_and_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = tenants_file(
+        dir.path(),
+        &format!(
+            r#"
+[[tenants]]
+name = "acme"
+api_key = "{ACME_KEY}"
+tier = "provisioned"
+input_tokens_per_minute = 30
+output_tokens_per_minute = 30
+
+[[tenants]]
+name = "globex"
+api_key = "{GLOBEX_KEY}"
+tier = "on-demand"
+input_tokens_per_minute = 60
+output_tokens_per_minute = 600
+max_concurrent_requests = 4
+"#
+        ),
+    );
+    let server = Server::start(&["--tenants", &file]);
+
+    // Headers before any tokens are drawn: full buckets, limit = input + output.
+    let r = get_models(&server, ACME_KEY);
+    assert_eq!(r.number("x-ratelimit-limit-tokens"), 60);
+    assert_eq!(r.number("x-ratelimit-remaining-tokens"), 60);
+    assert_eq!(r.header("x-ratelimit-reset-tokens").as_deref(), Some("0ms"));
+    assert!(r.header("x-ratelimit-limit-requests").is_none(), "acme has no concurrency limit");
+
+    // The first request is within the reservation and draws on it; the next ones
+    // are over it and still succeed (fallback to on-demand, no 429).
+    let (r, body) = complete_long(&server, ACME_KEY);
+    assert_eq!(r.status, 200, "{body}");
+    let prompt = body["usage"]["prompt_tokens"].as_u64().expect("usage");
+    assert!((16..30).contains(&prompt), "the prompt fits the bucket once, not twice: {prompt} tokens");
+    let after_first = r.number("x-ratelimit-remaining-tokens");
+    assert!(after_first < 60 - prompt + 3, "remaining went down by the prompt: {after_first}");
+    assert!(r.header("x-ratelimit-reset-tokens").is_some_and(|v| v.ends_with('s')));
+    let mut remaining = after_first;
+    for _ in 0..2 {
+        let (r, body) = complete_long(&server, ACME_KEY);
+        assert_eq!(r.status, 200, "over the reservation is served, not refused: {body}");
+        // Fallback requests draw nothing, so only the refill (1 token/s) moves it.
+        remaining = r.number("x-ratelimit-remaining-tokens");
+    }
+    assert!(remaining < 60, "{remaining}");
+    let text = client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
+    let m = |name: &str| metric(&text, name);
+    assert_eq!(
+        m(r#"inflight_tenant_admitted_total{priority="reserved",tenant="acme"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(m(r#"inflight_tenant_admitted_total{priority="standard",tenant="acme"}"#), Some(2.0));
+    let ratio = m(r#"inflight_tenant_reservation_usage_ratio{tenant="acme"}"#).expect("ratio");
+    assert!(
+        (ratio - (prompt + 3) as f64 / 60.0).abs() < 1e-9,
+        "reserved draws over the reservation: {ratio}"
+    );
+
+    // A stream carries the headers in its head.
+    let stream = json!({"prompt": "Hi", "max_tokens": 2, "stream": true});
+    let r = client()
+        .post(server.url("/v1/completions"))
+        .bearer_auth(ACME_KEY)
+        .json(&stream)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert!(Head::of(&r).header("x-ratelimit-remaining-tokens").is_some(), "a stream's head has the headers");
+    assert!(sse(r).1);
+
+    // On-demand with a cap of 60 input tokens a minute (1 a second): refused once
+    // over it, with a Retry-After the refill rate bears out.
+    let r = get_models(&server, GLOBEX_KEY);
+    assert_eq!((r.number("x-ratelimit-limit-requests"), r.number("x-ratelimit-remaining-requests")), (4, 4));
+    assert_eq!(r.number("x-ratelimit-limit-tokens"), 660);
+    let mut refused = None;
+    for _ in 0..4 {
+        let (r, body) = complete_long(&server, GLOBEX_KEY);
+        if r.status == 429 {
+            refused = Some((r.header("retry-after"), body));
+            break;
+        }
+        assert_eq!(r.status, 200, "{body}");
+    }
+    let (retry, body) = refused.expect("the cap refused a request");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("`globex`"), "{body}");
+    let retry: u64 = retry.and_then(|v| v.parse().ok()).expect("numeric Retry-After");
+    assert!(
+        (1..=prompt).contains(&retry),
+        "at 1 token/s a {prompt}-token prompt waits at most {prompt} s: {retry}"
+    );
+    std::thread::sleep(Duration::from_secs(retry));
+    let (r, body) = complete_long(&server, GLOBEX_KEY);
+    assert_eq!(r.status, 200, "admitted after Retry-After: {body}");
+
+    // /v1/usage: each key sees its own figures, and only them.
+    let (s, acme) = usage_of(&server, Some(ACME_KEY));
+    assert_eq!(s, 200, "{acme}");
+    assert_eq!((acme["object"].as_str(), acme["tenant"].as_str()), (Some("usage"), Some("acme")), "{acme}");
+    assert_eq!(acme["tier"], "provisioned");
+    assert!(acme["tokens"]["prompt"].as_u64().is_some_and(|p| p > 3 * prompt), "{acme}");
+    assert_eq!(acme["tokens"]["completion"].as_u64(), Some(3 * 3 + 2), "{acme}");
+    assert_eq!(acme["responses"]["200"].as_u64(), Some(5), "models, three completions, a stream: {acme}");
+    assert_eq!(acme["rate_limits"]["input_tokens_per_minute"], 30);
+    assert_eq!(acme["rate_limits"]["output_tokens_per_minute"], 30);
+    assert!(acme["rate_limits"]["input_tokens_available"].as_i64().is_some(), "{acme}");
+    assert_eq!(acme["concurrency"]["max_concurrent_requests"], Value::Null);
+    let (_, globex) = usage_of(&server, Some(GLOBEX_KEY));
+    assert_eq!(
+        (globex["tenant"].as_str(), globex["tier"].as_str()),
+        (Some("globex"), Some("on-demand")),
+        "{globex}"
+    );
+    assert_eq!(globex["responses"]["429"].as_u64(), Some(1), "{globex}");
+    assert_eq!(globex["rate_limits"]["input_tokens_per_minute"], 60);
+    assert_eq!(globex["concurrency"]["max_concurrent_requests"], 4);
+    assert!(!acme.to_string().contains("globex") && !globex.to_string().contains("acme"));
+    assert_eq!(usage_of(&server, None).0, 401);
+    assert_eq!(usage_of(&server, Some("sk-nobody")).0, 401);
+}
+
+#[test]
+fn with_auth_off_usage_reports_the_anonymous_tenant_and_no_rate_headers() {
+    let server = crate::support::server::shared();
+    let r = client().get(server.url("/v1/usage")).send().expect("send");
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().keys().all(|k| !k.as_str().starts_with("x-ratelimit-")), "no rates, no headers");
+    let body: Value = r.json().expect("json");
+    assert_eq!(
+        (body["tenant"].as_str(), body["tier"].as_str()),
+        (Some("anonymous"), Some("on-demand")),
+        "{body}"
+    );
+    assert_eq!(body["rate_limits"], Value::Null);
+    assert!(body["tokens"]["prompt"].is_u64() && body["responses"].is_object(), "{body}");
+}

@@ -98,6 +98,31 @@ impl ApiError {
         }
     }
 
+    /// An on-demand tenant is over its token cap: retry once its bucket holds the
+    /// prompt, in `retry_after` whole seconds.
+    pub fn tenant_over_token_rate(tenant: &str, retry_after: u64) -> Self {
+        Self {
+            message: format!(
+                "Tenant `{tenant}` is over its tokens-per-minute limit; retry after the time in Retry-After."
+            ),
+            ..Self::overloaded(retry_after)
+        }
+    }
+
+    /// The prompt (all choices) is more tokens than the tenant's cap allows in a
+    /// minute, so no wait would admit it (400).
+    pub fn prompt_beyond_token_rate(tenant: &str, prompt_tokens: u64, per_minute: u64) -> Self {
+        Self {
+            code: Some("rate_limit_exceeded"),
+            ..Self::invalid(
+                "prompt",
+                format!(
+                    "The prompt is {prompt_tokens} tokens (all choices), more than tenant `{tenant}`'s limit of {per_minute} input tokens per minute."
+                ),
+            )
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", message)
     }

@@ -23,6 +23,7 @@ use crate::tokenizer::Tokenizer;
 
 use super::arrival::Arrival;
 use super::error::ApiError;
+use super::ratelimit::{self, OutputMeter};
 use super::run::{self, ChoiceResult};
 use super::state::{AppState, Ready};
 use super::tenants::{InFlightGuard, Tenant};
@@ -169,20 +170,22 @@ async fn serve(
     let ready = state.ready()?;
     let slot = admit(&state, &tenant)?;
     let req = validated(&ready, &state.config.served_model, &tenant, endpoint, body).await?;
+    let grant = ratelimit::admit(&state.metrics, &tenant, req.prompt_tokens_all_choices())?;
     let id = match endpoint {
         Endpoint::Chat => format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         Endpoint::Completion => format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
     };
-    let span = tracing::info_span!("request", request_id = %id, tenant = %tenant.name, prompts = req.prompts.len(), n = req.n, stream = req.stream);
+    let span = tracing::info_span!("request", request_id = %id, tenant = %tenant.name, prompts = req.prompts.len(), n = req.n, stream = req.stream, priority = ?grant.class.priority);
     async move {
         tracing::debug!(prompt_tokens = req.prompts.iter().map(|p| p.ids.len()).sum::<usize>(), "admitting");
-        let streams = run::submit(&ready.engine, &req, arrived).await?;
+        let streams = run::submit(&ready.engine, &req, arrived, grant.class).await?;
         let resp = if req.stream {
-            stream_response(state, ready, req, streams, id, endpoint, tenant)
+            stream_response(state, ready, req, streams, id, endpoint, tenant, grant.meter)
         } else {
             let results = run::collect(streams, state.config.request_timeout).await?;
             let usage = run::total_usage(&results, req.n);
-            state.metrics.observe_tenant_tokens(&tenant.name, usage.prompt_tokens, usage.completion_tokens);
+            grant.meter.charge(usage.completion_tokens);
+            served(&state, &tenant, &usage);
             match endpoint {
                 Endpoint::Chat => Json(chat_response(&ready, &req, &results, id)).into_response(),
                 Endpoint::Completion => Json(completion_response(&ready, &req, &results, id)).into_response(),
@@ -192,6 +195,12 @@ async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// Counts a finished request's usage for its tenant: metrics and `/v1/usage`.
+fn served(state: &AppState, tenant: &Tenant, usage: &Usage) {
+    state.metrics.observe_tenant_tokens(&tenant.name, usage.prompt_tokens, usage.completion_tokens);
+    tenant.ledger.note_served(usage.prompt_tokens as u64, usage.completion_tokens as u64);
 }
 
 fn chat_response(
@@ -307,6 +316,7 @@ fn chunk_for(
     value.ok()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stream_response(
     state: AppState,
     ready: Arc<Ready>,
@@ -315,6 +325,7 @@ fn stream_response(
     id: String,
     endpoint: Endpoint,
     tenant: Arc<Tenant>,
+    meter: OutputMeter,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
     let timeout = state.config.request_timeout;
@@ -330,11 +341,10 @@ fn stream_response(
                 return;
             }
             let chunk = |index, kind: &EventKind| chunk_for(endpoint, &ready, &req, head, index, kind);
-            let Ok(usage) = forward_events(&tx, streams, timeout, chunk).await else { return };
+            let Ok(usage) = forward_events(&tx, streams, timeout, chunk, &meter).await else { return };
             let results: Vec<ChoiceResult> =
                 usage.iter().map(|u| ChoiceResult { usage: u.clone(), ..Default::default() }).collect();
-            let total = run::total_usage(&results, req.n);
-            state.metrics.observe_tenant_tokens(&tenant.name, total.prompt_tokens, total.completion_tokens);
+            served(&state, &tenant, &run::total_usage(&results, req.n));
             if req.include_usage && send_json(&tx, &usage_chunk(endpoint, &req, head, usage)).await.is_err() {
                 return;
             }
@@ -378,13 +388,22 @@ async fn send_role_chunks(
 /// returns each choice's usage. `Err` means the stream is over already: the client
 /// went away, or an engine failure or the request timeout was sent as an error
 /// body.
+///
+/// Output is charged to `meter` per choice: when a choice finishes, its usage's
+/// completion tokens; when the stream ends early, the tokens it had produced.
 async fn forward_events(
     tx: &mpsc::Sender<Event>,
     streams: Vec<crate::engine::service::SeqStream>,
     timeout: std::time::Duration,
     chunk: impl Fn(usize, &EventKind) -> Option<serde_json::Value>,
+    meter: &OutputMeter,
 ) -> Result<Vec<Option<Usage>>, ()> {
     let mut usage = vec![None; streams.len()];
+    let mut produced = vec![0usize; streams.len()];
+    let charge_unfinished = |usage: &[Option<Usage>], produced: &[usize]| {
+        let open = usage.iter().zip(produced).filter(|(u, _)| u.is_none()).map(|(_, n)| n).sum();
+        meter.charge(open);
+    };
     let mut events = run::merged(streams);
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
@@ -392,20 +411,29 @@ async fn forward_events(
         let ev = tokio::select! {
             ev = events.next() => ev,
             _ = &mut deadline => {
+                charge_unfinished(&usage, &produced);
                 let _ = send_json(tx, &ApiError::timeout().body()).await;
                 return Err(());
             }
         };
         let Some(ev) = ev else { break };
-        if let EventKind::Failed(msg) = &ev.kind {
-            let _ = send_json(tx, &ApiError::internal(msg.clone()).body()).await;
-            return Err(());
-        }
-        if let EventKind::Finished { usage: u, .. } = &ev.kind {
-            usage[ev.index] = Some(u.clone());
+        match &ev.kind {
+            EventKind::Failed(msg) => {
+                charge_unfinished(&usage, &produced);
+                let _ = send_json(tx, &ApiError::internal(msg.clone()).body()).await;
+                return Err(());
+            }
+            EventKind::Finished { usage: u, .. } => {
+                meter.charge(u.completion_tokens);
+                usage[ev.index] = Some(u.clone());
+            }
+            EventKind::Token(_) => produced[ev.index] += 1,
         }
         if let Some(chunk) = chunk(ev.index, &ev.kind) {
-            send_json(tx, &chunk).await?;
+            if send_json(tx, &chunk).await.is_err() {
+                charge_unfinished(&usage, &produced);
+                return Err(());
+            }
         }
     }
     Ok(usage)

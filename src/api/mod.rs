@@ -5,11 +5,13 @@
 pub mod arrival;
 pub mod error;
 pub mod handlers;
+pub mod ratelimit;
 pub mod run;
 pub mod server;
 pub mod state;
 pub mod tenants;
 pub mod types;
+pub mod usage;
 pub mod validate;
 
 pub use state::{AppState, Ready, ServerConfig};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, BoxStream, StreamExt};
 
-use crate::engine::request::{EventKind, FinishReason, TokenOutput, Usage};
+use crate::engine::request::{EventKind, FinishReason, SchedClass, TokenOutput, Usage};
 use crate::engine::service::{EngineHandle, SeqStream};
 
 use super::error::ApiError;
@@ -29,15 +29,16 @@ pub struct ChoiceEvent {
     pub kind: EventKind,
 }
 
-/// Submits every sequence of the request. If one is refused, the ones already
+/// Submits every sequence of the request as `class`. If one is refused, the ones already
 /// admitted are dropped (and so aborted) and the refusal is returned.
 pub async fn submit(
     engine: &EngineHandle,
     req: &ValidatedRequest,
     arrived: Instant,
+    class: SchedClass,
 ) -> Result<Vec<SeqStream>, ApiError> {
     let mut streams = Vec::new();
-    for g in req.generation_requests(arrived) {
+    for g in req.generation_requests(arrived, class) {
         streams.push(engine.submit(g).await?);
     }
     Ok(streams)

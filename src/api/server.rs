@@ -18,8 +18,10 @@ use tracing::Instrument;
 use super::arrival;
 use super::error::ApiError;
 use super::handlers;
+use super::ratelimit;
 use super::state::AppState;
-use super::tenants::{Authenticated, Tenant};
+use super::tenants::{Authenticated, Tenant, Tier};
+use super::usage;
 
 /// Finds the tenant whose key the request presents (401 if a key is required and
 /// none matches) and serves the request as that tenant.
@@ -44,12 +46,17 @@ async fn anonymous(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// Puts `tenant` in the request's extensions for the handlers, runs the request
-/// in a span naming it, and counts the response per tenant.
+/// in a span naming it, counts the response per tenant, and adds the tenant's
+/// rate-limit headers. A stream's headers go out with its head, so they show the
+/// buckets after admission and before its output is charged.
 async fn serve_as(state: &AppState, tenant: Arc<Tenant>, mut req: Request, next: Next) -> Response {
     let span = tracing::info_span!("tenant", tenant = %tenant.name);
     req.extensions_mut().insert(tenant.clone());
-    let resp = next.run(req).instrument(span).await;
-    state.metrics.observe_tenant_response(&tenant.name, resp.status().as_u16());
+    let mut resp = next.run(req).instrument(span).await;
+    let status = resp.status().as_u16();
+    state.metrics.observe_tenant_response(&tenant.name, status);
+    tenant.ledger.note_response(status);
+    ratelimit::add_headers(resp.headers_mut(), &tenant);
     resp
 }
 
@@ -61,6 +68,15 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let now = std::time::Instant::now();
+    for t in state.tenants.current().tenants() {
+        if let Tier::Provisioned { input_tokens_per_minute, output_tokens_per_minute } = t.tier {
+            let reserved = (input_tokens_per_minute + output_tokens_per_minute) as f64;
+            state
+                .metrics
+                .set_tenant_reservation_usage(&t.name, t.ledger.drawn_last_minute(now) as f64 / reserved);
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
@@ -83,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/models", get(handlers::models))
+        .route("/v1/usage", get(usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(v1)

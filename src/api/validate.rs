@@ -55,9 +55,14 @@ pub struct ValidatedRequest {
 }
 
 impl ValidatedRequest {
+    /// Prompt tokens of every choice: what the request asks of an input bucket.
+    pub fn prompt_tokens_all_choices(&self) -> u64 {
+        self.prompts.iter().map(|p| p.ids.len() as u64).sum::<u64>() * self.n as u64
+    }
+
     /// The engine requests, one per (prompt, choice), in choice-index order, for a
-    /// request that reached the server at `arrived`.
-    pub fn generation_requests(&self, arrived: Instant) -> Vec<GenerationRequest> {
+    /// request that reached the server at `arrived`, scheduled as `class`.
+    pub fn generation_requests(&self, arrived: Instant, class: SchedClass) -> Vec<GenerationRequest> {
         let mut out = Vec::with_capacity(self.prompts.len() * self.n);
         for (p, prompt) in self.prompts.iter().enumerate() {
             for j in 0..self.n {
@@ -71,7 +76,7 @@ impl ValidatedRequest {
                     sampling,
                     stop: self.stop.clone(),
                     ignore_eos: self.ignore_eos,
-                    class: SchedClass::default(),
+                    class,
                 });
             }
         }

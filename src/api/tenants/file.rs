@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::admission::InFlight;
+use super::ledger::Rates;
 use super::table::{KeyDigest, Tenant, TenantTable, Tier, ANONYMOUS};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,12 @@ struct TenantEntry {
     output_tokens_per_minute: Option<u64>,
     max_concurrent_requests: Option<usize>,
     max_tokens_per_request: Option<usize>,
+    weight: Option<u32>,
 }
+
+/// The most a tenant's fair-share weight may be: enough for any sensible ratio,
+/// small enough that weights times queue lengths cannot overflow a scheduler's sums.
+const MAX_WEIGHT: u32 = 1000;
 
 /// Reads and validates `path`; keys named by `api_key_env` come from the process
 /// environment.
@@ -116,19 +121,36 @@ fn tenant_of(e: TenantEntry, env: &impl Fn(&str) -> Option<String>) -> Result<Te
     if key.trim().is_empty() {
         return Err(format!("tenant `{name}`: the API key is empty"));
     }
-    let tier = match e.tier {
-        TierName::OnDemand => Tier::OnDemand,
-        TierName::Provisioned => match (e.input_tokens_per_minute, e.output_tokens_per_minute) {
-            (Some(i), Some(o)) if i > 0 && o > 0 => {
-                Tier::Provisioned { input_tokens_per_minute: i, output_tokens_per_minute: o }
-            }
-            _ => {
-                return Err(format!(
-                    "tenant `{name}`: a provisioned tenant needs input_tokens_per_minute and output_tokens_per_minute, both above 0"
-                ))
-            }
-        },
+    let rates = match (e.input_tokens_per_minute, e.output_tokens_per_minute) {
+        (Some(i), Some(o)) if i > 0 && o > 0 => {
+            Some(Rates { input_tokens_per_minute: i, output_tokens_per_minute: o })
+        }
+        (None, None) => None,
+        _ => {
+            return Err(format!(
+                "tenant `{name}`: give input_tokens_per_minute and output_tokens_per_minute together, both above 0"
+            ))
+        }
     };
+    let (tier, on_demand_cap) = match (e.tier, rates) {
+        (TierName::OnDemand, cap) => (Tier::OnDemand, cap),
+        (TierName::Provisioned, Some(r)) => (
+            Tier::Provisioned {
+                input_tokens_per_minute: r.input_tokens_per_minute,
+                output_tokens_per_minute: r.output_tokens_per_minute,
+            },
+            None,
+        ),
+        (TierName::Provisioned, None) => {
+            return Err(format!(
+                "tenant `{name}`: a provisioned tenant needs input_tokens_per_minute and output_tokens_per_minute, both above 0"
+            ))
+        }
+    };
+    let weight = e.weight.unwrap_or(1);
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        return Err(format!("tenant `{name}`: weight must be 1 to {MAX_WEIGHT}, got {weight}"));
+    }
     if e.max_concurrent_requests == Some(0) || e.max_tokens_per_request == Some(0) {
         return Err(format!(
             "tenant `{name}`: max_concurrent_requests and max_tokens_per_request must be above 0"
@@ -139,8 +161,11 @@ fn tenant_of(e: TenantEntry, env: &impl Fn(&str) -> Option<String>) -> Result<Te
         tier,
         max_concurrent_requests: e.max_concurrent_requests,
         max_tokens_per_request: e.max_tokens_per_request,
-        in_flight: InFlight::default(),
+        on_demand_cap,
+        weight,
         name,
+        // The table assigns the share key and the ledger.
+        ..Tenant::anonymous()
     })
 }
 
@@ -207,10 +232,24 @@ tier = "on-demand"
         );
         assert_eq!((acme.max_concurrent_requests, acme.max_tokens_per_request), (Some(16), Some(2048)));
         assert_eq!(tenants[1].tier, Tier::OnDemand);
+        assert_eq!((tenants[1].on_demand_cap, tenants[1].weight), (None, 1));
         let table = TenantTable::new(tenants);
         assert!(
             matches!(table.authenticate(Some("sk-from-env")), super::super::table::Authenticated::Tenant(t) if t.name == "acme")
         );
+    }
+
+    #[test]
+    fn an_on_demand_tenant_may_have_a_cap_and_a_weight() {
+        let text = "[[tenants]]\nname = \"o\"\napi_key = \"k\"\ntier = \"on-demand\"\n\
+                    input_tokens_per_minute = 600\noutput_tokens_per_minute = 300\nweight = 4\n";
+        let tenants = parse_str(text).expect("parses");
+        let cap = Rates { input_tokens_per_minute: 600, output_tokens_per_minute: 300 };
+        assert_eq!(
+            (tenants[0].tier, tenants[0].on_demand_cap, tenants[0].weight),
+            (Tier::OnDemand, Some(cap), 4)
+        );
+        assert_eq!(tenants[0].rates(), Some(cap));
     }
 
     #[test]
@@ -243,7 +282,14 @@ tier = "on-demand"
         assert!(error_of(&entry("a", "  ", "")).contains("empty"));
         assert!(error_of(&entry("a", "k", "max_concurrent_requests = 0")).contains("above 0"));
         let provisioned = "[[tenants]]\nname = \"p\"\napi_key = \"k\"\ntier = \"provisioned\"\ninput_tokens_per_minute = 10\n";
-        assert!(error_of(provisioned).contains("needs input_tokens_per_minute and output_tokens_per_minute"));
+        assert!(
+            error_of(provisioned).contains("input_tokens_per_minute and output_tokens_per_minute together")
+        );
+        let provisioned = "[[tenants]]\nname = \"p\"\napi_key = \"k\"\ntier = \"provisioned\"\n";
+        assert!(error_of(provisioned).contains("a provisioned tenant needs"));
+        assert!(error_of(&entry("a", "k", "weight = 0")).contains("weight must be 1 to 1000"));
+        assert!(error_of(&entry("a", "k", "input_tokens_per_minute = 0\noutput_tokens_per_minute = 5"))
+            .contains("both above 0"));
         let both =
             "[[tenants]]\nname = \"p\"\napi_key = \"k\"\napi_key_env = \"ACME_KEY\"\ntier = \"on-demand\"\n";
         assert!(error_of(both).contains("not both"));

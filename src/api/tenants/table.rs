@@ -3,17 +3,18 @@
 //! so neither a `Debug` print nor the time a lookup takes reveals a key.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::admission::InFlight;
+use super::ledger::{Ledger, Rates};
 
 /// The label of requests served with authentication off.
 pub const ANONYMOUS: &str = "anonymous";
 
-/// How a tenant's capacity is sold. Reserved rates are parsed and validated now;
-/// scheduling by them is the next increment.
+/// How a tenant's capacity is sold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
     /// Reserved input and output tokens per minute.
@@ -21,6 +22,9 @@ pub enum Tier {
     /// Best effort, sharing what reservations leave.
     OnDemand,
 }
+
+/// The share key of the anonymous tenant; tenants from a file get 1, 2, ...
+pub const ANONYMOUS_SHARE_KEY: u32 = 0;
 
 /// An API key as its SHA-256 digest. Comparing digests of equal length in
 /// constant time leaks neither the key nor its length through timing.
@@ -55,9 +59,18 @@ pub struct Tenant {
     pub tier: Tier,
     pub max_concurrent_requests: Option<usize>,
     pub max_tokens_per_request: Option<usize>,
+    /// An on-demand tenant's optional rates: a cap, refused beyond (429).
+    pub on_demand_cap: Option<Rates>,
+    /// Its relative share of standard (non-reserved) capacity; at least 1.
+    pub weight: u32,
+    /// The scheduler's fair-share key: assigned by the table, stable by name
+    /// across reloads.
+    pub share_key: u32,
     /// Requests of this tenant being served now; shared with the tenant of the
     /// same name in a reloaded table, so a reload does not reset the count.
     pub in_flight: InFlight,
+    /// Buckets and usage; handed on by name on reload, like `in_flight`.
+    pub ledger: Arc<Ledger>,
 }
 
 impl Tenant {
@@ -69,7 +82,22 @@ impl Tenant {
             tier: Tier::OnDemand,
             max_concurrent_requests: None,
             max_tokens_per_request: None,
+            on_demand_cap: None,
+            weight: 1,
+            share_key: ANONYMOUS_SHARE_KEY,
             in_flight: InFlight::default(),
+            ledger: Arc::new(Ledger::new(None, Instant::now())),
+        }
+    }
+
+    /// The rates its buckets run at: the reservation of a provisioned tenant, the
+    /// cap of an on-demand one (if it has one).
+    pub fn rates(&self) -> Option<Rates> {
+        match self.tier {
+            Tier::Provisioned { input_tokens_per_minute, output_tokens_per_minute } => {
+                Some(Rates { input_tokens_per_minute, output_tokens_per_minute })
+            }
+            Tier::OnDemand => self.on_demand_cap,
         }
     }
 }
@@ -79,6 +107,8 @@ impl Tenant {
 pub struct TenantTable {
     tenants: Vec<Arc<Tenant>>,
     anonymous: Arc<Tenant>,
+    /// The share key the next new tenant name gets.
+    next_share_key: u32,
 }
 
 /// The outcome of checking a request's credentials.
@@ -89,11 +119,20 @@ pub enum Authenticated {
 }
 
 impl TenantTable {
-    /// A table of already-validated tenants (see `file::parse`).
-    pub fn new(tenants: Vec<Tenant>) -> Self {
+    /// A table of already-validated tenants (see `file::parse`), each given a
+    /// share key and full buckets.
+    pub fn new(mut tenants: Vec<Tenant>) -> Self {
+        let now = Instant::now();
+        let mut next_share_key = ANONYMOUS_SHARE_KEY + 1;
+        for t in &mut tenants {
+            t.share_key = next_share_key;
+            next_share_key += 1;
+            t.ledger = Arc::new(Ledger::new(t.rates(), now));
+        }
         Self {
             tenants: tenants.into_iter().map(Arc::new).collect(),
             anonymous: Arc::new(Tenant::anonymous()),
+            next_share_key,
         }
     }
 
@@ -109,8 +148,7 @@ impl TenantTable {
             key: Some(KeyDigest::of(key)),
             tier: Tier::OnDemand,
             max_concurrent_requests: None,
-            max_tokens_per_request: None,
-            in_flight: InFlight::default(),
+            ..Tenant::anonymous()
         }])
     }
 
@@ -144,16 +182,31 @@ impl TenantTable {
         found.map_or(Authenticated::Refused, Authenticated::Tenant)
     }
 
-    /// A table of `tenants` replacing `old`: each takes the in-flight count of the
-    /// tenant of the same name in `old`, so requests admitted before a reload
-    /// still count against the limit after it.
+    /// A table of `tenants` replacing `old`: each takes the in-flight count,
+    /// ledger (buckets retuned to its new rates) and share key of the tenant of
+    /// the same name in `old`, so a reload neither frees slots, refills buckets
+    /// nor moves a tenant to another fair-share queue. New names get new keys;
+    /// a removed name's key is not reused.
     pub fn reloaded(mut tenants: Vec<Tenant>, old: &TenantTable) -> Self {
+        let now = Instant::now();
+        let mut next_share_key = old.next_share_key;
         for t in &mut tenants {
             if let Some(o) = old.tenants.iter().find(|o| o.name == t.name) {
                 t.in_flight = o.in_flight.clone();
+                t.share_key = o.share_key;
+                o.ledger.retune(t.rates(), now);
+                t.ledger = o.ledger.clone();
+            } else {
+                t.share_key = next_share_key;
+                next_share_key += 1;
+                t.ledger = Arc::new(Ledger::new(t.rates(), now));
             }
         }
-        Self { anonymous: old.anonymous.clone(), ..Self::new(tenants) }
+        Self {
+            tenants: tenants.into_iter().map(Arc::new).collect(),
+            anonymous: old.anonymous.clone(),
+            next_share_key,
+        }
     }
 }
 
@@ -202,5 +255,19 @@ mod tests {
         let new = TenantTable::reloaded(vec![tenant("acme", "sk-rotated"), tenant("new", "sk-n")], &old);
         assert_eq!(new.tenants()[0].in_flight.current(), 1);
         assert_eq!(new.tenants()[1].in_flight.current(), 0);
+    }
+
+    #[test]
+    fn share_keys_are_stable_by_name_across_reloads_and_never_reused() {
+        let old = TenantTable::new(vec![tenant("acme", "sk-a"), tenant("globex", "sk-g")]);
+        let keys =
+            |t: &TenantTable| t.tenants().iter().map(|t| (t.name.clone(), t.share_key)).collect::<Vec<_>>();
+        assert_eq!(keys(&old), [("acme".into(), 1), ("globex".into(), 2)]);
+        assert_eq!(old.anonymous().share_key, ANONYMOUS_SHARE_KEY);
+        let new = TenantTable::reloaded(vec![tenant("new", "sk-n"), tenant("globex", "sk-g")], &old);
+        assert_eq!(keys(&new), [("new".into(), 3), ("globex".into(), 2)]);
+        assert!(Arc::ptr_eq(&new.tenants()[1].ledger, &old.tenants()[1].ledger), "globex keeps its ledger");
+        let newer = TenantTable::reloaded(vec![tenant("acme", "sk-a")], &new);
+        assert_eq!(keys(&newer), [("acme".into(), 4)], "a removed name's key is not handed back");
     }
 }
