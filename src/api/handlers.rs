@@ -180,7 +180,7 @@ async fn serve(
         tracing::debug!(prompt_tokens = req.prompts.iter().map(|p| p.ids.len()).sum::<usize>(), "admitting");
         let streams = run::submit(&ready.engine, &req, arrived, grant.class).await?;
         let resp = if req.stream {
-            stream_response(state, ready, req, streams, id, endpoint, tenant, grant.meter)
+            stream_response(state, ready, req, streams, id, endpoint, Billing { tenant, meter: grant.meter })
         } else {
             let results = run::collect(streams, state.config.request_timeout).await?;
             let usage = run::total_usage(&results, req.n);
@@ -316,7 +316,13 @@ fn chunk_for(
     value.ok()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Whom a streamed response's tokens are counted to, and the meter that charges
+/// its output to the tenant's buckets.
+struct Billing {
+    tenant: Arc<Tenant>,
+    meter: OutputMeter,
+}
+
 fn stream_response(
     state: AppState,
     ready: Arc<Ready>,
@@ -324,8 +330,7 @@ fn stream_response(
     streams: Vec<crate::engine::service::SeqStream>,
     id: String,
     endpoint: Endpoint,
-    tenant: Arc<Tenant>,
-    meter: OutputMeter,
+    billing: Billing,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
     let timeout = state.config.request_timeout;
@@ -341,10 +346,12 @@ fn stream_response(
                 return;
             }
             let chunk = |index, kind: &EventKind| chunk_for(endpoint, &ready, &req, head, index, kind);
-            let Ok(usage) = forward_events(&tx, streams, timeout, chunk, &meter).await else { return };
+            let Ok(usage) = forward_events(&tx, streams, timeout, chunk, &billing.meter).await else {
+                return;
+            };
             let results: Vec<ChoiceResult> =
                 usage.iter().map(|u| ChoiceResult { usage: u.clone(), ..Default::default() }).collect();
-            served(&state, &tenant, &run::total_usage(&results, req.n));
+            served(&state, &billing.tenant, &run::total_usage(&results, req.n));
             if req.include_usage && send_json(&tx, &usage_chunk(endpoint, &req, head, usage)).await.is_err() {
                 return;
             }
