@@ -86,7 +86,7 @@ impl EngineCore {
     /// Admits a request; its events carry the returned id.
     pub fn add(&mut self, req: GenerationRequest) -> Result<SeqId, AddError> {
         let id = self.next_id;
-        self.scheduler.add(id, req.prompt_ids.clone(), req.max_new_tokens)?;
+        self.scheduler.add(id, req.prompt_ids.clone(), req.max_new_tokens, req.class)?;
         self.next_id += 1;
         let active = Active {
             sampler: Sampler::new(&req.sampling),

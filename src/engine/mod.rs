@@ -3,6 +3,7 @@
 
 pub mod block_pool;
 pub mod core;
+pub mod fair_queue;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
