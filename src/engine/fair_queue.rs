@@ -9,7 +9,9 @@
 //! next standard admission goes to the waiting key with the least virtual time
 //! (the lowest key on a tie). A key that becomes active again (its first live
 //! sequence after none) is lifted to the virtual clock, the least virtual time
-//! among active keys, so time spent idle banks no credit. Picking is O(keys).
+//! among active keys, so time spent idle banks no credit; when no key is active,
+//! the clock moves up to the most any key has had, so after an idle spell every
+//! key starts even. Picking and activating are O(keys).
 //!
 //! With one key (every request standard, key 0, as the CPU backend's default) this
 //! is exactly FIFO with preempted sequences first.
@@ -152,8 +154,9 @@ impl WaitQueue {
     fn activate(&mut self, class: SchedClass) {
         let active_min =
             self.keys.values().filter(|s| s.live > 0).map(|s| s.vtime).min_by(|a, b| a.total_cmp(b));
-        if let Some(min) = active_min {
-            self.clock = self.clock.max(min);
+        let most = || self.keys.values().map(|s| s.vtime).max_by(|a, b| a.total_cmp(b));
+        if let Some(t) = active_min.or_else(most) {
+            self.clock = self.clock.max(t);
         }
         let clock = self.clock;
         let share = self.share_mut(class);
@@ -204,18 +207,20 @@ mod tests {
     fn a_key_back_from_idle_starts_at_the_clock() {
         let mut q = WaitQueue::default();
         q.push_new(1, standard(0, 1));
-        q.push_new(2, standard(1, 1));
         q.pop_front();
         q.charge(standard(0, 1), 1000);
-        q.released(standard(0, 1)); // key 0 idle again, far ahead
+        // Key 1 arrives while key 0 is active: it starts at key 0's standing, not 0.
+        q.push_new(2, standard(1, 1));
+        assert_eq!(q.keys[&1].vtime, 1000.0);
         q.pop_front();
         q.charge(standard(1, 1), 5000);
+        q.released(standard(0, 1));
         q.released(standard(1, 1));
-        // Key 1 returns while key 0 is active: it starts at key 0's standing, not 0.
-        q.push_new(3, standard(0, 1));
-        q.push_new(4, standard(1, 1));
-        assert_eq!(q.keys[&1].vtime, 5000.0, "overdrawn keys keep their debt");
-        q.push_new(5, standard(2, 1));
-        assert_eq!(q.keys[&2].vtime, 1000.0, "a new key starts at the least active");
+        // Everything idle, then a new key comes first: it starts with the others.
+        q.push_new(3, standard(2, 1));
+        q.push_new(4, standard(0, 1));
+        assert_eq!(q.keys[&2].vtime, 6000.0, "key 1's 1000 + 5000");
+        assert_eq!(q.keys[&0].vtime, 6000.0);
+        assert_eq!(q.front(), Some(4), "even standing: the lower key");
     }
 }

@@ -16,9 +16,15 @@
 //!    chunks never delay inter-token latency;
 //! 2. running sequences still prefilling, in admission order, so a partly
 //!    prefilled prompt goes before anything newer;
-//! 3. waiting sequences in FIFO order (a preempted one goes back to the front),
-//!    while the budget, `max_running` and free blocks allow; the queue head blocks
-//!    the ones behind it. Skipped entirely in a step that had to preempt.
+//! 3. waiting sequences in the order of [`WaitQueue`]: reserved ones first (FIFO),
+//!    then standard ones fair-shared among their share keys by weight (FIFO within
+//!    a key; a preempted one goes back to the front of its queue), while the
+//!    budget, `max_running` and free blocks allow; the queue head blocks the ones
+//!    behind it. A reserved head that finds `max_running` reached or the pool
+//!    exhausted preempts standard sequences (newest first) to get in. Skipped
+//!    entirely in a step that had to preempt while running.
+//!
+//! Capped decode steps take reserved sequences first, then the longest waiting.
 //!
 //! The backend's step shapes bind all three (`backend::StepShapes`): a prefill
 //! chunk costs its padded length, bucketed prefill is never split, decode and
@@ -27,8 +33,10 @@
 //! most one prefill step).
 //!
 //! When a running sequence needs a block and none is free, the most recently
-//! admitted running sequence is preempted: its blocks are freed and it waits to be
-//! recomputed from position 0 (its generated tokens are kept).
+//! admitted standard sequence is preempted (a reserved one only for a reserved
+//! one, when no standard one is left): its blocks are freed and it waits to be
+//! recomputed from position 0 (its generated tokens are kept). Reserved work is
+//! never preempted for standard work.
 //!
 //! Invariants: waiting sequences hold no blocks; a running sequence's block table
 //! covers its computed tokens; no step exceeds `max_batch_tokens`, `max_running`
@@ -441,7 +449,9 @@ impl Scheduler {
                 continue;
             };
             match self.grow(id, n, plan, room, preempted) {
-                Grow::Ready => self.add_to_plan(Planned { id, n, cost, decode: decodes, cached: 0 }, plan, room),
+                Grow::Ready => {
+                    self.add_to_plan(Planned { id, n, cost, decode: decodes, cached: 0 }, plan, room)
+                }
                 Grow::PreemptedSelf => {}
                 Grow::Exhausted => cannot_continue.push(id),
             }
@@ -543,7 +553,13 @@ impl Scheduler {
     }
 
     /// Preempts `victim`, taking its chunk out of this step if it had one.
-    fn evict(&mut self, victim: SeqId, plan: &mut Vec<Planned>, room: &mut StepRoom, preempted: &mut Vec<SeqId>) {
+    fn evict(
+        &mut self,
+        victim: SeqId,
+        plan: &mut Vec<Planned>,
+        room: &mut StepRoom,
+        preempted: &mut Vec<SeqId>,
+    ) {
         if let Some(i) = plan.iter().position(|p| p.id == victim) {
             let p = plan.remove(i);
             room.give_back(p.cost, p.decode);
@@ -729,7 +745,8 @@ impl Scheduler {
     /// waiting sequence's known tokens (a preempted one recomputes its output too)
     /// plus what running sequences have left to prefill. Decodes are not counted.
     pub fn queued_tokens(&self) -> usize {
-        let waiting: usize = self.waiting.iter().filter_map(|id| self.seqs.get(&id)).map(|s| s.tokens.len()).sum();
+        let waiting: usize =
+            self.waiting.iter().filter_map(|id| self.seqs.get(&id)).map(|s| s.tokens.len()).sum();
         let prefilling: usize = self
             .running
             .iter()
@@ -1147,6 +1164,160 @@ mod tests {
         assert_eq!(out.seqs[0].cached_tokens, 16);
     }
 
+    const RESERVED: SchedClass = SchedClass { priority: Priority::Reserved, share_key: 0, weight: 1 };
+
+    fn share(share_key: u32, weight: u32) -> SchedClass {
+        SchedClass { priority: Priority::Standard, share_key, weight }
+    }
+
+    /// Steps until nothing is left, finishing every sequence once it has
+    /// `max_new` tokens beyond its prompt; returns the order they finished in.
+    fn drain(s: &mut Scheduler, lens: &BTreeMap<SeqId, usize>) -> Vec<SeqId> {
+        let mut finished = Vec::new();
+        for _ in 0..10_000 {
+            if !s.has_work() {
+                return finished;
+            }
+            let out = step(s);
+            for q in &out.seqs {
+                if s.tokens(q.id).unwrap().len() >= lens[&q.id] {
+                    assert!(s.finish(q.id));
+                    finished.push(q.id);
+                }
+            }
+        }
+        panic!("no progress: {} running, {} waiting", s.num_running(), s.num_waiting());
+    }
+
+    #[test]
+    fn reserved_is_admitted_ahead_of_earlier_standard() {
+        let mut s = scheduler(64, 4, 10);
+        s.add(1, prompt(8), 4, STD).unwrap();
+        s.add(2, prompt(8), 4, STD).unwrap();
+        s.add(3, prompt_from(5000, 8), 4, RESERVED).unwrap();
+        let out = step(&mut s);
+        let shape: Vec<_> = out.seqs.iter().map(|q| (q.id, q.tokens.len())).collect();
+        assert_eq!(shape, vec![(3, 8), (1, 2)]);
+    }
+
+    #[test]
+    fn reserved_preempts_standard_when_running_is_full_and_it_is_recomputed_later() {
+        let cfg = SchedulerConfig { max_running: 2, ..config(4, 64) };
+        let mut s = Scheduler::new(cfg, 64).unwrap();
+        s.add(1, prompt(8), 6, STD).unwrap();
+        s.add(2, prompt_from(5000, 8), 6, STD).unwrap();
+        step(&mut s);
+        step(&mut s);
+        s.add(3, prompt_from(7000, 8), 6, RESERVED).unwrap();
+        let out = step(&mut s);
+        assert_eq!(out.preempted, vec![2], "the newest standard one yields");
+        assert!(ids(&out).contains(&3) && ids(&out).contains(&1));
+        assert_eq!(s.tokens(2).unwrap().len(), 10, "its output survives");
+        // A standard arrival never preempts the reserved one.
+        s.add(4, prompt_from(9000, 8), 6, STD).unwrap();
+        let out = step(&mut s);
+        assert!(out.preempted.is_empty());
+        let lens = [(1, 14), (2, 14), (3, 14), (4, 14)].into_iter().collect();
+        let order = drain(&mut s, &lens);
+        assert_eq!(order.len(), 4, "{order:?}");
+        assert!(order.iter().position(|&i| i == 3) < order.iter().position(|&i| i == 2));
+    }
+
+    #[test]
+    fn kv_pressure_preempts_standard_before_a_newer_reserved() {
+        let mut s = scheduler(5, 4, 64);
+        s.add(1, prompt(8), 10, STD).unwrap();
+        step(&mut s);
+        s.add(2, prompt_from(5000, 8), 10, RESERVED).unwrap();
+        assert_eq!(ids(&step(&mut s)), vec![1, 2]);
+        assert_eq!(s.pool().num_free(), 0);
+        // 2 is the newest, but 1 is standard: 1 yields when 2 needs a third block.
+        let out = step(&mut s);
+        assert_eq!(out.preempted, vec![1]);
+        assert_eq!(ids(&out), vec![2]);
+    }
+
+    #[test]
+    fn a_burst_of_one_key_does_not_delay_another_keys_request() {
+        let cfg = SchedulerConfig { max_running: 4, max_waiting: 100, ..config(4, 64) };
+        let mut s = Scheduler::new(cfg, 256).unwrap();
+        for id in 0..50 {
+            s.add(id, prompt_from(1000 + 10 * id as u32, 8), 4, share(1, 1)).unwrap();
+        }
+        step(&mut s);
+        s.add(100, prompt_from(9000, 8), 4, share(2, 1)).unwrap();
+        // The next free place goes to key 2, whatever key 1 has queued.
+        let mut admitted = false;
+        for _ in 0..10 {
+            let running_before: Vec<SeqId> = s.running.clone();
+            let out = step(&mut s);
+            let newly: Vec<SeqId> = ids(&out).into_iter().filter(|i| !running_before.contains(i)).collect();
+            if !newly.is_empty() {
+                assert_eq!(newly[0], 100, "key 2 goes first in the first admission round");
+                admitted = true;
+                break;
+            }
+            for q in &out.seqs {
+                if s.tokens(q.id).unwrap().len() >= 12 {
+                    s.finish(q.id);
+                }
+            }
+        }
+        assert!(admitted);
+    }
+
+    #[test]
+    fn weights_two_to_one_get_service_two_to_one() {
+        let cfg = SchedulerConfig { max_running: 2, max_waiting: 1000, ..config(4, 64) };
+        let mut s = Scheduler::new(cfg, 256).unwrap();
+        let mut served: BTreeMap<u32, usize> = BTreeMap::new();
+        let key = |id: SeqId| (id % 2) as u32;
+        for id in 0..400 {
+            s.add(id, prompt_from(1000 + id as u32, 8), 4, share(key(id), 2 - key(id) as u32)).unwrap();
+        }
+        for _ in 0..300 {
+            let out = step(&mut s);
+            for q in &out.seqs {
+                *served.entry(key(q.id)).or_default() += q.tokens.len();
+                if s.tokens(q.id).unwrap().len() >= 12 {
+                    s.finish(q.id);
+                }
+            }
+        }
+        let ratio = served[&0] as f64 / served[&1] as f64;
+        assert!((1.8..=2.2).contains(&ratio), "{served:?}: ratio {ratio}");
+    }
+
+    #[test]
+    fn an_idle_key_banks_no_credit() {
+        let cfg = SchedulerConfig { max_running: 1, max_waiting: 1000, ..config(4, 64) };
+        let mut s = Scheduler::new(cfg, 256).unwrap();
+        // Key 1 is served alone for a long while; key 2 is idle all that time.
+        for id in 0..20 {
+            s.add(id, prompt_from(1000 + 10 * id as u32, 8), 4, share(1, 1)).unwrap();
+        }
+        let lens: BTreeMap<SeqId, usize> = (0..20).map(|id| (id, 12)).collect();
+        drain(&mut s, &lens);
+        // Both now queue work: key 2 may go first once, then they alternate,
+        // rather than key 2 taking the next twenty places.
+        for id in 100..110 {
+            s.add(id, prompt_from(3000 + 10 * id as u32, 8), 4, share(1, 1)).unwrap();
+            s.add(id + 100, prompt_from(5000 + 10 * id as u32, 8), 4, share(2, 1)).unwrap();
+        }
+        let lens: BTreeMap<SeqId, usize> = (100..110).chain(200..210).map(|id| (id, 12)).collect();
+        let order = drain(&mut s, &lens);
+        let first_key1 = order.iter().position(|&i| i < 200).unwrap();
+        assert!(first_key1 <= 1, "key 1 waited for key 2's banked credit: {order:?}");
+    }
+
+    #[test]
+    fn random_classes_keep_every_invariant_and_drain() {
+        let cfg =
+            SchedulerConfig { block_size: 4, max_context: 64, ..SchedulerConfig::dynamic(16, 4, 8, true) };
+        let (preemptions, _) = random_workload_with(cfg, 24, true);
+        assert!(preemptions > 10, "{preemptions} preemptions");
+    }
+
     #[test]
     fn random_workload_keeps_every_invariant_and_drains() {
         let cfg =
@@ -1174,6 +1345,12 @@ mod tests {
     /// scheduler's invariants and the backend's acceptance of every step. Returns
     /// the preemptions and prefix-cache hits it saw.
     fn random_workload(cfg: SchedulerConfig, blocks: usize) -> (usize, usize) {
+        random_workload_with(cfg, blocks, false)
+    }
+
+    /// `random_workload`, with random priorities, share keys and weights if
+    /// `classes`.
+    fn random_workload_with(cfg: SchedulerConfig, blocks: usize, classes: bool) -> (usize, usize) {
         let mut rng = Lcg(11);
         let mut s = Scheduler::new(cfg, blocks).unwrap();
         let mut limits: BTreeMap<SeqId, usize> = BTreeMap::new();
@@ -1186,7 +1363,13 @@ mod tests {
                 let mut p = prompt(rng.below(20));
                 p.extend(prompt_from(100 * rng.below(3) as u32, 1 + rng.below(10)));
                 let max_new = 1 + rng.below(20);
-                if s.add(next_id, p.clone(), max_new, STD).is_ok() {
+                let class = if classes {
+                    let priority = if rng.below(4) == 0 { Priority::Reserved } else { Priority::Standard };
+                    SchedClass { priority, share_key: rng.below(3) as u32, weight: 1 + rng.below(3) as u32 }
+                } else {
+                    STD
+                };
+                if s.add(next_id, p.clone(), max_new, class).is_ok() {
                     limits.insert(next_id, p.len() + max_new);
                 }
                 next_id += 1;
@@ -1213,6 +1396,7 @@ mod tests {
             }
         }
         assert!(!s.has_work(), "the workload did not drain: no progress");
+        assert!(limits.is_empty(), "sequences lost: {limits:?}");
         assert_eq!(s.kv_usage(), 0.0);
         // The caller checks that the workload reached the paths it is meant to.
         (preemptions, cache_hits)
