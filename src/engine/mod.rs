@@ -9,3 +9,4 @@ pub mod sampling;
 pub mod scheduler;
 pub mod service;
 pub mod stop;
+pub mod throughput;

@@ -1190,6 +1190,21 @@ mod tests {
     }
 
     #[test]
+    fn queued_tokens_are_waiting_prompts_plus_prefill_left_of_running_ones() {
+        let mut s = scheduler(64, 4, 10);
+        s.add(1, prompt(8), 4, STD).unwrap();
+        s.add(2, prompt(30), 4, RESERVED).unwrap();
+        assert_eq!(s.queued_tokens(), 38);
+        step(&mut s); // 2 gets 10 of its 30
+        assert_eq!(s.queued_tokens(), 20 + 8);
+        step(&mut s);
+        step(&mut s); // 2 done prefilling
+        assert_eq!(s.queued_tokens(), 8);
+        step(&mut s); // 2 decodes, 1 gets its 8
+        assert_eq!(s.queued_tokens(), 0, "decodes are not queued prefill");
+    }
+
+    #[test]
     fn reserved_is_admitted_ahead_of_earlier_standard() {
         let mut s = scheduler(64, 4, 10);
         s.add(1, prompt(8), 4, STD).unwrap();
