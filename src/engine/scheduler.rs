@@ -1288,7 +1288,7 @@ mod tests {
         let mut served: BTreeMap<u32, usize> = BTreeMap::new();
         let key = |id: SeqId| (id % 2) as u32;
         for id in 0..400 {
-            s.add(id, prompt_from(1000 + id as u32, 8), 4, share(key(id), 2 - key(id) as u32)).unwrap();
+            s.add(id, prompt_from(1000 + id as u32, 8), 4, share(key(id), 2 - key(id))).unwrap();
         }
         for _ in 0..300 {
             let out = step(&mut s);
