@@ -538,7 +538,7 @@ impl Scheduler {
     /// for a reserved one the newest reserved sequence after that (reserved work is
     /// never preempted for standard work). May be `id` itself.
     fn victim_for(&self, id: SeqId) -> Option<SeqId> {
-        let for_reserved = self.seqs.get(&id).is_some_and(Seq::is_reserved);
+        let for_reserved = self.is_reserved(id);
         self.newest_evictable(false).or_else(|| self.newest_evictable(true).filter(|_| for_reserved))
     }
 
@@ -595,9 +595,7 @@ impl Scheduler {
         self.waiting.push_front(id, seq.class);
     }
 
-    /// Whether the sequence at the head of the queue is reserved, so it may
-    /// preempt standard work to be admitted.
-    fn head_is_reserved(&self, id: SeqId) -> bool {
+    fn is_reserved(&self, id: SeqId) -> bool {
         self.seqs.get(&id).is_some_and(Seq::is_reserved)
     }
 
@@ -616,7 +614,8 @@ impl Scheduler {
             let Some(id) = self.waiting.front() else {
                 break;
             };
-            let reserved = self.head_is_reserved(id);
+            // A reserved head may preempt standard work to be admitted.
+            let reserved = self.is_reserved(id);
             if self.running.len() >= self.config.max_running {
                 if reserved && self.preempt_standard_for_reserved(plan, room, preempted) {
                     continue;
