@@ -229,6 +229,11 @@ pub struct ServeArgs {
     /// Longest a request may run, in seconds.
     #[arg(long, env = "INFLIGHT_REQUEST_TIMEOUT", default_value_t = 600.0)]
     pub request_timeout: f64,
+    /// Refuse a standard request at once (429, Retry-After) when its predicted
+    /// wait in the queue exceeds this many seconds; reserved requests never are.
+    /// Default: off.
+    #[arg(long, env = "INFLIGHT_MAX_QUEUE_WAIT", value_name = "SECONDS")]
+    pub max_queue_wait: Option<f64>,
     /// Shut down when standard input closes (lets a parent process, such as the
     /// test suite, tie the server's life to its own).
     #[arg(long, hide = true)]

@@ -244,6 +244,63 @@ fn full_queue_answers_429_with_retry_after_and_admitted_requests_finish() {
     assert_eq!(counted, Some(limited.len() as f64), "429s counted in /metrics");
 }
 
+/// One completion; returns (status, Retry-After, body).
+fn complete(url: &str, prompt: &str, max_tokens: usize) -> (u16, Option<String>, Value) {
+    let body = json!({"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": true});
+    let r = client().post(url).json(&body).send().expect("send");
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap_or("").to_string());
+    let status = r.status().as_u16();
+    (status, retry, r.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_request_predicted_to_wait_too_long_gets_429_and_admitted_ones_finish() {
+    let server = Server::start(&["--max-running", "1", "--max-queue-wait", "0.5"]);
+    let url = server.url("/v1/completions");
+    // One long request holds the only running place; the engine measures its speed.
+    let long = {
+        let url = url.clone();
+        std::thread::spawn(move || complete(&url, "Count forever:", 300))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // Queue long prompts one by one until the predicted wait passes the limit.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut queued = Vec::new();
+    let mut refused = None;
+    for i in 0..40 {
+        let (url, tx) = (url.clone(), tx.clone());
+        queued.push(std::thread::spawn(move || {
+            let r = complete(&url, &prompt_of(200, i), 4);
+            let _ = tx.send(r.0);
+            r
+        }));
+        std::thread::sleep(Duration::from_millis(100));
+        if rx.try_iter().any(|status| status == 429) {
+            refused = Some(i);
+            break;
+        }
+    }
+    assert!(refused.is_some_and(|i| i >= 1), "no 429 once requests queued: {refused:?}");
+    let results: Vec<_> = queued.into_iter().map(|h| h.join().expect("thread")).collect();
+    let limited: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    for (_, retry, body) in &limited {
+        let secs = retry.as_deref().and_then(|v| v.parse::<u64>().ok());
+        assert!(secs.is_some_and(|s| s >= 1), "Retry-After: {retry:?}");
+        assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("predicted queue wait"), "{message}");
+    }
+    for (status, _, body) in &results {
+        if *status != 429 {
+            assert_eq!(*status, 200, "{body}");
+            assert_eq!(body["usage"]["completion_tokens"], 4, "admitted requests complete: {body}");
+        }
+    }
+    let (status, _, body) = long.join().expect("thread");
+    assert_eq!((status, &body["usage"]["completion_tokens"]), (200, &json!(300)), "{body}");
+}
+
 #[test]
 fn sagemaker_routes_and_port() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();

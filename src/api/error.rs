@@ -151,11 +151,24 @@ impl ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
-            SubmitError::QueueFull => ApiError::overloaded(1),
+            SubmitError::QueueFull { drain } => ApiError::overloaded(whole_seconds(drain.unwrap_or_default())),
+            SubmitError::WaitTooLong { predicted, limit } => ApiError {
+                message: format!(
+                    "The predicted queue wait of {:.1} s exceeds the server's limit of {:.1} s; retry after the time in Retry-After.",
+                    predicted.as_secs_f64(),
+                    limit.as_secs_f64()
+                ),
+                ..ApiError::overloaded(whole_seconds(predicted.saturating_sub(limit)))
+            },
             SubmitError::Rejected(msg) => ApiError::bad_request(msg),
             SubmitError::ShuttingDown => ApiError::unavailable("The server is shutting down."),
         }
     }
+}
+
+/// A Retry-After value: whole seconds, rounded up, at least one.
+fn whole_seconds(d: std::time::Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl IntoResponse for ApiError {

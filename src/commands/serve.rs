@@ -25,6 +25,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if !(args.request_timeout > 0.0 && args.shutdown_timeout >= 0.0) {
         bail!("--request-timeout must be positive and --shutdown-timeout non-negative");
     }
+    if args.max_queue_wait.is_some_and(|w| !(w.is_finite() && w > 0.0)) {
+        bail!("--max-queue-wait must be a positive number of seconds");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -86,7 +89,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let max_context = loaded.backend.info().max_context;
         let tokenizer = loaded.tokenizer.clone();
         let core =
-            EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&load_args.scheduler))?;
+            EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&load_args.scheduler))?
+                .with_max_queue_wait(load_args.max_queue_wait.map(Duration::from_secs_f64));
         Ok((core, tokenizer, max_context))
     })
     .await

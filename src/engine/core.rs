@@ -6,13 +6,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
+use thiserror::Error;
 
-use super::request::{EventKind, FinishReason, GenerationRequest, SeqEvent, SeqId, TokenOutput, Usage};
+use super::request::{
+    EventKind, FinishReason, GenerationRequest, Priority, SeqEvent, SeqId, TokenOutput, Usage,
+};
 use super::sampling::{Sampled, Sampler, SamplingError};
 use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError};
 use super::stop::{StopMatcher, StopOutcome};
+use super::throughput::Throughput;
 use crate::backend::{Backend, Logits};
 use crate::metrics::StepFigures;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
@@ -40,6 +45,15 @@ pub struct StepStats {
     pub scheduled: Vec<SeqId>,
 }
 
+/// Why the engine would not take a request.
+#[derive(Debug, Error, PartialEq)]
+pub enum AdmitError {
+    #[error(transparent)]
+    Scheduler(#[from] AddError),
+    #[error("the predicted queue wait of {:.1} s exceeds the limit of {:.1} s", predicted.as_secs_f64(), limit.as_secs_f64())]
+    WaitTooLong { predicted: Duration, limit: Duration },
+}
+
 pub struct EngineCore {
     backend: Box<dyn Backend>,
     scheduler: Scheduler,
@@ -47,6 +61,9 @@ pub struct EngineCore {
     active: HashMap<SeqId, Active>,
     next_id: SeqId,
     last_stats: StepStats,
+    throughput: Throughput,
+    /// Standard requests predicted to wait longer than this are refused.
+    max_queue_wait: Option<Duration>,
 }
 
 impl EngineCore {
@@ -64,7 +81,23 @@ impl EngineCore {
             active: HashMap::new(),
             next_id: 0,
             last_stats: StepStats::default(),
+            throughput: Throughput::default(),
+            max_queue_wait: None,
         })
+    }
+
+    /// Refuses standard requests predicted to wait longer than `limit` to start
+    /// (reserved ones are never refused for it); `None` admits all that fit.
+    pub fn with_max_queue_wait(mut self, limit: Option<Duration>) -> Self {
+        self.max_queue_wait = limit;
+        self
+    }
+
+    /// How long a request added now should wait before its first step: the
+    /// tokens queued ahead of it over the measured throughput (see
+    /// `engine::throughput`). `None` until a step has been measured.
+    pub fn predicted_wait(&self) -> Option<Duration> {
+        self.throughput.time_for(self.scheduler.queued_tokens())
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -84,9 +117,12 @@ impl EngineCore {
     }
 
     /// Admits a request; its events carry the returned id.
-    pub fn add(&mut self, req: GenerationRequest) -> Result<SeqId, AddError> {
+    pub fn add(&mut self, req: GenerationRequest) -> Result<SeqId, AdmitError> {
+        if req.class.priority == Priority::Standard {
+            self.check_queue_wait()?;
+        }
         let id = self.next_id;
-        self.scheduler.add(id, req.prompt_ids.clone(), req.max_new_tokens)?;
+        self.scheduler.add(id, req.prompt_ids.clone(), req.max_new_tokens, req.class)?;
         self.next_id += 1;
         let active = Active {
             sampler: Sampler::new(&req.sampling),
@@ -98,6 +134,15 @@ impl EngineCore {
         };
         self.active.insert(id, active);
         Ok(id)
+    }
+
+    fn check_queue_wait(&self) -> Result<(), AdmitError> {
+        match (self.max_queue_wait, self.predicted_wait()) {
+            (Some(limit), Some(predicted)) if predicted > limit => {
+                Err(AdmitError::WaitTooLong { predicted, limit })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Drops a sequence wherever it is; its KV blocks return to the pool.
@@ -117,6 +162,13 @@ impl EngineCore {
 
     /// Runs one engine step and returns what happened to each sequence in it.
     pub fn step(&mut self) -> Vec<SeqEvent> {
+        let started = Instant::now();
+        let events = self.run_step();
+        self.throughput.observe(self.last_stats.figures.num_tokens, started.elapsed());
+        events
+    }
+
+    fn run_step(&mut self) -> Vec<SeqEvent> {
         let plan = self.scheduler.schedule();
         let mut figures = StepFigures {
             preempted: plan.preempted.len(),

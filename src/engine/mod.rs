@@ -3,8 +3,10 @@
 
 pub mod block_pool;
 pub mod core;
+pub mod fair_queue;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
 pub mod service;
 pub mod stop;
+pub mod throughput;

@@ -16,9 +16,15 @@
 //!    chunks never delay inter-token latency;
 //! 2. running sequences still prefilling, in admission order, so a partly
 //!    prefilled prompt goes before anything newer;
-//! 3. waiting sequences in FIFO order (a preempted one goes back to the front),
-//!    while the budget, `max_running` and free blocks allow; the queue head blocks
-//!    the ones behind it. Skipped entirely in a step that had to preempt.
+//! 3. waiting sequences in the order of [`WaitQueue`]: reserved ones first (FIFO),
+//!    then standard ones fair-shared among their share keys by weight (FIFO within
+//!    a key; a preempted one goes back to the front of its queue), while the
+//!    budget, `max_running` and free blocks allow; the queue head blocks the ones
+//!    behind it. A reserved head that finds `max_running` reached or the pool
+//!    exhausted preempts standard sequences (newest first) to get in. Skipped
+//!    entirely in a step that had to preempt while running.
+//!
+//! Capped decode steps take reserved sequences first, then the longest waiting.
 //!
 //! The backend's step shapes bind all three (`backend::StepShapes`): a prefill
 //! chunk costs its padded length, bucketed prefill is never split, decode and
@@ -27,18 +33,22 @@
 //! most one prefill step).
 //!
 //! When a running sequence needs a block and none is free, the most recently
-//! admitted running sequence is preempted: its blocks are freed and it waits to be
-//! recomputed from position 0 (its generated tokens are kept).
+//! admitted standard sequence is preempted (a reserved one only for a reserved
+//! one, when no standard one is left): its blocks are freed and it waits to be
+//! recomputed from position 0 (its generated tokens are kept). Reserved work is
+//! never preempted for standard work.
 //!
 //! Invariants: waiting sequences hold no blocks; a running sequence's block table
 //! covers its computed tokens; no step exceeds `max_batch_tokens`, `max_running`
 //! sequences, `max_context` positions or a shape the backend cannot run.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use thiserror::Error;
 
 use super::block_pool::{hash_block, BlockHash, BlockPool};
+use super::fair_queue::WaitQueue;
+use super::request::{Priority, SchedClass};
 use crate::backend::{BackendInfo, BlockId, Prefill, SeqId, SeqStep, StepBatch};
 
 #[derive(Debug, Clone)]
@@ -179,6 +189,13 @@ struct Seq {
     /// The step that last ran this sequence, so capped decode steps take the
     /// ones that waited longest first.
     last_step: u64,
+    class: SchedClass,
+}
+
+impl Seq {
+    fn is_reserved(&self) -> bool {
+        self.class.priority == Priority::Reserved
+    }
 }
 
 /// What is left of a step's token budget, and how many prefill and decode rows it
@@ -242,7 +259,7 @@ pub struct Scheduler {
     config: SchedulerConfig,
     pool: BlockPool,
     seqs: HashMap<SeqId, Seq>,
-    waiting: VecDeque<SeqId>,
+    waiting: WaitQueue,
     /// Admission order: the last one is the first to be preempted.
     running: Vec<SeqId>,
     /// Whether the last step prefilled, for backends that alternate prefill-only
@@ -278,14 +295,20 @@ impl Scheduler {
             config,
             pool,
             seqs: HashMap::new(),
-            waiting: VecDeque::new(),
+            waiting: WaitQueue::default(),
             running: Vec::new(),
             last_step_prefilled: false,
             steps: 0,
         })
     }
 
-    pub fn add(&mut self, id: SeqId, prompt: Vec<u32>, max_new_tokens: usize) -> Result<(), AddError> {
+    pub fn add(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        max_new_tokens: usize,
+        class: SchedClass,
+    ) -> Result<(), AddError> {
         if self.seqs.contains_key(&id) {
             return Err(AddError::DuplicateId(id));
         }
@@ -318,9 +341,10 @@ impl Scheduler {
                 num_registered: 0,
                 in_flight: 0,
                 last_step: 0,
+                class,
             },
         );
-        self.waiting.push_back(id);
+        self.waiting.push_new(id, class);
         Ok(())
     }
 
@@ -338,7 +362,7 @@ impl Scheduler {
             self.schedule_running(false, &mut plan, &mut room, &mut preempted, &mut cannot_continue);
             // Admitting while evicting running work would only thrash.
             if preempted.is_empty() {
-                self.admit_waiting(&mut plan, &mut room, &mut cannot_continue);
+                self.admit_waiting(&mut plan, &mut room, &mut preempted, &mut cannot_continue);
             }
             // A prefill step that found nothing to prefill gives its turn back.
             if plan.is_empty() && !decodes && !self.config.mixed_prefill_decode {
@@ -403,9 +427,10 @@ impl Scheduler {
     ) {
         let mut ids = self.running.clone();
         if decodes && self.config.max_decode_seqs < ids.len() {
-            // More may be ready than a step holds: those that waited longest first
-            // (stable, so admission order among equals), or the newest would starve.
-            ids.sort_by_key(|id| self.seqs.get(id).map_or(0, |s| s.last_step));
+            // More may be ready than a step holds: reserved ones first, then those
+            // that waited longest (stable, so admission order among equals), or the
+            // newest would starve.
+            ids.sort_by_key(|id| self.seqs.get(id).map_or((true, 0), |s| (!s.is_reserved(), s.last_step)));
         }
         for id in ids {
             if room.budget == 0 {
@@ -425,8 +450,7 @@ impl Scheduler {
             };
             match self.grow(id, n, plan, room, preempted) {
                 Grow::Ready => {
-                    plan.push(Planned { id, n, cost, decode: decodes, cached: 0 });
-                    room.take(cost, decodes);
+                    self.add_to_plan(Planned { id, n, cost, decode: decodes, cached: 0 }, plan, room)
                 }
                 Grow::PreemptedSelf => {}
                 Grow::Exhausted => cannot_continue.push(id),
@@ -464,8 +488,18 @@ impl Scheduler {
         end.checked_sub(seq.num_computed).filter(|&r| r > 0)
     }
 
-    /// Makes `id`'s block table cover `n` more tokens, preempting newer sequences
-    /// (newest first) until the pool can supply the blocks.
+    /// Puts a chunk in the step and charges its tokens to the sequence's fair share
+    /// at once, so later admissions in the same step already see the charge.
+    fn add_to_plan(&mut self, p: Planned, plan: &mut Vec<Planned>, room: &mut StepRoom) {
+        if let Some(seq) = self.seqs.get(&p.id) {
+            self.waiting.charge(seq.class, p.n);
+        }
+        room.take(p.cost, p.decode);
+        plan.push(p);
+    }
+
+    /// Makes `id`'s block table cover `n` more tokens, preempting others until the
+    /// pool can supply the blocks (see [`Scheduler::victim_for`]).
     fn grow(
         &mut self,
         id: SeqId,
@@ -487,53 +521,107 @@ impl Scheduler {
                 seq.blocks.extend(new);
                 return Grow::Ready;
             }
-            // A sequence with a step in flight has the backend writing its blocks.
-            let victim = self
-                .running
-                .iter()
-                .rev()
-                .copied()
-                .find(|v| self.seqs.get(v).is_some_and(|s| s.in_flight == 0));
-            let Some(victim) = victim else {
+            let Some(victim) = self.victim_for(id) else {
                 return Grow::Exhausted;
             };
             if victim == id && self.running.len() == 1 {
                 return Grow::Exhausted;
             }
-            if let Some(i) = plan.iter().position(|p| p.id == victim) {
-                let p = plan.remove(i);
-                room.give_back(p.cost, p.decode);
-            }
-            self.preempt(victim);
-            preempted.push(victim);
+            self.evict(victim, plan, room, preempted);
             if victim == id {
                 return Grow::PreemptedSelf;
             }
         }
     }
 
-    fn preempt(&mut self, id: SeqId) {
-        self.running.retain(|&r| r != id);
-        if let Some(seq) = self.seqs.get_mut(&id) {
-            release(&mut self.pool, &seq.blocks);
-            seq.blocks.clear();
-            seq.num_computed = 0;
-            seq.num_registered = 0;
-        }
-        self.waiting.push_front(id);
+    /// Whom to preempt so `id` gets blocks: the newest standard sequence, and only
+    /// for a reserved one the newest reserved sequence after that (reserved work is
+    /// never preempted for standard work). May be `id` itself.
+    fn victim_for(&self, id: SeqId) -> Option<SeqId> {
+        let for_reserved = self.is_reserved(id);
+        self.newest_evictable(false).or_else(|| self.newest_evictable(true).filter(|_| for_reserved))
     }
 
+    /// The most recently admitted running sequence of the given priority that can
+    /// be preempted: one with a step in flight has the backend writing its blocks.
+    fn newest_evictable(&self, reserved: bool) -> Option<SeqId> {
+        self.running
+            .iter()
+            .rev()
+            .copied()
+            .find(|v| self.seqs.get(v).is_some_and(|s| s.in_flight == 0 && s.is_reserved() == reserved))
+    }
+
+    /// Preempts `victim`, taking its chunk out of this step if it had one.
+    fn evict(
+        &mut self,
+        victim: SeqId,
+        plan: &mut Vec<Planned>,
+        room: &mut StepRoom,
+        preempted: &mut Vec<SeqId>,
+    ) {
+        if let Some(i) = plan.iter().position(|p| p.id == victim) {
+            let p = plan.remove(i);
+            room.give_back(p.cost, p.decode);
+        }
+        self.preempt(victim);
+        preempted.push(victim);
+    }
+
+    /// Makes room for a reserved admission by preempting the newest standard
+    /// sequence; false when none can be.
+    fn preempt_standard_for_reserved(
+        &mut self,
+        plan: &mut Vec<Planned>,
+        room: &mut StepRoom,
+        preempted: &mut Vec<SeqId>,
+    ) -> bool {
+        let Some(victim) = self.newest_evictable(false) else {
+            return false;
+        };
+        self.evict(victim, plan, room, preempted);
+        true
+    }
+
+    fn preempt(&mut self, id: SeqId) {
+        self.running.retain(|&r| r != id);
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        release(&mut self.pool, &seq.blocks);
+        seq.blocks.clear();
+        seq.num_computed = 0;
+        seq.num_registered = 0;
+        self.waiting.push_front(id, seq.class);
+    }
+
+    fn is_reserved(&self, id: SeqId) -> bool {
+        self.seqs.get(&id).is_some_and(Seq::is_reserved)
+    }
+
+    /// Admits waiting sequences in the queue's order while the step has room; the
+    /// head blocks the ones behind it. A reserved head that finds `max_running`
+    /// reached or the pool exhausted preempts standard work to get in.
     fn admit_waiting(
         &mut self,
         plan: &mut Vec<Planned>,
         room: &mut StepRoom,
+        preempted: &mut Vec<SeqId>,
         cannot_continue: &mut Vec<SeqId>,
     ) {
         let bs = self.config.block_size;
-        while room.budget > 0 && self.running.len() < self.config.max_running {
-            let Some(&id) = self.waiting.front() else {
+        while room.budget > 0 {
+            let Some(id) = self.waiting.front() else {
                 break;
             };
+            // A reserved head may preempt standard work to be admitted.
+            let reserved = self.is_reserved(id);
+            if self.running.len() >= self.config.max_running {
+                if reserved && self.preempt_standard_for_reserved(plan, room, preempted) {
+                    continue;
+                }
+                break;
+            }
             let Some(seq) = self.seqs.get_mut(&id) else {
                 self.waiting.pop_front();
                 continue;
@@ -576,6 +664,9 @@ impl Scheduler {
             let need = (cached + n).div_ceil(bs) - cached_blocks.len();
             let Some(new) = self.pool.allocate(need) else {
                 release(&mut self.pool, &cached_blocks);
+                if reserved && self.preempt_standard_for_reserved(plan, room, preempted) {
+                    continue;
+                }
                 break;
             };
             seq.num_registered = cached_blocks.len();
@@ -587,8 +678,7 @@ impl Scheduler {
             // n is 0 only for a sequence already at max_context, which the engine
             // must finish; an empty chunk would be an invalid step.
             if n > 0 {
-                plan.push(Planned { id, n, cost, decode: false, cached });
-                room.take(cost, false);
+                self.add_to_plan(Planned { id, n, cost, decode: false, cached }, plan, room);
             }
         }
     }
@@ -635,7 +725,8 @@ impl Scheduler {
         let Some(seq) = self.seqs.remove(&id) else {
             return false;
         };
-        self.waiting.retain(|&w| w != id);
+        self.waiting.remove(id, seq.class);
+        self.waiting.released(seq.class);
         self.running.retain(|&r| r != id);
         release(&mut self.pool, &seq.blocks);
         true
@@ -647,6 +738,22 @@ impl Scheduler {
 
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Tokens that must be prefilled before a request added now could start: every
+    /// waiting sequence's known tokens (a preempted one recomputes its output too)
+    /// plus what running sequences have left to prefill. Decodes are not counted.
+    pub fn queued_tokens(&self) -> usize {
+        let waiting: usize =
+            self.waiting.iter().filter_map(|id| self.seqs.get(&id)).map(|s| s.tokens.len()).sum();
+        let prefilling: usize = self
+            .running
+            .iter()
+            .filter_map(|id| self.seqs.get(id))
+            .map(|s| s.tokens.len().saturating_sub(s.num_computed))
+            .filter(|&r| r > 1)
+            .sum();
+        waiting + prefilling
     }
 
     /// Fraction of KV blocks in use (cached-but-unused blocks count as free).
@@ -692,6 +799,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     const SAMPLED: u32 = 7;
+    const STD: SchedClass = SchedClass { priority: Priority::Standard, share_key: 0, weight: 1 };
 
     fn config(block_size: usize, budget: usize) -> SchedulerConfig {
         SchedulerConfig { block_size, max_context: 4096, ..SchedulerConfig::dynamic(budget, 16, 16, false) }
@@ -805,7 +913,7 @@ mod tests {
         // Each table entry holds exactly one reference; waiting ones hold none.
         let mut refs = vec![0u32; s.pool.num_blocks()];
         for (id, seq) in &s.seqs {
-            if s.waiting.contains(id) {
+            if s.waiting.contains(*id) {
                 assert!(seq.blocks.is_empty(), "waiting sequence {id} holds blocks");
                 assert_eq!(seq.num_computed, 0);
             }
@@ -825,12 +933,12 @@ mod tests {
     #[test]
     fn chunked_prefill_interleaves_with_decode() {
         let mut s = scheduler(64, 16, 32);
-        s.add(1, prompt(5), 100).unwrap();
+        s.add(1, prompt(5), 100, STD).unwrap();
         let first = step(&mut s);
         assert_eq!(first.seqs[0].tokens.len(), 5);
         assert!(first.seqs[0].want_logits);
 
-        s.add(2, prompt(100), 10).unwrap();
+        s.add(2, prompt(100), 10, STD).unwrap();
         let mut prefilled = 0;
         for k in 0..4 {
             let out = step(&mut s);
@@ -855,7 +963,7 @@ mod tests {
     fn waiting_sequences_are_admitted_in_arrival_order() {
         let mut s = scheduler(64, 4, 10);
         for id in 1..=3 {
-            s.add(id, prompt(8), 10).unwrap();
+            s.add(id, prompt(8), 10, STD).unwrap();
         }
         let out = step(&mut s);
         let shape: Vec<_> = out.seqs.iter().map(|q| (q.id, q.tokens.len())).collect();
@@ -870,7 +978,7 @@ mod tests {
         let cfg = SchedulerConfig { max_running: 2, ..config(4, 100) };
         let mut s = Scheduler::new(cfg, 64).unwrap();
         for id in 1..=3 {
-            s.add(id, prompt(4), 10).unwrap();
+            s.add(id, prompt(4), 10, STD).unwrap();
         }
         assert_eq!(ids(&step(&mut s)), vec![1, 2]);
         assert_eq!(ids(&step(&mut s)), vec![1, 2]);
@@ -882,8 +990,8 @@ mod tests {
     #[test]
     fn newest_running_sequence_is_preempted_and_recomputed() {
         let mut s = scheduler(4, 4, 64);
-        s.add(1, prompt(8), 10).unwrap();
-        s.add(2, prompt_from(5000, 8), 10).unwrap();
+        s.add(1, prompt(8), 10, STD).unwrap();
+        s.add(2, prompt_from(5000, 8), 10, STD).unwrap();
         assert_eq!(ids(&step(&mut s)), vec![1, 2]);
         assert_eq!(s.pool().num_free(), 0);
 
@@ -914,9 +1022,9 @@ mod tests {
     #[test]
     fn a_victim_already_in_the_batch_is_taken_out_of_it() {
         let mut s = scheduler(8, 4, 16);
-        s.add(1, prompt(4), 10).unwrap();
+        s.add(1, prompt(4), 10, STD).unwrap();
         step(&mut s);
-        s.add(2, prompt_from(5000, 30), 10).unwrap();
+        s.add(2, prompt_from(5000, 30), 10, STD).unwrap();
         assert_eq!(ids(&step(&mut s)), vec![1, 2]);
         // Admission order makes this state unreachable today (a prefilling
         // sequence is always the newest); forge it so the defensive path is
@@ -933,7 +1041,7 @@ mod tests {
     #[test]
     fn a_sequence_outgrowing_the_whole_pool_is_reported_not_preempted_forever() {
         let mut s = scheduler(2, 4, 64);
-        s.add(1, prompt(8), 100).unwrap();
+        s.add(1, prompt(8), 100, STD).unwrap();
         step(&mut s);
         let out = step(&mut s);
         assert!(out.seqs.is_empty());
@@ -946,24 +1054,24 @@ mod tests {
     fn add_refuses_what_cannot_be_served() {
         let cfg = SchedulerConfig { max_waiting: 2, ..config(16, 64) };
         let mut s = Scheduler::new(cfg, 4).unwrap();
-        s.add(1, prompt(4), 4).unwrap();
-        assert_eq!(s.add(1, prompt(4), 4), Err(AddError::DuplicateId(1)));
-        s.add(2, prompt(4), 4).unwrap();
-        assert_eq!(s.add(3, prompt(4), 4), Err(AddError::QueueFull(2)));
+        s.add(1, prompt(4), 4, STD).unwrap();
+        assert_eq!(s.add(1, prompt(4), 4, STD), Err(AddError::DuplicateId(1)));
+        s.add(2, prompt(4), 4, STD).unwrap();
+        assert_eq!(s.add(3, prompt(4), 4, STD), Err(AddError::QueueFull(2)));
         step(&mut s);
-        assert_eq!(s.add(3, vec![], 4), Err(AddError::EmptyPrompt));
-        assert_eq!(s.add(3, prompt(4000), 200), Err(AddError::TooLong { tokens: 4200, limit: 4096 }));
-        assert_eq!(s.add(3, prompt(65), 1), Err(AddError::TooLong { tokens: 65, limit: 64 }));
-        s.add(3, prompt(64), 1).unwrap();
+        assert_eq!(s.add(3, vec![], 4, STD), Err(AddError::EmptyPrompt));
+        assert_eq!(s.add(3, prompt(4000), 200, STD), Err(AddError::TooLong { tokens: 4200, limit: 4096 }));
+        assert_eq!(s.add(3, prompt(65), 1, STD), Err(AddError::TooLong { tokens: 65, limit: 64 }));
+        s.add(3, prompt(64), 1, STD).unwrap();
     }
 
     #[test]
     fn finish_and_abort_free_every_block_from_any_state() {
         for caching in [false, true] {
             let mut s = if caching { caching_scheduler(32, 4, 32) } else { scheduler(32, 4, 32) };
-            s.add(1, prompt(20), 10).unwrap();
-            s.add(2, prompt(50), 10).unwrap();
-            s.add(3, prompt(10), 10).unwrap();
+            s.add(1, prompt(20), 10, STD).unwrap();
+            s.add(2, prompt(50), 10, STD).unwrap();
+            s.add(3, prompt(10), 10, STD).unwrap();
             step(&mut s);
             step(&mut s);
             assert!(s.kv_usage() > 0.0);
@@ -982,7 +1090,7 @@ mod tests {
     #[test]
     fn update_rejects_engine_mistakes() {
         let mut s = scheduler(8, 4, 4);
-        s.add(1, prompt(6), 4).unwrap();
+        s.add(1, prompt(6), 4, STD).unwrap();
         assert_eq!(s.update(1, None), Err(SchedulerError::NotScheduled(1)));
         assert_eq!(s.update(9, None), Err(SchedulerError::UnknownSeq(9)));
         let out = plan(&mut s);
@@ -995,12 +1103,12 @@ mod tests {
     #[test]
     fn shared_prompt_reuses_cached_blocks() {
         let mut s = caching_scheduler(64, 16, 256);
-        s.add(1, prompt(40), 10).unwrap();
+        s.add(1, prompt(40), 10, STD).unwrap();
         let first = step(&mut s);
         assert_eq!(first.seqs[0].cached_tokens, 0);
         let shared = first.seqs[0].block_table[..2].to_vec();
 
-        s.add(2, prompt(40), 10).unwrap();
+        s.add(2, prompt(40), 10, STD).unwrap();
         let out = step(&mut s);
         let q = out.seqs.iter().find(|q| q.id == 2).unwrap();
         assert_eq!(q.cached_tokens, 32);
@@ -1017,7 +1125,7 @@ mod tests {
         assert_eq!(s.kv_usage(), 0.0);
         assert_eq!(s.pool().num_evictable(), 2, "only the two full prompt blocks are cached");
 
-        s.add(3, prompt(40), 10).unwrap();
+        s.add(3, prompt(40), 10, STD).unwrap();
         let out = step(&mut s);
         assert_eq!(out.seqs[0].cached_tokens, 32);
         assert_eq!(out.seqs[0].block_table[..2], shared[..]);
@@ -1026,10 +1134,10 @@ mod tests {
     #[test]
     fn a_prompt_that_is_exactly_cached_still_computes_its_last_token() {
         let mut s = caching_scheduler(16, 4, 64);
-        s.add(1, prompt(8), 4).unwrap();
+        s.add(1, prompt(8), 4, STD).unwrap();
         step(&mut s);
         step(&mut s);
-        s.add(2, prompt(8), 4).unwrap();
+        s.add(2, prompt(8), 4, STD).unwrap();
         let out = step(&mut s);
         let q = out.seqs.iter().find(|q| q.id == 2).unwrap();
         assert_eq!((q.cached_tokens, q.start_pos, q.tokens.len()), (4, 4, 4));
@@ -1038,21 +1146,190 @@ mod tests {
     #[test]
     fn cached_blocks_are_evicted_tail_first_when_space_is_needed() {
         let mut s = caching_scheduler(4, 16, 256);
-        s.add(1, prompt(40), 10).unwrap();
+        s.add(1, prompt(40), 10, STD).unwrap();
         step(&mut s);
         s.finish(1);
         assert_eq!(s.pool().num_evictable(), 2);
 
         // Three blocks: the two plain free ones, then one eviction.
-        s.add(2, prompt_from(9000, 40), 10).unwrap();
+        s.add(2, prompt_from(9000, 40), 10, STD).unwrap();
         step(&mut s);
         assert_eq!(s.pool().num_evictable(), 1);
         s.finish(2);
 
         // The first block of the shared prompt survived; its second did not.
-        s.add(3, prompt(40), 10).unwrap();
+        s.add(3, prompt(40), 10, STD).unwrap();
         let out = step(&mut s);
         assert_eq!(out.seqs[0].cached_tokens, 16);
+    }
+
+    const RESERVED: SchedClass = SchedClass { priority: Priority::Reserved, share_key: 0, weight: 1 };
+
+    fn share(share_key: u32, weight: u32) -> SchedClass {
+        SchedClass { priority: Priority::Standard, share_key, weight }
+    }
+
+    /// Steps until nothing is left, finishing every sequence once it has
+    /// `max_new` tokens beyond its prompt; returns the order they finished in.
+    fn drain(s: &mut Scheduler, lens: &BTreeMap<SeqId, usize>) -> Vec<SeqId> {
+        let mut finished = Vec::new();
+        for _ in 0..10_000 {
+            if !s.has_work() {
+                return finished;
+            }
+            let out = step(s);
+            for q in &out.seqs {
+                if s.tokens(q.id).unwrap().len() >= lens[&q.id] {
+                    assert!(s.finish(q.id));
+                    finished.push(q.id);
+                }
+            }
+        }
+        panic!("no progress: {} running, {} waiting", s.num_running(), s.num_waiting());
+    }
+
+    #[test]
+    fn queued_tokens_are_waiting_prompts_plus_prefill_left_of_running_ones() {
+        let mut s = scheduler(64, 4, 10);
+        s.add(1, prompt(8), 4, STD).unwrap();
+        s.add(2, prompt(30), 4, RESERVED).unwrap();
+        assert_eq!(s.queued_tokens(), 38);
+        step(&mut s); // 2 gets 10 of its 30
+        assert_eq!(s.queued_tokens(), 20 + 8);
+        step(&mut s);
+        step(&mut s); // 2 done prefilling
+        assert_eq!(s.queued_tokens(), 8);
+        step(&mut s); // 2 decodes, 1 gets its 8
+        assert_eq!(s.queued_tokens(), 0, "decodes are not queued prefill");
+    }
+
+    #[test]
+    fn reserved_is_admitted_ahead_of_earlier_standard() {
+        let mut s = scheduler(64, 4, 10);
+        s.add(1, prompt(8), 4, STD).unwrap();
+        s.add(2, prompt(8), 4, STD).unwrap();
+        s.add(3, prompt_from(5000, 8), 4, RESERVED).unwrap();
+        let out = step(&mut s);
+        let shape: Vec<_> = out.seqs.iter().map(|q| (q.id, q.tokens.len())).collect();
+        assert_eq!(shape, vec![(3, 8), (1, 2)]);
+    }
+
+    #[test]
+    fn reserved_preempts_standard_when_running_is_full_and_it_is_recomputed_later() {
+        let cfg = SchedulerConfig { max_running: 2, ..config(4, 64) };
+        let mut s = Scheduler::new(cfg, 64).unwrap();
+        s.add(1, prompt(8), 6, STD).unwrap();
+        s.add(2, prompt_from(5000, 8), 6, STD).unwrap();
+        step(&mut s);
+        step(&mut s);
+        s.add(3, prompt_from(7000, 8), 6, RESERVED).unwrap();
+        let out = step(&mut s);
+        assert_eq!(out.preempted, vec![2], "the newest standard one yields");
+        assert!(ids(&out).contains(&3) && ids(&out).contains(&1));
+        assert_eq!(s.tokens(2).unwrap().len(), 10, "its output survives");
+        // A standard arrival never preempts the reserved one.
+        s.add(4, prompt_from(9000, 8), 6, STD).unwrap();
+        let out = step(&mut s);
+        assert!(out.preempted.is_empty());
+        let lens = [(1, 14), (2, 14), (3, 14), (4, 14)].into_iter().collect();
+        let order = drain(&mut s, &lens);
+        assert_eq!(order.len(), 4, "{order:?}");
+        assert!(order.iter().position(|&i| i == 3) < order.iter().position(|&i| i == 2));
+    }
+
+    #[test]
+    fn kv_pressure_preempts_standard_before_a_newer_reserved() {
+        let mut s = scheduler(5, 4, 64);
+        s.add(1, prompt(8), 10, STD).unwrap();
+        step(&mut s);
+        s.add(2, prompt_from(5000, 8), 10, RESERVED).unwrap();
+        assert_eq!(ids(&step(&mut s)), vec![1, 2]);
+        assert_eq!(s.pool().num_free(), 0);
+        // 2 is the newest, but 1 is standard: 1 yields when 2 needs a third block.
+        let out = step(&mut s);
+        assert_eq!(out.preempted, vec![1]);
+        assert_eq!(ids(&out), vec![2]);
+    }
+
+    #[test]
+    fn a_burst_of_one_key_does_not_delay_another_keys_request() {
+        let cfg = SchedulerConfig { max_running: 4, max_waiting: 100, ..config(4, 64) };
+        let mut s = Scheduler::new(cfg, 256).unwrap();
+        for id in 0..50 {
+            s.add(id, prompt_from(1000 + 10 * id as u32, 8), 4, share(1, 1)).unwrap();
+        }
+        step(&mut s);
+        s.add(100, prompt_from(9000, 8), 4, share(2, 1)).unwrap();
+        // The next free place goes to key 2, whatever key 1 has queued.
+        let mut admitted = false;
+        for _ in 0..10 {
+            let running_before: Vec<SeqId> = s.running.clone();
+            let out = step(&mut s);
+            let newly: Vec<SeqId> = ids(&out).into_iter().filter(|i| !running_before.contains(i)).collect();
+            if !newly.is_empty() {
+                assert_eq!(newly[0], 100, "key 2 goes first in the first admission round");
+                admitted = true;
+                break;
+            }
+            for q in &out.seqs {
+                if s.tokens(q.id).unwrap().len() >= 12 {
+                    s.finish(q.id);
+                }
+            }
+        }
+        assert!(admitted);
+    }
+
+    #[test]
+    fn weights_two_to_one_get_service_two_to_one() {
+        let cfg = SchedulerConfig { max_running: 2, max_waiting: 1000, ..config(4, 64) };
+        let mut s = Scheduler::new(cfg, 256).unwrap();
+        let mut served: BTreeMap<u32, usize> = BTreeMap::new();
+        let key = |id: SeqId| (id % 2) as u32;
+        for id in 0..400 {
+            s.add(id, prompt_from(1000 + id as u32, 8), 4, share(key(id), 2 - key(id))).unwrap();
+        }
+        for _ in 0..300 {
+            let out = step(&mut s);
+            for q in &out.seqs {
+                *served.entry(key(q.id)).or_default() += q.tokens.len();
+                if s.tokens(q.id).unwrap().len() >= 12 {
+                    s.finish(q.id);
+                }
+            }
+        }
+        let ratio = served[&0] as f64 / served[&1] as f64;
+        assert!((1.8..=2.2).contains(&ratio), "{served:?}: ratio {ratio}");
+    }
+
+    #[test]
+    fn an_idle_key_banks_no_credit() {
+        let cfg = SchedulerConfig { max_running: 1, max_waiting: 1000, ..config(4, 64) };
+        let mut s = Scheduler::new(cfg, 256).unwrap();
+        // Key 1 is served alone for a long while; key 2 is idle all that time.
+        for id in 0..20 {
+            s.add(id, prompt_from(1000 + 10 * id as u32, 8), 4, share(1, 1)).unwrap();
+        }
+        let lens: BTreeMap<SeqId, usize> = (0..20).map(|id| (id, 12)).collect();
+        drain(&mut s, &lens);
+        // Both now queue work: key 2 may go first once, then they alternate,
+        // rather than key 2 taking the next twenty places.
+        for id in 100..110 {
+            s.add(id, prompt_from(3000 + 10 * id as u32, 8), 4, share(1, 1)).unwrap();
+            s.add(id + 100, prompt_from(5000 + 10 * id as u32, 8), 4, share(2, 1)).unwrap();
+        }
+        let lens: BTreeMap<SeqId, usize> = (100..110).chain(200..210).map(|id| (id, 12)).collect();
+        let order = drain(&mut s, &lens);
+        let first_key1 = order.iter().position(|&i| i < 200).unwrap();
+        assert!(first_key1 <= 1, "key 1 waited for key 2's banked credit: {order:?}");
+    }
+
+    #[test]
+    fn random_classes_keep_every_invariant_and_drain() {
+        let cfg =
+            SchedulerConfig { block_size: 4, max_context: 64, ..SchedulerConfig::dynamic(16, 4, 8, true) };
+        let (preemptions, _) = random_workload_with(cfg, 24, true);
+        assert!(preemptions > 10, "{preemptions} preemptions");
     }
 
     #[test]
@@ -1082,6 +1359,12 @@ mod tests {
     /// scheduler's invariants and the backend's acceptance of every step. Returns
     /// the preemptions and prefix-cache hits it saw.
     fn random_workload(cfg: SchedulerConfig, blocks: usize) -> (usize, usize) {
+        random_workload_with(cfg, blocks, false)
+    }
+
+    /// `random_workload`, with random priorities, share keys and weights if
+    /// `classes`.
+    fn random_workload_with(cfg: SchedulerConfig, blocks: usize, classes: bool) -> (usize, usize) {
         let mut rng = Lcg(11);
         let mut s = Scheduler::new(cfg, blocks).unwrap();
         let mut limits: BTreeMap<SeqId, usize> = BTreeMap::new();
@@ -1094,7 +1377,13 @@ mod tests {
                 let mut p = prompt(rng.below(20));
                 p.extend(prompt_from(100 * rng.below(3) as u32, 1 + rng.below(10)));
                 let max_new = 1 + rng.below(20);
-                if s.add(next_id, p.clone(), max_new).is_ok() {
+                let class = if classes {
+                    let priority = if rng.below(4) == 0 { Priority::Reserved } else { Priority::Standard };
+                    SchedClass { priority, share_key: rng.below(3) as u32, weight: 1 + rng.below(3) as u32 }
+                } else {
+                    STD
+                };
+                if s.add(next_id, p.clone(), max_new, class).is_ok() {
                     limits.insert(next_id, p.len() + max_new);
                 }
                 next_id += 1;
@@ -1121,6 +1410,7 @@ mod tests {
             }
         }
         assert!(!s.has_work(), "the workload did not drain: no progress");
+        assert!(limits.is_empty(), "sequences lost: {limits:?}");
         assert_eq!(s.kv_usage(), 0.0);
         // The caller checks that the workload reached the paths it is meant to.
         (preemptions, cache_hits)
@@ -1167,26 +1457,26 @@ mod tests {
     #[test]
     fn bucketed_prefill_is_never_split_and_costs_its_bucket() {
         let mut s = fitted(&bucketed_info());
-        s.add(1, prompt(40), 4).unwrap(); // bucket 64: the whole step budget
-        s.add(2, prompt_from(5000, 10), 4).unwrap(); // bucket 16
+        s.add(1, prompt(40), 4, STD).unwrap(); // bucket 64: the whole step budget
+        s.add(2, prompt_from(5000, 10), 4, STD).unwrap(); // bucket 16
         let out = step(&mut s);
         assert_eq!(ids(&out), vec![1], "40 tokens pad to 64, so 2 waits");
         assert_eq!(out.seqs[0].tokens.len(), 40, "the whole prompt in one chunk");
         assert!(out.seqs[0].want_logits);
         // A prompt no bucket holds is refused, not cut.
-        assert_eq!(s.add(3, prompt(65), 1), Err(AddError::TooLong { tokens: 65, limit: 64 }));
+        assert_eq!(s.add(3, prompt(65), 1, STD), Err(AddError::TooLong { tokens: 65, limit: 64 }));
         // A budget below the largest bucket lowers the limit to what fits a step.
         let small = SchedulerConfig::dynamic(40, 16, 16, false).fit_to(&bucketed_info());
         let mut s = Scheduler::new(small, 64).unwrap();
-        assert_eq!(s.add(1, prompt(33), 1), Err(AddError::TooLong { tokens: 33, limit: 32 }));
-        s.add(1, prompt(32), 1).unwrap();
+        assert_eq!(s.add(1, prompt(33), 1, STD), Err(AddError::TooLong { tokens: 33, limit: 32 }));
+        s.add(1, prompt(32), 1, STD).unwrap();
     }
 
     #[test]
     fn prefill_and_decode_take_turns_when_they_cannot_share_a_step() {
         let mut s = fitted(&bucketed_info());
         for id in 1..=3 {
-            s.add(id, prompt_from(1000 * id as u32, 8), 20).unwrap();
+            s.add(id, prompt_from(1000 * id as u32, 8), 20, STD).unwrap();
         }
         // One prefill per step; once something decodes, the kinds alternate.
         let kinds: Vec<(Vec<SeqId>, bool)> = (0..6)
@@ -1223,7 +1513,7 @@ mod tests {
         info.step.max_prefill_seqs = 8;
         let mut s = fitted(&info);
         for id in 1..=6 {
-            s.add(id, prompt_from(1000 * id as u32, 4), 20).unwrap();
+            s.add(id, prompt_from(1000 * id as u32, 4), 20, STD).unwrap();
         }
         // Six 4-token prompts pad to 16 each: four fit the 64-token budget.
         assert_eq!(ids(&step(&mut s)), vec![1, 2, 3, 4]);
@@ -1252,8 +1542,8 @@ mod tests {
             ..bucketed_info()
         };
         let mut s = fitted(&info);
-        s.add(1, prompt(16), 100).unwrap();
-        s.add(2, prompt_from(5000, 16), 100).unwrap();
+        s.add(1, prompt(16), 100, STD).unwrap();
+        s.add(2, prompt_from(5000, 16), 100, STD).unwrap();
         step(&mut s);
         // Both hold 4 blocks of the 8; the first decode needs a fifth: 2 yields.
         let out = step(&mut s);
@@ -1272,9 +1562,9 @@ mod tests {
         info.step.prefill = Prefill::Chunked;
         info.step.mixed_prefill_decode = true;
         let mut s = fitted(&info);
-        s.add(1, prompt(40), 4).unwrap();
+        s.add(1, prompt(40), 4, STD).unwrap();
         step(&mut s);
-        s.add(2, prompt(40), 4).unwrap();
+        s.add(2, prompt(40), 4, STD).unwrap();
         let out = step(&mut s);
         let q = out.seqs.iter().find(|q| q.id == 2).expect("2 runs");
         assert_eq!((q.cached_tokens, q.start_pos), (0, 0), "flags asked for caching; the backend cannot");
@@ -1287,12 +1577,12 @@ mod tests {
         info.step.prefill = Prefill::Chunked;
         let mut s = fitted(&info);
         assert!(s.config().prefix_caching && !s.config().mixed_prefill_decode);
-        s.add(1, prompt(9), 4).unwrap();
+        s.add(1, prompt(9), 4, STD).unwrap();
         step(&mut s);
         // 2 shares 1's first two 4-token blocks; 9 = 2 × 4 + 1, so a full hit would
         // leave one token at position 8, a decode by its shape, in a prefill step.
-        s.add(2, prompt(9), 4).unwrap();
-        s.add(3, prompt_from(7000, 5), 4).unwrap();
+        s.add(2, prompt(9), 4, STD).unwrap();
+        s.add(3, prompt_from(7000, 5), 4, STD).unwrap();
         let mut seen = None;
         for _ in 0..4 {
             // `plan` checks every step against the backend's shapes.

@@ -12,15 +12,18 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
-use super::core::EngineCore;
+use super::core::{AdmitError, EngineCore};
 use super::request::{EventKind, GenerationRequest, SeqId};
 use super::scheduler::AddError;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum SubmitError {
+    /// `drain`: how long the queue should take to drain, if known.
     #[error("the server is at capacity: too many requests waiting")]
-    QueueFull,
+    QueueFull { drain: Option<Duration> },
+    #[error("the predicted queue wait of {:.1} s exceeds the server's limit of {:.1} s", predicted.as_secs_f64(), limit.as_secs_f64())]
+    WaitTooLong { predicted: Duration, limit: Duration },
     #[error("{0}")]
     Rejected(String),
     #[error("the engine is shutting down")]
@@ -144,6 +147,8 @@ struct Live {
     last_token: Option<Instant>,
     /// Whether the sequence has been in a step yet (for queue time).
     started: bool,
+    /// The queue wait predicted when it was admitted, to compare with the real one.
+    predicted_wait: Option<Duration>,
 }
 
 fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
@@ -183,7 +188,9 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
         for id in &core.last_stats().scheduled {
             if let Some(l) = live.get_mut(id).filter(|l| !l.started) {
                 l.started = true;
-                metrics.observe_queue_time(started - l.submitted);
+                let waited = started - l.submitted;
+                metrics.observe_queue_time(waited);
+                log_queue_wait(*id, l.predicted_wait, waited);
             }
         }
         for ev in events {
@@ -237,10 +244,8 @@ fn handle(
     match cmd {
         Command::Submit { req, events, reply } => {
             let arrived = req.arrived;
-            let result = core.add(req).map_err(|e| match e {
-                AddError::QueueFull(_) => SubmitError::QueueFull,
-                other => SubmitError::Rejected(other.to_string()),
-            });
+            let predicted_wait = core.predicted_wait();
+            let result = core.add(req).map_err(|e| submit_error(e, predicted_wait));
             if let Ok(id) = result {
                 live.insert(
                     id,
@@ -251,6 +256,7 @@ fn handle(
                         first_token: None,
                         last_token: None,
                         started: false,
+                        predicted_wait,
                     },
                 );
             }
@@ -275,6 +281,24 @@ fn handle(
         core.scheduler().num_waiting(),
         core.scheduler().kv_usage(),
     );
+}
+
+/// What the client is told; a full queue says how long it should take to drain.
+fn submit_error(e: AdmitError, drain: Option<Duration>) -> SubmitError {
+    match e {
+        AdmitError::Scheduler(AddError::QueueFull(_)) => SubmitError::QueueFull { drain },
+        AdmitError::WaitTooLong { predicted, limit } => SubmitError::WaitTooLong { predicted, limit },
+        other => SubmitError::Rejected(other.to_string()),
+    }
+}
+
+/// The predictor's error, request by request: `RUST_LOG=inflight::engine=debug`
+/// and compare `predicted_s` with `waited_s` (or average `error_s`).
+fn log_queue_wait(id: SeqId, predicted: Option<Duration>, waited: Duration) {
+    if let Some(p) = predicted {
+        let (predicted_s, waited_s) = (p.as_secs_f64(), waited.as_secs_f64());
+        tracing::debug!(seq = id, predicted_s, waited_s, error_s = predicted_s - waited_s, "queue wait");
+    }
 }
 
 #[cfg(test)]
