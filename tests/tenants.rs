@@ -430,3 +430,80 @@ fn with_auth_off_usage_reports_the_anonymous_tenant_and_no_rate_headers() {
     assert_eq!(body["rate_limits"], Value::Null);
     assert!(body["tokens"]["prompt"].is_u64() && body["responses"].is_object(), "{body}");
 }
+
+/// A provisioned tenant within its rate goes ahead of an on-demand backlog: with
+/// the one running slot held by an on-demand stream and more on-demand work
+/// queued, the provisioned request preempts the stream (which is recomputed and
+/// still finishes) and completes before any queued on-demand request. Under FIFO it
+/// would finish last.
+#[test]
+fn a_provisioned_tenant_within_its_rate_goes_ahead_of_an_on_demand_backlog() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = tenants_file(
+        dir.path(),
+        &format!(
+            r#"
+[[tenants]]
+name = "acme"
+api_key = "{ACME_KEY}"
+tier = "provisioned"
+input_tokens_per_minute = 100000
+output_tokens_per_minute = 100000
+
+[[tenants]]
+name = "globex"
+api_key = "{GLOBEX_KEY}"
+tier = "on-demand"
+"#
+        ),
+    );
+    let server = Server::start(&["--tenants", &file, "--max-running", "1"]);
+    let url = server.url("/v1/completions");
+    let running = client().post(&url).bearer_auth(GLOBEX_KEY).json(&stream_body(300)).send().expect("send");
+    assert_eq!(running.status(), 200);
+    let mut stream = first_chunk(running);
+    let queued: Vec<_> = (0..3)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let body = json!({"prompt": format!("Story {i}:"), "max_tokens": 60, "ignore_eos": true});
+                let r = client().post(url).bearer_auth(GLOBEX_KEY).json(&body).send().expect("send");
+                (r.status().as_u16(), Instant::now())
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
+        if metric(&text, "inflight_requests_waiting") == Some(3.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the three on-demand requests never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let (status, body, _) =
+        complete(&server, Some(ACME_KEY), &json!({"prompt": "Hi", "max_tokens": 8, "ignore_eos": true}));
+    let provisioned_done = Instant::now();
+    assert_eq!(status, 200, "{body}");
+    for h in queued {
+        let (status, done) = h.join().expect("thread");
+        assert_eq!(status, 200, "queued on-demand requests are served, not failed");
+        assert!(
+            done > provisioned_done,
+            "an on-demand request queued earlier finished before the provisioned one"
+        );
+    }
+    // The preempted stream was recomputed and runs to its end.
+    let mut line = String::new();
+    let mut done = false;
+    while stream.read_line(&mut line).expect("read stream") > 0 {
+        assert!(!line.contains("\"error\""), "the preempted stream failed: {line}");
+        done |= line.trim() == "data: [DONE]";
+        line.clear();
+    }
+    assert!(done, "the preempted stream ended without [DONE]");
+    let text = client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
+    assert!(metric(&text, "inflight_preemptions_total").is_some_and(|n| n >= 1.0), "no preemption:\n{text}");
+}
