@@ -11,7 +11,8 @@
 #   fifo      the same two loads with one shared key and no tenants (today's FIFO)
 # then prints A's TTFT p99 against its baseline, A's served tokens against its
 # reservation, the 429s each tenant got, and any request lost (an error other than
-# 429). Needs a release build (`cargo build --release`).
+# 429). Needs a release build (`cargo build --release`). PHASES="tenants" reruns only
+# the named phases into an existing OUT_DIR (the capacity phase's result is reused).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,6 +24,8 @@ INPUT_TOKENS="${INPUT_TOKENS:-256}"
 OUTPUT_TOKENS="${OUTPUT_TOKENS:-64}"
 PORT="${PORT:-18431}"
 URL="http://127.0.0.1:$PORT"
+PHASES="${PHASES:-capacity alone tenants fifo}"
+want() { [[ " $PHASES " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 
@@ -55,8 +58,10 @@ bench() { # name key extra-flags...
 }
 
 phase=capacity
-start_server --api-key shared-key
-bench capacity shared-key --concurrency 32 --duration "$DURATION" --num-requests 100000
+if want capacity; then
+    start_server --api-key shared-key
+    bench capacity shared-key --concurrency 32 --duration "$DURATION" --num-requests 100000
+fi
 capacity_rps=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['levels'][0]['summary']['request_throughput'])" "$OUT/capacity.json")
 rate_a=$(python3 -c "print(round(0.3 * $capacity_rps, 3))")
 rate_b=$(python3 -c "print(round(5 * $capacity_rps, 3))")
@@ -79,24 +84,30 @@ TOML
 echo "capacity ${capacity_rps} req/s; A at ${rate_a} req/s (reserved ${input_tpm} in / ${output_tpm} out tokens per minute); B at ${rate_b} req/s"
 
 phase=alone
-start_server --tenants "$OUT/tenants.toml"
-bench a-alone key-a --request-rate "$rate_a" --duration "$DURATION" --num-requests 100000 --seed 1
-curl -s "$URL/metrics" > "$OUT/metrics-alone.txt"
+if want alone; then
+    start_server --tenants "$OUT/tenants.toml"
+    bench a-alone key-a --request-rate "$rate_a" --duration "$DURATION" --num-requests 100000 --seed 1
+    curl -s "$URL/metrics" > "$OUT/metrics-alone.txt"
+fi
 
 phase=tenants
-start_server --tenants "$OUT/tenants.toml"
-bench b-tenants key-b --request-rate "$rate_b" --duration "$DURATION" --num-requests 1000000 --seed 2 &
-b_pid=$!
-bench a-tenants key-a --request-rate "$rate_a" --duration "$DURATION" --num-requests 100000 --seed 1
-wait "$b_pid"
-curl -s "$URL/metrics" > "$OUT/metrics-tenants.txt"
+if want tenants; then
+    start_server --tenants "$OUT/tenants.toml"
+    bench b-tenants key-b --request-rate "$rate_b" --duration "$DURATION" --num-requests 1000000 --seed 2 &
+    b_pid=$!
+    bench a-tenants key-a --request-rate "$rate_a" --duration "$DURATION" --num-requests 100000 --seed 1
+    wait "$b_pid"
+    curl -s "$URL/metrics" > "$OUT/metrics-tenants.txt"
+fi
 
 phase=fifo
-start_server --api-key shared-key
-bench b-fifo shared-key --request-rate "$rate_b" --duration "$DURATION" --num-requests 1000000 --seed 2 &
-b_pid=$!
-bench a-fifo shared-key --request-rate "$rate_a" --duration "$DURATION" --num-requests 100000 --seed 1
-wait "$b_pid"
+if want fifo; then
+    start_server --api-key shared-key
+    bench b-fifo shared-key --request-rate "$rate_b" --duration "$DURATION" --num-requests 1000000 --seed 2 &
+    b_pid=$!
+    bench a-fifo shared-key --request-rate "$rate_a" --duration "$DURATION" --num-requests 100000 --seed 1
+    wait "$b_pid"
+fi
 stop_server
 
 python3 benches/tenants/summary.py "$OUT" "$input_tpm" "$output_tpm" "$DURATION" | tee "$OUT/summary.md"

@@ -127,6 +127,14 @@ impl WaitQueue {
         self.len
     }
 
+    /// Waiting sequences of one priority.
+    pub fn len_of(&self, priority: Priority) -> usize {
+        match priority {
+            Priority::Reserved => self.reserved.len(),
+            Priority::Standard => self.len - self.reserved.len(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

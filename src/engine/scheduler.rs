@@ -315,8 +315,12 @@ impl Scheduler {
         if prompt.is_empty() {
             return Err(AddError::EmptyPrompt);
         }
-        if self.waiting.len() >= self.config.max_waiting {
-            return Err(AddError::QueueFull(self.waiting.len()));
+        // Each priority has its own bound: standard work filling the queue must not
+        // turn away reserved work (a provisioned tenant within its rate, which its
+        // token buckets already bound).
+        let queued = self.waiting.len_of(class.priority);
+        if queued >= self.config.max_waiting {
+            return Err(AddError::QueueFull(queued));
         }
         let total = prompt.len().saturating_add(max_new_tokens);
         if total > self.config.max_context {
@@ -1058,6 +1062,14 @@ mod tests {
         assert_eq!(s.add(1, prompt(4), 4, STD), Err(AddError::DuplicateId(1)));
         s.add(2, prompt(4), 4, STD).unwrap();
         assert_eq!(s.add(3, prompt(4), 4, STD), Err(AddError::QueueFull(2)));
+        // A queue full of standard work still takes reserved work, up to its own bound.
+        let reserved = SchedClass { priority: Priority::Reserved, ..STD };
+        s.add(10, prompt(4), 4, reserved).unwrap();
+        s.add(11, prompt(4), 4, reserved).unwrap();
+        assert_eq!(s.add(12, prompt(4), 4, reserved), Err(AddError::QueueFull(2)));
+        for id in [10, 11] {
+            assert!(s.abort(id));
+        }
         step(&mut s);
         assert_eq!(s.add(3, vec![], 4, STD), Err(AddError::EmptyPrompt));
         assert_eq!(s.add(3, prompt(4000), 200, STD), Err(AddError::TooLong { tokens: 4200, limit: 4096 }));
