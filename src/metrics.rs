@@ -115,7 +115,7 @@ impl Metrics {
             .expect("valid counter"),
             preemptions: IntCounter::new(
                 "inflight_preemptions_total",
-                "Sequences preempted (KV blocks freed, recomputed later) when KV ran out.",
+                "Sequences preempted (KV blocks freed, recomputed later) when KV ran out or reserved work needed the room.",
             )
             .expect("valid counter"),
             running: IntGauge::new("inflight_requests_running", "Sequences holding KV blocks.")

@@ -7,7 +7,12 @@ from pathlib import Path
 
 
 def summary(folder: Path, name: str) -> dict:
-    return json.loads((folder / f"{name}.json").read_text())["levels"][0]["summary"]
+    """A run's summary: from `inflight bench`'s own JSON, or from `summaries.json`
+    once the per-request files have been folded into it (they are large)."""
+    full = folder / f"{name}.json"
+    if full.exists():
+        return json.loads(full.read_text())["levels"][0]["summary"]
+    return json.loads((folder / "summaries.json").read_text())[name]["summary"]
 
 
 def p99(s: dict, field: str = "ttft_ms") -> float | None:
