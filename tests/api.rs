@@ -134,6 +134,22 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
         ("empty prompt", &comp, json!({"prompt": ""}), 400),
         ("token id out of vocab", &comp, json!({"prompt": [1, 2, 99999999]}), 400),
         ("prompt wrong type", &comp, json!({"prompt": {"a": 1}}), 422),
+        ("presence_penalty out of range", &chat, json!({"messages": msg, "presence_penalty": 5}), 400),
+        ("frequency_penalty wrong type", &chat, json!({"messages": msg, "frequency_penalty": "x"}), 422),
+        ("stop wrong type", &chat, json!({"messages": msg, "stop": 5}), 422),
+        ("seed wrong type", &chat, json!({"messages": msg, "seed": "abc"}), 422),
+        ("message without role", &chat, json!({"messages": [{"content": "hi"}]}), 422),
+        ("content wrong type", &chat, json!({"messages": [{"role": "user", "content": 5}]}), 422),
+        ("max_tokens wrong type", &chat, json!({"messages": msg, "max_tokens": "ten"}), 422),
+        ("max_completion_tokens negative", &chat, json!({"messages": msg, "max_completion_tokens": -1}), 400),
+        ("stream wrong type", &chat, json!({"messages": msg, "stream": "yes"}), 422),
+        ("body is an array", &chat, json!([1, 2]), 422),
+        ("no prompts", &comp, json!({"prompt": []}), 400),
+        ("an empty token prompt", &comp, json!({"prompt": [[]]}), 400),
+        ("top_k negative", &comp, json!({"prompt": "hi", "top_k": -3}), 400),
+        ("min_p out of range", &comp, json!({"prompt": "hi", "min_p": 2}), 400),
+        ("repetition_penalty zero", &comp, json!({"prompt": "hi", "repetition_penalty": 0}), 400),
+        ("completions logprobs too many", &comp, json!({"prompt": "hi", "logprobs": 50}), 400),
     ];
     for (case, url, body, want) in cases {
         let (status, resp) = post(url, &body);
@@ -169,6 +185,9 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
     assert_error(s, &b, 413, "body over the limit");
     let r = client().get(format!("{base}/v1/nonexistent")).send().expect("send");
     assert_eq!(r.status(), 404);
+    let r = client().get(&chat).send().expect("send");
+    let status = r.status().as_u16();
+    assert_error(status, &r.json().unwrap_or(Value::Null), 405, "GET on a POST route");
     // Still serving normally.
     let (status, ok) = post(&chat, &json!({"messages": msg, "max_tokens": 4}));
     assert_eq!(status, 200, "{ok}");

@@ -143,6 +143,14 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("No route for `{path}`."))
     }
 
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("`{path}` does not take {method} requests."),
+        )
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -94,6 +94,12 @@ async fn fallback(uri: Uri) -> Response {
     ApiError::not_found(uri.path()).into_response()
 }
 
+/// A known route with the wrong method gets OpenAI's error body too, not axum's
+/// empty 405.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::method_not_allowed(method.as_str(), uri.path()).into_response()
+}
+
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(handlers::chat_completions))
@@ -111,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), count_responses))
         .layer(middleware::from_fn(arrival::stamp))
