@@ -263,8 +263,8 @@ impl Metrics {
 
     /// A response sent on `route` (a route pattern of the router, so the label's
     /// values are bounded) with status `code`.
-    pub fn observe_response(&self, route: &str, code: u16) {
-        self.http_responses.with_label_values(&[route, code.to_string().as_str()]).inc();
+    pub fn observe_response(&self, route: &str, code: &str) {
+        self.http_responses.with_label_values(&[route, code]).inc();
     }
 
     /// A `/v1` response to `tenant` (a name from the tenants file, so the label's

@@ -9,11 +9,10 @@ use serde_json::{json, Value};
 
 use crate::support::http::{client, post, sse};
 use crate::support::neuron::{
-    assert_clean_close, assert_matches_f32_reference, emulator_artifacts, emulator_lib, greedy_on_emulator,
-    neuron_flags, LARGEST_BUCKET,
+    assert_clean_close, assert_matches_f32_reference, emulator_artifacts, emulator_server,
+    greedy_on_emulator, LARGEST_BUCKET,
 };
 use crate::support::reference;
-use crate::support::server::Server;
 
 /// Teacher-free greedy decoding of every reference prompt (all in flight together:
 /// prompts in three buckets, decodes batched) matches transformers' f32 greedy
@@ -41,10 +40,7 @@ fn stream(base: &str, prompt: &str) -> String {
 /// served one at a time; a prompt over the largest bucket is refused with 400.
 #[test]
 fn concurrent_streams_equal_alone_and_the_largest_bucket_is_the_limit() {
-    let (lib, art) = (emulator_lib(), emulator_artifacts());
-    let flags = neuron_flags(&lib);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let server = Server::start_with_model(&art, &flags);
+    let server = emulator_server(&[]);
     let prompts: Vec<String> = (0..8)
         .map(|i| match i % 3 {
             0 => format!("Fact {i}: the capital of France is"),
@@ -94,11 +90,8 @@ fn complete(base: &str, prompt: &str) -> (u16, Value) {
 /// and the next requests complete. Each request is one prefill and one decode.
 #[test]
 fn runtime_faults_fail_only_their_requests() {
-    let (lib, art) = (emulator_lib(), emulator_artifacts());
-    let flags = neuron_flags(&lib);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let faults = [("INFLIGHT_NRT_EMULATOR_FAULTS", "2:busy,5:resource,7:timeout,9:nan")];
-    let server = Server::start_with_model_env(&art, &flags, &faults);
+    let server = emulator_server(&faults);
     // Executes: 1 prefill, 2 busy (retried as 3); 4, 5 resource; 6, 7 timeout;
     // 8, 9 NaN; 10, 11.
     let expect = [
@@ -126,10 +119,7 @@ fn runtime_faults_fail_only_their_requests() {
 /// against a server on the Neuron backend.
 #[test]
 fn official_openai_client_works_on_the_neuron_backend() {
-    let (lib, art) = (emulator_lib(), emulator_artifacts());
-    let flags = neuron_flags(&lib);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let server = Server::start_with_model(&art, &flags);
+    let server = emulator_server(&[]);
     let out = crate::support::python::run_script("openai_client.py", &server.base, &[]);
     assert!(out.contains("all openai client checks passed"), "{out}");
     let (status, log) = server.stop_and_log();

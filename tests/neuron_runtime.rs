@@ -102,14 +102,7 @@ fn handles_are_owned_freed_once_and_the_runtime_closes_for_good() {
     let misuse: Vec<String> = serde_json::from_value(after["misuse"].clone()).expect("list");
     assert_eq!(misuse.len(), 1, "only the deliberate unbound input: {misuse:?}");
     assert!(misuse[0].contains("input `kv` is not bound"), "{misuse:?}");
-    let leaked = &after["leaked_at_close"];
-    assert_eq!(leaked["tensors"], serde_json::json!([]), "{leaked}");
-    assert_eq!(leaked["models"], serde_json::json!([]), "{leaked}");
-    assert_eq!(
-        (leaked["tensor_sets"].as_u64(), leaked["tensor_infos"].as_u64()),
-        (Some(0), Some(0)),
-        "{leaked}"
-    );
+    crate::support::neuron::assert_nothing_leaked(&after);
 
     let Err(e) = Runtime::acquire(NrtApi::open(Some(&path)).expect("open")) else {
         panic!("a closed runtime was initialised again");

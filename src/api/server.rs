@@ -84,9 +84,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// 503) are visible in `/metrics`. Unrouted paths share one label value, which
 /// keeps the label's cardinality bounded whatever clients send.
 async fn count_responses(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let resp = next.run(req).await;
-    state.metrics.observe_response(&route, resp.status().as_u16());
+    state
+        .metrics
+        .observe_response(route.as_ref().map_or("unmatched", MatchedPath::as_str), resp.status().as_str());
     resp
 }
 

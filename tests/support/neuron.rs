@@ -96,6 +96,12 @@ pub fn close_report(log: &str) -> serde_json::Value {
 pub fn assert_clean_close(log: &str) {
     let report = close_report(log);
     assert_eq!(report["misuse"], serde_json::json!([]), "emulator misuse: {report}");
+    assert_nothing_leaked(&report);
+}
+
+/// Asserts an emulator report shows no tensor, model, set or tensor-info array
+/// left alive at close.
+pub fn assert_nothing_leaked(report: &Value) {
     let leaked = &report["leaked_at_close"];
     assert_eq!(leaked["tensors"], serde_json::json!([]), "{report}");
     assert_eq!(leaked["models"], serde_json::json!([]), "{report}");
@@ -109,6 +115,14 @@ pub fn assert_clean_close(log: &str) {
 /// Flags that put a server or command on the Neuron backend over `lib`.
 pub fn neuron_flags(lib: &Path) -> Vec<String> {
     vec!["--backend".into(), "neuron".into(), "--neuron-lib".into(), lib.display().to_string()]
+}
+
+/// A server on the Neuron backend over the emulator and its artifact folder, with
+/// extra environment variables (fault injection) for it.
+pub fn emulator_server(envs: &[(&str, &str)]) -> super::server::Server {
+    let flags = neuron_flags(&emulator_lib());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    super::server::Server::start_with_model_env(&emulator_artifacts(), &flags, envs)
 }
 
 /// Greedy continuations (`steps` tokens) of reference `prompts`, all in flight
