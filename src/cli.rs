@@ -134,6 +134,12 @@ pub struct SchedulerArgs {
     /// Most requests waiting for a slot; beyond it new requests get 429.
     #[arg(long, env = "INFLIGHT_MAX_WAITING", default_value_t = 1024)]
     pub max_waiting: usize,
+    /// Time a step should stay within while sequences are decoding, in
+    /// milliseconds: prefill then takes only what the step's measured cost leaves
+    /// (at least a few dozen tokens), so a new long prompt barely raises the
+    /// running streams' inter-token latency. 0 fills the token budget instead.
+    #[arg(long, env = "INFLIGHT_MAX_STEP_MS", default_value_t = 0, value_name = "MS")]
+    pub max_step_ms: u64,
     /// Reuse the KV cache of shared prompt prefixes.
     #[arg(long, env = "INFLIGHT_PREFIX_CACHING", default_value_t = true, action = clap::ArgAction::Set)]
     pub prefix_caching: bool,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::{load_model, scheduler_config};
+use super::{load_model, max_step, scheduler_config};
 use crate::cli::GenerateArgs;
 use inflight::engine::core::EngineCore;
 use inflight::engine::request::{output_budget, EventKind, GenerationRequest, SchedClass, SeqId};
@@ -70,7 +70,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let max_context = loaded.backend.info().max_context;
     let tokenizer = loaded.tokenizer.clone();
     let sampling = sampling_params(&args)?;
-    let mut core = EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler))?;
+    let mut core = EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&args.scheduler))?
+        .with_max_step(max_step(&args.scheduler));
 
     let mut outputs = Vec::with_capacity(prompts.len());
     let mut index_of = HashMap::new();

@@ -109,6 +109,11 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
     Ok((resolved, loaded))
 }
 
+/// The step time limit `--max-step-ms` asks for; `None` when 0.
+pub fn max_step(sched: &SchedulerArgs) -> Option<std::time::Duration> {
+    (sched.max_step_ms > 0).then(|| std::time::Duration::from_millis(sched.max_step_ms))
+}
+
 pub fn scheduler_config(sched: &SchedulerArgs) -> SchedulerConfig {
     SchedulerConfig::dynamic(
         sched.max_batch_tokens,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{load_model, model_spec, scheduler_config};
+use super::{load_model, max_step, model_spec, scheduler_config};
 use crate::cli::ServeArgs;
 use inflight::api::tenants::{self, TenantTable};
 use inflight::api::{self, AppState, Ready, ServerConfig};
@@ -90,7 +90,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let tokenizer = loaded.tokenizer.clone();
         let core =
             EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&load_args.scheduler))?
-                .with_max_queue_wait(load_args.max_queue_wait.map(Duration::from_secs_f64));
+                .with_max_queue_wait(load_args.max_queue_wait.map(Duration::from_secs_f64))
+                .with_max_step(max_step(&load_args.scheduler));
         Ok((core, tokenizer, max_context))
     })
     .await

@@ -15,7 +15,8 @@ use super::request::{
     EventKind, FinishReason, GenerationRequest, Priority, SeqEvent, SeqId, TokenOutput, Usage,
 };
 use super::sampling::{Sampled, Sampler, SamplingError};
-use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError};
+use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError, StepTimeLimit};
+use super::step_cost::{StepCostModel, StepShape};
 use super::stop::{StopMatcher, StopOutcome};
 use super::throughput::Throughput;
 use crate::backend::{Backend, Logits};
@@ -64,6 +65,9 @@ pub struct EngineCore {
     throughput: Throughput,
     /// Standard requests predicted to wait longer than this are refused.
     max_queue_wait: Option<Duration>,
+    /// The time a step carrying decode rows should stay within.
+    max_step: Option<Duration>,
+    step_cost: StepCostModel,
 }
 
 impl EngineCore {
@@ -83,6 +87,8 @@ impl EngineCore {
             last_stats: StepStats::default(),
             throughput: Throughput::default(),
             max_queue_wait: None,
+            max_step: None,
+            step_cost: StepCostModel::default(),
         })
     }
 
@@ -91,6 +97,18 @@ impl EngineCore {
     pub fn with_max_queue_wait(mut self, limit: Option<Duration>) -> Self {
         self.max_queue_wait = limit;
         self
+    }
+
+    /// Bounds the prefill a step carries while sequences decode, so that step
+    /// stays near `limit` (see `engine::scheduler`); `None` fills the token budget.
+    pub fn with_max_step(mut self, limit: Option<Duration>) -> Self {
+        self.max_step = limit;
+        self
+    }
+
+    /// The fitted step-time model (`engine::step_cost`).
+    pub fn step_cost(&self) -> &StepCostModel {
+        &self.step_cost
     }
 
     /// How long a request added now should wait before its first step: the
@@ -163,13 +181,23 @@ impl EngineCore {
     /// Runs one engine step and returns what happened to each sequence in it.
     pub fn step(&mut self) -> Vec<SeqEvent> {
         let started = Instant::now();
-        let events = self.run_step();
-        self.throughput.observe(self.last_stats.figures.num_tokens, started.elapsed());
+        let (events, shape) = self.run_step();
+        let took = started.elapsed();
+        self.throughput.observe(self.last_stats.figures.num_tokens, took);
+        self.step_cost.observe(&shape, took);
         events
     }
 
-    fn run_step(&mut self) -> Vec<SeqEvent> {
-        let plan = self.scheduler.schedule();
+    fn run_step(&mut self) -> (Vec<SeqEvent>, StepShape) {
+        let limit = self
+            .max_step
+            .zip(self.step_cost.cost())
+            .map(|(t, cost)| StepTimeLimit { seconds: t.as_secs_f64(), cost });
+        let plan = self.scheduler.schedule_within(limit);
+        let mut shape = StepShape::default();
+        for s in &plan.batch.seqs {
+            shape.add(s.tokens.len(), s.start_pos, s.is_decode());
+        }
         let mut figures = StepFigures {
             preempted: plan.preempted.len(),
             num_seqs: plan.batch.seqs.len(),
@@ -194,7 +222,7 @@ impl EngineCore {
         figures.prefill_tokens = ran.iter().filter(|r| !r.2).map(|r| r.1).sum();
         self.last_stats = StepStats { figures, scheduled: ran.iter().map(|r| r.0).collect() };
         let logits = match result {
-            None => return events,
+            None => return (events, shape),
             Some(Ok(l)) => l,
             Some(Err(e)) => {
                 // A failed step fails the sequences in it, not the engine.
@@ -203,7 +231,7 @@ impl EngineCore {
                     self.abort(id);
                     events.push(SeqEvent { id, kind: EventKind::Failed(format!("inference failed: {e}")) });
                 }
-                return events;
+                return (events, shape);
             }
         };
         let mut sampled = self.sample_rows(&ran, &logits);
@@ -226,7 +254,7 @@ impl EngineCore {
             self.update_scheduler(id, Some(sampled.token));
             events.extend(self.on_token(id, sampled));
         }
-        events
+        (events, shape)
     }
 
     /// Samples every sequence of the step that has a logits row. Each draw reads a

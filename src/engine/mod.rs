@@ -8,5 +8,6 @@ pub mod request;
 pub mod sampling;
 pub mod scheduler;
 pub mod service;
+pub mod step_cost;
 pub mod stop;
 pub mod throughput;

@@ -14,15 +14,26 @@
 //! Order inside a step:
 //! 1. running sequences needing one token (decodes), in admission order, so prefill
 //!    chunks never delay inter-token latency;
-//! 2. running sequences still prefilling, in admission order, so a partly
+//! 2. reserved work's prefill: running reserved sequences still prefilling, then
+//!    waiting reserved ones (FIFO), so a provisioned tenant's prompt never waits
+//!    behind standard prompts already part-way through prefill;
+//! 3. standard running sequences still prefilling, in admission order, so a partly
 //!    prefilled prompt goes before anything newer;
-//! 3. waiting sequences in the order of [`WaitQueue`]: reserved ones first (FIFO),
-//!    then standard ones fair-shared among their share keys by weight (FIFO within
-//!    a key; a preempted one goes back to the front of its queue), while the
-//!    budget, `max_running` and free blocks allow; the queue head blocks the ones
-//!    behind it. A reserved head that finds `max_running` reached or the pool
-//!    exhausted preempts standard sequences (newest first) to get in. Skipped
-//!    entirely in a step that had to preempt while running.
+//! 4. waiting standard sequences in the order of [`WaitQueue`]: fair-shared among
+//!    their share keys by weight (FIFO within a key; a preempted one goes back to
+//!    the front of its queue), while the budget, `max_running` and free blocks
+//!    allow; the queue head blocks the ones behind it.
+//!
+//! A reserved head that finds `max_running` reached or the pool exhausted
+//! preempts standard sequences (newest first) to get in. Admission is skipped
+//! entirely in a step that had to preempt while running.
+//!
+//! A step that carries decode rows may also have a time limit (`--max-step-ms`,
+//! priced by `engine::step_cost`): standard prefill then takes only the tokens
+//! the limit leaves after the decode rows and reserved prefill, but at least
+//! [`MIN_PREFILL_TOKENS`] per step so prompts always progress. Reserved prefill is
+//! never cut by the limit (it only uses it up), and a backend with bucketed
+//! prefill (never split) ignores it.
 //!
 //! Capped decode steps take reserved sequences first, then the longest waiting.
 //!
@@ -49,7 +60,20 @@ use thiserror::Error;
 use super::block_pool::{hash_block, BlockHash, BlockPool};
 use super::fair_queue::WaitQueue;
 use super::request::{Priority, SchedClass};
+use super::step_cost::StepCost;
 use crate::backend::{BackendInfo, BlockId, Prefill, SeqId, SeqStep, StepBatch};
+
+/// Standard prefill tokens a time-limited step still takes, so prompts progress
+/// even when the decode rows alone fill the limit.
+pub const MIN_PREFILL_TOKENS: usize = 64;
+
+/// A step's time limit, applied while it carries decode rows: the target and the
+/// fitted cost of each chunk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTimeLimit {
+    pub seconds: f64,
+    pub cost: StepCost,
+}
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -198,23 +222,59 @@ impl Seq {
     }
 }
 
-/// What is left of a step's token budget, and how many prefill and decode rows it
-/// holds so far.
+/// What is left of a step's token budget and time limit, and how many prefill and
+/// decode rows it holds so far.
 struct StepRoom {
     budget: usize,
     prefills: usize,
     decodes: usize,
+    time: Option<TimeLeft>,
+}
+
+/// Seconds left under a step's time limit, and the standard prefill tokens the
+/// step takes whatever the limit says ([`MIN_PREFILL_TOKENS`]).
+struct TimeLeft {
+    seconds: f64,
+    cost: StepCost,
+    floor: usize,
 }
 
 impl StepRoom {
-    fn take(&mut self, cost: usize, decode: bool) {
-        self.budget -= cost;
-        *self.rows(decode) += 1;
+    fn new(budget: usize, limit: Option<StepTimeLimit>) -> Self {
+        let time = limit.map(|l| TimeLeft {
+            seconds: l.seconds - l.cost.fixed,
+            cost: l.cost,
+            floor: MIN_PREFILL_TOKENS,
+        });
+        Self { budget, prefills: 0, decodes: 0, time }
     }
 
-    fn give_back(&mut self, cost: usize, decode: bool) {
-        self.budget += cost;
-        *self.rows(decode) -= 1;
+    fn take(&mut self, p: &Planned) {
+        self.budget -= p.cost;
+        *self.rows(p.decode) += 1;
+        if let Some(t) = &mut self.time {
+            t.seconds -= p.seconds;
+            if !p.decode && !p.reserved {
+                t.floor = t.floor.saturating_sub(p.n);
+            }
+        }
+    }
+
+    fn give_back(&mut self, p: &Planned) {
+        self.budget += p.cost;
+        *self.rows(p.decode) -= 1;
+        if let Some(t) = &mut self.time {
+            t.seconds += p.seconds;
+        }
+    }
+
+    /// The standard prefill tokens starting at `start` the time limit allows;
+    /// unlimited while the step has no decode rows (no stream's latency to guard).
+    fn standard_prefill_limit(&self, start: usize) -> usize {
+        match &self.time {
+            Some(t) if self.decodes > 0 => t.cost.prefill_tokens_within(t.seconds, start).max(t.floor),
+            _ => usize::MAX,
+        }
     }
 
     fn rows(&mut self, decode: bool) -> &mut usize {
@@ -245,6 +305,16 @@ struct Planned {
     decode: bool,
     /// Prompt tokens served from the prefix cache (admissions only).
     cached: usize,
+    reserved: bool,
+    /// What the chunk costs of the step's time limit, if it has one.
+    seconds: f64,
+}
+
+/// Which running sequences [`Scheduler::schedule_running`] plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    Decode,
+    Prefill { reserved: bool },
 }
 
 enum Grow {
@@ -352,25 +422,35 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Plans the next step with no time limit.
     pub fn schedule(&mut self) -> SchedulerOutput<'_> {
+        self.schedule_within(None)
+    }
+
+    /// Plans the next step; `limit` bounds its standard prefill while it carries
+    /// decode rows (see the module docs).
+    pub fn schedule_within(&mut self, limit: Option<StepTimeLimit>) -> SchedulerOutput<'_> {
         let mut plan = Vec::new();
-        let mut room = StepRoom { budget: self.config.max_batch_tokens, prefills: 0, decodes: 0 };
+        let mut room = StepRoom::new(self.config.max_batch_tokens, limit);
         let mut preempted = Vec::new();
         let mut cannot_continue = Vec::new();
+        let (p, r, pre, cc) = (&mut plan, &mut room, &mut preempted, &mut cannot_continue);
 
         let (decodes, prefills) = self.phase();
         if decodes {
-            self.schedule_running(true, &mut plan, &mut room, &mut preempted, &mut cannot_continue);
+            self.schedule_running(Rows::Decode, p, r, pre, cc);
         }
         if prefills {
-            self.schedule_running(false, &mut plan, &mut room, &mut preempted, &mut cannot_continue);
-            // Admitting while evicting running work would only thrash.
-            if preempted.is_empty() {
-                self.admit_waiting(&mut plan, &mut room, &mut preempted, &mut cannot_continue);
+            for reserved in [true, false] {
+                self.schedule_running(Rows::Prefill { reserved }, p, r, pre, cc);
+                // Admitting while evicting running work would only thrash.
+                if pre.is_empty() {
+                    self.admit_waiting(reserved, p, r, pre, cc);
+                }
             }
             // A prefill step that found nothing to prefill gives its turn back.
-            if plan.is_empty() && !decodes && !self.config.mixed_prefill_decode {
-                self.schedule_running(true, &mut plan, &mut room, &mut preempted, &mut cannot_continue);
+            if p.is_empty() && !decodes && !self.config.mixed_prefill_decode {
+                self.schedule_running(Rows::Decode, p, r, pre, cc);
             }
         }
         self.last_step_prefilled = plan.iter().any(|p| !p.decode);
@@ -419,16 +499,17 @@ impl Scheduler {
         (decode, !decode)
     }
 
-    /// Plans the running sequences that need one token (`decodes`) or a prefill
-    /// chunk, in admission order.
+    /// Plans the running sequences that need one token or, of one priority, a
+    /// prefill chunk, in admission order.
     fn schedule_running(
         &mut self,
-        decodes: bool,
+        rows: Rows,
         plan: &mut Vec<Planned>,
         room: &mut StepRoom,
         preempted: &mut Vec<SeqId>,
         cannot_continue: &mut Vec<SeqId>,
     ) {
+        let decodes = rows == Rows::Decode;
         let mut ids = self.running.clone();
         if decodes && self.config.max_decode_seqs < ids.len() {
             // More may be ready than a step holds: reserved ones first, then those
@@ -449,22 +530,33 @@ impl Scheduler {
             if (remaining == 1) != decodes {
                 continue;
             }
-            let Some((n, cost)) = self.chunk(remaining, decodes, room) else {
+            let reserved = self.is_reserved(id);
+            if matches!(rows, Rows::Prefill { reserved: r } if r != reserved) {
+                continue;
+            }
+            let start = self.seqs.get(&id).map_or(0, |s| s.num_computed);
+            let Some((n, cost)) = self.chunk(remaining, start, decodes, reserved, room) else {
                 continue;
             };
             match self.grow(id, n, plan, room, preempted) {
-                Grow::Ready => {
-                    self.add_to_plan(Planned { id, n, cost, decode: decodes, cached: 0 }, plan, room)
-                }
+                Grow::Ready => self.add_to_plan(id, n, cost, decodes, 0, plan, room),
                 Grow::PreemptedSelf => {}
                 Grow::Exhausted => cannot_continue.push(id),
             }
         }
     }
 
-    /// How many of `remaining` tokens this step can take, and what they cost of
-    /// its budget; `None` when the step has no room for the chunk.
-    fn chunk(&self, remaining: usize, decode: bool, room: &StepRoom) -> Option<(usize, usize)> {
+    /// How many of `remaining` tokens (from position `start`) this step can take,
+    /// and what they cost of its budget; `None` when the step has no room for
+    /// the chunk.
+    fn chunk(
+        &self,
+        remaining: usize,
+        start: usize,
+        decode: bool,
+        reserved: bool,
+        room: &StepRoom,
+    ) -> Option<(usize, usize)> {
         if decode {
             return (room.decodes < self.config.max_decode_seqs).then_some((1, 1));
         }
@@ -472,7 +564,11 @@ impl Scheduler {
             return None;
         }
         match &self.config.prefill {
-            Prefill::Chunked => Some((remaining.min(room.budget), remaining.min(room.budget))),
+            Prefill::Chunked => {
+                let limit = if reserved { usize::MAX } else { room.standard_prefill_limit(start) };
+                let n = remaining.min(room.budget).min(limit);
+                (n > 0).then_some((n, n))
+            }
             // Never split: the whole remainder, at its padded length, or nothing.
             prefill @ Prefill::Buckets(_) => {
                 let cost = prefill.padded_len(remaining)?;
@@ -492,13 +588,27 @@ impl Scheduler {
         end.checked_sub(seq.num_computed).filter(|&r| r > 0)
     }
 
-    /// Puts a chunk in the step and charges its tokens to the sequence's fair share
-    /// at once, so later admissions in the same step already see the charge.
-    fn add_to_plan(&mut self, p: Planned, plan: &mut Vec<Planned>, room: &mut StepRoom) {
-        if let Some(seq) = self.seqs.get(&p.id) {
-            self.waiting.charge(seq.class, p.n);
-        }
-        room.take(p.cost, p.decode);
+    /// Puts a chunk of `n` tokens in the step, charges its time to the step's
+    /// limit and its tokens to the sequence's fair share at once, so later
+    /// admissions in the same step already see the charge.
+    #[allow(clippy::too_many_arguments)]
+    fn add_to_plan(
+        &mut self,
+        id: SeqId,
+        n: usize,
+        cost: usize,
+        decode: bool,
+        cached: usize,
+        plan: &mut Vec<Planned>,
+        room: &mut StepRoom,
+    ) {
+        let Some(seq) = self.seqs.get(&id) else {
+            return;
+        };
+        self.waiting.charge(seq.class, n);
+        let seconds = room.time.as_ref().map_or(0.0, |t| t.cost.chunk(n, seq.num_computed, decode));
+        let p = Planned { id, n, cost, decode, cached, reserved: seq.is_reserved(), seconds };
+        room.take(&p);
         plan.push(p);
     }
 
@@ -566,7 +676,7 @@ impl Scheduler {
     ) {
         if let Some(i) = plan.iter().position(|p| p.id == victim) {
             let p = plan.remove(i);
-            room.give_back(p.cost, p.decode);
+            room.give_back(&p);
         }
         self.preempt(victim);
         preempted.push(victim);
@@ -603,11 +713,13 @@ impl Scheduler {
         self.seqs.get(&id).is_some_and(Seq::is_reserved)
     }
 
-    /// Admits waiting sequences in the queue's order while the step has room; the
-    /// head blocks the ones behind it. A reserved head that finds `max_running`
-    /// reached or the pool exhausted preempts standard work to get in.
+    /// Admits waiting sequences in the queue's order while the step has room (only
+    /// reserved ones if `reserved_only`); the head blocks the ones behind it. A
+    /// reserved head that finds `max_running` reached or the pool exhausted
+    /// preempts standard work to get in.
     fn admit_waiting(
         &mut self,
+        reserved_only: bool,
         plan: &mut Vec<Planned>,
         room: &mut StepRoom,
         preempted: &mut Vec<SeqId>,
@@ -620,6 +732,9 @@ impl Scheduler {
             };
             // A reserved head may preempt standard work to be admitted.
             let reserved = self.is_reserved(id);
+            if reserved_only && !reserved {
+                break;
+            }
             if self.running.len() >= self.config.max_running {
                 if reserved && self.preempt_standard_for_reserved(plan, room, preempted) {
                     continue;
@@ -654,7 +769,7 @@ impl Scheduler {
             }
             let (n, cost) = match remaining {
                 0 => (0, 0),
-                r => match self.chunk(r, false, room) {
+                r => match self.chunk(r, cached, false, reserved, room) {
                     Some(c) => c,
                     None => {
                         release(&mut self.pool, &cached_blocks);
@@ -682,7 +797,7 @@ impl Scheduler {
             // n is 0 only for a sequence already at max_context, which the engine
             // must finish; an empty chunk would be an invalid step.
             if n > 0 {
-                self.add_to_plan(Planned { id, n, cost, decode: false, cached }, plan, room);
+                self.add_to_plan(id, n, cost, false, cached, plan, room);
             }
         }
     }
@@ -874,8 +989,12 @@ mod tests {
 
     /// Schedules one step, checks that the backend would accept it, and copies it out.
     fn plan(s: &mut Scheduler) -> Step {
+        plan_within(s, None)
+    }
+
+    fn plan_within(s: &mut Scheduler, limit: Option<StepTimeLimit>) -> Step {
         let info = info_for(s);
-        let out = s.schedule();
+        let out = s.schedule_within(limit);
         if !out.batch.seqs.is_empty() {
             validate_step(&info, &out.batch).unwrap();
         }
@@ -901,7 +1020,11 @@ mod tests {
 
     /// One engine step: schedule, check the batch, report every chunk back.
     fn step(s: &mut Scheduler) -> Step {
-        let out = plan(s);
+        step_within(s, None)
+    }
+
+    fn step_within(s: &mut Scheduler, limit: Option<StepTimeLimit>) -> Step {
+        let out = plan_within(s, limit);
         check(s, &out);
         for q in &out.seqs {
             s.update(q.id, q.want_logits.then_some(SAMPLED)).unwrap();
@@ -1215,6 +1338,62 @@ mod tests {
         assert_eq!(s.queued_tokens(), 0, "decodes are not queued prefill");
     }
 
+    fn tokens_of(out: &Step, id: SeqId) -> usize {
+        out.seqs.iter().find(|q| q.id == id).map_or(0, |q| q.tokens.len())
+    }
+
+    #[test]
+    fn a_reserved_prompt_goes_ahead_of_standard_prompts_part_way_through_prefill() {
+        let mut s = scheduler(64, 4, 16);
+        s.add(1, prompt(64), 4, STD).unwrap();
+        assert_eq!(tokens_of(&step(&mut s), 1), 16);
+        let reserved = SchedClass { priority: Priority::Reserved, ..STD };
+        s.add(2, prompt_from(5000, 12), 4, reserved).unwrap();
+        let out = step(&mut s);
+        assert_eq!(ids(&out), vec![2, 1], "the reserved prompt is planned first");
+        assert_eq!((tokens_of(&out, 2), tokens_of(&out, 1)), (12, 4));
+    }
+
+    /// 1 ms per prefill token, 2 ms per decode row, nothing else.
+    const COST: StepCost =
+        StepCost { fixed: 0.0, per_prefill_token: 1e-3, per_decode_row: 2e-3, per_attention_pair: 0.0 };
+
+    fn limit_ms(ms: f64) -> Option<StepTimeLimit> {
+        Some(StepTimeLimit { seconds: ms / 1e3, cost: COST })
+    }
+
+    #[test]
+    fn a_time_limited_step_caps_standard_prefill_only_while_sequences_decode() {
+        let mut s = scheduler(256, 4, 512);
+        s.add(1, prompt(300), 50, STD).unwrap();
+        let out = step_within(&mut s, limit_ms(100.0));
+        assert_eq!(tokens_of(&out, 1), 300, "no decode row to guard: the whole budget");
+        s.add(2, prompt_from(5000, 300), 50, STD).unwrap();
+        let out = step_within(&mut s, limit_ms(100.0));
+        assert_eq!(tokens_of(&out, 1), 1, "sequence 1 decodes");
+        assert_eq!(tokens_of(&out, 2), 98, "100 ms less one 2 ms decode row at 1 ms a token");
+        // A limit the decode rows already fill still lets prompts progress.
+        let out = step_within(&mut s, limit_ms(1.0));
+        assert_eq!(tokens_of(&out, 2), MIN_PREFILL_TOKENS);
+        // Without a limit, the budget alone bounds the chunk.
+        let out = step(&mut s);
+        assert_eq!(tokens_of(&out, 2), 300 - 98 - MIN_PREFILL_TOKENS);
+    }
+
+    #[test]
+    fn reserved_prefill_is_not_cut_by_the_time_limit_but_uses_it_up() {
+        let mut s = scheduler(256, 4, 512);
+        s.add(1, prompt(8), 50, STD).unwrap();
+        step(&mut s);
+        s.add(2, prompt_from(5000, 300), 50, STD).unwrap();
+        let reserved = SchedClass { priority: Priority::Reserved, ..STD };
+        s.add(3, prompt_from(9000, 200), 50, reserved).unwrap();
+        let out = step_within(&mut s, limit_ms(100.0));
+        assert_eq!(ids(&out), vec![1, 3, 2]);
+        assert_eq!(tokens_of(&out, 3), 200, "the reserved prompt whole, past the limit");
+        assert_eq!(tokens_of(&out, 2), MIN_PREFILL_TOKENS, "standard work gets only the floor");
+    }
+
     #[test]
     fn reserved_is_admitted_ahead_of_earlier_standard() {
         let mut s = scheduler(64, 4, 10);
@@ -1374,8 +1553,8 @@ mod tests {
         random_workload_with(cfg, blocks, false)
     }
 
-    /// `random_workload`, with random priorities, share keys and weights if
-    /// `classes`.
+    /// `random_workload`, with random priorities, share keys, weights and step
+    /// time limits if `classes`.
     fn random_workload_with(cfg: SchedulerConfig, blocks: usize, classes: bool) -> (usize, usize) {
         let mut rng = Lcg(11);
         let mut s = Scheduler::new(cfg, blocks).unwrap();
@@ -1406,7 +1585,9 @@ mod tests {
                     limits.remove(&id);
                 }
             }
-            let out = step(&mut s);
+            // With classes, steps also get random time limits (tight ones included).
+            let limit = if classes { [None, limit_ms(1.0), limit_ms(8.0)][rng.below(3)] } else { None };
+            let out = step_within(&mut s, limit);
             assert!(out.kv_exhausted.is_empty(), "every request fits the pool alone");
             preemptions += out.preempted.len();
             cache_hits += out.seqs.iter().filter(|q| q.cached_tokens > 0).count();
