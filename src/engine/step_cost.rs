@@ -204,7 +204,7 @@ mod tests {
     fn mixed_steps(i: usize) -> StepShape {
         let decodes = i % 17;
         let mut chunks: Vec<(usize, usize, bool)> = (0..decodes).map(|d| (1, 100 + 37 * d, true)).collect();
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             chunks.push((16 + (i * 7) % 400, (i * 131) % 3000, false));
         }
         shape(&chunks)
