@@ -13,6 +13,8 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0,
     15.0, 20.0, 30.0, 45.0, 60.0,
 ];
+const PREDICTION_ERROR_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 const TOKEN_LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
     1.0, 2.0, 5.0,
@@ -28,6 +30,8 @@ pub struct StepFigures {
     pub num_tokens: usize,
     pub prefill_tokens: usize,
     pub preempted: usize,
+    /// What the step-time model (`engine::step_cost`) predicted for this step.
+    pub predicted: Option<Duration>,
 }
 
 pub struct Metrics {
@@ -37,6 +41,7 @@ pub struct Metrics {
     tpot: Histogram,
     e2e: Histogram,
     queue_time: Histogram,
+    prediction_error: HistogramVec,
     step_duration: Histogram,
     batch_size: HistogramVec,
     prompt_tokens: IntCounter,
@@ -88,6 +93,17 @@ impl Metrics {
                 "Time a sequence waited before its first step.",
                 LATENCY_BUCKETS,
             ),
+            prediction_error: HistogramVec::new(
+                HistogramOpts::new(
+                    "inflight_prediction_error_seconds",
+                    "How far the engine's own predictions missed: a request's queue wait \
+                     (what = queue_wait) and a step's duration (what = step_time); direction = \
+                     under when the prediction was too short.",
+                )
+                .buckets(PREDICTION_ERROR_BUCKETS.to_vec()),
+                &["what", "direction"],
+            )
+            .expect("valid metric"),
             step_duration: histogram(
                 "inflight_step_duration_seconds",
                 "Wall time of one engine step (one backend call plus sampling).",
@@ -179,6 +195,7 @@ impl Metrics {
             Box::new(m.tpot.clone()),
             Box::new(m.e2e.clone()),
             Box::new(m.queue_time.clone()),
+            Box::new(m.prediction_error.clone()),
             Box::new(m.step_duration.clone()),
             Box::new(m.batch_size.clone()),
             Box::new(m.prompt_tokens.clone()),
@@ -207,6 +224,9 @@ impl Metrics {
             return;
         }
         self.step_duration.observe(took.as_secs_f64());
+        if let Some(p) = stats.predicted {
+            self.observe_prediction("step_time", p, took);
+        }
         self.batch_size.with_label_values(&["tokens"]).observe(stats.num_tokens as f64);
         self.batch_size.with_label_values(&["sequences"]).observe(stats.num_seqs as f64);
         self.prompt_tokens.inc_by(stats.prefill_tokens as u64);
@@ -225,6 +245,13 @@ impl Metrics {
 
     pub fn observe_queue_time(&self, d: Duration) {
         self.queue_time.observe(d.as_secs_f64());
+    }
+
+    /// How far a prediction of `what` missed what happened.
+    pub fn observe_prediction(&self, what: &str, predicted: Duration, actual: Duration) {
+        let (direction, error) =
+            if predicted < actual { ("under", actual - predicted) } else { ("over", predicted - actual) };
+        self.prediction_error.with_label_values(&[what, direction]).observe(error.as_secs_f64());
     }
 
     /// A sequence that finished with `reason` after `completion_tokens` tokens, of

@@ -198,10 +198,12 @@ impl EngineCore {
         for s in &plan.batch.seqs {
             shape.add(s.tokens.len(), s.start_pos, s.is_decode());
         }
+        let predicted = self.step_cost.predict(&shape);
         let mut figures = StepFigures {
             preempted: plan.preempted.len(),
             num_seqs: plan.batch.seqs.len(),
             num_tokens: plan.num_tokens(),
+            predicted,
             ..Default::default()
         };
         let result = (!plan.batch.seqs.is_empty()).then(|| self.backend.step(&plan.batch));

@@ -190,6 +190,9 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
                 l.started = true;
                 let waited = started - l.submitted;
                 metrics.observe_queue_time(waited);
+                if let Some(p) = l.predicted_wait {
+                    metrics.observe_prediction("queue_wait", p, waited);
+                }
                 log_queue_wait(*id, l.predicted_wait, waited);
             }
         }
@@ -354,5 +357,57 @@ mod tests {
         assert!(sample(&text, "inflight_e2e_request_latency_seconds_sum") >= 5.0);
         assert!(sample(&text, "inflight_request_queue_time_seconds_sum") < 5.0);
         assert_eq!(sample(&text, "inflight_time_to_first_token_seconds_count"), 1.0);
+    }
+
+    /// The count of one labelled series of the prediction-error histogram.
+    fn prediction_errors(text: &str, what: &str) -> f64 {
+        ["under", "over"]
+            .iter()
+            .map(|d| {
+                let name =
+                    format!("inflight_prediction_error_seconds_count{{direction=\"{d}\",what=\"{what}\"}}");
+                text.lines().find_map(|l| l.strip_prefix(&name)?.trim().parse().ok()).unwrap_or(0.0)
+            })
+            .sum()
+    }
+
+    #[test]
+    fn queue_wait_and_step_time_predictions_are_scored_once_the_models_are_warm() {
+        let model = ResolvedModel::Gguf(crate::testing::default_model_path());
+        let limits = StepLimits { max_context: Some(512), ..Default::default() };
+        let cpu = CpuConfig { limits, kv_cache_bytes: 32 << 20, ..Default::default() };
+        let loaded = load(&model, &BackendConfig::Cpu(cpu)).expect("model");
+        let core =
+            EngineCore::new(loaded.backend, loaded.tokenizer, SchedulerConfig::dynamic(256, 4, 4, false))
+                .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let engine = EngineThread::spawn(core, metrics.clone()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // One request at a time: every one prefills, so the step model warms up
+        // (32 steps, 4 of them prefilling) within the run.
+        let requests = 24;
+        rt.block_on(async {
+            for i in 0..requests {
+                let req = GenerationRequest {
+                    arrived: Instant::now(),
+                    prompt_ids: vec![1, 2, 3 + i],
+                    max_new_tokens: 2,
+                    sampling: SamplingParams::default(),
+                    stop: Vec::new(),
+                    ignore_eos: true,
+                    class: SchedClass::default(),
+                };
+                let mut events = engine.handle.submit(req).await.expect("admitted");
+                while let Some(ev) = events.next().await {
+                    assert!(!matches!(ev, EventKind::Failed(_)), "{ev:?}");
+                }
+            }
+        });
+        engine.join();
+        let text = metrics.render();
+        // No prediction before the first step; one per request after it.
+        assert_eq!(prediction_errors(&text, "queue_wait"), f64::from(requests - 1), "{text}");
+        // 48 steps, the first 32 warming the model up.
+        assert_eq!(prediction_errors(&text, "step_time"), f64::from(2 * requests - 32), "{text}");
     }
 }

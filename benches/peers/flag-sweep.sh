@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# How one scheduler flag trades time to first token against inter-token latency
+# and throughput: one inflight server per value, the same closed-loop workload
+# against each, in alternating rounds, one report per concurrency level.
+#
+#   benches/peers/flag-sweep.sh                          # --max-batch-tokens 128 … 2048
+#   FLAG=--max-step-ms VALUES="0 50 100 200" CONCURRENCY="4 16" ROUNDS=3 \
+#       benches/peers/flag-sweep.sh
+#
+# Settings (environment): FLAG (--max-batch-tokens), VALUES (128 256 512 1024 2048),
+# CONCURRENCY (16; a space-separated list runs each level), ROUNDS (1),
+# NUM_REQUESTS (32), WARMUP (2), INPUT_TOKENS (256), OUTPUT_TOKENS (128),
+# EXTRA_FLAGS (more serve flags for every server), INFLIGHT_BIN, OUT.
+
+source "$(dirname "$0")/common.sh"
+
+FLAG=${FLAG:---max-batch-tokens}
+VALUES=${VALUES:-128 256 512 1024 2048}
+CONCURRENCY=${CONCURRENCY:-16}
+ROUNDS=${ROUNDS:-1}
+NUM_REQUESTS=${NUM_REQUESTS:-32}
+WARMUP=${WARMUP:-2}
+INPUT_TOKENS=${INPUT_TOKENS:-256}
+OUTPUT_TOKENS=${OUTPUT_TOKENS:-128}
+if [[ -z ${INFLIGHT_BIN:-} ]]; then
+    (cd "$REPO" && cargo build --release --quiet)
+    INFLIGHT_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/inflight
+fi
+name=${FLAG#--}
+out=${OUT:-$PEERS_DIR/$name-sweep/$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+
+server_pid=
+cleanup() { [[ -n $server_pid ]] && stop_server "$server_pid"; server_pid=; }
+trap cleanup EXIT
+
+for round in $(seq 1 "$ROUNDS"); do
+    for value in $VALUES; do
+        port=$(free_port)
+        run="$name-$value-r$round"
+        log "round $round, $FLAG $value: starting inflight on 127.0.0.1:$port"
+        # shellcheck disable=SC2086 # EXTRA_FLAGS is a list of flags
+        "$INFLIGHT_BIN" serve --host 127.0.0.1 --port "$port" --model "$MODEL_GGUF" --served-model-name "$SERVED_NAME" \
+            --threads "$THREADS" "$FLAG" "$value" ${EXTRA_FLAGS:-} --log warn > "$out/$run.log" 2>&1 &
+        server_pid=$!
+        wait_ready "http://127.0.0.1:$port" "$server_pid" 300 || { cleanup; continue; }
+        for c in $CONCURRENCY; do
+            "$INFLIGHT_BIN" bench --url "http://127.0.0.1:$port" --model "$SERVED_NAME" --concurrency "$c" \
+                --num-requests "$NUM_REQUESTS" --warmup "$WARMUP" --input-tokens "$INPUT_TOKENS" \
+                --output-tokens "$OUTPUT_TOKENS" --tokenizer "$MODEL_GGUF" --label="$name $value (round $round)" \
+                --output "$out/$run-c$c.json" > "$out/$run-c$c.txt"
+        done
+        cleanup
+    done
+done
+for c in $CONCURRENCY; do
+    results=("$out"/*-c"$c".json)
+    [[ -e ${results[0]} ]] || { log "no results at concurrency $c"; continue; }
+    "$INFLIGHT_BIN" bench report "${results[@]}" --markdown "$out/report-c$c.md" --plot "$out/report-c$c.svg" > /dev/null
+    log "report: $out/report-c$c.md"
+done
