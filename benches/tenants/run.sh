@@ -13,6 +13,7 @@
 # reservation, the 429s each tenant got, and any request lost (an error other than
 # 429). Needs a release build (`cargo build --release`). PHASES="tenants" reruns only
 # the named phases into an existing OUT_DIR (the capacity phase's result is reused).
+# SERVE_FLAGS adds serve flags to every phase's server (e.g. "--max-step-ms 60").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -38,7 +39,8 @@ trap stop_server EXIT
 
 start_server() { # extra serve flags...
     stop_server
-    "$BIN" serve --model "$MODEL" --served-model-name m --port "$PORT" --log warn "$@" \
+    # shellcheck disable=SC2086 # SERVE_FLAGS is a list of flags
+    "$BIN" serve --model "$MODEL" --served-model-name m --port "$PORT" --log warn "$@" ${SERVE_FLAGS:-} \
         > "$OUT/server-$phase.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 1 120); do

@@ -42,6 +42,26 @@ pub struct Sweep {
     pub warmup_failed: usize,
 }
 
+/// The prompts a level needs: `num_requests`, but no more than an open-loop level
+/// can send within `duration` (the mean count plus half again, fifty, and five
+/// standard deviations of a gamma renewal count, beyond any count it will draw),
+/// since every prompt is made before the level starts and a generous
+/// `--num-requests` would otherwise cost minutes and GiBs.
+fn requests_for(level: &LoadLevel, cfg: &SweepConfig) -> usize {
+    match (level, cfg.duration) {
+        (LoadLevel::Rate { rate: Some(rate), burstiness, .. }, Some(d)) if *burstiness > 0.0 => {
+            let mean = rate * d.as_secs_f64();
+            let cap = 1.5 * mean + 50.0 + 5.0 * (mean / burstiness).sqrt();
+            if cap.is_finite() {
+                cfg.num_requests.min(cap.ceil() as usize)
+            } else {
+                cfg.num_requests
+            }
+        }
+        _ => cfg.num_requests,
+    }
+}
+
 pub async fn run(
     client: &Client,
     workload: &Workload<'_>,
@@ -71,7 +91,7 @@ pub async fn run(
             skipped.push(label);
             continue;
         }
-        let items = workload.items(k as u64 + 1, cfg.num_requests);
+        let items = workload.items(k as u64 + 1, requests_for(level, cfg));
         observer.level_started(&label, items.len());
         let seed = cfg.seed.wrapping_add(k as u64 + 1);
         let run = driver::run_level(client, level, &items, cfg.duration, seed, observer).await?;
@@ -89,4 +109,35 @@ pub async fn run(
         levels.push(result);
     }
     Ok(Sweep { levels, skipped, warmup_failed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(num_requests: usize, duration_s: Option<u64>) -> SweepConfig {
+        SweepConfig {
+            levels: Vec::new(),
+            num_requests,
+            duration: duration_s.map(Duration::from_secs),
+            warmup: 0,
+            seed: 0,
+            percentiles: Vec::new(),
+            slo: Slo::default(),
+            price: None,
+        }
+    }
+
+    #[test]
+    fn an_open_loop_level_with_a_duration_makes_only_the_prompts_it_can_send() {
+        let poisson = LoadLevel::Rate { rate: Some(10.0), burstiness: 1.0, max_concurrency: None };
+        // 10/s for 60 s: 600 expected; 1.5 × 600 + 50 + 5 √600 ≈ 1073.
+        assert_eq!(requests_for(&poisson, &cfg(1_000_000, Some(60))), 1073);
+        assert_eq!(requests_for(&poisson, &cfg(100, Some(60))), 100, "never more than asked");
+        assert_eq!(requests_for(&poisson, &cfg(1_000_000, None)), 1_000_000, "no duration, no cap");
+        let burst = LoadLevel::Rate { rate: None, burstiness: 1.0, max_concurrency: None };
+        assert_eq!(requests_for(&burst, &cfg(5000, Some(60))), 5000, "all at once: no cap");
+        let closed = LoadLevel::Concurrency { concurrency: 4 };
+        assert_eq!(requests_for(&closed, &cfg(5000, Some(60))), 5000);
+    }
 }
