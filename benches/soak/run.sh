@@ -62,6 +62,8 @@ if [ -z "${CAPACITY_RPS:-}" ]; then
     CAPACITY_RPS=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['levels'][0]['summary']['request_throughput'])" "$OUT/capacity.json")
 fi
 rate() { python3 -c "print(round($1 * $CAPACITY_RPS, 3))"; }
+# Requests for an open-loop rate over DURATION, with room for Poisson's spread.
+count() { python3 -c "import math; print(math.ceil($1 * $DURATION * 1.5) + 50)"; }
 rate_p=$(rate 0.2)
 rate_flood=$(rate 1.6)
 # Each provisioned tenant reserves its offered load.
@@ -103,11 +105,11 @@ start_server soak --tenants "$OUT/tenants.toml" --request-timeout "$REQUEST_TIME
 ) > "$OUT/rss.csv" &
 sampler_pid=$!
 
-bench flood key-flood --request-rate "$rate_flood" --duration "$DURATION" --num-requests 10000000 --seed 3 &
+bench flood key-flood --request-rate "$rate_flood" --duration "$DURATION" --num-requests "$(count "$rate_flood")" --seed 3 &
 flood=$!
-bench p1 key-p1 --request-rate "$rate_p" --duration "$DURATION" --num-requests 1000000 --seed 1 &
+bench p1 key-p1 --request-rate "$rate_p" --duration "$DURATION" --num-requests "$(count "$rate_p")" --seed 1 &
 p1=$!
-bench p2 key-p2 --request-rate "$rate_p" --duration "$DURATION" --num-requests 1000000 --seed 2
+bench p2 key-p2 --request-rate "$rate_p" --duration "$DURATION" --num-requests "$(count "$rate_p")" --seed 2
 wait "$p1" "$flood"
 
 alive=yes

@@ -27,6 +27,8 @@ PORT="${PORT:-18431}"
 URL="http://127.0.0.1:$PORT"
 PHASES="${PHASES:-capacity alone tenants fifo}"
 want() { [[ " $PHASES " == *" $1 "* ]]; }
+# Requests for an open-loop rate over DURATION, with room for Poisson's spread.
+count() { python3 -c "import math; print(math.ceil($1 * $DURATION * 1.5) + 50)"; }
 mkdir -p "$OUT"
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 
@@ -88,16 +90,16 @@ echo "capacity ${capacity_rps} req/s; A at ${rate_a} req/s (reserved ${input_tpm
 phase=alone
 if want alone; then
     start_server --tenants "$OUT/tenants.toml"
-    bench a-alone key-a --request-rate "$rate_a" --duration "$DURATION" --num-requests 100000 --seed 1
+    bench a-alone key-a --request-rate "$rate_a" --duration "$DURATION" --num-requests "$(count "$rate_a")" --seed 1
     curl -s "$URL/metrics" > "$OUT/metrics-alone.txt"
 fi
 
 phase=tenants
 if want tenants; then
     start_server --tenants "$OUT/tenants.toml"
-    bench b-tenants key-b --request-rate "$rate_b" --duration "$DURATION" --num-requests 1000000 --seed 2 &
+    bench b-tenants key-b --request-rate "$rate_b" --duration "$DURATION" --num-requests "$(count "$rate_b")" --seed 2 &
     b_pid=$!
-    bench a-tenants key-a --request-rate "$rate_a" --duration "$DURATION" --num-requests 100000 --seed 1
+    bench a-tenants key-a --request-rate "$rate_a" --duration "$DURATION" --num-requests "$(count "$rate_a")" --seed 1
     wait "$b_pid"
     curl -s "$URL/metrics" > "$OUT/metrics-tenants.txt"
 fi
@@ -105,9 +107,9 @@ fi
 phase=fifo
 if want fifo; then
     start_server --api-key shared-key
-    bench b-fifo shared-key --request-rate "$rate_b" --duration "$DURATION" --num-requests 1000000 --seed 2 &
+    bench b-fifo shared-key --request-rate "$rate_b" --duration "$DURATION" --num-requests "$(count "$rate_b")" --seed 2 &
     b_pid=$!
-    bench a-fifo shared-key --request-rate "$rate_a" --duration "$DURATION" --num-requests 100000 --seed 1
+    bench a-fifo shared-key --request-rate "$rate_a" --duration "$DURATION" --num-requests "$(count "$rate_a")" --seed 1
     wait "$b_pid"
 fi
 stop_server
