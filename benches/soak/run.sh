@@ -57,7 +57,7 @@ bench() { # name key extra-flags...
 
 if [ -z "${CAPACITY_RPS:-}" ]; then
     start_server capacity --api-key k
-    bench capacity k --concurrency 32 --duration 120 --num-requests 100000
+    bench capacity k --concurrency 32 --duration 120 --num-requests 5000
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
     CAPACITY_RPS=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['levels'][0]['summary']['request_throughput'])" "$OUT/capacity.json")
 fi

@@ -64,7 +64,7 @@ bench() { # name key extra-flags...
 phase=capacity
 if want capacity; then
     start_server --api-key shared-key
-    bench capacity shared-key --concurrency 32 --duration "$DURATION" --num-requests 100000
+    bench capacity shared-key --concurrency 32 --duration "$DURATION" --num-requests 20000
 fi
 capacity_rps=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['levels'][0]['summary']['request_throughput'])" "$OUT/capacity.json")
 rate_a=$(python3 -c "print(round(0.3 * $capacity_rps, 3))")
