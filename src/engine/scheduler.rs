@@ -33,7 +33,11 @@
 //! the limit leaves after the decode rows and reserved prefill, but at least
 //! [`MIN_PREFILL_TOKENS`] per step so prompts always progress. Reserved prefill is
 //! never cut by the limit (it only uses it up), and a backend with bucketed
-//! prefill (never split) ignores it.
+//! prefill (never split) ignores it. A time-limited step that prefills reserved
+//! work plans reserved decodes, then that prefill, then standard decode rows only
+//! while time is left and standard prefill with no floor: a provisioned prompt's
+//! first token costs about what it costs on an idle server, and the standard work
+//! it displaces runs in the next step.
 //!
 //! Capped decode steps take reserved sequences first, then the longest waiting.
 //!
@@ -229,6 +233,8 @@ struct StepRoom {
     prefills: usize,
     decodes: usize,
     time: Option<TimeLeft>,
+    /// Standard decode rows join only while the time limit has room for them.
+    standard_decodes_timed: bool,
 }
 
 /// Seconds left under a step's time limit, and the standard prefill tokens the
@@ -246,7 +252,13 @@ impl StepRoom {
             cost: l.cost,
             floor: MIN_PREFILL_TOKENS,
         });
-        Self { budget, prefills: 0, decodes: 0, time }
+        Self { budget, prefills: 0, decodes: 0, time, standard_decodes_timed: false }
+    }
+
+    /// Whether a chunk of `n` tokens at `start` fits the time left (always, with
+    /// no limit).
+    fn time_left_for(&self, n: usize, start: usize, decode: bool) -> bool {
+        self.time.as_ref().is_none_or(|t| t.cost.chunk(n, start, decode) <= t.seconds)
     }
 
     fn take(&mut self, p: &Planned) {
@@ -254,8 +266,12 @@ impl StepRoom {
         *self.rows(p.decode) += 1;
         if let Some(t) = &mut self.time {
             t.seconds -= p.seconds;
-            if !p.decode && !p.reserved {
-                t.floor = t.floor.saturating_sub(p.n);
+            match (p.decode, p.reserved) {
+                (false, false) => t.floor = t.floor.saturating_sub(p.n),
+                // A step that prefills reserved work is long already, and bounded
+                // by the reservation: standard prompts progress in the others.
+                (false, true) => t.floor = 0,
+                (true, _) => {}
             }
         }
     }
@@ -269,10 +285,13 @@ impl StepRoom {
     }
 
     /// The standard prefill tokens starting at `start` the time limit allows;
-    /// unlimited while the step has no decode rows (no stream's latency to guard).
+    /// unlimited while the step has no decode rows, planned or deferred (no
+    /// stream's latency to guard).
     fn standard_prefill_limit(&self, start: usize) -> usize {
         match &self.time {
-            Some(t) if self.decodes > 0 => t.cost.prefill_tokens_within(t.seconds, start).max(t.floor),
+            Some(t) if self.decodes > 0 || self.standard_decodes_timed => {
+                t.cost.prefill_tokens_within(t.seconds, start).max(t.floor)
+            }
             _ => usize::MAX,
         }
     }
@@ -313,8 +332,13 @@ struct Planned {
 /// Which running sequences [`Scheduler::schedule_running`] plans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rows {
-    Decode,
-    Prefill { reserved: bool },
+    /// Decode rows: all, or only reserved or only standard ones.
+    Decode {
+        reserved: Option<bool>,
+    },
+    Prefill {
+        reserved: bool,
+    },
 }
 
 enum Grow {
@@ -437,8 +461,13 @@ impl Scheduler {
         let (p, r, pre, cc) = (&mut plan, &mut room, &mut preempted, &mut cannot_continue);
 
         let (decodes, prefills) = self.phase();
+        // Under a time limit, a step that prefills reserved work takes standard
+        // decode rows only after it and only while time is left: a provisioned
+        // prompt's first token then costs about what it costs on an idle server.
+        let defer_standard = decodes && prefills && r.time.is_some() && self.reserved_prefill_pending();
         if decodes {
-            self.schedule_running(Rows::Decode, p, r, pre, cc);
+            let reserved = defer_standard.then_some(true);
+            self.schedule_running(Rows::Decode { reserved }, p, r, pre, cc);
         }
         if prefills {
             for reserved in [true, false] {
@@ -447,10 +476,14 @@ impl Scheduler {
                 if pre.is_empty() {
                     self.admit_waiting(reserved, p, r, pre, cc);
                 }
+                if reserved && defer_standard {
+                    r.standard_decodes_timed = true;
+                    self.schedule_running(Rows::Decode { reserved: Some(false) }, p, r, pre, cc);
+                }
             }
             // A prefill step that found nothing to prefill gives its turn back.
             if p.is_empty() && !decodes && !self.config.mixed_prefill_decode {
-                self.schedule_running(Rows::Decode, p, r, pre, cc);
+                self.schedule_running(Rows::Decode { reserved: None }, p, r, pre, cc);
             }
         }
         self.last_step_prefilled = plan.iter().any(|p| !p.decode);
@@ -509,7 +542,7 @@ impl Scheduler {
         preempted: &mut Vec<SeqId>,
         cannot_continue: &mut Vec<SeqId>,
     ) {
-        let decodes = rows == Rows::Decode;
+        let decodes = matches!(rows, Rows::Decode { .. });
         let mut ids = self.running.clone();
         if decodes && self.config.max_decode_seqs < ids.len() {
             // More may be ready than a step holds: reserved ones first, then those
@@ -531,7 +564,11 @@ impl Scheduler {
                 continue;
             }
             let reserved = self.is_reserved(id);
-            if matches!(rows, Rows::Prefill { reserved: r } if r != reserved) {
+            let wanted = match rows {
+                Rows::Decode { reserved: r } => r.is_none_or(|r| r == reserved),
+                Rows::Prefill { reserved: r } => r == reserved,
+            };
+            if !wanted {
                 continue;
             }
             let start = self.seqs.get(&id).map_or(0, |s| s.num_computed);
@@ -558,7 +595,8 @@ impl Scheduler {
         room: &StepRoom,
     ) -> Option<(usize, usize)> {
         if decode {
-            return (room.decodes < self.config.max_decode_seqs).then_some((1, 1));
+            let fits = reserved || !room.standard_decodes_timed || room.time_left_for(1, start, true);
+            return (room.decodes < self.config.max_decode_seqs && fits).then_some((1, 1));
         }
         if room.prefills >= self.config.max_prefill_seqs {
             return None;
@@ -711,6 +749,17 @@ impl Scheduler {
 
     fn is_reserved(&self, id: SeqId) -> bool {
         self.seqs.get(&id).is_some_and(Seq::is_reserved)
+    }
+
+    /// Whether reserved work waits to be prefilled: a reserved queue head (reserved
+    /// ones lead the queue) or a running reserved sequence part-way through its
+    /// prompt.
+    fn reserved_prefill_pending(&self) -> bool {
+        self.waiting.front().is_some_and(|id| self.is_reserved(id))
+            || self
+                .running
+                .iter()
+                .any(|&id| self.is_reserved(id) && self.remaining(id).is_some_and(|r| r > 1))
     }
 
     /// Admits waiting sequences in the queue's order while the step has room (only
@@ -1389,9 +1438,29 @@ mod tests {
         let reserved = SchedClass { priority: Priority::Reserved, ..STD };
         s.add(3, prompt_from(9000, 200), 50, reserved).unwrap();
         let out = step_within(&mut s, limit_ms(100.0));
-        assert_eq!(ids(&out), vec![1, 3, 2]);
+        assert_eq!(ids(&out), vec![3], "standard decodes and prompts wait out a step over the limit");
         assert_eq!(tokens_of(&out, 3), 200, "the reserved prompt whole, past the limit");
-        assert_eq!(tokens_of(&out, 2), MIN_PREFILL_TOKENS, "standard work gets only the floor");
+        let out = step_within(&mut s, limit_ms(100.0));
+        assert_eq!(ids(&out), vec![1, 3, 2], "then standard work has the next step");
+        assert_eq!(tokens_of(&out, 2), 96, "100 ms less two 2 ms decode rows");
+    }
+
+    #[test]
+    fn a_step_prefilling_reserved_work_takes_standard_decodes_only_while_time_is_left() {
+        let mut s = scheduler(256, 4, 512);
+        for id in 1..=4 {
+            s.add(id, prompt_from(1000 * id as u32, 8), 50, STD).unwrap();
+        }
+        step(&mut s);
+        let reserved = SchedClass { priority: Priority::Reserved, ..STD };
+        s.add(9, prompt_from(9000, 60), 50, reserved).unwrap();
+        // 60 ms of reserved prompt leaves 5 ms: two standard decode rows of 2 ms.
+        let out = step_within(&mut s, limit_ms(65.0));
+        assert_eq!(ids(&out), vec![9, 1, 2]);
+        // Without a limit nothing is deferred: decodes first, as always.
+        s.add(10, prompt_from(10_000, 60), 50, reserved).unwrap();
+        let out = step(&mut s);
+        assert_eq!(ids(&out), vec![1, 2, 3, 4, 9, 10]);
     }
 
     #[test]
