@@ -504,8 +504,9 @@ mod tests {
         let shown = format!("{cli:?} {serve:#?}");
         assert!(!shown.contains(key), "the key leaks in {shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
-        let bench = Cli::try_parse_from(["inflight", "bench", "--url", "http://x", "--model", "m", "--api-key", key])
-            .expect("bench flags");
+        let bench =
+            Cli::try_parse_from(["inflight", "bench", "--url", "http://x", "--model", "m", "--api-key", key])
+                .expect("bench flags");
         assert!(!format!("{bench:?}").contains(key));
     }
 }

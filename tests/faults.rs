@@ -77,7 +77,8 @@ fn run_request(base: &str, i: usize, max_tokens: usize) -> Result<u64, String> {
         let usage = events.iter().find_map(|e| e.get("usage").filter(|u| !u.is_null())).expect("usage");
         Ok(usage["completion_tokens"].as_u64().expect("completion tokens"))
     } else {
-        let body = json!({"model": "test-model", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": true});
+        let body =
+            json!({"model": "test-model", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": true});
         let (status, body) = post(&format!("{base}/v1/completions"), &body);
         match status {
             200 => Ok(body["usage"]["completion_tokens"].as_u64().expect("completion tokens")),
@@ -93,10 +94,12 @@ fn run_request(base: &str, i: usize, max_tokens: usize) -> Result<u64, String> {
 /// A backend step that fails (here the sixth, injected by the test-only wrapper of
 /// the CPU backend) fails exactly the sequences in that step, with a 500 body or an
 /// error event on a stream naming the failure; every other request completes, the
-/// failed ones' KV blocks are freed and the server goes on serving.
+/// failed ones' KV blocks are freed and the server goes on serving. At most two
+/// sequences run at once, so some requests are in flight (waiting) but not in the
+/// failed step.
 #[test]
 fn a_failed_backend_step_fails_only_its_sequences_and_the_server_keeps_serving() {
-    let server = Server::start(&["--inject-step-faults", "6"]);
+    let server = Server::start(&["--inject-step-faults", "6", "--max-running", "2"]);
     let max_tokens = 12;
     let threads: Vec<_> = (0..6)
         .map(|i| {
@@ -109,7 +112,7 @@ fn a_failed_backend_step_fails_only_its_sequences_and_the_server_keeps_serving()
         .unwrap_or_else(|| panic!("no injected fault logged: {:?}", server.log()));
     let failed: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
     assert_eq!(failed.len() as u64, in_step, "failed requests vs sequences in the failed step: {outcomes:?}");
-    assert!(in_step >= 1);
+    assert!((1..=2).contains(&in_step), "{in_step} sequences in a step of at most two");
     for message in &failed {
         assert!(message.contains("injected fault at step 6"), "{message}");
     }
@@ -221,18 +224,25 @@ fn read_chunked(stream: &mut std::net::TcpStream) -> (String, String) {
 /// was buffered, then an error event, no `[DONE]`.
 #[test]
 fn a_client_that_stops_reading_is_cancelled_and_does_not_block_others() {
-    let server =
-        Server::start(&["--socket-send-buffer", "16384", "--stream-buffer-events", "8", "--max-context", "1024"]);
+    let server = Server::start(&[
+        "--socket-send-buffer",
+        "16384",
+        "--stream-buffer-events",
+        "8",
+        "--max-context",
+        "1024",
+    ]);
     let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().expect("address");
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_recv_buffer_size(4096).expect("receive buffer");
     socket.connect(&addr.into()).expect("connect");
     let mut stalled: std::net::TcpStream = socket.into();
     let (choices, max_tokens) = (4, 600);
-    let body = json!({"model": "test-model", "messages": [{"role": "user", "content": "Count to a thousand."}],
+    let body =
+        json!({"model": "test-model", "messages": [{"role": "user", "content": "Count to a thousand."}],
                       "max_tokens": max_tokens, "ignore_eos": true, "stream": true, "n": choices,
                       "logprobs": true, "top_logprobs": 5})
-    .to_string();
+        .to_string();
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -325,7 +335,8 @@ fn a_corrupt_or_truncated_model_file_is_a_clear_start_up_error() {
     for (name, bytes, problem) in cases {
         let path = dir.path().join(name);
         std::fs::write(&path, bytes).expect("write the broken model");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
         let out = Command::new(env!("CARGO_BIN_EXE_inflight"))
             .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--log", "warn"])
             .arg("--model")
@@ -367,7 +378,10 @@ fn model_wheel(dir: &Path) -> (PathBuf, String, String, usize) {
         ("inflight_fault_fixture/__init__.py".into(), b""),
         ("inflight_fault_fixture/model.gguf".into(), &model),
         (format!("{info}/METADATA"), b"Metadata-Version: 2.1\nName: inflight-fault-fixture\nVersion: 1.0\n"),
-        (format!("{info}/WHEEL"), b"Wheel-Version: 1.0\nGenerator: inflight-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
+        (
+            format!("{info}/WHEEL"),
+            b"Wheel-Version: 1.0\nGenerator: inflight-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        ),
         (format!("{info}/RECORD"), b""),
     ];
     for (name, data) in members {

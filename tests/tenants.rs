@@ -534,7 +534,11 @@ fn invocations_take_a_key_unless_told_otherwise() {
     let (s, served) = invoke(&keyed, Some(ACME_KEY));
     assert_eq!(s, 200, "{served}");
     let text = client().get(keyed.url("/metrics")).send().expect("metrics").text().expect("text");
-    assert_eq!(metric(&text, r#"inflight_tenant_requests_total{code="200",tenant="acme"}"#), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, r#"inflight_tenant_requests_total{code="200",tenant="acme"}"#),
+        Some(1.0),
+        "{text}"
+    );
     drop(keyed);
 
     let open = Server::start(&["--api-key", ACME_KEY, "--invocations-without-key"]);

@@ -95,7 +95,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let tokenizer = loaded.tokenizer.clone();
         let backend = with_injected_faults(loaded.backend, &load_args.inject_step_faults);
         let core = EngineCore::new(backend, tokenizer.clone(), scheduler_config(&load_args.scheduler))?
-                .with_max_queue_wait(load_args.max_queue_wait.map(Duration::from_secs_f64));
+            .with_max_queue_wait(load_args.max_queue_wait.map(Duration::from_secs_f64));
         Ok((core, tokenizer, max_context))
     })
     .await

@@ -295,7 +295,11 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>, strea
                 Delivery::Stalled => {
                     core.abort(ev.id);
                     if let Some(l) = live.remove(&ev.id) {
-                        tracing::warn!(seq = ev.id, unread = stream_buffer, "client stopped reading; sequence cancelled");
+                        tracing::warn!(
+                            seq = ev.id,
+                            unread = stream_buffer,
+                            "client stopped reading; sequence cancelled"
+                        );
                         let _ = l.events.try_send(EventKind::Failed(stalled_message(stream_buffer)));
                     }
                     metrics.observe_stalled();
@@ -438,7 +442,10 @@ mod tests {
             }
             assert_eq!(events.len(), 5, "{events:?}");
             assert!(events[..4].iter().all(|e| matches!(e, EventKind::Token(_))), "{events:?}");
-            assert!(matches!(&events[4], EventKind::Failed(m) if m.contains("stopped reading")), "{events:?}");
+            assert!(
+                matches!(&events[4], EventKind::Failed(m) if m.contains("stopped reading")),
+                "{events:?}"
+            );
             let mut other = engine.handle.submit(request(6)).await.expect("admitted");
             let mut last = None;
             while let Some(ev) = other.next().await {
