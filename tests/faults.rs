@@ -62,7 +62,7 @@ fn logged_field(log: &[String], marker: &str, key: &str) -> Option<u64> {
 /// The outcome of one request of the step-fault test: the error message, if it failed.
 fn run_request(base: &str, i: usize, max_tokens: usize) -> Result<u64, String> {
     let prompt = format!("Request {i} tells a short story about the sea:");
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let body = json!({"model": "test-model", "prompt": prompt, "max_tokens": max_tokens,
                           "ignore_eos": true, "stream": true, "stream_options": {"include_usage": true}});
         let resp = client().post(format!("{base}/v1/completions")).json(&body).send().expect("send");
@@ -185,7 +185,7 @@ fn sigterm_during_32_live_streams_drains_them_all_and_exits_zero() {
     for (i, s) in streams.into_iter().enumerate() {
         let (events, done) = s.join().expect("stream thread");
         assert!(done, "stream {i} did not end with [DONE]: {events:?}");
-        let finish = events.iter().filter_map(|e| e["choices"][0]["finish_reason"].as_str()).last();
+        let finish = events.iter().rev().find_map(|e| e["choices"][0]["finish_reason"].as_str());
         assert_eq!(finish, Some("length"), "stream {i}");
         let usage = events.iter().find_map(|e| e.get("usage").filter(|u| !u.is_null()));
         assert_eq!(usage.and_then(|u| u["completion_tokens"].as_u64()), Some(24), "stream {i}");
