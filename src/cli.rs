@@ -222,13 +222,19 @@ pub struct ServeArgs {
     /// The model name clients pass in `model` (default: the `--model` value).
     #[arg(long, env = "INFLIGHT_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer <key>` on /v1/* (one tenant, `default`).
+    /// Require `Authorization: Bearer <key>` on /v1/* and /invocations (one
+    /// tenant, `default`).
     #[arg(long, env = "INFLIGHT_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Tenants, their API keys and limits (TOML; see the README). Re-read on
     /// SIGHUP. Replaces `--api-key`: give one or the other.
     #[arg(long, env = "INFLIGHT_TENANTS", value_name = "FILE", conflicts_with = "api_key")]
     pub tenants: Option<std::path::PathBuf>,
+    /// Serve SageMaker's /invocations without a key (as the `anonymous` tenant)
+    /// even when --api-key or --tenants is set, for endpoints where SageMaker
+    /// authenticates callers and cannot pass on an `Authorization` header.
+    #[arg(long, env = "INFLIGHT_INVOCATIONS_WITHOUT_KEY")]
+    pub invocations_without_key: bool,
     /// Largest request body accepted, in bytes (413 beyond).
     #[arg(long, env = "INFLIGHT_MAX_REQUEST_BYTES", default_value_t = 4 << 20)]
     pub max_request_bytes: usize,
@@ -247,6 +253,43 @@ pub struct ServeArgs {
     /// How long in-flight requests may finish after SIGTERM/SIGINT, in seconds.
     #[arg(long, env = "INFLIGHT_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
+    /// Generated events a sequence may have waiting unread (its client not
+    /// reading, the HTTP buffers and the socket full) before it is cancelled.
+    #[arg(long, env = "INFLIGHT_STREAM_BUFFER_EVENTS", default_value_t = inflight::engine::service::DEFAULT_STREAM_BUFFER)]
+    pub stream_buffer_events: usize,
+    /// Each connection's kernel send buffer in bytes (SO_SNDBUF; Linux doubles
+    /// it). Default: the kernel's autotuning, which lets a client that stops
+    /// reading hold up to `net.ipv4.tcp_wmem`'s maximum (4 MiB) of its stream.
+    #[arg(long, env = "INFLIGHT_SOCKET_SEND_BUFFER", value_name = "BYTES")]
+    pub socket_send_buffer: Option<usize>,
+    /// Test only: fail these backend steps (counted from 1, comma-separated)
+    /// through `inflight::testing::faults`, to check how the server survives them.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub inject_step_faults: Vec<u64>,
+}
+
+/// A value kept out of `Debug` output (logs, panics): API keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -327,7 +370,7 @@ pub struct BenchRunArgs {
     pub endpoint: BenchEndpoint,
     /// Sent as `Authorization: Bearer <key>`.
     #[arg(long, env = "INFLIGHT_BENCH_API_KEY", hide_env_values = true, help_heading = "Target")]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Longest one request may take, in seconds.
     #[arg(long, env = "INFLIGHT_BENCH_TIMEOUT", default_value_t = 600.0, help_heading = "Target")]
     pub timeout: f64,
@@ -452,4 +495,24 @@ pub struct BenchRunArgs {
     /// The results file (JSON; default: bench-<UTC time>.json).
     #[arg(long, short, env = "INFLIGHT_BENCH_OUTPUT", help_heading = "Output")]
     pub output: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_redacted_in_debug_output() {
+        let key = "sk-very-secret-key-123";
+        let cli = Cli::try_parse_from(["inflight", "serve", "--api-key", key]).expect("flags");
+        let Command::Serve(serve) = &cli.command else { panic!("not serve: {cli:?}") };
+        assert_eq!(serve.api_key.as_ref().map(Secret::expose), Some(key));
+        let shown = format!("{cli:?} {serve:#?}");
+        assert!(!shown.contains(key), "the key leaks in {shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let bench =
+            Cli::try_parse_from(["inflight", "bench", "--url", "http://x", "--model", "m", "--api-key", key])
+                .expect("bench flags");
+        assert!(!format!("{bench:?}").contains(key));
+    }
 }

@@ -282,6 +282,11 @@ impl Metrics {
         self.requests.with_label_values(&["cancelled"]).inc();
     }
 
+    /// A sequence cancelled because its client stopped reading its stream.
+    pub fn observe_stalled(&self) {
+        self.requests.with_label_values(&["stalled"]).inc();
+    }
+
     pub fn set_queue(&self, running: usize, waiting: usize, kv_usage: f64) {
         self.running.set(running as i64);
         self.waiting.set(waiting as i64);

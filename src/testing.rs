@@ -1,5 +1,8 @@
 //! Helpers shared by the unit tests and the integration tests (`tests/`), which
-//! cannot see `cfg(test)` code; not part of the supported API.
+//! cannot see `cfg(test)` code, and the fault injection the server offers tests
+//! (`faults`); not part of the supported API.
+
+pub mod faults;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -346,7 +346,7 @@ fn sagemaker_routes_and_port() {
     assert!(done && !events.is_empty());
     let (s, bad) = post(&format!("{base}/invocations"), &json!({"inputs": "x"}));
     assert_error(s, &bad, 422, "invocations without messages or prompt");
-    // `/invocations` takes no key: its requests are the anonymous tenant's.
+    // With no key configured, `/invocations` requests are the anonymous tenant's.
     let text = client().get(format!("{base}/metrics")).send().expect("metrics").text().expect("text");
     let served = metric(&text, r#"inflight_tenant_requests_total{code="200",tenant="anonymous"}"#);
     assert_eq!(served, Some(3.0), "{text}");

@@ -507,3 +507,45 @@ tier = "on-demand"
     let text = client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
     assert!(metric(&text, "inflight_preemptions_total").is_some_and(|n| n >= 1.0), "no preemption:\n{text}");
 }
+
+/// SageMaker's `/invocations` is behind the keys like `/v1` once keys are
+/// required, and served as the key's tenant; `--invocations-without-key` (for a
+/// SageMaker endpoint, which authenticates callers itself) opens it alone, as the
+/// anonymous tenant, while `/v1` still wants a key.
+#[test]
+fn invocations_take_a_key_unless_told_otherwise() {
+    let body = json!({"prompt": "Hello", "max_tokens": 2, "ignore_eos": true});
+    let invoke = |server: &Server, key: Option<&str>| {
+        let mut req = client().post(server.url("/invocations")).json(&body);
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let r = req.send().expect("send");
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = tenants_file(dir.path(), &one_tenant(ACME_KEY));
+    let keyed = Server::start(&["--tenants", &file]);
+    let (s, refused) = invoke(&keyed, None);
+    assert_eq!(s, 401, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_api_key", "{refused}");
+    assert_eq!(invoke(&keyed, Some("sk-wrong")).0, 401);
+    let (s, served) = invoke(&keyed, Some(ACME_KEY));
+    assert_eq!(s, 200, "{served}");
+    let text = client().get(keyed.url("/metrics")).send().expect("metrics").text().expect("text");
+    assert_eq!(
+        metric(&text, r#"inflight_tenant_requests_total{code="200",tenant="acme"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    drop(keyed);
+
+    let open = Server::start(&["--api-key", ACME_KEY, "--invocations-without-key"]);
+    let (s, served) = invoke(&open, None);
+    assert_eq!(s, 200, "{served}");
+    assert_eq!(complete(&open, None, &body).0, 401, "/v1 still wants the key");
+    assert_eq!(complete(&open, Some(ACME_KEY), &body).0, 200);
+    let text = client().get(open.url("/metrics")).send().expect("metrics").text().expect("text");
+    assert_eq!(metric(&text, r#"inflight_tenant_requests_total{code="200",tenant="anonymous"}"#), Some(1.0));
+}

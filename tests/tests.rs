@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod cuda_twin;
 mod deploy;
+mod faults;
 mod fidelity;
 mod layers;
 mod neuron;

@@ -419,6 +419,9 @@ async fn forward_events(
             ev = events.next() => ev,
             _ = &mut deadline => {
                 charge_unfinished(&usage, &produced);
+                // The other choices are aborted now, not once a slow client has
+                // read the error.
+                drop(events);
                 let _ = send_json(tx, &ApiError::timeout().body()).await;
                 return Err(());
             }
@@ -427,6 +430,7 @@ async fn forward_events(
         match &ev.kind {
             EventKind::Failed(msg) => {
                 charge_unfinished(&usage, &produced);
+                drop(events);
                 let _ = send_json(tx, &ApiError::internal(msg.clone()).body()).await;
                 return Err(());
             }

@@ -29,17 +29,26 @@ pub struct ChoiceEvent {
     pub kind: EventKind,
 }
 
-/// Submits every sequence of the request as `class`. If one is refused, the ones already
-/// admitted are dropped (and so aborted) and the refusal is returned.
+/// Admissions of one request in flight at once. Nobody reads a sequence's events
+/// until all its siblings are admitted, and each admission waits up to an engine
+/// step: one at a time, the first of a 256-sequence request would be ~255 tokens
+/// ahead, near its bounded buffer (`engine::service::DEFAULT_STREAM_BUFFER`).
+const ADMISSIONS_IN_FLIGHT: usize = 16;
+
+/// Submits every sequence of the request as `class`, in order. If one is refused, the
+/// ones already admitted are dropped (and so aborted) and the refusal is returned.
 pub async fn submit(
     engine: &EngineHandle,
     req: &ValidatedRequest,
     arrived: Instant,
     class: SchedClass,
 ) -> Result<Vec<SeqStream>, ApiError> {
+    let mut admitted = stream::iter(req.generation_requests(arrived, class))
+        .map(|g| engine.submit(g))
+        .buffered(ADMISSIONS_IN_FLIGHT);
     let mut streams = Vec::new();
-    for g in req.generation_requests(arrived, class) {
-        streams.push(engine.submit(g).await?);
+    while let Some(s) = admitted.next().await {
+        streams.push(s?);
     }
     Ok(streams)
 }

@@ -11,6 +11,7 @@ use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -38,8 +39,8 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
     }
 }
 
-/// SageMaker's `/invocations` takes no key (the platform authenticates in front of
-/// it): it is served as the anonymous tenant.
+/// `/invocations` with `--invocations-without-key`: SageMaker authenticates in
+/// front of it and cannot pass a key on, so it is served as the anonymous tenant.
 async fn anonymous(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let tenant = state.tenants.current().anonymous();
     serve_as(&state, tenant, req, next).await
@@ -109,12 +110,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(handlers::models))
         .route("/v1/usage", get(usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    // Keys apply to SageMaker's route too unless the operator says the platform
+    // in front of it does the authenticating.
+    let invocations = if state.config.invocations_without_key {
+        post(handlers::invocations).route_layer(middleware::from_fn_with_state(state.clone(), anonymous))
+    } else {
+        post(handlers::invocations).route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+    };
     Router::new()
         .merge(v1)
-        .route(
-            "/invocations",
-            post(handlers::invocations).route_layer(middleware::from_fn_with_state(state.clone(), anonymous)),
-        )
+        .route("/invocations", invocations)
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
@@ -155,7 +160,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let flag = state.shutting_down.clone();
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let send_buffer = state.config.socket_send_buffer;
     let app = router(state);
+    let listener = listener.tap_io(move |tcp| {
+        if let Some(bytes) = send_buffer {
+            // A fixed send buffer bounds what a client that stops reading holds in
+            // the kernel; failing leaves the kernel's default, which still works.
+            if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(bytes) {
+                tracing::warn!(error = %e, bytes, "cannot set the connection's send buffer");
+            }
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         signal.await;
         tracing::info!("shutdown requested: refusing new requests, draining in-flight ones");

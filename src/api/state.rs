@@ -17,6 +17,11 @@ pub struct ServerConfig {
     pub served_model: String,
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
+    /// Serve `/invocations` as the anonymous tenant even when keys are required
+    /// (SageMaker authenticates in front of it); otherwise it takes a key as `/v1` does.
+    pub invocations_without_key: bool,
+    /// SO_SNDBUF of each accepted connection; `None` leaves the kernel's autotuning.
+    pub socket_send_buffer: Option<usize>,
 }
 
 /// Present once the model is loaded; until then `/health` and `/ping` say 503.

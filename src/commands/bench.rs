@@ -141,7 +141,7 @@ fn bench(args: BenchRunArgs) -> Result<()> {
         url: url.clone(),
         model: model.clone(),
         endpoint,
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        api_key: args.api_key.as_ref().map(|k| k.expose().to_string()).filter(|k| !k.is_empty()),
         timeout: Duration::from_secs_f64(args.timeout),
         keep_alive: !args.no_keep_alive,
         ignore_eos: !args.no_ignore_eos,

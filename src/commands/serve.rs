@@ -10,9 +10,11 @@ use super::{load_model, max_step, model_spec, scheduler_config};
 use crate::cli::ServeArgs;
 use inflight::api::tenants::{self, TenantTable};
 use inflight::api::{self, AppState, Ready, ServerConfig};
+use inflight::backend::Backend;
 use inflight::engine::core::EngineCore;
 use inflight::engine::service::EngineThread;
 use inflight::metrics::Metrics;
+use inflight::testing::faults::FaultInjectingBackend;
 
 fn port(args: &ServeArgs) -> Result<u16> {
     match std::env::var("SAGEMAKER_BIND_TO_PORT") {
@@ -27,6 +29,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     if args.max_queue_wait.is_some_and(|w| !(w.is_finite() && w > 0.0)) {
         bail!("--max-queue-wait must be a positive number of seconds");
+    }
+    if args.stream_buffer_events == 0 {
+        bail!("--stream-buffer-events must be at least 1");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -44,7 +49,7 @@ fn tenant_table(args: &ServeArgs) -> Result<TenantTable> {
         tracing::info!(file = %path.display(), tenants = table.tenants().len(), "tenants loaded");
         return Ok(table);
     }
-    Ok(match args.api_key.as_deref().filter(|k| !k.is_empty()) {
+    Ok(match args.api_key.as_ref().map(|k| k.expose()).filter(|k| !k.is_empty()) {
         Some(key) => TenantTable::single_key(key),
         None => TenantTable::open(),
     })
@@ -60,11 +65,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         served_model: args.served_model_name.clone().unwrap_or_else(|| model_spec(&args.model)),
         max_request_bytes: args.max_request_bytes,
         request_timeout: Duration::from_secs_f64(args.request_timeout),
+        invocations_without_key: args.invocations_without_key,
+        socket_send_buffer: args.socket_send_buffer,
     };
     let state = AppState::new(config, metrics.clone(), tenant_table);
-    if let Some(path) = &args.tenants {
-        tenants::reload_on_sighup(state.tenants.clone(), path.clone());
-    }
+    tenants::handle_sighup(state.tenants.clone(), args.tenants.clone());
     tracing::info!(%addr, model = %state.config.served_model, "listening (model loading)");
 
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -88,10 +93,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let (_, loaded) = load_model(&load_args.model, &load_args.scheduler)?;
         let max_context = loaded.backend.info().max_context;
         let tokenizer = loaded.tokenizer.clone();
-        let core =
-            EngineCore::new(loaded.backend, tokenizer.clone(), scheduler_config(&load_args.scheduler))?
-                .with_max_queue_wait(load_args.max_queue_wait.map(Duration::from_secs_f64))
-                .with_max_step(max_step(&load_args.scheduler));
+        let backend = with_injected_faults(loaded.backend, &load_args.inject_step_faults);
+        let core = EngineCore::new(backend, tokenizer.clone(), scheduler_config(&load_args.scheduler))?
+            .with_max_queue_wait(load_args.max_queue_wait.map(Duration::from_secs_f64))
+            .with_max_step(max_step(&load_args.scheduler));
         Ok((core, tokenizer, max_context))
     })
     .await
@@ -104,7 +109,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let engine = EngineThread::spawn(core, metrics).context("starting the engine thread")?;
+    let engine = EngineThread::spawn_with_buffer(core, metrics, args.stream_buffer_events)
+        .context("starting the engine thread")?;
     let _ = state.ready.set(Arc::new(Ready { engine: engine.handle.clone(), tokenizer, max_context }));
     tracing::info!("ready");
 
@@ -118,6 +124,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
     result.context("serving HTTP")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The backend, or the test-only wrapper failing the steps `--inject-step-faults`
+/// names.
+fn with_injected_faults(backend: Box<dyn Backend>, steps: &[u64]) -> Box<dyn Backend> {
+    if steps.is_empty() {
+        return backend;
+    }
+    tracing::warn!(?steps, "test-only fault injection: these backend steps will fail");
+    Box::new(FaultInjectingBackend::new(backend, steps.iter().copied()))
 }
 
 /// Resolves when standard input reaches end-of-file, if asked to; never otherwise.

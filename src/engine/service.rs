@@ -1,8 +1,14 @@
 //! The engine thread: owns the `EngineCore` (and with it every piece of mutable
 //! serving state) on its own OS thread, because forward passes block. The async
 //! side talks to it through [`EngineHandle`]: a bounded command channel in, and
-//! one unbounded event channel back per sequence. Dropping a [`SeqStream`] aborts
+//! one bounded event channel back per sequence. Dropping a [`SeqStream`] aborts
 //! its sequence, so a client that disconnects frees its KV blocks at the next step.
+//!
+//! The engine never waits on a client: it only `try_send`s events. A sequence
+//! whose channel holds `stream_buffer` unread events (its client stopped reading,
+//! and everything between, HTTP buffers and the socket, is full too) is cancelled
+//! there and then; one slot of each channel is kept for the last event, so the
+//! stream still learns why it ended.
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -33,7 +39,7 @@ pub enum SubmitError {
 enum Command {
     Submit {
         req: GenerationRequest,
-        events: tmpsc::UnboundedSender<EventKind>,
+        events: tmpsc::Sender<EventKind>,
         reply: oneshot::Sender<Result<SeqId, SubmitError>>,
     },
     Abort(SeqId),
@@ -46,12 +52,26 @@ enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: SyncSender<Command>,
+    /// Unread token events a sequence may have before it is cancelled as stalled.
+    stream_buffer: usize,
+}
+
+/// Unread token events per sequence by default: far beyond what a reading client
+/// lets pile up (the HTTP layer drains each sequence into its own bounded buffer
+/// and the socket), and at most a few hundred KiB per stalled sequence.
+pub const DEFAULT_STREAM_BUFFER: usize = 256;
+
+/// What a stream whose client stopped reading ends with.
+pub fn stalled_message(buffer: usize) -> String {
+    format!(
+        "the client stopped reading this stream: {buffer} events were waiting unread, so the request was cancelled"
+    )
 }
 
 /// The events of one sequence, in order; the last is `Finished` or `Failed`.
 pub struct SeqStream {
     pub id: SeqId,
-    rx: tmpsc::UnboundedReceiver<EventKind>,
+    rx: tmpsc::Receiver<EventKind>,
     tx: SyncSender<Command>,
     done: bool,
 }
@@ -81,7 +101,8 @@ impl Drop for SeqStream {
 impl EngineHandle {
     /// Hands a request to the engine; resolves once it is admitted (or refused).
     pub async fn submit(&self, req: GenerationRequest) -> Result<SeqStream, SubmitError> {
-        let (events, rx) = tmpsc::unbounded_channel();
+        // One slot more than the buffer: the engine keeps it for the last event.
+        let (events, rx) = tmpsc::channel(self.stream_buffer + 1);
         let (reply, reply_rx) = oneshot::channel();
         let tx = self.tx.clone();
         // The command channel is bounded; waiting for room must not block the
@@ -95,6 +116,11 @@ impl EngineHandle {
         let id = reply_rx.await.map_err(|_| SubmitError::ShuttingDown)??;
         Ok(SeqStream { id, rx, tx: self.tx.clone(), done: false })
     }
+
+    /// Unread events a sequence may have before it is cancelled as stalled.
+    pub fn stream_buffer(&self) -> usize {
+        self.stream_buffer
+    }
 }
 
 pub struct EngineThread {
@@ -103,14 +129,25 @@ pub struct EngineThread {
 }
 
 impl EngineThread {
-    /// Starts the engine loop. It ends when every `EngineHandle` is dropped and
-    /// no sequence is left.
+    /// Starts the engine loop with [`DEFAULT_STREAM_BUFFER`]. It ends when every
+    /// `EngineHandle` is dropped and no sequence is left.
     pub fn spawn(core: EngineCore, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+        Self::spawn_with_buffer(core, metrics, DEFAULT_STREAM_BUFFER)
+    }
+
+    /// As `spawn`, cancelling a sequence once `stream_buffer` (at least 1) of its
+    /// events wait unread.
+    pub fn spawn_with_buffer(
+        core: EngineCore,
+        metrics: Arc<Metrics>,
+        stream_buffer: usize,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(1024);
+        let stream_buffer = stream_buffer.max(1);
         let join = std::thread::Builder::new()
             .name("inflight-engine".into())
-            .spawn(move || run(core, rx, metrics))?;
-        Ok(Self { handle: EngineHandle { tx }, join })
+            .spawn(move || run(core, rx, metrics, stream_buffer))?;
+        Ok(Self { handle: EngineHandle { tx, stream_buffer }, join })
     }
 
     /// Asks the loop to end once nothing is running, and waits up to `wait` for it:
@@ -138,7 +175,7 @@ impl EngineThread {
 }
 
 struct Live {
-    events: tmpsc::UnboundedSender<EventKind>,
+    events: tmpsc::Sender<EventKind>,
     /// When the request reached the server (TTFT and E2E count from here).
     arrived: Instant,
     /// When the engine received it (queue time counts from here).
@@ -151,7 +188,33 @@ struct Live {
     predicted_wait: Option<Duration>,
 }
 
-fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
+/// What became of an event handed to a sequence's channel.
+enum Delivery {
+    Sent,
+    /// The receiver is gone: the client hung up.
+    Gone,
+    /// The buffer is full: the client stopped reading.
+    Stalled,
+}
+
+/// Hands `kind` over without waiting. A token needs two free slots, so the last
+/// one is always there for a `Finished` or `Failed` event.
+fn deliver(events: &tmpsc::Sender<EventKind>, kind: EventKind) -> Delivery {
+    let last = matches!(kind, EventKind::Finished { .. } | EventKind::Failed(_));
+    if events.is_closed() {
+        return Delivery::Gone;
+    }
+    if !last && events.capacity() < 2 {
+        return Delivery::Stalled;
+    }
+    match events.try_send(kind) {
+        Ok(()) => Delivery::Sent,
+        Err(tmpsc::error::TrySendError::Closed(_)) => Delivery::Gone,
+        Err(tmpsc::error::TrySendError::Full(_)) => Delivery::Stalled,
+    }
+}
+
+fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>, stream_buffer: usize) {
     let mut live: std::collections::HashMap<SeqId, Live> = Default::default();
     let mut disconnected = false;
     loop {
@@ -219,14 +282,31 @@ fn run(mut core: EngineCore, rx: Receiver<Command>, metrics: Arc<Metrics>) {
                 }
                 EventKind::Failed(_) => metrics.observe_failed(),
             }
-            let gone = l.events.send(ev.kind).is_err();
+            let delivery = deliver(&l.events, ev.kind);
             if finished {
                 live.remove(&ev.id);
-            } else if gone {
-                // The client went away without us seeing the abort yet.
-                core.abort(ev.id);
-                live.remove(&ev.id);
-                metrics.observe_cancelled();
+                continue;
+            }
+            match delivery {
+                Delivery::Sent => {}
+                Delivery::Gone => {
+                    // The client went away without us seeing the abort yet.
+                    core.abort(ev.id);
+                    live.remove(&ev.id);
+                    metrics.observe_cancelled();
+                }
+                Delivery::Stalled => {
+                    core.abort(ev.id);
+                    if let Some(l) = live.remove(&ev.id) {
+                        tracing::warn!(
+                            seq = ev.id,
+                            unread = stream_buffer,
+                            "client stopped reading; sequence cancelled"
+                        );
+                        let _ = l.events.try_send(EventKind::Failed(stalled_message(stream_buffer)));
+                    }
+                    metrics.observe_stalled();
+                }
             }
         }
         metrics.set_queue(
@@ -322,27 +402,76 @@ mod tests {
             .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
     }
 
-    #[test]
-    fn ttft_and_e2e_count_from_arrival_at_the_server_queue_time_from_the_engine() {
+    fn core() -> EngineCore {
         let model = ResolvedModel::Gguf(crate::testing::default_model_path());
         let limits = StepLimits { max_context: Some(512), ..Default::default() };
         let cpu = CpuConfig { limits, kv_cache_bytes: 32 << 20, ..Default::default() };
         let loaded = load(&model, &BackendConfig::Cpu(cpu)).expect("model");
-        let core =
-            EngineCore::new(loaded.backend, loaded.tokenizer, SchedulerConfig::dynamic(256, 4, 4, false))
-                .unwrap();
+        EngineCore::new(loaded.backend, loaded.tokenizer, SchedulerConfig::dynamic(256, 4, 4, false)).unwrap()
+    }
+
+    fn request(max_new_tokens: usize) -> GenerationRequest {
+        GenerationRequest {
+            arrived: Instant::now(),
+            prompt_ids: vec![1, 2, 3],
+            max_new_tokens,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            ignore_eos: true,
+            class: SchedClass::default(),
+        }
+    }
+
+    /// The engine never waits for a reader: a sequence whose buffer of four events
+    /// goes unread is cancelled (its blocks freed, counted as stalled) and its
+    /// stream ends with the four tokens and then the reason, while the engine goes
+    /// on serving others.
+    #[test]
+    fn a_sequence_whose_events_go_unread_is_cancelled_and_the_engine_goes_on() {
+        let metrics = Arc::new(Metrics::new());
+        let engine = EngineThread::spawn_with_buffer(core(), metrics.clone(), 4).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut unread = engine.handle.submit(request(100)).await.expect("admitted");
+            let stalled = "inflight_requests_total{finish_reason=\"stalled\"} 1";
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !metrics.render().contains(stalled) {
+                assert!(Instant::now() < deadline, "never cancelled:\n{}", metrics.render());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut events = Vec::new();
+            while let Some(ev) = unread.next().await {
+                events.push(ev);
+            }
+            assert_eq!(events.len(), 5, "{events:?}");
+            assert!(events[..4].iter().all(|e| matches!(e, EventKind::Token(_))), "{events:?}");
+            assert!(
+                matches!(&events[4], EventKind::Failed(m) if m.contains("stopped reading")),
+                "{events:?}"
+            );
+            let mut other = engine.handle.submit(request(6)).await.expect("admitted");
+            let mut last = None;
+            while let Some(ev) = other.next().await {
+                last = Some(ev);
+            }
+            assert!(matches!(last, Some(EventKind::Finished { .. })), "{last:?}");
+        });
+        engine.join();
+        let text = metrics.render();
+        assert_eq!(sample(&text, "inflight_requests_running"), 0.0);
+        assert_eq!(sample(&text, "inflight_kv_cache_usage_ratio"), 0.0);
+    }
+
+    #[test]
+    fn ttft_and_e2e_count_from_arrival_at_the_server_queue_time_from_the_engine() {
+        let core = core();
         let metrics = Arc::new(Metrics::new());
         let engine = EngineThread::spawn(core, metrics.clone()).unwrap();
         // As if tokenizing and the HTTP layer had taken five seconds.
         let early = Duration::from_secs(5);
         let req = GenerationRequest {
             arrived: Instant::now().checked_sub(early).expect("a clock five seconds old"),
-            prompt_ids: vec![1, 2, 3],
-            max_new_tokens: 2,
-            sampling: SamplingParams::default(),
-            stop: Vec::new(),
-            ignore_eos: true,
-            class: SchedClass::default(),
+            ..request(2)
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {

@@ -26,6 +26,16 @@ pub enum HubError {
         source: std::io::Error,
     },
 
+    /// Writing a download failed (a full disk, a file size limit); the partial
+    /// file at `path` has been removed and `dest` was never created.
+    #[error("cannot write {} (for {}): {source}; the partial file was removed", path.display(), dest.display())]
+    Write {
+        path: PathBuf,
+        dest: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("PyPI fallback (pip): {message}")]
     Pip { message: String },
 

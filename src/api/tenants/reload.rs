@@ -35,28 +35,38 @@ impl SharedTenants {
     }
 }
 
-/// Reloads `path` into `tenants` on every SIGHUP until the process ends. Unix
-/// only; elsewhere there is no SIGHUP and this does nothing.
-pub fn reload_on_sighup(tenants: SharedTenants, path: PathBuf) {
+/// On every SIGHUP until the process ends: reloads `path` into `tenants` when
+/// there is a tenants file, else logs that there is nothing to reload. Either
+/// way the signal no longer ends the process (its default action), so a
+/// `kill -HUP` meant for log rotation or a reload cannot stop a server by
+/// accident. The handler is in place when this returns. Unix only; elsewhere
+/// there is no SIGHUP and this does nothing.
+pub fn handle_sighup(tenants: SharedTenants, path: Option<PathBuf>) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{signal, SignalKind};
         let mut hangups = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; the tenants file will not be reloaded");
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; it will end the process and not reload tenants");
                 return;
             }
         };
-        while hangups.recv().await.is_some() {
-            match tenants.reload(&path) {
-                Ok(count) => tracing::info!(file = %path.display(), tenants = count, "tenants reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "tenants file not reloaded; the previous tenants stay in force")
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let Some(path) = &path else {
+                    tracing::info!("SIGHUP ignored: there is no --tenants file to reload");
+                    continue;
+                };
+                match tenants.reload(path) {
+                    Ok(count) => tracing::info!(file = %path.display(), tenants = count, "tenants reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "tenants file not reloaded; the previous tenants stay in force")
+                    }
                 }
             }
-        }
-    });
+        });
+    }
     #[cfg(not(unix))]
     let _ = (tenants, path);
 }
