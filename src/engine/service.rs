@@ -340,6 +340,7 @@ mod tests {
             stop: Vec::new(),
             ignore_eos: true,
             class: SchedClass::default(),
+            prompt_logprobs: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
