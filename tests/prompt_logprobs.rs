@@ -57,7 +57,8 @@ fn lm_eval_loglikelihood_request_shape() {
                 assert_eq!(lp[field].as_array().map(Vec::len), Some(n), "{field}: {lp}");
             }
             assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null(), "{lp}");
-            let offsets: Vec<u64> = lp["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+            let offsets: Vec<u64> =
+                lp["text_offset"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
             assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
             // What lm-eval computes: the sum over the continuation and whether each
             // token was the greedy one (its logprob equals the best alternative's).
@@ -70,7 +71,11 @@ fn lm_eval_loglikelihood_request_shape() {
                 assert!(x <= best + 1e-6, "position {k}: {x} above the best {best}");
             }
             assert_eq!(c["finish_reason"], "length");
-            assert!(c["text"].as_str().unwrap().starts_with(if ids == &a { "Question" } else { "The quick" }));
+            assert!(c["text"].as_str().unwrap().starts_with(if ids == &a {
+                "Question"
+            } else {
+                "The quick"
+            }));
         }
         assert_eq!(v["usage"]["completion_tokens"], 2 * max_tokens, "{v}");
         assert_eq!(v["usage"]["prompt_tokens"], a.len() + b.len());
@@ -97,7 +102,8 @@ fn prompt_logprobs_equal_those_of_generating_the_tokens_one_by_one() {
         let gen = completions(&json!({"model": "test-model", "prompt": &ids[..k], "max_tokens": 1,
                                       "logprobs": 5, "temperature": 0}));
         let glp = &gen["choices"][0]["logprobs"];
-        let (want, got) = (glp["top_logprobs"][0].as_object().unwrap(), lp["top_logprobs"][k].as_object().unwrap());
+        let (want, got) =
+            (glp["top_logprobs"][0].as_object().unwrap(), lp["top_logprobs"][k].as_object().unwrap());
         assert_eq!(want.keys().collect::<Vec<_>>().len(), 5);
         for (token, x) in want {
             let y = got.get(token).unwrap_or_else(|| panic!("position {k}: {token:?} missing from {got:?}"));
@@ -173,7 +179,8 @@ fn a_cached_prefix_is_recomputed_for_prompt_logprobs() {
     let body = json!({"model": "test-model", "prompt": ids, "max_tokens": 1, "echo": true, "logprobs": 2,
                       "temperature": 0});
     let first = completions(&body);
-    let plain = completions(&json!({"model": "test-model", "prompt": ids, "max_tokens": 1, "temperature": 0}));
+    let plain =
+        completions(&json!({"model": "test-model", "prompt": ids, "max_tokens": 1, "temperature": 0}));
     let cached = plain["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
     assert!(cached >= 32, "the prompt's blocks are cached: {plain}");
     let again = completions(&body);

@@ -30,7 +30,8 @@ fn health_says_503_while_the_model_loads_then_200() {
         .spawn()
         .expect("spawn inflight serve");
     let url = format!("http://127.0.0.1:{port}/health");
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let client =
+        reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
     let mut loading_body = None;

@@ -111,7 +111,12 @@ fn push_logprobs(lp: &mut CompletionLogprobs, tok: &Tokenizer, tokens: &[TokenOu
 
 /// `echo` with `logprobs`: the prompt's tokens (the first with `null`s, nothing
 /// predicts it), then the output's, whose text follows the prompt's.
-fn echoed_logprobs(tok: &Tokenizer, prompt: &Prompt, scored: &[TokenOutput], output: &[TokenOutput]) -> CompletionLogprobs {
+fn echoed_logprobs(
+    tok: &Tokenizer,
+    prompt: &Prompt,
+    scored: &[TokenOutput],
+    output: &[TokenOutput],
+) -> CompletionLogprobs {
     let mut lp = CompletionLogprobs::default();
     if let Some(&first) = prompt.ids.first() {
         let s = token_text(tok, first);
@@ -270,7 +275,9 @@ fn completion_response(
                 let prefix = if req.echo { prompt.text.clone() } else { String::new() };
                 let logprobs = match (&req.logprobs, &r.prompt_logprobs) {
                     (None, _) => None,
-                    (Some(_), Some(scored)) => Some(echoed_logprobs(&ready.tokenizer, prompt, scored, &r.tokens)),
+                    (Some(_), Some(scored)) => {
+                        Some(echoed_logprobs(&ready.tokenizer, prompt, scored, &r.tokens))
+                    }
                     (Some(_), None) => Some(completion_logprobs(&ready.tokenizer, &r.tokens, prefix.len())),
                 };
                 CompletionChoice {

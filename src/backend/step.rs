@@ -110,7 +110,8 @@ impl Logits {
     /// Wraps `data`, the rows of the batch's entries that want logits, in order.
     pub fn for_batch(batch: &StepBatch, vocab_size: usize, data: Vec<f32>) -> Self {
         let mut next = 0;
-        let (mut rows, mut all) = (Vec::with_capacity(batch.seqs.len()), Vec::with_capacity(batch.seqs.len()));
+        let (mut rows, mut all) =
+            (Vec::with_capacity(batch.seqs.len()), Vec::with_capacity(batch.seqs.len()));
         for s in &batch.seqs {
             if s.all_logits {
                 let span = next..next + s.tokens.len();
@@ -180,7 +181,11 @@ mod tests {
             all_logits,
         };
         let batch = StepBatch {
-            seqs: vec![seq(1, &a[..], 0, false, true), seq(2, &b[..], 40, true, false), seq(3, &c[..], 3, true, true)],
+            seqs: vec![
+                seq(1, &a[..], 0, false, true),
+                seq(2, &b[..], 40, true, false),
+                seq(3, &c[..], 3, true, true),
+            ],
         };
         let p = PackedStep::new(&batch);
         assert_eq!(p.logit_rows, vec![0, 1, 2, 3, 4, 5]);

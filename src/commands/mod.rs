@@ -82,7 +82,10 @@ pub fn log_loaded(spec: &str, loaded: &LoadedModel, start: std::time::Instant) {
 
 /// Resolves (fetching if needed) the model the flags name, and the backend
 /// configuration to load it with: the model's name, where it is, how to load it.
-pub fn model_config(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(String, ResolvedModel, BackendConfig)> {
+pub fn model_config(
+    args: &ModelArgs,
+    sched: &SchedulerArgs,
+) -> Result<(String, ResolvedModel, BackendConfig)> {
     init_threads(args.threads)?;
     if args.kv_cache_gib.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
         bail!("--kv-cache-gib must be a positive number");

@@ -273,8 +273,22 @@ fn prefill_and_decode_graphs_give_the_cpu_backends_logits() {
     assert!(close(first.row(1).unwrap(), &prefill_logits[vocab..]) < 2e-3);
     let (da, db) = ([66u32], [77u32]);
     let second = step(vec![
-        SeqStep { id: 1, tokens: &da, start_pos: ua.len(), block_table: &ta, want_logits: true, all_logits: false },
-        SeqStep { id: 2, tokens: &db, start_pos: ub.len(), block_table: &tb, want_logits: true, all_logits: false },
+        SeqStep {
+            id: 1,
+            tokens: &da,
+            start_pos: ua.len(),
+            block_table: &ta,
+            want_logits: true,
+            all_logits: false,
+        },
+        SeqStep {
+            id: 2,
+            tokens: &db,
+            start_pos: ub.len(),
+            block_table: &tb,
+            want_logits: true,
+            all_logits: false,
+        },
     ]);
     assert!(close(second.row(0).unwrap(), &decode_logits[..vocab]) < 2e-3);
     assert!(close(second.row(1).unwrap(), &decode_logits[vocab..]) < 2e-3);

@@ -145,9 +145,30 @@ mod tests {
         let batch = StepBatch {
             seqs: vec![
                 // A prefill chunk at positions 2..5 over blocks [3, 1] of 4 slots.
-                SeqStep { id: 1, tokens: &a, start_pos: 2, block_table: &[3, 1], want_logits: true, all_logits: false },
-                SeqStep { id: 2, tokens: &b, start_pos: 5, block_table: &[0, 2], want_logits: true, all_logits: false },
-                SeqStep { id: 3, tokens: &c, start_pos: 1, block_table: &[7], want_logits: false, all_logits: false },
+                SeqStep {
+                    id: 1,
+                    tokens: &a,
+                    start_pos: 2,
+                    block_table: &[3, 1],
+                    want_logits: true,
+                    all_logits: false,
+                },
+                SeqStep {
+                    id: 2,
+                    tokens: &b,
+                    start_pos: 5,
+                    block_table: &[0, 2],
+                    want_logits: true,
+                    all_logits: false,
+                },
+                SeqStep {
+                    id: 3,
+                    tokens: &c,
+                    start_pos: 1,
+                    block_table: &[7],
+                    want_logits: false,
+                    all_logits: false,
+                },
             ],
         };
         let plan = StepPlan::new(&batch, 4);
