@@ -150,9 +150,30 @@ mod tests {
         let (a, b, c) = ([5u32, 6, 7], [9u32], [1u32, 2]);
         let batch = StepBatch {
             seqs: vec![
-                SeqStep { id: 1, tokens: &a, start_pos: 0, block_table: &[0], want_logits: false },
-                SeqStep { id: 2, tokens: &b, start_pos: 40, block_table: &[1, 2, 3], want_logits: true },
-                SeqStep { id: 3, tokens: &c, start_pos: 3, block_table: &[4], want_logits: true },
+                SeqStep {
+                    id: 1,
+                    tokens: &a,
+                    start_pos: 0,
+                    block_table: &[0],
+                    want_logits: false,
+                    all_logits: false,
+                },
+                SeqStep {
+                    id: 2,
+                    tokens: &b,
+                    start_pos: 40,
+                    block_table: &[1, 2, 3],
+                    want_logits: true,
+                    all_logits: false,
+                },
+                SeqStep {
+                    id: 3,
+                    tokens: &c,
+                    start_pos: 3,
+                    block_table: &[4],
+                    want_logits: true,
+                    all_logits: false,
+                },
             ],
         };
         let p = PackedStep::new(&batch);
