@@ -70,7 +70,17 @@ fn kv_blocks(args: &[&str]) -> usize {
         .map_while(Result::ok)
         .find(|l| l.contains("model loaded"))
         .expect("a `model loaded` line");
-    let n = line.split("kv_blocks=").nth(1).expect("kv_blocks field");
+    // The log may be coloured: drop ANSI escapes (ESC … m) before reading fields.
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let n = plain.split("kv_blocks=").nth(1).expect("kv_blocks field");
     n.split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok()).expect("a count")
 }
 
