@@ -80,6 +80,16 @@ fn lm_eval_loglikelihood_request_shape() {
         assert_eq!(v["usage"]["completion_tokens"], 2 * max_tokens, "{v}");
         assert_eq!(v["usage"]["prompt_tokens"], a.len() + b.len());
     }
+    // Prompt logprobs are not streamed, and 0 tokens means something only with echo.
+    let url = shared().url("/v1/completions");
+    for bad in [
+        json!({"model": "test-model", "prompt": [a], "max_tokens": 1, "logprobs": 1, "echo": true, "stream": true}),
+        json!({"model": "test-model", "prompt": [a], "max_tokens": 0, "logprobs": 1}),
+    ] {
+        let (status, v) = post(&url, &bad);
+        assert_eq!(status, 400, "{bad} gave {v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
     // "Paris" after the question is the model's likely answer: a plausible score.
     let v = completions(&json!({"model": "test-model", "prompt": [a], "max_tokens": 0, "logprobs": 1,
                                 "echo": true, "temperature": 0}));

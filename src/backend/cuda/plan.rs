@@ -140,6 +140,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_chunk_that_wants_every_row_gets_its_rows_in_its_own_order() {
+        let (a, b, c) = ([5u32, 6, 7], [9u32], [1u32, 2]);
+        let seq = |id, tokens, start_pos, want_logits, all_logits| SeqStep {
+            id,
+            tokens,
+            start_pos,
+            block_table: &[0, 1],
+            want_logits,
+            all_logits,
+        };
+        let batch = StepBatch {
+            seqs: vec![
+                seq(1, &a[..], 0, true, true),
+                seq(2, &b[..], 5, true, false),
+                seq(3, &c[..], 0, false, true),
+            ],
+        };
+        let plan = StepPlan::new(&batch, 4);
+        // Device order: the decode (row 0), then chunk 1 (rows 1..4), then chunk 3 (4..6);
+        // logits come back in batch order, as `Logits::for_batch` reads them.
+        assert_eq!(plan.ids, vec![9, 5, 6, 7, 1, 2]);
+        assert_eq!(plan.logit_rows, vec![1, 2, 3, 0, 4, 5]);
+    }
+
+    #[test]
     fn decodes_come_first_in_one_group_and_each_prefill_alone() {
         let (a, b, c) = ([5u32, 6, 7], [9u32], [4u32]);
         let batch = StepBatch {
