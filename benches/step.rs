@@ -93,6 +93,7 @@ fn bench_step(c: &mut Criterion) {
                 start_pos: 0,
                 block_table: &blocks,
                 want_logits: true,
+                all_logits: false,
             }],
         };
         g.throughput(Throughput::Elements(n as u64));
@@ -114,6 +115,7 @@ fn bench_step(c: &mut Criterion) {
                     start_pos: 0,
                     block_table: blocks,
                     want_logits: false,
+                    all_logits: false,
                 }],
             };
             be.step(&prefill).expect("prefill");
@@ -127,6 +129,7 @@ fn bench_step(c: &mut Criterion) {
                     start_pos: depth,
                     block_table: &tables[i],
                     want_logits: true,
+                    all_logits: false,
                 })
                 .collect(),
         };

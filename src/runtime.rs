@@ -125,7 +125,18 @@ fn load_neuron(resolved: &ResolvedModel, config: &NeuronConfig) -> Result<Loaded
 
 fn load_cpu(resolved: &ResolvedModel, config: &CpuConfig) -> Result<LoadedModel, LoadError> {
     let (w, cfg, tok) = open(resolved)?;
-    let model = Llama::load(&w, cfg)?;
+    load_cpu_opened(&w, cfg, tok, config)
+}
+
+/// Loads the CPU backend from a model already [`open`]ed: for a caller that needs
+/// the tokenizer first (`generate` sizes the KV pool to its tokenized prompts).
+pub fn load_cpu_opened(
+    w: &WeightSource,
+    cfg: LlamaConfig,
+    tok: Tokenizer,
+    config: &CpuConfig,
+) -> Result<LoadedModel, LoadError> {
+    let model = Llama::load(w, cfg)?;
     let backend = CpuBackend::new(model, config)?;
     Ok(LoadedModel { tokenizer: Arc::new(tok), backend: Box::new(backend) })
 }

@@ -64,6 +64,7 @@ fn three_steps(be: &mut dyn Backend, a: &[u32], b: &[u32]) -> Vec<Vec<f32>> {
         start_pos,
         block_table: table,
         want_logits,
+        all_logits: false,
     };
     run(vec![seq(1, a, 0, &table_a, true), seq(2, &b[..split], 0, &table_b, false)]);
     let next_a = [a[0]];

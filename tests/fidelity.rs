@@ -88,7 +88,14 @@ fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> Gree
                 .enumerate()
                 .map(|(i, ((p, o), t))| {
                     if step == 0 {
-                        SeqStep { id: i as u64, tokens: p, start_pos: 0, block_table: t, want_logits: true }
+                        SeqStep {
+                            id: i as u64,
+                            tokens: p,
+                            start_pos: 0,
+                            block_table: t,
+                            want_logits: true,
+                            all_logits: false,
+                        }
                     } else {
                         SeqStep {
                             id: i as u64,
@@ -96,6 +103,7 @@ fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> Gree
                             start_pos: p.len() + o.len() - 1,
                             block_table: t,
                             want_logits: true,
+                            all_logits: false,
                         }
                     }
                 })

@@ -28,7 +28,7 @@ use super::run::{self, ChoiceResult};
 use super::state::{AppState, Ready};
 use super::tenants::{InFlightGuard, Tenant};
 use super::types::*;
-use super::validate::{self, Limits, TenantTokenCap, ValidatedRequest};
+use super::validate::{self, Limits, Prompt, TenantTokenCap, ValidatedRequest};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
@@ -89,18 +89,44 @@ fn chat_logprob(tok: &Tokenizer, t: &TokenOutput) -> ChatTokenLogprob {
     }
 }
 
-fn completion_logprobs(tok: &Tokenizer, tokens: &[TokenOutput], mut offset: usize) -> CompletionLogprobs {
+fn completion_logprobs(tok: &Tokenizer, tokens: &[TokenOutput], offset: usize) -> CompletionLogprobs {
     let mut lp = CompletionLogprobs::default();
+    push_logprobs(&mut lp, tok, tokens, offset);
+    lp
+}
+
+/// Appends `tokens` (their text starting at byte `offset` of the choice's text).
+fn push_logprobs(lp: &mut CompletionLogprobs, tok: &Tokenizer, tokens: &[TokenOutput], mut offset: usize) {
     for t in tokens {
         let s = token_text(tok, t.token);
         lp.text_offset.push(offset);
         offset += s.len();
         lp.tokens.push(s);
-        lp.token_logprobs.push(t.logprob);
-        lp.top_logprobs.push(
+        lp.token_logprobs.push(Some(t.logprob));
+        lp.top_logprobs.push(Some(
             t.top_logprobs.iter().map(|&(id, v)| (token_text(tok, id), serde_json::json!(v))).collect(),
-        );
+        ));
     }
+}
+
+/// `echo` with `logprobs`: the prompt's tokens (the first with `null`s, nothing
+/// predicts it), then the output's, whose text follows the prompt's.
+fn echoed_logprobs(
+    tok: &Tokenizer,
+    prompt: &Prompt,
+    scored: &[TokenOutput],
+    output: &[TokenOutput],
+) -> CompletionLogprobs {
+    let mut lp = CompletionLogprobs::default();
+    if let Some(&first) = prompt.ids.first() {
+        let s = token_text(tok, first);
+        lp.text_offset.push(0);
+        lp.tokens.push(s.clone());
+        lp.token_logprobs.push(None);
+        lp.top_logprobs.push(None);
+        push_logprobs(&mut lp, tok, scored, s.len());
+    }
+    push_logprobs(&mut lp, tok, output, prompt.text.len());
     lp
 }
 
@@ -245,12 +271,18 @@ fn completion_response(
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let prefix = if req.echo { req.prompts[i / req.n].text.clone() } else { String::new() };
+                let prompt = &req.prompts[i / req.n];
+                let prefix = if req.echo { prompt.text.clone() } else { String::new() };
+                let logprobs = match (&req.logprobs, &r.prompt_logprobs) {
+                    (None, _) => None,
+                    (Some(_), Some(scored)) => {
+                        Some(echoed_logprobs(&ready.tokenizer, prompt, scored, &r.tokens))
+                    }
+                    (Some(_), None) => Some(completion_logprobs(&ready.tokenizer, &r.tokens, prefix.len())),
+                };
                 CompletionChoice {
                     index: i,
-                    logprobs: req
-                        .logprobs
-                        .map(|_| completion_logprobs(&ready.tokenizer, &r.tokens, prefix.len())),
+                    logprobs,
                     text: prefix + &r.text,
                     finish_reason: r.finish_reason.map(|f| f.as_str()),
                 }

@@ -20,6 +20,8 @@ pub struct ChoiceResult {
     pub tokens: Vec<TokenOutput>,
     pub finish_reason: Option<FinishReason>,
     pub usage: Option<Usage>,
+    /// The prompt's tokens after the first with their logprobs (`echo` with `logprobs`).
+    pub prompt_logprobs: Option<Vec<TokenOutput>>,
 }
 
 /// An event of one choice, tagged with the choice index.
@@ -77,10 +79,11 @@ pub async fn collect(streams: Vec<SeqStream>, timeout: Duration) -> Result<Vec<C
                     r.text.push_str(&t.text);
                     r.tokens.push(t);
                 }
-                EventKind::Finished { reason, text, usage } => {
+                EventKind::Finished { reason, text, usage, prompt_logprobs } => {
                     r.text.push_str(&text);
                     r.finish_reason = Some(reason);
                     r.usage = Some(usage);
+                    r.prompt_logprobs = prompt_logprobs;
                 }
                 EventKind::Failed(msg) => return Err(ApiError::internal(msg)),
             }

@@ -193,11 +193,14 @@ pub struct ChatCompletionChunk {
 
 // ----- text completion responses -----
 
+/// A legacy completion's logprobs. With `echo`, the prompt's tokens come first;
+/// the first of them has `null` in `token_logprobs` and `top_logprobs` (nothing
+/// predicts it), as in OpenAI's legacy API and vLLM.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<serde_json::Map<String, Value>>,
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<serde_json::Map<String, Value>>>,
     pub text_offset: Vec<usize>,
 }
 

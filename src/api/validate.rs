@@ -51,6 +51,8 @@ pub struct ValidatedRequest {
     pub include_usage: bool,
     /// Some(k): report the chosen token's logprob and the top k alternatives.
     pub logprobs: Option<usize>,
+    /// Return the prompt before the output; with `logprobs`, the prompt tokens'
+    /// logprobs too (computed in the prefill).
     pub echo: bool,
 }
 
@@ -77,6 +79,7 @@ impl ValidatedRequest {
                     stop: self.stop.clone(),
                     ignore_eos: self.ignore_eos,
                     class,
+                    prompt_logprobs: if self.echo { self.logprobs } else { None },
                 });
             }
         }
@@ -168,6 +171,9 @@ fn common_fields(
     }
     let (param, max_tokens) = match (common.max_completion_tokens, common.max_tokens) {
         (Some(v), _) => ("max_completion_tokens", positive("max_completion_tokens", Some(v))?),
+        // With `echo`, 0 asks for the prompt alone (scoring it, as evaluation
+        // harnesses do); vLLM takes it too.
+        (None, Some(0)) if echo => ("max_tokens", Some(0)),
         (None, v) => ("max_tokens", positive("max_tokens", v)?),
     };
     if let (Some(cap), Some(asked)) = (&limits.tenant_cap, max_tokens) {
@@ -299,10 +305,10 @@ pub fn completion(req: &CompletionRequest, limits: &Limits) -> Result<ValidatedR
             return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and 20, got {k}")))
         }
     };
-    if req.echo && logprobs.is_some() {
+    if req.echo && logprobs.is_some() && req.common.stream {
         return Err(ApiError::invalid(
             "echo",
-            "`echo` together with `logprobs` (prompt logprobs) is not supported",
+            "`echo` together with `logprobs` (prompt logprobs) is not supported on a streamed response",
         ));
     }
     common_fields(&req.common, prompts, limits, logprobs, req.echo, "prompt")

@@ -27,6 +27,10 @@ pub struct SeqStep<'a> {
     /// end of the sequence's known tokens (false for non-final prefill chunks, which
     /// saves the output projection).
     pub want_logits: bool,
+    /// Whether to return logits for every token of this chunk, not only the last:
+    /// a prompt whose tokens' logprobs were asked for (`echo` with `logprobs`).
+    /// Off for everyone else, so the output projection runs on one row a sequence.
+    pub all_logits: bool,
 }
 
 impl SeqStep<'_> {
@@ -61,7 +65,8 @@ impl StepBatch<'_> {
 pub struct PackedStep {
     pub ids: Vec<u32>,
     pub positions: Vec<usize>,
-    /// The last row of every sequence that wants logits, in batch order.
+    /// The last row of every sequence that wants logits, and every row of one that
+    /// wants them all, in batch order.
     pub logit_rows: Vec<usize>,
 }
 
@@ -73,7 +78,9 @@ impl PackedStep {
         for s in &batch.seqs {
             ids.extend_from_slice(s.tokens);
             positions.extend(s.start_pos..s.end());
-            if s.want_logits && !s.tokens.is_empty() {
+            if s.all_logits {
+                logit_rows.extend(ids.len() - s.tokens.len()..ids.len());
+            } else if s.want_logits && !s.tokens.is_empty() {
                 logit_rows.push(ids.len() - 1);
             }
         }
@@ -85,13 +92,17 @@ impl PackedStep {
     }
 }
 
-/// Last-position logits: one row of `vocab_size` floats for every sequence of the
-/// batch that set `want_logits`, in batch order.
+/// Logits of `vocab_size` floats: one row for every sequence of the batch that set
+/// `want_logits` (its last token), every row of one that set `all_logits`, in
+/// batch order ([`PackedStep::logit_rows`]).
 #[derive(Debug, Clone)]
 pub struct Logits {
     pub vocab_size: usize,
-    /// `rows[i]` is the row index into `data` for batch entry `i`, if it has one.
+    /// `rows[i]` is the row index into `data` of batch entry `i`'s last token, if
+    /// it wants logits.
     pub rows: Vec<Option<usize>>,
+    /// `all[i]`: the rows of every token of batch entry `i`, if it set `all_logits`.
+    pub all: Vec<Option<std::ops::Range<usize>>>,
     pub data: Vec<f32>,
 }
 
@@ -99,17 +110,28 @@ impl Logits {
     /// Wraps `data`, the rows of the batch's entries that want logits, in order.
     pub fn for_batch(batch: &StepBatch, vocab_size: usize, data: Vec<f32>) -> Self {
         let mut next = 0;
-        let rows = batch
-            .seqs
-            .iter()
-            .map(|s| {
-                s.want_logits.then(|| {
-                    next += 1;
-                    next - 1
-                })
-            })
-            .collect();
-        Self { vocab_size, rows, data }
+        let (mut rows, mut all) =
+            (Vec::with_capacity(batch.seqs.len()), Vec::with_capacity(batch.seqs.len()));
+        for s in &batch.seqs {
+            if s.all_logits {
+                let span = next..next + s.tokens.len();
+                next = span.end;
+                rows.push(s.want_logits.then(|| span.end - 1));
+                all.push(Some(span));
+            } else {
+                rows.push(s.want_logits.then_some(next));
+                next += usize::from(s.want_logits);
+                all.push(None);
+            }
+        }
+        Self { vocab_size, rows, all, data }
+    }
+
+    /// Every token's logits row of batch entry `i` (one after another), if it set
+    /// `all_logits`.
+    pub fn all_rows(&self, i: usize) -> Option<&[f32]> {
+        let span = self.all.get(i)?.as_ref()?;
+        self.data.get(span.start * self.vocab_size..span.end * self.vocab_size)
     }
 
     /// The logits row of batch entry `i`, if it asked for one.
@@ -128,9 +150,30 @@ mod tests {
         let (a, b, c) = ([5u32, 6, 7], [9u32], [1u32, 2]);
         let batch = StepBatch {
             seqs: vec![
-                SeqStep { id: 1, tokens: &a, start_pos: 0, block_table: &[0], want_logits: false },
-                SeqStep { id: 2, tokens: &b, start_pos: 40, block_table: &[1, 2, 3], want_logits: true },
-                SeqStep { id: 3, tokens: &c, start_pos: 3, block_table: &[4], want_logits: true },
+                SeqStep {
+                    id: 1,
+                    tokens: &a,
+                    start_pos: 0,
+                    block_table: &[0],
+                    want_logits: false,
+                    all_logits: false,
+                },
+                SeqStep {
+                    id: 2,
+                    tokens: &b,
+                    start_pos: 40,
+                    block_table: &[1, 2, 3],
+                    want_logits: true,
+                    all_logits: false,
+                },
+                SeqStep {
+                    id: 3,
+                    tokens: &c,
+                    start_pos: 3,
+                    block_table: &[4],
+                    want_logits: true,
+                    all_logits: false,
+                },
             ],
         };
         let p = PackedStep::new(&batch);
@@ -144,5 +187,38 @@ mod tests {
         assert_eq!(logits.row(1), Some(&[0.5, 1.5][..]));
         assert_eq!(logits.row(2), Some(&[2.5, 3.5][..]));
         assert_eq!(logits.row(3), None);
+        assert_eq!(logits.all_rows(1), None);
+    }
+
+    #[test]
+    fn a_sequence_that_wants_every_row_gets_them_in_place() {
+        let (a, b, c) = ([5u32, 6, 7], [9u32], [1u32, 2]);
+        let seq = |id, tokens, start_pos, want_logits, all_logits| SeqStep {
+            id,
+            tokens,
+            start_pos,
+            block_table: &[0, 1, 2, 3],
+            want_logits,
+            all_logits,
+        };
+        let batch = StepBatch {
+            seqs: vec![
+                seq(1, &a[..], 0, false, true),
+                seq(2, &b[..], 40, true, false),
+                seq(3, &c[..], 3, true, true),
+            ],
+        };
+        let p = PackedStep::new(&batch);
+        assert_eq!(p.logit_rows, vec![0, 1, 2, 3, 4, 5]);
+        let data: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let logits = Logits::for_batch(&batch, 2, data);
+        // A non-final chunk: every row, but none to sample from.
+        assert_eq!(logits.row(0), None);
+        assert_eq!(logits.all_rows(0), Some(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0][..]));
+        assert_eq!(logits.row(1), Some(&[6.0, 7.0][..]));
+        assert_eq!(logits.all_rows(1), None);
+        // A final chunk: its last row is also the one to sample from.
+        assert_eq!(logits.all_rows(2), Some(&[8.0, 9.0, 10.0, 11.0][..]));
+        assert_eq!(logits.row(2), Some(&[10.0, 11.0][..]));
     }
 }

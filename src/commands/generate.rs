@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::{load_model, max_step, scheduler_config};
+use super::{log_loaded, max_step, model_config, scheduler_config};
 use crate::cli::GenerateArgs;
+use inflight::backend::cpu::KvFit;
 use inflight::engine::core::EngineCore;
 use inflight::engine::request::{output_budget, EventKind, GenerationRequest, SchedClass, SeqId};
 use inflight::engine::sampling::SamplingParams;
+use inflight::runtime::{self, BackendConfig, LoadedModel};
 use inflight::tokenizer::{ChatMessage, Tokenizer};
 
 struct Output {
@@ -64,9 +66,30 @@ fn encode(tok: &Tokenizer, args: &GenerateArgs, prompt: &str) -> Result<Vec<u32>
     Ok(tok.encode(&text, tok.add_bos_token())?)
 }
 
+/// Loads the model with the prompts tokenized. On the CPU without
+/// `--kv-cache-gib`, the KV pool holds these prompts and their outputs and no more.
+fn load(args: &GenerateArgs, prompts: &[String]) -> Result<(LoadedModel, Vec<Vec<u32>>)> {
+    let (spec, resolved, mut config) = model_config(&args.model, &args.scheduler)?;
+    let start = Instant::now();
+    if let BackendConfig::Cpu(cpu) = &mut config {
+        if cpu.kv_fit == KvFit::Sequences {
+            let (w, cfg, tok) = runtime::open(&resolved).context("loading the model")?;
+            let ids = prompts.iter().map(|p| encode(&tok, args, p)).collect::<Result<Vec<_>>>()?;
+            cpu.kv_fit = KvFit::Lengths(ids.iter().map(|p| p.len() + args.max_tokens).collect());
+            let loaded = runtime::load_cpu_opened(&w, cfg, tok, cpu).context("loading the model")?;
+            log_loaded(&spec, &loaded, start);
+            return Ok((loaded, ids));
+        }
+    }
+    let loaded = runtime::load(&resolved, &config).context("loading the model")?;
+    log_loaded(&spec, &loaded, start);
+    let ids = prompts.iter().map(|p| encode(&loaded.tokenizer, args, p)).collect::<Result<Vec<_>>>()?;
+    Ok((loaded, ids))
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
     let prompts = prompts(&args)?;
-    let (_, loaded) = load_model(&args.model, &args.scheduler)?;
+    let (loaded, prompt_ids) = load(&args, &prompts)?;
     let max_context = loaded.backend.info().max_context;
     let tokenizer = loaded.tokenizer.clone();
     let sampling = sampling_params(&args)?;
@@ -75,8 +98,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
     let mut outputs = Vec::with_capacity(prompts.len());
     let mut index_of = HashMap::new();
-    for (i, p) in prompts.iter().enumerate() {
-        let ids = encode(&tokenizer, &args, p)?;
+    for (i, ids) in prompt_ids.into_iter().enumerate() {
         // --max-tokens is a default for every prompt: cut it to the room left.
         let room =
             output_budget(ids.len(), None, max_context).with_context(|| format!("prompt {}", i + 1))?;
@@ -88,6 +110,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             stop: Vec::new(),
             ignore_eos: args.ignore_eos,
             class: SchedClass::default(),
+            prompt_logprobs: None,
         };
         let id = core.add(req).map_err(|e| anyhow::anyhow!("prompt {}: {e}", i + 1))?;
         index_of.insert(id, i);

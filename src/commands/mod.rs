@@ -9,7 +9,7 @@ pub mod serve;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{BackendKind, KvCacheDtype, ModelArgs, ModelDirArgs, SchedulerArgs};
-use inflight::backend::cpu::{CpuConfig, KvDtype};
+use inflight::backend::cpu::{CpuConfig, KvDtype, KvFit};
 use inflight::backend::cuda::CudaConfig;
 use inflight::backend::StepLimits;
 use inflight::engine::scheduler::SchedulerConfig;
@@ -54,7 +54,8 @@ fn model_spec_in(args: &ModelArgs, sagemaker_dir: &std::path::Path) -> String {
     DEFAULT_MODEL.to_string()
 }
 
-/// The CPU backend's KV pool when `--kv-cache-gib` is not given.
+/// The most the CPU backend's KV pool takes when `--kv-cache-gib` is not given (it
+/// takes less when `--max-running` sequences of the context need less).
 const CPU_KV_CACHE_BYTES: usize = 2 << 30;
 
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct-q4_1";
@@ -62,6 +63,29 @@ const SAGEMAKER_MODEL_DIR: &str = "/opt/ml/model";
 
 /// Resolves (fetching if needed) and loads the model the flags name.
 pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedModel, LoadedModel)> {
+    let (spec, resolved, config) = model_config(args, sched)?;
+    let start = std::time::Instant::now();
+    let loaded = inflight::runtime::load(&resolved, &config).context("loading the model")?;
+    log_loaded(&spec, &loaded, start);
+    Ok((resolved, loaded))
+}
+
+pub fn log_loaded(spec: &str, loaded: &LoadedModel, start: std::time::Instant) {
+    tracing::info!(
+        model = %spec,
+        device = %loaded.backend.info().device,
+        kv_blocks = loaded.backend.info().num_blocks,
+        seconds = format!("{:.2}", start.elapsed().as_secs_f64()),
+        "model loaded"
+    );
+}
+
+/// Resolves (fetching if needed) the model the flags name, and the backend
+/// configuration to load it with: the model's name, where it is, how to load it.
+pub fn model_config(
+    args: &ModelArgs,
+    sched: &SchedulerArgs,
+) -> Result<(String, ResolvedModel, BackendConfig)> {
     init_threads(args.threads)?;
     if args.kv_cache_gib.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
         bail!("--kv-cache-gib must be a positive number");
@@ -81,6 +105,7 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
             limits,
             block_size: args.block_size,
             kv_cache_bytes: kv_cache_bytes.unwrap_or(CPU_KV_CACHE_BYTES),
+            kv_fit: if kv_cache_bytes.is_some() { KvFit::Memory } else { KvFit::Sequences },
             kv_dtype: match args.kv_cache_dtype {
                 KvCacheDtype::F16 => KvDtype::F16,
                 KvCacheDtype::F32 => KvDtype::F32,
@@ -97,16 +122,7 @@ pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedMo
             BackendConfig::Neuron(NeuronConfig { limits, runtime_lib: args.neuron_lib.clone() })
         }
     };
-    let start = std::time::Instant::now();
-    let loaded = inflight::runtime::load(&resolved, &config).context("loading the model")?;
-    tracing::info!(
-        model = %spec,
-        device = %loaded.backend.info().device,
-        kv_blocks = loaded.backend.info().num_blocks,
-        seconds = format!("{:.2}", start.elapsed().as_secs_f64()),
-        "model loaded"
-    );
-    Ok((resolved, loaded))
+    Ok((spec, resolved, config))
 }
 
 /// The step time limit `--max-step-ms` asks for; `None` when 0.

@@ -100,6 +100,7 @@ fn score(backend: &mut dyn Backend, seqs: &mut [Sequence], steps: usize) -> Resu
                     start_pos: 0,
                     block_table: &tables[i],
                     want_logits: true,
+                    all_logits: false,
                 })
                 .collect(),
         };
@@ -126,6 +127,7 @@ fn score(backend: &mut dyn Backend, seqs: &mut [Sequence], steps: usize) -> Resu
                     start_pos: s.prompt.len() + step - 1,
                     block_table: &tables[i],
                     want_logits: true,
+                    all_logits: false,
                 })
                 .collect(),
         };

@@ -3,7 +3,7 @@
 //!
 //! Operations:
 //! - [`BlockPool::allocate`]: `n` fresh blocks, all or nothing. Plain free blocks go
-//!   first; then the least recently freed cached block is evicted (its hash dropped).
+//!   first, the most recently freed before those never used; then the least recently freed cached block is evicted (its hash dropped).
 //! - [`BlockPool::free`]: drop one reference per listed block. A block whose count
 //!   reaches 0 becomes evictable if it holds a registered hash (still findable by
 //!   [`BlockPool::lookup`] until reused), plain free otherwise.
@@ -207,7 +207,9 @@ impl BlockPool {
             meta.lru_stamp = Some(stamp);
             self.evictable.insert(stamp, id);
         } else {
-            self.free.push_back(id);
+            // Front: the next allocation reuses it, so a backend whose memory is
+            // backed on first touch keeps touching the pages it already has.
+            self.free.push_front(id);
         }
         Ok(())
     }

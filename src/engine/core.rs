@@ -14,7 +14,7 @@ use thiserror::Error;
 use super::request::{
     EventKind, FinishReason, GenerationRequest, Priority, SeqEvent, SeqId, TokenOutput, Usage,
 };
-use super::sampling::{Sampled, Sampler, SamplingError};
+use super::sampling::{token_logprobs, Sampled, Sampler, SamplingError};
 use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError, StepTimeLimit};
 use super::step_cost::{StepCostModel, StepShape};
 use super::stop::{StopMatcher, StopOutcome};
@@ -36,6 +36,9 @@ struct Active {
     detok: IncrementalDecoder,
     stop: StopMatcher,
     cached_tokens: usize,
+    /// Prompt tokens' logprobs so far, when the request asked for them: entry `k`
+    /// is prompt token `k + 1`'s.
+    prompt_logprobs: Vec<TokenOutput>,
 }
 
 /// What one step did: its figures for the metrics, and who ran.
@@ -141,6 +144,9 @@ impl EngineCore {
         }
         let id = self.next_id;
         self.scheduler.add(id, req.prompt_ids.clone(), req.max_new_tokens, req.class)?;
+        if req.prompt_logprobs.is_some() {
+            self.scheduler.want_prompt_logits(id);
+        }
         self.next_id += 1;
         let active = Active {
             sampler: Sampler::new(&req.sampling),
@@ -148,6 +154,7 @@ impl EngineCore {
             detok: IncrementalDecoder::with_context(&req.prompt_ids),
             output: Vec::new(),
             cached_tokens: 0,
+            prompt_logprobs: Vec::new(),
             req,
         };
         self.active.insert(id, active);
@@ -210,6 +217,7 @@ impl EngineCore {
         // What the rest of the step needs once the plan's borrow of the scheduler ends.
         let ran: Vec<(SeqId, usize, bool)> =
             plan.batch.seqs.iter().map(|s| (s.id, s.tokens.len(), s.is_decode())).collect();
+        let starts: Vec<usize> = plan.batch.seqs.iter().map(|s| s.start_pos).collect();
         let (cannot_continue, prefix_hits) = (plan.cannot_continue, plan.prefix_hits);
 
         let mut events = Vec::new();
@@ -236,13 +244,23 @@ impl EngineCore {
                 return (events, shape);
             }
         };
-        let mut sampled = self.sample_rows(&ran, &logits);
-        for &(id, ..) in &ran {
-            if !self.active.contains_key(&id) {
-                continue;
+        for (i, &(id, ..)) in ran.iter().enumerate() {
+            if let Some(rows) = logits.all_rows(i) {
+                self.collect_prompt_logprobs(id, starts[i], rows, logits.vocab_size);
             }
+        }
+        let mut sampled = self.sample_rows(&ran, &logits);
+        for (i, &(id, ..)) in ran.iter().enumerate() {
+            let Some(a) = self.active.get(&id) else {
+                continue;
+            };
+            let prompt_only = a.req.max_new_tokens == 0;
             let Some(result) = sampled.remove(&id) else {
                 self.update_scheduler(id, None);
+                // `max_tokens: 0` (echo, scoring a prompt): done once the prompt is.
+                if prompt_only && logits.row(i).is_some() {
+                    events.extend(self.finish_now(id, FinishReason::Length));
+                }
                 continue;
             };
             let sampled = match result {
@@ -271,6 +289,7 @@ impl EngineCore {
         let mut jobs: Vec<(SeqId, &mut Active, &[f32])> = self
             .active
             .iter_mut()
+            .filter(|(_, a)| a.req.max_new_tokens > 0)
             .filter_map(|(&id, a)| Some((id, a, logits.row(*rows.get(&id)?)?)))
             .collect();
         let draw = |(id, a, row): &mut (SeqId, &mut Active, &[f32])| {
@@ -281,6 +300,35 @@ impl EngineCore {
         } else {
             jobs.iter_mut().map(draw).collect()
         }
+    }
+
+    /// Turns a chunk's rows (`start` is its first position) into the logprobs of
+    /// the prompt tokens they predict: the row at position `q` predicts token
+    /// `q + 1`. Rows already taken (a prefill recomputed after preemption) and the
+    /// last prompt row (it predicts the first output token) are skipped.
+    fn collect_prompt_logprobs(&mut self, id: SeqId, start: usize, rows: &[f32], vocab: usize) {
+        let Some(a) = self.active.get_mut(&id) else {
+            return;
+        };
+        let (Some(top), prompt) = (a.req.prompt_logprobs, &a.req.prompt_ids) else {
+            return;
+        };
+        let next = a.prompt_logprobs.len();
+        if start > next {
+            return;
+        }
+        let new: Vec<TokenOutput> = rows
+            .par_chunks(vocab)
+            .enumerate()
+            .map(|(j, row)| (start + j, row))
+            .filter(|&(q, _)| q >= next && q + 1 < prompt.len())
+            .map(|(q, row)| {
+                let token = prompt[q + 1];
+                let (logprob, top_logprobs) = token_logprobs(row, token, top);
+                TokenOutput { token, text: String::new(), logprob, top_logprobs }
+            })
+            .collect();
+        a.prompt_logprobs.extend(new);
     }
 
     fn update_scheduler(&mut self, id: SeqId, sampled: Option<u32>) {
@@ -308,7 +356,8 @@ impl EngineCore {
             completion_tokens: a.output.len(),
             cached_tokens: a.cached_tokens,
         };
-        vec![SeqEvent { id, kind: EventKind::Finished { reason, text, usage } }]
+        let prompt_logprobs = a.req.prompt_logprobs.map(|_| a.prompt_logprobs);
+        vec![SeqEvent { id, kind: EventKind::Finished { reason, text, usage, prompt_logprobs } }]
     }
 
     /// Detokenizes a new token, applies stop conditions and finishes the sequence

@@ -24,6 +24,9 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// How the scheduler queues it (reserved or standard, whose fair share).
     pub class: SchedClass,
+    /// Some(k): report every prompt token's logprob (after the first) with the k
+    /// most likely alternatives, computed in the prefill (`echo` with `logprobs`).
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// How the scheduler treats a request: which queue it waits in and whose fair
@@ -129,6 +132,10 @@ pub enum EventKind {
         reason: FinishReason,
         text: String,
         usage: Usage,
+        /// What the request's `prompt_logprobs` asked for: one entry per prompt
+        /// token after the first (the first has no context to be predicted from),
+        /// its `text` empty.
+        prompt_logprobs: Option<Vec<TokenOutput>>,
     },
     /// The sequence could not be completed; the message is safe to show a client.
     Failed(String),

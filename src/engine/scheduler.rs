@@ -218,6 +218,9 @@ struct Seq {
     /// ones that waited longest first.
     last_step: u64,
     class: SchedClass,
+    /// Positions below this get logits for every row (a prompt whose tokens'
+    /// logprobs were asked for); 0 for everyone else.
+    logits_until: usize,
 }
 
 impl Seq {
@@ -440,6 +443,7 @@ impl Scheduler {
                 in_flight: 0,
                 last_step: 0,
                 class,
+                logits_until: 0,
             },
         );
         self.waiting.push_new(id, class);
@@ -511,6 +515,7 @@ impl Scheduler {
                     start_pos: start,
                     block_table: &seq.blocks,
                     want_logits: start + p.n == seq.tokens.len(),
+                    all_logits: start < seq.logits_until,
                 })
             })
             .collect();
@@ -762,6 +767,18 @@ impl Scheduler {
                 .any(|&id| self.is_reserved(id) && self.remaining(id).is_some_and(|r| r > 1))
     }
 
+    /// Asks for the logits of every prompt row of `id` (added, not yet run): its
+    /// prefill chunks set `all_logits`, and it takes nothing from the prefix cache,
+    /// whose rows would never be computed. Its own full blocks are still cached for
+    /// others. False if `id` is unknown.
+    pub fn want_prompt_logits(&mut self, id: SeqId) -> bool {
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return false;
+        };
+        seq.logits_until = seq.tokens.len();
+        true
+    }
+
     /// Admits waiting sequences in the queue's order while the step has room (only
     /// reserved ones if `reserved_only`); the head blocks the ones behind it. A
     /// reserved head that finds `max_running` reached or the pool exhausted
@@ -798,7 +815,7 @@ impl Scheduler {
             // and decode run apart, never all but the last either: a one-token chunk
             // after the cache would look like a decode to the backend.
             let keep = if self.config.mixed_prefill_decode { 1 } else { 2 };
-            let cached_blocks = if self.pool.prefix_caching() {
+            let cached_blocks = if self.pool.prefix_caching() && seq.logits_until == 0 {
                 let full = seq.tokens.len().saturating_sub(keep) / bs;
                 seq.extend_hashes(full, bs);
                 self.pool.lookup(&seq.hashes[..full])
@@ -998,6 +1015,7 @@ mod tests {
         start_pos: usize,
         block_table: Vec<BlockId>,
         want_logits: bool,
+        all_logits: bool,
         cached_tokens: usize,
     }
 
@@ -1059,6 +1077,7 @@ mod tests {
                     start_pos: q.start_pos,
                     block_table: q.block_table.to_vec(),
                     want_logits: q.want_logits,
+                    all_logits: q.all_logits,
                     cached_tokens: hits.get(&q.id).copied().unwrap_or(0),
                 })
                 .collect(),
@@ -1313,6 +1332,36 @@ mod tests {
         let out = step(&mut s);
         assert_eq!(out.seqs[0].cached_tokens, 32);
         assert_eq!(out.seqs[0].block_table[..2], shared[..]);
+    }
+
+    #[test]
+    fn prompt_logits_cover_every_chunk_of_the_prompt_and_bypass_the_prefix_cache() {
+        let mut s = caching_scheduler(64, 16, 16);
+        s.add(1, prompt(40), 10, STD).unwrap();
+        while s.tokens(1).unwrap().len() == 40 {
+            assert!(step(&mut s).seqs.iter().all(|q| !q.all_logits), "nobody asked");
+        }
+        // The same prompt again, asking for its rows: three chunks of the 16-token
+        // budget, each with every row, none of them from the cache.
+        s.add(2, prompt(40), 10, STD).unwrap();
+        assert!(s.want_prompt_logits(2));
+        let mut covered = Vec::new();
+        while s.tokens(2).unwrap().len() == 40 {
+            for q in step(&mut s).seqs.into_iter().filter(|q| q.id == 2) {
+                assert!(q.all_logits, "chunk at {}", q.start_pos);
+                assert_eq!(q.cached_tokens, 0, "a cached prefix would have no rows");
+                covered.extend(q.start_pos..q.start_pos + q.tokens.len());
+            }
+        }
+        assert_eq!(covered, (0..40).collect::<Vec<_>>());
+        // Decoding after the prompt: one row again.
+        let decode = step(&mut s).seqs.into_iter().find(|q| q.id == 2).unwrap();
+        assert!(decode.want_logits && !decode.all_logits);
+        // Its full blocks still serve later prompts.
+        s.add(3, prompt(40), 10, STD).unwrap();
+        let q = step(&mut s).seqs.into_iter().find(|q| q.id == 3).unwrap();
+        assert_eq!(q.cached_tokens, 32);
+        assert!(!s.want_prompt_logits(99), "unknown id");
     }
 
     #[test]

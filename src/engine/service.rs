@@ -419,6 +419,7 @@ mod tests {
             stop: Vec::new(),
             ignore_eos: true,
             class: SchedClass::default(),
+            prompt_logprobs: None,
         }
     }
 
@@ -517,15 +518,7 @@ mod tests {
         let requests = 24;
         rt.block_on(async {
             for i in 0..requests {
-                let req = GenerationRequest {
-                    arrived: Instant::now(),
-                    prompt_ids: vec![1, 2, 3 + i],
-                    max_new_tokens: 2,
-                    sampling: SamplingParams::default(),
-                    stop: Vec::new(),
-                    ignore_eos: true,
-                    class: SchedClass::default(),
-                };
+                let req = GenerationRequest { prompt_ids: vec![1, 2, 3 + i], ..request(2) };
                 let mut events = engine.handle.submit(req).await.expect("admitted");
                 while let Some(ev) = events.next().await {
                     assert!(!matches!(ev, EventKind::Failed(_)), "{ev:?}");

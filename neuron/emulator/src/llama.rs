@@ -171,6 +171,7 @@ impl LlamaProgram {
                     start_pos: *start,
                     block_table: table,
                     want_logits: true,
+                    all_logits: false,
                 })
                 .collect();
             let plan = StepPlan::new(&StepBatch { seqs }, self.max_context);

@@ -8,7 +8,7 @@
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
+use half::vec::HalfBitsVecExt;
 
 use crate::model::config::LlamaConfig;
 
@@ -41,25 +41,17 @@ pub enum LayerKv {
 }
 
 impl LayerKv {
+    /// Zeroed arrays from the allocator's zeroed memory (`calloc`, fresh `mmap`
+    /// pages for a pool this size), never written here: the OS backs a page when a
+    /// block's first row is stored in it, so a pool costs nothing until it is used.
+    /// f16 is allocated as its bits (`u16`): `vec![f16::ZERO; n]` would write every
+    /// element, since only primitive zeros take the zeroed-allocation path.
     fn zeroed(dtype: KvDtype, len: usize) -> LayerKv {
         match dtype {
             KvDtype::F32 => LayerKv::F32 { k: vec![0.0; len], v: vec![0.0; len] },
-            KvDtype::F16 => LayerKv::F16 { k: vec![f16::ZERO; len], v: vec![f16::ZERO; len] },
-        }
-    }
-
-    /// Writes one value per 4 KiB page so the OS backs every page now. Volatile, so
-    /// the stores of a zero into calloc'd (known-zero) memory are not optimised away.
-    fn touch_pages(&mut self) {
-        fn touch<T: Copy>(a: &mut [T], zero: T) {
-            for page in a.chunks_mut(4096 / std::mem::size_of::<T>()) {
-                // SAFETY: `page` is a non-empty slice of initialised values.
-                unsafe { std::ptr::write_volatile(page.as_mut_ptr(), zero) };
+            KvDtype::F16 => {
+                LayerKv::F16 { k: vec![0u16; len].reinterpret_into(), v: vec![0u16; len].reinterpret_into() }
             }
-        }
-        match self {
-            LayerKv::F32 { k, v } => [k, v].into_iter().for_each(|a| touch(a, 0.0)),
-            LayerKv::F16 { k, v } => [k, v].into_iter().for_each(|a| touch(a, f16::ZERO)),
         }
     }
 
@@ -118,12 +110,11 @@ impl PagedKvCache {
     pub fn new(cfg: &LlamaConfig, block_size: usize, num_blocks: usize, dtype: KvDtype) -> Self {
         let kv_dim = cfg.kv_dim();
         let len = num_blocks * block_size * kv_dim;
-        let mut layers: Vec<LayerKv> = (0..cfg.num_layers).map(|_| LayerKv::zeroed(dtype, len)).collect();
-        // vec![0.0; n] maps zeroed pages lazily, so the first write to each page
-        // faults and zeroes it. Left to serving, that was 5% of the CPU time at 16
-        // concurrent requests (first-touched blocks in every step); paid here
-        // once instead, as a server preallocating its pool should.
-        layers.par_iter_mut().for_each(LayerKv::touch_pages);
+        // Not touched here: faulting in a 2 GiB pool up front cost seconds of
+        // kernel time before the first request (issue 19). A block's pages fault in
+        // when it is first written; the block pool hands out recently freed blocks
+        // first, so a server that is not full keeps reusing pages it already has.
+        let layers: Vec<LayerKv> = (0..cfg.num_layers).map(|_| LayerKv::zeroed(dtype, len)).collect();
         Self { block_size, num_blocks, kv_dim, head_dim: cfg.head_dim, layers }
     }
 

@@ -249,7 +249,7 @@ impl Llama {
     }
 
     /// Runs one step. Returns one row of `vocab_size` logits per sequence with
-    /// `want_logits`, in batch order. The caller has validated block tables,
+    /// `want_logits` (every row of one with `all_logits`), in batch order. The caller has validated block tables,
     /// positions and token ids against the cache and vocabulary.
     pub fn forward(&self, batch: &StepBatch, kv: &mut PagedKvCache) -> Result<Vec<f32>, ModelError> {
         let packed = PackedStep::new(batch);
@@ -272,7 +272,8 @@ impl Llama {
         for (layer, block) in self.blocks.iter().enumerate() {
             block.forward(&mut x, &step, layer, self.cfg.rms_norm_eps, kv)?;
         }
-        // Only the last token of each sequence that wants logits reaches the head.
+        // Only the rows that want logits reach the head: the last token of most
+        // sequences, every token of a prompt being scored.
         let h = self.cfg.hidden_size;
         let last_rows = &packed.logit_rows;
         if last_rows.is_empty() {

@@ -27,8 +27,10 @@ pub struct CpuConfig {
     pub limits: StepLimits,
     /// Tokens per KV block.
     pub block_size: usize,
-    /// Memory for the KV pool; the block count follows from it.
+    /// The most memory the KV pool may take; how much of it follows from `kv_fit`.
     pub kv_cache_bytes: usize,
+    /// What the KV pool is sized for, within `kv_cache_bytes`.
+    pub kv_fit: KvFit,
     /// How cached K/V values are stored.
     pub kv_dtype: KvDtype,
     /// Compute threads (default: one per core).
@@ -41,10 +43,47 @@ impl Default for CpuConfig {
             limits: StepLimits::default(),
             block_size: 16,
             kv_cache_bytes: 2 << 30,
+            kv_fit: KvFit::Memory,
             kv_dtype: KvDtype::default(),
             threads: None,
         }
     }
+}
+
+/// What the KV pool is made to hold. Whatever it is, the pool holds at least one
+/// step's worth of tokens (`max_batch_tokens`, or one whole context if shorter),
+/// and never takes more than `kv_cache_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum KvFit {
+    /// All of `kv_cache_bytes` (`--kv-cache-gib` given).
+    #[default]
+    Memory,
+    /// What `max_batch_seqs` sequences of `max_context` tokens can use: more is
+    /// never used at once (`serve` without `--kv-cache-gib`).
+    Sequences,
+    /// These sequences' lengths, all at once (`generate`: its prompts plus their
+    /// outputs).
+    Lengths(Vec<usize>),
+}
+
+/// The KV pool's block count for `fit`, given `bytes_per_block` and the step
+/// limits it serves (`max_context` already capped by the model's).
+pub fn pool_blocks(
+    fit: &KvFit,
+    limits: &StepLimits,
+    max_context: usize,
+    block_size: usize,
+    bytes_per_block: usize,
+    cap_bytes: usize,
+) -> usize {
+    let cap = cap_bytes / bytes_per_block.max(1);
+    let blocks = |tokens: usize| tokens.div_ceil(block_size);
+    let wanted = match fit {
+        KvFit::Memory => return cap,
+        KvFit::Sequences => limits.max_batch_seqs.saturating_mul(blocks(max_context)),
+        KvFit::Lengths(lens) => lens.iter().map(|&n| blocks(n.min(max_context))).sum(),
+    };
+    wanted.max(blocks(max_context.min(limits.max_batch_tokens))).min(cap)
 }
 
 pub struct CpuBackend {
@@ -64,9 +103,10 @@ impl CpuBackend {
             return Err(BackendError::Unavailable("block size must be at least 1".into()));
         }
         let per_block = PagedKvCache::bytes_per_block(mcfg, cfg.block_size, cfg.kv_dtype);
-        let num_blocks = cfg.kv_cache_bytes / per_block;
         let limits = &cfg.limits;
         let max_context = limits.max_context.unwrap_or(mcfg.max_position).min(mcfg.max_position);
+        let num_blocks =
+            pool_blocks(&cfg.kv_fit, limits, max_context, cfg.block_size, per_block, cfg.kv_cache_bytes);
         if num_blocks * cfg.block_size < max_context.min(limits.max_batch_tokens) {
             return Err(BackendError::Unavailable(format!(
                 "a KV cache of {} MiB holds only {} tokens ({} blocks of {}); raise --kv-cache-gib",
@@ -111,5 +151,33 @@ impl Backend for CpuBackend {
         let (model, kv) = (&self.model, &mut self.kv);
         let data = self.pool.install(|| model.forward(batch, kv))?;
         Ok(Logits::for_batch(batch, self.info.vocab_size, data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(tokens: usize, seqs: usize) -> StepLimits {
+        StepLimits { max_batch_tokens: tokens, max_batch_seqs: seqs, max_context: None }
+    }
+
+    #[test]
+    fn pool_is_sized_for_its_fit_within_the_memory_cap() {
+        // 1000 bytes a block of 16 tokens; a 1 MB cap holds 1000 blocks.
+        let size = |fit: &KvFit, l: &StepLimits, ctx: usize| pool_blocks(fit, l, ctx, 16, 1000, 1_000_000);
+        let l = limits(512, 4);
+        assert_eq!(size(&KvFit::Memory, &l, 2048), 1000, "--kv-cache-gib: all of it");
+        assert_eq!(size(&KvFit::Sequences, &l, 2048), 4 * 128, "4 running sequences of 2048 tokens");
+        assert_eq!(size(&KvFit::Sequences, &l, 2000), 4 * 125);
+        assert_eq!(size(&KvFit::Sequences, &l, 2001), 4 * 126, "a partial block is a block");
+        assert_eq!(size(&KvFit::Sequences, &limits(512, 64), 8192), 1000, "capped by the memory");
+        // Lengths: each sequence's blocks, a length over the context counting as the context.
+        assert_eq!(size(&KvFit::Lengths(vec![600, 17, 5000]), &l, 2048), 38 + 2 + 128);
+        // Never under one step's tokens, or one context when that is shorter.
+        assert_eq!(size(&KvFit::Lengths(vec![3]), &l, 2048), 32, "a 512-token step");
+        assert_eq!(size(&KvFit::Lengths(vec![3]), &l, 100), 7, "a 100-token context");
+        assert_eq!(size(&KvFit::Sequences, &limits(512, 1), 64), 4);
+        assert_eq!(pool_blocks(&KvFit::Lengths(vec![3]), &l, 2048, 16, 1000, 10_000), 10, "the cap wins");
     }
 }

@@ -80,6 +80,7 @@ impl StepPlan {
             logit_rows: Vec::new(),
         };
         let mut last_row = vec![0u32; batch.seqs.len()];
+        let mut first_row = vec![0u32; batch.seqs.len()];
         let decodes: Vec<(usize, &SeqStep)> =
             batch.seqs.iter().enumerate().filter(|(_, s)| is_decode(s)).collect();
         if !decodes.is_empty() {
@@ -95,15 +96,24 @@ impl StepPlan {
                 plan.positions.push(s.start_pos as u32);
                 plan.slots.push(slot(s, s.start_pos, block_size));
                 last_row[i] = row as u32;
+                first_row[i] = row as u32;
             }
             plan.decode = Some(group);
         }
         for (i, s) in batch.seqs.iter().enumerate().filter(|(_, s)| !is_decode(s)) {
+            first_row[i] = plan.ids.len() as u32;
             plan.push_group(s, block_size);
             last_row[i] = plan.ids.len() as u32 - 1;
         }
-        plan.logit_rows =
-            (0..batch.seqs.len()).filter(|&i| batch.seqs[i].want_logits).map(|i| last_row[i]).collect();
+        // A chunk's rows are contiguous in device order, so one that wants every
+        // row's logits gets them in its own order, as `Logits::for_batch` expects.
+        for (i, s) in batch.seqs.iter().enumerate() {
+            if s.all_logits {
+                plan.logit_rows.extend(first_row[i]..=last_row[i]);
+            } else if s.want_logits {
+                plan.logit_rows.push(last_row[i]);
+            }
+        }
         plan
     }
 
@@ -130,14 +140,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_chunk_that_wants_every_row_gets_its_rows_in_its_own_order() {
+        let (a, b, c) = ([5u32, 6, 7], [9u32], [1u32, 2]);
+        let seq = |id, tokens, start_pos, want_logits, all_logits| SeqStep {
+            id,
+            tokens,
+            start_pos,
+            block_table: &[0, 1],
+            want_logits,
+            all_logits,
+        };
+        let batch = StepBatch {
+            seqs: vec![
+                seq(1, &a[..], 0, true, true),
+                seq(2, &b[..], 5, true, false),
+                seq(3, &c[..], 0, false, true),
+            ],
+        };
+        let plan = StepPlan::new(&batch, 4);
+        // Device order: the decode (row 0), then chunk 1 (rows 1..4), then chunk 3 (4..6);
+        // logits come back in batch order, as `Logits::for_batch` reads them.
+        assert_eq!(plan.ids, vec![9, 5, 6, 7, 1, 2]);
+        assert_eq!(plan.logit_rows, vec![1, 2, 3, 0, 4, 5]);
+    }
+
+    #[test]
     fn decodes_come_first_in_one_group_and_each_prefill_alone() {
         let (a, b, c) = ([5u32, 6, 7], [9u32], [4u32]);
         let batch = StepBatch {
             seqs: vec![
                 // A prefill chunk at positions 2..5 over blocks [3, 1] of 4 slots.
-                SeqStep { id: 1, tokens: &a, start_pos: 2, block_table: &[3, 1], want_logits: true },
-                SeqStep { id: 2, tokens: &b, start_pos: 5, block_table: &[0, 2], want_logits: true },
-                SeqStep { id: 3, tokens: &c, start_pos: 1, block_table: &[7], want_logits: false },
+                SeqStep {
+                    id: 1,
+                    tokens: &a,
+                    start_pos: 2,
+                    block_table: &[3, 1],
+                    want_logits: true,
+                    all_logits: false,
+                },
+                SeqStep {
+                    id: 2,
+                    tokens: &b,
+                    start_pos: 5,
+                    block_table: &[0, 2],
+                    want_logits: true,
+                    all_logits: false,
+                },
+                SeqStep {
+                    id: 3,
+                    tokens: &c,
+                    start_pos: 1,
+                    block_table: &[7],
+                    want_logits: false,
+                    all_logits: false,
+                },
             ],
         };
         let plan = StepPlan::new(&batch, 4);

@@ -384,6 +384,12 @@ impl Backend for NeuronBackend {
     }
 
     fn step(&mut self, batch: &StepBatch) -> Result<Logits, BackendError> {
+        if batch.seqs.iter().any(|s| s.all_logits) {
+            // Compiled graphs return the last position's logits only.
+            return Err(BackendError::InvalidStep(
+                "prompt logprobs need every prompt row's logits, which compiled graphs do not return".into(),
+            ));
+        }
         validate_step(&self.info, batch)?;
         let (decodes, prefills): (Vec<usize>, Vec<usize>) =
             (0..batch.seqs.len()).partition(|&i| batch.seqs[i].is_decode());

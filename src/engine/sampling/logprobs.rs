@@ -65,9 +65,39 @@ pub(super) fn top_n_into(logits: &[f32], n: usize, out: &mut Vec<(u32, f32)>) {
     }
 }
 
+/// The log-softmax of raw `logits` at `token`, and the `top` most likely entries
+/// with theirs: a prompt token's logprob as the model gives it (no penalties, which
+/// belong to generation). The sum runs in f64 over the same clean-up as sampling.
+pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let mut clean = logits.to_vec();
+    let Some((_, max)) = sanitize_and_argmax(&mut clean) else {
+        return (f32::NEG_INFINITY, Vec::new());
+    };
+    let sum: f64 = clean.iter().map(|&x| f64::from(x - max).exp()).sum();
+    let log_sum = sum.ln() as f32;
+    let lp = |x: f32| (x - max) - log_sum;
+    let mut alternatives = Vec::new();
+    top_n_into(&clean, top, &mut alternatives);
+    for (_, x) in &mut alternatives {
+        *x = lp(*x);
+    }
+    (lp(clean.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY)), alternatives)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_logprobs_are_a_log_softmax() {
+        let logits = [1.0f32, 3.0, 2.0, f32::NAN];
+        let lse = (1f64.exp() + 3f64.exp() + 2f64.exp()).ln() as f32;
+        let (lp, top) = token_logprobs(&logits, 2, 2);
+        assert!((lp - (2.0 - lse)).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((top[0].1 - (3.0 - lse)).abs() < 1e-6);
+        assert_eq!(token_logprobs(&logits, 3, 0), (f32::NEG_INFINITY, Vec::new()), "NaN: probability 0");
+    }
 
     fn top_n(logits: &[f32], n: usize) -> Vec<(u32, f32)> {
         let mut out = Vec::new();

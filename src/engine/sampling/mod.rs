@@ -17,6 +17,7 @@ mod penalties;
 mod sampler;
 mod truncate;
 
+pub use logprobs::token_logprobs;
 pub use params::SamplingParams;
 pub use sampler::{Sampled, Sampler};
 

@@ -318,6 +318,7 @@ mod tests {
                     start_pos: lo,
                     block_table: &table,
                     want_logits: false,
+                    all_logits: false,
                 };
                 let (kd, qd) = (c.kv_dim(), c.q_dim());
                 write_kv(&mut cache, 0, &[span], &k[lo * kd..hi * kd], &v[lo * kd..hi * kd]);
@@ -373,8 +374,22 @@ mod tests {
         let mut cache = PagedKvCache::new(&c, 4, 4, KvDtype::F32);
         let (ta, tb) = ([0u32], [1u32]);
         let spans = [
-            SeqStep { id: 0, tokens: &[1, 2], start_pos: 0, block_table: &ta, want_logits: false },
-            SeqStep { id: 1, tokens: &[3], start_pos: 0, block_table: &tb, want_logits: false },
+            SeqStep {
+                id: 0,
+                tokens: &[1, 2],
+                start_pos: 0,
+                block_table: &ta,
+                want_logits: false,
+                all_logits: false,
+            },
+            SeqStep {
+                id: 1,
+                tokens: &[3],
+                start_pos: 0,
+                block_table: &tb,
+                want_logits: false,
+                all_logits: false,
+            },
         ];
         write_kv(&mut cache, 0, &spans, &k, &v);
         let mut out = vec![0.0; 3 * c.q_dim()];
