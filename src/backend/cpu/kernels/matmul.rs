@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::activations::QActs;
 use super::dispatch::Kernel;
+use super::gemm;
 use super::layout::{GROUP, QK};
 use super::prefetch::{prefetch, Level};
 use super::select;
@@ -97,6 +98,9 @@ unsafe fn run_task(
     out: OutPtr,
 ) {
     let format = w.format.id();
+    if gemm::applies(kernel, format, rows.len()) {
+        return gemm::run_task(kernel, w, acts, rows, groups, out.0);
+    }
     let tile_rows = select::rows_for(kernel, format);
     let full = select::select(kernel, format, tile_rows);
     let group_bytes = w.format.group_bytes(w.k);
