@@ -34,6 +34,10 @@ pub const NR: usize = 2;
 /// Activation rows per micro-kernel call: with `NR` groups, `2 · MR · NR` accumulators
 /// (integer and float) stay in registers.
 pub const MR: usize = 6;
+/// Most rows per task on this path (the row-tile walk takes 64): each task unpacks its
+/// groups once, so taller tasks unpack less often, and 256 rows of quantized
+/// activations (up to 384 KiB at k = 1536) still sit in L2.
+pub const ROW_CHUNK: usize = 256;
 /// A task needs at least this many rows for the panel's unpacking to pay off.
 pub const MIN_ROWS: usize = 8;
 
