@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::activations::QActs;
 use super::dispatch::Kernel;
+use super::gemm;
 use super::layout::{GROUP, QK};
 use super::prefetch::{prefetch, Level};
 use super::select;
@@ -47,8 +48,9 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(m: usize, groups: usize, threads: usize) -> Plan {
-        let row_chunks = m.div_ceil(ROW_CHUNK).max(1);
+    /// `row_chunk`: the most rows a task takes ([`ROW_CHUNK`], or `gemm::ROW_CHUNK`).
+    fn new(m: usize, groups: usize, threads: usize, row_chunk: usize) -> Plan {
+        let row_chunks = m.div_ceil(row_chunk).max(1);
         let rows_per_task = m.div_ceil(row_chunks).max(1);
         let want = (TASKS_PER_THREAD * threads).div_ceil(row_chunks);
         let groups_per_task = groups.div_ceil(want.clamp(1, groups.max(1))).max(1);
@@ -65,7 +67,8 @@ pub fn run(kernel: Kernel, w: &QMatrix, x: &[f32], m: usize, out: &mut [f32]) {
     // here while this one waits) then simply starts with an empty buffer.
     let mut acts = SCRATCH.with(Cell::take);
     acts.quantize(kernel, x, m, w.k);
-    let plan = Plan::new(m, w.groups, rayon::current_num_threads());
+    let row_chunk = if gemm::applies(kernel, w.format.id(), m) { gemm::ROW_CHUNK } else { ROW_CHUNK };
+    let plan = Plan::new(m, w.groups, rayon::current_num_threads(), row_chunk);
     let out = OutPtr(out.as_mut_ptr());
     let tasks = plan.row_chunks * plan.group_chunks;
     let acts_ref = &acts;
@@ -97,6 +100,9 @@ unsafe fn run_task(
     out: OutPtr,
 ) {
     let format = w.format.id();
+    if gemm::applies(kernel, format, rows.len()) {
+        return gemm::run_task(kernel, w, acts, rows, groups, out.0);
+    }
     let tile_rows = select::rows_for(kernel, format);
     let full = select::select(kernel, format, tile_rows);
     let group_bytes = w.format.group_bytes(w.k);
@@ -159,20 +165,24 @@ mod tests {
 
     #[test]
     fn decode_plan_gives_every_thread_several_tasks() {
-        let p = Plan::new(1, 96, 2);
+        let p = Plan::new(1, 96, 2, ROW_CHUNK);
         assert_eq!((p.row_chunks, p.rows_per_task), (1, 1));
         assert_eq!((p.groups_per_task, p.group_chunks), (12, 8));
         // Fewer groups than wanted tasks: one group each.
-        let p = Plan::new(1, 5, 2);
+        let p = Plan::new(1, 5, 2, ROW_CHUNK);
         assert_eq!((p.groups_per_task, p.group_chunks), (1, 5));
     }
 
     #[test]
     fn prefill_plan_chunks_rows_evenly() {
-        let p = Plan::new(130, 36, 2);
+        let p = Plan::new(130, 36, 2, ROW_CHUNK);
         assert_eq!((p.row_chunks, p.rows_per_task), (3, 44));
         assert_eq!(p.group_chunks, 3);
-        let p = Plan::new(512, 36, 2);
+        let p = Plan::new(512, 36, 2, ROW_CHUNK);
         assert_eq!((p.row_chunks, p.rows_per_task, p.group_chunks), (8, 64, 1));
+        // The many-rows path unpacks each group once per task: fewer, taller row
+        // chunks, the groups split instead.
+        let p = Plan::new(512, 36, 2, gemm::ROW_CHUNK);
+        assert_eq!((p.row_chunks, p.rows_per_task, p.group_chunks), (2, 256, 4));
     }
 }

@@ -5,7 +5,9 @@
 //! rows: the activations are quantized once to 8-bit blocks, the dot products are exact
 //! integer multiply-adds, and the work is spread over rayon's threads. One token
 //! (decode) streams the weights once; many rows (prefill, batched decode) reuse each
-//! weight block from cache across a tile of rows. The instruction set is picked at run
+//! weight block from cache across a tile of rows; with enough rows on AVX-512 VNNI a task
+//! unpacks its weights once and runs a register-blocked micro-kernel over them (`gemm`),
+//! with bit-identical results. The instruction set is picked at run
 //! time (`dispatch`); call from inside the rayon pool (`ThreadPool::install`) so the
 //! calling thread works too instead of waiting on the pool.
 
@@ -14,7 +16,10 @@ mod activations;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_gemm;
 mod dispatch;
+mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod isa;
 mod layout;

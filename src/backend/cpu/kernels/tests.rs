@@ -247,3 +247,62 @@ fn real_weights_requantized_to_k_quants_and_q5_match_their_dequantization() {
         assert!(loss < 0.02, "{dtype:?}: activation quantization loss {loss}");
     }
 }
+
+/// The many-rows path (`gemm`) against the portable kernel, bit for bit, at every row
+/// count up to 64 (so every remainder of its row tiles, and tasks on both sides of its
+/// row threshold), on matrices with a ragged last group and an odd number of groups.
+#[test]
+fn every_row_count_matches_portable_exactly() {
+    let mut rng = StdRng::seed_from_u64(17);
+    for dtype in DTYPES {
+        for (n, k) in [(37, 256), (64, 512)] {
+            let k = whole_blocks(dtype, k);
+            let qm = QMatrix::from_qtensor(&quantized(&mut rng, n, k, dtype).0).unwrap().unwrap();
+            let x = random(&mut rng, 64 * k);
+            for m in 1..=64 {
+                let x = &x[..m * k];
+                let mut want = vec![f32::NAN; m * n];
+                qm.matmul_with(Kernel::Portable, x, m, &mut want);
+                for kernel in Kernel::available() {
+                    let mut got = vec![f32::NAN; m * n];
+                    qm.matmul_with(kernel, x, m, &mut got);
+                    assert_eq!(got, want, "{dtype:?} {n}x{k} m={m} {}", kernel.name());
+                }
+            }
+        }
+    }
+}
+
+/// A row's output is the same bits whatever rows share its call: alone, among 64, or
+/// among a different 23 at another position (so on other paths and in other tiles).
+#[test]
+fn a_rows_output_does_not_depend_on_the_other_rows() {
+    let mut rng = StdRng::seed_from_u64(19);
+    for dtype in DTYPES {
+        let (n, k) = (50, whole_blocks(dtype, 512));
+        let qm = QMatrix::from_qtensor(&quantized(&mut rng, n, k, dtype).0).unwrap().unwrap();
+        let m = 64;
+        let x = random(&mut rng, m * k);
+        for kernel in Kernel::available() {
+            let mut all = vec![0.0; m * n];
+            qm.matmul_with(kernel, &x, m, &mut all);
+            // Rows 41.. and 0..5 of the full call, as rows 0..23 of another.
+            let picked: Vec<usize> = (41..m).chain(0..5).collect();
+            let sub: Vec<f32> = picked.iter().flat_map(|&i| x[i * k..(i + 1) * k].iter().copied()).collect();
+            let mut some = vec![0.0; picked.len() * n];
+            qm.matmul_with(kernel, &sub, picked.len(), &mut some);
+            for (j, &i) in picked.iter().enumerate() {
+                let mut one = vec![0.0; n];
+                qm.matmul_with(kernel, &x[i * k..(i + 1) * k], 1, &mut one);
+                let row = &all[i * n..(i + 1) * n];
+                assert_eq!(one, row, "{dtype:?} {}: row {i} alone", kernel.name());
+                assert_eq!(
+                    some[j * n..(j + 1) * n],
+                    *row,
+                    "{dtype:?} {}: row {i} among others",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}

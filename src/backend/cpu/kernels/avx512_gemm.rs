@@ -1,0 +1,127 @@
+//! The AVX-512 VNNI many-rows kernels (see `gemm`): unpacking a group into the panel,
+//! and the `MR × G` micro-kernel that sweeps it.
+
+use std::arch::x86_64::*;
+
+use super::gemm::{offset, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
+use super::layout::{
+    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q8_0, Q4K_DMIN_OFFSET, QK,
+};
+use super::tile::prefetch_ahead;
+
+/// Unpacks a group of format `F` (Q4_0, Q4_1, Q4_K or Q8_0) into `nb` blocks of the
+/// panel: the quants as unsigned bytes in activation order, the scales (for Q4_K
+/// `d · sc`) and minimums (Q4_K: `-dmin · m`) as f32, formed exactly as `avx512::tile`
+/// forms them.
+///
+/// # Safety
+/// AVX-512 F and BW, F16C must be available.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
+    assert!(w.len() >= WeightFormat::from_id(F).group_bytes(nb * QK) && panel.len() >= nb * LINES_PER_BLOCK);
+    let shape = record_shape(F);
+    let (w, p) = (w.as_ptr(), panel.as_mut_ptr().cast::<__m512i>());
+    let low = _mm512_set1_epi8(0x0f);
+    let f16x16 = |at: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(at.cast()));
+    for b in 0..nb {
+        let blk = w.add(record_offset(F, b));
+        // The group comes from memory (decode batches) or L2 (prefill): read ahead as
+        // the row-tile kernel does on a group's first tile.
+        prefetch_ahead(blk, shape.bytes);
+        let dst = p.add(b * LINES_PER_BLOCK);
+        if F == FMT_Q8_0 {
+            for j in 0..8 {
+                _mm512_store_si512(dst.add(j), _mm512_loadu_si512(blk.add(64 * j).cast()));
+            }
+        } else {
+            // Chunk `i` holds values 4i..4i+4 in its low nibbles and 16+4i.. in its high.
+            for i in 0..4 {
+                let raw = _mm512_loadu_si512(blk.add(64 * i).cast());
+                _mm512_store_si512(dst.add(i), _mm512_and_si512(raw, low));
+                _mm512_store_si512(dst.add(i + 4), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low));
+            }
+        }
+        let (dw, mw) = if F == FMT_Q4K {
+            let header = w.add(k_header_offset(F, b));
+            let u8x16 =
+                |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(at).cast())));
+            let (d, neg_dmin) = (f16x16(header), f16x16(header.add(Q4K_DMIN_OFFSET)));
+            (_mm512_mul_ps(d, u8x16(shape.scales)), _mm512_mul_ps(neg_dmin, u8x16(shape.mins)))
+        } else if shape.has_mins {
+            (f16x16(blk.add(shape.scales)), f16x16(blk.add(shape.mins)))
+        } else {
+            (f16x16(blk.add(shape.scales)), _mm512_setzero_ps())
+        };
+        _mm512_store_ps(dst.add(SCALES_LINE).cast(), dw);
+        _mm512_store_ps(dst.add(MINS_LINE).cast(), mw);
+    }
+}
+
+/// `MR` activation rows against `G` consecutive groups of the panel, over all of `k`.
+/// Per block, the `MR · G` integer sums build up over the eight 4-byte steps (one
+/// weight load per group and one activation broadcast per row each step), then each
+/// output takes the block's scaled sum and minimum term in the portable kernel's order.
+///
+/// # Safety
+/// See [`super::gemm::MicroFn`]; AVX-512 F, BW and VNNI must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn micro<const F: u8, const MR: usize, const G: usize>(t: &Block<'_>) {
+    let a = t.acts;
+    let (k, nb) = (a.k, a.nb);
+    let rows_end = t.row0 + MR;
+    assert!(t.panel.len() >= G * nb * LINES_PER_BLOCK && a.qs.len() >= rows_end * k);
+    assert!(a.d.len() >= rows_end * nb && a.s.len() >= rows_end * nb && a.isum.len() >= rows_end * nb);
+    let p = t.panel.as_ptr().cast::<__m512i>();
+    let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
+    let off = offset(F);
+    let has_mins = record_shape(F).has_mins;
+    let line = |g: usize, b: usize, l: usize| p.add((g * nb + b) * LINES_PER_BLOCK + l);
+    let mut acc = [[_mm512_setzero_ps(); G]; MR];
+    for b in 0..nb {
+        let mut dot = [[_mm512_setzero_si512(); G]; MR];
+        for j in 0..QK / 4 {
+            let mut wv = [_mm512_setzero_si512(); G];
+            for (g, wv) in wv.iter_mut().enumerate() {
+                *wv = _mm512_load_si512(line(g, b, j));
+            }
+            for (r, dot) in dot.iter_mut().enumerate() {
+                let at = qs.add((t.row0 + r) * k + b * QK + 4 * j).cast::<i32>();
+                let x = _mm512_set1_epi32(at.read_unaligned());
+                for (d, &wv) in dot.iter_mut().zip(&wv) {
+                    *d = _mm512_dpbusd_epi32(*d, wv, x);
+                }
+            }
+        }
+        let mut dw = [_mm512_setzero_ps(); G];
+        let mut mw = [_mm512_setzero_ps(); G];
+        for g in 0..G {
+            dw[g] = _mm512_load_ps(line(g, b, SCALES_LINE).cast());
+            if has_mins {
+                mw[g] = _mm512_load_ps(line(g, b, MINS_LINE).cast());
+            }
+        }
+        for (r, (acc, dot)) in acc.iter_mut().zip(&dot).enumerate() {
+            let at = (t.row0 + r) * nb + b;
+            let dx = _mm512_set1_ps(*ds.add(at));
+            let sx = _mm512_set1_ps(*ss.add(at));
+            let corr = _mm512_set1_epi32(off * *sums.add(at));
+            for g in 0..G {
+                let mut d = dot[g];
+                if off != 0 {
+                    d = _mm512_sub_epi32(d, corr);
+                }
+                acc[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(dw[g], dx), acc[g]);
+                if has_mins {
+                    acc[g] = _mm512_fmadd_ps(mw[g], sx, acc[g]);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (g, acc) in acc.iter().enumerate() {
+            let cols = t.ncols[g];
+            let mask: __mmask16 = if cols >= 16 { 0xffff } else { (1u16 << cols) - 1 };
+            _mm512_mask_storeu_ps(t.out.add(r * t.ldo + 16 * g), mask, *acc);
+        }
+    }
+}
