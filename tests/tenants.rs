@@ -111,19 +111,22 @@ max_concurrent_requests = 1
     assert!(retry.is_some_and(|v| v.parse::<u64>().is_ok()), "Retry-After on the 429");
     let (_, done) = sse(first.into_inner());
     assert!(done, "the admitted stream ran to [DONE]");
-    assert_eq!(admitted_within(&server, GLOBEX_KEY, &small, Duration::from_secs(5)), 200);
+    let (s, retried) = admitted_within(&server, GLOBEX_KEY, &small, Duration::from_secs(5));
+    assert_eq!(s, 200);
 
     // A client that hangs up mid-stream frees the slot too.
     let hung = client().post(&url).bearer_auth(GLOBEX_KEY).json(&stream_body(400)).send().expect("send");
     drop(first_chunk(hung));
-    assert_eq!(admitted_within(&server, GLOBEX_KEY, &small, Duration::from_secs(10)), 200);
+    let (s, retried_after_hang_up) = admitted_within(&server, GLOBEX_KEY, &small, Duration::from_secs(10));
+    assert_eq!(s, 200);
+    let throttled = 1 + retried + retried_after_hang_up;
 
     let text = client().get(server.url("/metrics")).send().expect("metrics").text().expect("text");
     let m = |name: &str| metric(&text, name);
     assert_eq!(m(r#"inflight_tenant_requests_total{code="200",tenant="acme"}"#), Some(2.0), "{text}");
     assert_eq!(m(r#"inflight_tenant_requests_total{code="400",tenant="acme"}"#), Some(1.0));
-    assert_eq!(m(r#"inflight_tenant_requests_total{code="429",tenant="globex"}"#), Some(1.0));
-    assert_eq!(m(r#"inflight_tenant_throttled_total{tenant="globex"}"#), Some(1.0));
+    assert_eq!(m(r#"inflight_tenant_requests_total{code="429",tenant="globex"}"#), Some(throttled as f64));
+    assert_eq!(m(r#"inflight_tenant_throttled_total{tenant="globex"}"#), Some(throttled as f64));
     assert_eq!(m(r#"inflight_tenant_tokens_total{kind="completion",tenant="acme"}"#), Some(11.0));
     assert!(m(r#"inflight_tenant_tokens_total{kind="prompt",tenant="acme"}"#).is_some_and(|v| v >= 2.0));
     // globex finished: 3 + 48 + 3 + 3 completion tokens (the hung-up stream is not
@@ -154,13 +157,17 @@ fn without_colour(text: &str) -> String {
 }
 
 /// Sends `body` until it is admitted (not 429) or `within` passes; the status.
-fn admitted_within(server: &Server, key: &str, body: &Value, within: Duration) -> u16 {
+/// Retries while the answer is 429 (a slot is freed just after the client saw
+/// `[DONE]`); returns the last status and how many 429s came before it.
+fn admitted_within(server: &Server, key: &str, body: &Value, within: Duration) -> (u16, usize) {
     let deadline = Instant::now() + within;
+    let mut refused = 0;
     loop {
         let (s, _, _) = complete(server, Some(key), body);
         if s != 429 || Instant::now() > deadline {
-            return s;
+            return (s, refused);
         }
+        refused += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
 }
