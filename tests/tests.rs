@@ -14,5 +14,6 @@ mod layers;
 mod neuron;
 mod neuron_compile;
 mod neuron_runtime;
+mod openapi;
 mod score;
 mod tenants;
