@@ -27,7 +27,8 @@ fn openapi_document_is_served_and_valid() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("openapi.json");
     std::fs::write(&path, doc.to_string()).expect("write the document");
-    let out = Command::new(venv_tool("openapi-spec-validator")).arg(&path).output().expect("run the validator");
+    let out =
+        Command::new(venv_tool("openapi-spec-validator")).arg(&path).output().expect("run the validator");
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && text.contains("OK"), "not valid OpenAPI:\n{text}");
 }
@@ -44,7 +45,10 @@ fn run_schemathesis(max_examples: u32, report_dir: &std::path::Path) -> (bool, S
     let server = Server::start(&["--max-context", "64", "--tenants", &tenants.to_string_lossy()]);
     let out = Command::new(venv_tool("st"))
         .args(["run", &server.url("/openapi.json")])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
         .args(["--header", "Authorization: Bearer sk-schemathesis"])
         .args(["--max-examples", &max_examples.to_string(), "--seed", "17", "--workers", "1"])
         .args(["--request-timeout", "120", "--suppress-health-check", "too_slow"])

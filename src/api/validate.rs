@@ -239,7 +239,11 @@ fn message_text(content: &Option<MessageContent>) -> Result<String, ApiError> {
 
 /// A JSON body for `endpoint`, read into its request type (the wrong shape is 422)
 /// and validated: the whole way from the wire to what the engine accepts.
-pub fn body(endpoint: Endpoint, body: serde_json::Value, limits: &Limits) -> Result<ValidatedRequest, ApiError> {
+pub fn body(
+    endpoint: Endpoint,
+    body: serde_json::Value,
+    limits: &Limits,
+) -> Result<ValidatedRequest, ApiError> {
     let invalid = |e: serde_json::Error| ApiError::unprocessable(format!("invalid request: {e}"));
     match endpoint {
         Endpoint::Chat => chat(&serde_json::from_value(body).map_err(invalid)?, limits),

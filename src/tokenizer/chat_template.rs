@@ -78,7 +78,7 @@ impl ChatTemplate {
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         };
-        template.render_to_write(ctx, &mut out).map_err(|e| {
+        template.render_captured_to(ctx, &mut out).map(drop).map_err(|e| {
             TokenizerError::ChatTemplate(if out.overflowed() {
                 format!("the rendered prompt exceeds {MAX_RENDERED_BYTES} bytes")
             } else {
