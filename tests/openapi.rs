@@ -72,5 +72,6 @@ fn schemathesis_finds_no_server_errors_and_no_undocumented_responses() {
     // script, where it has minutes.
     let (ok, text) = run_schemathesis(8, dir.path());
     assert!(ok, "schemathesis found failures:\n{text}");
-    assert!(text.contains("passed"), "{text}");
+    // Every operation was reached with generated cases.
+    assert!(text.contains("Tested: ") && text.contains(" generated, "), "{text}");
 }
