@@ -115,8 +115,8 @@ for t in "${targets[@]}"; do
     # The full log holds every new-coverage line; keep its head and tail.
     { head -n 40 "$log.full"; echo "[...]"; tail -n 40 "$log.full"; } >"$log"
     rm -f "$log.full"
-    stat() { grep -o "stat::$1: *[0-9]*" "$log" | grep -o '[0-9]*$' | tail -n 1; }
-    last=$(grep -E '^#[0-9]+' "$log" | tail -n 1)
+    stat() { grep -o "stat::$1: *[0-9]*" "$log" | grep -o '[0-9]*$' | tail -n 1 || true; }
+    last=$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)
     cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
     ft=$(grep -o 'ft: [0-9]*' <<<"$last" | grep -o '[0-9]*' || true)
     corp=$(grep -o 'corp: [0-9]*/[0-9a-zA-Z]*' <<<"$last" | cut -d' ' -f2 || true)
