@@ -15,6 +15,7 @@ mod layers;
 mod neuron;
 mod neuron_compile;
 mod neuron_runtime;
+mod openapi;
 mod prompt_logprobs;
 mod score;
 mod startup;

@@ -28,13 +28,7 @@ use super::run::{self, ChoiceResult};
 use super::state::{AppState, Ready};
 use super::tenants::{InFlightGuard, Tenant};
 use super::types::*;
-use super::validate::{self, Limits, Prompt, TenantTokenCap, ValidatedRequest};
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
-    Chat,
-    Completion,
-}
+use super::validate::{self, Endpoint, Limits, Prompt, TenantTokenCap, ValidatedRequest};
 
 /// Reads a JSON body: malformed JSON (or not UTF-8, or nested too deep) is 400, a
 /// well-formed body with wrong types or missing fields is 422, too large is 413.
@@ -49,7 +43,12 @@ pub fn parse_body<T: DeserializeOwned>(
             ApiError::bad_request(format!("cannot read the request body: {e}"))
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+    parse_json(&bytes)
+}
+
+/// A JSON body's bytes as `T`: malformed JSON is 400, the wrong shape 422.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::unprocessable(format!("invalid request: {e}")),
         _ => ApiError::bad_request(format!("malformed JSON body: {e}")),
     })
@@ -150,18 +149,7 @@ async fn validated(
                 .max_tokens_per_request
                 .map(|max_tokens| TenantTokenCap { tenant: &tenant.name, max_tokens }),
         };
-        match endpoint {
-            Endpoint::Chat => {
-                let req: ChatCompletionRequest = serde_json::from_value(body)
-                    .map_err(|e| ApiError::unprocessable(format!("invalid request: {e}")))?;
-                validate::chat(&req, &limits)
-            }
-            Endpoint::Completion => {
-                let req: CompletionRequest = serde_json::from_value(body)
-                    .map_err(|e| ApiError::unprocessable(format!("invalid request: {e}")))?;
-                validate::completion(&req, &limits)
-            }
-        }
+        validate::body(endpoint, body, &limits)
     })
     .await
     .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))?

@@ -5,6 +5,7 @@
 pub mod arrival;
 pub mod error;
 pub mod handlers;
+pub mod openapi;
 pub mod ratelimit;
 pub mod run;
 pub mod server;

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use super::arrival;
 use super::error::ApiError;
 use super::handlers;
+use super::openapi;
 use super::ratelimit;
 use super::state::AppState;
 use super::tenants::{Authenticated, Tenant, Tier};
@@ -123,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.max_request_bytes))

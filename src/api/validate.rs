@@ -11,6 +11,13 @@ use crate::tokenizer::{ChatMessage, Tokenizer};
 use super::error::ApiError;
 use super::types::{ChatCompletionRequest, CommonParams, CompletionRequest, MessageContent, PromptInput};
 
+/// Which body a request carries: a chat or a text completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
 /// Most choices (`n`) one request may ask for, and most sequences (prompts × n).
 pub const MAX_N: usize = 64;
 pub const MAX_SEQUENCES_PER_REQUEST: usize = 256;
@@ -233,6 +240,20 @@ fn message_text(content: &Option<MessageContent>) -> Result<String, ApiError> {
             }
             Ok(out)
         }
+    }
+}
+
+/// A JSON body for `endpoint`, read into its request type (the wrong shape is 422)
+/// and validated: the whole way from the wire to what the engine accepts.
+pub fn body(
+    endpoint: Endpoint,
+    body: serde_json::Value,
+    limits: &Limits,
+) -> Result<ValidatedRequest, ApiError> {
+    let invalid = |e: serde_json::Error| ApiError::unprocessable(format!("invalid request: {e}"));
+    match endpoint {
+        Endpoint::Chat => chat(&serde_json::from_value(body).map_err(invalid)?, limits),
+        Endpoint::Completion => completion(&serde_json::from_value(body).map_err(invalid)?, limits),
     }
 }
 

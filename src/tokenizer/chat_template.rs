@@ -6,6 +6,12 @@
 //! `add_generation_prompt` / `messages` in the context. A template that fails to
 //! compile does not stop the model from loading: only chat requests fail, with the
 //! compile error.
+//!
+//! A template comes from the model file, so it may be hostile: rendering is bounded
+//! in instructions (minijinja's fuel), in depth (its recursion limit) and in output
+//! bytes, and each bound is an error for that request, never a hang or a crash.
+
+use std::io::Write;
 
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::Serialize;
@@ -14,6 +20,16 @@ use super::TokenizerError;
 
 const NAME: &str = "chat";
 
+/// Instructions one render may execute: the default model's template renders a
+/// full 4 MiB body of the shortest messages within it (a unit test in `mod.rs`
+/// checks), while a template that loops for ever stops after a bounded time.
+pub const RENDER_FUEL: u64 = 20_000_000;
+
+/// Bytes one render may produce: four times the default request-body limit, so a
+/// template that repeats each message a few times still fits, and one that
+/// multiplies its output stops before it takes the server's memory.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
 /// One message of a conversation, as the chat template sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessage {
@@ -21,7 +37,7 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-pub(crate) struct ChatTemplate {
+pub struct ChatTemplate {
     source: String,
     env: Environment<'static>,
     /// Why the template did not compile, if it did not.
@@ -31,8 +47,9 @@ pub(crate) struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    pub(crate) fn new(source: String, bos_token: String, eos_token: String) -> Self {
+    pub fn new(source: String, bos_token: String, eos_token: String) -> Self {
         let mut env = Environment::new();
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -41,11 +58,11 @@ impl ChatTemplate {
         ChatTemplate { source, env, compile_error, bos_token, eos_token }
     }
 
-    pub(crate) fn source(&self) -> &str {
+    pub fn source(&self) -> &str {
         &self.source
     }
 
-    pub(crate) fn render(
+    pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
@@ -54,14 +71,50 @@ impl ChatTemplate {
             return Err(TokenizerError::ChatTemplate(format!("does not compile: {e}")));
         }
         let template = self.env.get_template(NAME).map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
-        template
-            .render(context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
+        let mut out = BoundedOutput { bytes: Vec::new(), limit: MAX_RENDERED_BYTES };
+        let ctx = context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        template.render_captured_to(ctx, &mut out).map(drop).map_err(|e| {
+            TokenizerError::ChatTemplate(if out.overflowed() {
+                format!("the rendered prompt exceeds {MAX_RENDERED_BYTES} bytes")
+            } else {
+                describe(&e)
             })
-            .map_err(|e| TokenizerError::ChatTemplate(describe(&e)))
+        })?;
+        // minijinja writes whole `str`s, so the bytes are UTF-8; checked all the same.
+        String::from_utf8(out.bytes).map_err(|e| TokenizerError::ChatTemplate(e.to_string()))
+    }
+}
+
+/// A render's output, refusing to grow past `limit` bytes.
+struct BoundedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl BoundedOutput {
+    fn overflowed(&self) -> bool {
+        self.limit == 0
+    }
+}
+
+impl Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            // Marks the overflow for the error message: minijinja reports a write failure.
+            self.limit = 0;
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -115,6 +168,45 @@ mod tests {
         match render(t, &[msg("user", "x")]) {
             Err(TokenizerError::ChatTemplate(m)) => assert!(m.contains("roles must alternate"), "{m}"),
             other => panic!("expected a template error, got {other:?}"),
+        }
+    }
+
+    fn expect_error(source: &str, messages: &[ChatMessage], want: &str) {
+        match render(source, messages) {
+            Err(TokenizerError::ChatTemplate(m)) => assert!(m.contains(want), "{m}"),
+            other => panic!("expected a template error with {want:?}, got {other:?}"),
+        }
+    }
+
+    /// Renders on a thread with tokio's 2 MiB stack: the server renders on its
+    /// blocking pool.
+    fn render_on_small_stack(source: &'static str) -> Result<String, TokenizerError> {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || render(source, &[msg("user", "x")]))
+            .expect("spawn")
+            .join()
+            .expect("render thread")
+    }
+
+    #[test]
+    fn a_template_that_loops_for_ever_runs_out_of_fuel() {
+        let t = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        expect_error(t, &[msg("user", "x")], "fuel");
+    }
+
+    #[test]
+    fn a_template_with_enormous_output_is_cut_off() {
+        let t = "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}";
+        expect_error(t, &[msg("user", "x")], "exceeds");
+    }
+
+    #[test]
+    fn a_template_that_recurses_without_end_fails_on_a_small_stack() {
+        let t = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        match render_on_small_stack(t) {
+            Err(TokenizerError::ChatTemplate(m)) => assert!(m.contains("recursion"), "{m}"),
+            other => panic!("expected a recursion error, got {other:?}"),
         }
     }
 

@@ -21,8 +21,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 
-pub use chat_template::ChatMessage;
-use chat_template::ChatTemplate;
+pub use chat_template::{ChatMessage, ChatTemplate, MAX_RENDERED_BYTES, RENDER_FUEL};
 pub use error::TokenizerError;
 pub use incremental::IncrementalDecoder;
 
@@ -266,6 +265,15 @@ pub(crate) mod tests {
     pub(crate) fn smollm() -> &'static Tokenizer {
         static TOK: OnceLock<Tokenizer> = OnceLock::new();
         TOK.get_or_init(|| Tokenizer::from_gguf(&gguf_content()).expect("tokenizer from GGUF"))
+    }
+
+    #[test]
+    fn the_models_template_renders_a_full_request_body_of_messages_within_its_fuel() {
+        // The most messages a 4 MiB body holds: `{"role":"user","content":""},` each.
+        let n = (4 << 20) / 30;
+        let messages = vec![ChatMessage { role: "user".into(), content: String::new() }; n];
+        let out = smollm().apply_chat_template(&messages, true).expect("renders within the fuel");
+        assert_eq!(out.matches("<|im_start|>user").count(), n);
     }
 
     #[test]
