@@ -443,8 +443,8 @@ mod tests {
             let want = reference(&q, &k, &v, t, &c);
             let blocks = t.div_ceil(bs);
             let mut cache = PagedKvCache::new(&c, bs, blocks + 3, dtype);
-            // Out of order, with gaps.
-            let table: Vec<u32> = (0..blocks as u32).map(|b| (b * 5 + 2) % (blocks as u32 + 3)).collect();
+            // Backwards, not starting at block 0.
+            let table: Vec<u32> = (0..blocks as u32).map(|b| blocks as u32 + 2 - b).collect();
             let ids: Vec<u32> = (0..t as u32).collect();
             let span = SeqStep { id: 0, tokens: &ids, start_pos: 0, block_table: &table, want_logits: false };
             write_kv(&mut cache, 0, &[span], &k, &v);
