@@ -1,5 +1,6 @@
 //! One engine step of the default model on the CPU backend: prefill of 128 and
-//! 512 tokens, and decode steps at batch 1, 8, 16 and 32 (one token per sequence, each
+//! 512 tokens, the last 512-token chunk of a 7,500-token prompt (where attention
+//! dominates), and decode steps at batch 1, 8, 16 and 32 (one token per sequence, each
 //! sequence 128 tokens deep). Throughput is in tokens per second of the step.
 //!
 //! `cargo bench --bench step` (model: `INFLIGHT_BENCH_MODEL` or the registry's
@@ -99,6 +100,37 @@ fn bench_step(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("prefill_{n}"), |b| b.iter(|| be.step(&batch).expect("step")));
         print_profile(&mut be, &batch, &format!("step/prefill_{n}"));
+    }
+
+    // A long prompt's last chunk: positions 6,988..7,500, after the rest was prefilled
+    // in 512-token chunks as the server's default budget does.
+    {
+        let (n, chunk) = (7500usize, 512usize);
+        let (prompt, blocks) = (tokens(n, 3), table(0, n.div_ceil(bs)));
+        let last = n - chunk;
+        for lo in (0..last).step_by(chunk) {
+            let hi = (lo + chunk).min(last);
+            let seqs = vec![SeqStep {
+                id: 0,
+                tokens: &prompt[lo..hi],
+                start_pos: lo,
+                block_table: &blocks,
+                want_logits: false,
+            }];
+            be.step(&StepBatch { seqs }).expect("prefill");
+        }
+        let batch = StepBatch {
+            seqs: vec![SeqStep {
+                id: 0,
+                tokens: &prompt[last..],
+                start_pos: last,
+                block_table: &blocks,
+                want_logits: true,
+            }],
+        };
+        g.throughput(Throughput::Elements(chunk as u64));
+        g.bench_function("prefill_512_at_7k", |b| b.iter(|| be.step(&batch).expect("step")));
+        print_profile(&mut be, &batch, "step/prefill_512_at_7k");
     }
 
     let depth: usize = 128;

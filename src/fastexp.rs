@@ -5,24 +5,26 @@
 //! `x = n ln2 + r`, |r| <= ln2 / 2, a degree-7 Taylor polynomial for `e^r`
 //! (truncation error below 1e-8, under f32 resolution) and `2^n` built from the
 //! exponent bits. Results below `e^-87` (near the smallest normal f32) are 0, so a
-//! -inf logit always weighs exactly 0, and `exp(0)` is exactly 1.
+//! -inf logit always weighs exactly 0, and `exp(0)` is exactly 1. The tiled attention
+//! kernels run the same steps in vector registers (`backend/cpu/attention/lanes.rs`),
+//! hence the shared constants.
 
-const LOG2_E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two: `LN2_HI` has few mantissa bits, so `n * LN2_HI` is exact.
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 /// 1.5 * 2^23: adding and subtracting it rounds an f32 to the nearest integer.
-const ROUNDER: f32 = 12_582_912.0;
-const UNDERFLOW: f32 = -87.0;
+pub(crate) const ROUNDER: f32 = 12_582_912.0;
+pub(crate) const UNDERFLOW: f32 = -87.0;
 
 /// Taylor coefficients 1/k! for k = 2..=7, as products: a division would not
 /// vectorise as cheaply.
-const C2: f32 = 1.0 / 2.0;
-const C3: f32 = 1.0 / 6.0;
-const C4: f32 = 1.0 / 24.0;
-const C5: f32 = 1.0 / 120.0;
-const C6: f32 = 1.0 / 720.0;
-const C7: f32 = 1.0 / 5040.0;
+pub(crate) const C2: f32 = 1.0 / 2.0;
+pub(crate) const C3: f32 = 1.0 / 6.0;
+pub(crate) const C4: f32 = 1.0 / 24.0;
+pub(crate) const C5: f32 = 1.0 / 120.0;
+pub(crate) const C6: f32 = 1.0 / 720.0;
+pub(crate) const C7: f32 = 1.0 / 5040.0;
 
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {

@@ -1,13 +1,16 @@
 //! Causal grouped-query attention over the paged KV cache, for every token of a
 //! step at once. Each token attends to its own sequence's positions `0..=pos`,
 //! read through that sequence's block table, so sequences at different positions
-//! share one call. Work is spread with rayon over token rows × KV heads.
+//! share one call. Work is spread with rayon over tiles of a prefill chunk's rows
+//! (`tiled.rs`) and over the other token rows × KV heads (`head.rs` and its kernels).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod head;
+mod lanes;
+mod tiled;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -16,6 +19,8 @@ use rayon::prelude::*;
 use super::kv_cache::{LayerKv, PagedKvCache};
 use crate::backend::SeqStep;
 use head::{softmax_in_place, HeadFn, HeadGeometry, KvRows};
+use lanes::Cached;
+use tiled::{TileFn, TileRows, TileScratch};
 #[cfg(target_arch = "x86_64")]
 use {avx2::Avx2, avx512::Avx512};
 
@@ -50,9 +55,12 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, seqs: &[SeqStep], k: &[f
 
 /// `out[row]` = softmax(q·Kᵀ / √d) · V for every token row of the step.
 ///
-/// The unit of work is one token row × one KV head: the query heads that share that
-/// KV head read each cached K and V row once between them, and a single decoding
-/// sequence still spreads its heads over every thread.
+/// A sequence with at least [`TILED_MIN_ROWS`] rows in the step (a prefill chunk) goes
+/// through the tiled kernel (`tiled.rs`), a tile of its rows at a time. Every other
+/// row (decode) goes one token row × one KV head at a time: the query heads that share
+/// that KV head read each cached K and V row once between them, and a single decoding
+/// sequence still spreads its heads over every thread. Which path a row takes depends
+/// only on its own sequence's rows, never on the rest of the batch.
 pub fn attend(
     cache: &PagedKvCache,
     layer: usize,
@@ -67,14 +75,25 @@ pub fn attend(
     let kv_heads = shape.num_kv_heads;
     match cache.layer(layer) {
         LayerKv::F32 { k, v } => {
-            let head_fn = kernel_for::<f32>(&geo, attend_kv_head);
-            attend_units(cache, seqs, kv_heads, &geo, (k, v), head_fn, q, out)
+            let kernels =
+                Kernels { row: kernel_for::<f32>(&geo, attend_kv_head), tile: tiled::tile_kernel() };
+            attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, q, out)
         }
         LayerKv::F16 { k, v } => {
-            let head_fn = kernel_for::<f16>(&geo, attend_kv_head_f16);
-            attend_units(cache, seqs, kv_heads, &geo, (k, v), head_fn, q, out)
+            let kernels =
+                Kernels { row: kernel_for::<f16>(&geo, attend_kv_head_f16), tile: tiled::tile_kernel() };
+            attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, q, out)
         }
     }
+}
+
+/// Rows of one sequence in a step from which it is attended to a tile at a time: below
+/// this, most of a tile's lanes would be idle and the row kernels are quicker.
+pub const TILED_MIN_ROWS: usize = 8;
+
+struct Kernels<T> {
+    row: HeadFn<T>,
+    tile: TileFn<T>,
 }
 
 /// The widest hand-written kernel that covers the geometry on this CPU, else
@@ -96,38 +115,76 @@ fn kernel_for<T>(_: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
     portable
 }
 
+/// One tile: its sequence, the position of its first row, its queries and outputs
+/// (whole rows, every KV head's).
+type TileUnit<'a> = (&'a SeqStep<'a>, usize, &'a [f32], &'a mut [f32]);
+/// One token row × KV head: its sequence, position, KV head, queries and outputs.
+type RowUnit<'a> = (&'a SeqStep<'a>, usize, usize, &'a [f32], &'a mut [f32]);
+
 #[allow(clippy::too_many_arguments)]
-fn attend_units<T: Sync>(
+fn attend_units<T: Cached + Sync>(
     cache: &PagedKvCache,
     seqs: &[SeqStep],
     num_kv_heads: usize,
     geo: &HeadGeometry,
     (k, v): (&[T], &[T]),
-    head_fn: HeadFn<T>,
+    kernels: Kernels<T>,
     q: &[f32],
     out: &mut [f32],
 ) {
-    // (span, position) of every row, so rows can be processed independently.
-    let rows: Vec<(&SeqStep, usize)> =
-        seqs.iter().flat_map(|s| (0..s.tokens.len()).map(move |i| (s, s.start_pos + i))).collect();
-    // Chunks of `group * head_dim` are one KV head's query heads, so chunk i belongs
-    // to row i / num_kv_heads and KV head i % num_kv_heads.
+    // Chunks of `group * head_dim` are one KV head's query heads.
     let unit = geo.group * geo.head_dim;
+    let q_dim = num_kv_heads * unit;
+    let tile = tiled::tile_rows();
+    let (mut tiles, mut rows): (Vec<TileUnit>, Vec<RowUnit>) = (Vec::new(), Vec::new());
+    let (mut q_rest, mut out_rest) = (q, out);
+    for s in seqs {
+        let n = s.tokens.len() * q_dim;
+        let (q_seq, q_next) = q_rest.split_at(n);
+        let (out_seq, out_next) = std::mem::take(&mut out_rest).split_at_mut(n);
+        (q_rest, out_rest) = (q_next, out_next);
+        if s.tokens.len() >= TILED_MIN_ROWS {
+            let parts = q_seq.chunks(tile * q_dim).zip(out_seq.chunks_mut(tile * q_dim));
+            tiles.extend(parts.enumerate().map(|(t, (qt, ot))| (s, s.start_pos + t * tile, qt, ot)));
+        } else {
+            let parts = q_seq.chunks(unit).zip(out_seq.chunks_mut(unit)).enumerate();
+            rows.extend(
+                parts.map(|(i, (qu, ou))| (s, s.start_pos + i / num_kv_heads, i % num_kv_heads, qu, ou)),
+            );
+        }
+    }
     // Keep a job's work above the cost of handing it to another thread: one decoding
     // sequence's three or four units at a short context take a few microseconds, less
     // than waking a sleeping worker.
-    let positions: usize = rows.iter().map(|&(_, pos)| pos + 1).sum();
+    let positions: usize = rows.iter().map(|&(_, pos, ..)| pos + 1).sum();
     let per_unit = positions.div_ceil(rows.len().max(1)).max(1);
     let min_units = MIN_POSITIONS_PER_JOB.div_ceil(per_unit).max(1);
-    let units = out.par_chunks_mut(unit).zip(q.par_chunks(unit)).enumerate().with_min_len(min_units);
-    units.for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(scores, slots), (i, (out_heads, q_heads))| {
-            let (span, pos) = rows[i / num_kv_heads];
-            let kvh = i % num_kv_heads;
-            slots.clear();
-            cache.extend_offsets(span.block_table, pos + 1, kvh, slots);
-            head_fn(&KvRows { k, v, offsets: slots }, geo, q_heads, out_heads, scores);
+    let Kernels { row: head_fn, tile: tile_fn } = kernels;
+    rayon::join(
+        || {
+            tiles.into_par_iter().for_each_init(
+                || (TileScratch::default(), Vec::new()),
+                |(scratch, slots), (span, first_pos, q_rows, out_rows)| {
+                    let t = TileRows { first_pos, rows: q_rows.len() / q_dim, stride: q_dim };
+                    for kvh in 0..num_kv_heads {
+                        slots.clear();
+                        cache.extend_offsets(span.block_table, first_pos + t.rows, kvh, slots);
+                        let kv = KvRows { k, v, offsets: slots };
+                        let at = kvh * unit;
+                        tile_fn(&kv, geo, &t, &q_rows[at..], &mut out_rows[at..], scratch);
+                    }
+                },
+            )
+        },
+        || {
+            rows.into_par_iter().with_min_len(min_units).for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(scores, slots), (span, pos, kvh, q_heads, out_heads)| {
+                    slots.clear();
+                    cache.extend_offsets(span.block_table, pos + 1, kvh, slots);
+                    head_fn(&KvRows { k, v, offsets: slots }, geo, q_heads, out_heads, scores);
+                },
+            )
         },
     );
 }
@@ -363,6 +420,164 @@ mod tests {
         if supports::<f32, Avx512>(&geo_any(64)) {
             check("avx512 f32", attend_hand_written::<f32, Avx512>, attend_kv_head, &k, &v);
             check("avx512 f16", attend_hand_written::<f16, Avx512>, attend_kv_head_f16, &k16, &v16);
+        }
+    }
+
+    /// One sequence's whole K/V in a scattered cache (blocks of `bs`), the dense
+    /// reference for all its rows, and `attend` over rows `lo..hi` as one chunk. The
+    /// positions after the chunk are already cached, so any row that looked past its
+    /// own position would be caught.
+    struct Prompt {
+        c: LlamaConfig,
+        shape: AttentionShape,
+        cache: PagedKvCache,
+        table: Vec<u32>,
+        q: Vec<f32>,
+        want: Vec<f32>,
+    }
+
+    impl Prompt {
+        fn new(heads: usize, kv_heads: usize, d: usize, t: usize, bs: usize, dtype: KvDtype) -> Prompt {
+            let c = cfg_with(heads, kv_heads, d);
+            let (q, k, v) =
+                (pseudo(t * c.q_dim(), 11), pseudo(t * c.kv_dim(), 12), pseudo(t * c.kv_dim(), 13));
+            let want = reference(&q, &k, &v, t, &c);
+            let blocks = t.div_ceil(bs);
+            let mut cache = PagedKvCache::new(&c, bs, blocks + 3, dtype);
+            // Backwards, not starting at block 0.
+            let table: Vec<u32> = (0..blocks as u32).map(|b| blocks as u32 + 2 - b).collect();
+            let ids: Vec<u32> = (0..t as u32).collect();
+            let span = SeqStep { id: 0, tokens: &ids, start_pos: 0, block_table: &table, want_logits: false };
+            write_kv(&mut cache, 0, &[span], &k, &v);
+            let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d };
+            Prompt { c, shape, cache, table, q, want }
+        }
+
+        fn chunk(&self, lo: usize, hi: usize) -> Vec<f32> {
+            let qd = self.c.q_dim();
+            let ids: Vec<u32> = (lo as u32..hi as u32).collect();
+            let span =
+                SeqStep { id: 0, tokens: &ids, start_pos: lo, block_table: &self.table, want_logits: false };
+            let mut got = vec![f32::NAN; (hi - lo) * qd];
+            attend(&self.cache, 0, &[span], &self.shape, &self.q[lo * qd..hi * qd], &mut got);
+            got
+        }
+
+        fn check(&self, lo: usize, got: &[f32], tol: f32, what: &str) {
+            let qd = self.c.q_dim();
+            for (i, (a, b)) in got.iter().zip(&self.want[lo * qd..]).enumerate() {
+                assert!((a - b).abs() < tol, "{what}: row {} value {}: {a} vs {b}", lo + i / qd, i % qd);
+            }
+        }
+    }
+
+    /// Every chunk length from 1 to 100 (the row path below `TILED_MIN_ROWS`, full
+    /// tiles, short last tiles), starting at a block boundary, mid-block and at the
+    /// last position of a block, for SmolLM2's geometry and a group of one, in both
+    /// cache dtypes. Tolerances as in the test above.
+    #[test]
+    fn prefill_chunks_of_every_length_match_dense() {
+        for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
+            for (heads, kv_heads, d, bs) in [(9, 3, 64, 16), (2, 2, 8, 5)] {
+                let p = Prompt::new(heads, kv_heads, d, 131, bs, dtype);
+                for lo in [0, 16, 13, 31] {
+                    for n in 1..=100 {
+                        let what = format!("{dtype:?} {heads}/{kv_heads}×{d}, blocks of {bs}, rows {lo}+{n}");
+                        p.check(lo, &p.chunk(lo, lo + n), tol, &what);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A prompt's outputs do not depend on how it is chunked beyond float rounding:
+    /// several chunkings of 200 rows, odd head sizes and groups included.
+    #[test]
+    fn prompt_outputs_do_not_depend_on_the_chunking() {
+        let plans: [&[usize]; 4] = [&[200], &[3, 8, 17, 1, 31, 140], &[64, 64, 64, 8], &[7, 9, 100, 84]];
+        for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
+            for (heads, kv_heads, d, bs) in [(9, 3, 64, 16), (10, 2, 128, 16), (6, 2, 6, 7)] {
+                let p = Prompt::new(heads, kv_heads, d, 200, bs, dtype);
+                for plan in plans {
+                    let mut lo = 0;
+                    for &n in plan {
+                        p.check(
+                            lo,
+                            &p.chunk(lo, lo + n),
+                            tol,
+                            &format!("{dtype:?} {heads}/{kv_heads}×{d} {plan:?}"),
+                        );
+                        lo += n;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A sequence's rows come out bit for bit the same alone and beside other
+    /// sequences (a prefill chunk and decode rows), whichever goes first.
+    #[test]
+    fn a_sequence_gets_the_same_bits_alone_and_in_a_batch() {
+        let (heads, kv_heads, d) = (9, 3, 64);
+        let c = cfg_with(heads, kv_heads, d);
+        let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d };
+        let (qd, kd, bs) = (c.q_dim(), c.kv_dim(), 16);
+        let mut cache = PagedKvCache::new(&c, bs, 24, KvDtype::F16);
+        // Sequence s owns blocks 8s..8s+8; each has 100 positions cached.
+        let tables: Vec<Vec<u32>> = (0..3u32).map(|s| (8 * s..8 * s + 8).collect()).collect();
+        let ids: Vec<u32> = (0..100).collect();
+        for (s, table) in tables.iter().enumerate() {
+            let span = SeqStep { id: 0, tokens: &ids, start_pos: 0, block_table: table, want_logits: false };
+            let (k, v) = (pseudo(100 * kd, 20 + s as u32), pseudo(100 * kd, 30 + s as u32));
+            write_kv(&mut cache, 0, &[span], &k, &v);
+        }
+        // Sequence 0: a chunk of 37 rows from 40; 1 and 2: one decode row each.
+        let spans = [
+            SeqStep {
+                id: 0,
+                tokens: &ids[40..77],
+                start_pos: 40,
+                block_table: &tables[0],
+                want_logits: false,
+            },
+            SeqStep {
+                id: 1,
+                tokens: &ids[90..91],
+                start_pos: 90,
+                block_table: &tables[1],
+                want_logits: false,
+            },
+            SeqStep {
+                id: 2,
+                tokens: &ids[60..61],
+                start_pos: 60,
+                block_table: &tables[2],
+                want_logits: false,
+            },
+        ];
+        let q = pseudo(39 * qd, 40);
+        let rows = [0..37, 37..38, 38..39];
+        let alone: Vec<Vec<f32>> = (0..3)
+            .map(|s| {
+                let r = rows[s].clone();
+                let mut out = vec![0.0; r.len() * qd];
+                attend(&cache, 0, &spans[s..=s], &shape, &q[r.start * qd..r.end * qd], &mut out);
+                out
+            })
+            .collect();
+        for order in [[0, 1, 2], [2, 1, 0]] {
+            let batch: Vec<SeqStep> = order.iter().map(|&s| spans[s]).collect();
+            let qs: Vec<f32> =
+                order.iter().flat_map(|&s| q[rows[s].start * qd..rows[s].end * qd].to_vec()).collect();
+            let mut out = vec![0.0; 39 * qd];
+            attend(&cache, 0, &batch, &shape, &qs, &mut out);
+            let mut at = 0;
+            for &s in &order {
+                let n = rows[s].len() * qd;
+                let same = out[at..at + n].iter().zip(&alone[s]).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "sequence {s} in order {order:?}");
+                at += n;
+            }
         }
     }
 

@@ -1,0 +1,428 @@
+//! Prefill attention a tile of query rows at a time (FlashAttention-2's loop, on the
+//! CPU): for one KV head, `W` consecutive query rows of one sequence (one per vector
+//! lane) and all the query heads that share the KV head walk the cached positions
+//! `C` at a time. Each group of `C` K and V rows is widened to f32 once and serves
+//! every row and head of the tile; scores, the running maximum and sum of the online
+//! softmax, and the rescaling of the output are all vertical vector operations, with
+//! no horizontal sum per score as the row-at-a-time kernels need.
+//!
+//! The causal mask only touches the column groups that reach past the tile's first
+//! row. Lanes past the tile's last row (a short last tile) hold zero queries and are
+//! never written out. Results equal the row-at-a-time path's within float rounding: the
+//! softmax is normalised once at the end instead of before the weighted sum.
+
+use super::head::{HeadGeometry, KvRows};
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Avx2Lanes, Avx512Lanes};
+use super::lanes::{Cached, Lanes, Portable};
+
+/// Buffers one thread reuses from tile to tile.
+#[derive(Default)]
+pub struct TileScratch {
+    /// The tile's queries, scaled by 1/√d: `qt[(h * d + x) * W + row]`.
+    qt: Vec<f32>,
+    /// Unnormalised outputs, laid out as `qt`.
+    ot: Vec<f32>,
+    /// Running maximum and sum of each head's scores: `[h * W + row]`.
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    /// `C` K and V rows widened to f32: `[c * d + x]`.
+    kc: Vec<f32>,
+    vc: Vec<f32>,
+}
+
+/// Where a tile sits: the position of its first row, how many rows it has (at most
+/// [`tile_rows`]), and the distance between rows in its queries and outputs.
+pub struct TileRows {
+    pub first_pos: usize,
+    pub rows: usize,
+    pub stride: usize,
+}
+
+/// The tiled kernel for cache values of type `T`: `rows.offsets` are the KV head's
+/// rows of positions `0..=last row's position`; the group's query heads of the tile's
+/// rows are read from `q` (row `i` at `i * stride`) and written to `out`, laid out the
+/// same way.
+pub type TileFn<T> = fn(&KvRows<'_, T>, &HeadGeometry, &TileRows, &[f32], &mut [f32], &mut TileScratch);
+
+/// Query rows per tile with the kernel [`tile_kernel`] picks on this CPU.
+pub fn tile_rows() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::backend::cpu::kernels::isa;
+        if isa::avx512f() {
+            return Avx512Lanes::W;
+        }
+        if isa::avx2_fma_f16c() {
+            return Avx2Lanes::W;
+        }
+    }
+    Portable::W
+}
+
+/// The widest instantiation this CPU runs.
+pub fn tile_kernel<T: Cached>() -> TileFn<T> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::backend::cpu::kernels::isa;
+        if isa::avx512f() {
+            return attend_tile_avx512::<T>;
+        }
+        if isa::avx2_fma_f16c() {
+            return attend_tile_avx2::<T>;
+        }
+    }
+    attend_tile_portable::<T>
+}
+
+/// The bounds the unchecked reads of [`tile_body`] rely on.
+///
+/// # Panics
+/// If a cached row lies outside `k` or `v`, the tile has more rows than `w`, or the
+/// queries or outputs do not hold the tile's rows.
+fn check<T>(kv: &KvRows<'_, T>, geo: &HeadGeometry, t: &TileRows, q: &[f32], out: &[f32], w: usize) {
+    let d = geo.head_dim;
+    let need = kv.offsets.iter().map(|&o| o + d).max().unwrap_or(0);
+    assert!(kv.k.len() >= need && kv.v.len() >= need, "a KV offset is outside the cache");
+    assert!(t.rows >= 1 && t.rows <= w, "tile of {} rows for {w} lanes", t.rows);
+    assert_eq!(kv.offsets.len(), t.first_pos + t.rows, "positions 0..=last row");
+    let span = (t.rows - 1) * t.stride + geo.group * d;
+    assert!(q.len() >= span && out.len() >= span, "queries or outputs shorter than the tile");
+}
+
+fn attend_tile_portable<T: Cached>(
+    kv: &KvRows<'_, T>,
+    geo: &HeadGeometry,
+    t: &TileRows,
+    q: &[f32],
+    out: &mut [f32],
+    s: &mut TileScratch,
+) {
+    check(kv, geo, t, q, out, Portable::W);
+    // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
+    unsafe { tile_body::<T, Portable, 8, 4>(kv, geo.head_dim, geo, t, q, out, s) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn attend_tile_avx512<T: Cached>(
+    kv: &KvRows<'_, T>,
+    geo: &HeadGeometry,
+    t: &TileRows,
+    q: &[f32],
+    out: &mut [f32],
+    s: &mut TileScratch,
+) {
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run<T: Cached>(
+        kv: &KvRows<'_, T>,
+        geo: &HeadGeometry,
+        t: &TileRows,
+        q: &[f32],
+        out: &mut [f32],
+        s: &mut TileScratch,
+    ) {
+        // Constant head sizes make the cached rows' strides immediates.
+        match geo.head_dim {
+            64 => tile_body::<T, Avx512Lanes, 16, 8>(kv, 64, geo, t, q, out, s),
+            128 => tile_body::<T, Avx512Lanes, 16, 8>(kv, 128, geo, t, q, out, s),
+            d => tile_body::<T, Avx512Lanes, 16, 8>(kv, d, geo, t, q, out, s),
+        }
+    }
+    assert!(crate::backend::cpu::kernels::isa::avx512f(), "AVX-512 F missing");
+    check(kv, geo, t, q, out, Avx512Lanes::W);
+    // SAFETY: the CPU has AVX-512 F; `check` bounds every access.
+    unsafe { run(kv, geo, t, q, out, s) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn attend_tile_avx2<T: Cached>(
+    kv: &KvRows<'_, T>,
+    geo: &HeadGeometry,
+    t: &TileRows,
+    q: &[f32],
+    out: &mut [f32],
+    s: &mut TileScratch,
+) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run<T: Cached>(
+        kv: &KvRows<'_, T>,
+        geo: &HeadGeometry,
+        t: &TileRows,
+        q: &[f32],
+        out: &mut [f32],
+        s: &mut TileScratch,
+    ) {
+        // Constant head sizes make the cached rows' strides immediates.
+        match geo.head_dim {
+            64 => tile_body::<T, Avx2Lanes, 8, 4>(kv, 64, geo, t, q, out, s),
+            128 => tile_body::<T, Avx2Lanes, 8, 4>(kv, 128, geo, t, q, out, s),
+            d => tile_body::<T, Avx2Lanes, 8, 4>(kv, d, geo, t, q, out, s),
+        }
+    }
+    assert!(crate::backend::cpu::kernels::isa::avx2_fma_f16c(), "AVX2, FMA or F16C missing");
+    check(kv, geo, t, q, out, Avx2Lanes::W);
+    // SAFETY: the CPU has AVX2, FMA and F16C; `check` bounds every access.
+    unsafe { run(kv, geo, t, q, out, s) }
+}
+
+/// The tile's loop, `C` positions at a time, the weighted sum `X` output columns at a
+/// time (as many as the registers left beside the weights hold); `d` is
+/// `geo.head_dim`, passed apart so a caller can make it a constant.
+///
+/// # Safety
+/// `S`'s instruction sets must be available, and [`check`] must have passed for `S::W`.
+#[inline(always)]
+unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
+    kv: &KvRows<'_, T>,
+    d: usize,
+    geo: &HeadGeometry,
+    t: &TileRows,
+    q: &[f32],
+    out: &mut [f32],
+    s: &mut TileScratch,
+) {
+    let (g, w) = (geo.group, S::W);
+    let n = kv.offsets.len();
+    s.qt.clear();
+    s.qt.resize(g * d * w, 0.0);
+    for i in 0..t.rows {
+        for (j, &x) in q[i * t.stride..i * t.stride + g * d].iter().enumerate() {
+            s.qt[j * w + i] = x * geo.scale;
+        }
+    }
+    s.ot.clear();
+    s.ot.resize(g * d * w, 0.0);
+    s.max.clear();
+    s.max.resize(g * w, f32::NEG_INFINITY);
+    s.sum.clear();
+    s.sum.resize(g * w, 0.0);
+    // Zeros beyond the last position keep masked columns' weights (0) times V finite.
+    s.kc.clear();
+    s.kc.resize(C * d, 0.0);
+    s.vc.clear();
+    s.vc.resize(C * d, 0.0);
+    let (kc, vc) = (s.kc.as_mut_ptr(), s.vc.as_mut_ptr());
+    let (qt, ot) = (s.qt.as_ptr(), s.ot.as_mut_ptr());
+    let (mx, sm) = (s.max.as_mut_ptr(), s.sum.as_mut_ptr());
+
+    let mut c0 = 0;
+    while c0 < n {
+        let cols = (n - c0).min(C);
+        for c in 0..cols {
+            let off = *kv.offsets.get_unchecked(c0 + c);
+            T::widen::<S>(kv.k.as_ptr().add(off), kc.add(c * d), d);
+            T::widen::<S>(kv.v.as_ptr().add(off), vc.add(c * d), d);
+        }
+        if cols < C {
+            std::ptr::write_bytes(kc.add(cols * d), 0, (C - cols) * d);
+            std::ptr::write_bytes(vc.add(cols * d), 0, (C - cols) * d);
+        }
+        // Row i (position first_pos + i) sees column c (position c0 + c) when
+        // c0 + c <= first_pos + i: lanes below c0 + c - first_pos are hidden.
+        let mut first = [0usize; C];
+        for (c, f) in first.iter_mut().enumerate() {
+            *f = if c < cols { (c0 + c).saturating_sub(t.first_pos).min(w) } else { w };
+        }
+        let masked = first[C - 1] > 0;
+
+        for h in 0..g {
+            let (qh, oh) = (qt.add(h * d * w), ot.add(h * d * w));
+            let mut sc = [S::splat(0.0); C];
+            for x in 0..d {
+                let qx = S::load(qh.add(x * w));
+                for (c, a) in sc.iter_mut().enumerate() {
+                    *a = S::fma(qx, S::splat(*kc.add(c * d + x)), *a);
+                }
+            }
+            if masked {
+                for (a, &f) in sc.iter_mut().zip(&first) {
+                    *a = S::hide_below(*a, f);
+                }
+            }
+            // Online softmax: the new running maximum, the factor that rescales what
+            // was accumulated under the old one, this group's weights.
+            let old = S::load(mx.add(h * w));
+            let mut new = old;
+            for &a in &sc {
+                new = S::max(new, a);
+            }
+            let alpha = S::exp_nonpositive(S::sub(old, new));
+            let mut total = S::splat(0.0);
+            for a in sc.iter_mut() {
+                *a = S::exp_nonpositive(S::sub(*a, new));
+                total = S::add(total, *a);
+            }
+            S::store(mx.add(h * w), new);
+            S::store(sm.add(h * w), S::fma(S::load(sm.add(h * w)), alpha, total));
+            // Weighted sum of V, `X` output columns at a time: `X` independent
+            // chains of multiply-adds instead of one.
+            let mut x = 0;
+            while x + X <= d {
+                let mut acc = [S::splat(0.0); X];
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = S::mul(S::load(oh.add((x + j) * w)), alpha);
+                }
+                for (c, &p) in sc.iter().enumerate() {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = S::fma(p, S::splat(*vc.add(c * d + x + j)), *a);
+                    }
+                }
+                for (j, &a) in acc.iter().enumerate() {
+                    S::store(oh.add((x + j) * w), a);
+                }
+                x += X;
+            }
+            while x < d {
+                let mut a = S::mul(S::load(oh.add(x * w)), alpha);
+                for (c, &p) in sc.iter().enumerate() {
+                    a = S::fma(p, S::splat(*vc.add(c * d + x)), a);
+                }
+                S::store(oh.add(x * w), a);
+                x += 1;
+            }
+        }
+        c0 += C;
+    }
+
+    for h in 0..g {
+        for i in 0..t.rows {
+            let inv = 1.0 / s.sum[h * w + i];
+            let row = &mut out[i * t.stride + h * d..i * t.stride + (h + 1) * d];
+            for (x, o) in row.iter_mut().enumerate() {
+                *o = s.ot[(h * d + x) * w + i] * inv;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Dense causal attention of one KV head's group in f64: row `i` of the tile (at
+    /// position `first_pos + i`) over rows `0..=first_pos + i` of `k` and `v`, which
+    /// are dense here (`offsets[p] = p * d`).
+    fn reference(k: &[f32], v: &[f32], geo: &HeadGeometry, t: &TileRows, q: &[f32]) -> Vec<f32> {
+        let (d, g) = (geo.head_dim, geo.group);
+        let mut out = vec![0.0; t.rows * t.stride];
+        for i in 0..t.rows {
+            for h in 0..g {
+                let qh = &q[i * t.stride + h * d..][..d];
+                let s: Vec<f64> = (0..=t.first_pos + i)
+                    .map(|p| qh.iter().zip(&k[p * d..]).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>())
+                    .map(|x| x * geo.scale as f64)
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for x in 0..d {
+                    let o: f64 = e.iter().enumerate().map(|(p, w)| w / z * v[p * d + x] as f64).sum();
+                    out[i * t.stride + h * d + x] = o as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// Every instantiation this CPU runs, for both cache dtypes, against the f64
+    /// reference: tiles of 1 to `W` rows, starting at position 0 (the whole tile on the
+    /// causal diagonal), inside the first column group and far past it; head sizes not
+    /// a multiple of 4 (the weighted sum's tail) and groups of 1, 3 and 5. The rows
+    /// between a tile's rows (other KV heads' queries) must come out untouched.
+    #[test]
+    fn every_tile_kernel_matches_dense_attention() {
+        fn run<T: Cached>(name: &str, kernel: TileFn<T>, w: usize, widen: fn(&[f32]) -> Vec<T>, tol: f32) {
+            for (g, d) in [(3, 64), (1, 8), (5, 6), (2, 128)] {
+                let geo = HeadGeometry { head_dim: d, group: g, scale: 1.0 / (d as f32).sqrt() };
+                for first_pos in [0, 5, 16, 37] {
+                    for rows in 1..=w {
+                        let n = first_pos + rows;
+                        let (k, v) = (pseudo(n * d, 3), pseudo(n * d, 4));
+                        // The reference reads the values the cache holds.
+                        let (kt, vt) = (widen(&k), widen(&v));
+                        let (k, v) = (unwiden(&kt), unwiden(&vt));
+                        let stride = g * d + 3;
+                        let t = TileRows { first_pos, rows, stride };
+                        let q = pseudo(rows * stride, 5);
+                        let offsets: Vec<usize> = (0..n).map(|p| p * d).collect();
+                        let mut got = vec![7.0; rows * stride];
+                        let kv = KvRows { k: &kt, v: &vt, offsets: &offsets };
+                        kernel(&kv, &geo, &t, &q, &mut got, &mut TileScratch::default());
+                        let want = reference(&k, &v, &geo, &t, &q);
+                        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                            let b = if j % stride < g * d { *b } else { 7.0 };
+                            assert!(
+                                (a - b).abs() < tol,
+                                "{name}: g {g} d {d} first {first_pos} rows {rows} [{j}]: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        fn unwiden<T: Cached>(x: &[T]) -> Vec<f32> {
+            let mut out = vec![0.0; x.len()];
+            // SAFETY: `Portable` needs no instruction set; both hold `x.len()` values.
+            unsafe { T::widen::<Portable>(x.as_ptr(), out.as_mut_ptr(), x.len()) };
+            out
+        }
+        let f32s: fn(&[f32]) -> Vec<f32> = |x| x.to_vec();
+        let f16s: fn(&[f32]) -> Vec<f16> = |x| x.iter().map(|&a| f16::from_f32(a)).collect();
+        // Against the values the cache holds, so f16 needs no wider tolerance.
+        run("portable f32", attend_tile_portable::<f32>, Portable::W, f32s, 1e-5);
+        run("portable f16", attend_tile_portable::<f16>, Portable::W, f16s, 1e-5);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::backend::cpu::kernels::isa;
+            if isa::avx2_fma_f16c() {
+                run("avx2 f32", attend_tile_avx2::<f32>, Avx2Lanes::W, f32s, 1e-5);
+                run("avx2 f16", attend_tile_avx2::<f16>, Avx2Lanes::W, f16s, 1e-5);
+            }
+            if isa::avx512f() {
+                run("avx512 f32", attend_tile_avx512::<f32>, Avx512Lanes::W, f32s, 1e-5);
+                run("avx512 f16", attend_tile_avx512::<f16>, Avx512Lanes::W, f16s, 1e-5);
+            }
+        }
+    }
+
+    /// Scores far apart (a large query) leave most weights at exactly 0 and the
+    /// running maximum jumps between column groups; the output stays finite and right.
+    #[test]
+    fn large_scores_rescale_without_overflow() {
+        let (g, d) = (3, 64);
+        let geo = HeadGeometry { head_dim: d, group: g, scale: 1.0 / (d as f32).sqrt() };
+        let n = 70;
+        let (k, v) = (pseudo(n * d, 8), pseudo(n * d, 9));
+        let t = TileRows { first_pos: n - 4, rows: 4, stride: g * d };
+        let q: Vec<f32> = pseudo(4 * g * d, 10).iter().map(|x| x * 60.0).collect();
+        let offsets: Vec<usize> = (0..n).map(|p| p * d).collect();
+        let mut got = vec![0.0; 4 * g * d];
+        let kernel = tile_kernel::<f32>();
+        kernel(
+            &KvRows { k: &k, v: &v, offsets: &offsets },
+            &geo,
+            &t,
+            &q,
+            &mut got,
+            &mut TileScratch::default(),
+        );
+        let want = reference(&k, &v, &geo, &t, &q);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+}
