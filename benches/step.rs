@@ -116,6 +116,7 @@ fn bench_step(c: &mut Criterion) {
                 start_pos: lo,
                 block_table: &blocks,
                 want_logits: false,
+                all_logits: false,
             }];
             be.step(&StepBatch { seqs }).expect("prefill");
         }
@@ -126,6 +127,7 @@ fn bench_step(c: &mut Criterion) {
                 start_pos: last,
                 block_table: &blocks,
                 want_logits: true,
+                all_logits: false,
             }],
         };
         g.throughput(Throughput::Elements(chunk as u64));

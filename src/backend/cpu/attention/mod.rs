@@ -447,7 +447,14 @@ mod tests {
             // Backwards, not starting at block 0.
             let table: Vec<u32> = (0..blocks as u32).map(|b| blocks as u32 + 2 - b).collect();
             let ids: Vec<u32> = (0..t as u32).collect();
-            let span = SeqStep { id: 0, tokens: &ids, start_pos: 0, block_table: &table, want_logits: false };
+            let span = SeqStep {
+                id: 0,
+                tokens: &ids,
+                start_pos: 0,
+                block_table: &table,
+                want_logits: false,
+                all_logits: false,
+            };
             write_kv(&mut cache, 0, &[span], &k, &v);
             let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d };
             Prompt { c, shape, cache, table, q, want }
@@ -456,8 +463,14 @@ mod tests {
         fn chunk(&self, lo: usize, hi: usize) -> Vec<f32> {
             let qd = self.c.q_dim();
             let ids: Vec<u32> = (lo as u32..hi as u32).collect();
-            let span =
-                SeqStep { id: 0, tokens: &ids, start_pos: lo, block_table: &self.table, want_logits: false };
+            let span = SeqStep {
+                id: 0,
+                tokens: &ids,
+                start_pos: lo,
+                block_table: &self.table,
+                want_logits: false,
+                all_logits: false,
+            };
             let mut got = vec![f32::NAN; (hi - lo) * qd];
             attend(&self.cache, 0, &[span], &self.shape, &self.q[lo * qd..hi * qd], &mut got);
             got
@@ -527,7 +540,14 @@ mod tests {
         let tables: Vec<Vec<u32>> = (0..3u32).map(|s| (8 * s..8 * s + 8).collect()).collect();
         let ids: Vec<u32> = (0..100).collect();
         for (s, table) in tables.iter().enumerate() {
-            let span = SeqStep { id: 0, tokens: &ids, start_pos: 0, block_table: table, want_logits: false };
+            let span = SeqStep {
+                id: 0,
+                tokens: &ids,
+                start_pos: 0,
+                block_table: table,
+                want_logits: false,
+                all_logits: false,
+            };
             let (k, v) = (pseudo(100 * kd, 20 + s as u32), pseudo(100 * kd, 30 + s as u32));
             write_kv(&mut cache, 0, &[span], &k, &v);
         }
@@ -539,6 +559,7 @@ mod tests {
                 start_pos: 40,
                 block_table: &tables[0],
                 want_logits: false,
+                all_logits: false,
             },
             SeqStep {
                 id: 1,
@@ -546,6 +567,7 @@ mod tests {
                 start_pos: 90,
                 block_table: &tables[1],
                 want_logits: false,
+                all_logits: false,
             },
             SeqStep {
                 id: 2,
@@ -553,6 +575,7 @@ mod tests {
                 start_pos: 60,
                 block_table: &tables[2],
                 want_logits: false,
+                all_logits: false,
             },
         ];
         let q = pseudo(39 * qd, 40);
