@@ -101,7 +101,8 @@ fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     }
     if path.extension().is_some_and(|e| e == "gguf") {
         let mut f = std::fs::File::open(path).with_context(ctx)?;
-        let content = candle_core::quantized::gguf_file::Content::read(&mut f).with_context(ctx)?;
+        let content =
+            inflight::model::weights::read_gguf(&mut f).map_err(anyhow::Error::msg).with_context(ctx)?;
         return Tokenizer::from_gguf(&content).with_context(ctx);
     }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -15,6 +15,25 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use super::ModelError;
+
+/// Reads a GGUF header with candle's reader, which panics on some malformed headers
+/// (a `general.alignment` of 0 divides by zero, found by fuzzing): a panic becomes
+/// an error here, so a bad model file is a clear error at start-up, never a crash.
+pub fn read_gguf<R: Read + Seek>(reader: &mut R) -> Result<gguf_file::Content, String> {
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gguf_file::Content::read(reader)));
+    match read {
+        Ok(Ok(content)) => Ok(content),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            Err(format!("malformed header (the GGUF reader failed: {what})"))
+        }
+    }
+}
 
 pub enum WeightSource {
     Gguf {
@@ -51,8 +70,8 @@ impl WeightSource {
         let load_err = |message: String| ModelError::Load { path: path.into(), message };
         let file = File::open(path).map_err(|e| load_err(format!("cannot open: {e}")))?;
         let mut reader = BufReader::new(file);
-        let content = gguf_file::Content::read(&mut reader)
-            .map_err(|e| load_err(format!("not a readable GGUF file: {e}")))?;
+        let content =
+            read_gguf(&mut reader).map_err(|e| load_err(format!("not a readable GGUF file: {e}")))?;
         Ok(Self::Gguf { path: path.into(), content, reader: RefCell::new(reader), dequantize: false })
     }
 
@@ -323,6 +342,39 @@ pub fn hf_name(name: &str) -> String {
         other => other,
     };
     format!("model.layers.{layer}.{hf_part}")
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    /// A GGUF v3 header with no tensors and one key, `general.alignment` = 0.
+    fn zero_alignment_header() -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes()); // tensors
+        b.extend(1u64.to_le_bytes()); // metadata keys
+        let key = b"general.alignment";
+        b.extend((key.len() as u64).to_le_bytes());
+        b.extend(key);
+        b.extend(4u32.to_le_bytes()); // UINT32
+        b.extend(0u32.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_zero_alignment_is_an_error_not_a_panic() {
+        let err = read_gguf(&mut std::io::Cursor::new(zero_alignment_header())).expect_err("malformed");
+        assert!(err.contains("malformed header"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.gguf");
+        std::fs::write(&path, zero_alignment_header()).unwrap();
+        let Err(ModelError::Load { path: named, message }) = WeightSource::open_gguf(&path) else {
+            panic!("expected a load error");
+        };
+        assert_eq!(named, path);
+        assert!(message.contains("not a readable GGUF file"), "{message}");
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! GGUF header bytes → what the server reads from them at load: candle's header
-//! parser (`gguf_file::Content::read`, as `WeightSource::open_gguf` calls it),
+//! parser behind `read_gguf` (as `WeightSource::open_gguf` calls it),
 //! then the model config (`LlamaConfig::from_gguf`) and the tokenizer with its chat
 //! template (`Tokenizer::from_gguf`). A malformed file must be an error; a panic,
 //! an abort on a huge allocation or a hang is a finding.
@@ -8,13 +8,13 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::Content;
+use inflight::model::weights::read_gguf;
 use inflight::model::LlamaConfig;
 use inflight::tokenizer::Tokenizer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(content) = Content::read(&mut Cursor::new(data)) else { return };
+    let Ok(content) = read_gguf(&mut Cursor::new(data)) else { return };
     let _ = LlamaConfig::from_gguf(&content, Path::new("fuzz.gguf"));
     let _ = Tokenizer::from_gguf(&content);
 });
