@@ -47,6 +47,16 @@ async fn anonymous(State(state): State<AppState>, req: Request, next: Next) -> R
     serve_as(&state, tenant, req, next).await
 }
 
+/// SageMaker's route: keys apply to it too unless the operator says the platform
+/// in front of it does the authenticating (`--invocations-without-key`).
+async fn invocations_auth(state: State<AppState>, req: Request, next: Next) -> Response {
+    if state.config.invocations_without_key {
+        anonymous(state, req, next).await
+    } else {
+        authenticate(state, req, next).await
+    }
+}
+
 /// Puts `tenant` in the request's extensions for the handlers, runs the request
 /// in a span naming it, counts the response per tenant, and adds the tenant's
 /// rate-limit headers. A stream's headers go out with its head, so they show the
@@ -111,16 +121,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(handlers::models))
         .route("/v1/usage", get(usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    // Keys apply to SageMaker's route too unless the operator says the platform
-    // in front of it does the authenticating.
-    let invocations = if state.config.invocations_without_key {
-        post(handlers::invocations).route_layer(middleware::from_fn_with_state(state.clone(), anonymous))
-    } else {
-        post(handlers::invocations).route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
-    };
+    let invocations_auth = middleware::from_fn_with_state(state.clone(), invocations_auth);
     Router::new()
         .merge(v1)
-        .route("/invocations", invocations)
+        .route("/invocations", post(handlers::invocations).route_layer(invocations_auth))
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/metrics", get(metrics))
