@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::gemm::{offset, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
+use super::gemm_panel::{offset, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
 use super::layout::{
     k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q8_0, Q4K_DMIN_OFFSET, QK,
 };
@@ -63,7 +63,7 @@ pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
 /// output takes the block's scaled sum and minimum term in the portable kernel's order.
 ///
 /// # Safety
-/// See [`super::gemm::MicroFn`]; AVX-512 F, BW and VNNI must be available.
+/// See [`super::gemm_panel::MicroFn`]; AVX-512 F, BW and VNNI must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn micro<const F: u8, const MR: usize, const G: usize>(t: &Block<'_>) {
     let a = t.acts;

@@ -14,26 +14,10 @@ use std::cell::Cell;
 
 use super::activations::QActs;
 use super::dispatch::Kernel;
-use super::layout::{WeightFormat, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, QK};
+use super::gemm_panel::{Block, Line, MicroFn, PackFn, LINES_PER_BLOCK, MR, NR};
+use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, QK};
 use super::QMatrix;
 
-/// One cache line; the panel is made of them so its vector loads are aligned.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-pub struct Line(pub [u8; 64]);
-
-/// Lines per block of one group in the panel: eight of quants (line `j` holds, at byte
-/// `4 r + t`, row `r`'s value `4 j + t` of the block as an unsigned byte), the 16 rows'
-/// scales as f32, then their minimums as f32 (zero for formats without).
-pub const LINES_PER_BLOCK: usize = 10;
-pub const SCALES_LINE: usize = 8;
-pub const MINS_LINE: usize = 9;
-
-/// Groups per micro-kernel call: each activation broadcast feeds this many multiply-adds.
-pub const NR: usize = 2;
-/// Activation rows per micro-kernel call: with `NR` groups, `2 · MR · NR` accumulators
-/// (integer and float) stay in registers.
-pub const MR: usize = 6;
 /// Most rows per task on this path (the row-tile walk takes 64): each task unpacks its
 /// groups once, so taller tasks unpack less often, and 256 rows of quantized
 /// activations (up to 384 KiB at k = 1536) still sit in L2.
@@ -44,33 +28,6 @@ pub const MIN_ROWS: usize = 8;
 thread_local! {
     static PANEL: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
 }
-
-/// Where a micro-kernel call reads and writes.
-pub struct Block<'a> {
-    /// `NR` groups' panels (`nb · LINES_PER_BLOCK` lines each), back to back.
-    pub panel: &'a [Line],
-    pub acts: &'a QActs,
-    pub row0: usize,
-    /// Output (row0, first column of the first group); row `r` at `out + r * ldo`.
-    pub out: *mut f32,
-    pub ldo: usize,
-    /// Valid columns of each group (16 but in the matrix's last group).
-    pub ncols: [usize; NR],
-}
-
-/// A micro-kernel for one format, `mr` rows and `nr` groups.
-///
-/// # Safety
-/// The kernel's instruction set must be available; `out` must be valid for writes of
-/// `ncols[g]` floats at column `16 g` of each of the `mr` rows, and no other thread may
-/// touch them.
-pub type MicroFn = unsafe fn(&Block<'_>);
-
-/// Unpacks one group (`w`, all its records) into `nb · LINES_PER_BLOCK` lines.
-///
-/// # Safety
-/// The kernel's instruction set must be available.
-pub type PackFn = unsafe fn(w: &[u8], nb: usize, panel: &mut [Line]);
 
 /// Whether the many-rows path runs `format` on `kernel` for a task of `rows` rows.
 pub fn applies(kernel: Kernel, format: u8, rows: usize) -> bool {
@@ -183,14 +140,4 @@ fn select_micro(format: u8, mr: usize, nr: usize) -> MicroFn {
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the many-rows path is x86-64 only (`applies`)")
-}
-
-/// The integer the kernels subtract per unit of the activations' block sum: the
-/// format's zero point, or Q8_0's +128 of the repacked layout.
-pub const fn offset(format: u8) -> i32 {
-    if format == FMT_Q8_0 {
-        128
-    } else {
-        WeightFormat::from_id(format).zero_point()
-    }
 }

@@ -20,6 +20,7 @@ mod avx512;
 mod avx512_gemm;
 mod dispatch;
 mod gemm;
+mod gemm_panel;
 #[cfg(target_arch = "x86_64")]
 pub mod isa;
 mod layout;

@@ -1,0 +1,60 @@
+//! The many-rows path's shared contract (`gemm` drives it, `avx512_gemm` implements
+//! it): the layout of a panel of unpacked weight groups, the register block's shape,
+//! and the signatures of the packing and micro-kernel functions.
+
+use super::activations::QActs;
+use super::layout::{WeightFormat, FMT_Q8_0};
+
+/// One cache line; the panel is made of them so its vector loads are aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct Line(pub [u8; 64]);
+
+/// Lines per block of one group in the panel: eight of quants (line `j` holds, at byte
+/// `4 r + t`, row `r`'s value `4 j + t` of the block as an unsigned byte), the 16 rows'
+/// scales as f32, then their minimums as f32 (zero for formats without).
+pub const LINES_PER_BLOCK: usize = 10;
+pub const SCALES_LINE: usize = 8;
+pub const MINS_LINE: usize = 9;
+
+/// Groups per micro-kernel call: each activation broadcast feeds this many multiply-adds.
+pub const NR: usize = 2;
+/// Activation rows per micro-kernel call: with `NR` groups, `2 · MR · NR` accumulators
+/// (integer and float) stay in registers.
+pub const MR: usize = 6;
+/// Where a micro-kernel call reads and writes.
+pub struct Block<'a> {
+    /// `NR` groups' panels (`nb · LINES_PER_BLOCK` lines each), back to back.
+    pub panel: &'a [Line],
+    pub acts: &'a QActs,
+    pub row0: usize,
+    /// Output (row0, first column of the first group); row `r` at `out + r * ldo`.
+    pub out: *mut f32,
+    pub ldo: usize,
+    /// Valid columns of each group (16 but in the matrix's last group).
+    pub ncols: [usize; NR],
+}
+
+/// A micro-kernel for one format, `mr` rows and `nr` groups.
+///
+/// # Safety
+/// The kernel's instruction set must be available; `out` must be valid for writes of
+/// `ncols[g]` floats at column `16 g` of each of the `mr` rows, and no other thread may
+/// touch them.
+pub type MicroFn = unsafe fn(&Block<'_>);
+
+/// Unpacks one group (`w`, all its records) into `nb · LINES_PER_BLOCK` lines.
+///
+/// # Safety
+/// The kernel's instruction set must be available.
+pub type PackFn = unsafe fn(w: &[u8], nb: usize, panel: &mut [Line]);
+
+/// The integer the kernels subtract per unit of the activations' block sum: the
+/// format's zero point, or Q8_0's +128 of the repacked layout.
+pub const fn offset(format: u8) -> i32 {
+    if format == FMT_Q8_0 {
+        128
+    } else {
+        WeightFormat::from_id(format).zero_point()
+    }
+}
