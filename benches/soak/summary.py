@@ -16,8 +16,36 @@ from pathlib import Path
 DOCUMENTED = {"http_429", "http_503", "http_500", "http_408", "http_504"}
 
 
-def summary(folder: Path, name: str) -> dict:
-    return json.loads((folder / f"{name}.json").read_text())["levels"][0]["summary"]
+def level(folder: Path, name: str) -> dict:
+    """A run's level: from `inflight bench`'s own JSON, or from `summaries.json` once
+    the per-request files have been folded into it (they are large)."""
+    full = folder / f"{name}.json"
+    if full.exists():
+        lvl = json.loads(full.read_text())["levels"][0]
+        return {"summary": lvl["summary"], "timeouts": server_timeouts(lvl["records"])}
+    return json.loads((folder / "summaries.json").read_text())[name]
+
+
+def server_timeouts(records: list[dict]) -> int:
+    """Streams the server ended at its --request-timeout: an error event in the
+    stream (the client sees `stream_error`), a documented outcome."""
+    return sum(
+        1
+        for r in records
+        if (r.get("error") or {}).get("kind") == "stream_error"
+        and "request timeout" in (r["error"].get("message") or "")
+    )
+
+
+def fold(folder: Path) -> None:
+    """Keeps each run's summary and its count of server timeouts in summaries.json,
+    so the large per-request files need not be kept."""
+    out = {}
+    for name in ("capacity", "p1", "p2", "flood"):
+        if (folder / f"{name}.json").exists():
+            out[name] = level(folder, name)
+    if out:
+        (folder / "summaries.json").write_text(json.dumps(out, indent=1))
 
 
 def pct(s: dict, field: str, p: float) -> float | None:
@@ -64,12 +92,17 @@ def main() -> int:
     ok = True
     print("| tenant | offered | completed | 429 | failed, documented | lost | TTFT p50 ms | TTFT p99 ms | E2E max s |")
     print("|---|---|---|---|---|---|---|---|---|")
+    fold(folder)
     for name in ("p1", "p2", "flood"):
-        s = summary(folder, name)
-        errors = s["errors"]
+        run = level(folder, name)
+        s = run["summary"]
+        errors = dict(s["errors"])
         refused = errors.get("http_429", 0)
         documented = {k: n for k, n in errors.items() if k in DOCUMENTED and k != "http_429"}
-        lost = {k: n for k, n in errors.items() if k not in DOCUMENTED}
+        if run["timeouts"]:
+            documented["request_timeout"] = run["timeouts"]
+            errors["stream_error"] = errors.get("stream_error", 0) - run["timeouts"]
+        lost = {k: n for k, n in errors.items() if k not in DOCUMENTED and n > 0}
         e2e_max = (s.get("e2e_ms") or {}).get("max", 0) / 1e3
         print(
             f"| {name} | {s['requests']} | {s['completed']} | {refused} | "

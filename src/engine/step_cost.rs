@@ -69,8 +69,11 @@ fn attention_pairs(n: usize, start: usize) -> u64 {
     n * start + n * (n + 1) / 2
 }
 
-/// A fitted model's per-item costs, in seconds, never negative: what the
-/// scheduler charges each chunk it plans against a step's time limit.
+/// A fitted model's costs in seconds: what the scheduler charges each chunk it
+/// plans against a step's time limit. Per-item costs are never negative; the
+/// fixed cost may be, where the fit trades it against a per-item cost (steps
+/// that always hold about as many decode rows make the two nearly collinear), and
+/// clamping it alone would then over-predict every step by that much.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepCost {
     pub fixed: f64,
@@ -157,13 +160,14 @@ impl StepCostModel {
     }
 
     /// Predicted duration of a step of `shape`; `None` while warming up.
+    /// The fit itself, not the clamped [`StepCost`]: collinear features (prefill
+    /// tokens and their attention pairs) may share the time with one coefficient
+    /// negative, and clamping it alone would over-predict by seconds.
     pub fn predict(&self, shape: &StepShape) -> Option<Duration> {
-        let cost = self.cost()?;
-        let mut secs = cost.fixed;
-        secs += shape.prefill_tokens as f64 * cost.per_prefill_token;
-        secs += shape.decode_rows as f64 * cost.per_decode_row;
-        secs += shape.attention_pairs as f64 * cost.per_attention_pair;
-        Duration::try_from_secs_f64(secs).ok()
+        self.cost()?;
+        let x = shape.features();
+        let ms: f64 = (0..N).map(|i| x[i] * self.theta[i]).sum();
+        Duration::try_from_secs_f64(ms.max(0.0) / 1e3).ok()
     }
 
     /// The fitted per-item costs, once enough steps (some of them prefilling)
@@ -174,7 +178,7 @@ impl StepCostModel {
         }
         let per = |i: usize, unit: f64| self.theta[i].max(0.0) / unit / 1e3;
         Some(StepCost {
-            fixed: per(0, 1.0),
+            fixed: self.theta[0] / 1e3,
             per_prefill_token: per(1, PREFILL_UNIT),
             per_decode_row: per(2, DECODE_UNIT),
             per_attention_pair: per(3, PAIRS_UNIT),
@@ -269,5 +273,34 @@ mod tests {
         assert_eq!(c.prefill_tokens_within(-1.0, 0), 0);
         let free = StepCost { per_prefill_token: 0.0, per_attention_pair: 0.0, ..c };
         assert_eq!(free.prefill_tokens_within(0.1, 0), usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod collinear_tests {
+    use super::*;
+
+    #[test]
+    fn steady_steps_with_collinear_features_are_predicted_as_fitted() {
+        // Every step holds 60 decode rows, so the constant and the per-row cost are
+        // collinear; the host's true cost: 100 ms + prefill at 1 ms a token.
+        let mut m = StepCostModel::default();
+        for i in 0..400 {
+            let mut s = StepShape::default();
+            for _ in 0..60 {
+                s.add(1, 200, true);
+            }
+            if i % 2 == 0 {
+                s.add(64 + i % 50, 0, false);
+            }
+            let ms = 100.0 + s.prefill_tokens as f64;
+            m.observe(&s, Duration::from_secs_f64(ms / 1e3));
+        }
+        let mut steady = StepShape::default();
+        for _ in 0..60 {
+            steady.add(1, 200, true);
+        }
+        let predicted = m.predict(&steady).unwrap().as_secs_f64();
+        assert!((predicted - 0.1).abs() < 0.005, "predicted {predicted} s for a 100 ms step");
     }
 }
