@@ -115,6 +115,12 @@ pub struct ModelArgs {
     /// reads) or f32 (exact arithmetic).
     #[arg(long, env = "INFLIGHT_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::F16)]
     pub kv_cache_dtype: KvCacheDtype,
+    /// CPU: attend prefill chunks a tile of query rows at a time (online softmax):
+    /// long prompts prefill about twice as fast, but a prompt's outputs then depend,
+    /// within rounding, on how the scheduler chunked it (so on other traffic). Off:
+    /// every row alone, outputs independent of batching.
+    #[arg(long, env = "INFLIGHT_TILED_PREFILL_ATTENTION")]
+    pub tiled_prefill_attention: bool,
     /// Tokens per KV block.
     #[arg(long, env = "INFLIGHT_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,

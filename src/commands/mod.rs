@@ -111,6 +111,7 @@ pub fn model_config(
                 KvCacheDtype::F32 => KvDtype::F32,
             },
             threads: args.threads,
+            tiled_prefill_attention: args.tiled_prefill_attention,
         }),
         BackendKind::Cuda => BackendConfig::Cuda(CudaConfig {
             limits,

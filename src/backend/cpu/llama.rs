@@ -205,9 +205,16 @@ pub struct Llama {
     norm: Vec<f32>,
     lm_head: Linear,
     rope: Rope,
+    tiled_prefill_attention: bool,
 }
 
 impl Llama {
+    /// Attends prefill chunks a tile of rows at a time (see `attention::attend`).
+    pub fn with_tiled_prefill_attention(mut self, on: bool) -> Self {
+        self.tiled_prefill_attention = on;
+        self
+    }
+
     /// Loads the model from GGUF or safetensors weights with the given config.
     pub fn load(w: &WeightSource, mut cfg: LlamaConfig) -> Result<Self, ModelError> {
         if w.has("rope_freqs.weight") {
@@ -221,7 +228,7 @@ impl Llama {
         let blocks = (0..cfg.num_layers).map(|i| Block::load(w, &cfg, i)).collect::<Result<Vec<_>, _>>()?;
         let norm = w.vector("output_norm.weight", h)?;
         let rope = Rope::new(&cfg);
-        let model = Self { cfg, embed, blocks, norm, lm_head, rope };
+        let model = Self { cfg, embed, blocks, norm, lm_head, rope, tiled_prefill_attention: false };
         // Which matrices run where: a format the kernels do not cover falls back to
         // candle and is much slower at batch sizes above one.
         tracing::info!(matmuls = ?model.matmul_implementations(), "weight matrices placed");
@@ -265,6 +272,7 @@ impl Llama {
                 num_heads: self.cfg.num_heads,
                 num_kv_heads: self.cfg.num_kv_heads,
                 head_dim: self.cfg.head_dim,
+                tiled_prefill: self.tiled_prefill_attention,
             },
         };
         profile::count_pass();

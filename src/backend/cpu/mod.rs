@@ -35,6 +35,8 @@ pub struct CpuConfig {
     pub kv_dtype: KvDtype,
     /// Compute threads (default: one per core).
     pub threads: Option<usize>,
+    /// Prefill chunks through the tiled attention kernel (`attention::tiled`).
+    pub tiled_prefill_attention: bool,
 }
 
 impl Default for CpuConfig {
@@ -46,6 +48,7 @@ impl Default for CpuConfig {
             kv_fit: KvFit::Memory,
             kv_dtype: KvDtype::default(),
             threads: None,
+            tiled_prefill_attention: false,
         }
     }
 }
@@ -98,6 +101,7 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(model: Llama, cfg: &CpuConfig) -> Result<Self, BackendError> {
+        let model = model.with_tiled_prefill_attention(cfg.tiled_prefill_attention);
         let mcfg = model.config();
         if cfg.block_size == 0 {
             return Err(BackendError::Unavailable("block size must be at least 1".into()));

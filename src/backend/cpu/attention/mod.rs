@@ -28,6 +28,8 @@ pub struct AttentionShape {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// Prefill chunks through the tiled kernel (`--tiled-prefill-attention`).
+    pub tiled_prefill: bool,
 }
 
 /// Stores the step's K and V rows (`kv_dim` values per token, head after head) in
@@ -55,8 +57,10 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, seqs: &[SeqStep], k: &[f
 
 /// `out[row]` = softmax(q·Kᵀ / √d) · V for every token row of the step.
 ///
-/// A sequence with at least [`TILED_MIN_ROWS`] rows in the step (a prefill chunk) goes
-/// through the tiled kernel (`tiled.rs`), a tile of its rows at a time. Every other
+/// With `shape.tiled_prefill`, a sequence with at least [`TILED_MIN_ROWS`] rows in the
+/// step (a prefill chunk) goes through the tiled kernel (`tiled.rs`), a tile of its
+/// rows at a time; its outputs then depend, within rounding, on how its prompt was
+/// chunked, which is why it is off by default. Every other
 /// row (decode) goes one token row × one KV head at a time: the query heads that share
 /// that KV head read each cached K and V row once between them, and a single decoding
 /// sequence still spreads its heads over every thread. Which path a row takes depends
@@ -77,12 +81,12 @@ pub fn attend(
         LayerKv::F32 { k, v } => {
             let kernels =
                 Kernels { row: kernel_for::<f32>(&geo, attend_kv_head), tile: tiled::tile_kernel() };
-            attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, q, out)
+            attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, shape.tiled_prefill, q, out)
         }
         LayerKv::F16 { k, v } => {
             let kernels =
                 Kernels { row: kernel_for::<f16>(&geo, attend_kv_head_f16), tile: tiled::tile_kernel() };
-            attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, q, out)
+            attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, shape.tiled_prefill, q, out)
         }
     }
 }
@@ -129,6 +133,7 @@ fn attend_units<T: Cached + Sync>(
     geo: &HeadGeometry,
     (k, v): (&[T], &[T]),
     kernels: Kernels<T>,
+    tiled_prefill: bool,
     q: &[f32],
     out: &mut [f32],
 ) {
@@ -143,7 +148,7 @@ fn attend_units<T: Cached + Sync>(
         let (q_seq, q_next) = q_rest.split_at(n);
         let (out_seq, out_next) = std::mem::take(&mut out_rest).split_at_mut(n);
         (q_rest, out_rest) = (q_next, out_next);
-        if s.tokens.len() >= TILED_MIN_ROWS {
+        if tiled_prefill && s.tokens.len() >= TILED_MIN_ROWS {
             let parts = q_seq.chunks(tile * q_dim).zip(out_seq.chunks_mut(tile * q_dim));
             tiles.extend(parts.enumerate().map(|(t, (qt, ot))| (s, s.start_pos + t * tile, qt, ot)));
         } else {
@@ -362,7 +367,8 @@ mod tests {
             let (t, bs) = (11, 4);
             let (q, k, v) = (pseudo(t * c.q_dim(), 1), pseudo(t * c.kv_dim(), 2), pseudo(t * c.kv_dim(), 3));
             let want = reference(&q, &k, &v, t, &c);
-            let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d };
+            let shape =
+                AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, tiled_prefill: true };
             let mut cache = PagedKvCache::new(&c, bs, 8, dtype);
             // Non-contiguous, out-of-order blocks; prefill 7 tokens then 4 more.
             let table = [5u32, 0, 6];
@@ -456,7 +462,8 @@ mod tests {
                 all_logits: false,
             };
             write_kv(&mut cache, 0, &[span], &k, &v);
-            let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d };
+            let shape =
+                AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, tiled_prefill: true };
             Prompt { c, shape, cache, table, q, want }
         }
 
@@ -533,7 +540,8 @@ mod tests {
     fn a_sequence_gets_the_same_bits_alone_and_in_a_batch() {
         let (heads, kv_heads, d) = (9, 3, 64);
         let c = cfg_with(heads, kv_heads, d);
-        let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d };
+        let shape =
+            AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, tiled_prefill: true };
         let (qd, kd, bs) = (c.q_dim(), c.kv_dim(), 16);
         let mut cache = PagedKvCache::new(&c, bs, 24, KvDtype::F16);
         // Sequence s owns blocks 8s..8s+8; each has 100 positions cached.
@@ -607,7 +615,7 @@ mod tests {
     #[test]
     fn sequences_in_one_step_do_not_see_each_other() {
         let c = cfg();
-        let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 8 };
+        let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 8, tiled_prefill: true };
         let (q, k, v) = (pseudo(3 * c.q_dim(), 4), pseudo(3 * c.kv_dim(), 5), pseudo(3 * c.kv_dim(), 6));
         let mut cache = PagedKvCache::new(&c, 4, 4, KvDtype::F32);
         let (ta, tb) = ([0u32], [1u32]);
