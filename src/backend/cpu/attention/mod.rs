@@ -311,7 +311,7 @@ mod tests {
         LlamaConfig::tiny(num_heads, num_kv_heads, head_dim)
     }
 
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+    pub(super) fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
         (0..n)
             .map(|_| {

@@ -301,17 +301,7 @@ mod tests {
 
     use super::*;
 
-    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use super::super::tests::pseudo;
 
     /// Dense causal attention of one KV head's group in f64: row `i` of the tile (at
     /// position `first_pos + i`) over rows `0..=first_pos + i` of `k` and `v`, which

@@ -13,6 +13,29 @@ use super::layout::{
 };
 use super::tile::{prefetch_ahead, RawOperands, Tile};
 
+/// Block `b`'s 16 rows' scales and minimums as f32 (for Q4_K `d · sc` and
+/// `-dmin · m`; zero minimums for formats without), read from its record `blk` in the
+/// repacked weights `w`. Shared by the row-tile walk and the many-rows path's packing.
+///
+/// # Safety
+/// Only for callers with AVX-512 F enabled (it inlines into them); `blk` must be
+/// block `b`'s record in `w`.
+#[inline(always)]
+pub(super) unsafe fn block_scales<const F: u8>(w: *const u8, b: usize, blk: *const u8) -> (__m512, __m512) {
+    let shape = record_shape(F);
+    let f16x16 = |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
+    if F == FMT_Q4K {
+        let header = w.add(k_header_offset(F, b));
+        let u8x16 = |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(at).cast())));
+        let (d, neg_dmin) = (f16x16(header), f16x16(header.add(Q4K_DMIN_OFFSET)));
+        (_mm512_mul_ps(d, u8x16(shape.scales)), _mm512_mul_ps(neg_dmin, u8x16(shape.mins)))
+    } else if shape.has_mins {
+        (f16x16(blk.add(shape.scales)), f16x16(blk.add(shape.mins)))
+    } else {
+        (f16x16(blk.add(shape.scales)), _mm512_setzero_ps())
+    }
+}
+
 /// # Safety
 /// See [`super::tile::TileFn`]; AVX-512 F, BW and VNNI must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -36,18 +59,7 @@ pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
             prefetch_ahead(blk, shape.bytes);
         }
         // The 16 scales and minimums (for Q4_K `d · sc` and `-dmin · m`).
-        let f16x16 = |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
-        let (dw, mw) = if F == FMT_Q4K {
-            let header = w.add(k_header_offset(F, b));
-            let u8x16 =
-                |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(at).cast())));
-            let (d, neg_dmin) = (f16x16(header), f16x16(header.add(Q4K_DMIN_OFFSET)));
-            (_mm512_mul_ps(d, u8x16(shape.scales)), _mm512_mul_ps(neg_dmin, u8x16(shape.mins)))
-        } else if shape.has_mins {
-            (f16x16(blk.add(shape.scales)), f16x16(blk.add(shape.mins)))
-        } else {
-            (f16x16(blk.add(shape.scales)), _mm512_setzero_ps())
-        };
+        let (dw, mw) = block_scales::<F>(w, b, blk);
         let mut v = [_mm512_setzero_si512(); 8];
         if F == FMT_Q8_0 {
             for (j, v) in v.iter_mut().enumerate() {

@@ -4,9 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::gemm_panel::{offset, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
-use super::layout::{
-    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q8_0, Q4K_DMIN_OFFSET, QK,
-};
+use super::layout::{record_offset, record_shape, WeightFormat, FMT_Q8_0, QK};
 use super::tile::prefetch_ahead;
 
 /// Unpacks a group of format `F` (Q4_0, Q4_1, Q4_K or Q8_0) into `nb` blocks of the
@@ -22,7 +20,6 @@ pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
     let shape = record_shape(F);
     let (w, p) = (w.as_ptr(), panel.as_mut_ptr().cast::<__m512i>());
     let low = _mm512_set1_epi8(0x0f);
-    let f16x16 = |at: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(at.cast()));
     for b in 0..nb {
         let blk = w.add(record_offset(F, b));
         // The group comes from memory (decode batches) or L2 (prefill): read ahead as
@@ -41,17 +38,7 @@ pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
                 _mm512_store_si512(dst.add(i + 4), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low));
             }
         }
-        let (dw, mw) = if F == FMT_Q4K {
-            let header = w.add(k_header_offset(F, b));
-            let u8x16 =
-                |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(at).cast())));
-            let (d, neg_dmin) = (f16x16(header), f16x16(header.add(Q4K_DMIN_OFFSET)));
-            (_mm512_mul_ps(d, u8x16(shape.scales)), _mm512_mul_ps(neg_dmin, u8x16(shape.mins)))
-        } else if shape.has_mins {
-            (f16x16(blk.add(shape.scales)), f16x16(blk.add(shape.mins)))
-        } else {
-            (f16x16(blk.add(shape.scales)), _mm512_setzero_ps())
-        };
+        let (dw, mw) = super::avx512::block_scales::<F>(w, b, blk);
         _mm512_store_ps(dst.add(SCALES_LINE).cast(), dw);
         _mm512_store_ps(dst.add(MINS_LINE).cast(), mw);
     }
