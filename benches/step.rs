@@ -6,7 +6,9 @@
 //! `cargo bench --bench step` (model: `INFLIGHT_BENCH_MODEL` or the registry's
 //! download location; fetch it first with `inflight models pull`; threads:
 //! `INFLIGHT_THREADS`, default one per core; `INFLIGHT_KV_CACHE_DTYPE=f32` for an f32
-//! KV cache).
+//! KV cache; `INFLIGHT_ACTIVATIONS=f32` for f32 activations;
+//! `INFLIGHT_TILED_PREFILL_ATTENTION=1` for tiled attention; `INFLIGHT_BENCH_DECODE_DEPTH`
+//! for the decode steps' depth, default 128).
 //!
 //! With `INFLIGHT_PROFILE_STEP=1` each benchmark is followed by 20 more steps with the
 //! model's section timers on (`inflight::backend::cpu::profile`), and their breakdown printed.
@@ -15,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inflight::backend::cpu::{profile, CpuBackend, CpuConfig, KvDtype, Llama};
+use inflight::backend::cpu::{profile, Activations, CpuBackend, CpuConfig, KvDtype, Llama};
 use inflight::backend::{Backend, SeqStep, StepBatch, StepLimits};
 use inflight::model::{LlamaConfig, WeightSource};
 
@@ -35,17 +37,24 @@ fn backend() -> CpuBackend {
     let w = WeightSource::open_gguf(&path).expect("model file (run `inflight models pull` first)");
     let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
     let model = Llama::load(&w, cfg).expect("load");
-    // INFLIGHT_THREADS and INFLIGHT_KV_CACHE_DTYPE as for the CLI.
+    // INFLIGHT_THREADS, INFLIGHT_KV_CACHE_DTYPE and INFLIGHT_ACTIVATIONS as for the CLI.
     let threads = std::env::var("INFLIGHT_THREADS").ok().and_then(|t| t.parse().ok());
     let kv_dtype = match std::env::var("INFLIGHT_KV_CACHE_DTYPE").as_deref() {
         Ok("f32") => KvDtype::F32,
         _ => KvDtype::default(),
     };
+    let activations = match std::env::var("INFLIGHT_ACTIVATIONS").as_deref() {
+        Ok("f32") => Activations::F32,
+        _ => Activations::default(),
+    };
+    let tiled_prefill_attention = std::env::var("INFLIGHT_TILED_PREFILL_ATTENTION").is_ok_and(|v| v == "1");
     let cfg = CpuConfig {
         limits: StepLimits { max_batch_tokens: 4096, ..Default::default() },
-        kv_cache_bytes: 1 << 30,
+        tiled_prefill_attention,
+        kv_cache_bytes: 2 << 30,
         threads,
         kv_dtype,
+        activations,
         ..Default::default()
     };
     CpuBackend::new(model, &cfg).expect("backend")
@@ -135,7 +144,8 @@ fn bench_step(c: &mut Criterion) {
         print_profile(&mut be, &batch, "step/prefill_512_at_7k");
     }
 
-    let depth: usize = 128;
+    let depth: usize =
+        std::env::var("INFLIGHT_BENCH_DECODE_DEPTH").ok().and_then(|d| d.parse().ok()).unwrap_or(128);
     let per_seq = (depth + 1).div_ceil(bs);
     for batch_size in [1usize, 8, 16, 32] {
         // Fill each sequence's KV to `depth` tokens once, then time decode steps.

@@ -73,6 +73,12 @@ pub struct ModelDirArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ActivationPrecision {
+    Int8,
+    F32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KvCacheDtype {
     F16,
     F32,
@@ -115,6 +121,12 @@ pub struct ModelArgs {
     /// reads) or f32 (exact arithmetic).
     #[arg(long, env = "INFLIGHT_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::F16)]
     pub kv_cache_dtype: KvCacheDtype,
+    /// CPU: how quantized weights meet the activations. int8: activations rounded to
+    /// 8 bits per 32 values, integer multiply-adds (fastest; as accurate as llama.cpp).
+    /// f32: activations kept in f32 and the weights widened in registers, so the model
+    /// computes what its dequantized weights compute in f32 (slower prefill).
+    #[arg(long, env = "INFLIGHT_ACTIVATIONS", value_enum, default_value_t = ActivationPrecision::Int8)]
+    pub activations: ActivationPrecision,
     /// CPU: attend prefill chunks a tile of query rows at a time (online softmax):
     /// long prompts prefill about twice as fast, but a prompt's outputs then depend,
     /// within rounding, on how the scheduler chunked it (so on other traffic). Off:

@@ -2,7 +2,7 @@
 //! greedy tokens up to llama.cpp's first near-tie, first-position top-5 logits,
 //! and batch invariance.
 
-use inflight::backend::cpu::{CpuBackend, CpuConfig, KvDtype, Llama};
+use inflight::backend::cpu::{Activations, CpuBackend, CpuConfig, KvDtype, Llama};
 use inflight::backend::{Backend, SeqStep, StepBatch};
 use inflight::engine::sampling::argmax;
 use inflight::model::{LlamaConfig, WeightSource};
@@ -24,11 +24,12 @@ fn backend_on(path: &std::path::Path, dequantized: bool) -> CpuBackend {
     backend_for(model_on(path, dequantized), dequantized)
 }
 
-fn backend_for(model: Llama, dequantized: bool) -> CpuBackend {
-    // Float weights are the exactness check against transformers' f32: the KV cache
-    // is f32 there whatever the default. The quantized path runs the serving default.
-    let kv_dtype = if dequantized { KvDtype::F32 } else { KvDtype::default() };
-    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, kv_dtype, ..Default::default() };
+/// `exact`: f32 KV cache and f32 activations, the exactness check against
+/// transformers' f32; otherwise the serving defaults.
+fn backend_for(model: Llama, exact: bool) -> CpuBackend {
+    let (kv_dtype, activations) =
+        if exact { (KvDtype::F32, Activations::F32) } else { (KvDtype::default(), Activations::default()) };
+    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, kv_dtype, activations, ..Default::default() };
     CpuBackend::new(model, &cfg).expect("backend")
 }
 
@@ -165,17 +166,33 @@ fn greedy_tokens_and_logits_match_llama_cpp() {
 /// code (layout, RoPE, attention, norms) independently of quantized arithmetic.
 #[test]
 fn float_weights_reproduce_transformers_f32_logits() {
-    let mut be = backend_with(true);
+    assert_reproduces_transformers_f32(&mut backend_with(true), "float weights");
+}
+
+/// `--activations f32` on the 4-bit weights computes what the dequantized weights
+/// compute in f32: the same tolerance as the float-weights check above.
+#[test]
+fn f32_activations_on_quantized_weights_reproduce_transformers_f32_logits() {
+    let mut be = backend_for(model_on(&model_path(), false), true);
+    assert!(
+        be.model().matmul_implementations().keys().all(|k| k.starts_with("inflight")),
+        "every matrix on the project's kernels: {:?}",
+        be.model().matmul_implementations()
+    );
+    assert_reproduces_transformers_f32(&mut be, "f32 activations");
+}
+
+fn assert_reproduces_transformers_f32(be: &mut CpuBackend, what: &str) {
     let prompts = reference()["prompts"].as_array().expect("prompts");
     let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
-    let first = greedy_batch(&mut be, &prompt_ids, 1).first_logits;
+    let first = greedy_batch(be, &prompt_ids, 1).first_logits;
     for (p, logits) in prompts.iter().zip(&first) {
         for top in p["transformers_f32"]["top5_first"].as_array().expect("top5") {
             let id = top["id"].as_u64().expect("id") as usize;
             let want = top["logit"].as_f64().expect("logit") as f32;
             assert!(
                 (logits[id] - want).abs() < 2e-3,
-                "prompt {}: f32 logit of {} is {} vs transformers {want}",
+                "{what}, prompt {}: logit of {} is {} vs transformers f32 {want}",
                 p["id"],
                 top["token"],
                 logits[id]

@@ -8,8 +8,8 @@ pub mod serve;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::{BackendKind, KvCacheDtype, ModelArgs, ModelDirArgs, SchedulerArgs};
-use inflight::backend::cpu::{CpuConfig, KvDtype, KvFit};
+use crate::cli::{ActivationPrecision, BackendKind, KvCacheDtype, ModelArgs, ModelDirArgs, SchedulerArgs};
+use inflight::backend::cpu::{Activations, CpuConfig, KvDtype, KvFit};
 use inflight::backend::cuda::CudaConfig;
 use inflight::backend::StepLimits;
 use inflight::engine::scheduler::SchedulerConfig;
@@ -112,6 +112,10 @@ pub fn model_config(
             },
             threads: args.threads,
             tiled_prefill_attention: args.tiled_prefill_attention,
+            activations: match args.activations {
+                ActivationPrecision::Int8 => Activations::Int8,
+                ActivationPrecision::F32 => Activations::F32,
+            },
         }),
         BackendKind::Cuda => BackendConfig::Cuda(CudaConfig {
             limits,

@@ -6,7 +6,7 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use super::kernels::QMatrix;
+use super::kernels::{Activations, QMatrix};
 use crate::model::weights::{MatrixWeight, WeightSource};
 use crate::model::ModelError;
 
@@ -86,12 +86,14 @@ impl Linear {
     }
 
     /// `x` holds `m` rows of `in_features`; returns `m` rows of `out_features`.
-    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>, ModelError> {
+    /// `activations` applies to the project's kernels; candle's matmuls compute as
+    /// candle does.
+    pub fn forward(&self, x: &[f32], m: usize, activations: Activations) -> Result<Vec<f32>, ModelError> {
         debug_assert_eq!(x.len(), m * self.in_features);
         match &self.imp {
             Imp::Kernel(q) => {
                 let mut out = vec![0.0; m * self.out_features];
-                q.matmul(x, m, &mut out);
+                q.matmul_as(activations, x, m, &mut out);
                 Ok(out)
             }
             Imp::Candle(mm) => {

@@ -9,6 +9,7 @@
 
 use super::attention::{self, AttentionShape};
 use super::elementwise::{add_in_place, rms_norm, swiglu_rows, swiglu_separate};
+use super::kernels::Activations;
 use super::kv_cache::PagedKvCache;
 use super::linear::{Embedding, Linear};
 use super::profile::{self, Section};
@@ -48,13 +49,13 @@ impl Projections {
         }
     }
 
-    fn forward(&self, x: &[f32], t: usize) -> Result<Qkv, ModelError> {
+    fn forward(&self, x: &[f32], t: usize, acts: Activations) -> Result<Qkv, ModelError> {
         match self {
             Projections::Separate { wq, wk, wv } => {
-                Ok((wq.forward(x, t)?, wk.forward(x, t)?, wv.forward(x, t)?))
+                Ok((wq.forward(x, t, acts)?, wk.forward(x, t, acts)?, wv.forward(x, t, acts)?))
             }
             Projections::Fused { qkv, q_dim, kv_dim } => {
-                let all = qkv.forward(x, t)?;
+                let all = qkv.forward(x, t, acts)?;
                 let (qd, kd) = (*q_dim, *kv_dim);
                 let (mut q, mut k, mut v) =
                     (Vec::with_capacity(t * qd), Vec::with_capacity(t * kd), Vec::with_capacity(t * kd));
@@ -90,7 +91,8 @@ impl Attention {
         kv: &mut PagedKvCache,
     ) -> Result<Vec<f32>, ModelError> {
         let t = step.num_tokens;
-        let (mut q, mut k, v) = profile::time(Section::QkvMatmul, || self.qkv.forward(x, t))?;
+        let (mut q, mut k, v) =
+            profile::time(Section::QkvMatmul, || self.qkv.forward(x, t, step.activations))?;
         profile::time(Section::RopeKvWrite, || {
             step.rope.apply(&mut q, step.shape.num_heads, &step.angles);
             step.rope.apply(&mut k, step.shape.num_kv_heads, &step.angles);
@@ -100,7 +102,7 @@ impl Attention {
         profile::time(Section::Attention, || {
             attention::attend(kv, layer, step.seqs, &step.shape, &q, &mut out)
         });
-        profile::time(Section::AttnOutMatmul, || self.wo.forward(&out, t))
+        profile::time(Section::AttnOutMatmul, || self.wo.forward(&out, t, step.activations))
     }
 }
 
@@ -134,20 +136,20 @@ impl Mlp {
         }
     }
 
-    fn forward(&self, x: &[f32], t: usize) -> Result<Vec<f32>, ModelError> {
+    fn forward(&self, x: &[f32], t: usize, acts: Activations) -> Result<Vec<f32>, ModelError> {
         let h = match &self.gate_up {
             GateUp::Separate { gate, up } => {
                 let (g, u) = profile::time(Section::GateUpMatmul, || {
-                    Ok::<_, ModelError>((gate.forward(x, t)?, up.forward(x, t)?))
+                    Ok::<_, ModelError>((gate.forward(x, t, acts)?, up.forward(x, t, acts)?))
                 })?;
                 profile::time(Section::Swiglu, || swiglu_separate(&g, &u, gate.out_features()))
             }
             GateUp::Fused { both, width } => {
-                let both = profile::time(Section::GateUpMatmul, || both.forward(x, t))?;
+                let both = profile::time(Section::GateUpMatmul, || both.forward(x, t, acts))?;
                 profile::time(Section::Swiglu, || swiglu_rows(&both, *width))
             }
         };
-        profile::time(Section::DownMatmul, || self.down.forward(&h, t))
+        profile::time(Section::DownMatmul, || self.down.forward(&h, t, acts))
     }
 }
 
@@ -183,7 +185,7 @@ impl Block {
             add_in_place(x, &attended);
             rms_norm(x, &self.ffn_norm, eps, &mut h);
         });
-        let mlp = self.mlp.forward(&h, step.num_tokens)?;
+        let mlp = self.mlp.forward(&h, step.num_tokens, step.activations)?;
         profile::time(Section::NormsResiduals, || add_in_place(x, &mlp));
         Ok(())
     }
@@ -196,6 +198,7 @@ struct StepContext<'a> {
     rope: &'a Rope,
     angles: crate::model::rope::RopeAngles,
     shape: AttentionShape,
+    activations: Activations,
 }
 
 pub struct Llama {
@@ -206,12 +209,19 @@ pub struct Llama {
     lm_head: Linear,
     rope: Rope,
     tiled_prefill_attention: bool,
+    activations: Activations,
 }
 
 impl Llama {
     /// Attends prefill chunks a tile of rows at a time (see `attention::attend`).
     pub fn with_tiled_prefill_attention(mut self, on: bool) -> Self {
         self.tiled_prefill_attention = on;
+        self
+    }
+
+    /// Runs the quantized matmuls on activations of this precision.
+    pub fn with_activations(mut self, activations: Activations) -> Self {
+        self.activations = activations;
         self
     }
 
@@ -228,7 +238,16 @@ impl Llama {
         let blocks = (0..cfg.num_layers).map(|i| Block::load(w, &cfg, i)).collect::<Result<Vec<_>, _>>()?;
         let norm = w.vector("output_norm.weight", h)?;
         let rope = Rope::new(&cfg);
-        let model = Self { cfg, embed, blocks, norm, lm_head, rope, tiled_prefill_attention: false };
+        let model = Self {
+            cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+            tiled_prefill_attention: false,
+            activations: Activations::default(),
+        };
         // Which matrices run where: a format the kernels do not cover falls back to
         // candle and is much slower at batch sizes above one.
         tracing::info!(matmuls = ?model.matmul_implementations(), "weight matrices placed");
@@ -274,6 +293,7 @@ impl Llama {
                 head_dim: self.cfg.head_dim,
                 tiled_prefill: self.tiled_prefill_attention,
             },
+            activations: self.activations,
         };
         profile::count_pass();
         let mut x = profile::time(Section::Embedding, || self.embed.lookup(&packed.ids))?;
@@ -294,7 +314,7 @@ impl Llama {
             }
             let mut normed = vec![0.0; picked.len()];
             rms_norm(&picked, &self.norm, self.cfg.rms_norm_eps, &mut normed);
-            self.lm_head.forward(&normed, last_rows.len())
+            self.lm_head.forward(&normed, last_rows.len(), self.activations)
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod linear;
 pub mod llama;
 pub mod profile;
 
+pub use kernels::Activations;
 pub use kv_cache::{KvDtype, PagedKvCache};
 pub use llama::Llama;
 
@@ -37,6 +38,8 @@ pub struct CpuConfig {
     pub threads: Option<usize>,
     /// Prefill chunks through the tiled attention kernel (`attention::tiled`).
     pub tiled_prefill_attention: bool,
+    /// How the quantized matmuls treat the activations.
+    pub activations: Activations,
 }
 
 impl Default for CpuConfig {
@@ -49,6 +52,7 @@ impl Default for CpuConfig {
             kv_dtype: KvDtype::default(),
             threads: None,
             tiled_prefill_attention: false,
+            activations: Activations::default(),
         }
     }
 }
@@ -101,7 +105,8 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(model: Llama, cfg: &CpuConfig) -> Result<Self, BackendError> {
-        let model = model.with_tiled_prefill_attention(cfg.tiled_prefill_attention);
+        let model =
+            model.with_tiled_prefill_attention(cfg.tiled_prefill_attention).with_activations(cfg.activations);
         let mcfg = model.config();
         if cfg.block_size == 0 {
             return Err(BackendError::Unavailable("block size must be at least 1".into()));
@@ -128,7 +133,12 @@ impl CpuBackend {
             .build()
             .map_err(|e| BackendError::Unavailable(format!("cannot start compute threads: {e}")))?;
         let info = BackendInfo {
-            device: format!("cpu ({}, {} threads)", kernels::kernel_name(), pool.current_num_threads()),
+            device: format!(
+                "cpu ({}{}, {} threads)",
+                kernels::kernel_name(),
+                if cfg.activations == Activations::F32 { ", f32 activations" } else { "" },
+                pool.current_num_threads()
+            ),
             block_size: cfg.block_size,
             num_blocks,
             max_context,

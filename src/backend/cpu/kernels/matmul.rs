@@ -32,7 +32,7 @@ thread_local! {
 
 /// A raw output pointer that tasks share; each writes a disjoint set of elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub(super) *mut f32);
 // SAFETY: tasks write disjoint (row, column) ranges of the same buffer, and `run` does
 // not return before every task has finished.
 unsafe impl Send for OutPtr {}
@@ -40,16 +40,16 @@ unsafe impl Sync for OutPtr {}
 
 /// How `m × groups` is cut into tasks.
 #[derive(Debug, PartialEq)]
-struct Plan {
-    rows_per_task: usize,
-    row_chunks: usize,
-    groups_per_task: usize,
-    group_chunks: usize,
+pub(super) struct Plan {
+    pub(super) rows_per_task: usize,
+    pub(super) row_chunks: usize,
+    pub(super) groups_per_task: usize,
+    pub(super) group_chunks: usize,
 }
 
 impl Plan {
     /// `row_chunk`: the most rows a task takes ([`ROW_CHUNK`], or `gemm::ROW_CHUNK`).
-    fn new(m: usize, groups: usize, threads: usize, row_chunk: usize) -> Plan {
+    pub(super) fn new(m: usize, groups: usize, threads: usize, row_chunk: usize) -> Plan {
         let row_chunks = m.div_ceil(row_chunk).max(1);
         let rows_per_task = m.div_ceil(row_chunks).max(1);
         let want = (TASKS_PER_THREAD * threads).div_ceil(row_chunks);

@@ -19,6 +19,7 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_gemm;
 mod dispatch;
+mod float_acts;
 mod gemm;
 mod gemm_panel;
 #[cfg(target_arch = "x86_64")]
@@ -49,6 +50,18 @@ pub enum KernelError {
     CannotStack { what: String },
     #[error("reading quantized tensor data: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+/// How the activations meet the quantized weights in a matrix multiplication.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Activations {
+    /// Rounded to 8 bits per 32-value block (scale per block), multiplied with integer
+    /// multiply-adds: the fastest, and as accurate as llama.cpp's CPU path.
+    #[default]
+    Int8,
+    /// Kept in f32; the weights are widened to f32 in registers: the layer computes
+    /// what the dequantized weights compute in f32, at more compute per weight.
+    F32,
 }
 
 /// A weight matrix of `n` output rows × `k` inputs in a kernel-friendly layout.
@@ -151,6 +164,27 @@ impl QMatrix {
     /// If `x.len() != m * k` or `out.len() != m * n` (a caller bug, not a data error).
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
         self.matmul_with(dispatch::selected(), x, m, out)
+    }
+
+    /// [`QMatrix::matmul`] with the activations as `activations` says: rounded to
+    /// 8-bit blocks for integer multiply-adds, or kept in f32 against weights widened
+    /// in registers (`float_acts`).
+    pub fn matmul_as(&self, activations: Activations, x: &[f32], m: usize, out: &mut [f32]) {
+        match activations {
+            Activations::Int8 => self.matmul(x, m, out),
+            Activations::F32 => self.matmul_f32_with(dispatch::selected(), x, m, out),
+        }
+    }
+
+    /// `x · Wᵀ` on f32 activations with an explicit kernel's instruction set.
+    ///
+    /// # Panics
+    /// As [`QMatrix::matmul_with`].
+    pub fn matmul_f32_with(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.k, "activations are not {m}x{}", self.k);
+        assert_eq!(out.len(), m * self.n, "output is not {m}x{}", self.n);
+        assert!(kernel.is_available(), "{} kernel unavailable", kernel.name());
+        float_acts::run(kernel, self, x, m, out)
     }
 
     /// [`QMatrix::matmul`] with an explicit kernel (tests, benchmarks).

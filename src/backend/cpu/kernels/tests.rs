@@ -114,6 +114,64 @@ fn matmul_matches_float64_references_for_every_kernel() {
     }
 }
 
+/// f32 activations: the product of the exact activations with the dequantized
+/// weights, to f32 rounding; every kernel bit-identical to the portable one; and a
+/// row's output the same whatever rows share its call.
+#[test]
+fn f32_activations_match_float64_references_bit_identically_across_kernels_and_batches() {
+    let mut rng = StdRng::seed_from_u64(13);
+    for dtype in DTYPES {
+        for (n, k) in [(37, 576), (16, 64), (29, 64)] {
+            let k = whole_blocks(dtype, k);
+            let (q, w) = quantized(&mut rng, n, k, dtype);
+            let qm = QMatrix::from_qtensor(&q).unwrap().unwrap();
+            for m in [1, 5, 33, 70] {
+                let x = random(&mut rng, m * k);
+                let want = reference(&x, &w, m, n, k);
+                let scale = reference(
+                    &x.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+                    &w.iter().map(|v| v.abs()).collect::<Vec<_>>(),
+                    m,
+                    n,
+                    k,
+                );
+                let mut portable = vec![f32::NAN; m * n];
+                qm.matmul_f32_with(Kernel::Portable, &x, m, &mut portable);
+                for (e, ((&o, &r), &s)) in portable.iter().zip(&want).zip(&scale).enumerate() {
+                    // f32 sums of k products: a few ulps of Σ|x||w| (the int8 path's
+                    // bound is 1e-5 against its own rounded activations, and ~1% off these).
+                    let err = (f64::from(o) - r).abs();
+                    assert!(err <= 2e-6 * s + 1e-9, "{dtype:?} {n}x{k} m={m} [{e}]: {o} vs {r}");
+                }
+                for kernel in Kernel::available() {
+                    let mut out = vec![f32::NAN; m * n];
+                    qm.matmul_f32_with(kernel, &x, m, &mut out);
+                    assert_eq!(
+                        out,
+                        portable,
+                        "{dtype:?} {n}x{k} m={m} {}: differs from portable",
+                        kernel.name()
+                    );
+                }
+                // The last row alone gives the bits it got in the batch.
+                let mut alone = vec![f32::NAN; n];
+                qm.matmul_f32_with(
+                    crate::backend::cpu::kernels::selected_kernel(),
+                    &x[(m - 1) * k..],
+                    1,
+                    &mut alone,
+                );
+                assert_eq!(
+                    alone,
+                    portable[(m - 1) * n..],
+                    "{dtype:?} {n}x{k}: row {} alone vs in {m}",
+                    m - 1
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn dequantized_rows_equal_candles() {
     let mut rng = StdRng::seed_from_u64(11);

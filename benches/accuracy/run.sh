@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Accuracy of each activation precision (`--activations int8|f32`, with either KV cache
+# dtype) against the default model's weights dequantized to f32: first-position logits
+# of the reference prompts (`../shared/reference/`, whose `transformers_f32` entries are
+# transformers' float32 logits on those weights; llama.cpp's from the same file beside
+# them), and the answer to "What is the capital of France?" (chat template, greedy).
+#
+#   benches/accuracy/run.sh [OUT_DIR]      (needs `cargo build --release`)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+OUT="${1:-benches/results/$(date +%F)-activations}"
+BIN="${BIN:-target/release/inflight}"
+MODEL="${MODEL:-models/cache/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf}"
+REF="${INFLIGHT_REFERENCE_DIR:-../shared/reference}/smollm2-135m-q4_1.json"
+[ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+mkdir -p "$OUT"
+# The logits (1.2 MB a run) stay out of the results folder.
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+python3 -c '
+import json, sys
+ref = json.load(open(sys.argv[1]))
+print(json.dumps({"sequences": [{"prompt": p["prompt_ids"]} for p in ref["prompts"]]}))
+' "$REF" > "$WORK/input.json"
+
+for acts in int8 f32; do
+    for kv in f16 f32; do
+        run="$acts-kv-$kv"
+        INFLIGHT_LOG=warn "$BIN" score --model "$MODEL" --input "$WORK/input.json" --greedy 1 \
+            --activations "$acts" --kv-cache-dtype "$kv" --output "$WORK/$run"
+        INFLIGHT_LOG=warn "$BIN" generate --model "$MODEL" --chat --max-tokens 16 \
+            --activations "$acts" --kv-cache-dtype "$kv" \
+            --prompt "What is the capital of France?" > "$WORK/$run.france.txt"
+    done
+done
+python3 benches/accuracy/compare.py "$REF" "$WORK" | tee "$OUT/summary.md"
