@@ -127,10 +127,10 @@ pub struct ModelArgs {
     /// computes what its dequantized weights compute in f32 (slower prefill).
     #[arg(long, env = "INFLIGHT_ACTIVATIONS", value_enum, default_value_t = ActivationPrecision::Int8)]
     pub activations: ActivationPrecision,
-    /// CPU: attend prefill chunks a tile of query rows at a time (online softmax):
-    /// long prompts prefill about twice as fast, but a prompt's outputs then depend,
-    /// within rounding, on how the scheduler chunked it (so on other traffic). Off:
-    /// every row alone, outputs independent of batching.
+    /// CPU: attend prefill chunks a tile of query rows at a time (online softmax), and
+    /// every other row with the same arithmetic, so outputs still do not depend on
+    /// chunking: long prompts prefill about twice as fast, decode attention at long
+    /// contexts about half as fast. Off: the row kernels throughout.
     #[arg(long, env = "INFLIGHT_TILED_PREFILL_ATTENTION")]
     pub tiled_prefill_attention: bool,
     /// Tokens per KV block.

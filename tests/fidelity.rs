@@ -216,6 +216,54 @@ fn batching_does_not_change_greedy_tokens() {
     }
 }
 
+/// With `--tiled-prefill-attention` a prompt's logits are the same bits whatever its
+/// chunking: whole, in chunks of the tiled kernel's sizes, and in chunks short enough
+/// (one row included) that the row path takes them.
+#[test]
+fn tiled_prefill_attention_does_not_depend_on_the_chunking() {
+    let model = model_on(&model_path(), false);
+    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, tiled_prefill_attention: true, ..Default::default() };
+    let mut be = CpuBackend::new(model, &cfg).expect("backend");
+    let prompt: Vec<u32> = reference()["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .map(|p| ids(&p["prompt_ids"]))
+        .max_by_key(|p| p.len())
+        .expect("a prompt");
+    assert!(prompt.len() > 60, "a prompt long enough to chunk: {}", prompt.len());
+    let table: Vec<u32> = (0..prompt.len().div_ceil(be.info().block_size) as u32).collect();
+    let mut last_logits = |chunks: &[usize]| {
+        let mut at = 0;
+        let mut logits = Vec::new();
+        for (i, &n) in
+            chunks.iter().chain(std::iter::once(&(prompt.len() - chunks.iter().sum::<usize>()))).enumerate()
+        {
+            let last = i == chunks.len();
+            let batch = StepBatch {
+                seqs: vec![SeqStep {
+                    id: 0,
+                    tokens: &prompt[at..at + n],
+                    start_pos: at,
+                    block_table: &table,
+                    want_logits: last,
+                    all_logits: false,
+                }],
+            };
+            let out = be.step(&batch).expect("step");
+            if last {
+                logits = out.row(0).expect("logits").to_vec();
+            }
+            at += n;
+        }
+        logits
+    };
+    let whole = last_logits(&[]);
+    for chunks in [&[17, 1, 3][..], &[32, 16], &[1, 1, 1, 40], &[9, 23, 5]] {
+        assert_eq!(last_logits(chunks), whole, "chunks {chunks:?} then the rest");
+    }
+}
+
 /// Reverses llama.cpp's converter, which permutes Hugging Face's Q/K rows so that
 /// rotating adjacent pairs equals HF's rotate-half: rows of each head go from
 /// (pair index, half) order back to (half, pair index).

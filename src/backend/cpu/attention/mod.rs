@@ -10,6 +10,7 @@ mod avx2;
 mod avx512;
 mod head;
 mod lanes;
+mod tile_row;
 mod tiled;
 
 use half::f16;
@@ -59,12 +60,14 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, seqs: &[SeqStep], k: &[f
 ///
 /// With `shape.tiled_prefill`, a sequence with at least [`TILED_MIN_ROWS`] rows in the
 /// step (a prefill chunk) goes through the tiled kernel (`tiled.rs`), a tile of its
-/// rows at a time; its outputs then depend, within rounding, on how its prompt was
-/// chunked, which is why it is off by default. Every other
-/// row (decode) goes one token row × one KV head at a time: the query heads that share
-/// that KV head read each cached K and V row once between them, and a single decoding
-/// sequence still spreads its heads over every thread. Which path a row takes depends
-/// only on its own sequence's rows, never on the rest of the batch.
+/// rows at a time, and every other row through `tile_row.rs`, which computes what the
+/// tiled kernel computes for that row bit for bit: so a position's output does not
+/// depend on how its prompt was chunked. Without it every row goes through the row
+/// kernels of `head.rs`. Rows outside tiles go one token row × one KV head at a time:
+/// the query heads that share that KV head read each cached K and V row once between
+/// them, and a single decoding sequence still spreads its heads over every thread.
+/// Which path a row takes depends only on its own sequence's rows, never on the rest
+/// of the batch.
 pub fn attend(
     cache: &PagedKvCache,
     layer: usize,
@@ -79,13 +82,21 @@ pub fn attend(
     let kv_heads = shape.num_kv_heads;
     match cache.layer(layer) {
         LayerKv::F32 { k, v } => {
-            let kernels =
-                Kernels { row: kernel_for::<f32>(&geo, attend_kv_head), tile: tiled::tile_kernel() };
+            let row = if shape.tiled_prefill {
+                tile_row::row_kernel::<f32>()
+            } else {
+                kernel_for::<f32>(&geo, attend_kv_head)
+            };
+            let kernels = Kernels { row, tile: tiled::tile_kernel() };
             attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, shape.tiled_prefill, q, out)
         }
         LayerKv::F16 { k, v } => {
-            let kernels =
-                Kernels { row: kernel_for::<f16>(&geo, attend_kv_head_f16), tile: tiled::tile_kernel() };
+            let row = if shape.tiled_prefill {
+                tile_row::row_kernel::<f16>()
+            } else {
+                kernel_for::<f16>(&geo, attend_kv_head_f16)
+            };
+            let kernels = Kernels { row, tile: tiled::tile_kernel() };
             attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, shape.tiled_prefill, q, out)
         }
     }
@@ -510,24 +521,32 @@ mod tests {
         }
     }
 
-    /// A prompt's outputs do not depend on how it is chunked beyond float rounding:
-    /// several chunkings of 200 rows, odd head sizes and groups included.
+    /// A prompt's outputs do not depend on how it is chunked: several chunkings of 200
+    /// rows (single rows, short chunks and tiles), odd head sizes and groups included,
+    /// give the same bits, within rounding of dense attention.
     #[test]
     fn prompt_outputs_do_not_depend_on_the_chunking() {
         let plans: [&[usize]; 4] = [&[200], &[3, 8, 17, 1, 31, 140], &[64, 64, 64, 8], &[7, 9, 100, 84]];
         for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
             for (heads, kv_heads, d, bs) in [(9, 3, 64, 16), (10, 2, 128, 16), (6, 2, 6, 7)] {
                 let p = Prompt::new(heads, kv_heads, d, 200, bs, dtype);
+                let mut first: Option<Vec<f32>> = None;
                 for plan in plans {
                     let mut lo = 0;
+                    let mut all = Vec::new();
                     for &n in plan {
-                        p.check(
-                            lo,
-                            &p.chunk(lo, lo + n),
-                            tol,
-                            &format!("{dtype:?} {heads}/{kv_heads}×{d} {plan:?}"),
-                        );
+                        let what = format!("{dtype:?} {heads}/{kv_heads}×{d} {plan:?}");
+                        let got = p.chunk(lo, lo + n);
+                        p.check(lo, &got, tol, &what);
+                        all.extend(got);
                         lo += n;
+                    }
+                    // With tiled prefill, the same bits whatever the chunking.
+                    match &first {
+                        None => first = Some(all),
+                        Some(f) => {
+                            assert_eq!(f, &all, "{dtype:?} {heads}/{kv_heads}×{d} {plan:?} vs {:?}", plans[0])
+                        }
                     }
                 }
             }

@@ -90,7 +90,7 @@ fn check<T>(kv: &KvRows<'_, T>, geo: &HeadGeometry, t: &TileRows, q: &[f32], out
     assert!(q.len() >= span && out.len() >= span, "queries or outputs shorter than the tile");
 }
 
-fn attend_tile_portable<T: Cached>(
+pub(super) fn attend_tile_portable<T: Cached>(
     kv: &KvRows<'_, T>,
     geo: &HeadGeometry,
     t: &TileRows,
