@@ -465,6 +465,10 @@ pub struct BenchRunArgs {
     pub no_ignore_eos: bool,
     #[arg(long, env = "INFLIGHT_BENCH_TEMPERATURE", default_value_t = 0.0, help_heading = "Workload")]
     pub temperature: f32,
+    /// A JSON object whose fields are added to every request body, over the
+    /// bench's own (e.g. '{"priority": 0}' for vLLM's priority scheduling).
+    #[arg(long, env = "INFLIGHT_BENCH_EXTRA_BODY", value_name = "JSON", help_heading = "Workload")]
+    pub extra_body: Option<String>,
 
     /// Percentiles to show (linear interpolation between closest ranks, as numpy's
     /// default; 50 and 99 are always computed for reports).

@@ -200,4 +200,12 @@ fn bad_flags_and_files_are_clear_errors() {
         .output()
         .expect("run");
     assert!(text(&out).1.contains("inf2.xlarge"), "unknown instance types list the known ones");
+    for (extra, says) in [("[1]", "must be a JSON object"), ("{priority", "is not JSON")] {
+        let out = inflight()
+            .args(["bench", "--url", "http://127.0.0.1:9", "--model", "m", "--extra-body", extra])
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        assert!(text(&out).1.contains(says), "--extra-body {extra}: {}", text(&out).1);
+    }
 }

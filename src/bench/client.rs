@@ -31,6 +31,9 @@ pub struct Target {
     /// Send `ignore_eos` so every request produces exactly `max_tokens`.
     pub ignore_eos: bool,
     pub temperature: Option<f32>,
+    /// Fields added to every request body, over the ones the client sets (e.g.
+    /// vLLM's `priority`).
+    pub extra_body: serde_json::Map<String, Value>,
 }
 
 /// The URL requests are posted to.
@@ -86,6 +89,9 @@ impl Client {
         }
         if let Some(temp) = t.temperature {
             body["temperature"] = json!(temp);
+        }
+        for (k, v) in &t.extra_body {
+            body[k] = v.clone();
         }
         body
     }
@@ -398,7 +404,20 @@ mod tests {
             keep_alive: false,
             ignore_eos: true,
             temperature: Some(0.0),
+            extra_body: Default::default(),
         }
+    }
+
+    #[test]
+    fn extra_body_fields_are_added_and_override_the_clients_own() {
+        let mut t = target("http://127.0.0.1:9".into());
+        t.extra_body = serde_json::from_str(r#"{"priority": -1, "temperature": 0.7}"#).unwrap();
+        let client = Client::new(t).unwrap();
+        let item = WorkItem { input: Input::Prompt("a b c".into()), max_tokens: 3, input_tokens: Some(3) };
+        let body = client.body(&item);
+        assert_eq!(body["priority"], json!(-1));
+        assert_eq!(body["temperature"], json!(0.7));
+        assert_eq!(body["max_tokens"], json!(3));
     }
 
     fn send(url: String) -> RequestRecord {

@@ -183,6 +183,7 @@ mod tests {
             keep_alive: true,
             ignore_eos: true,
             temperature: None,
+            extra_body: Default::default(),
         })
         .unwrap()
     }

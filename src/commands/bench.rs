@@ -147,6 +147,7 @@ fn bench(args: BenchRunArgs) -> Result<()> {
         keep_alive: !args.no_keep_alive,
         ignore_eos: !args.no_ignore_eos,
         temperature: Some(args.temperature),
+        extra_body: extra_body(args.extra_body.as_deref())?,
     };
     let header = results_header(&args, TargetInfo { url, model, endpoint }, spec, &cfg);
     let output = args.output.clone().unwrap_or_else(|| default_output(&header.started_at));
@@ -307,5 +308,17 @@ impl Observer for Display {
     fn level_finished(&self, result: &LevelResult) {
         self.finish_bar();
         print!("{}", table::level_block(&self.header, result));
+    }
+}
+
+/// `--extra-body`: a JSON object, or nothing.
+fn extra_body(text: Option<&str>) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match text {
+        None => Ok(Default::default()),
+        Some(t) => match serde_json::from_str(t) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(_) => bail!("--extra-body must be a JSON object, e.g. '{{\"priority\": 1}}'"),
+            Err(e) => bail!("--extra-body is not JSON: {e}"),
+        },
     }
 }
