@@ -4,7 +4,7 @@
 //! weights dequantized to f32 compute, to float rounding.
 //!
 //! A task takes one 32-value block of a group at a time, dequantizes it for the group's
-//! 16 rows into a small value-major tile (`TILE`: 16 rows side by side, as the layout
+//! 16 rows into a small value-major tile (`Tile`: 16 rows side by side, as the layout
 //! stores them) and multiplies it into every activation row of the task with fused
 //! multiply-adds, so the widening is paid once per task and block, not once per row.
 //!
