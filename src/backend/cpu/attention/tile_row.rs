@@ -9,7 +9,7 @@
 //! maximum and sum of the online softmax are updated once per group of `C` positions,
 //! and the weighted sum of V adds the group's `C` positions in order. Here the `C`
 //! positions of a group take the lanes instead (`C` equals the lane count in every
-//! instantiation): K is transposed as it is widened, so a score is still one chain of
+//! instantiation): K is transposed after it is widened, so a score is still one chain of
 //! fused multiply-adds over the values, in the same order; the group's maximum, weights
 //! and their sum are then computed with the same vector operations on the same values,
 //! and the weighted sum runs over the output columns with the same fused steps. Groups
@@ -154,21 +154,21 @@ unsafe fn row_body<T: Cached, S: Lanes, const C: usize>(
     let g = geo.group;
     let n = kv.offsets.len();
     // Scratch: scaled queries (g·d), unnormalised outputs (g·d), K transposed
-    // (`kt[x * C + c]`), V (`vc[c * d + x]`), one widened K row (d), and each head's
-    // running maximum and sum (g each).
+    // (`kt[x * C + c]`), V (`vc[c * d + x]`), K as widened (`kc[c * d + x]`), and each
+    // head's running maximum and sum (g each).
     scratch.clear();
-    scratch.resize(2 * g * d + 2 * C * d + d + 2 * g, 0.0);
+    scratch.resize(2 * g * d + 3 * C * d + 2 * g, 0.0);
     let (qs, rest) = scratch.split_at_mut(g * d);
     let (ot, rest) = rest.split_at_mut(g * d);
     let (kt, rest) = rest.split_at_mut(C * d);
     let (vc, rest) = rest.split_at_mut(C * d);
-    let (krow, rest) = rest.split_at_mut(d);
+    let (kc, rest) = rest.split_at_mut(C * d);
     let (max, sum) = rest.split_at_mut(g);
     max.fill(f32::NEG_INFINITY);
     for (s, &x) in qs.iter_mut().zip(&q[..g * d]) {
         *s = x * geo.scale;
     }
-    let (ktp, vcp, krp) = (kt.as_mut_ptr(), vc.as_mut_ptr(), krow.as_mut_ptr());
+    let (ktp, vcp, kcp) = (kt.as_mut_ptr(), vc.as_mut_ptr(), kc.as_mut_ptr());
     let mut weights = [0.0f32; 16];
 
     let mut c0 = 0;
@@ -177,17 +177,22 @@ unsafe fn row_body<T: Cached, S: Lanes, const C: usize>(
         for c in 0..C {
             if c < cols {
                 let off = *kv.offsets.get_unchecked(c0 + c);
-                T::widen::<S>(kv.k.as_ptr().add(off), krp, d);
+                T::widen::<S>(kv.k.as_ptr().add(off), kcp.add(c * d), d);
                 T::widen::<S>(kv.v.as_ptr().add(off), vcp.add(c * d), d);
-                for x in 0..d {
-                    *ktp.add(x * C + c) = *krp.add(x);
-                }
             } else {
                 // As the tiled kernel's zero padding: masked weights times finite V.
-                for x in 0..d {
-                    *ktp.add(x * C + c) = 0.0;
-                }
+                std::ptr::write_bytes(kcp.add(c * d), 0, d);
                 std::ptr::write_bytes(vcp.add(c * d), 0, d);
+            }
+        }
+        // K transposed, `C` values at a time in registers, then the tail.
+        let whole = d - d % C;
+        for x0 in (0..whole).step_by(C) {
+            S::transpose(kcp.add(x0), d, ktp.add(x0 * C), C);
+        }
+        for x in whole..d {
+            for c in 0..C {
+                *ktp.add(x * C + c) = *kcp.add(c * d + x);
             }
         }
         // Each head's scores are one chain of multiply-adds in value order, as in the
@@ -310,8 +315,14 @@ mod tests {
         let f16s: fn(&[f32]) -> Vec<f16> = |x| x.iter().map(|&a| f16::from_f32(a)).collect();
         rows_match_tiles("portable f32", attend_tile_portable::<f32>, row_portable::<f32>, Portable::W, f32s);
         rows_match_tiles("portable f16", attend_tile_portable::<f16>, row_portable::<f16>, Portable::W, f16s);
-        // The pair this CPU runs.
+        // The pair this CPU runs, and AVX2's where the CPU has AVX-512 too.
         rows_match_tiles("selected f32", tile_kernel::<f32>(), row_kernel::<f32>(), tile_rows(), f32s);
         rows_match_tiles("selected f16", tile_kernel::<f16>(), row_kernel::<f16>(), tile_rows(), f16s);
+        #[cfg(target_arch = "x86_64")]
+        if crate::backend::cpu::kernels::isa::avx2_fma_f16c() {
+            use super::super::tiled::attend_tile_avx2;
+            rows_match_tiles("avx2 f32", attend_tile_avx2::<f32>, row_avx2::<f32>, Avx2Lanes::W, f32s);
+            rows_match_tiles("avx2 f16", attend_tile_avx2::<f16>, row_avx2::<f16>, Avx2Lanes::W, f16s);
+        }
     }
 }

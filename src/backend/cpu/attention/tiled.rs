@@ -135,7 +135,7 @@ fn attend_tile_avx512<T: Cached>(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn attend_tile_avx2<T: Cached>(
+pub(super) fn attend_tile_avx2<T: Cached>(
     kv: &KvRows<'_, T>,
     geo: &HeadGeometry,
     t: &TileRows,
