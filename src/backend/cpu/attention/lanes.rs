@@ -1,8 +1,9 @@
 //! The vector operations the tiled prefill kernels (`tiled.rs`, `tile_row.rs`) are
-//! written in: one query row per lane, `W` rows at a time. Three instantiations: AVX-512 (16 lanes),
-//! AVX2 (8) and a portable one of plain arrays (8) for other CPUs. The exponential is
-//! `fastexp::exp_nonpositive` lane by lane, the same steps in vector registers (the
-//! vector versions fuse its multiply-adds, so they round a little differently).
+//! written in: one query row per lane, `W` rows at a time. Three instantiations:
+//! AVX-512 (16 lanes), AVX2 (8) and a portable one of plain arrays (8) for other CPUs.
+//! The exponential is `fastexp::exp_nonpositive` lane by lane, the same steps in vector
+//! registers (the vector versions fuse its multiply-adds, so they round a little
+//! differently).
 
 use half::f16;
 
