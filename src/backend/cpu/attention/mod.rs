@@ -82,21 +82,11 @@ pub fn attend(
     let kv_heads = shape.num_kv_heads;
     match cache.layer(layer) {
         LayerKv::F32 { k, v } => {
-            let row = if shape.tiled_prefill {
-                tile_row::row_kernel::<f32>()
-            } else {
-                kernel_for::<f32>(&geo, attend_kv_head)
-            };
-            let kernels = Kernels { row, tile: tiled::tile_kernel() };
+            let kernels = Kernels::new(shape.tiled_prefill, || kernel_for::<f32>(&geo, attend_kv_head));
             attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, shape.tiled_prefill, q, out)
         }
         LayerKv::F16 { k, v } => {
-            let row = if shape.tiled_prefill {
-                tile_row::row_kernel::<f16>()
-            } else {
-                kernel_for::<f16>(&geo, attend_kv_head_f16)
-            };
-            let kernels = Kernels { row, tile: tiled::tile_kernel() };
+            let kernels = Kernels::new(shape.tiled_prefill, || kernel_for::<f16>(&geo, attend_kv_head_f16));
             attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, shape.tiled_prefill, q, out)
         }
     }
@@ -109,6 +99,15 @@ pub const TILED_MIN_ROWS: usize = 8;
 struct Kernels<T> {
     row: HeadFn<T>,
     tile: TileFn<T>,
+}
+
+impl<T: Cached> Kernels<T> {
+    /// With tiled prefill, rows outside tiles take the tiled kernel's arithmetic
+    /// (`tile_row`); otherwise `row_kernels` picks the row kernels.
+    fn new(tiled_prefill: bool, row_kernels: impl FnOnce() -> HeadFn<T>) -> Self {
+        let row = if tiled_prefill { tile_row::row_kernel::<T>() } else { row_kernels() };
+        Kernels { row, tile: tiled::tile_kernel() }
+    }
 }
 
 /// The widest hand-written kernel that covers the geometry on this CPU, else

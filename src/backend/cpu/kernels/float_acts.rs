@@ -316,43 +316,27 @@ fn chunk_words(record: &[u8], i: usize) -> [u32; GROUP] {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{dequantize_block, BlockOps, Tile, WeightFormat, GROUP, K_HEADER_BYTES, Q4K_DMIN_OFFSET, QK};
-    use crate::backend::cpu::kernels::layout;
+    use super::{dequantize_block, BlockOps, Tile, WeightFormat, GROUP, QK};
+    use crate::backend::cpu::kernels::avx512::block_scales;
+    use crate::backend::cpu::kernels::layout::{self, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0};
 
     pub struct Avx512;
-
-    /// 16 f16 values at `p`, widened.
-    #[inline(always)]
-    unsafe fn f16s(p: *const u8) -> __m512 {
-        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
-    }
-
-    /// 16 bytes at `p` as f32.
-    #[inline(always)]
-    unsafe fn bytes(p: *const u8) -> __m512 {
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())))
-    }
 
     impl BlockOps for Avx512 {
         #[inline(always)]
         unsafe fn dequantize(format: WeightFormat, group: &[u8], b: usize, tile: &mut Tile) {
             let record = &group[layout::record_offset(format.id(), b)..][..format.record_bytes()];
-            let so = format.scales_offset();
-            let rp = record.as_ptr();
+            let (gp, rp) = (group.as_ptr(), record.as_ptr());
+            // The 16 rows' `d` and `m` (`w = d · q + m`) as the integer kernels read them.
             let (d, m) = match format {
-                WeightFormat::Q4_1 => (f16s(rp.add(so)), f16s(rp.add(so + 2 * GROUP))),
+                WeightFormat::Q4_1 => block_scales::<FMT_Q4_1>(gp, b, rp),
                 WeightFormat::Q4_0 => {
-                    let d = f16s(rp.add(so));
+                    let (d, _) = block_scales::<FMT_Q4_0>(gp, b, rp);
                     (d, _mm512_mul_ps(_mm512_set1_ps(-8.0), d))
                 }
-                WeightFormat::Q4K => {
-                    let header = group[layout::k_header_offset(format.id(), b)..][..K_HEADER_BYTES].as_ptr();
-                    let d = _mm512_mul_ps(f16s(header), bytes(rp.add(so)));
-                    let m = _mm512_mul_ps(f16s(header.add(Q4K_DMIN_OFFSET)), bytes(rp.add(so + GROUP)));
-                    (d, m)
-                }
+                WeightFormat::Q4K => block_scales::<FMT_Q4K>(gp, b, rp),
                 WeightFormat::Q8_0 => {
-                    let d = f16s(rp.add(so));
+                    let (d, _) = block_scales::<FMT_Q8_0>(gp, b, rp);
                     let (mask, bias) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(128));
                     for i in 0..QK / 4 {
                         let words = _mm512_loadu_si512(rp.add(64 * i).cast());
