@@ -33,6 +33,10 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Internal: renders chat templates for a server, within an address space of
+    /// `memory_bytes` (`tokenizer::template_sandbox`).
+    #[command(hide = true)]
+    ChatTemplateWorker { memory_bytes: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +143,9 @@ pub struct ModelArgs {
     /// Longest sequence (prompt + output) served; default: the model's context length.
     #[arg(long, env = "INFLIGHT_MAX_CONTEXT")]
     pub max_context: Option<usize>,
+    /// A Jinja chat template file to use instead of the model's own.
+    #[arg(long, env = "INFLIGHT_CHAT_TEMPLATE")]
+    pub chat_template: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -24,5 +24,8 @@ fn main() -> Result<()> {
         cli::Command::Bench(args) => commands::bench::run(*args),
         cli::Command::Score(args) => commands::score::run(args),
         cli::Command::Models { command } => commands::models::run(command),
+        cli::Command::ChatTemplateWorker { memory_bytes } => {
+            Ok(inflight::tokenizer::template_sandbox::run_worker(memory_bytes)?)
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! Faults the server must survive, each over real HTTP on the real model: a failed
 //! backend step (through the test-only fault-injecting wrapper of the CPU backend),
 //! SIGTERM with 32 streams in flight, a client that stops reading its stream,
-//! SIGHUP without a tenants file, a corrupt or truncated model file at start, and a
-//! full disk while a model is fetched.
+//! SIGHUP without a tenants file, a corrupt or truncated model file at start, a
+//! full disk while a model is fetched, and a chat template that takes all memory.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -306,6 +306,52 @@ fn sighup_without_a_tenants_file_is_logged_and_ignored() {
     assert_eq!(run_request(&server.base, 1, 3), Ok(3), "a request after SIGHUP");
     let status = server.stop();
     assert!(status.success(), "{status}");
+}
+
+/// A chat template (here through `--chat-template`; usually from the model file)
+/// that doubles a string in a loop, the fuzzing finding of 2026-12-04: in-process it
+/// takes the server's memory within a hundred instructions. The server renders in a
+/// bounded worker, so the request gets a 400 and every other request is served.
+#[test]
+fn a_chat_template_that_takes_all_memory_fails_only_its_request() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("template.jinja");
+    std::fs::write(
+        &path,
+        "{% if messages[-1].content == 'boom' %}{% set ns = namespace(s='ab') %}\
+         {% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}\
+         {% else %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+         <|im_start|>assistant\n{% endif %}",
+    )
+    .expect("write the template");
+    let server = Server::start(&["--chat-template", &path.to_string_lossy()]);
+    let chat = |content: &str| {
+        post(
+            &server.url("/v1/chat/completions"),
+            &json!({"model": "test-model", "max_tokens": 3, "ignore_eos": true,
+                    "messages": [{"role": "user", "content": content}]}),
+        )
+    };
+    let bomb = || {
+        let (status, body) = chat("boom");
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("memory bound"), "{body}");
+    };
+    let mut served = std::thread::scope(|s| {
+        let others: Vec<_> = (0..4).map(|i| s.spawn(move || chat(&format!("Hello {i}")))).collect();
+        bomb();
+        others.into_iter().map(|h| h.join().expect("request thread")).collect::<Vec<_>>()
+    });
+    // Again, on the worker started after the first one died.
+    bomb();
+    served.push(chat("after"));
+    for (status, body) in served {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["usage"]["completion_tokens"], 3, "{body}");
+    }
+    let status = server.stop();
+    assert!(status.success(), "the server survived: {status}");
 }
 
 /// `inflight serve --model FILE` on a broken GGUF: a non-zero exit, an error that

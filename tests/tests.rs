@@ -19,4 +19,5 @@ mod openapi;
 mod prompt_logprobs;
 mod score;
 mod startup;
+mod template_sandbox;
 mod tenants;

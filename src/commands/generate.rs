@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::{log_loaded, max_step, model_config, scheduler_config};
+use super::{log_loaded, max_step, model_config, prepare_tokenizer, scheduler_config, shared_tokenizer};
 use crate::cli::GenerateArgs;
 use inflight::backend::cpu::KvFit;
 use inflight::engine::core::EngineCore;
@@ -73,7 +73,8 @@ fn load(args: &GenerateArgs, prompts: &[String]) -> Result<(LoadedModel, Vec<Vec
     let start = Instant::now();
     if let BackendConfig::Cpu(cpu) = &mut config {
         if cpu.kv_fit == KvFit::Sequences {
-            let (w, cfg, tok) = runtime::open(&resolved).context("loading the model")?;
+            let (w, cfg, mut tok) = runtime::open(&resolved).context("loading the model")?;
+            prepare_tokenizer(&mut tok, &args.model)?;
             let ids = prompts.iter().map(|p| encode(&tok, args, p)).collect::<Result<Vec<_>>>()?;
             cpu.kv_fit = KvFit::Lengths(ids.iter().map(|p| p.len() + args.max_tokens).collect());
             let loaded = runtime::load_cpu_opened(&w, cfg, tok, cpu).context("loading the model")?;
@@ -81,7 +82,8 @@ fn load(args: &GenerateArgs, prompts: &[String]) -> Result<(LoadedModel, Vec<Vec
             return Ok((loaded, ids));
         }
     }
-    let loaded = runtime::load(&resolved, &config).context("loading the model")?;
+    let mut loaded = runtime::load(&resolved, &config).context("loading the model")?;
+    prepare_tokenizer(shared_tokenizer(&mut loaded)?, &args.model)?;
     log_loaded(&spec, &loaded, start);
     let ids = prompts.iter().map(|p| encode(&loaded.tokenizer, args, p)).collect::<Result<Vec<_>>>()?;
     Ok((loaded, ids))

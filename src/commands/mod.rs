@@ -15,6 +15,7 @@ use inflight::backend::StepLimits;
 use inflight::engine::scheduler::SchedulerConfig;
 use inflight::hub::{self, FetchOptions, Registry, ResolvedModel};
 use inflight::runtime::{BackendConfig, LoadedModel, NeuronConfig};
+use inflight::tokenizer::{SandboxLimits, Tokenizer};
 
 pub fn registry(dirs: &ModelDirArgs) -> Result<Registry> {
     Ok(Registry::load_with_user(dirs.registry.as_deref())?)
@@ -65,9 +66,30 @@ const SAGEMAKER_MODEL_DIR: &str = "/opt/ml/model";
 pub fn load_model(args: &ModelArgs, sched: &SchedulerArgs) -> Result<(ResolvedModel, LoadedModel)> {
     let (spec, resolved, config) = model_config(args, sched)?;
     let start = std::time::Instant::now();
-    let loaded = inflight::runtime::load(&resolved, &config).context("loading the model")?;
+    let mut loaded = inflight::runtime::load(&resolved, &config).context("loading the model")?;
+    prepare_tokenizer(shared_tokenizer(&mut loaded)?, args)?;
     log_loaded(&spec, &loaded, start);
     Ok((resolved, loaded))
+}
+
+/// The freshly loaded tokenizer, still held only by `loaded`.
+pub fn shared_tokenizer(loaded: &mut LoadedModel) -> Result<&mut Tokenizer> {
+    std::sync::Arc::get_mut(&mut loaded.tokenizer).context("the tokenizer is already shared")
+}
+
+/// Applies `--chat-template` and moves chat template rendering into worker
+/// processes bounded in memory and time: a template comes with the model file and
+/// may be hostile (`tokenizer::template_sandbox`).
+pub fn prepare_tokenizer(tok: &mut Tokenizer, args: &ModelArgs) -> Result<()> {
+    if let Some(path) = &args.chat_template {
+        let source = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --chat-template {}", path.display()))?;
+        tok.set_chat_template(source);
+    }
+    let exe = std::env::current_exe().context("locating this binary to start chat template workers")?;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+    tok.isolate_chat_template(exe, SandboxLimits::default(), workers)
+        .context("starting the chat template workers")
 }
 
 pub fn log_loaded(spec: &str, loaded: &LoadedModel, start: std::time::Instant) {

@@ -10,11 +10,14 @@
 //! A template comes from the model file, so it may be hostile: rendering is bounded
 //! in instructions (minijinja's fuel), in depth (its recursion limit) and in output
 //! bytes, and each bound is an error for that request, never a hang or a crash.
+//! Memory and time are bounded only in a worker process: the server renders its
+//! template there (`template_sandbox.rs`).
 
 use std::io::Write;
+use std::sync::OnceLock;
 
 use minijinja::{context, Environment, Error, ErrorKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::TokenizerError;
 
@@ -31,7 +34,7 @@ pub const RENDER_FUEL: u64 = 20_000_000;
 pub const MAX_RENDERED_BYTES: usize = 16 << 20;
 
 /// One message of a conversation, as the chat template sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
@@ -39,38 +42,73 @@ pub struct ChatMessage {
 
 pub struct ChatTemplate {
     source: String,
-    env: Environment<'static>,
-    /// Why the template did not compile, if it did not.
-    compile_error: Option<String>,
+    /// Compiled on the first render in this process. Compiling runs template code
+    /// (minijinja folds constant expressions, `~` included), so a process that
+    /// renders in workers never compiles the template itself.
+    compiled: OnceLock<Compiled>,
     bos_token: String,
     eos_token: String,
 }
 
-impl ChatTemplate {
-    pub fn new(source: String, bos_token: String, eos_token: String) -> Self {
+struct Compiled {
+    env: Environment<'static>,
+    /// Why the template did not compile, if it did not.
+    error: Option<String>,
+}
+
+impl Compiled {
+    fn new(source: &str) -> Self {
         let mut env = Environment::new();
         env.set_fuel(Some(RENDER_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
-        let compile_error = env.add_template_owned(NAME, source.clone()).err().map(|e| describe(&e));
-        ChatTemplate { source, env, compile_error, bos_token, eos_token }
+        let error = env.add_template_owned(NAME, source.to_owned()).err().map(|e| describe(&e));
+        Compiled { env, error }
+    }
+}
+
+impl ChatTemplate {
+    pub fn new(source: String, bos_token: String, eos_token: String) -> Self {
+        ChatTemplate { source, compiled: OnceLock::new(), bos_token, eos_token }
+    }
+
+    fn compiled(&self) -> &Compiled {
+        self.compiled.get_or_init(|| Compiled::new(&self.source))
+    }
+
+    /// Compiles the template in this process now (a worker does this before its
+    /// first render); `Err` says why it does not compile.
+    pub fn compile(&self) -> Result<(), TokenizerError> {
+        match &self.compiled().error {
+            Some(e) => Err(TokenizerError::ChatTemplate(format!("does not compile: {e}"))),
+            None => Ok(()),
+        }
     }
 
     pub fn source(&self) -> &str {
         &self.source
     }
 
+    pub fn bos_token(&self) -> &str {
+        &self.bos_token
+    }
+
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
+    }
+
+    /// Renders in this process: bounded in instructions, depth and output, not in
+    /// memory or time (`template_sandbox.rs` bounds those).
     pub fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        if let Some(e) = &self.compile_error {
-            return Err(TokenizerError::ChatTemplate(format!("does not compile: {e}")));
-        }
-        let template = self.env.get_template(NAME).map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
+        self.compile()?;
+        let template =
+            self.compiled().env.get_template(NAME).map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
         let mut out = BoundedOutput { bytes: Vec::new(), limit: MAX_RENDERED_BYTES };
         let ctx = context! {
             messages => messages,

@@ -15,6 +15,7 @@ mod error;
 mod gguf;
 mod hf_dir;
 mod incremental;
+pub mod template_sandbox;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -24,6 +25,7 @@ use candle_core::quantized::gguf_file;
 pub use chat_template::{ChatMessage, ChatTemplate, MAX_RENDERED_BYTES, RENDER_FUEL};
 pub use error::TokenizerError;
 pub use incremental::IncrementalDecoder;
+pub use template_sandbox::{SandboxLimits, TemplateSandbox};
 
 /// Tokens that end an assistant turn in common chat formats, besides EOS.
 const END_OF_TURN_TOKENS: &[&str] = &[
@@ -58,6 +60,8 @@ pub struct Tokenizer {
     /// One past the largest id, so every id below it decodes.
     vocab_size: usize,
     chat_template: Option<ChatTemplate>,
+    /// Set once the chat template renders in worker processes.
+    template_sandbox: std::sync::OnceLock<TemplateSandbox>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -116,6 +120,7 @@ impl Tokenizer {
             special_ids,
             vocab_size,
             chat_template,
+            template_sandbox: std::sync::OnceLock::new(),
             inner,
         }
     }
@@ -209,16 +214,46 @@ impl Tokenizer {
         self.chat_template.as_ref().map(ChatTemplate::source)
     }
 
+    /// Replaces the model's chat template (`--chat-template`).
+    pub fn set_chat_template(&mut self, source: String) {
+        let (bos, eos) = match &self.chat_template {
+            Some(t) => (t.bos_token().to_owned(), t.eos_token().to_owned()),
+            None => {
+                let content_of =
+                    |id: Option<u32>| id.and_then(|id| self.inner.id_to_token(id)).unwrap_or_default();
+                (content_of(self.bos_token_id), content_of(self.eos_token_id))
+            }
+        };
+        self.chat_template = Some(ChatTemplate::new(source, bos, eos));
+        self.template_sandbox = std::sync::OnceLock::new();
+    }
+
+    /// Renders the chat template in worker processes started from `exe` (the
+    /// `inflight` binary), bounded by `limits` (`template_sandbox.rs`), and starts
+    /// them. Without a template, nothing to do.
+    pub fn isolate_chat_template(
+        &self,
+        exe: std::path::PathBuf,
+        limits: SandboxLimits,
+        concurrency: usize,
+    ) -> Result<(), TokenizerError> {
+        let Some(template) = &self.chat_template else { return Ok(()) };
+        self.template_sandbox
+            .get_or_init(|| TemplateSandbox::new(exe, template, limits, concurrency))
+            .warm_up()
+    }
+
     /// The prompt text for a conversation, rendered with the model's chat template.
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        self.chat_template
-            .as_ref()
-            .ok_or(TokenizerError::NoChatTemplate)?
-            .render(messages, add_generation_prompt)
+        let template = self.chat_template.as_ref().ok_or(TokenizerError::NoChatTemplate)?;
+        match self.template_sandbox.get() {
+            Some(sandbox) => sandbox.render(messages, add_generation_prompt),
+            None => template.render(messages, add_generation_prompt),
+        }
     }
 }
 

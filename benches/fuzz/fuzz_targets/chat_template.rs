@@ -1,9 +1,11 @@
 //! Hostile chat templates, as a GGUF's `tokenizer.chat_template` may carry: the
 //! input is a template, a NUL, then a message's content. The template is rendered
 //! with the server's own `ChatTemplate` (its fuel, recursion and output bounds) on a
-//! thread with tokio's 2 MiB stack, where the server renders. Rendering must end in
-//! text or an error within the bounds; a crash, a stack overflow or a hang (caught
-//! by libFuzzer's `-timeout`) is a finding.
+//! thread with tokio's 2 MiB stack, in process so that libFuzzer sees the renderer's
+//! coverage. Rendering must end in text or an error within the bounds; a crash, a
+//! stack overflow or a hang (caught by libFuzzer's `-timeout`) is a finding. Memory
+//! is not bounded in process (the server renders in bounded worker processes,
+//! `tokenizer::template_sandbox`), so `run.sh` runs this target with `-ignore_ooms`.
 #![no_main]
 
 use std::sync::mpsc;
