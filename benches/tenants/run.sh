@@ -14,6 +14,12 @@
 # 429). Needs a release build (`cargo build --release`). PHASES="tenants" reruns only
 # the named phases into an existing OUT_DIR (the capacity phase's result is reused).
 # SERVE_FLAGS adds serve flags to every phase's server (e.g. "--max-step-ms 60").
+#
+# PEER=vllm runs the same workload on vLLM CPU (benches/peers/setup-vllm.sh first)
+# with `--scheduling-policy priority`: no tenants there, so A's requests carry
+# `"priority": 0` and B's `"priority": 1` (lower is served first), and the rates are
+# fractions of vLLM's own measured capacity. Its fifo phase is vLLM's default
+# first-come-first-served policy without priorities.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -26,6 +32,8 @@ OUTPUT_TOKENS="${OUTPUT_TOKENS:-64}"
 PORT="${PORT:-18431}"
 URL="http://127.0.0.1:$PORT"
 PHASES="${PHASES:-capacity alone tenants fifo}"
+PEER="${PEER:-inflight}"
+PEERS_DIR="${INFLIGHT_PEERS_DIR:-target/peers}"
 want() { [[ " $PHASES " == *" $1 "* ]]; }
 # Requests for an open-loop rate over DURATION, with room for Poisson's spread.
 count() { python3 -c "import math; print(math.ceil($1 * $DURATION * 1.5) + 50)"; }
@@ -41,11 +49,21 @@ trap stop_server EXIT
 
 start_server() { # extra serve flags...
     stop_server
-    # shellcheck disable=SC2086 # SERVE_FLAGS is a list of flags
-    "$BIN" serve --model "$MODEL" --served-model-name m --port "$PORT" --log warn "$@" ${SERVE_FLAGS:-} \
-        > "$OUT/server-$phase.log" 2>&1 &
+    if [ "$PEER" = vllm ]; then
+        # inflight's flags do not apply; only whether priorities are on does.
+        local policy=()
+        [[ " $* " != *" --tenants "* ]] || policy=(--scheduling-policy priority)
+        VLLM_CPU_KVCACHE_SPACE=2 VLLM_CPU_OMP_THREADS_BIND="0-$(($(nproc) - 1))" \
+            "$PEERS_DIR/vllm-venv/bin/python" -m vllm.entrypoints.openai.api_server \
+            --model "$PEERS_DIR/smollm2-hf" --served-model-name m --host 127.0.0.1 --port "$PORT" \
+            --max-model-len 4096 "${policy[@]}" > "$OUT/server-$phase.log" 2>&1 &
+    else
+        # shellcheck disable=SC2086 # SERVE_FLAGS is a list of flags
+        "$BIN" serve --model "$MODEL" --served-model-name m --port "$PORT" --log warn "$@" ${SERVE_FLAGS:-} \
+            > "$OUT/server-$phase.log" 2>&1 &
+    fi
     server_pid=$!
-    for _ in $(seq 1 120); do
+    for _ in $(seq 1 1800); do
         curl -sf "$URL/health" > /dev/null && return 0
         sleep 0.5
     done
@@ -56,6 +74,9 @@ start_server() { # extra serve flags...
 bench() { # name key extra-flags...
     local name="$1" key="$2"
     shift 2
+    if [ "$PEER" = vllm ] && [ "$name" != capacity ] && [ "$phase" != fifo ]; then
+        set -- "$@" --extra-body "{\"priority\": $([ "$key" = key-a ] && echo 0 || echo 1)}"
+    fi
     "$BIN" bench --url "$URL" --model m --api-key "$key" --tokenizer "$MODEL" \
         --input-tokens "$INPUT_TOKENS" --output-tokens "$OUTPUT_TOKENS" --warmup 0 \
         --label "$name" -o "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
@@ -114,4 +135,6 @@ if want fifo; then
 fi
 stop_server
 
-python3 benches/tenants/summary.py "$OUT" "$input_tpm" "$output_tpm" "$DURATION" | tee "$OUT/summary.md"
+if [ -f "$OUT/a-alone.json" ] || [ -f "$OUT/summaries.json" ]; then
+    python3 benches/tenants/summary.py "$OUT" "$input_tpm" "$output_tpm" "$DURATION" | tee "$OUT/summary.md"
+fi

@@ -39,6 +39,10 @@ def main() -> int:
     alone = summary(folder, "a-alone")
     rows = []
     for phase in ("tenants", "fifo"):
+        if not any((folder / f).exists() for f in (f"a-{phase}.json", "summaries.json")):
+            continue
+        if (folder / "summaries.json").exists() and f"a-{phase}" not in json.loads((folder / "summaries.json").read_text()):
+            continue
         a, b = summary(folder, f"a-{phase}"), summary(folder, f"b-{phase}")
         a_p99, base = p99(a), p99(alone)
         ratio = a_p99 / base if a_p99 and base else None
