@@ -10,6 +10,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use half::vec::HalfBitsVecExt;
 
+use super::kv_prefault::{PoolArray, Prefaulter};
 use crate::model::config::LlamaConfig;
 
 /// How cached K and V values are stored. f16 is the default (as in llama.cpp and
@@ -52,6 +53,17 @@ impl LayerKv {
             KvDtype::F16 => {
                 LayerKv::F16 { k: vec![0u16; len].reinterpret_into(), v: vec![0u16; len].reinterpret_into() }
             }
+        }
+    }
+
+    /// Where the K and V buffers are, for the prefaulter.
+    fn arrays(&self) -> [PoolArray; 2] {
+        fn of<T>(v: &[T]) -> PoolArray {
+            PoolArray { addr: v.as_ptr() as usize, bytes: std::mem::size_of_val(v) }
+        }
+        match self {
+            LayerKv::F32 { k, v } => [of(k), of(v)],
+            LayerKv::F16 { k, v } => [of(k), of(v)],
         }
     }
 
@@ -99,6 +111,8 @@ impl LayerKv {
 
 #[derive(Debug)]
 pub struct PagedKvCache {
+    /// Declared first so that it is dropped (its thread joined) before `layers`.
+    prefaulter: Option<Prefaulter>,
     block_size: usize,
     num_blocks: usize,
     kv_dim: usize,
@@ -111,11 +125,25 @@ impl PagedKvCache {
         let kv_dim = cfg.kv_dim();
         let len = num_blocks * block_size * kv_dim;
         // Not touched here: faulting in a 2 GiB pool up front cost seconds of
-        // kernel time before the first request (issue 19). A block's pages fault in
+        // kernel time before the first request (issue 19). A block's pages are backed
+        // by the prefaulter's thread just ahead of the highest block used, or else
         // when it is first written; the block pool hands out recently freed blocks
         // first, so a server that is not full keeps reusing pages it already has.
         let layers: Vec<LayerKv> = (0..cfg.num_layers).map(|_| LayerKv::zeroed(dtype, len)).collect();
-        Self { block_size, num_blocks, kv_dim, head_dim: cfg.head_dim, layers }
+        let arrays = layers.iter().flat_map(LayerKv::arrays).collect();
+        let block_bytes = block_size * kv_dim * dtype.size();
+        // SAFETY: the arrays are `layers`' buffers, which are never reallocated and are
+        // dropped after the prefaulter (field order).
+        let prefaulter = unsafe { Prefaulter::spawn(arrays, block_bytes, num_blocks) };
+        Self { prefaulter, block_size, num_blocks, kv_dim, head_dim: cfg.head_dim, layers }
+    }
+
+    /// Block `highest` is about to be written: have the pages of the blocks after it
+    /// backed in the background (`kv_prefault.rs`).
+    pub fn note_highest_block(&self, highest: u32) {
+        if let Some(p) = &self.prefaulter {
+            p.note_highest_block(highest as usize);
+        }
     }
 
     /// Bytes one block occupies across all layers (K and V).

@@ -12,6 +12,7 @@ pub mod attention;
 mod elementwise;
 pub mod kernels;
 pub mod kv_cache;
+mod kv_prefault;
 pub mod linear;
 pub mod llama;
 pub mod profile;
@@ -162,6 +163,9 @@ impl Backend for CpuBackend {
 
     fn step(&mut self, batch: &StepBatch) -> Result<Logits, BackendError> {
         validate_step(&self.info, batch)?;
+        if let Some(highest) = batch.seqs.iter().filter_map(|s| s.block_table.iter().max()).max() {
+            self.kv.note_highest_block(*highest);
+        }
         let (model, kv) = (&self.model, &mut self.kv);
         let data = self.pool.install(|| model.forward(batch, kv))?;
         Ok(Logits::for_batch(batch, self.info.vocab_size, data))
