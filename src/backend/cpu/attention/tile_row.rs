@@ -68,55 +68,43 @@ fn row_portable<T: Cached>(
     unsafe { row_body::<T, Portable, 8>(kv, geo.head_dim, geo, q, out, s) }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn row_avx512<T: Cached>(
-    kv: &KvRows<'_, T>,
-    geo: &HeadGeometry,
-    q: &[f32],
-    out: &mut [f32],
-    s: &mut Vec<f32>,
-) {
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run<T: Cached>(
-        kv: &KvRows<'_, T>,
-        geo: &HeadGeometry,
-        q: &[f32],
-        out: &mut [f32],
-        s: &mut Vec<f32>,
-    ) {
-        match geo.head_dim {
-            64 => row_body::<T, Avx512Lanes, 16>(kv, 64, geo, q, out, s),
-            128 => row_body::<T, Avx512Lanes, 16>(kv, 128, geo, q, out, s),
-            d => row_body::<T, Avx512Lanes, 16>(kv, d, geo, q, out, s),
+/// An entry for one instruction set: checks the CPU and the bounds, then runs
+/// `row_body` compiled for that set, the common head sizes as constants.
+macro_rules! isa_row_fn {
+    ($name:ident, $features:literal, $has:path, $lanes:ty, $width:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        fn $name<T: Cached>(
+            kv: &KvRows<'_, T>,
+            geo: &HeadGeometry,
+            q: &[f32],
+            out: &mut [f32],
+            s: &mut Vec<f32>,
+        ) {
+            #[target_feature(enable = $features)]
+            unsafe fn run<T: Cached>(
+                kv: &KvRows<'_, T>,
+                geo: &HeadGeometry,
+                q: &[f32],
+                out: &mut [f32],
+                s: &mut Vec<f32>,
+            ) {
+                match geo.head_dim {
+                    64 => row_body::<T, $lanes, $width>(kv, 64, geo, q, out, s),
+                    128 => row_body::<T, $lanes, $width>(kv, 128, geo, q, out, s),
+                    d => row_body::<T, $lanes, $width>(kv, d, geo, q, out, s),
+                }
+            }
+            assert!($has(), concat!("CPU features missing: ", $features));
+            check(kv, geo, q, out);
+            // SAFETY: the CPU has the features `run` is compiled for; `check` bounds
+            // every access.
+            unsafe { run(kv, geo, q, out, s) }
         }
-    }
-    assert!(crate::backend::cpu::kernels::isa::avx512f(), "AVX-512 F missing");
-    check(kv, geo, q, out);
-    // SAFETY: the CPU has AVX-512 F; `check` bounds every access.
-    unsafe { run(kv, geo, q, out, s) }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-fn row_avx2<T: Cached>(kv: &KvRows<'_, T>, geo: &HeadGeometry, q: &[f32], out: &mut [f32], s: &mut Vec<f32>) {
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn run<T: Cached>(
-        kv: &KvRows<'_, T>,
-        geo: &HeadGeometry,
-        q: &[f32],
-        out: &mut [f32],
-        s: &mut Vec<f32>,
-    ) {
-        match geo.head_dim {
-            64 => row_body::<T, Avx2Lanes, 8>(kv, 64, geo, q, out, s),
-            128 => row_body::<T, Avx2Lanes, 8>(kv, 128, geo, q, out, s),
-            d => row_body::<T, Avx2Lanes, 8>(kv, d, geo, q, out, s),
-        }
-    }
-    assert!(crate::backend::cpu::kernels::isa::avx2_fma_f16c(), "AVX2, FMA or F16C missing");
-    check(kv, geo, q, out);
-    // SAFETY: the CPU has AVX2, FMA and F16C; `check` bounds every access.
-    unsafe { run(kv, geo, q, out, s) }
-}
+isa_row_fn!(row_avx512, "avx512f", crate::backend::cpu::kernels::isa::avx512f, Avx512Lanes, 16);
+isa_row_fn!(row_avx2, "avx2,fma,f16c", crate::backend::cpu::kernels::isa::avx2_fma_f16c, Avx2Lanes, 8);
 
 /// Query heads whose scores are computed side by side.
 const HEADS: usize = 4;
