@@ -7,7 +7,7 @@
 //! download location; fetch it first with `inflight models pull`; threads:
 //! `INFLIGHT_THREADS`, default one per core; `INFLIGHT_KV_CACHE_DTYPE=f32` for an f32
 //! KV cache; `INFLIGHT_ACTIVATIONS=f32` for f32 activations;
-//! `INFLIGHT_TILED_PREFILL_ATTENTION=1` for tiled attention; `INFLIGHT_BENCH_DECODE_DEPTH`
+//! `INFLIGHT_CHUNK_INVARIANT_ATTENTION=1` for chunk-invariant attention; `INFLIGHT_BENCH_DECODE_DEPTH`
 //! for the decode steps' depth, default 128).
 //!
 //! With `INFLIGHT_PROFILE_STEP=1` each benchmark is followed by 20 more steps with the
@@ -47,10 +47,11 @@ fn backend() -> CpuBackend {
         Ok("f32") => Activations::F32,
         _ => Activations::default(),
     };
-    let tiled_prefill_attention = std::env::var("INFLIGHT_TILED_PREFILL_ATTENTION").is_ok_and(|v| v == "1");
+    let chunk_invariant_attention =
+        std::env::var("INFLIGHT_CHUNK_INVARIANT_ATTENTION").is_ok_and(|v| v == "1");
     let cfg = CpuConfig {
         limits: StepLimits { max_batch_tokens: 4096, ..Default::default() },
-        tiled_prefill_attention,
+        chunk_invariant_attention,
         kv_cache_bytes: 2 << 30,
         threads,
         kv_dtype,

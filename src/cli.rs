@@ -131,12 +131,13 @@ pub struct ModelArgs {
     /// computes what its dequantized weights compute in f32 (slower prefill).
     #[arg(long, env = "INFLIGHT_ACTIVATIONS", value_enum, default_value_t = ActivationPrecision::Int8)]
     pub activations: ActivationPrecision,
-    /// CPU: attend prefill chunks a tile of query rows at a time (online softmax), and
-    /// every other row with the same arithmetic, so outputs still do not depend on
-    /// chunking: long prompts prefill about twice as fast, decode attention at long
-    /// contexts about half as fast. Off: the row kernels throughout.
-    #[arg(long, env = "INFLIGHT_TILED_PREFILL_ATTENTION")]
-    pub tiled_prefill_attention: bool,
+    /// CPU: compute decode rows and short prefill chunks with exactly the arithmetic the
+    /// tiled prefill kernel gives a row, so a prompt's outputs are the same bits however
+    /// the scheduler chunked it (and a preempted sequence's recomputed cache equals the
+    /// original); decode is 5-25% slower. Off: those rows agree with the tiled kernel
+    /// within float rounding.
+    #[arg(long, env = "INFLIGHT_CHUNK_INVARIANT_ATTENTION")]
+    pub chunk_invariant_attention: bool,
     /// Tokens per KV block.
     #[arg(long, env = "INFLIGHT_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,

@@ -216,13 +216,13 @@ fn batching_does_not_change_greedy_tokens() {
     }
 }
 
-/// With `--tiled-prefill-attention` a prompt's logits are the same bits whatever its
-/// chunking: whole, in chunks of the tiled kernel's sizes, and in chunks short enough
-/// (one row included) that the row path takes them.
+/// With `--chunk-invariant-attention` a prompt's logits are the same bits whatever its
+/// chunking: whole, in chunks of the tiled attention kernel's sizes, and in chunks short
+/// enough (one row included) that the row path takes them.
 #[test]
-fn tiled_prefill_attention_does_not_depend_on_the_chunking() {
+fn prompt_logits_do_not_depend_on_the_chunking() {
     let model = model_on(&model_path(), false);
-    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, tiled_prefill_attention: true, ..Default::default() };
+    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, chunk_invariant_attention: true, ..Default::default() };
     let mut be = CpuBackend::new(model, &cfg).expect("backend");
     let prompt: Vec<u32> = reference()["prompts"]
         .as_array()

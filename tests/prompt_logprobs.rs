@@ -244,24 +244,3 @@ fn a_cached_prefix_is_recomputed_for_prompt_logprobs() {
         assert!((f(x) - f(y)).abs() < 1e-5, "position {k}: {x} uncached, {y} with the prefix cached");
     }
 }
-
-/// `--tiled-prefill-attention` scores a prompt as the default row kernels do, within
-/// the bounds between the two kernels (a 100-odd-token prompt: one tiled chunk).
-#[test]
-fn tiled_prefill_attention_scores_prompts_as_the_row_kernels_do() {
-    let tiled = Server::start(&["--tiled-prefill-attention"]);
-    let text = (0..20).map(|i| format!("step {i} adds {}.", i * 3 % 7)).collect::<Vec<_>>().join(" ");
-    let ids = tokenize(&text);
-    assert!(ids.len() >= 64, "{} tokens", ids.len());
-    let body = json!({"model": "test-model", "prompt": ids, "max_tokens": 0, "echo": true, "logprobs": 1,
-                      "temperature": 0});
-    let rows = completions(&body);
-    let (status, tiles) = post(&tiled.url("/v1/completions"), &body);
-    assert_eq!(status, 200, "{tiles}");
-    let (a, b) = (&rows["choices"][0]["logprobs"], &tiles["choices"][0]["logprobs"]);
-    let mut diffs = Differences::default();
-    for k in 1..ids.len() {
-        diffs.check(f(&a["token_logprobs"][k]), f(&b["token_logprobs"][k]), &format!("position {k}"));
-    }
-    diffs.check_mean();
-}

@@ -133,7 +133,7 @@ pub fn model_config(
                 KvCacheDtype::F32 => KvDtype::F32,
             },
             threads: args.threads,
-            tiled_prefill_attention: args.tiled_prefill_attention,
+            chunk_invariant_attention: args.chunk_invariant_attention,
             activations: match args.activations {
                 ActivationPrecision::Int8 => Activations::Int8,
                 ActivationPrecision::F32 => Activations::F32,

@@ -1,10 +1,14 @@
 //! The paged KV cache in host memory: per layer, one K and one V array of
-//! `num_blocks` blocks, each laid out head-major: `num_kv_heads × block_size ×
-//! head_dim` values, so one KV head's rows of a block are contiguous (attention reads
-//! a KV head at a time; this way it streams whole 4 KiB runs instead of every
-//! third quarter of each token's row). Which blocks belong to which sequence is the
-//! engine's business (its block table arrives with every step); this type only
-//! stores values where a block table says.
+//! `num_blocks` blocks, each laid out head-major: `num_kv_heads` regions of
+//! `block_size × head_dim` values, so one KV head's share of a block is contiguous
+//! (attention reads a KV head at a time; this way it streams whole runs of a few KiB
+//! instead of every third quarter of each token's row). Within a region V is
+//! position-major (`[position][value]`) and K is value-major (`[value][position]`): the
+//! attention kernels give each position of a block a vector lane, so a K vector is one
+//! value of consecutive positions, loaded as it is stored instead of transposed in
+//! registers. Which blocks belong to which sequence is the engine's business (its block
+//! table arrives with every step); this type only stores values where a block table
+//! says.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -67,32 +71,51 @@ impl LayerKv {
         }
     }
 
-    /// Stores one K row and one V row at `at`, converted to the cache's type.
-    pub fn store(&mut self, at: usize, k_row: &[f32], v_row: &[f32]) {
-        let n = k_row.len();
+    /// Stores one position's K and V values for one KV head at `slot`, converted to the
+    /// cache's type: V as a row, K as a column of the region (stride `block_size`).
+    pub fn store(&mut self, slot: Slot, block_size: usize, k_row: &[f32], v_row: &[f32]) {
+        fn scatter<T: Copy>(k: &mut [T], slot: Slot, block_size: usize, values: &[T]) {
+            let column = k[slot.region + slot.index..].iter_mut().step_by(block_size);
+            for (dst, &x) in column.zip(values) {
+                *dst = x;
+            }
+        }
+        let (d, at) = (v_row.len(), slot.region + slot.index * v_row.len());
         match self {
             LayerKv::F32 { k, v } => {
-                k[at..at + n].copy_from_slice(k_row);
-                v[at..at + n].copy_from_slice(v_row);
+                v[at..at + d].copy_from_slice(v_row);
+                scatter(k, slot, block_size, k_row);
             }
             LayerKv::F16 { k, v } => {
-                k[at..at + n].convert_from_f32_slice(k_row);
-                v[at..at + n].convert_from_f32_slice(v_row);
+                v[at..at + d].convert_from_f32_slice(v_row);
+                // Converted as a row (vectorised), then spread over the column.
+                const CHUNK: usize = 256;
+                let mut narrow = [f16::ZERO; CHUNK];
+                for (part, values) in k_row.chunks(CHUNK).enumerate() {
+                    let narrow = &mut narrow[..values.len()];
+                    narrow.convert_from_f32_slice(values);
+                    let slot = Slot { region: slot.region + part * CHUNK * block_size, ..slot };
+                    scatter(k, slot, block_size, narrow);
+                }
             }
         }
     }
 
-    /// Asks for the K and V rows of `n` values at `at` to be brought into L1, ahead of
-    /// a [`LayerKv::store`] there.
-    pub fn prefetch_row(&self, at: usize, n: usize) {
-        fn both<T>(k: &[T], v: &[T], rows: std::ops::Range<usize>) {
+    /// Asks for the lines a [`LayerKv::store`] at `slot` writes to be brought into L1:
+    /// the V row of `d` values, and with `whole_k` the K region of `n` values (a K
+    /// column touches a line of nearly every value; later stores to the same block find
+    /// them in cache).
+    pub fn prefetch_slot(&self, slot: Slot, d: usize, whole_k: bool, n: usize) {
+        fn lines<T>(k: &[T], v: &[T], k_span: std::ops::Range<usize>, v_span: std::ops::Range<usize>) {
             use crate::backend::cpu::kernels::prefetch::{prefetch, Level};
-            prefetch(k.get(rows.clone()).unwrap_or(&[]), Level::L1);
-            prefetch(v.get(rows).unwrap_or(&[]), Level::L1);
+            prefetch(k.get(k_span).unwrap_or(&[]), Level::L1);
+            prefetch(v.get(v_span).unwrap_or(&[]), Level::L1);
         }
+        let k_span = if whole_k { slot.region..slot.region + n } else { 0..0 };
+        let v_at = slot.region + slot.index * d;
         match self {
-            LayerKv::F32 { k, v } => both(k, v, at..at + n),
-            LayerKv::F16 { k, v } => both(k, v, at..at + n),
+            LayerKv::F32 { k, v } => lines(k, v, k_span, v_at..v_at + d),
+            LayerKv::F16 { k, v } => lines(k, v, k_span, v_at..v_at + d),
         }
     }
 
@@ -107,6 +130,14 @@ impl LayerKv {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Where one position of one KV head lives: the start of its block's region for that
+/// head (in values, the same in K and V) and the position's index within the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub region: usize,
+    pub index: usize,
 }
 
 #[derive(Debug)]
@@ -175,35 +206,27 @@ impl PagedKvCache {
         &mut self.layers[i]
     }
 
-    /// Where KV head `kv_head`'s `head_dim` values for position `pos` of a sequence
-    /// start in a layer's K (or V) array. Callers have checked that the block table
-    /// covers `pos`.
+    /// Where KV head `kv_head`'s values for position `pos` of a sequence live. Callers
+    /// have checked that the block table covers `pos`.
     #[inline]
-    pub fn offset(&self, block_table: &[u32], pos: usize, kv_head: usize) -> usize {
+    pub fn slot(&self, block_table: &[u32], pos: usize, kv_head: usize) -> Slot {
         let block = block_table[pos / self.block_size];
-        self.block_offset(block, kv_head) + (pos % self.block_size) * self.head_dim
+        Slot { region: self.region(block, kv_head), index: pos % self.block_size }
     }
 
-    /// Where KV head `kv_head`'s rows of `block` start; its `block_size` rows of
-    /// `head_dim` values follow one another.
+    /// Where KV head `kv_head`'s region of `block` starts: `block_size × head_dim`
+    /// values, laid out as the module says.
     #[inline]
-    pub fn block_offset(&self, block: u32, kv_head: usize) -> usize {
+    pub fn region(&self, block: u32, kv_head: usize) -> usize {
         let heads = self.kv_dim / self.head_dim;
         (block as usize * heads + kv_head) * self.block_size * self.head_dim
     }
 
-    /// Appends the offsets (as [`PagedKvCache::offset`]) of positions `0..len` of a
-    /// sequence for one KV head, a block at a time: no division per position.
-    pub fn extend_offsets(&self, block_table: &[u32], len: usize, kv_head: usize, out: &mut Vec<usize>) {
-        for (b, &block) in block_table.iter().enumerate() {
-            let first = b * self.block_size;
-            if first >= len {
-                break;
-            }
-            let base = self.block_offset(block, kv_head);
-            let n = (len - first).min(self.block_size);
-            out.extend((0..n).map(|i| base + i * self.head_dim));
-        }
+    /// Appends the regions of KV head `kv_head` for the blocks that hold positions
+    /// `0..len` of a sequence.
+    pub fn extend_regions(&self, block_table: &[u32], len: usize, kv_head: usize, out: &mut Vec<usize>) {
+        let blocks = len.div_ceil(self.block_size);
+        out.extend(block_table[..blocks].iter().map(|&b| self.region(b, kv_head)));
     }
 }
 
@@ -217,24 +240,45 @@ mod tests {
     }
 
     #[test]
-    fn offsets_tile_the_pool_without_overlap_and_agree_with_extend_offsets() {
+    fn regions_tile_the_pool_without_overlap() {
         let c = cache(3, 8, 4, 5);
         let table = [4u32, 0, 2, 1, 3];
         let mut seen = vec![false; c.layer(0).len()];
         for h in 0..3 {
-            let mut runs = Vec::new();
-            c.extend_offsets(&table, 18, h, &mut runs);
-            assert_eq!(runs.len(), 18);
-            for (pos, &off) in runs.iter().enumerate() {
-                assert_eq!(off, c.offset(&table, pos, h), "head {h} position {pos}");
-                for x in &mut seen[off..off + 8] {
-                    assert!(!*x, "head {h} position {pos} overlaps another row");
+            let mut regions = Vec::new();
+            c.extend_regions(&table, 18, h, &mut regions);
+            assert_eq!(regions.len(), 5, "18 positions in blocks of 4");
+            for (b, &region) in regions.iter().enumerate() {
+                assert_eq!(c.slot(&table, 4 * b + 1, h), Slot { region, index: 1 });
+                for x in &mut seen[region..region + 4 * 8] {
+                    assert!(!*x, "head {h} block {b} overlaps another region");
                     *x = true;
                 }
             }
         }
-        // A KV head's rows of one block are contiguous (what attention streams).
-        assert_eq!(c.offset(&table, 1, 2), c.offset(&table, 0, 2) + 8);
-        assert_eq!(c.block_offset(4, 0), c.offset(&table, 0, 0));
+        assert!(seen.iter().all(|&x| x), "the regions cover the pool");
+    }
+
+    /// V is stored a position per row, K a position per column, in both dtypes.
+    #[test]
+    fn store_puts_v_in_rows_and_k_in_columns() {
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let cfg = LlamaConfig::tiny(2, 2, 3);
+            let mut c = PagedKvCache::new(&cfg, 4, 2, dtype);
+            let slot = c.slot(&[1, 0], 2, 1);
+            c.layer_mut(0).store(slot, 4, &[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);
+            let (k, v): (Vec<f32>, Vec<f32>) = match c.layer(0) {
+                LayerKv::F32 { k, v } => (k.clone(), v.clone()),
+                LayerKv::F16 { k, v } => {
+                    (k.iter().map(|x| x.to_f32()).collect(), v.iter().map(|x| x.to_f32()).collect())
+                }
+            };
+            let region = c.region(1, 1);
+            assert_eq!(slot, Slot { region, index: 2 });
+            assert_eq!(&v[region + 2 * 3..region + 3 * 3], &[4.0, 5.0, 6.0]);
+            assert_eq!([k[region + 2], k[region + 4 + 2], k[region + 8 + 2]], [1.0, 2.0, 3.0]);
+            let written = k.iter().chain(&v).filter(|&&x| x != 0.0).count();
+            assert_eq!(written, 6, "{dtype:?}: nothing else written");
+        }
     }
 }

@@ -208,14 +208,15 @@ pub struct Llama {
     norm: Vec<f32>,
     lm_head: Linear,
     rope: Rope,
-    tiled_prefill_attention: bool,
     activations: Activations,
+    chunk_invariant_attention: bool,
 }
 
 impl Llama {
-    /// Attends prefill chunks a tile of rows at a time (see `attention::attend`).
-    pub fn with_tiled_prefill_attention(mut self, on: bool) -> Self {
-        self.tiled_prefill_attention = on;
+    /// Computes attention rows outside prefill tiles bit for bit as a tile would (see
+    /// `attention::attend`).
+    pub fn with_chunk_invariant_attention(mut self, on: bool) -> Self {
+        self.chunk_invariant_attention = on;
         self
     }
 
@@ -245,8 +246,8 @@ impl Llama {
             norm,
             lm_head,
             rope,
-            tiled_prefill_attention: false,
             activations: Activations::default(),
+            chunk_invariant_attention: false,
         };
         // Which matrices run where: a format the kernels do not cover falls back to
         // candle and is much slower at batch sizes above one.
@@ -291,7 +292,7 @@ impl Llama {
                 num_heads: self.cfg.num_heads,
                 num_kv_heads: self.cfg.num_kv_heads,
                 head_dim: self.cfg.head_dim,
-                tiled_prefill: self.tiled_prefill_attention,
+                chunk_invariant: self.chunk_invariant_attention,
             },
             activations: self.activations,
         };

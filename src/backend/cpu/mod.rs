@@ -37,10 +37,11 @@ pub struct CpuConfig {
     pub kv_dtype: KvDtype,
     /// Compute threads (default: one per core).
     pub threads: Option<usize>,
-    /// Prefill chunks through the tiled attention kernel (`attention::tiled`).
-    pub tiled_prefill_attention: bool,
     /// How the quantized matmuls treat the activations.
     pub activations: Activations,
+    /// Attention rows outside prefill tiles computed bit for bit as a tile would, so a
+    /// prompt's outputs do not depend on its chunking (slower decode).
+    pub chunk_invariant_attention: bool,
 }
 
 impl Default for CpuConfig {
@@ -52,8 +53,8 @@ impl Default for CpuConfig {
             kv_fit: KvFit::Memory,
             kv_dtype: KvDtype::default(),
             threads: None,
-            tiled_prefill_attention: false,
             activations: Activations::default(),
+            chunk_invariant_attention: false,
         }
     }
 }
@@ -106,8 +107,9 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(model: Llama, cfg: &CpuConfig) -> Result<Self, BackendError> {
-        let model =
-            model.with_tiled_prefill_attention(cfg.tiled_prefill_attention).with_activations(cfg.activations);
+        let model = model
+            .with_activations(cfg.activations)
+            .with_chunk_invariant_attention(cfg.chunk_invariant_attention);
         let mcfg = model.config();
         if cfg.block_size == 0 {
             return Err(BackendError::Unavailable("block size must be at least 1".into()));

@@ -31,29 +31,50 @@ pub trait Lanes {
     unsafe fn hide_below(x: Self::V, first: usize) -> Self::V;
     /// `n` f16 values at `src` widened into `dst`.
     unsafe fn widen_f16(src: *const f16, dst: *mut f32, n: usize);
-    /// The `W`×`W` block whose row `i` starts at `src + i * src_stride`, transposed:
-    /// row `j` of the result goes to `dst + j * dst_stride`.
-    unsafe fn transpose(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize);
+    /// `W` f16 values at `p`, widened.
+    unsafe fn load_f16(p: *const f16) -> Self::V;
 }
 
-/// A cached value type, widened to f32 a row at a time.
-pub trait Cached: Copy {
+/// A cached value type, widened to f32 as it is read.
+pub trait Cached: Copy + Send + Sync {
+    const ZERO: Self;
+
     /// # Safety
     /// As [`Lanes`]: `S`'s instruction sets, `src` and `dst` valid for `n` values.
     unsafe fn widen<S: Lanes>(src: *const Self, dst: *mut f32, n: usize);
+
+    /// `S::W` values at `p`, widened.
+    ///
+    /// # Safety
+    /// As [`Lanes`].
+    unsafe fn load<S: Lanes>(p: *const Self) -> S::V;
 }
 
 impl Cached for f32 {
+    const ZERO: f32 = 0.0;
+
     #[inline(always)]
     unsafe fn widen<S: Lanes>(src: *const f32, dst: *mut f32, n: usize) {
         std::ptr::copy_nonoverlapping(src, dst, n);
     }
+
+    #[inline(always)]
+    unsafe fn load<S: Lanes>(p: *const f32) -> S::V {
+        S::load(p)
+    }
 }
 
 impl Cached for f16 {
+    const ZERO: f16 = f16::ZERO;
+
     #[inline(always)]
     unsafe fn widen<S: Lanes>(src: *const f16, dst: *mut f32, n: usize) {
         S::widen_f16(src, dst, n);
+    }
+
+    #[inline(always)]
+    unsafe fn load<S: Lanes>(p: *const f16) -> S::V {
+        S::load_f16(p)
     }
 }
 
@@ -111,12 +132,8 @@ impl Lanes for Portable {
         }
     }
     #[inline(always)]
-    unsafe fn transpose(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
-        for i in 0..8 {
-            for j in 0..8 {
-                *dst.add(j * dst_stride + i) = *src.add(i * src_stride + j);
-            }
-        }
+    unsafe fn load_f16(p: *const f16) -> [f32; 8] {
+        std::array::from_fn(|i| (*p.add(i)).to_f32())
     }
 }
 
@@ -207,35 +224,8 @@ mod x86 {
             }
         }
         #[inline(always)]
-        unsafe fn transpose(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
-            // Pairs of rows interleaved within 128-bit lanes, then pairs of those, so
-            // lane k of b[4i + m] holds column 4k + m of rows 4i..4i + 4; then the
-            // 128-bit lanes are gathered across registers in two rounds.
-            let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * src_stride)));
-            let mut a = [_mm512_setzero_ps(); 16];
-            for i in 0..8 {
-                a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-                a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-            }
-            let mut b = [_mm512_setzero_ps(); 16];
-            for i in 0..4 {
-                let (x0, x1) = (_mm512_castps_pd(a[4 * i]), _mm512_castps_pd(a[4 * i + 2]));
-                let (y0, y1) = (_mm512_castps_pd(a[4 * i + 1]), _mm512_castps_pd(a[4 * i + 3]));
-                b[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x1));
-                b[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x1));
-                b[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(y0, y1));
-                b[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(y0, y1));
-            }
-            for m in 0..4 {
-                let c0 = _mm512_shuffle_f32x4::<0x88>(b[m], b[4 + m]);
-                let c1 = _mm512_shuffle_f32x4::<0xdd>(b[m], b[4 + m]);
-                let c2 = _mm512_shuffle_f32x4::<0x88>(b[8 + m], b[12 + m]);
-                let c3 = _mm512_shuffle_f32x4::<0xdd>(b[8 + m], b[12 + m]);
-                _mm512_storeu_ps(dst.add(m * dst_stride), _mm512_shuffle_f32x4::<0x88>(c0, c2));
-                _mm512_storeu_ps(dst.add((4 + m) * dst_stride), _mm512_shuffle_f32x4::<0x88>(c1, c3));
-                _mm512_storeu_ps(dst.add((8 + m) * dst_stride), _mm512_shuffle_f32x4::<0xdd>(c0, c2));
-                _mm512_storeu_ps(dst.add((12 + m) * dst_stride), _mm512_shuffle_f32x4::<0xdd>(c1, c3));
-            }
+        unsafe fn load_f16(p: *const f16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
         }
     }
 
@@ -316,30 +306,8 @@ mod x86 {
             }
         }
         #[inline(always)]
-        unsafe fn transpose(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
-            // As the AVX-512 version, with two 128-bit lanes.
-            let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
-            let mut a = [_mm256_setzero_ps(); 8];
-            for i in 0..4 {
-                a[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-                a[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-            }
-            let mut b = [_mm256_setzero_ps(); 8];
-            for i in 0..2 {
-                let (x0, x1) = (_mm256_castps_pd(a[4 * i]), _mm256_castps_pd(a[4 * i + 2]));
-                let (y0, y1) = (_mm256_castps_pd(a[4 * i + 1]), _mm256_castps_pd(a[4 * i + 3]));
-                b[4 * i] = _mm256_castpd_ps(_mm256_unpacklo_pd(x0, x1));
-                b[4 * i + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(x0, x1));
-                b[4 * i + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(y0, y1));
-                b[4 * i + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(y0, y1));
-            }
-            for m in 0..4 {
-                _mm256_storeu_ps(dst.add(m * dst_stride), _mm256_permute2f128_ps::<0x20>(b[m], b[4 + m]));
-                _mm256_storeu_ps(
-                    dst.add((4 + m) * dst_stride),
-                    _mm256_permute2f128_ps::<0x31>(b[m], b[4 + m]),
-                );
-            }
+        unsafe fn load_f16(p: *const f16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
         }
     }
 }

@@ -2,72 +2,73 @@
 //! step at once. Each token attends to its own sequence's positions `0..=pos`,
 //! read through that sequence's block table, so sequences at different positions
 //! share one call. Work is spread with rayon over tiles of a prefill chunk's rows
-//! (`tiled.rs`) and over the other token rows × KV heads (`head.rs` and its kernels).
+//! (`tiled.rs`) and over the other token rows × KV heads (`tile_row.rs`), which compute
+//! the same arithmetic for a row, so a position's output never depends on how its
+//! prompt was chunked or what else ran in the step.
 
-#[cfg(target_arch = "x86_64")]
-mod avx2;
-#[cfg(target_arch = "x86_64")]
-mod avx512;
 mod head;
 mod lanes;
 mod tile_row;
 mod tiled;
 
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::kv_cache::{LayerKv, PagedKvCache};
 use crate::backend::SeqStep;
-use head::{softmax_in_place, HeadFn, HeadGeometry, KvRows};
+use head::{HeadGeometry, PagedRows};
 use lanes::Cached;
+use tile_row::{RowFn, RowScratch};
 use tiled::{TileFn, TileRows, TileScratch};
-#[cfg(target_arch = "x86_64")]
-use {avx2::Avx2, avx512::Avx512};
 
 pub struct AttentionShape {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
-    /// Prefill chunks through the tiled kernel (`--tiled-prefill-attention`).
-    pub tiled_prefill: bool,
+    /// Rows outside tiles computed bit for bit as a tile would
+    /// (`--chunk-invariant-attention`).
+    pub chunk_invariant: bool,
 }
 
 /// Stores the step's K and V rows (`kv_dim` values per token, head after head) in
 /// the cache.
 pub fn write_kv(cache: &mut PagedKvCache, layer: usize, seqs: &[SeqStep], k: &[f32], v: &[f32]) {
-    let (kv_dim, d) = (cache.kv_dim(), cache.head_dim());
-    let starts: Vec<usize> = seqs
+    let (kv_dim, d, bs) = (cache.kv_dim(), cache.head_dim(), cache.block_size());
+    let heads = kv_dim / d;
+    let slots: Vec<_> = seqs
         .iter()
         .flat_map(|s| (0..s.tokens.len()).map(move |i| (s, i)))
-        .flat_map(|(s, i)| (0..kv_dim / d).map(move |h| (s, i, h)))
-        .map(|(s, i, h)| cache.offset(s.block_table, s.start_pos + i, h))
+        .flat_map(|(s, i)| (0..heads).map(move |h| (s, i, h)))
+        .map(|(s, i, h)| (i == 0, cache.slot(s.block_table, s.start_pos + i, h)))
         .collect();
     let kv = cache.layer_mut(layer);
     // The destination rows are cold (often in DRAM); requesting them all first lets
-    // their misses overlap instead of stalling the stores one row at a time.
-    for &at in &starts {
-        kv.prefetch_row(at, d);
+    // their misses overlap instead of stalling the stores one row at a time. A K
+    // column touches most of its block's K region, which is asked for once per
+    // sequence and block (at the step's first row, or where a new block starts).
+    for &(first_row, slot) in &slots {
+        kv.prefetch_slot(slot, d, first_row || slot.index == 0, bs * d);
     }
-    // `starts` holds one entry per (token row, KV head), in the order of k and v.
-    for (j, at) in starts.into_iter().enumerate() {
+    // `slots` holds one entry per (token row, KV head), in the order of k and v.
+    for (j, (_, slot)) in slots.into_iter().enumerate() {
         let src = j * d..(j + 1) * d;
-        kv.store(at, &k[src.clone()], &v[src]);
+        kv.store(slot, bs, &k[src.clone()], &v[src]);
     }
 }
 
 /// `out[row]` = softmax(q·Kᵀ / √d) · V for every token row of the step.
 ///
-/// With `shape.tiled_prefill`, a sequence with at least [`TILED_MIN_ROWS`] rows in the
-/// step (a prefill chunk) goes through the tiled kernel (`tiled.rs`), a tile of its
-/// rows at a time, and every other row through `tile_row.rs`, which computes what the
-/// tiled kernel computes for that row bit for bit: so a position's output does not
-/// depend on how its prompt was chunked. Without it every row goes through the row
-/// kernels of `head.rs`. Rows outside tiles go one token row × one KV head at a time:
-/// the query heads that share that KV head read each cached K and V row once between
-/// them, and a single decoding sequence still spreads its heads over every thread.
-/// Which path a row takes depends only on its own sequence's rows, never on the rest
-/// of the batch.
+/// A sequence with at least [`TILED_MIN_ROWS`] rows in the step (a prefill chunk) goes
+/// through the tiled kernel (`tiled.rs`), a tile of its rows at a time, and every other
+/// row through a row kernel (`tile_row.rs`): by default one that reads all scores
+/// before it weighs V (the fastest for decode), which agrees with the tiled kernel
+/// within float rounding; with `shape.chunk_invariant` one that computes what the tiled
+/// kernel computes for that row bit for bit, so a position's output does not depend on
+/// how its prompt was chunked either. Rows outside tiles go one token row × one KV head
+/// at a time: the query heads that share that KV head read each cached K and V value
+/// once between them, and a single decoding sequence still spreads its heads over every
+/// thread. Which path a row takes depends only on its own sequence's rows, never on the
+/// rest of the batch, so a sequence's outputs never depend on what else is in the step.
 pub fn attend(
     cache: &PagedKvCache,
     layer: usize,
@@ -79,55 +80,15 @@ pub fn attend(
     let d = shape.head_dim;
     let group = shape.num_heads / shape.num_kv_heads;
     let geo = HeadGeometry { head_dim: d, group, scale: 1.0 / (d as f32).sqrt() };
-    let kv_heads = shape.num_kv_heads;
     match cache.layer(layer) {
-        LayerKv::F32 { k, v } => {
-            let kernels = Kernels::new(shape.tiled_prefill, || kernel_for::<f32>(&geo, attend_kv_head));
-            attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, shape.tiled_prefill, q, out)
-        }
-        LayerKv::F16 { k, v } => {
-            let kernels = Kernels::new(shape.tiled_prefill, || kernel_for::<f16>(&geo, attend_kv_head_f16));
-            attend_units(cache, seqs, kv_heads, &geo, (k, v), kernels, shape.tiled_prefill, q, out)
-        }
+        LayerKv::F32 { k, v } => attend_units::<f32>(cache, seqs, shape, &geo, (k, v), q, out),
+        LayerKv::F16 { k, v } => attend_units::<f16>(cache, seqs, shape, &geo, (k, v), q, out),
     }
 }
 
 /// Rows of one sequence in a step from which it is attended to a tile at a time: below
-/// this, most of a tile's lanes would be idle and the row kernels are quicker.
+/// this, most of a tile's lanes would be idle and the row kernel is quicker.
 pub const TILED_MIN_ROWS: usize = 8;
-
-struct Kernels<T> {
-    row: HeadFn<T>,
-    tile: TileFn<T>,
-}
-
-impl<T: Cached> Kernels<T> {
-    /// With tiled prefill, rows outside tiles take the tiled kernel's arithmetic
-    /// (`tile_row`); otherwise `row_kernels` picks the row kernels.
-    fn new(tiled_prefill: bool, row_kernels: impl FnOnce() -> HeadFn<T>) -> Self {
-        let row = if tiled_prefill { tile_row::row_kernel::<T>() } else { row_kernels() };
-        Kernels { row, tile: tiled::tile_kernel() }
-    }
-}
-
-/// The widest hand-written kernel that covers the geometry on this CPU, else
-/// `portable`.
-#[cfg(target_arch = "x86_64")]
-fn kernel_for<T: avx512::Load16 + avx2::Load8>(geo: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
-    use head::{attend_hand_written, supports};
-    if supports::<T, Avx512>(geo) {
-        attend_hand_written::<T, Avx512>
-    } else if supports::<T, Avx2>(geo) {
-        attend_hand_written::<T, Avx2>
-    } else {
-        portable
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn kernel_for<T>(_: &HeadGeometry, portable: HeadFn<T>) -> HeadFn<T> {
-    portable
-}
 
 /// One tile: its sequence, the position of its first row, its queries and outputs
 /// (whole rows, every KV head's).
@@ -135,22 +96,21 @@ type TileUnit<'a> = (&'a SeqStep<'a>, usize, &'a [f32], &'a mut [f32]);
 /// One token row × KV head: its sequence, position, KV head, queries and outputs.
 type RowUnit<'a> = (&'a SeqStep<'a>, usize, usize, &'a [f32], &'a mut [f32]);
 
-#[allow(clippy::too_many_arguments)]
-fn attend_units<T: Cached + Sync>(
+fn attend_units<T: Cached>(
     cache: &PagedKvCache,
     seqs: &[SeqStep],
-    num_kv_heads: usize,
+    shape: &AttentionShape,
     geo: &HeadGeometry,
     (k, v): (&[T], &[T]),
-    kernels: Kernels<T>,
-    tiled_prefill: bool,
     q: &[f32],
     out: &mut [f32],
 ) {
+    let num_kv_heads = shape.num_kv_heads;
     // Chunks of `group * head_dim` are one KV head's query heads.
     let unit = geo.group * geo.head_dim;
     let q_dim = num_kv_heads * unit;
     let tile = tiled::tile_rows();
+    let block_size = cache.block_size();
     let (mut tiles, mut rows): (Vec<TileUnit>, Vec<RowUnit>) = (Vec::new(), Vec::new());
     let (mut q_rest, mut out_rest) = (q, out);
     for s in seqs {
@@ -158,7 +118,7 @@ fn attend_units<T: Cached + Sync>(
         let (q_seq, q_next) = q_rest.split_at(n);
         let (out_seq, out_next) = std::mem::take(&mut out_rest).split_at_mut(n);
         (q_rest, out_rest) = (q_next, out_next);
-        if tiled_prefill && s.tokens.len() >= TILED_MIN_ROWS {
+        if s.tokens.len() >= TILED_MIN_ROWS {
             let parts = q_seq.chunks(tile * q_dim).zip(out_seq.chunks_mut(tile * q_dim));
             tiles.extend(parts.enumerate().map(|(t, (qt, ot))| (s, s.start_pos + t * tile, qt, ot)));
         } else {
@@ -174,17 +134,19 @@ fn attend_units<T: Cached + Sync>(
     let positions: usize = rows.iter().map(|&(_, pos, ..)| pos + 1).sum();
     let per_unit = positions.div_ceil(rows.len().max(1)).max(1);
     let min_units = MIN_POSITIONS_PER_JOB.div_ceil(per_unit).max(1);
-    let Kernels { row: head_fn, tile: tile_fn } = kernels;
+    let (tile_fn, row_fn): (TileFn<T>, RowFn<T>) =
+        (tiled::tile_kernel(), tile_row::row_kernel(shape.chunk_invariant));
     rayon::join(
         || {
             tiles.into_par_iter().for_each_init(
                 || (TileScratch::default(), Vec::new()),
-                |(scratch, slots), (span, first_pos, q_rows, out_rows)| {
+                |(scratch, regions), (span, first_pos, q_rows, out_rows)| {
                     let t = TileRows { first_pos, rows: q_rows.len() / q_dim, stride: q_dim };
+                    let len = first_pos + t.rows;
                     for kvh in 0..num_kv_heads {
-                        slots.clear();
-                        cache.extend_offsets(span.block_table, first_pos + t.rows, kvh, slots);
-                        let kv = KvRows { k, v, offsets: slots };
+                        regions.clear();
+                        cache.extend_regions(span.block_table, len, kvh, regions);
+                        let kv = PagedRows { k, v, regions, block_size, len };
                         let at = kvh * unit;
                         tile_fn(&kv, geo, &t, &q_rows[at..], &mut out_rows[at..], scratch);
                     }
@@ -193,11 +155,12 @@ fn attend_units<T: Cached + Sync>(
         },
         || {
             rows.into_par_iter().with_min_len(min_units).for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(scores, slots), (span, pos, kvh, q_heads, out_heads)| {
-                    slots.clear();
-                    cache.extend_offsets(span.block_table, pos + 1, kvh, slots);
-                    head_fn(&KvRows { k, v, offsets: slots }, geo, q_heads, out_heads, scores);
+                || (RowScratch::default(), Vec::new()),
+                |(scratch, regions), (span, pos, kvh, q_heads, out_heads)| {
+                    regions.clear();
+                    cache.extend_regions(span.block_table, pos + 1, kvh, regions);
+                    let kv = PagedRows { k, v, regions, block_size, len: pos + 1 };
+                    row_fn(&kv, geo, q_heads, out_heads, scratch);
                 },
             )
         },
@@ -207,105 +170,6 @@ fn attend_units<T: Cached + Sync>(
 /// Cached positions (summed over a job's units) below which attention work is not
 /// split further between threads.
 const MIN_POSITIONS_PER_JOB: usize = 1024;
-
-/// Lanes of every partial sum: one AVX-512 register, two AVX2 registers.
-const LANES: usize = 16;
-
-/// The query heads of one KV head (`group` heads of `head_dim`, back to back in
-/// `q_heads`) against the cached K/V rows starting at `offsets`. Compiled for
-/// AVX-512 and AVX2 as well as the baseline, picked at run time; the arithmetic is the
-/// same in every version (the compiler does not reassociate float sums), so results
-/// do not depend on the machine.
-// The lifetime is named: `multiversion` cannot copy an elided one.
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn attend_kv_head<'a>(
-    rows: &KvRows<'a, f32>,
-    geo: &HeadGeometry,
-    q_heads: &[f32],
-    out_heads: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    let &KvRows { k, v, offsets } = rows;
-    let (d, g, n) = (geo.head_dim, geo.group, offsets.len());
-    // scores[h * n + p]: head h of the group at position p.
-    scores.clear();
-    scores.resize(g * n, 0.0);
-    for (p, &off) in offsets.iter().enumerate() {
-        let krow = &k[off..off + d];
-        for h in 0..g {
-            scores[h * n + p] = dot(&q_heads[h * d..(h + 1) * d], krow) * geo.scale;
-        }
-    }
-    for h in 0..g {
-        let s = &mut scores[h * n..(h + 1) * n];
-        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        softmax_in_place(s, max);
-    }
-    out_heads.fill(0.0);
-    for (p, &off) in offsets.iter().enumerate() {
-        let vrow = &v[off..off + d];
-        for h in 0..g {
-            axpy(&mut out_heads[h * d..(h + 1) * d], scores[h * n + p], vrow);
-        }
-    }
-}
-
-/// The portable path for an f16 cache: the rows it reads are widened to f32 once
-/// (F16C where the CPU has it), then the f32 loop runs. Machines with AVX2 or AVX-512
-/// use the kernels in `avx2.rs` / `avx512.rs`, which widen in registers instead.
-fn attend_kv_head_f16(
-    rows: &KvRows<'_, f16>,
-    geo: &HeadGeometry,
-    q_heads: &[f32],
-    out_heads: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    let &KvRows { k, v, offsets } = rows;
-    thread_local! {
-        static WIDE: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> = Default::default();
-    }
-    let d = geo.head_dim;
-    WIDE.with_borrow_mut(|(kw, vw, dense)| {
-        kw.resize(offsets.len() * d, 0.0);
-        vw.resize(offsets.len() * d, 0.0);
-        dense.clear();
-        for (p, &off) in offsets.iter().enumerate() {
-            k[off..off + d].convert_to_f32_slice(&mut kw[p * d..(p + 1) * d]);
-            v[off..off + d].convert_to_f32_slice(&mut vw[p * d..(p + 1) * d]);
-            dense.push(p * d);
-        }
-        attend_kv_head(&KvRows { k: kw, v: vw, offsets: dense }, geo, q_heads, out_heads, scores);
-    });
-}
-
-/// Dot product over `LANES` independent partial sums, added pairwise at the end, so
-/// the compiler keeps them in registers without reordering any single float sum.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..LANES {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut width = LANES / 2;
-    while width > 0 {
-        for i in 0..width {
-            acc[i] += acc[i + width];
-        }
-        width /= 2;
-    }
-    acc[0] + tail
-}
-
-#[inline(always)]
-fn axpy(out: &mut [f32], w: f32, v: &[f32]) {
-    for (o, &x) in out.iter_mut().zip(v) {
-        *o += w * x;
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -331,6 +195,38 @@ mod tests {
                 (x % 2000) as f32 / 1000.0 - 1.0
             })
             .collect()
+    }
+
+    /// A paged copy of one KV head's dense K and V rows (position `p`'s at `p * d`):
+    /// blocks of `bs` positions in regions laid out as the cache lays them out, the
+    /// blocks in reverse order, as a pool that recycles blocks may hand them out.
+    pub(super) struct Paged<T> {
+        k: Vec<T>,
+        v: Vec<T>,
+        regions: Vec<usize>,
+        bs: usize,
+    }
+
+    impl<T: Cached> Paged<T> {
+        pub(super) fn new(k: &[T], v: &[T], d: usize, bs: usize) -> Self {
+            let n = v.len() / d;
+            let blocks = n.div_ceil(bs);
+            let regions: Vec<usize> = (0..blocks).map(|b| (blocks - 1 - b) * bs * d).collect();
+            let (mut kp, mut vp) = (vec![T::ZERO; blocks * bs * d], vec![T::ZERO; blocks * bs * d]);
+            for p in 0..n {
+                let (region, index) = (regions[p / bs], p % bs);
+                for x in 0..d {
+                    kp[region + x * bs + index] = k[p * d + x];
+                    vp[region + index * d + x] = v[p * d + x];
+                }
+            }
+            Paged { k: kp, v: vp, regions, bs }
+        }
+
+        /// Positions `0..len`.
+        pub(super) fn rows(&self, len: usize) -> PagedRows<'_, T> {
+            PagedRows { k: &self.k, v: &self.v, regions: &self.regions, block_size: self.bs, len }
+        }
     }
 
     /// Dense attention for one sequence, the textbook way.
@@ -377,8 +273,12 @@ mod tests {
             let (t, bs) = (11, 4);
             let (q, k, v) = (pseudo(t * c.q_dim(), 1), pseudo(t * c.kv_dim(), 2), pseudo(t * c.kv_dim(), 3));
             let want = reference(&q, &k, &v, t, &c);
-            let shape =
-                AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, tiled_prefill: true };
+            let shape = AttentionShape {
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim: d,
+                chunk_invariant: true,
+            };
             let mut cache = PagedKvCache::new(&c, bs, 8, dtype);
             // Non-contiguous, out-of-order blocks; prefill 7 tokens then 4 more.
             let table = [5u32, 0, 6];
@@ -403,42 +303,6 @@ mod tests {
         }
     }
 
-    /// Each hand-written kernel this CPU can run gives the portable loop's result
-    /// within float rounding, for both cache dtypes and every group split, so a
-    /// machine with AVX-512 still checks its AVX2 kernel.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn hand_written_kernels_match_the_portable_loop() {
-        fn check<T: Copy>(name: &str, kernel: HeadFn<T>, portable: HeadFn<T>, k: &[T], v: &[T]) {
-            for (group, d) in [(1, 64), (3, 64), (4, 64), (5, 128), (2, 128)] {
-                let geo = HeadGeometry { head_dim: d, group, scale: 1.0 / (d as f32).sqrt() };
-                let offsets: Vec<usize> = (0..37).map(|p| (p * 7 % 37) * 128).collect();
-                let q = pseudo(group * d, 9);
-                let (mut want, mut got) = (vec![0.0; group * d], vec![1.0; group * d]);
-                let mut scores = Vec::new();
-                let rows = KvRows { k, v, offsets: &offsets };
-                portable(&rows, &geo, &q, &mut want, &mut scores);
-                kernel(&rows, &geo, &q, &mut got, &mut scores);
-                for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() < 1e-5, "{name}: group {group}, d {d}: {a} vs {b}");
-                }
-            }
-        }
-        let (k, v) = (pseudo(37 * 128, 7), pseudo(37 * 128, 8));
-        let (k16, v16): (Vec<f16>, Vec<f16>) =
-            (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
-        let geo_any = |d| HeadGeometry { head_dim: d, group: 1, scale: 1.0 };
-        use head::{attend_hand_written, supports};
-        if supports::<f32, Avx2>(&geo_any(64)) {
-            check("avx2 f32", attend_hand_written::<f32, Avx2>, attend_kv_head, &k, &v);
-            check("avx2 f16", attend_hand_written::<f16, Avx2>, attend_kv_head_f16, &k16, &v16);
-        }
-        if supports::<f32, Avx512>(&geo_any(64)) {
-            check("avx512 f32", attend_hand_written::<f32, Avx512>, attend_kv_head, &k, &v);
-            check("avx512 f16", attend_hand_written::<f16, Avx512>, attend_kv_head_f16, &k16, &v16);
-        }
-    }
-
     /// One sequence's whole K/V in a scattered cache (blocks of `bs`), the dense
     /// reference for all its rows, and `attend` over rows `lo..hi` as one chunk. The
     /// positions after the chunk are already cached, so any row that looked past its
@@ -453,7 +317,15 @@ mod tests {
     }
 
     impl Prompt {
-        fn new(heads: usize, kv_heads: usize, d: usize, t: usize, bs: usize, dtype: KvDtype) -> Prompt {
+        fn new(
+            heads: usize,
+            kv_heads: usize,
+            d: usize,
+            t: usize,
+            bs: usize,
+            dtype: KvDtype,
+            chunk_invariant: bool,
+        ) -> Prompt {
             let c = cfg_with(heads, kv_heads, d);
             let (q, k, v) =
                 (pseudo(t * c.q_dim(), 11), pseudo(t * c.kv_dim(), 12), pseudo(t * c.kv_dim(), 13));
@@ -473,7 +345,7 @@ mod tests {
             };
             write_kv(&mut cache, 0, &[span], &k, &v);
             let shape =
-                AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, tiled_prefill: true };
+                AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, chunk_invariant };
             Prompt { c, shape, cache, table, q, want }
         }
 
@@ -508,8 +380,10 @@ mod tests {
     #[test]
     fn prefill_chunks_of_every_length_match_dense() {
         for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
-            for (heads, kv_heads, d, bs) in [(9, 3, 64, 16), (2, 2, 8, 5)] {
-                let p = Prompt::new(heads, kv_heads, d, 131, bs, dtype);
+            for (heads, kv_heads, d, bs, invariant) in
+                [(9, 3, 64, 16, false), (9, 3, 64, 16, true), (2, 2, 8, 5, false)]
+            {
+                let p = Prompt::new(heads, kv_heads, d, 131, bs, dtype, invariant);
                 for lo in [0, 16, 13, 31] {
                     for n in 1..=100 {
                         let what = format!("{dtype:?} {heads}/{kv_heads}×{d}, blocks of {bs}, rows {lo}+{n}");
@@ -528,7 +402,7 @@ mod tests {
         let plans: [&[usize]; 4] = [&[200], &[3, 8, 17, 1, 31, 140], &[64, 64, 64, 8], &[7, 9, 100, 84]];
         for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
             for (heads, kv_heads, d, bs) in [(9, 3, 64, 16), (10, 2, 128, 16), (6, 2, 6, 7)] {
-                let p = Prompt::new(heads, kv_heads, d, 200, bs, dtype);
+                let p = Prompt::new(heads, kv_heads, d, 200, bs, dtype, true);
                 let mut first: Option<Vec<f32>> = None;
                 for plan in plans {
                     let mut lo = 0;
@@ -556,10 +430,14 @@ mod tests {
     /// sequences (a prefill chunk and decode rows), whichever goes first.
     #[test]
     fn a_sequence_gets_the_same_bits_alone_and_in_a_batch() {
+        same_bits_alone_and_in_a_batch(false);
+        same_bits_alone_and_in_a_batch(true);
+    }
+
+    fn same_bits_alone_and_in_a_batch(chunk_invariant: bool) {
         let (heads, kv_heads, d) = (9, 3, 64);
         let c = cfg_with(heads, kv_heads, d);
-        let shape =
-            AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, tiled_prefill: true };
+        let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, chunk_invariant };
         let (qd, kd, bs) = (c.q_dim(), c.kv_dim(), 16);
         let mut cache = PagedKvCache::new(&c, bs, 24, KvDtype::F16);
         // Sequence s owns blocks 8s..8s+8; each has 100 positions cached.
@@ -624,7 +502,7 @@ mod tests {
             for &s in &order {
                 let n = rows[s].len() * qd;
                 let same = out[at..at + n].iter().zip(&alone[s]).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "sequence {s} in order {order:?}");
+                assert!(same, "sequence {s} in order {order:?}, chunk invariant: {chunk_invariant}");
                 at += n;
             }
         }
@@ -633,7 +511,7 @@ mod tests {
     #[test]
     fn sequences_in_one_step_do_not_see_each_other() {
         let c = cfg();
-        let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 8, tiled_prefill: true };
+        let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 8, chunk_invariant: false };
         let (q, k, v) = (pseudo(3 * c.q_dim(), 4), pseudo(3 * c.kv_dim(), 5), pseudo(3 * c.kv_dim(), 6));
         let mut cache = PagedKvCache::new(&c, 4, 4, KvDtype::F32);
         let (ta, tb) = ([0u32], [1u32]);

@@ -1,97 +1,137 @@
 //! One query row (all query heads of one KV head) with exactly the tiled kernel's
-//! arithmetic for that row (`tiled.rs`), so with tiled prefill on, a position's output
-//! is the same bits whether it was attended in a tile of a long chunk, a short chunk or
-//! a decode step: a prompt's outputs then do not depend on how the scheduler chunked
-//! it, nor on what else ran beside it.
+//! arithmetic for that row (`tiled.rs`), so a position's output is the same bits
+//! whether it was attended in a tile of a long chunk, a short chunk or a decode step: a
+//! prompt's outputs then do not depend on how the scheduler chunked it, nor on what else
+//! ran beside it.
 //!
 //! The tiled kernel gives each row a vector lane and walks the positions `C` at a time:
 //! each score is one chain of fused multiply-adds over the head's values, the running
 //! maximum and sum of the online softmax are updated once per group of `C` positions,
 //! and the weighted sum of V adds the group's `C` positions in order. Here the `C`
 //! positions of a group take the lanes instead (`C` equals the lane count in every
-//! instantiation): K is transposed after it is widened, so a score is still one chain of
-//! fused multiply-adds over the values, in the same order; the group's maximum, weights
-//! and their sum are then computed with the same vector operations on the same values,
-//! and the weighted sum runs over the output columns with the same fused steps. Groups
-//! the tile walks past this row's position (masked for it) leave its state unchanged
-//! bit for bit (`exp(0)` is exactly 1, masked weights exactly 0), so stopping at the
-//! row's own last group changes nothing.
+//! instantiation): the cache stores K value-major within a block (`kv_cache.rs`), so a
+//! vector of one value of `C` consecutive positions is one load, and a score is still
+//! one chain of fused multiply-adds over the values, in the same order. The group's
+//! maximum, weights and their sum are then computed with the same vector operations on
+//! the same values, and the weighted sum runs over the output columns with the same
+//! fused steps. Groups the tile walks past this row's position (masked for it) leave
+//! its state unchanged bit for bit (`exp(0)` is exactly 1, masked weights exactly 0),
+//! so stopping at the row's own last group changes nothing.
+//!
+//! A decode row's cache is read from memory, so the kernel asks for the positions
+//! [`AHEAD`] groups on while it computes; the heads of a group run side by side (their
+//! score chains share each K load, their weighted sums each V load).
 
-use super::head::{HeadGeometry, KvRows};
+use super::head::{HeadGeometry, PagedRows};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2Lanes, Avx512Lanes};
 use super::lanes::{Cached, Lanes, Portable};
+use crate::backend::cpu::kernels::prefetch::{prefetch_line, Level};
 
-/// Attention for one row × KV head, as `head::HeadFn`; `scratch` is reused.
-pub type RowFn<T> = fn(&KvRows<'_, T>, &HeadGeometry, &[f32], &mut [f32], &mut Vec<f32>);
+/// Buffers one thread reuses from row to row.
+pub struct RowScratch<T> {
+    /// Scaled queries, unnormalised outputs, scores and weights, running maxima, sums
+    /// and rescaling factors (see `row_body`).
+    f: Vec<f32>,
+    /// Positions gathered when a group is not one run of a block: K as `[x * C + c]`,
+    /// V as `[c * d + x]`, zeros past the last position.
+    kt: Vec<T>,
+    vc: Vec<T>,
+}
 
-/// The instantiation that matches `tiled::tile_kernel` on this CPU.
-pub fn row_kernel<T: Cached>() -> RowFn<T> {
+impl<T> Default for RowScratch<T> {
+    fn default() -> Self {
+        RowScratch { f: Vec::new(), kt: Vec::new(), vc: Vec::new() }
+    }
+}
+
+/// Attention for one row × KV head: the group's query heads in, its output heads out.
+pub type RowFn<T> = fn(&PagedRows<'_, T>, &HeadGeometry, &[f32], &mut [f32], &mut RowScratch<T>);
+
+/// The instantiation for this CPU: with `as_tiles`, the one that matches
+/// `tiled::tile_kernel` bit for bit; else the two-pass one (exact maximum first), which
+/// agrees with it within float rounding and decodes faster.
+pub fn row_kernel<T: Cached>(as_tiles: bool) -> RowFn<T> {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::backend::cpu::kernels::isa;
         if isa::avx512f() {
-            return row_avx512::<T>;
+            return if as_tiles { row_avx512::<T> } else { two_pass_avx512::<T> };
         }
         if isa::avx2_fma_f16c() {
-            return row_avx2::<T>;
+            return if as_tiles { row_avx2::<T> } else { two_pass_avx2::<T> };
         }
     }
-    row_portable::<T>
+    if as_tiles {
+        row_portable::<T>
+    } else {
+        two_pass_portable::<T>
+    }
 }
 
 /// The bounds the unchecked reads of [`row_body`] rely on.
 ///
 /// # Panics
-/// If a cached row lies outside `k` or `v`, or the queries or outputs do not hold the
-/// group's heads.
-fn check<T>(kv: &KvRows<'_, T>, geo: &HeadGeometry, q: &[f32], out: &[f32]) {
+/// If a cached region lies outside `k` or `v`, or the queries or outputs do not hold
+/// the group's heads.
+fn check<T>(kv: &PagedRows<'_, T>, geo: &HeadGeometry, q: &[f32], out: &[f32]) {
     let d = geo.head_dim;
-    let need = kv.offsets.iter().map(|&o| o + d).max().unwrap_or(0);
-    assert!(kv.k.len() >= need && kv.v.len() >= need, "a KV offset is outside the cache");
-    assert!(!kv.offsets.is_empty(), "a row sees at least its own position");
+    kv.check(d);
+    assert!(kv.len > 0, "a row sees at least its own position");
     assert!(
         q.len() >= geo.group * d && out.len() >= geo.group * d,
         "queries or outputs shorter than the group"
     );
 }
 
-fn row_portable<T: Cached>(
-    kv: &KvRows<'_, T>,
+pub(super) fn row_portable<T: Cached>(
+    kv: &PagedRows<'_, T>,
     geo: &HeadGeometry,
     q: &[f32],
     out: &mut [f32],
-    s: &mut Vec<f32>,
+    s: &mut RowScratch<T>,
 ) {
     check(kv, geo, q, out);
     // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
     unsafe { row_body::<T, Portable, 8>(kv, geo.head_dim, geo, q, out, s) }
 }
 
-/// An entry for one instruction set: checks the CPU and the bounds, then runs
-/// `row_body` compiled for that set, the common head sizes as constants.
+pub(super) fn two_pass_portable<T: Cached>(
+    kv: &PagedRows<'_, T>,
+    geo: &HeadGeometry,
+    q: &[f32],
+    out: &mut [f32],
+    s: &mut RowScratch<T>,
+) {
+    check(kv, geo, q, out);
+    // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
+    unsafe { two_pass_body::<T, Portable, 8>(kv, geo.head_dim, geo, q, out, s) }
+}
+
+/// An entry for one instruction set: checks the CPU and the bounds, then runs `$body`
+/// compiled for that set, the common head sizes as constants.
 macro_rules! isa_row_fn {
-    ($name:ident, $features:literal, $has:path, $lanes:ty, $width:literal) => {
+    ($name:ident, $body:ident, $features:literal, $has:path, $lanes:ty, $width:literal) => {
         #[cfg(target_arch = "x86_64")]
-        fn $name<T: Cached>(
-            kv: &KvRows<'_, T>,
+        pub(super) fn $name<T: Cached>(
+            kv: &PagedRows<'_, T>,
             geo: &HeadGeometry,
             q: &[f32],
             out: &mut [f32],
-            s: &mut Vec<f32>,
+            s: &mut RowScratch<T>,
         ) {
             #[target_feature(enable = $features)]
             unsafe fn run<T: Cached>(
-                kv: &KvRows<'_, T>,
+                kv: &PagedRows<'_, T>,
                 geo: &HeadGeometry,
                 q: &[f32],
                 out: &mut [f32],
-                s: &mut Vec<f32>,
+                s: &mut RowScratch<T>,
             ) {
                 match geo.head_dim {
-                    64 => row_body::<T, $lanes, $width>(kv, 64, geo, q, out, s),
-                    128 => row_body::<T, $lanes, $width>(kv, 128, geo, q, out, s),
-                    d => row_body::<T, $lanes, $width>(kv, d, geo, q, out, s),
+                    64 => $body::<T, $lanes, $width>(kv, 64, geo, q, out, s),
+                    128 => $body::<T, $lanes, $width>(kv, 128, geo, q, out, s),
+                    d => $body::<T, $lanes, $width>(kv, d, geo, q, out, s),
                 }
             }
             assert!($has(), concat!("CPU features missing: ", $features));
@@ -103,11 +143,40 @@ macro_rules! isa_row_fn {
     };
 }
 
-isa_row_fn!(row_avx512, "avx512f", crate::backend::cpu::kernels::isa::avx512f, Avx512Lanes, 16);
-isa_row_fn!(row_avx2, "avx2,fma,f16c", crate::backend::cpu::kernels::isa::avx2_fma_f16c, Avx2Lanes, 8);
+isa_row_fn!(row_avx512, row_body, "avx512f", crate::backend::cpu::kernels::isa::avx512f, Avx512Lanes, 16);
+isa_row_fn!(
+    row_avx2,
+    row_body,
+    "avx2,fma,f16c",
+    crate::backend::cpu::kernels::isa::avx2_fma_f16c,
+    Avx2Lanes,
+    8
+);
+isa_row_fn!(
+    two_pass_avx512,
+    two_pass_body,
+    "avx512f",
+    crate::backend::cpu::kernels::isa::avx512f,
+    Avx512Lanes,
+    16
+);
+isa_row_fn!(
+    two_pass_avx2,
+    two_pass_body,
+    "avx2,fma,f16c",
+    crate::backend::cpu::kernels::isa::avx2_fma_f16c,
+    Avx2Lanes,
+    8
+);
 
-/// Query heads whose scores are computed side by side.
+/// Groups of positions ahead of the one being computed whose K and V the kernel asks
+/// for: a decoding batch's cache is in memory, in blocks too short for the hardware
+/// prefetcher to follow.
+const AHEAD: usize = 2;
+/// Query heads whose chains run side by side, in the scores and the weighted sum.
 const HEADS: usize = 4;
+/// Output vectors of a head the weighted sum carries per pass over a group's V rows.
+const OUT_VECTORS: usize = 2;
 
 /// Lane 0 of `v`.
 #[inline(always)]
@@ -124,127 +193,432 @@ unsafe fn fma1<S: Lanes>(a: f32, b: f32, c: f32) -> f32 {
     first::<S>(S::fma(S::splat(a), S::splat(b), S::splat(c)))
 }
 
+/// One cached value, widened.
+#[inline(always)]
+unsafe fn value<T: Cached, S: Lanes>(p: *const T) -> f32 {
+    let mut x = 0.0f32;
+    T::widen::<S>(p, &mut x, 1);
+    x
+}
+
+/// Where a group's `C` positions are read: K value `x` of column `c` at
+/// `k + x * k_stride + c`, V row `c` at `v + c * d`; V rows from `cols` on are not read.
+#[derive(Clone, Copy)]
+struct Source<T> {
+    k: *const T,
+    k_stride: usize,
+    v: *const T,
+    cols: usize,
+}
+
+/// The group of positions `c0..c0 + cols`: read in place when its `C` lanes lie in one
+/// block, else gathered into `kt` and `vc` (`C * d` values each) with zeros past
+/// `cols`. In place, the lanes past `cols` (a decode row's last, partial group) read
+/// whatever the block holds there: their scores are replaced by -inf, and their V rows
+/// are skipped where the tiled kernel adds their zero weights, which leaves the sums
+/// unchanged (up to the sign of a zero sum, which nothing after can tell apart).
+///
+/// # Safety
+/// `check` must have passed and `c0 + cols <= kv.len`.
+#[inline(always)]
+unsafe fn source<T: Cached, const C: usize>(
+    kv: &PagedRows<'_, T>,
+    d: usize,
+    c0: usize,
+    cols: usize,
+    kt: *mut T,
+    vc: *mut T,
+) -> Source<T> {
+    let (k, v, bs) = (kv.k.as_ptr(), kv.v.as_ptr(), kv.block_size);
+    let (region, index) = kv.place(c0);
+    if index + C <= bs {
+        return Source { k: k.add(region + index), k_stride: bs, v: v.add(region + index * d), cols };
+    }
+    for c in 0..C {
+        if c < cols {
+            let (region, index) = kv.place(c0 + c);
+            for x in 0..d {
+                *kt.add(x * C + c) = *k.add(region + x * bs + index);
+            }
+            std::ptr::copy_nonoverlapping(v.add(region + index * d), vc.add(c * d), d);
+        } else {
+            for x in 0..d {
+                *kt.add(x * C + c) = T::ZERO;
+            }
+            std::slice::from_raw_parts_mut(vc.add(c * d), d).fill(T::ZERO);
+        }
+    }
+    Source { k: kt, k_stride: C, v: vc, cols: C }
+}
+
+/// A row's working memory, carved out of its [`RowScratch`]: scaled queries (g·d),
+/// unnormalised outputs (g·d), every group's scores then weights
+/// (`[(group · g + h) · C + c]`), three values per head (`per_head`, g each: what they
+/// hold is the kernel's), and the gather buffers of [`source`].
+struct Work<T> {
+    qs: *const f32,
+    ot: *mut f32,
+    sc: *mut f32,
+    per_head: [*mut f32; 3],
+    kt: *mut T,
+    vc: *mut T,
+}
+
+impl<T: Cached> Work<T> {
+    /// # Safety
+    /// The pointers are valid until `s` is next used.
+    unsafe fn new<const C: usize>(
+        s: &mut RowScratch<T>,
+        geo: &HeadGeometry,
+        q: &[f32],
+        d: usize,
+        groups: usize,
+    ) -> Self {
+        let g = geo.group;
+        s.f.clear();
+        s.f.resize(2 * g * d + groups * g * C + 3 * g, 0.0);
+        for (s, &x) in s.f.iter_mut().zip(&q[..g * d]) {
+            *s = x * geo.scale;
+        }
+        if s.kt.len() < C * d {
+            s.kt.resize(C * d, T::ZERO);
+            s.vc.resize(C * d, T::ZERO);
+        }
+        let f = s.f.as_mut_ptr();
+        let heads = f.add(2 * g * d + groups * g * C);
+        Work {
+            qs: f,
+            ot: f.add(g * d),
+            sc: f.add(2 * g * d),
+            per_head: [heads, heads.add(g), heads.add(2 * g)],
+            kt: s.kt.as_mut_ptr(),
+            vc: s.vc.as_mut_ptr(),
+        }
+    }
+}
+
+/// Every group's scores, each one chain of fused multiply-adds in value order (the
+/// tiled kernel's), lanes past the last position set to -inf: one stream over K.
+///
+/// # Safety
+/// As [`row_body`]; `w` from `Work::new` for `kv.len.div_ceil(C)` groups.
+#[inline(always)]
+unsafe fn score_pass<T: Cached, S: Lanes, const C: usize>(
+    kv: &PagedRows<'_, T>,
+    d: usize,
+    g: usize,
+    w: &Work<T>,
+) {
+    let n = kv.len;
+    prefetch_groups::<T, C>(kv, d, 0, 0);
+    for i in 0..n.div_ceil(C) {
+        let c0 = i * C;
+        let cols = (n - c0).min(C);
+        let src = source::<T, C>(kv, d, c0, cols, w.kt, w.vc);
+        // The group `AHEAD` on is asked for a line or two per step of the score loop
+        // (all at once would overflow the miss buffers).
+        let mut ahead = [group_lines::<T, C>(kv, d, c0 + AHEAD * C)[0], (std::ptr::null(), 0)];
+        for h0 in (0..g).step_by(HEADS) {
+            let (q, out) = (w.qs.add(h0 * d), w.sc.add((i * g + h0) * C));
+            match g - h0 {
+                1 => scores::<T, S, C, 1>(d, &src, q, &ahead, out),
+                2 => scores::<T, S, C, 2>(d, &src, q, &ahead, out),
+                3 => scores::<T, S, C, 3>(d, &src, q, &ahead, out),
+                _ => scores::<T, S, C, HEADS>(d, &src, q, &ahead, out),
+            }
+            ahead = [(std::ptr::null(), 0); 2];
+        }
+        // Positions past the row's own are the lanes from `cols` on.
+        for h in 0..g {
+            std::slice::from_raw_parts_mut(w.sc.add((i * g + h) * C + cols), C - cols)
+                .fill(f32::NEG_INFINITY);
+        }
+    }
+}
+
+/// Group `i`'s step of the weighted sum: each head's output rescaled by `factor[h]`
+/// plus the group's weights times its V rows; asks for the V rows `AHEAD` groups on.
+///
+/// # Safety
+/// As [`score_pass`], after it.
+#[inline(always)]
+unsafe fn weigh_group<T: Cached, S: Lanes, const C: usize>(
+    kv: &PagedRows<'_, T>,
+    d: usize,
+    g: usize,
+    w: &Work<T>,
+    i: usize,
+    factor: &[f32],
+) {
+    let c0 = i * C;
+    let src = source::<T, C>(kv, d, c0, (kv.len - c0).min(C), w.kt, w.vc);
+    let (at, bytes) = group_lines::<T, C>(kv, d, c0 + AHEAD * C)[1];
+    for line in (0..bytes).step_by(64) {
+        prefetch_line(at.add(line), Level::L1);
+    }
+    for h0 in (0..g).step_by(HEADS) {
+        let (wt, a, o) = (w.sc.add((i * g + h0) * C), &factor[h0..], w.ot.add(h0 * d));
+        match g - h0 {
+            1 => weighted_sum::<T, S, C, 1>(d, &src, wt, a, o),
+            2 => weighted_sum::<T, S, C, 2>(d, &src, wt, a, o),
+            3 => weighted_sum::<T, S, C, 3>(d, &src, wt, a, o),
+            _ => weighted_sum::<T, S, C, HEADS>(d, &src, wt, a, o),
+        }
+    }
+}
+
+/// The outputs: each head's accumulated sum times `inv[h]`.
+///
+/// # Safety
+/// As [`weigh_group`].
+#[inline(always)]
+unsafe fn finish<T>(d: usize, g: usize, w: &Work<T>, inv: impl Fn(usize) -> f32, out: &mut [f32]) {
+    for h in 0..g {
+        let acc = std::slice::from_raw_parts(w.ot.add(h * d), d);
+        let inv = inv(h);
+        for (o, &a) in out[h * d..(h + 1) * d].iter_mut().zip(acc) {
+            *o = a * inv;
+        }
+    }
+}
+
 /// The row's loop, `C` (= `S::W`) positions at a time; `d` is `geo.head_dim`, passed
-/// apart so a caller can make it a constant.
+/// apart so a caller can make it a constant. Every group's scores come first, then the
+/// online softmax and weighted sum group by group: the same arithmetic in the same order
+/// as computing each group's scores just before its update, but the cache is read as
+/// two streams, all of K then all of V, which memory serves faster than the two
+/// interleaved.
 ///
 /// # Safety
 /// `S`'s instruction sets must be available, `check` must have passed, and `C == S::W`.
 #[inline(always)]
 unsafe fn row_body<T: Cached, S: Lanes, const C: usize>(
-    kv: &KvRows<'_, T>,
+    kv: &PagedRows<'_, T>,
     d: usize,
     geo: &HeadGeometry,
     q: &[f32],
     out: &mut [f32],
-    scratch: &mut Vec<f32>,
+    s: &mut RowScratch<T>,
 ) {
     debug_assert_eq!(C, S::W);
     let g = geo.group;
-    let n = kv.offsets.len();
-    // Scratch: scaled queries (g·d), unnormalised outputs (g·d), K transposed
-    // (`kt[x * C + c]`), V (`vc[c * d + x]`), K as widened (`kc[c * d + x]`), and each
-    // head's running maximum and sum (g each).
-    scratch.clear();
-    scratch.resize(2 * g * d + 3 * C * d + 2 * g, 0.0);
-    let (qs, rest) = scratch.split_at_mut(g * d);
-    let (ot, rest) = rest.split_at_mut(g * d);
-    let (kt, rest) = rest.split_at_mut(C * d);
-    let (vc, rest) = rest.split_at_mut(C * d);
-    let (kc, rest) = rest.split_at_mut(C * d);
-    let (max, sum) = rest.split_at_mut(g);
+    let groups = kv.len.div_ceil(C);
+    let w = Work::new::<C>(s, geo, q, d, groups);
+    // Each head's running maximum and sum, and the factor that rescales its output in
+    // the current group.
+    let [max, sum, alpha] = w.per_head.map(|p| std::slice::from_raw_parts_mut(p, g));
     max.fill(f32::NEG_INFINITY);
-    for (s, &x) in qs.iter_mut().zip(&q[..g * d]) {
-        *s = x * geo.scale;
-    }
-    let (ktp, vcp, kcp) = (kt.as_mut_ptr(), vc.as_mut_ptr(), kc.as_mut_ptr());
-    let mut weights = [0.0f32; 16];
-
-    let mut c0 = 0;
-    while c0 < n {
-        let cols = (n - c0).min(C);
-        for c in 0..C {
-            if c < cols {
-                let off = *kv.offsets.get_unchecked(c0 + c);
-                T::widen::<S>(kv.k.as_ptr().add(off), kcp.add(c * d), d);
-                T::widen::<S>(kv.v.as_ptr().add(off), vcp.add(c * d), d);
-            } else {
-                // As the tiled kernel's zero padding: masked weights times finite V.
-                std::ptr::write_bytes(kcp.add(c * d), 0, d);
-                std::ptr::write_bytes(vcp.add(c * d), 0, d);
-            }
-        }
-        // K transposed, `C` values at a time in registers, then the tail.
-        let whole = d - d % C;
-        for x0 in (0..whole).step_by(C) {
-            S::transpose(kcp.add(x0), d, ktp.add(x0 * C), C);
-        }
-        for x in whole..d {
-            for c in 0..C {
-                *ktp.add(x * C + c) = *kcp.add(c * d + x);
-            }
-        }
-        // Each head's scores are one chain of multiply-adds in value order, as in the
-        // tiled kernel; up to `HEADS` heads' chains run side by side so they overlap.
-        let mut scores = [[0.0f32; 16]; HEADS];
+    score_pass::<T, S, C>(kv, d, g, &w);
+    prefetch_groups::<T, C>(kv, d, 0, 1);
+    for i in 0..groups {
         for h in 0..g {
-            let j = h % HEADS;
-            if j == 0 {
-                let heads = (g - h).min(HEADS);
-                let mut sc = [S::splat(0.0); HEADS];
-                for x in 0..d {
-                    let kx = S::load(ktp.add(x * C));
-                    for (i, a) in sc.iter_mut().enumerate().take(heads) {
-                        *a = S::fma(S::splat(*qs.as_ptr().add((h + i) * d + x)), kx, *a);
-                    }
-                }
-                for (i, a) in sc.iter().enumerate().take(heads) {
-                    S::store(scores[i].as_mut_ptr(), *a);
-                }
-            }
-            // Positions past the row's own are the lanes from `cols` on.
-            let lanes = &mut scores[j];
-            for l in lanes.iter_mut().take(C).skip(cols) {
-                *l = f32::NEG_INFINITY;
-            }
+            let lanes = std::slice::from_raw_parts_mut(w.sc.add((i * g + h) * C), C);
             // A maximum is the same in any order (up to the sign of a zero, which
             // nothing below can tell apart).
-            let new = lanes[..C].iter().fold(max[h], |m, &l| m.max(l));
-            let alpha = first::<S>(S::exp_nonpositive(S::sub(S::splat(max[h]), S::splat(new))));
+            let new = lanes.iter().fold(max[h], |m, &l| m.max(l));
+            alpha[h] = first::<S>(S::exp_nonpositive(S::sub(S::splat(max[h]), S::splat(new))));
             let e = S::exp_nonpositive(S::sub(S::load(lanes.as_ptr()), S::splat(new)));
-            S::store(weights.as_mut_ptr(), e);
+            S::store(lanes.as_mut_ptr(), e);
             // The tiled kernel adds the weights in position order; so does this.
             let mut total = 0.0f32;
-            for &w in &weights[..C] {
+            for &w in lanes.iter() {
                 total += w;
             }
             max[h] = new;
-            sum[h] = fma1::<S>(sum[h], alpha, total);
-            // The weighted sum, `C` output columns per vector, then the tail.
-            let oh = ot.as_mut_ptr().add(h * d);
-            let mut x = 0;
-            while x + C <= d {
-                let mut acc = S::mul(S::load(oh.add(x)), S::splat(alpha));
-                for (c, &w) in weights[..C].iter().enumerate() {
-                    acc = S::fma(S::splat(w), S::load(vcp.add(c * d + x)), acc);
-                }
-                S::store(oh.add(x), acc);
-                x += C;
-            }
-            while x < d {
-                let mut a = first::<S>(S::mul(S::splat(*oh.add(x)), S::splat(alpha)));
-                for (c, &w) in weights[..C].iter().enumerate() {
-                    a = fma1::<S>(w, *vcp.add(c * d + x), a);
-                }
-                *oh.add(x) = a;
-                x += 1;
+            sum[h] = fma1::<S>(sum[h], alpha[h], total);
+        }
+        weigh_group::<T, S, C>(kv, d, g, &w, i, alpha);
+    }
+    finish(d, g, &w, |h| 1.0 / sum[h], out);
+}
+
+/// The row's attention in two passes over its positions, `C` (= `S::W`) at a time: all
+/// scores and their exact maximum, then the weights and the weighted sum of V; the
+/// output is normalised once at the end. The same vector steps as [`row_body`] but no
+/// running maximum to rescale by, so it agrees with the tiled kernel within float
+/// rounding, not bit for bit.
+///
+/// # Safety
+/// As [`row_body`].
+#[inline(always)]
+unsafe fn two_pass_body<T: Cached, S: Lanes, const C: usize>(
+    kv: &PagedRows<'_, T>,
+    d: usize,
+    geo: &HeadGeometry,
+    q: &[f32],
+    out: &mut [f32],
+    s: &mut RowScratch<T>,
+) {
+    debug_assert_eq!(C, S::W);
+    let g = geo.group;
+    let groups = kv.len.div_ceil(C);
+    let w = Work::new::<C>(s, geo, q, d, groups);
+    // Each head's maximum, 1 / the sum of its weights, and ones (the weighted sum's
+    // rescaling factor, which here is none).
+    let [max, inv, ones] = w.per_head.map(|p| std::slice::from_raw_parts_mut(p, g));
+    ones.fill(1.0);
+    score_pass::<T, S, C>(kv, d, g, &w);
+    for (h, max) in max.iter_mut().enumerate() {
+        *max = f32::NEG_INFINITY;
+        for i in 0..groups {
+            let lanes = std::slice::from_raw_parts(w.sc.add((i * g + h) * C), C);
+            *max = lanes.iter().fold(*max, |m, &l| m.max(l));
+        }
+        let mut total = S::splat(0.0);
+        for i in 0..groups {
+            let p = w.sc.add((i * g + h) * C);
+            let e = S::exp_nonpositive(S::sub(S::load(p), S::splat(*max)));
+            S::store(p, e);
+            total = S::add(total, e);
+        }
+        let mut lanes = [0.0f32; 16];
+        S::store(lanes.as_mut_ptr(), total);
+        inv[h] = 1.0 / lanes[..C].iter().sum::<f32>();
+    }
+    prefetch_groups::<T, C>(kv, d, 0, 1);
+    for i in 0..groups {
+        weigh_group::<T, S, C>(kv, d, g, &w, i, ones);
+    }
+    finish(d, g, &w, |h| inv[h], out);
+}
+
+/// Asks for span `which` (0: K, 1: V) of the first [`AHEAD`] groups from `c0`.
+///
+/// # Safety
+/// `check` must have passed.
+#[inline(always)]
+unsafe fn prefetch_groups<T, const C: usize>(kv: &PagedRows<'_, T>, d: usize, c0: usize, which: usize) {
+    for group in 0..AHEAD {
+        let (at, bytes) = group_lines::<T, C>(kv, d, c0 + group * C)[which];
+        for line in (0..bytes).step_by(64) {
+            prefetch_line(at.add(line), Level::L1);
+        }
+    }
+}
+
+/// `H` heads' scores for one group (`q`: their scaled queries, `d` apart), each one
+/// chain of fused multiply-adds in value order as in the tiled kernel, written to
+/// `out[h * C..]`; asks for the lines of the `ahead` spans along the way.
+///
+/// # Safety
+/// As [`row_body`]; `q` holds `H * d` values and `out` `H * C`.
+#[inline(always)]
+unsafe fn scores<T: Cached, S: Lanes, const C: usize, const H: usize>(
+    d: usize,
+    src: &Source<T>,
+    q: *const f32,
+    ahead: &[(*const u8, usize); 2],
+    out: *mut f32,
+) {
+    let mut acc = [S::splat(0.0); H];
+    for x in 0..d {
+        for &(at, bytes) in ahead {
+            if 64 * x < bytes {
+                prefetch_line(at.add(64 * x), Level::L1);
             }
         }
-        c0 += C;
+        let k = T::load::<S>(src.k.add(x * src.k_stride));
+        for (h, a) in acc.iter_mut().enumerate() {
+            *a = S::fma(S::splat(*q.add(h * d + x)), k, *a);
+        }
     }
-    for h in 0..g {
-        let inv = 1.0 / sum[h];
-        for (o, &a) in out[h * d..(h + 1) * d].iter_mut().zip(&ot[h * d..(h + 1) * d]) {
-            *o = a * inv;
+    for (h, &a) in acc.iter().enumerate() {
+        S::store(out.add(h * C), a);
+    }
+}
+
+/// The K and V spans (start, bytes) of the group of positions from `c0`; empty past
+/// the last position.
+///
+/// # Safety
+/// `check` must have passed.
+#[inline(always)]
+unsafe fn group_lines<T, const C: usize>(
+    kv: &PagedRows<'_, T>,
+    d: usize,
+    c0: usize,
+) -> [(*const u8, usize); 2] {
+    if c0 >= kv.len {
+        return [(std::ptr::null(), 0); 2];
+    }
+    let size = std::mem::size_of::<T>();
+    let (region, index) = kv.place(c0);
+    let k_values = ((d - 1) * kv.block_size + C).min(kv.k.len() - region - index);
+    let v_values = (C * d).min(kv.v.len() - region - index * d);
+    [
+        (kv.k.as_ptr().add(region + index).cast(), k_values * size),
+        (kv.v.as_ptr().add(region + index * d).cast(), v_values * size),
+    ]
+}
+
+/// `H` heads' outputs (`ot`, `d` apart) rescaled by `alpha[h]` plus the group's weights
+/// (`w[h * C + c]`) times its V rows, each value one chain of fused multiply-adds in
+/// position order (the tiled kernel's); [`OUT_VECTORS`] vectors of each head per pass,
+/// sharing each V load.
+///
+/// # Safety
+/// As [`row_body`]; `w` holds `H * C` weights, `alpha` `H` factors, `ot` `H * d` values.
+#[inline(always)]
+unsafe fn weighted_sum<T: Cached, S: Lanes, const C: usize, const H: usize>(
+    d: usize,
+    src: &Source<T>,
+    w: *const f32,
+    alpha: &[f32],
+    ot: *mut f32,
+) {
+    let mut x = 0;
+    while x + OUT_VECTORS * C <= d {
+        weighted_columns::<T, S, C, H, OUT_VECTORS>(d, src, w, alpha, ot, x);
+        x += OUT_VECTORS * C;
+    }
+    while x + C <= d {
+        weighted_columns::<T, S, C, H, 1>(d, src, w, alpha, ot, x);
+        x += C;
+    }
+    for x in x..d {
+        for (h, &alpha) in alpha.iter().enumerate().take(H) {
+            let o = ot.add(h * d + x);
+            let mut a = first::<S>(S::mul(S::splat(*o), S::splat(alpha)));
+            for c in 0..src.cols {
+                a = fma1::<S>(*w.add(h * C + c), value::<T, S>(src.v.add(c * d + x)), a);
+            }
+            *o = a;
+        }
+    }
+}
+
+/// [`weighted_sum`] for `V` vectors of output columns from `x`.
+#[inline(always)]
+unsafe fn weighted_columns<T: Cached, S: Lanes, const C: usize, const H: usize, const V: usize>(
+    d: usize,
+    src: &Source<T>,
+    w: *const f32,
+    alpha: &[f32],
+    ot: *mut f32,
+    x: usize,
+) {
+    let mut acc = [[S::splat(0.0); V]; H];
+    for (h, acc) in acc.iter_mut().enumerate() {
+        let a = S::splat(alpha[h]);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = S::mul(S::load(ot.add(h * d + x + j * C)), a);
+        }
+    }
+    for c in 0..src.cols {
+        let mut vx = [S::splat(0.0); V];
+        for (j, v) in vx.iter_mut().enumerate() {
+            *v = T::load::<S>(src.v.add(c * d + x + j * C));
+        }
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let wc = S::splat(*w.add(h * C + c));
+            for (acc, &v) in acc.iter_mut().zip(&vx) {
+                *acc = S::fma(wc, v, *acc);
+            }
+        }
+    }
+    for (h, acc) in acc.iter().enumerate() {
+        for (j, &a) in acc.iter().enumerate() {
+            S::store(ot.add(h * d + x + j * C), a);
         }
     }
 }
@@ -253,64 +627,109 @@ unsafe fn row_body<T: Cached, S: Lanes, const C: usize>(
 mod tests {
     use half::f16;
 
-    use super::super::tests::pseudo;
+    use super::super::tests::{pseudo, Paged};
     use super::super::tiled::{attend_tile_portable, tile_kernel, tile_rows, TileFn, TileRows, TileScratch};
     use super::*;
 
     /// Every row of a tile, attended alone by `row`, gets the bits the tile kernel gave
     /// it: tiles of 1 to `w` rows, on the causal diagonal and far past it, head sizes
-    /// not a multiple of the lanes, groups of 1 to 5, and scores far apart (a large
-    /// query), where the running maximum jumps between column groups.
+    /// not a multiple of the lanes, groups of 1 to 5, blocks of 16 positions and of 5
+    /// (groups gathered across blocks), and scores far apart (a large query), where the
+    /// running maximum jumps between column groups.
     fn rows_match_tiles<T: Cached>(
         name: &str,
         tile: TileFn<T>,
         row: RowFn<T>,
+        two_pass: RowFn<T>,
         w: usize,
         cache: fn(&[f32]) -> Vec<T>,
     ) {
         for (g, d) in [(3, 64), (1, 8), (5, 6), (2, 128), (3, 20)] {
             let geo = HeadGeometry { head_dim: d, group: g, scale: 1.0 / (d as f32).sqrt() };
-            for (first_pos, q_scale) in [(0, 1.0), (5, 1.0), (16, 1.0), (37, 1.0), (53, 60.0)] {
-                for rows in [1, 2, w / 2 + 1, w] {
-                    let n = first_pos + rows;
-                    let (k, v) = (cache(&pseudo(n * d, 3)), cache(&pseudo(n * d, 4)));
-                    let stride = g * d;
-                    let q: Vec<f32> = pseudo(rows * stride, 5).iter().map(|x| x * q_scale).collect();
-                    let offsets: Vec<usize> = (0..n).map(|p| p * d).collect();
-                    let kv = KvRows { k: &k, v: &v, offsets: &offsets };
-                    let t = TileRows { first_pos, rows, stride };
-                    let mut tiled = vec![f32::NAN; rows * stride];
-                    tile(&kv, &geo, &t, &q, &mut tiled, &mut TileScratch::default());
-                    for i in 0..rows {
-                        let pos = first_pos + i;
-                        let mut alone = vec![f32::NAN; stride];
-                        let kv = KvRows { k: &k, v: &v, offsets: &offsets[..=pos] };
-                        row(&kv, &geo, &q[i * stride..(i + 1) * stride], &mut alone, &mut Vec::new());
-                        assert_eq!(
-                            alone,
-                            tiled[i * stride..(i + 1) * stride],
-                            "{name}: g {g} d {d} first {first_pos} rows {rows} row {i}"
-                        );
+            for bs in [16, 5] {
+                for (first_pos, q_scale) in [(0, 1.0), (5, 1.0), (16, 1.0), (37, 1.0), (53, 60.0), (150, 1.0)]
+                {
+                    for rows in [1, 2, w / 2 + 1, w] {
+                        let n = first_pos + rows;
+                        let (k, v) = (cache(&pseudo(n * d, 3)), cache(&pseudo(n * d, 4)));
+                        let paged = Paged::new(&k, &v, d, bs);
+                        let stride = g * d;
+                        let q: Vec<f32> = pseudo(rows * stride, 5).iter().map(|x| x * q_scale).collect();
+                        let t = TileRows { first_pos, rows, stride };
+                        let mut tiled = vec![f32::NAN; rows * stride];
+                        tile(&paged.rows(n), &geo, &t, &q, &mut tiled, &mut TileScratch::default());
+                        let mut scratch = RowScratch::default();
+                        for i in 0..rows {
+                            let pos = first_pos + i;
+                            let mut alone = vec![f32::NAN; stride];
+                            let kv = paged.rows(pos + 1);
+                            row(&kv, &geo, &q[i * stride..(i + 1) * stride], &mut alone, &mut scratch);
+                            let want = &tiled[i * stride..(i + 1) * stride];
+                            let what =
+                                format!("{name}: g {g} d {d} bs {bs} first {first_pos} rows {rows} row {i}");
+                            assert_eq!(alone, want, "{what}");
+                            // The two-pass kernel: within float rounding.
+                            let mut close = vec![f32::NAN; stride];
+                            two_pass(&kv, &geo, &q[i * stride..(i + 1) * stride], &mut close, &mut scratch);
+                            for (a, b) in close.iter().zip(want) {
+                                assert!(
+                                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                                    "{what}, two-pass: {a} vs {b}"
+                                );
+                            }
+                        }
                     }
                 }
             }
         }
     }
 
+    /// Every row of a tile, attended alone by the bit-exact row kernel, gets the bits
+    /// the tile gave it, and by the two-pass one the same within float rounding.
     #[test]
     fn a_row_alone_gets_the_bits_its_tile_gave_it() {
         let f32s: fn(&[f32]) -> Vec<f32> = |x| x.to_vec();
         let f16s: fn(&[f32]) -> Vec<f16> = |x| x.iter().map(|&a| f16::from_f32(a)).collect();
-        rows_match_tiles("portable f32", attend_tile_portable::<f32>, row_portable::<f32>, Portable::W, f32s);
-        rows_match_tiles("portable f16", attend_tile_portable::<f16>, row_portable::<f16>, Portable::W, f16s);
+        rows_match_tiles(
+            "portable f32",
+            attend_tile_portable::<f32>,
+            row_portable,
+            two_pass_portable,
+            Portable::W,
+            f32s,
+        );
+        rows_match_tiles(
+            "portable f16",
+            attend_tile_portable::<f16>,
+            row_portable,
+            two_pass_portable,
+            Portable::W,
+            f16s,
+        );
         // The pair this CPU runs, and AVX2's where the CPU has AVX-512 too.
-        rows_match_tiles("selected f32", tile_kernel::<f32>(), row_kernel::<f32>(), tile_rows(), f32s);
-        rows_match_tiles("selected f16", tile_kernel::<f16>(), row_kernel::<f16>(), tile_rows(), f16s);
+        let selected = |as_tiles| (row_kernel::<f32>(as_tiles), row_kernel::<f16>(as_tiles));
+        let ((row32, row16), (two32, two16)) = (selected(true), selected(false));
+        rows_match_tiles("selected f32", tile_kernel::<f32>(), row32, two32, tile_rows(), f32s);
+        rows_match_tiles("selected f16", tile_kernel::<f16>(), row16, two16, tile_rows(), f16s);
         #[cfg(target_arch = "x86_64")]
         if crate::backend::cpu::kernels::isa::avx2_fma_f16c() {
             use super::super::tiled::attend_tile_avx2;
-            rows_match_tiles("avx2 f32", attend_tile_avx2::<f32>, row_avx2::<f32>, Avx2Lanes::W, f32s);
-            rows_match_tiles("avx2 f16", attend_tile_avx2::<f16>, row_avx2::<f16>, Avx2Lanes::W, f16s);
+            rows_match_tiles(
+                "avx2 f32",
+                attend_tile_avx2::<f32>,
+                row_avx2,
+                two_pass_avx2,
+                Avx2Lanes::W,
+                f32s,
+            );
+            rows_match_tiles(
+                "avx2 f16",
+                attend_tile_avx2::<f16>,
+                row_avx2,
+                two_pass_avx2,
+                Avx2Lanes::W,
+                f16s,
+            );
         }
     }
 }

@@ -11,7 +11,7 @@
 //! never written out. Results equal the row-at-a-time path's within float rounding: the
 //! softmax is normalised once at the end instead of before the weighted sum.
 
-use super::head::{HeadGeometry, KvRows};
+use super::head::{HeadGeometry, PagedRows};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2Lanes, Avx512Lanes};
 use super::lanes::{Cached, Lanes, Portable};
@@ -26,8 +26,8 @@ pub struct TileScratch {
     /// Running maximum and sum of each head's scores: `[h * W + row]`.
     max: Vec<f32>,
     sum: Vec<f32>,
-    /// `C` K and V rows widened to f32: `[c * d + x]`.
-    kc: Vec<f32>,
+    /// `C` positions' K values widened to f32, `[x * C + c]`, and V rows, `[c * d + x]`.
+    kt: Vec<f32>,
     vc: Vec<f32>,
 }
 
@@ -39,11 +39,10 @@ pub struct TileRows {
     pub stride: usize,
 }
 
-/// The tiled kernel for cache values of type `T`: `rows.offsets` are the KV head's
-/// rows of positions `0..=last row's position`; the group's query heads of the tile's
-/// rows are read from `q` (row `i` at `i * stride`) and written to `out`, laid out the
-/// same way.
-pub type TileFn<T> = fn(&KvRows<'_, T>, &HeadGeometry, &TileRows, &[f32], &mut [f32], &mut TileScratch);
+/// The tiled kernel for cache values of type `T`: `kv` holds the KV head's positions
+/// `0..=last row's position`; the group's query heads of the tile's rows are read from
+/// `q` (row `i` at `i * stride`) and written to `out`, laid out the same way.
+pub type TileFn<T> = fn(&PagedRows<'_, T>, &HeadGeometry, &TileRows, &[f32], &mut [f32], &mut TileScratch);
 
 /// Query rows per tile with the kernel [`tile_kernel`] picks on this CPU.
 pub fn tile_rows() -> usize {
@@ -78,20 +77,19 @@ pub fn tile_kernel<T: Cached>() -> TileFn<T> {
 /// The bounds the unchecked reads of [`tile_body`] rely on.
 ///
 /// # Panics
-/// If a cached row lies outside `k` or `v`, the tile has more rows than `w`, or the
+/// If a cached region lies outside `k` or `v`, the tile has more rows than `w`, or the
 /// queries or outputs do not hold the tile's rows.
-fn check<T>(kv: &KvRows<'_, T>, geo: &HeadGeometry, t: &TileRows, q: &[f32], out: &[f32], w: usize) {
+fn check<T>(kv: &PagedRows<'_, T>, geo: &HeadGeometry, t: &TileRows, q: &[f32], out: &[f32], w: usize) {
     let d = geo.head_dim;
-    let need = kv.offsets.iter().map(|&o| o + d).max().unwrap_or(0);
-    assert!(kv.k.len() >= need && kv.v.len() >= need, "a KV offset is outside the cache");
+    kv.check(d);
     assert!(t.rows >= 1 && t.rows <= w, "tile of {} rows for {w} lanes", t.rows);
-    assert_eq!(kv.offsets.len(), t.first_pos + t.rows, "positions 0..=last row");
+    assert_eq!(kv.len, t.first_pos + t.rows, "positions 0..=last row");
     let span = (t.rows - 1) * t.stride + geo.group * d;
     assert!(q.len() >= span && out.len() >= span, "queries or outputs shorter than the tile");
 }
 
 pub(super) fn attend_tile_portable<T: Cached>(
-    kv: &KvRows<'_, T>,
+    kv: &PagedRows<'_, T>,
     geo: &HeadGeometry,
     t: &TileRows,
     q: &[f32],
@@ -105,7 +103,7 @@ pub(super) fn attend_tile_portable<T: Cached>(
 
 #[cfg(target_arch = "x86_64")]
 fn attend_tile_avx512<T: Cached>(
-    kv: &KvRows<'_, T>,
+    kv: &PagedRows<'_, T>,
     geo: &HeadGeometry,
     t: &TileRows,
     q: &[f32],
@@ -114,7 +112,7 @@ fn attend_tile_avx512<T: Cached>(
 ) {
     #[target_feature(enable = "avx512f")]
     unsafe fn run<T: Cached>(
-        kv: &KvRows<'_, T>,
+        kv: &PagedRows<'_, T>,
         geo: &HeadGeometry,
         t: &TileRows,
         q: &[f32],
@@ -136,7 +134,7 @@ fn attend_tile_avx512<T: Cached>(
 
 #[cfg(target_arch = "x86_64")]
 pub(super) fn attend_tile_avx2<T: Cached>(
-    kv: &KvRows<'_, T>,
+    kv: &PagedRows<'_, T>,
     geo: &HeadGeometry,
     t: &TileRows,
     q: &[f32],
@@ -145,7 +143,7 @@ pub(super) fn attend_tile_avx2<T: Cached>(
 ) {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run<T: Cached>(
-        kv: &KvRows<'_, T>,
+        kv: &PagedRows<'_, T>,
         geo: &HeadGeometry,
         t: &TileRows,
         q: &[f32],
@@ -173,7 +171,7 @@ pub(super) fn attend_tile_avx2<T: Cached>(
 /// `S`'s instruction sets must be available, and [`check`] must have passed for `S::W`.
 #[inline(always)]
 unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
-    kv: &KvRows<'_, T>,
+    kv: &PagedRows<'_, T>,
     d: usize,
     geo: &HeadGeometry,
     t: &TileRows,
@@ -182,7 +180,7 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
     s: &mut TileScratch,
 ) {
     let (g, w) = (geo.group, S::W);
-    let n = kv.offsets.len();
+    let n = kv.len;
     s.qt.clear();
     s.qt.resize(g * d * w, 0.0);
     for i in 0..t.rows {
@@ -196,27 +194,18 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
     s.max.resize(g * w, f32::NEG_INFINITY);
     s.sum.clear();
     s.sum.resize(g * w, 0.0);
-    // Zeros beyond the last position keep masked columns' weights (0) times V finite.
-    s.kc.clear();
-    s.kc.resize(C * d, 0.0);
+    s.kt.clear();
+    s.kt.resize(C * d, 0.0);
     s.vc.clear();
     s.vc.resize(C * d, 0.0);
-    let (kc, vc) = (s.kc.as_mut_ptr(), s.vc.as_mut_ptr());
+    let (kt, vc) = (s.kt.as_mut_ptr(), s.vc.as_mut_ptr());
     let (qt, ot) = (s.qt.as_ptr(), s.ot.as_mut_ptr());
     let (mx, sm) = (s.max.as_mut_ptr(), s.sum.as_mut_ptr());
 
     let mut c0 = 0;
     while c0 < n {
         let cols = (n - c0).min(C);
-        for c in 0..cols {
-            let off = *kv.offsets.get_unchecked(c0 + c);
-            T::widen::<S>(kv.k.as_ptr().add(off), kc.add(c * d), d);
-            T::widen::<S>(kv.v.as_ptr().add(off), vc.add(c * d), d);
-        }
-        if cols < C {
-            std::ptr::write_bytes(kc.add(cols * d), 0, (C - cols) * d);
-            std::ptr::write_bytes(vc.add(cols * d), 0, (C - cols) * d);
-        }
+        widen_group::<T, S>(kv, d, c0, cols, C, kt, vc);
         // Row i (position first_pos + i) sees column c (position c0 + c) when
         // c0 + c <= first_pos + i: lanes below c0 + c - first_pos are hidden.
         let mut first = [0usize; C];
@@ -231,7 +220,7 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
             for x in 0..d {
                 let qx = S::load(qh.add(x * w));
                 for (c, a) in sc.iter_mut().enumerate() {
-                    *a = S::fma(qx, S::splat(*kc.add(c * d + x)), *a);
+                    *a = S::fma(qx, S::splat(*kt.add(x * C + c)), *a);
                 }
             }
             if masked {
@@ -295,17 +284,59 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
     }
 }
 
+/// Positions `c0..c0 + cols` of `kv` widened into a group of `c` columns: K values to
+/// `kt[x * c + j]`, V rows to `vc[j * d + x]`; columns `cols..c` are zeros, which keep
+/// masked columns' weights (0) times V finite.
+///
+/// # Safety
+/// `S`'s instruction sets must be available, `kv.check(d)` must have passed and
+/// `c0 + cols <= kv.len`; `kt` and `vc` hold `c * d` values.
+#[inline(always)]
+pub(super) unsafe fn widen_group<T: Cached, S: Lanes>(
+    kv: &PagedRows<'_, T>,
+    d: usize,
+    c0: usize,
+    cols: usize,
+    c: usize,
+    kt: *mut f32,
+    vc: *mut f32,
+) {
+    let (k, v, bs) = (kv.k.as_ptr(), kv.v.as_ptr(), kv.block_size);
+    let (region, index) = kv.place(c0);
+    if index + cols <= bs {
+        // One block: each K value of the group's positions is a run in the cache.
+        for x in 0..d {
+            T::widen::<S>(k.add(region + x * bs + index), kt.add(x * c), cols);
+        }
+        T::widen::<S>(v.add(region + index * d), vc, cols * d);
+    } else {
+        for j in 0..cols {
+            let (region, index) = kv.place(c0 + j);
+            for x in 0..d {
+                T::widen::<S>(k.add(region + x * bs + index), kt.add(x * c + j), 1);
+            }
+            T::widen::<S>(v.add(region + index * d), vc.add(j * d), d);
+        }
+    }
+    if cols < c {
+        for x in 0..d {
+            std::ptr::write_bytes(kt.add(x * c + cols), 0, c - cols);
+        }
+        std::ptr::write_bytes(vc.add(cols * d), 0, (c - cols) * d);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use half::f16;
 
     use super::*;
 
-    use super::super::tests::pseudo;
+    use super::super::tests::{pseudo, Paged};
 
     /// Dense causal attention of one KV head's group in f64: row `i` of the tile (at
     /// position `first_pos + i`) over rows `0..=first_pos + i` of `k` and `v`, which
-    /// are dense here (`offsets[p] = p * d`).
+    /// are dense here (position `p`'s row at `p * d`).
     fn reference(k: &[f32], v: &[f32], geo: &HeadGeometry, t: &TileRows, q: &[f32]) -> Vec<f32> {
         let (d, g) = (geo.head_dim, geo.group);
         let mut out = vec![0.0; t.rows * t.stride];
@@ -331,12 +362,13 @@ mod tests {
     /// Every instantiation this CPU runs, for both cache dtypes, against the f64
     /// reference: tiles of 1 to `W` rows, starting at position 0 (the whole tile on the
     /// causal diagonal), inside the first column group and far past it; head sizes not
-    /// a multiple of 4 (the weighted sum's tail) and groups of 1, 3 and 5. The rows
-    /// between a tile's rows (other KV heads' queries) must come out untouched.
+    /// a multiple of 4 (the weighted sum's tail) and groups of 1, 3 and 5; blocks of 16
+    /// positions and of 5 (column groups that straddle blocks). The rows between a
+    /// tile's rows (other KV heads' queries) must come out untouched.
     #[test]
     fn every_tile_kernel_matches_dense_attention() {
         fn run<T: Cached>(name: &str, kernel: TileFn<T>, w: usize, widen: fn(&[f32]) -> Vec<T>, tol: f32) {
-            for (g, d) in [(3, 64), (1, 8), (5, 6), (2, 128)] {
+            for (g, d, bs) in [(3, 64, 16), (1, 8, 5), (5, 6, 16), (2, 128, 5)] {
                 let geo = HeadGeometry { head_dim: d, group: g, scale: 1.0 / (d as f32).sqrt() };
                 for first_pos in [0, 5, 16, 37] {
                     for rows in 1..=w {
@@ -348,16 +380,15 @@ mod tests {
                         let stride = g * d + 3;
                         let t = TileRows { first_pos, rows, stride };
                         let q = pseudo(rows * stride, 5);
-                        let offsets: Vec<usize> = (0..n).map(|p| p * d).collect();
+                        let cache = Paged::new(&kt, &vt, d, bs);
                         let mut got = vec![7.0; rows * stride];
-                        let kv = KvRows { k: &kt, v: &vt, offsets: &offsets };
-                        kernel(&kv, &geo, &t, &q, &mut got, &mut TileScratch::default());
+                        kernel(&cache.rows(n), &geo, &t, &q, &mut got, &mut TileScratch::default());
                         let want = reference(&k, &v, &geo, &t, &q);
                         for (j, (a, b)) in got.iter().zip(&want).enumerate() {
                             let b = if j % stride < g * d { *b } else { 7.0 };
                             assert!(
                                 (a - b).abs() < tol,
-                                "{name}: g {g} d {d} first {first_pos} rows {rows} [{j}]: {a} vs {b}"
+                                "{name}: g {g} d {d} bs {bs} first {first_pos} rows {rows} [{j}]: {a} vs {b}"
                             );
                         }
                     }
@@ -399,17 +430,10 @@ mod tests {
         let (k, v) = (pseudo(n * d, 8), pseudo(n * d, 9));
         let t = TileRows { first_pos: n - 4, rows: 4, stride: g * d };
         let q: Vec<f32> = pseudo(4 * g * d, 10).iter().map(|x| x * 60.0).collect();
-        let offsets: Vec<usize> = (0..n).map(|p| p * d).collect();
+        let cache = Paged::new(&k, &v, d, 16);
         let mut got = vec![0.0; 4 * g * d];
         let kernel = tile_kernel::<f32>();
-        kernel(
-            &KvRows { k: &k, v: &v, offsets: &offsets },
-            &geo,
-            &t,
-            &q,
-            &mut got,
-            &mut TileScratch::default(),
-        );
+        kernel(&cache.rows(n), &geo, &t, &q, &mut got, &mut TileScratch::default());
         let want = reference(&k, &v, &geo, &t, &q);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");

@@ -34,3 +34,20 @@ pub fn prefetch<T>(data: &[T], level: Level) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (data, level);
 }
+
+/// Asks for the cache line holding `p` to be loaded into `level`. A hint only: `p`
+/// need not be valid, as prefetching never faults.
+#[inline(always)]
+pub fn prefetch_line<T>(p: *const T, level: Level) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching has no requirement on the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        match level {
+            Level::L1 => _mm_prefetch::<_MM_HINT_T0>(p.cast()),
+            Level::L2 => _mm_prefetch::<_MM_HINT_T1>(p.cast()),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, level);
+}
