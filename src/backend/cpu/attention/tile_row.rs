@@ -275,11 +275,18 @@ impl<T: Cached> Work<T> {
         groups: usize,
     ) -> Self {
         let g = geo.group;
-        s.f.clear();
-        s.f.resize(2 * g * d + groups * g * C + 3 * g, 0.0);
+        // Grown, not cleared: the score pass writes every score before it is read, so
+        // zeroing them (24 KiB a row at 2,048 positions) would be wasted; the outputs
+        // and the per-head values start at zero.
+        let scores = 2 * g * d..2 * g * d + groups * g * C;
+        if s.f.len() < scores.end + 3 * g {
+            s.f.resize(scores.end + 3 * g, 0.0);
+        }
         for (s, &x) in s.f.iter_mut().zip(&q[..g * d]) {
             *s = x * geo.scale;
         }
+        s.f[g * d..scores.start].fill(0.0);
+        s.f[scores.end..scores.end + 3 * g].fill(0.0);
         if s.kt.len() < C * d {
             s.kt.resize(C * d, T::ZERO);
             s.vc.resize(C * d, T::ZERO);
