@@ -1,6 +1,8 @@
 //! Rotary position embeddings: the per-frequency table (with llama3, linear or
 //! file-provided scaling) and its application to query/key heads in place.
 
+use rayon::prelude::*;
+
 use super::config::{LlamaConfig, RopeLayout, RopeScaling};
 
 #[derive(Debug, Clone)]
@@ -76,28 +78,46 @@ impl Rope {
     }
 
     /// Rotates every head of `rows` (one row of `num_heads * head_dim` per token).
+    /// A prefill chunk's rows are spread over the thread pool; each row's arithmetic
+    /// is the same wherever it runs.
     pub fn apply(&self, rows: &mut [f32], num_heads: usize, angles: &RopeAngles) {
-        let d = self.head_dim;
-        let half = angles.half;
-        for (t, row) in rows.chunks_exact_mut(num_heads * d).enumerate() {
-            let cos = &angles.cos[t * half..(t + 1) * half];
-            let sin = &angles.sin[t * half..(t + 1) * half];
-            for head in row.chunks_exact_mut(d) {
-                match self.layout {
-                    RopeLayout::Interleaved => {
-                        for i in 0..half {
-                            let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                            head[2 * i] = x0 * cos[i] - x1 * sin[i];
-                            head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
-                        }
-                    }
-                    RopeLayout::Halves => {
-                        for i in 0..half {
-                            let (x0, x1) = (head[i], head[i + half]);
-                            head[i] = x0 * cos[i] - x1 * sin[i];
-                            head[i + half] = x0 * sin[i] + x1 * cos[i];
-                        }
-                    }
+        let (d, half, layout) = (self.head_dim, angles.half, self.layout);
+        let width = num_heads * d;
+        let rotate = |(t, row): (usize, &mut [f32])| {
+            let at = t * half..(t + 1) * half;
+            rotate_token(layout, row, d, &angles.cos[at.clone()], &angles.sin[at]);
+        };
+        if rows.len() < 2 * PARALLEL_ROWS * width {
+            rows.chunks_exact_mut(width).enumerate().for_each(rotate);
+        } else {
+            rows.par_chunks_exact_mut(width).enumerate().with_min_len(PARALLEL_ROWS).for_each(rotate);
+        }
+    }
+}
+
+/// Token rows below which [`Rope::apply`] stays on the calling thread: a decode
+/// batch's rows take less time than waking another thread.
+const PARALLEL_ROWS: usize = 32;
+
+/// Rotates the heads of one token's row (`head_dim` values each) by its angles.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
+fn rotate_token(layout: RopeLayout, row: &mut [f32], d: usize, cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for head in row.chunks_exact_mut(d) {
+        match layout {
+            RopeLayout::Interleaved => {
+                for (pair, (&c, &s)) in head.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * c - x1 * s;
+                    pair[1] = x0 * s + x1 * c;
+                }
+            }
+            RopeLayout::Halves => {
+                let (lo, hi) = head.split_at_mut(half);
+                for (((x0, x1), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(cos).zip(sin) {
+                    let (a, b) = (*x0, *x1);
+                    *x0 = a * c - b * s;
+                    *x1 = a * s + b * c;
                 }
             }
         }
@@ -137,6 +157,26 @@ mod tests {
             let norm: f32 = y.iter().map(|v| v * v).sum();
             assert!((norm - 30.0).abs() < 1e-4);
             assert_ne!(y, vec![1.0, 2.0, 3.0, 4.0]);
+        }
+    }
+
+    #[test]
+    fn a_chunk_rotates_each_row_as_it_would_alone() {
+        for layout in [RopeLayout::Interleaved, RopeLayout::Halves] {
+            let mut c = cfg(layout);
+            c.head_dim = 16;
+            let rope = Rope::new(&c);
+            let (heads, tokens) = (3, 2 * PARALLEL_ROWS + 5);
+            let positions: Vec<usize> = (0..tokens).map(|t| 3 * t + 1).collect();
+            let rows: Vec<f32> =
+                (0..tokens * heads * 16).map(|i| ((i * 31 % 97) as f32 - 48.0) / 9.0).collect();
+            let mut chunk = rows.clone();
+            rope.apply(&mut chunk, heads, &rope.angles(&positions));
+            for (t, want) in chunk.chunks(heads * 16).enumerate() {
+                let mut alone = rows[t * heads * 16..(t + 1) * heads * 16].to_vec();
+                rope.apply(&mut alone, heads, &rope.angles(&positions[t..t + 1]));
+                assert_eq!(alone, want, "{layout:?}, token {t}");
+            }
         }
     }
 

@@ -13,10 +13,51 @@ use crate::fastexp::exp_nonpositive;
 const PARALLEL_ROWS: usize = 32;
 
 /// `out[row] = x[row] / rms(x[row]) * weight` for every row of `weight.len()` values.
+/// A prefill chunk's rows are spread over the thread pool (here and in the other
+/// row-wise steps); what a row gets does not depend on the split.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let per_task = PARALLEL_ROWS * weight.len();
+    if out.len() < 2 * per_task {
+        norm_rows(x, weight, eps, out);
+    } else {
+        x.par_chunks(per_task)
+            .zip(out.par_chunks_mut(per_task))
+            .for_each(|(x, o)| norm_rows(x, weight, eps, o));
+    }
+}
+
+/// `x += y`, then `out = rms_norm(x)`: the residual add and the next norm in one pass
+/// over each row.
+pub fn add_then_rms_norm(x: &mut [f32], y: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let per_task = PARALLEL_ROWS * weight.len();
+    let run = |x: &mut [f32], y: &[f32], o: &mut [f32]| {
+        add(x, y);
+        norm_rows(x, weight, eps, o);
+    };
+    if out.len() < 2 * per_task {
+        run(x, y, out);
+    } else {
+        x.par_chunks_mut(per_task)
+            .zip(y.par_chunks(per_task))
+            .zip(out.par_chunks_mut(per_task))
+            .for_each(|((x, y), o)| run(x, y, o));
+    }
+}
+
+/// `x += y`.
+pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    const PER_TASK: usize = PARALLEL_ROWS * 1024;
+    if x.len() < 2 * PER_TASK {
+        add(x, y);
+    } else {
+        x.par_chunks_mut(PER_TASK).zip(y.par_chunks(PER_TASK)).for_each(|(x, y)| add(x, y));
+    }
+}
+
 /// The mean square is summed over sixteen f64 lanes: vectorisable, unlike one running
 /// f32 sum, and more accurate.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+fn norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
     for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         let mut lanes = [0.0f64; 16];
@@ -35,9 +76,8 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `x += y`.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
     }
@@ -108,6 +148,32 @@ mod tests {
             for ((&v, &w), &o) in row.iter().zip(&w).zip(o) {
                 let want = f64::from(v) / (ms + 1e-5).sqrt() * f64::from(w);
                 assert!((f64::from(o) - want).abs() <= 1e-6 * want.abs().max(1.0), "{o} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn row_steps_give_each_row_the_same_bits_however_the_rows_are_split() {
+        let n = 45;
+        for rows in [1, 3, 2 * PARALLEL_ROWS - 1, 2 * PARALLEL_ROWS, 5 * PARALLEL_ROWS + 7] {
+            let x: Vec<f32> = (0..rows * n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+            let y: Vec<f32> = (0..rows * n).map(|i| ((i * 13 % 29) as f32 - 14.0) / 5.0).collect();
+            let w: Vec<f32> = (0..n).map(|i| 0.25 + i as f32 / n as f32).collect();
+            let mut whole = vec![0.0; x.len()];
+            rms_norm(&x, &w, 1e-5, &mut whole);
+            let mut fused_x = x.clone();
+            let mut fused = vec![0.0; x.len()];
+            add_then_rms_norm(&mut fused_x, &y, &w, 1e-5, &mut fused);
+            let mut added = x.clone();
+            add_in_place(&mut added, &y);
+            assert_eq!(fused_x, added, "{rows} rows: the residual");
+            for r in 0..rows {
+                let at = r * n..(r + 1) * n;
+                let mut one = vec![0.0; n];
+                norm_rows(&x[at.clone()], &w, 1e-5, &mut one);
+                assert_eq!(whole[at.clone()], one[..], "{rows} rows: row {r} normed alone");
+                norm_rows(&added[at.clone()], &w, 1e-5, &mut one);
+                assert_eq!(fused[at.clone()], one[..], "{rows} rows: row {r} added and normed");
             }
         }
     }

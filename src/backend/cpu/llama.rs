@@ -8,7 +8,7 @@
 //! the output projection runs only for the rows that asked for logits.
 
 use super::attention::{self, AttentionShape};
-use super::elementwise::{add_in_place, rms_norm, swiglu_rows, swiglu_separate};
+use super::elementwise::{add_in_place, add_then_rms_norm, rms_norm, swiglu_rows, swiglu_separate};
 use super::kernels::Activations;
 use super::kv_cache::PagedKvCache;
 use super::linear::{Embedding, Linear};
@@ -182,8 +182,7 @@ impl Block {
         profile::time(Section::NormsResiduals, || rms_norm(x, &self.attn_norm, eps, &mut h));
         let attended = self.attn.forward(&h, step, layer, kv)?;
         profile::time(Section::NormsResiduals, || {
-            add_in_place(x, &attended);
-            rms_norm(x, &self.ffn_norm, eps, &mut h);
+            add_then_rms_norm(x, &attended, &self.ffn_norm, eps, &mut h)
         });
         let mlp = self.mlp.forward(&h, step.num_tokens, step.activations)?;
         profile::time(Section::NormsResiduals, || add_in_place(x, &mlp));
