@@ -91,17 +91,8 @@ pub unsafe fn tile_keeping<const F: u8, const MR: usize, const KEEP: u8>(t: &Til
                     _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(blk.add(at + 8 * h).cast())))
                 };
                 (_mm256_mul_ps(d, i8x8(shape.scales)), _mm256_mul_ps(d, i8x8(shape.scales + GROUP)))
-            } else if F == FMT_Q4K {
-                let header = w.add(k_header_offset(F, b));
-                let u8x8 = |at: usize| {
-                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(at + 8 * h).cast())))
-                };
-                let (d, neg_dmin) = (f16x8(header), f16x8(header.add(Q4K_DMIN_OFFSET)));
-                (_mm256_mul_ps(d, u8x8(shape.scales)), _mm256_mul_ps(neg_dmin, u8x8(shape.mins)))
-            } else if shape.has_mins {
-                (f16x8(blk.add(shape.scales)), f16x8(blk.add(shape.mins)))
             } else {
-                (f16x8(blk.add(shape.scales)), _mm256_setzero_ps())
+                half_block_scales::<F>(w, b, blk, h)
             };
             if keep == KEEP_WRITE {
                 _mm256_storeu_ps(kept_at, dw);
@@ -128,6 +119,36 @@ pub unsafe fn tile_keeping<const F: u8, const MR: usize, const KEEP: u8>(t: &Til
                 store_partial(out, &tmp, t.ncols - 8 * h);
             }
         }
+    }
+}
+
+/// Block `b`'s scales and minimums of half `h` (8 of the group's 16 rows) as f32, for
+/// every format but Q6_K (for Q4_K `d · sc` and `-dmin · m`; zero minimums for formats
+/// without), read from its record `blk` in the repacked weights `w`. Shared by the
+/// row-tile walk and the many-rows path's packing (`avx2_gemm`).
+///
+/// # Safety
+/// Only for callers with AVX2 and F16C enabled (it inlines into them); `blk` must be
+/// block `b`'s record in `w`, and `h` 0 or 1.
+#[inline(always)]
+pub(super) unsafe fn half_block_scales<const F: u8>(
+    w: *const u8,
+    b: usize,
+    blk: *const u8,
+    h: usize,
+) -> (__m256, __m256) {
+    let shape = record_shape(F);
+    let f16x8 = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h).cast()));
+    if F == FMT_Q4K {
+        let header = w.add(k_header_offset(F, b));
+        let u8x8 =
+            |at: usize| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(at + 8 * h).cast())));
+        let (d, neg_dmin) = (f16x8(header), f16x8(header.add(Q4K_DMIN_OFFSET)));
+        (_mm256_mul_ps(d, u8x8(shape.scales)), _mm256_mul_ps(neg_dmin, u8x8(shape.mins)))
+    } else if shape.has_mins {
+        (f16x8(blk.add(shape.scales)), f16x8(blk.add(shape.mins)))
+    } else {
+        (f16x8(blk.add(shape.scales)), _mm256_setzero_ps())
     }
 }
 

@@ -96,10 +96,16 @@ fn select() -> Kernel {
     Kernel::Portable
 }
 
-/// Runs every format through `kernel` and the portable kernel on a small problem with a
-/// ragged last group and several row tiles, and compares the results exactly.
+/// Runs every format through `kernel` and the portable kernel on small problems with a
+/// ragged last group and several row tiles, with few rows and with as many as the
+/// many-rows path (`gemm`) takes, and compares the results exactly.
 fn agrees_with_portable(kernel: Kernel) -> bool {
-    let (n, k, m) = (21, 256, 11);
+    let tall = super::gemm::min_rows(kernel) + 3;
+    [11, tall].into_iter().all(|m| agrees_on(kernel, m))
+}
+
+fn agrees_on(kernel: Kernel, m: usize) -> bool {
+    let (n, k) = (21, 256);
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
     WeightFormat::ALL.into_iter().all(|format| {
         let block = format.gguf_block_bytes();

@@ -1,6 +1,7 @@
 //! The many-rows path (prefill chunks, large batches): a task's weight groups are
 //! unpacked once into a panel of plain bytes and per-block f32 scales, and the panel is
-//! then swept by a register-blocked micro-kernel of `MR` activation rows × `NR` groups.
+//! then swept by a register-blocked micro-kernel of activation rows × groups (AVX-512
+//! VNNI: `MR` rows × `NR` groups; AVX2: `avx2_gemm::rows` rows × one group).
 //!
 //! The row-tile walk (`tile`) unpacks a group's nibbles and converts its f16 scales again
 //! for every tile of rows; here that work is done once per group and task, and each
@@ -22,8 +23,17 @@ use super::QMatrix;
 /// groups once, so taller tasks unpack less often, and 256 rows of quantized
 /// activations (up to 384 KiB at k = 1536) still sit in L2.
 pub const ROW_CHUNK: usize = 256;
-/// A task needs at least this many rows for the panel's unpacking to pay off.
-pub const MIN_ROWS: usize = 8;
+/// Rows a task needs for the panel's unpacking to pay off, by kernel. On AVX2 the row
+/// tile already reuses each unpacked block over 8 rows and the micro-kernel saves
+/// little more than the unpacking: decode batches of 16 and 32 ran 4-11% slower through
+/// the panel, a 128-row prefill broke even and 256-row tasks gained 3-8%
+/// (`INFLIGHT_KERNEL=avx2`, step bench, on an AVX-512 host).
+pub fn min_rows(kernel: Kernel) -> usize {
+    match kernel {
+        Kernel::Avx2 => 128,
+        _ => 8,
+    }
+}
 
 thread_local! {
     static PANEL: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
@@ -31,10 +41,20 @@ thread_local! {
 
 /// Whether the many-rows path runs `format` on `kernel` for a task of `rows` rows.
 pub fn applies(kernel: Kernel, format: u8, rows: usize) -> bool {
-    rows >= MIN_ROWS
-        && kernel == Kernel::Avx512Vnni
+    matches!(kernel, Kernel::Avx512Vnni | Kernel::Avx2)
+        && rows >= min_rows(kernel)
         && cfg!(target_arch = "x86_64")
         && matches!(format, FMT_Q4_1 | FMT_Q4_0 | FMT_Q8_0 | FMT_Q4K)
+}
+
+/// The register block of `kernel`'s micro-kernel for `format`: rows, groups.
+fn block_shape(kernel: Kernel, format: u8) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx2 {
+        return (super::avx2_gemm::rows(format), 1);
+    }
+    let _ = (kernel, format);
+    (MR, NR)
 }
 
 /// Computes rows `rows` × the columns of `groups` of `out`, as `matmul::run_task`.
@@ -55,12 +75,13 @@ pub unsafe fn run_task(
     let group_lines = nb * LINES_PER_BLOCK;
     let group_bytes = w.format.group_bytes(w.k);
     let data = w.data.as_slice();
-    let pack = select_pack(format);
+    let pack = select_pack(kernel, format);
+    let (mr_max, nr_max) = block_shape(kernel, format);
     let mut panel = PANEL.with(Cell::take);
-    panel.resize(NR * group_lines, Line([0; 64]));
+    panel.resize(nr_max * group_lines, Line([0; 64]));
     let mut g = groups.start;
     while g < groups.end {
-        let nr = (groups.end - g).min(NR);
+        let nr = (groups.end - g).min(nr_max);
         let mut ncols = [0; NR];
         for (n, cols) in ncols.iter_mut().enumerate().take(nr) {
             let group = g + n;
@@ -73,7 +94,7 @@ pub unsafe fn run_task(
         }
         let mut row0 = rows.start;
         while row0 < rows.end {
-            let mr = (rows.end - row0).min(MR);
+            let mr = (rows.end - row0).min(mr_max);
             let block = Block {
                 panel: &panel[..nr * group_lines],
                 acts,
@@ -82,7 +103,7 @@ pub unsafe fn run_task(
                 ldo: w.n,
                 ncols,
             };
-            select_micro(format, mr, nr)(&block);
+            select_micro(kernel, format, mr, nr)(&block);
             row0 += mr;
         }
         g += nr;
@@ -90,24 +111,33 @@ pub unsafe fn run_task(
     PANEL.with(|p| p.set(panel));
 }
 
-fn select_pack(format: u8) -> PackFn {
+fn select_pack(kernel: Kernel, format: u8) -> PackFn {
     #[cfg(target_arch = "x86_64")]
     {
-        use super::avx512_gemm::pack;
-        match format {
-            FMT_Q4_1 => pack::<FMT_Q4_1>,
-            FMT_Q4_0 => pack::<FMT_Q4_0>,
-            FMT_Q4K => pack::<FMT_Q4K>,
-            _ => pack::<FMT_Q8_0>,
+        macro_rules! by_format {
+            ($kernels:ident) => {
+                match format {
+                    FMT_Q4_1 => super::$kernels::pack::<FMT_Q4_1> as PackFn,
+                    FMT_Q4_0 => super::$kernels::pack::<FMT_Q4_0> as PackFn,
+                    FMT_Q4K => super::$kernels::pack::<FMT_Q4K> as PackFn,
+                    _ => super::$kernels::pack::<FMT_Q8_0> as PackFn,
+                }
+            };
+        }
+        if kernel == Kernel::Avx2 {
+            by_format!(avx2_gemm)
+        } else {
+            by_format!(avx512_gemm)
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the many-rows path is x86-64 only (`applies`)")
 }
 
-fn select_micro(format: u8, mr: usize, nr: usize) -> MicroFn {
+fn select_micro(kernel: Kernel, format: u8, mr: usize, nr: usize) -> MicroFn {
     #[cfg(target_arch = "x86_64")]
     {
+        use super::avx2_gemm;
         use super::avx512_gemm::micro;
         macro_rules! by_rows {
             ($fmt:expr, $nr:expr) => {
@@ -130,7 +160,28 @@ fn select_micro(format: u8, mr: usize, nr: usize) -> MicroFn {
                 }
             };
         }
-        debug_assert!((1..=MR).contains(&mr) && (1..=NR).contains(&nr));
+        macro_rules! avx2_by_rows {
+            ($fmt:expr) => {
+                match mr {
+                    1 => avx2_gemm::micro::<$fmt, 1> as MicroFn,
+                    2 => avx2_gemm::micro::<$fmt, 2> as MicroFn,
+                    3 => avx2_gemm::micro::<$fmt, 3> as MicroFn,
+                    4 => avx2_gemm::micro::<$fmt, 4> as MicroFn,
+                    5 => avx2_gemm::micro::<$fmt, 5> as MicroFn,
+                    _ => avx2_gemm::micro::<$fmt, 6> as MicroFn,
+                }
+            };
+        }
+        let (mr_max, nr_max) = block_shape(kernel, format);
+        debug_assert!((1..=mr_max).contains(&mr) && (1..=nr_max).contains(&nr));
+        if kernel == Kernel::Avx2 {
+            return match format {
+                FMT_Q4_1 => avx2_by_rows!(FMT_Q4_1),
+                FMT_Q4_0 => avx2_by_rows!(FMT_Q4_0),
+                FMT_Q4K => avx2_by_rows!(FMT_Q4K),
+                _ => avx2_by_rows!(FMT_Q8_0),
+            };
+        }
         match format {
             FMT_Q4_1 => by_groups!(FMT_Q4_1),
             FMT_Q4_0 => by_groups!(FMT_Q4_0),

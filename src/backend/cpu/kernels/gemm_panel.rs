@@ -1,5 +1,5 @@
-//! The many-rows path's shared contract (`gemm` drives it, `avx512_gemm` implements
-//! it): the layout of a panel of unpacked weight groups, the register block's shape,
+//! The many-rows path's shared contract (`gemm` drives it, `avx512_gemm` and
+//! `avx2_gemm` implement it): the layout of a panel of unpacked weight groups, the register block's shape,
 //! and the signatures of the packing and micro-kernel functions.
 
 use super::activations::QActs;
@@ -17,9 +17,10 @@ pub const LINES_PER_BLOCK: usize = 10;
 pub const SCALES_LINE: usize = 8;
 pub const MINS_LINE: usize = 9;
 
-/// Groups per micro-kernel call: each activation broadcast feeds this many multiply-adds.
+/// Groups per AVX-512 micro-kernel call: each activation broadcast feeds this many
+/// multiply-adds (the AVX2 kernel takes one group, a half at a time).
 pub const NR: usize = 2;
-/// Activation rows per micro-kernel call: with `NR` groups, `2 · MR · NR` accumulators
+/// Activation rows per AVX-512 micro-kernel call: with `NR` groups, `2 · MR · NR` accumulators
 /// (integer and float) stay in registers.
 pub const MR: usize = 6;
 /// Where a micro-kernel call reads and writes.

@@ -5,7 +5,7 @@
 //! rows: the activations are quantized once to 8-bit blocks, the dot products are exact
 //! integer multiply-adds, and the work is spread over rayon's threads. One token
 //! (decode) streams the weights once; many rows (prefill, batched decode) reuse each
-//! weight block from cache across a tile of rows; with enough rows on AVX-512 VNNI a task
+//! weight block from cache across a tile of rows; with enough rows (AVX-512 VNNI or AVX2) a task
 //! unpacks its weights once and runs a register-blocked micro-kernel over them (`gemm`),
 //! with bit-identical results. The instruction set is picked at run
 //! time (`dispatch`); call from inside the rayon pool (`ThreadPool::install`) so the
@@ -14,6 +14,8 @@
 mod activations;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_gemm;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]

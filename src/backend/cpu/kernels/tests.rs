@@ -307,17 +307,19 @@ fn real_weights_requantized_to_k_quants_and_q5_match_their_dequantization() {
 }
 
 /// The many-rows path (`gemm`) against the portable kernel, bit for bit, at every row
-/// count up to 64 (so every remainder of its row tiles, and tasks on both sides of its
-/// row threshold), on matrices with a ragged last group and an odd number of groups.
+/// count up to 64 and around AVX2's row threshold (so every remainder of the row tiles
+/// and micro-kernels, and tasks on both sides of each kernel's threshold), on matrices
+/// with a ragged last group and an odd number of groups.
 #[test]
 fn every_row_count_matches_portable_exactly() {
     let mut rng = StdRng::seed_from_u64(17);
+    let counts: Vec<usize> = (1..=64).chain(121..=134).chain([255, 300]).collect();
     for dtype in DTYPES {
         for (n, k) in [(37, 256), (64, 512)] {
             let k = whole_blocks(dtype, k);
             let qm = QMatrix::from_qtensor(&quantized(&mut rng, n, k, dtype).0).unwrap().unwrap();
-            let x = random(&mut rng, 64 * k);
-            for m in 1..=64 {
+            let x = random(&mut rng, 300 * k);
+            for &m in &counts {
                 let x = &x[..m * k];
                 let mut want = vec![f32::NAN; m * n];
                 qm.matmul_with(Kernel::Portable, x, m, &mut want);

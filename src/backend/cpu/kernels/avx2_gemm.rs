@@ -1,0 +1,150 @@
+//! The AVX2 many-rows kernels (see `gemm`): unpacking a group into the panel (the same
+//! panel `avx512_gemm` builds), and the `MR`-row micro-kernel that sweeps one group of
+//! it, one half (8 columns, a 256-bit vector) at a time.
+//!
+//! The products are `avx2`'s: `vpmaddubsw` of unsigned weight bytes by signed
+//! activation bytes into 16-bit pairs, widened by `vpmaddwd`. A 4-bit block's eight
+//! partial sums add up in 16 bits before one widening (8 × 2 × 15 × 128 < 2^15); Q8_0
+//! takes the sign trick on its un-offset weights and widens every product. Each
+//! weight vector loaded from the panel feeds `MR` rows' products, where the row-tile
+//! walk unpacks the nibbles and converts the scales again for every tile of rows.
+
+use std::arch::x86_64::*;
+
+use super::gemm_panel::{offset, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
+use super::layout::{record_offset, record_shape, WeightFormat, FMT_Q8_0, QK};
+use super::tile::{prefetch_ahead, store_partial};
+
+/// Activation rows per micro-kernel call for format `F`: with the rows' 16-bit (or,
+/// for Q8_0, 32-bit) block sums, their f32 accumulators and the operands, what the 16
+/// vector registers hold without spilling in the inner loop.
+pub const fn rows(format: u8) -> usize {
+    if format == FMT_Q8_0 {
+        4
+    } else {
+        6
+    }
+}
+
+/// Unpacks a group of format `F` (Q4_0, Q4_1, Q4_K or Q8_0) into `nb` blocks of the
+/// panel, as `avx512_gemm::pack` does (the same bytes and the same f32 scales, formed
+/// as the AVX2 row tile forms them), a half of each line at a time.
+///
+/// # Safety
+/// AVX2 and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
+    assert!(w.len() >= WeightFormat::from_id(F).group_bytes(nb * QK) && panel.len() >= nb * LINES_PER_BLOCK);
+    let shape = record_shape(F);
+    let (w, p) = (w.as_ptr(), panel.as_mut_ptr().cast::<u8>());
+    let low = _mm256_set1_epi8(0x0f);
+    for b in 0..nb {
+        let blk = w.add(record_offset(F, b));
+        prefetch_ahead(blk, shape.bytes);
+        let dst = p.add(b * LINES_PER_BLOCK * size_of::<Line>());
+        for h in 0..2 {
+            let line = |l: usize| dst.add(l * size_of::<Line>() + 32 * h);
+            let chunk = |c: usize| _mm256_loadu_si256(blk.add(64 * c + 32 * h).cast());
+            if F == FMT_Q8_0 {
+                for j in 0..8 {
+                    _mm256_store_si256(line(j).cast(), chunk(j));
+                }
+            } else {
+                // Chunk `i` holds values 4i..4i+4 in its low nibbles and 16+4i.. in its high.
+                for i in 0..4 {
+                    let raw = chunk(i);
+                    _mm256_store_si256(line(i).cast(), _mm256_and_si256(raw, low));
+                    _mm256_store_si256(line(i + 4).cast(), _mm256_and_si256(_mm256_srli_epi16(raw, 4), low));
+                }
+            }
+            let (dw, mw) = super::avx2::half_block_scales::<F>(w, b, blk, h);
+            _mm256_store_ps(line(SCALES_LINE).cast(), dw);
+            _mm256_store_ps(line(MINS_LINE).cast(), mw);
+        }
+    }
+}
+
+/// `MR` activation rows against the panel's one group, over all of `k`: per block and
+/// half, the rows' integer sums build up over the eight 4-byte steps (one weight load
+/// and one activation broadcast per row each step), then each output takes the block's
+/// scaled sum and minimum term in the portable kernel's order.
+///
+/// # Safety
+/// See [`super::gemm_panel::MicroFn`]; AVX2, FMA and F16C must be available.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn micro<const F: u8, const MR: usize>(t: &Block<'_>) {
+    let a = t.acts;
+    let (k, nb) = (a.k, a.nb);
+    let rows_end = t.row0 + MR;
+    assert!(t.panel.len() >= nb * LINES_PER_BLOCK && a.qs.len() >= rows_end * k);
+    assert!(a.d.len() >= rows_end * nb && a.s.len() >= rows_end * nb && a.isum.len() >= rows_end * nb);
+    let p = t.panel.as_ptr().cast::<u8>();
+    let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
+    // Q8_0's products use the signed weights, so only the 4-bit zero points remain.
+    let off = if F == FMT_Q8_0 { 0 } else { offset(F) };
+    let has_mins = record_shape(F).has_mins;
+    let ones = _mm256_set1_epi16(1);
+    let cols = t.ncols[0];
+    for h in 0..2 {
+        if 8 * h >= cols {
+            break;
+        }
+        let line = |b: usize, l: usize| p.add((b * LINES_PER_BLOCK + l) * size_of::<Line>() + 32 * h);
+        let mut acc = [_mm256_setzero_ps(); MR];
+        for b in 0..nb {
+            let x = |r: usize, j: usize| {
+                _mm256_set1_epi32(qs.add((t.row0 + r) * k + b * QK + 4 * j).cast::<i32>().read_unaligned())
+            };
+            let mut dot = [_mm256_setzero_si256(); MR];
+            if F == FMT_Q8_0 {
+                let flip = _mm256_set1_epi8(-128);
+                for j in 0..QK / 4 {
+                    let v = _mm256_xor_si256(_mm256_load_si256(line(b, j).cast()), flip);
+                    let mag = _mm256_abs_epi8(v);
+                    for (r, d) in dot.iter_mut().enumerate() {
+                        let pairs = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x(r, j), v));
+                        *d = _mm256_add_epi32(*d, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            } else {
+                let mut s16 = [_mm256_setzero_si256(); MR];
+                for j in 0..QK / 4 {
+                    let wv = _mm256_load_si256(line(b, j).cast());
+                    for (r, s) in s16.iter_mut().enumerate() {
+                        *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(wv, x(r, j)));
+                    }
+                }
+                for (d, s) in dot.iter_mut().zip(&s16) {
+                    *d = _mm256_madd_epi16(*s, ones);
+                }
+            }
+            let dw = _mm256_load_ps(line(b, SCALES_LINE).cast());
+            let mw = _mm256_load_ps(line(b, MINS_LINE).cast());
+            for (r, (acc, &dot)) in acc.iter_mut().zip(&dot).enumerate() {
+                let at = (t.row0 + r) * nb + b;
+                let mut d = dot;
+                if off != 0 {
+                    d = _mm256_sub_epi32(d, _mm256_set1_epi32(off * *sums.add(at)));
+                }
+                *acc = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(d),
+                    _mm256_mul_ps(dw, _mm256_set1_ps(*ds.add(at))),
+                    *acc,
+                );
+                if has_mins {
+                    *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(*ss.add(at)), *acc);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let out = t.out.add(r * t.ldo + 8 * h);
+            if cols >= 8 * h + 8 {
+                _mm256_storeu_ps(out, *acc);
+            } else {
+                let mut tmp = [0.0f32; 8];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), *acc);
+                store_partial(out, &tmp, cols - 8 * h);
+            }
+        }
+    }
+}
