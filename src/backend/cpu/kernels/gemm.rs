@@ -17,6 +17,7 @@ use super::activations::QActs;
 use super::dispatch::Kernel;
 use super::gemm_panel::{Block, Line, MicroFn, PackFn, LINES_PER_BLOCK, MR, NR};
 use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, QK};
+use super::prefetch::{prefetch, Level};
 use super::QMatrix;
 
 /// Most rows per task on this path (the row-tile walk takes 64): each task unpacks its
@@ -92,9 +93,16 @@ pub unsafe fn run_task(
             );
             *cols = (w.n - group * GROUP).min(GROUP);
         }
+        // The next groups come from memory (a decode batch) or L2 while these are swept:
+        // each micro-kernel call asks for a share of them, so the loads overlap the
+        // compute instead of stalling the next packing.
+        let next = data.get((g + nr) * group_bytes..(g + nr + nr_max) * group_bytes).unwrap_or(&[]);
+        let share = next.len().div_ceil(rows.len().div_ceil(mr_max)).next_multiple_of(64);
         let mut row0 = rows.start;
         while row0 < rows.end {
             let mr = (rows.end - row0).min(mr_max);
+            let from = ((row0 - rows.start) / mr_max * share).min(next.len());
+            prefetch(&next[from..(from + share).min(next.len())], Level::L2);
             let block = Block {
                 panel: &panel[..nr * group_lines],
                 acts,
