@@ -5,7 +5,8 @@
 //! the portable kernel bit for bit on a small problem before it is chosen: a kernel this
 //! build machine cannot execute (AVX-512 on an AVX2-only host) is then still checked on
 //! the machine that first runs it. `INFLIGHT_KERNEL=avx2|portable|avx512vnni` caps the
-//! choice (e.g. to measure the AVX2 path on an AVX-512 host).
+//! choice (e.g. to measure the AVX2 path on an AVX-512 host). `INFLIGHT_AMX=1` lets the
+//! AVX-512 VNNI kernel hand its many-row tasks to AMX tiles (`amx_gemm`, opt-in).
 
 use std::sync::OnceLock;
 
@@ -86,6 +87,12 @@ fn select() -> Kernel {
             continue;
         }
         if kernel == Kernel::Portable || agrees_with_portable(kernel) {
+            // The AMX tiles (opt-in) take the VNNI kernel's many-rows work after their
+            // own check, run here so it happens at start-up too.
+            #[cfg(target_arch = "x86_64")]
+            if kernel == Kernel::Avx512Vnni {
+                super::amx_gemm::enabled();
+            }
             return kernel;
         }
         tracing::error!(

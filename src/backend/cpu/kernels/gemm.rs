@@ -72,6 +72,13 @@ pub unsafe fn run_task(
 ) {
     let format = w.format.id();
     debug_assert!(applies(kernel, format, rows.len()));
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512Vnni
+        && super::amx_gemm::applies(format, rows.len())
+        && super::amx_gemm::enabled()
+    {
+        return super::amx_gemm::run_task(&mut super::amx_gemm::Hardware, w, acts, rows, groups, out);
+    }
     let nb = w.k / QK;
     let group_lines = nb * LINES_PER_BLOCK;
     let group_bytes = w.format.group_bytes(w.k);

@@ -13,6 +13,8 @@
 
 mod activations;
 #[cfg(target_arch = "x86_64")]
+mod amx_gemm;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_gemm;
