@@ -105,8 +105,10 @@ fn gate_rows(gate: &[f32], up: &[f32], stride: usize, width: usize, rows: usize)
     out
 }
 
+/// `out = silu(g) · u`, element by element (each element's bits do not depend on the
+/// slices' lengths: the quantized matmul gates 16 at a time with it).
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma"))]
-fn swiglu(g: &[f32], u: &[f32], out: &mut [f32]) {
+pub fn swiglu(g: &[f32], u: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
         *o = silu(g) * u;
     }

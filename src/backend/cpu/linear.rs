@@ -6,6 +6,7 @@
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use super::elementwise::{swiglu, swiglu_rows};
 use super::kernels::{Activations, QMatrix};
 use crate::model::weights::{MatrixWeight, WeightSource};
 use crate::model::ModelError;
@@ -100,6 +101,31 @@ impl Linear {
                 let xt = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
                 Ok(mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?)
             }
+        }
+    }
+}
+
+impl Linear {
+    /// For a stack of gate and up projections (`width` outputs each): the rows of
+    /// `silu(gate) · up`, as [`Linear::forward`] followed by `swiglu_rows`, to the bit.
+    /// On the project's kernels with int8 activations the gate is applied inside the
+    /// matmul (`QMatrix::matmul_gated`), so the stack's outputs never reach memory.
+    pub fn forward_swiglu(
+        &self,
+        x: &[f32],
+        m: usize,
+        activations: Activations,
+        width: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        match &self.imp {
+            Imp::Kernel(q)
+                if activations == Activations::Int8 && q.n() == 2 * width && width.is_multiple_of(16) =>
+            {
+                let mut out = vec![0.0; m * width];
+                q.matmul_gated(x, m, width, swiglu, &mut out);
+                Ok(out)
+            }
+            _ => Ok(swiglu_rows(&self.forward(x, m, activations)?, width)),
         }
     }
 }

@@ -58,70 +58,126 @@ fn block_shape(kernel: Kernel, format: u8) -> (usize, usize) {
     (MR, NR)
 }
 
-/// Computes rows `rows` × the columns of `groups` of `out`, as `matmul::run_task`.
+/// Where a task's results go.
+#[derive(Clone, Copy)]
+pub enum Output {
+    /// Every output, row `r` at `r * n`.
+    Plain(*mut f32),
+    /// The stack of a gate and an up projection (`width` rows each, a multiple of 16),
+    /// gated: `gate(g, u, out)` of each row's matching 16 gate and up outputs, written
+    /// at `r * width`. The `2 · width` outputs themselves are never stored.
+    Gated { out: *mut f32, width: usize, gate: GateFn },
+}
+
+/// `out[j] = f(g[j], u[j])` for every `j` of equal-length slices; must give each
+/// element the same bits whatever the slices' lengths.
+pub type GateFn = fn(g: &[f32], u: &[f32], out: &mut [f32]);
+
+/// Computes rows `rows` of `output`: the columns of `groups` (for `Gated`, the gate's
+/// groups, each with its up group), as `matmul::run_task`.
 ///
 /// # Safety
-/// As `matmul::run_task`; `applies(kernel, w.format.id(), rows.len())` holds.
+/// As `matmul::run_task`: `output` points at the call's whole result and no other task
+/// writes these rows of these groups' columns. The rows may be fewer than
+/// `min_rows(kernel)` (a short last row chunk); `kernel` is AVX-512 VNNI or AVX2.
 pub unsafe fn run_task(
     kernel: Kernel,
     w: &QMatrix,
     acts: &QActs,
     rows: std::ops::Range<usize>,
     groups: std::ops::Range<usize>,
-    out: *mut f32,
+    output: Output,
 ) {
     let format = w.format.id();
-    debug_assert!(applies(kernel, format, rows.len()));
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512Vnni
-        && super::amx_gemm::applies(format, rows.len())
-        && super::amx_gemm::enabled()
-    {
-        return super::amx_gemm::run_task(&mut super::amx_gemm::Hardware, w, acts, rows, groups, out);
+    if let Output::Plain(out) = output {
+        if kernel == Kernel::Avx512Vnni
+            && super::amx_gemm::applies(format, rows.len())
+            && super::amx_gemm::enabled()
+        {
+            return super::amx_gemm::run_task(&mut super::amx_gemm::Hardware, w, acts, rows, groups, out);
+        }
     }
     let nb = w.k / QK;
     let group_lines = nb * LINES_PER_BLOCK;
     let group_bytes = w.format.group_bytes(w.k);
     let data = w.data.as_slice();
+    let bytes_of = |group: usize| data.get(group * group_bytes..(group + 1) * group_bytes).unwrap_or(&[]);
     let pack = select_pack(kernel, format);
     let (mr_max, nr_max) = block_shape(kernel, format);
     let mut panel = PANEL.with(Cell::take);
-    panel.resize(nr_max * group_lines, Line([0; 64]));
+    panel.resize(NR.max(nr_max) * group_lines, Line([0; 64]));
+    // A gated register block's outputs, `2 · GROUP` per row, before the gate.
+    let mut staged = [0.0f32; 2 * GROUP * MR];
     let mut g = groups.start;
     while g < groups.end {
-        let nr = (groups.end - g).min(nr_max);
+        // The groups swept together: `nr` consecutive ones, or a gate group and its up.
+        let (members, nr, next): ([usize; NR], usize, [usize; NR]) = match output {
+            Output::Plain(_) => {
+                let nr = (groups.end - g).min(nr_max);
+                ([g, g + 1], nr, [g + nr, g + nr + 1])
+            }
+            Output::Gated { width, .. } => {
+                let up = width / GROUP;
+                ([g, g + up], 2, [g + 1, g + 1 + up])
+            }
+        };
         let mut ncols = [0; NR];
-        for (n, cols) in ncols.iter_mut().enumerate().take(nr) {
-            let group = g + n;
-            pack(
-                &data[group * group_bytes..(group + 1) * group_bytes],
-                nb,
-                &mut panel[n * group_lines..][..group_lines],
-            );
+        for (n, (&group, cols)) in members.iter().zip(&mut ncols).enumerate().take(nr) {
+            pack(bytes_of(group), nb, &mut panel[n * group_lines..][..group_lines]);
             *cols = (w.n - group * GROUP).min(GROUP);
         }
         // The next groups come from memory (a decode batch) or L2 while these are swept:
         // each micro-kernel call asks for a share of them, so the loads overlap the
         // compute instead of stalling the next packing.
-        let next = data.get((g + nr) * group_bytes..(g + nr + nr_max) * group_bytes).unwrap_or(&[]);
-        let share = next.len().div_ceil(rows.len().div_ceil(mr_max)).next_multiple_of(64);
+        let ahead = match output {
+            Output::Plain(_) => [bytes_of(next[0]), if nr_max > 1 { bytes_of(next[1]) } else { &[] }],
+            Output::Gated { .. } => [bytes_of(next[0]), bytes_of(next[1])],
+        };
+        let calls = rows.len().div_ceil(mr_max);
+        let shares = ahead.map(|a| a.len().div_ceil(calls).next_multiple_of(64));
         let mut row0 = rows.start;
         while row0 < rows.end {
             let mr = (rows.end - row0).min(mr_max);
-            let from = ((row0 - rows.start) / mr_max * share).min(next.len());
-            prefetch(&next[from..(from + share).min(next.len())], Level::L2);
-            let block = Block {
-                panel: &panel[..nr * group_lines],
-                acts,
-                row0,
-                out: out.add(row0 * w.n + g * GROUP),
-                ldo: w.n,
-                ncols,
+            let call = (row0 - rows.start) / mr_max;
+            for (a, share) in ahead.iter().zip(shares) {
+                let from = (call * share).min(a.len());
+                prefetch(&a[from..(from + share).min(a.len())], Level::L2);
+            }
+            let (dst, ldo) = match output {
+                Output::Plain(out) => (out.add(row0 * w.n + g * GROUP), w.n),
+                Output::Gated { .. } => (staged.as_mut_ptr(), 2 * GROUP),
             };
-            select_micro(kernel, format, mr, nr)(&block);
+            if nr <= nr_max {
+                let block = Block { panel: &panel[..nr * group_lines], acts, row0, out: dst, ldo, ncols };
+                select_micro(kernel, format, mr, nr)(&block);
+            } else {
+                // A kernel that sweeps one group at a time (AVX2), through a gated pair.
+                for n in 0..nr {
+                    let block = Block {
+                        panel: &panel[n * group_lines..][..group_lines],
+                        acts,
+                        row0,
+                        out: dst.add(n * GROUP),
+                        ldo,
+                        ncols: [ncols[n], 0],
+                    };
+                    select_micro(kernel, format, mr, 1)(&block);
+                }
+            }
+            if let Output::Gated { out, width, gate } = output {
+                for (r, both) in staged.chunks_exact(2 * GROUP).take(mr).enumerate() {
+                    let (gates, ups) = both.split_at(GROUP);
+                    let dst = std::slice::from_raw_parts_mut(out.add((row0 + r) * width + g * GROUP), GROUP);
+                    gate(gates, ups, dst);
+                }
+            }
             row0 += mr;
         }
-        g += nr;
+        g += match output {
+            Output::Plain(_) => nr,
+            Output::Gated { .. } => 1,
+        };
     }
     PANEL.with(|p| p.set(panel));
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::activations::QActs;
 use super::dispatch::Kernel;
-use super::gemm;
+use super::gemm::{self, GateFn};
 use super::layout::{GROUP, QK};
 use super::prefetch::{prefetch, Level};
 use super::select;
@@ -38,6 +38,13 @@ pub(super) struct OutPtr(pub(super) *mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer (a method, so a closure captures the `Sync` wrapper, not the field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// How `m × groups` is cut into tasks.
 #[derive(Debug, PartialEq)]
 pub(super) struct Plan {
@@ -60,25 +67,73 @@ impl Plan {
 
 /// `out = x · Wᵀ` with `kernel`. The caller has checked the slice lengths.
 pub fn run(kernel: Kernel, w: &QMatrix, x: &[f32], m: usize, out: &mut [f32]) {
-    if m == 0 || w.n == 0 {
+    let row_chunk = if gemm::applies(kernel, w.format.id(), m) { gemm::ROW_CHUNK } else { ROW_CHUNK };
+    let out = OutPtr(out.as_mut_ptr());
+    drive(kernel, w, x, m, w.groups, row_chunk, |acts, rows, groups| {
+        // SAFETY: tasks cover disjoint (rows, groups) rectangles of `out`, which has
+        // m * n elements.
+        unsafe { run_task(kernel, w, acts, rows, groups, out) }
+    });
+}
+
+/// For `w` the stack of a gate and an up projection of `width` rows each (a multiple
+/// of 16): `out[i * width + j] = gate(g, u)` of row `i`'s gate and up outputs `j`, the
+/// same bits as [`run`] followed by `gate` over each row. On the many-rows path the
+/// gate is applied as each register block is finished, so the stack's outputs are
+/// never written out; the row-tile walk computes the stack and gates it after.
+pub fn run_gated(
+    kernel: Kernel,
+    w: &QMatrix,
+    x: &[f32],
+    m: usize,
+    width: usize,
+    gate: GateFn,
+    out: &mut [f32],
+) {
+    if !gemm::applies(kernel, w.format.id(), m) {
+        let mut both = vec![0.0; m * w.n];
+        run(kernel, w, x, m, &mut both);
+        for (row, o) in both.chunks_exact(2 * width).zip(out.chunks_exact_mut(width)) {
+            let (g, u) = row.split_at(width);
+            gate(g, u, o);
+        }
+        return;
+    }
+    let out = OutPtr(out.as_mut_ptr());
+    drive(kernel, w, x, m, width / GROUP, gemm::ROW_CHUNK, |acts, rows, groups| {
+        let output = gemm::Output::Gated { out: out.ptr(), width, gate };
+        // SAFETY: tasks cover disjoint (rows, gate groups) rectangles of `out`, which
+        // has m * width elements.
+        unsafe { gemm::run_task(kernel, w, acts, rows, groups, output) }
+    });
+}
+
+/// Quantizes `x` once, cuts `m` rows × `groups` into tasks and runs `task(acts, rows,
+/// groups)` for each on rayon's threads.
+fn drive(
+    kernel: Kernel,
+    w: &QMatrix,
+    x: &[f32],
+    m: usize,
+    groups: usize,
+    row_chunk: usize,
+    task: impl Fn(&QActs, std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
+) {
+    if m == 0 || groups == 0 {
         return;
     }
     // Taken, not borrowed: a nested call on this thread (rayon may run another task
     // here while this one waits) then simply starts with an empty buffer.
     let mut acts = SCRATCH.with(Cell::take);
     acts.quantize(kernel, x, m, w.k);
-    let row_chunk = if gemm::applies(kernel, w.format.id(), m) { gemm::ROW_CHUNK } else { ROW_CHUNK };
-    let plan = Plan::new(m, w.groups, rayon::current_num_threads(), row_chunk);
-    let out = OutPtr(out.as_mut_ptr());
+    let plan = Plan::new(m, groups, rayon::current_num_threads(), row_chunk);
     let tasks = plan.row_chunks * plan.group_chunks;
     let acts_ref = &acts;
-    let body = |task: usize| {
-        let (rc, gc) = (task / plan.group_chunks, task % plan.group_chunks);
+    let body = |t: usize| {
+        let (rc, gc) = (t / plan.group_chunks, t % plan.group_chunks);
         let rows = rc * plan.rows_per_task..((rc + 1) * plan.rows_per_task).min(m);
-        let groups = gc * plan.groups_per_task..((gc + 1) * plan.groups_per_task).min(w.groups);
-        // SAFETY: tasks cover disjoint (rows, groups) rectangles of `out`, which has
-        // m * n elements.
-        unsafe { run_task(kernel, w, acts_ref, rows, groups, out) };
+        let range = gc * plan.groups_per_task..((gc + 1) * plan.groups_per_task).min(groups);
+        task(acts_ref, rows, range);
     };
     if tasks == 1 {
         body(0);
@@ -101,7 +156,7 @@ unsafe fn run_task(
 ) {
     let format = w.format.id();
     if gemm::applies(kernel, format, rows.len()) {
-        return gemm::run_task(kernel, w, acts, rows, groups, out.0);
+        return gemm::run_task(kernel, w, acts, rows, groups, gemm::Output::Plain(out.0));
     }
     let tile_rows = select::rows_for(kernel, format);
     let full = select::select(kernel, format, tile_rows);

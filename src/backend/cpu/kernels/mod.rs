@@ -40,6 +40,7 @@ mod tile;
 use candle_core::quantized::{GgmlDType, QTensor};
 
 pub use dispatch::{kernel_name, selected as selected_kernel, Kernel};
+pub use gemm::GateFn;
 pub use layout::WeightFormat;
 
 use layout::{AlignedBytes, GROUP};
@@ -200,6 +201,39 @@ impl QMatrix {
         assert_eq!(out.len(), m * self.n, "output is not {m}x{}", self.n);
         assert!(kernel.is_available(), "{} kernel unavailable", kernel.name());
         matmul::run(kernel, self, x, m, out)
+    }
+
+    /// For a stack of a gate and an up projection of `width` rows each (see
+    /// [`QMatrix::stack`]): `out[i * width + j] = gate(g, u)` of row `i`'s gate and up
+    /// outputs `j`, the same bits as [`QMatrix::matmul`] followed by `gate` over each
+    /// row. Prefill chunks and large batches gate each register block as it is
+    /// finished, so the `2 · width` outputs per row are never written to memory.
+    ///
+    /// # Panics
+    /// If `n != 2 · width`, `width` is not a multiple of 16, or the slices are not
+    /// `m × k` and `m × width`; and if `kernel` is not available on this CPU.
+    pub fn matmul_gated_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        width: usize,
+        gate: GateFn,
+        out: &mut [f32],
+    ) {
+        assert!(
+            self.n == 2 * width && width.is_multiple_of(GROUP),
+            "{self:?} is not a gate and up stack of {width}"
+        );
+        assert_eq!(x.len(), m * self.k, "activations are not {m}x{}", self.k);
+        assert_eq!(out.len(), m * width, "output is not {m}x{width}");
+        assert!(kernel.is_available(), "{} kernel unavailable", kernel.name());
+        matmul::run_gated(kernel, self, x, m, width, gate, out)
+    }
+
+    /// [`QMatrix::matmul_gated_with`] on this process's kernel.
+    pub fn matmul_gated(&self, x: &[f32], m: usize, width: usize, gate: GateFn, out: &mut [f32]) {
+        self.matmul_gated_with(dispatch::selected(), x, m, width, gate, out)
     }
 
     /// Row `row` of W as floats (an embedding lookup on a tied embedding matrix).

@@ -333,6 +333,39 @@ fn every_row_count_matches_portable_exactly() {
     }
 }
 
+/// The gated matmul of a gate and up stack against the plain one followed by the gate,
+/// bit for bit, on every kernel and on both sides of each many-rows threshold.
+#[test]
+fn a_gated_stack_equals_the_plain_matmul_then_the_gate() {
+    fn gate(g: &[f32], u: &[f32], out: &mut [f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+            *o = g.tanh() * u + g;
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(23);
+    for dtype in DTYPES {
+        let (width, k) = (48, whole_blocks(dtype, 256));
+        let gate_w = QMatrix::from_qtensor(&quantized(&mut rng, width, k, dtype).0).unwrap().unwrap();
+        let up_w = QMatrix::from_qtensor(&quantized(&mut rng, width, k, dtype).0).unwrap().unwrap();
+        let stack = QMatrix::stack(&[&gate_w, &up_w]).unwrap();
+        let x = random(&mut rng, 300 * k);
+        for m in [1, 5, 8, 13, 40, 127, 128, 131, 300] {
+            let x = &x[..m * k];
+            for kernel in Kernel::available() {
+                let mut both = vec![0.0; m * 2 * width];
+                stack.matmul_with(kernel, x, m, &mut both);
+                let mut want = vec![0.0; m * width];
+                for (row, o) in both.chunks(2 * width).zip(want.chunks_mut(width)) {
+                    gate(&row[..width], &row[width..], o);
+                }
+                let mut got = vec![f32::NAN; m * width];
+                stack.matmul_gated_with(kernel, x, m, width, gate, &mut got);
+                assert_eq!(got, want, "{dtype:?} m={m} {}", kernel.name());
+            }
+        }
+    }
+}
+
 /// A row's output is the same bits whatever rows share its call: alone, among 64, or
 /// among a different 23 at another position (so on other paths and in other tiles).
 #[test]
