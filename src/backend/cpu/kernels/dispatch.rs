@@ -6,7 +6,8 @@
 //! build machine cannot execute (AVX-512 on an AVX2-only host) is then still checked on
 //! the machine that first runs it. `INFLIGHT_KERNEL=avx2|portable|avx512vnni` caps the
 //! choice (e.g. to measure the AVX2 path on an AVX-512 host). `INFLIGHT_AMX=1` lets the
-//! AVX-512 VNNI kernel hand its many-row tasks to AMX tiles (`amx_gemm`, opt-in).
+//! AVX-512 VNNI kernel hand its many-row tasks to AMX tiles (`amx_gemm`, opt-in; its
+//! own check runs where the kernel's name is first asked for, `kernels::kernel_name`).
 
 use std::sync::OnceLock;
 
@@ -66,11 +67,6 @@ pub fn selected() -> Kernel {
     *SELECTED.get_or_init(select)
 }
 
-/// Name of the selected kernel, for logs.
-pub fn kernel_name() -> &'static str {
-    selected().name()
-}
-
 fn select() -> Kernel {
     let cap = std::env::var("INFLIGHT_KERNEL").ok();
     let cap = match cap.as_deref().map(|s| (s, Kernel::parse(s))) {
@@ -87,12 +83,6 @@ fn select() -> Kernel {
             continue;
         }
         if kernel == Kernel::Portable || agrees_with_portable(kernel) {
-            // The AMX tiles (opt-in) take the VNNI kernel's many-rows work after their
-            // own check, run here so it happens at start-up too.
-            #[cfg(target_arch = "x86_64")]
-            if kernel == Kernel::Avx512Vnni {
-                super::amx_gemm::enabled();
-            }
             return kernel;
         }
         tracing::error!(
@@ -107,9 +97,12 @@ fn select() -> Kernel {
 /// ragged last group and several row tiles, with few rows and with as many as the
 /// many-rows path (`gemm`) takes, and compares the results exactly.
 fn agrees_with_portable(kernel: Kernel) -> bool {
-    let tall = super::gemm::min_rows(kernel) + 3;
-    [11, tall].into_iter().all(|m| agrees_on(kernel, m))
+    [11, SELF_CHECK_TALL_ROWS].into_iter().all(|m| agrees_on(kernel, m))
 }
+
+/// Rows of the self-check's second problem: above every kernel's many-rows threshold
+/// (`gemm::min_rows`, whose tests hold it to this).
+pub const SELF_CHECK_TALL_ROWS: usize = 131;
 
 fn agrees_on(kernel: Kernel, m: usize) -> bool {
     let (n, k) = (21, 256);

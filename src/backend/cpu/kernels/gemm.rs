@@ -263,3 +263,15 @@ fn select_micro(kernel: Kernel, format: u8, mr: usize, nr: usize) -> MicroFn {
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the many-rows path is x86-64 only (`applies`)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_self_check_reaches_every_kernels_many_rows_path() {
+        for kernel in Kernel::ALL {
+            assert!(min_rows(kernel) < super::super::dispatch::SELF_CHECK_TALL_ROWS, "{}", kernel.name());
+        }
+    }
+}

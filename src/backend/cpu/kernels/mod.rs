@@ -39,7 +39,7 @@ mod tile;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 
-pub use dispatch::{kernel_name, selected as selected_kernel, Kernel};
+pub use dispatch::{selected as selected_kernel, Kernel};
 pub use gemm::GateFn;
 pub use layout::WeightFormat;
 
@@ -55,6 +55,17 @@ pub enum KernelError {
     CannotStack { what: String },
     #[error("reading quantized tensor data: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+/// The kernel this process runs, for logs: decided on first call with its start-up
+/// self-checks, including the opt-in AMX tiles' (`avx512vnni+amx` when they are used).
+pub fn kernel_name() -> &'static str {
+    let kernel = dispatch::selected();
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512Vnni && amx_gemm::enabled() {
+        return "avx512vnni+amx";
+    }
+    kernel.name()
 }
 
 /// How the activations meet the quantized weights in a matrix multiplication.
