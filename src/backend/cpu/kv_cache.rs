@@ -71,51 +71,36 @@ impl LayerKv {
         }
     }
 
-    /// Stores one position's K and V values for one KV head at `slot`, converted to the
-    /// cache's type: V as a row, K as a column of the region (stride `block_size`).
-    pub fn store(&mut self, slot: Slot, block_size: usize, k_row: &[f32], v_row: &[f32]) {
-        fn scatter<T: Copy>(k: &mut [T], slot: Slot, block_size: usize, values: &[T]) {
-            let column = k[slot.region + slot.index..].iter_mut().step_by(block_size);
-            for (dst, &x) in column.zip(values) {
-                *dst = x;
+    /// Mutable views of `blocks` (strictly increasing block numbers), K and V, a block
+    /// (`block_len` values: all its KV heads' regions) each: writers on several threads
+    /// each hold their own blocks.
+    ///
+    /// # Panics
+    /// If the blocks are not strictly increasing or lie outside the pool.
+    pub fn blocks_mut(&mut self, blocks: &[usize], block_len: usize) -> Vec<BlockMut<'_>> {
+        fn split<'a, T>(mut rest: &'a mut [T], blocks: &[usize], len: usize) -> Vec<&'a mut [T]> {
+            let mut at = 0;
+            let mut out = Vec::with_capacity(blocks.len());
+            for &b in blocks {
+                assert!(b * len >= at, "blocks {blocks:?} not strictly increasing");
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(b * len - at);
+                let (block, tail) = tail.split_at_mut(len);
+                out.push(block);
+                (rest, at) = (tail, (b + 1) * len);
             }
+            out
         }
-        let (d, at) = (v_row.len(), slot.region + slot.index * v_row.len());
         match self {
-            LayerKv::F32 { k, v } => {
-                v[at..at + d].copy_from_slice(v_row);
-                scatter(k, slot, block_size, k_row);
-            }
-            LayerKv::F16 { k, v } => {
-                v[at..at + d].convert_from_f32_slice(v_row);
-                // Converted as a row (vectorised), then spread over the column.
-                const CHUNK: usize = 256;
-                let mut narrow = [f16::ZERO; CHUNK];
-                for (part, values) in k_row.chunks(CHUNK).enumerate() {
-                    let narrow = &mut narrow[..values.len()];
-                    narrow.convert_from_f32_slice(values);
-                    let slot = Slot { region: slot.region + part * CHUNK * block_size, ..slot };
-                    scatter(k, slot, block_size, narrow);
-                }
-            }
-        }
-    }
-
-    /// Asks for the lines a [`LayerKv::store`] at `slot` writes to be brought into L1:
-    /// the V row of `d` values, and with `whole_k` the K region of `n` values (a K
-    /// column touches a line of nearly every value; later stores to the same block find
-    /// them in cache).
-    pub fn prefetch_slot(&self, slot: Slot, d: usize, whole_k: bool, n: usize) {
-        fn lines<T>(k: &[T], v: &[T], k_span: std::ops::Range<usize>, v_span: std::ops::Range<usize>) {
-            use crate::backend::cpu::kernels::prefetch::{prefetch, Level};
-            prefetch(k.get(k_span).unwrap_or(&[]), Level::L1);
-            prefetch(v.get(v_span).unwrap_or(&[]), Level::L1);
-        }
-        let k_span = if whole_k { slot.region..slot.region + n } else { 0..0 };
-        let v_at = slot.region + slot.index * d;
-        match self {
-            LayerKv::F32 { k, v } => lines(k, v, k_span, v_at..v_at + d),
-            LayerKv::F16 { k, v } => lines(k, v, k_span, v_at..v_at + d),
+            LayerKv::F32 { k, v } => split(k, blocks, block_len)
+                .into_iter()
+                .zip(split(v, blocks, block_len))
+                .map(|(k, v)| BlockMut::F32 { k, v })
+                .collect(),
+            LayerKv::F16 { k, v } => split(k, blocks, block_len)
+                .into_iter()
+                .zip(split(v, blocks, block_len))
+                .map(|(k, v)| BlockMut::F16 { k, v })
+                .collect(),
         }
     }
 
@@ -129,6 +114,62 @@ impl LayerKv {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One block of one layer's K and V (see [`LayerKv::blocks_mut`]); regions are
+/// offsets from the block's start.
+pub enum BlockMut<'a> {
+    F32 { k: &'a mut [f32], v: &'a mut [f32] },
+    F16 { k: &'a mut [f16], v: &'a mut [f16] },
+}
+
+impl BlockMut<'_> {
+    /// Stores one position's K and V values for the KV head whose region starts at
+    /// `region`, at `index` in the block, converted to the cache's type: V as a row, K
+    /// as a column of the region (stride `block_size`).
+    pub fn store(&mut self, region: usize, index: usize, block_size: usize, k_row: &[f32], v_row: &[f32]) {
+        fn scatter<T: Copy>(k: &mut [T], at: usize, block_size: usize, values: &[T]) {
+            for (dst, &x) in k[at..].iter_mut().step_by(block_size).zip(values) {
+                *dst = x;
+            }
+        }
+        let (d, at) = (v_row.len(), region + index * v_row.len());
+        match self {
+            BlockMut::F32 { k, v } => {
+                v[at..at + d].copy_from_slice(v_row);
+                scatter(k, region + index, block_size, k_row);
+            }
+            BlockMut::F16 { k, v } => {
+                v[at..at + d].convert_from_f32_slice(v_row);
+                // Converted as a row (vectorised), then spread over the column.
+                const CHUNK: usize = 256;
+                let mut narrow = [f16::ZERO; CHUNK];
+                for (part, values) in k_row.chunks(CHUNK).enumerate() {
+                    let narrow = &mut narrow[..values.len()];
+                    narrow.convert_from_f32_slice(values);
+                    scatter(k, region + part * CHUNK * block_size + index, block_size, narrow);
+                }
+            }
+        }
+    }
+
+    /// Asks for the lines a [`BlockMut::store`] at (`region`, `index`) writes to be
+    /// brought into L1: the V row of `d` values, and with `whole_k` the K region of
+    /// `n` values (a K column touches a line of nearly every value; later stores to the
+    /// same region find them in cache).
+    pub fn prefetch(&self, region: usize, index: usize, d: usize, whole_k: bool, n: usize) {
+        fn lines<T>(k: &[T], v: &[T], k_span: std::ops::Range<usize>, v_span: std::ops::Range<usize>) {
+            use crate::backend::cpu::kernels::prefetch::{prefetch, Level};
+            prefetch(k.get(k_span).unwrap_or(&[]), Level::L1);
+            prefetch(v.get(v_span).unwrap_or(&[]), Level::L1);
+        }
+        let k_span = if whole_k { region..region + n } else { 0..0 };
+        let v_at = region + index * d;
+        match self {
+            BlockMut::F32 { k, v } => lines(k, v, k_span, v_at..v_at + d),
+            BlockMut::F16 { k, v } => lines(k, v, k_span, v_at..v_at + d),
+        }
     }
 }
 
@@ -259,6 +300,32 @@ mod tests {
         assert!(seen.iter().all(|&x| x), "the regions cover the pool");
     }
 
+    #[test]
+    fn block_views_are_the_blocks_asked_for() {
+        let mut c = cache(2, 4, 4, 6);
+        let block_len = 4 * c.kv_dim();
+        let mut views = c.layer_mut(0).blocks_mut(&[0, 2, 5], block_len);
+        for (view, tag) in views.iter_mut().zip([1.0, 2.0, 3.0]) {
+            match view {
+                BlockMut::F32 { k, v } => {
+                    assert_eq!((k.len(), v.len()), (block_len, block_len));
+                    k.fill(tag);
+                    v.fill(-tag);
+                }
+                BlockMut::F16 { .. } => unreachable!("an f32 cache"),
+            }
+        }
+        let LayerKv::F32 { k, v } = c.layer(0) else { unreachable!() };
+        for b in 0..6 {
+            let want = [(0, 1.0), (2, 2.0), (5, 3.0)].iter().find(|&&(x, _)| x == b).map_or(0.0, |&(_, t)| t);
+            let range = b * block_len..(b + 1) * block_len;
+            assert!(
+                k[range.clone()].iter().all(|&x| x == want) && v[range].iter().all(|&x| x == -want),
+                "block {b}"
+            );
+        }
+    }
+
     /// V is stored a position per row, K a position per column, in both dtypes.
     #[test]
     fn store_puts_v_in_rows_and_k_in_columns() {
@@ -266,7 +333,9 @@ mod tests {
             let cfg = LlamaConfig::tiny(2, 2, 3);
             let mut c = PagedKvCache::new(&cfg, 4, 2, dtype);
             let slot = c.slot(&[1, 0], 2, 1);
-            c.layer_mut(0).store(slot, 4, &[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);
+            let block_len = 4 * c.kv_dim();
+            let mut blocks = c.layer_mut(0).blocks_mut(&[1], block_len);
+            blocks[0].store(slot.region - block_len, slot.index, 4, &[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);
             let (k, v): (Vec<f32>, Vec<f32>) = match c.layer(0) {
                 LayerKv::F32 { k, v } => (k.clone(), v.clone()),
                 LayerKv::F16 { k, v } => {
