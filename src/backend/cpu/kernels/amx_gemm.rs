@@ -191,31 +191,20 @@ fn request_tile_data() -> bool {
 /// Runs the formats this path takes through `tiles` and the portable kernel, with a
 /// ragged last group and a ragged last tile of rows, and compares the results exactly.
 pub fn agrees_with_portable<T: Tiles>(tiles: impl Fn() -> T) -> bool {
-    use super::dispatch::Kernel;
+    use super::dispatch::{self_check_activations, self_check_matrix, Kernel, SELF_CHECK_K};
     use super::layout::WeightFormat;
-    let (n, k, m) = (21, 256, TILE_ROWS + 7);
-    let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+    let m = TILE_ROWS + 7;
+    let x = self_check_activations(m);
     [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q4K, WeightFormat::Q8_0].into_iter().all(
         |format| {
-            let block = format.gguf_block_bytes();
-            let bytes: Vec<u8> = (0..n * format.gguf_row_bytes(k))
-                .map(|i| match (format, i % block) {
-                    (_, 0) => 0x00,
-                    (_, 1) => 0x2c,
-                    (WeightFormat::Q4_1, 2) | (WeightFormat::Q4K, 2) => 0x00,
-                    (WeightFormat::Q4_1, 3) => 0xac,
-                    (WeightFormat::Q4K, 3) => 0x2c,
-                    _ => (i * 73 % 251) as u8,
-                })
-                .collect();
-            let Ok(w) = QMatrix::from_raw(format, n, k, &bytes) else {
+            let Some(w) = self_check_matrix(format) else {
                 return false;
             };
-            let mut want = vec![0.0; m * n];
+            let mut want = vec![0.0; m * w.n];
             w.matmul_with(Kernel::Portable, &x, m, &mut want);
             let mut acts = QActs::default();
-            acts.quantize(Kernel::Portable, &x, m, k);
-            let mut got = vec![f32::NAN; m * n];
+            acts.quantize(Kernel::Portable, &x, m, SELF_CHECK_K);
+            let mut got = vec![f32::NAN; m * w.n];
             // SAFETY: AVX-512 is available (checked by the callers), `got` holds m × n.
             unsafe { run_task(&mut tiles(), &w, &acts, 0..m, 0..w.groups, got.as_mut_ptr()) };
             want == got

@@ -105,35 +105,50 @@ fn agrees_with_portable(kernel: Kernel) -> bool {
 pub const SELF_CHECK_TALL_ROWS: usize = 131;
 
 fn agrees_on(kernel: Kernel, m: usize) -> bool {
-    let (n, k) = (21, 256);
-    let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+    let x = self_check_activations(m);
     WeightFormat::ALL.into_iter().all(|format| {
-        let block = format.gguf_block_bytes();
-        let bytes: Vec<u8> = (0..n * format.gguf_row_bytes(k))
-            .map(|i| match (format, i % block) {
-                // Scales: small positive f16 (0x2c00 ≈ 0.0625); Q4_1 and Q5_1 minimums
-                // negative (Q4_K subtracts its positive `dmin`).
-                (_, 0) => 0x00,
-                (_, 1) => 0x2c,
-                (WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4K, 2) => 0x00,
-                (WeightFormat::Q4_1 | WeightFormat::Q5_1, 3) => 0xac,
-                (WeightFormat::Q4K, 3) => 0x2c,
-                // Q6_K keeps its f16 `d` last: 0x2c00 again.
-                (WeightFormat::Q6K, 0..=207) => (i * 73 % 251) as u8,
-                (WeightFormat::Q6K, 208) => 0x00,
-                (WeightFormat::Q6K, _) => 0x2c,
-                _ => (i * 73 % 251) as u8,
-            })
-            .collect();
-        let Ok(w) = QMatrix::from_raw(format, n, k, &bytes) else {
+        let Some(w) = self_check_matrix(format) else {
             return false;
         };
-        let mut want = vec![0.0; m * n];
-        let mut got = vec![0.0; m * n];
+        let mut want = vec![0.0; m * w.n];
+        let mut got = vec![0.0; m * w.n];
         w.matmul_with(Kernel::Portable, &x, m, &mut want);
         w.matmul_with(kernel, &x, m, &mut got);
         want == got
     })
+}
+
+/// The self-checks' weights in `format` (`SELF_CHECK_K` values, 21 rows: a ragged last
+/// group), with small positive scales and negative minimums; `None` if they do not
+/// repack.
+pub fn self_check_matrix(format: WeightFormat) -> Option<QMatrix> {
+    let (n, k) = (21, SELF_CHECK_K);
+    let block = format.gguf_block_bytes();
+    let bytes: Vec<u8> = (0..n * format.gguf_row_bytes(k))
+        .map(|i| match (format, i % block) {
+            // Scales: small positive f16 (0x2c00 ≈ 0.0625); Q4_1 and Q5_1 minimums
+            // negative (Q4_K subtracts its positive `dmin`).
+            (_, 0) => 0x00,
+            (_, 1) => 0x2c,
+            (WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4K, 2) => 0x00,
+            (WeightFormat::Q4_1 | WeightFormat::Q5_1, 3) => 0xac,
+            (WeightFormat::Q4K, 3) => 0x2c,
+            // Q6_K keeps its f16 `d` last: 0x2c00 again.
+            (WeightFormat::Q6K, 0..=207) => (i * 73 % 251) as u8,
+            (WeightFormat::Q6K, 208) => 0x00,
+            (WeightFormat::Q6K, _) => 0x2c,
+            _ => (i * 73 % 251) as u8,
+        })
+        .collect();
+    QMatrix::from_raw(format, n, k, &bytes).ok()
+}
+
+/// Values per row of the self-checks' weights and activations.
+pub const SELF_CHECK_K: usize = 256;
+
+/// The self-checks' activations: `m` rows of `SELF_CHECK_K`.
+pub fn self_check_activations(m: usize) -> Vec<f32> {
+    (0..m * SELF_CHECK_K).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect()
 }
 
 #[cfg(test)]
