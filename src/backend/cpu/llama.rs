@@ -96,7 +96,7 @@ impl Attention {
         profile::time(Section::RopeKvWrite, || {
             step.rope.apply(&mut q, step.shape.num_heads, &step.angles);
             step.rope.apply(&mut k, step.shape.num_kv_heads, &step.angles);
-            attention::write_kv(kv, layer, step.seqs, &k, &v);
+            attention::write_kv(kv, layer, &step.kv_writes, &k, &v);
         });
         let mut out = vec![0.0; q.len()];
         profile::time(Section::Attention, || {
@@ -195,6 +195,8 @@ impl Block {
 struct StepContext<'a> {
     num_tokens: usize,
     seqs: &'a [SeqStep<'a>],
+    /// Where each layer's K and V rows go in the cache.
+    kv_writes: attention::KvWrites,
     rope: &'a Rope,
     angles: crate::model::rope::RopeAngles,
     shape: AttentionShape,
@@ -286,6 +288,7 @@ impl Llama {
         let step = StepContext {
             num_tokens: packed.num_tokens(),
             seqs: &batch.seqs,
+            kv_writes: attention::KvWrites::new(kv.block_size(), &batch.seqs),
             rope: &self.rope,
             angles: self.rope.angles(&packed.positions),
             shape: AttentionShape {

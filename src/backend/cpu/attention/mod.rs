@@ -34,45 +34,67 @@ pub struct AttentionShape {
 /// (each with its own slice of the cache) per task.
 const PARALLEL_WRITE_ROWS: usize = 64;
 
+/// Where a step's token rows go in the cache, grouped by block (a block belongs to one
+/// sequence; its rows keep their order): worked out once per step, used by every
+/// layer's [`write_kv`].
+pub struct KvWrites {
+    /// (block, index in the block, token row), sorted by block.
+    rows: Vec<(usize, usize, usize)>,
+    /// Each block's rows: a run of `rows`.
+    runs: Vec<std::ops::Range<usize>>,
+    /// The blocks, strictly increasing.
+    blocks: Vec<usize>,
+}
+
+impl KvWrites {
+    pub fn new(block_size: usize, seqs: &[SeqStep]) -> KvWrites {
+        let mut rows: Vec<(usize, usize, usize)> = seqs
+            .iter()
+            .flat_map(|s| (0..s.tokens.len()).map(move |i| (s, s.start_pos + i)))
+            .enumerate()
+            .map(|(row, (s, pos))| (s.block_table[pos / block_size] as usize, pos % block_size, row))
+            .collect();
+        rows.sort_by_key(|&(block, _, _)| block);
+        let (mut runs, mut blocks) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for run in rows.chunk_by(|a, b| a.0 == b.0) {
+            blocks.push(run[0].0);
+            runs.push(at..at + run.len());
+            at += run.len();
+        }
+        KvWrites { rows, runs, blocks }
+    }
+}
+
 /// Stores the step's K and V rows (`kv_dim` values per token, head after head) in
-/// the cache.
-pub fn write_kv(cache: &mut PagedKvCache, layer: usize, seqs: &[SeqStep], k: &[f32], v: &[f32]) {
+/// the cache, where `plan` (made for this cache's block size) says.
+pub fn write_kv(cache: &mut PagedKvCache, layer: usize, plan: &KvWrites, k: &[f32], v: &[f32]) {
     let (kv_dim, d, bs) = (cache.kv_dim(), cache.head_dim(), cache.block_size());
     let heads = kv_dim / d;
-    // Every token row as (block, index in the block, row), grouped by block: a block
-    // belongs to one sequence, and its rows stay in their order.
-    let mut rows: Vec<(usize, usize, usize)> = seqs
-        .iter()
-        .flat_map(|s| (0..s.tokens.len()).map(move |i| (s, s.start_pos + i)))
-        .enumerate()
-        .map(|(row, (s, pos))| (s.block_table[pos / bs] as usize, pos % bs, row))
-        .collect();
-    rows.sort_by_key(|&(block, _, _)| block);
-    let runs: Vec<&[(usize, usize, usize)]> = rows.chunk_by(|a, b| a.0 == b.0).collect();
-    let blocks: Vec<usize> = runs.iter().map(|run| run[0].0).collect();
     let region_len = bs * d;
-    let mut views = cache.layer_mut(layer).blocks_mut(&blocks, heads * region_len);
-    let write = |(view, run): (&mut BlockMut, &&[(usize, usize, usize)])| {
+    let mut views = cache.layer_mut(layer).blocks_mut(&plan.blocks, heads * region_len);
+    let write = |(view, run): (&mut BlockMut, &std::ops::Range<usize>)| {
+        let run = &plan.rows[run.clone()];
         // The destination rows are cold (often in DRAM); requesting them all first
         // lets their misses overlap instead of stalling the stores one row at a time.
         // A K column touches most of its region, which is asked for once.
         for h in 0..heads {
             view.prefetch(h * region_len, 0, 0, true, region_len);
-            for &(_, index, _) in run.iter() {
+            for &(_, index, _) in run {
                 view.prefetch(h * region_len, index, d, false, 0);
             }
         }
-        for &(_, index, row) in run.iter() {
+        for &(_, index, row) in run {
             for h in 0..heads {
                 let src = (row * heads + h) * d..(row * heads + h + 1) * d;
                 view.store(h * region_len, index, bs, &k[src.clone()], &v[src]);
             }
         }
     };
-    if rows.len() >= PARALLEL_WRITE_ROWS {
-        views.par_iter_mut().zip(runs.par_iter()).for_each(write);
+    if plan.rows.len() >= PARALLEL_WRITE_ROWS {
+        views.par_iter_mut().zip(plan.runs.par_iter()).for_each(write);
     } else {
-        views.iter_mut().zip(runs.iter()).for_each(write);
+        views.iter_mut().zip(plan.runs.iter()).for_each(write);
     }
 }
 
@@ -311,7 +333,7 @@ mod tests {
         ];
         let rows = long.len() + 1;
         let (k, v) = (pseudo(rows * kd, 4), pseudo(rows * kd, 5));
-        write_kv(&mut cache, 0, &seqs, &k, &v);
+        write_kv(&mut cache, 0, &KvWrites::new(bs, &seqs), &k, &v);
         let LayerKv::F32 { k: ck, v: cv } = cache.layer(0) else { unreachable!() };
         let placed = (0..long.len()).map(|i| (&table_a[..], 3 + i)).chain([(&table_b[..], 9)]);
         for (row, (table, pos)) in placed.enumerate() {
@@ -360,7 +382,13 @@ mod tests {
                     all_logits: false,
                 };
                 let (kd, qd) = (c.kv_dim(), c.q_dim());
-                write_kv(&mut cache, 0, &[span], &k[lo * kd..hi * kd], &v[lo * kd..hi * kd]);
+                write_kv(
+                    &mut cache,
+                    0,
+                    &KvWrites::new(bs, &[span]),
+                    &k[lo * kd..hi * kd],
+                    &v[lo * kd..hi * kd],
+                );
                 attend(&cache, 0, &[span], &shape, &q[lo * qd..hi * qd], &mut got[lo * qd..hi * qd]);
             }
             for (a, b) in got.iter().zip(&want) {
@@ -409,7 +437,7 @@ mod tests {
                 want_logits: false,
                 all_logits: false,
             };
-            write_kv(&mut cache, 0, &[span], &k, &v);
+            write_kv(&mut cache, 0, &KvWrites::new(bs, &[span]), &k, &v);
             let shape =
                 AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, chunk_invariant };
             Prompt { c, shape, cache, table, q, want }
@@ -519,7 +547,7 @@ mod tests {
                 all_logits: false,
             };
             let (k, v) = (pseudo(100 * kd, 20 + s as u32), pseudo(100 * kd, 30 + s as u32));
-            write_kv(&mut cache, 0, &[span], &k, &v);
+            write_kv(&mut cache, 0, &KvWrites::new(bs, &[span]), &k, &v);
         }
         // Sequence 0: a chunk of 37 rows from 40; 1 and 2: one decode row each.
         let spans = [
@@ -599,7 +627,8 @@ mod tests {
                 all_logits: false,
             },
         ];
-        write_kv(&mut cache, 0, &spans, &k, &v);
+        let plan = KvWrites::new(cache.block_size(), &spans);
+        write_kv(&mut cache, 0, &plan, &k, &v);
         let mut out = vec![0.0; 3 * c.q_dim()];
         attend(&cache, 0, &spans, &shape, &q, &mut out);
         // A one-token sequence attends only to itself: output = its own V per head.
