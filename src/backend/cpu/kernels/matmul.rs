@@ -93,10 +93,14 @@ pub fn run_gated(
     if !gemm::applies(kernel, w.format.id(), m) {
         let mut both = vec![0.0; m * w.n];
         run(kernel, w, x, m, &mut both);
-        for (row, o) in both.chunks_exact(2 * width).zip(out.chunks_exact_mut(width)) {
-            let (g, u) = row.split_at(width);
-            gate(g, u, o);
-        }
+        // Rows spread over the pool from 32 of them, as the unfused gate did (AVX2
+        // prefill chunks under 128 rows come this way).
+        both.par_chunks_exact(2 * width).zip(out.par_chunks_exact_mut(width)).with_min_len(32).for_each(
+            |(row, o)| {
+                let (g, u) = row.split_at(width);
+                gate(g, u, o);
+            },
+        );
         return;
     }
     let out = OutPtr(out.as_mut_ptr());
