@@ -103,9 +103,7 @@ impl Linear {
             }
         }
     }
-}
 
-impl Linear {
     /// For a stack of gate and up projections (`width` outputs each): the rows of
     /// `silu(gate) · up`, as [`Linear::forward`] followed by `swiglu_rows`, to the bit.
     /// On the project's kernels with int8 activations the gate is applied inside the
