@@ -7,7 +7,7 @@
 //! download location; fetch it first with `inflight models pull`; threads:
 //! `INFLIGHT_THREADS`, default one per core; `INFLIGHT_KV_CACHE_DTYPE=f32` for an f32
 //! KV cache; `INFLIGHT_ACTIVATIONS=f32` for f32 activations;
-//! `INFLIGHT_CHUNK_INVARIANT_ATTENTION=1` for chunk-invariant attention; `INFLIGHT_BENCH_DECODE_DEPTH`
+//! `INFLIGHT_CHUNK_INVARIANT_ATTENTION=1` for decode rows with the tile's arithmetic; `INFLIGHT_BENCH_DECODE_DEPTH`
 //! for the decode steps' depth, default 128).
 //!
 //! With `INFLIGHT_PROFILE_STEP=1` each benchmark is followed by 20 more steps with the
@@ -102,6 +102,7 @@ fn bench_step(c: &mut Criterion) {
                 id: 0,
                 tokens: &prompt,
                 start_pos: 0,
+                prompt: true,
                 block_table: &blocks,
                 want_logits: true,
                 all_logits: false,
@@ -124,6 +125,7 @@ fn bench_step(c: &mut Criterion) {
                 id: 0,
                 tokens: &prompt[lo..hi],
                 start_pos: lo,
+                prompt: true,
                 block_table: &blocks,
                 want_logits: false,
                 all_logits: false,
@@ -135,6 +137,7 @@ fn bench_step(c: &mut Criterion) {
                 id: 0,
                 tokens: &prompt[last..],
                 start_pos: last,
+                prompt: true,
                 block_table: &blocks,
                 want_logits: true,
                 all_logits: false,
@@ -158,6 +161,7 @@ fn bench_step(c: &mut Criterion) {
                     id: 0,
                     tokens: &prompt,
                     start_pos: 0,
+                    prompt: true,
                     block_table: blocks,
                     want_logits: false,
                     all_logits: false,
@@ -172,6 +176,7 @@ fn bench_step(c: &mut Criterion) {
                     id: i as u64,
                     tokens: &next[i],
                     start_pos: depth,
+                    prompt: false,
                     block_table: &tables[i],
                     want_logits: true,
                     all_logits: false,

@@ -131,11 +131,11 @@ pub struct ModelArgs {
     /// computes what its dequantized weights compute in f32 (slower prefill).
     #[arg(long, env = "INFLIGHT_ACTIVATIONS", value_enum, default_value_t = ActivationPrecision::Int8)]
     pub activations: ActivationPrecision,
-    /// CPU: compute decode rows and short prefill chunks with exactly the arithmetic the
-    /// tiled prefill kernel gives a row, so a prompt's outputs are the same bits however
-    /// the scheduler chunked it (and a preempted sequence's recomputed cache equals the
-    /// original); decode is 5-25% slower. Off: those rows agree with the tiled kernel
-    /// within float rounding.
+    /// CPU: compute decode rows with exactly the arithmetic the tiled prefill kernel
+    /// gives a row, so a generated position's outputs are the same bits a prefill of the
+    /// same tokens gives (a preempted sequence's recomputed cache equals the original);
+    /// decode is 5-25% slower. Off: decode rows agree with the tiled kernel within float
+    /// rounding. Prompt rows are always tiled, so chunking never changes them.
     #[arg(long, env = "INFLIGHT_CHUNK_INVARIANT_ATTENTION")]
     pub chunk_invariant_attention: bool,
     /// Tokens per KV block.

@@ -48,12 +48,8 @@ fn stream_completion(base: &str, prompt: &str, max_tokens: usize) -> (String, u6
 #[test]
 fn thirty_two_concurrent_streams_match_sequential_results() {
     // Concurrent traffic changes how a prompt is cut into prefill chunks (the step's
-    // token budget is shared), and by default rows of short chunks take the two-pass
-    // attention kernel, which agrees with the tiled one only within rounding: enough
-    // to flip a greedy near-tie (seen once in CI-like runs). With the flag a prompt's
-    // outputs are the same bits however it was chunked, which is what this compares.
-    let server = Server::start(&["--chunk-invariant-attention"]);
-    let base = server.base.clone();
+    // token budget is shared); the default server's outputs must not depend on it.
+    let base = shared().base.clone();
     let prompts: Vec<String> = (0..32).map(|i| prompt_of(3 + (i * 37) % 200, i)).collect();
     let max_tokens = 24;
     let handles: Vec<_> = prompts

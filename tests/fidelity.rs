@@ -93,6 +93,7 @@ fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> Gree
                             id: i as u64,
                             tokens: p,
                             start_pos: 0,
+                            prompt: true,
                             block_table: t,
                             want_logits: true,
                             all_logits: false,
@@ -102,6 +103,7 @@ fn greedy_batch(be: &mut CpuBackend, prompts: &[Vec<u32>], steps: usize) -> Gree
                             id: i as u64,
                             tokens: std::slice::from_ref(o.last().expect("token")),
                             start_pos: p.len() + o.len() - 1,
+                            prompt: false,
                             block_table: t,
                             want_logits: true,
                             all_logits: false,
@@ -216,13 +218,13 @@ fn batching_does_not_change_greedy_tokens() {
     }
 }
 
-/// With `--chunk-invariant-attention` a prompt's logits are the same bits whatever its
-/// chunking: whole, in chunks of the tiled attention kernel's sizes, and in chunks short
-/// enough (one row included) that the row path takes them.
+/// A prompt's logits are the same bits whatever its chunking (the default server;
+/// concurrent traffic decides the chunking): whole, in chunks of the tiled attention
+/// kernel's sizes, and in chunks shorter than a tile, one row included.
 #[test]
 fn prompt_logits_do_not_depend_on_the_chunking() {
     let model = model_on(&model_path(), false);
-    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, chunk_invariant_attention: true, ..Default::default() };
+    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, ..Default::default() };
     let mut be = CpuBackend::new(model, &cfg).expect("backend");
     let prompt: Vec<u32> = reference()["prompts"]
         .as_array()
@@ -245,6 +247,7 @@ fn prompt_logits_do_not_depend_on_the_chunking() {
                     id: 0,
                     tokens: &prompt[at..at + n],
                     start_pos: at,
+                    prompt: true,
                     block_table: &table,
                     want_logits: last,
                     all_logits: false,

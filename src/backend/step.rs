@@ -21,6 +21,11 @@ pub struct SeqStep<'a> {
     pub tokens: &'a [u32],
     /// Position of `tokens[0]` in the sequence; tokens before it are already in KV.
     pub start_pos: usize,
+    /// Whether the chunk starts inside the sequence's prompt (prefill, also a
+    /// recompute after preemption) rather than being a token it generated. Backends
+    /// may compute prompt rows one way and generated ones another, but never by how
+    /// many rows a chunk has, which depends on the other traffic.
+    pub prompt: bool,
     /// The sequence's KV blocks in order; covers `start_pos + tokens.len()`.
     pub block_table: &'a [BlockId],
     /// Whether to return logits for the last token: true iff the chunk reaches the
@@ -154,6 +159,7 @@ mod tests {
                     id: 1,
                     tokens: &a,
                     start_pos: 0,
+                    prompt: true,
                     block_table: &[0],
                     want_logits: false,
                     all_logits: false,
@@ -162,6 +168,7 @@ mod tests {
                     id: 2,
                     tokens: &b,
                     start_pos: 40,
+                    prompt: false,
                     block_table: &[1, 2, 3],
                     want_logits: true,
                     all_logits: false,
@@ -170,6 +177,7 @@ mod tests {
                     id: 3,
                     tokens: &c,
                     start_pos: 3,
+                    prompt: true,
                     block_table: &[4],
                     want_logits: true,
                     all_logits: false,
@@ -197,6 +205,7 @@ mod tests {
             id,
             tokens,
             start_pos,
+            prompt: start_pos == 0,
             block_table: &[0, 1, 2, 3],
             want_logits,
             all_logits,

@@ -205,6 +205,8 @@ impl SchedulerOutput<'_> {
 #[derive(Debug)]
 struct Seq {
     tokens: Vec<u32>,
+    /// Leading `tokens` that came with the request; the rest were generated.
+    prompt_len: usize,
     num_computed: usize,
     blocks: Vec<BlockId>,
     /// Chain hashes of the full blocks seen so far; derived from content alone, so
@@ -435,6 +437,7 @@ impl Scheduler {
         self.seqs.insert(
             id,
             Seq {
+                prompt_len: prompt.len(),
                 tokens: prompt,
                 num_computed: 0,
                 blocks: Vec::new(),
@@ -513,6 +516,7 @@ impl Scheduler {
                     id: p.id,
                     tokens: &seq.tokens[start..start + p.n],
                     start_pos: start,
+                    prompt: start < seq.prompt_len,
                     block_table: &seq.blocks,
                     want_logits: start + p.n == seq.tokens.len(),
                     all_logits: start < seq.logits_until,
@@ -1013,6 +1017,7 @@ mod tests {
         id: SeqId,
         tokens: Vec<u32>,
         start_pos: usize,
+        prompt: bool,
         block_table: Vec<BlockId>,
         want_logits: bool,
         all_logits: bool,
@@ -1075,6 +1080,7 @@ mod tests {
                     id: q.id,
                     tokens: q.tokens.to_vec(),
                     start_pos: q.start_pos,
+                    prompt: q.prompt,
                     block_table: q.block_table.to_vec(),
                     want_logits: q.want_logits,
                     all_logits: q.all_logits,
@@ -1131,7 +1137,7 @@ mod tests {
         s.add(1, prompt(5), 100, STD).unwrap();
         let first = step(&mut s);
         assert_eq!(first.seqs[0].tokens.len(), 5);
-        assert!(first.seqs[0].want_logits);
+        assert!(first.seqs[0].want_logits && first.seqs[0].prompt);
 
         s.add(2, prompt(100), 10, STD).unwrap();
         let mut prefilled = 0;
@@ -1141,8 +1147,9 @@ mod tests {
             let (decode, chunk) = (&out.seqs[0], &out.seqs[1]);
             assert_eq!(decode.tokens, vec![SAMPLED]);
             assert_eq!(decode.start_pos, 5 + k);
-            assert!(decode.want_logits);
+            assert!(decode.want_logits && !decode.prompt);
             assert_eq!(chunk.start_pos, prefilled);
+            assert!(chunk.prompt);
             assert_eq!(chunk.tokens.len(), [31, 31, 31, 7][k]);
             assert_eq!(chunk.want_logits, k == 3, "logits only for the last chunk");
             assert_eq!(chunk.block_table.len(), (prefilled + chunk.tokens.len()).div_ceil(16));
@@ -1211,7 +1218,24 @@ mod tests {
         let mut expect = prompt_from(5000, 8);
         expect.push(SAMPLED);
         assert_eq!(q.tokens, expect);
-        assert!(q.want_logits);
+        assert!(q.want_logits && q.prompt, "a recompute is prefill");
+    }
+
+    /// A prompt's last token, left alone by the budget, is one token like a decode
+    /// row, but still a prompt row (backends compute prompt rows one way whatever the
+    /// chunking); the token generated after it is not.
+    #[test]
+    fn a_one_token_tail_of_a_prompt_is_still_prompt() {
+        let mut s = scheduler(64, 16, 32);
+        s.add(1, prompt(33), 10, STD).unwrap();
+        let out = step(&mut s);
+        assert_eq!((out.seqs[0].tokens.len(), out.seqs[0].prompt), (32, true));
+        let tail = step(&mut s);
+        assert_eq!((tail.seqs[0].start_pos, tail.seqs[0].tokens.len()), (32, 1));
+        assert!(tail.seqs[0].prompt && tail.seqs[0].want_logits);
+        let decode = step(&mut s);
+        assert_eq!(decode.seqs[0].start_pos, 33);
+        assert!(!decode.seqs[0].prompt);
     }
 
     #[test]

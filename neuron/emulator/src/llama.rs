@@ -169,6 +169,9 @@ impl LlamaProgram {
                     id: *b as u64,
                     tokens,
                     start_pos: *start,
+                    // A context-encoding graph runs prompts; a token-generation graph
+                    // (one token a row) generated tokens.
+                    prompt: seq_len > 1,
                     block_table: table,
                     want_logits: true,
                     all_logits: false,

@@ -265,8 +265,24 @@ fn prefill_and_decode_graphs_give_the_cpu_backends_logits() {
     let (ta, tb) = ([0u32, 1, 2], [3u32, 4, 5]);
     let mut step = |seqs| cpu.step(&StepBatch { seqs }).expect("cpu step");
     let first = step(vec![
-        SeqStep { id: 1, tokens: &ua, start_pos: 0, block_table: &ta, want_logits: true, all_logits: false },
-        SeqStep { id: 2, tokens: &ub, start_pos: 0, block_table: &tb, want_logits: true, all_logits: false },
+        SeqStep {
+            id: 1,
+            tokens: &ua,
+            start_pos: 0,
+            prompt: true,
+            block_table: &ta,
+            want_logits: true,
+            all_logits: false,
+        },
+        SeqStep {
+            id: 2,
+            tokens: &ub,
+            start_pos: 0,
+            prompt: true,
+            block_table: &tb,
+            want_logits: true,
+            all_logits: false,
+        },
     ]);
     let close = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
     assert!(close(first.row(0).unwrap(), &prefill_logits[..vocab]) < 2e-3);
@@ -277,6 +293,7 @@ fn prefill_and_decode_graphs_give_the_cpu_backends_logits() {
             id: 1,
             tokens: &da,
             start_pos: ua.len(),
+            prompt: false,
             block_table: &ta,
             want_logits: true,
             all_logits: false,
@@ -285,6 +302,7 @@ fn prefill_and_decode_graphs_give_the_cpu_backends_logits() {
             id: 2,
             tokens: &db,
             start_pos: ub.len(),
+            prompt: false,
             block_table: &tb,
             want_logits: true,
             all_logits: false,

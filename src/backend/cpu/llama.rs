@@ -215,7 +215,7 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Computes attention rows outside prefill tiles bit for bit as a tile would (see
+    /// Computes decode rows' attention bit for bit as a prefill tile would (see
     /// `attention::attend`).
     pub fn with_chunk_invariant_attention(mut self, on: bool) -> Self {
         self.chunk_invariant_attention = on;

@@ -39,8 +39,8 @@ pub struct CpuConfig {
     pub threads: Option<usize>,
     /// How the quantized matmuls treat the activations.
     pub activations: Activations,
-    /// Attention rows outside prefill tiles computed bit for bit as a tile would, so a
-    /// prompt's outputs do not depend on its chunking (slower decode).
+    /// Decode rows' attention computed bit for bit as a prefill tile would, so a
+    /// generated position gets what a prefill of the same tokens gives (slower decode).
     pub chunk_invariant_attention: bool,
 }
 

@@ -100,17 +100,21 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, plan: &KvWrites, k: &[f3
 
 /// `out[row]` = softmax(q·Kᵀ / √d) · V for every token row of the step.
 ///
-/// A sequence with at least [`TILED_MIN_ROWS`] rows in the step (a prefill chunk) goes
-/// through the tiled kernel (`tiled.rs`), a tile of its rows at a time, and every other
-/// row through a row kernel (`tile_row.rs`): by default one that reads all scores
-/// before it weighs V (the fastest for decode), which agrees with the tiled kernel
-/// within float rounding; with `shape.chunk_invariant` one that computes what the tiled
-/// kernel computes for that row bit for bit, so a position's output does not depend on
-/// how its prompt was chunked either. Rows outside tiles go one token row × one KV head
-/// at a time: the query heads that share that KV head read each cached K and V value
-/// once between them, and a single decoding sequence still spreads its heads over every
-/// thread. Which path a row takes depends only on its own sequence's rows, never on the
-/// rest of the batch, so a sequence's outputs never depend on what else is in the step.
+/// A sequence's prompt rows ([`SeqStep::prompt`]) go through the tiled kernel
+/// (`tiled.rs`), a tile of its rows at a time, however few the chunk has: a row's
+/// output from a tile is the same bits whatever tile it is in, so a prompt's outputs do
+/// not depend on how it was chunked, which depends on the other traffic. Generated rows
+/// (decode) go through a row kernel (`tile_row.rs`): by default one that reads all
+/// scores before it weighs V (the fastest for decode), which agrees with the tiled
+/// kernel within float rounding; with `shape.chunk_invariant` one that computes what
+/// the tiled kernel computes for that row bit for bit, so a generated position's
+/// outputs are also those a prefill of the same tokens gives (a sequence recomputed
+/// after preemption, prompt logprobs against generation). Rows outside tiles go one
+/// token row × one KV head at a time: the query heads that share that KV head read
+/// each cached K and V value once between them, and a single decoding sequence still
+/// spreads its heads over every thread. Which path a row takes depends only on its own
+/// sequence, never on the rest of the batch, so a sequence's outputs never depend on
+/// what else is in the step.
 pub fn attend(
     cache: &PagedKvCache,
     layer: usize,
@@ -127,10 +131,6 @@ pub fn attend(
         LayerKv::F16 { k, v } => attend_units::<f16>(cache, seqs, shape, &geo, (k, v), q, out),
     }
 }
-
-/// Rows of one sequence in a step from which it is attended to a tile at a time: below
-/// this, most of a tile's lanes would be idle and the row kernel is quicker.
-pub const TILED_MIN_ROWS: usize = 8;
 
 /// One tile: its sequence, the position of its first row, its queries and outputs
 /// (whole rows, every KV head's).
@@ -160,7 +160,7 @@ fn attend_units<T: Cached>(
         let (q_seq, q_next) = q_rest.split_at(n);
         let (out_seq, out_next) = std::mem::take(&mut out_rest).split_at_mut(n);
         (q_rest, out_rest) = (q_next, out_next);
-        if s.tokens.len() >= TILED_MIN_ROWS {
+        if s.prompt {
             let parts = q_seq.chunks(tile * q_dim).zip(out_seq.chunks_mut(tile * q_dim));
             tiles.extend(parts.enumerate().map(|(t, (qt, ot))| (s, s.start_pos + t * tile, qt, ot)));
         } else {
@@ -318,6 +318,7 @@ mod tests {
                 id: 0,
                 tokens: long,
                 start_pos: 3,
+                prompt: true,
                 block_table: &table_a,
                 want_logits: false,
                 all_logits: false,
@@ -326,6 +327,7 @@ mod tests {
                 id: 1,
                 tokens: short,
                 start_pos: 9,
+                prompt: false,
                 block_table: &table_b,
                 want_logits: true,
                 all_logits: false,
@@ -377,6 +379,7 @@ mod tests {
                     id: 0,
                     tokens: &ids[lo..hi],
                     start_pos: lo,
+                    prompt: true,
                     block_table: &table,
                     want_logits: false,
                     all_logits: false,
@@ -433,6 +436,7 @@ mod tests {
                 id: 0,
                 tokens: &ids,
                 start_pos: 0,
+                prompt: true,
                 block_table: &table,
                 want_logits: false,
                 all_logits: false,
@@ -443,13 +447,24 @@ mod tests {
             Prompt { c, shape, cache, table, q, want }
         }
 
+        /// Rows `lo..hi` as one prompt chunk.
         fn chunk(&self, lo: usize, hi: usize) -> Vec<f32> {
+            self.attend(lo, hi, true)
+        }
+
+        /// Row `pos` as a generated token (a decode row).
+        fn generated(&self, pos: usize) -> Vec<f32> {
+            self.attend(pos, pos + 1, false)
+        }
+
+        fn attend(&self, lo: usize, hi: usize, prompt: bool) -> Vec<f32> {
             let qd = self.c.q_dim();
             let ids: Vec<u32> = (lo as u32..hi as u32).collect();
             let span = SeqStep {
                 id: 0,
                 tokens: &ids,
                 start_pos: lo,
+                prompt,
                 block_table: &self.table,
                 want_logits: false,
                 all_logits: false,
@@ -467,12 +482,13 @@ mod tests {
         }
     }
 
-    /// Every chunk length from 1 to 100 (the row path below `TILED_MIN_ROWS`, full
-    /// tiles, short last tiles), starting at a block boundary, mid-block and at the
-    /// last position of a block, for SmolLM2's geometry and a group of one, in both
-    /// cache dtypes. Tolerances as in the test above.
+    /// Every chunk length from 1 to 100 (full tiles, short last tiles, chunks shorter
+    /// than a tile), starting at a block boundary, mid-block and at the last position
+    /// of a block, and every position as a generated row (the row kernels), for
+    /// SmolLM2's geometry and a group of one, in both cache dtypes. Tolerances as in
+    /// the test above.
     #[test]
-    fn prefill_chunks_of_every_length_match_dense() {
+    fn prefill_chunks_of_every_length_and_generated_rows_match_dense() {
         for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
             for (heads, kv_heads, d, bs, invariant) in
                 [(9, 3, 64, 16, false), (9, 3, 64, 16, true), (2, 2, 8, 5, false)]
@@ -484,35 +500,45 @@ mod tests {
                         p.check(lo, &p.chunk(lo, lo + n), tol, &what);
                     }
                 }
+                for pos in 0..131 {
+                    let what =
+                        format!("{dtype:?} {heads}/{kv_heads}×{d}, blocks of {bs}, generated row {pos}");
+                    p.check(pos, &p.generated(pos), tol, &what);
+                }
             }
         }
     }
 
-    /// A prompt's outputs do not depend on how it is chunked: several chunkings of 200
-    /// rows (single rows, short chunks and tiles), odd head sizes and groups included,
-    /// give the same bits, within rounding of dense attention.
+    /// A prompt's outputs do not depend on how it is chunked, in either mode: several
+    /// chunkings of 200 rows (single rows, chunks shorter than a tile, and tiles), odd
+    /// head sizes and groups included, give the same bits, within rounding of dense
+    /// attention. Concurrent traffic changes how the scheduler chunks a prompt, so this
+    /// is what makes a request's output independent of the others.
     #[test]
     fn prompt_outputs_do_not_depend_on_the_chunking() {
         let plans: [&[usize]; 4] = [&[200], &[3, 8, 17, 1, 31, 140], &[64, 64, 64, 8], &[7, 9, 100, 84]];
         for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
             for (heads, kv_heads, d, bs) in [(9, 3, 64, 16), (10, 2, 128, 16), (6, 2, 6, 7)] {
-                let p = Prompt::new(heads, kv_heads, d, 200, bs, dtype, true);
-                let mut first: Option<Vec<f32>> = None;
-                for plan in plans {
-                    let mut lo = 0;
-                    let mut all = Vec::new();
-                    for &n in plan {
-                        let what = format!("{dtype:?} {heads}/{kv_heads}×{d} {plan:?}");
-                        let got = p.chunk(lo, lo + n);
-                        p.check(lo, &got, tol, &what);
-                        all.extend(got);
-                        lo += n;
-                    }
-                    // With tiled prefill, the same bits whatever the chunking.
-                    match &first {
-                        None => first = Some(all),
-                        Some(f) => {
-                            assert_eq!(f, &all, "{dtype:?} {heads}/{kv_heads}×{d} {plan:?} vs {:?}", plans[0])
+                for invariant in [false, true] {
+                    let p = Prompt::new(heads, kv_heads, d, 200, bs, dtype, invariant);
+                    let mut first: Option<Vec<f32>> = None;
+                    for plan in plans {
+                        let mut lo = 0;
+                        let mut all = Vec::new();
+                        let what = format!("{dtype:?} {heads}/{kv_heads}×{d} invariant {invariant} {plan:?}");
+                        for &n in plan {
+                            let got = p.chunk(lo, lo + n);
+                            p.check(lo, &got, tol, &what);
+                            all.extend(got);
+                            lo += n;
+                        }
+                        match &first {
+                            None => first = Some(all),
+                            Some(f) => assert!(
+                                f.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{what} vs {:?}",
+                                plans[0]
+                            ),
                         }
                     }
                 }
@@ -542,6 +568,7 @@ mod tests {
                 id: 0,
                 tokens: &ids,
                 start_pos: 0,
+                prompt: true,
                 block_table: table,
                 want_logits: false,
                 all_logits: false,
@@ -555,6 +582,7 @@ mod tests {
                 id: 0,
                 tokens: &ids[40..77],
                 start_pos: 40,
+                prompt: true,
                 block_table: &tables[0],
                 want_logits: false,
                 all_logits: false,
@@ -563,6 +591,7 @@ mod tests {
                 id: 1,
                 tokens: &ids[90..91],
                 start_pos: 90,
+                prompt: false,
                 block_table: &tables[1],
                 want_logits: false,
                 all_logits: false,
@@ -571,6 +600,7 @@ mod tests {
                 id: 2,
                 tokens: &ids[60..61],
                 start_pos: 60,
+                prompt: false,
                 block_table: &tables[2],
                 want_logits: false,
                 all_logits: false,
@@ -614,6 +644,7 @@ mod tests {
                 id: 0,
                 tokens: &[1, 2],
                 start_pos: 0,
+                prompt: true,
                 block_table: &ta,
                 want_logits: false,
                 all_logits: false,
@@ -622,6 +653,7 @@ mod tests {
                 id: 1,
                 tokens: &[3],
                 start_pos: 0,
+                prompt: true,
                 block_table: &tb,
                 want_logits: false,
                 all_logits: false,
