@@ -1,10 +1,10 @@
 //! Causal grouped-query attention over the paged KV cache, for every token of a
 //! step at once. Each token attends to its own sequence's positions `0..=pos`,
 //! read through that sequence's block table, so sequences at different positions
-//! share one call. Work is spread with rayon over tiles of a prefill chunk's rows
-//! (`tiled.rs`) and over the other token rows × KV heads (`tile_row.rs`), which compute
-//! the same arithmetic for a row, so a position's output never depends on how its
-//! prompt was chunked or what else ran in the step.
+//! share one call. Work is spread with rayon over tiles of prompt rows (`tiled.rs`) and
+//! over generated rows × KV heads, long ones cut into parts of their positions
+//! (`tile_row.rs`); a prompt row's output never depends on how its prompt was chunked,
+//! and no row's on what else ran in the step.
 
 mod head;
 mod lanes;
@@ -112,9 +112,10 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, plan: &KvWrites, k: &[f3
 /// after preemption, prompt logprobs against generation). Rows outside tiles go one
 /// token row × one KV head at a time: the query heads that share that KV head read
 /// each cached K and V value once between them, and a single decoding sequence still
-/// spreads its heads over every thread. Which path a row takes depends only on its own
-/// sequence, never on the rest of the batch, so a sequence's outputs never depend on
-/// what else is in the step.
+/// spreads its heads over every thread; with the two-pass kernel a long row is also
+/// cut into parts of its positions ([`PART_POSITIONS`]), merged after. Which path a row
+/// takes and how it is cut depend only on its own sequence, never on the rest of the
+/// batch, so a sequence's outputs never depend on what else is in the step.
 pub fn attend(
     cache: &PagedKvCache,
     layer: usize,
@@ -170,14 +171,18 @@ fn attend_units<T: Cached>(
             );
         }
     }
+    let part = tile_row::part_len(geo);
+    let split_parts: usize = rows.iter().map(|r| cut(r.1 + 1, shape, block_size).1).filter(|&n| n > 1).sum();
+    let mut partials = vec![0.0f32; split_parts * part];
+    let (jobs, merges) = row_jobs(rows, shape, block_size, &mut partials, part);
     // Keep a job's work above the cost of handing it to another thread: one decoding
     // sequence's three or four units at a short context take a few microseconds, less
     // than waking a sleeping worker.
-    let positions: usize = rows.iter().map(|&(_, pos, ..)| pos + 1).sum();
-    let per_unit = positions.div_ceil(rows.len().max(1)).max(1);
-    let min_units = MIN_POSITIONS_PER_JOB.div_ceil(per_unit).max(1);
-    let (tile_fn, row_fn): (TileFn<T>, RowFn<T>) =
-        (tiled::tile_kernel(), tile_row::row_kernel(shape.chunk_invariant));
+    let positions: usize = jobs.iter().map(|j| j.len).sum();
+    let per_job = positions.div_ceil(jobs.len().max(1)).max(1);
+    let min_jobs = MIN_POSITIONS_PER_JOB.div_ceil(per_job).max(1);
+    let (tile_fn, row_fn, part_fn): (TileFn<T>, RowFn<T>, RowFn<T>) =
+        (tiled::tile_kernel(), tile_row::row_kernel(shape.chunk_invariant), tile_row::part_kernel());
     rayon::join(
         || {
             tiles.into_par_iter().for_each_init(
@@ -196,17 +201,88 @@ fn attend_units<T: Cached>(
             )
         },
         || {
-            rows.into_par_iter().with_min_len(min_units).for_each_init(
+            jobs.into_par_iter().with_min_len(min_jobs).for_each_init(
                 || (RowScratch::default(), Vec::new()),
-                |(scratch, regions), (span, pos, kvh, q_heads, out_heads)| {
+                |(scratch, regions), job| {
                     regions.clear();
-                    cache.extend_regions(span.block_table, pos + 1, kvh, regions);
-                    let kv = PagedRows { k, v, regions, block_size, len: pos + 1 };
-                    row_fn(&kv, geo, q_heads, out_heads, scratch);
+                    let table = &job.span.block_table[job.first_block..];
+                    cache.extend_regions(table, job.len, job.kv_head, regions);
+                    let kv = PagedRows { k, v, regions, block_size, len: job.len };
+                    let kernel = if job.part { part_fn } else { row_fn };
+                    kernel(&kv, geo, job.q, job.out, scratch);
                 },
             )
         },
     );
+    let mut at = 0;
+    for (out, n) in merges {
+        tile_row::merge_parts(geo, &partials[at..at + n * part], out);
+        at += n * part;
+    }
+}
+
+/// Row units of at least twice this many positions are cut into parts of at least this
+/// many (whole blocks) that threads take apart, their results merged after: one
+/// decoding sequence at a long context otherwise has only its KV heads' few units to
+/// spread over the threads (three for SmolLM2, so one of two threads idles a third of
+/// the time). Shorter parts cost decode batches more than they gain (measured in
+/// `benches/results/2026-12-05-decode-parts/`).
+const PART_POSITIONS: usize = 512;
+
+/// One job of the row path: a row × KV head over its positions from block `first_block`
+/// on, `len` of them; `out` takes its output heads, or for one part of a split row its
+/// unnormalised result (`tile_row::part_kernel`).
+struct RowJob<'a> {
+    span: &'a SeqStep<'a>,
+    kv_head: usize,
+    first_block: usize,
+    len: usize,
+    q: &'a [f32],
+    out: &'a mut [f32],
+    part: bool,
+}
+
+/// How a row unit of `len` positions is cut: positions per part (whole blocks, nearly
+/// equal parts) and the number of parts; one part (not cut) for the chunk-invariant
+/// kernel, which must compute what a tile computes.
+fn cut(len: usize, shape: &AttentionShape, block_size: usize) -> (usize, usize) {
+    let parts = len / PART_POSITIONS;
+    if shape.chunk_invariant || parts < 2 {
+        return (len, 1);
+    }
+    let per_part = len.div_ceil(block_size).div_ceil(parts) * block_size;
+    (per_part, len.div_ceil(per_part))
+}
+
+/// The row units as jobs, long ones cut into parts of nearly equal whole-block lengths
+/// whose results go to consecutive `part`-value slots of `partials`; and each cut row's
+/// output with its number of parts, in the order of their slots. How a row is cut
+/// depends only on its own length, so its output never depends on the batch.
+fn row_jobs<'a: 's, 's>(
+    rows: Vec<RowUnit<'a>>,
+    shape: &AttentionShape,
+    block_size: usize,
+    partials: &'s mut [f32],
+    part: usize,
+) -> (Vec<RowJob<'s>>, Vec<(&'a mut [f32], usize)>) {
+    let mut slots = partials.chunks_exact_mut(part);
+    let (mut jobs, mut merges) = (Vec::with_capacity(rows.len()), Vec::new());
+    for (span, pos, kv_head, q, out) in rows {
+        let len = pos + 1;
+        let (per_part, n) = cut(len, shape, block_size);
+        if n == 1 {
+            jobs.push(RowJob { span, kv_head, first_block: 0, len, q, out, part: false });
+            continue;
+        }
+        for (j, from) in (0..len).step_by(per_part).enumerate() {
+            let slot = slots.next().expect("a slot for every part");
+            let first_block = j * per_part / block_size;
+            let len = (len - from).min(per_part);
+            jobs.push(RowJob { span, kv_head, first_block, len, q, out: slot, part: true });
+        }
+        merges.push((out, n));
+    }
+    (jobs, merges)
 }
 
 /// Cached positions (summed over a job's units) below which attention work is not
@@ -503,6 +579,26 @@ mod tests {
                 for pos in 0..131 {
                     let what =
                         format!("{dtype:?} {heads}/{kv_heads}×{d}, blocks of {bs}, generated row {pos}");
+                    p.check(pos, &p.generated(pos), tol, &what);
+                }
+            }
+        }
+    }
+
+    /// Generated rows long enough to be cut into parts (two `PART_POSITIONS` or more),
+    /// either side of that length, match dense attention in both modes (the
+    /// chunk-invariant kernel does not cut), with blocks of 16 and of 5 positions.
+    #[test]
+    fn long_generated_rows_cut_into_parts_match_dense() {
+        for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
+            for (bs, invariant) in [(16, false), (5, false), (16, true)] {
+                let p = Prompt::new(6, 2, 32, 1100, bs, dtype, invariant);
+                for pos in [1021, 1022, 1023, 1024, 1099] {
+                    let (per_part, parts) = cut(pos + 1, &p.shape, bs);
+                    assert_eq!(parts > 1, !invariant && pos + 1 >= 2 * PART_POSITIONS, "row {pos}");
+                    assert!(parts == 1 || (per_part % bs == 0 && per_part * (parts - 1) <= pos), "row {pos}");
+                    let what =
+                        format!("{dtype:?} blocks of {bs}, invariant {invariant}, generated row {pos}");
                     p.check(pos, &p.generated(pos), tol, &what);
                 }
             }

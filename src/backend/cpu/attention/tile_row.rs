@@ -69,6 +69,55 @@ pub fn row_kernel<T: Cached>(as_tiles: bool) -> RowFn<T> {
     }
 }
 
+/// The two-pass kernel for one part of a row's positions (see [`merge_parts`]): `out`
+/// gets the group's `g · d` weighted sums of V, unnormalised (weights
+/// `exp(score - max)`), then each head's maximum score, then each head's sum of weights
+/// ([`part_len`] values).
+pub fn part_kernel<T: Cached>() -> RowFn<T> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::backend::cpu::kernels::isa;
+        if isa::avx512f() {
+            return two_pass_part_avx512::<T>;
+        }
+        if isa::avx2_fma_f16c() {
+            return two_pass_part_avx2::<T>;
+        }
+    }
+    two_pass_part_portable::<T>
+}
+
+/// Values a part's result takes (see [`part_kernel`]).
+pub fn part_len(geo: &HeadGeometry) -> usize {
+    geo.group * (geo.head_dim + 2)
+}
+
+/// A row's output from its parts' results (`parts`, [`part_len`] values each, in
+/// position order): each head's sums rescaled to the largest maximum and divided by the
+/// rescaled sum of weights, the parts added in order.
+pub fn merge_parts(geo: &HeadGeometry, parts: &[f32], out: &mut [f32]) {
+    let (g, d) = (geo.group, geo.head_dim);
+    let len = part_len(geo);
+    for h in 0..g {
+        let max_of = |p: &[f32]| p[g * d + h];
+        let top = parts.chunks_exact(len).map(max_of).fold(f32::NEG_INFINITY, f32::max);
+        let out = &mut out[h * d..(h + 1) * d];
+        out.fill(0.0);
+        let mut total = 0.0f32;
+        for p in parts.chunks_exact(len) {
+            let factor = (max_of(p) - top).exp();
+            total += factor * p[g * d + g + h];
+            for (o, &x) in out.iter_mut().zip(&p[h * d..(h + 1) * d]) {
+                *o += factor * x;
+            }
+        }
+        let inv = 1.0 / total;
+        for o in out.iter_mut() {
+            *o *= inv;
+        }
+    }
+}
+
 /// The bounds the unchecked reads of [`row_body`] rely on.
 ///
 /// # Panics
@@ -106,6 +155,18 @@ pub(super) fn two_pass_portable<T: Cached>(
     check(kv, geo, q, out);
     // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
     unsafe { two_pass_body::<T, Portable, 8>(kv, geo.head_dim, geo, q, out, s) }
+}
+
+pub(super) fn two_pass_part_portable<T: Cached>(
+    kv: &PagedRows<'_, T>,
+    geo: &HeadGeometry,
+    q: &[f32],
+    out: &mut [f32],
+    s: &mut RowScratch<T>,
+) {
+    check(kv, geo, q, out);
+    // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
+    unsafe { two_pass_part::<T, Portable, 8>(kv, geo.head_dim, geo, q, out, s) }
 }
 
 /// An entry for one instruction set: checks the CPU and the bounds, then runs `$body`
@@ -163,6 +224,22 @@ isa_row_fn!(
 isa_row_fn!(
     two_pass_avx2,
     two_pass_body,
+    "avx2,fma,f16c",
+    crate::backend::cpu::kernels::isa::avx2_fma_f16c,
+    Avx2Lanes,
+    8
+);
+isa_row_fn!(
+    two_pass_part_avx512,
+    two_pass_part,
+    "avx512f",
+    crate::backend::cpu::kernels::isa::avx512f,
+    Avx512Lanes,
+    16
+);
+isa_row_fn!(
+    two_pass_part_avx2,
+    two_pass_part,
     "avx2,fma,f16c",
     crate::backend::cpu::kernels::isa::avx2_fma_f16c,
     Avx2Lanes,
@@ -456,13 +533,52 @@ unsafe fn two_pass_body<T: Cached, S: Lanes, const C: usize>(
     out: &mut [f32],
     s: &mut RowScratch<T>,
 ) {
+    let (w, _, totals) = two_pass_sums::<T, S, C>(kv, d, geo, q, s);
+    finish(d, geo.group, &w, |h| 1.0 / totals[h], out);
+}
+
+/// [`two_pass_body`] for one part of a row's positions, left unnormalised
+/// ([`part_kernel`] has the layout of `out`).
+///
+/// # Safety
+/// As [`row_body`].
+#[inline(always)]
+unsafe fn two_pass_part<T: Cached, S: Lanes, const C: usize>(
+    kv: &PagedRows<'_, T>,
+    d: usize,
+    geo: &HeadGeometry,
+    q: &[f32],
+    out: &mut [f32],
+    s: &mut RowScratch<T>,
+) {
+    let g = geo.group;
+    assert!(out.len() >= part_len(geo), "a part's result holds g · (d + 2) values");
+    let (w, max, totals) = two_pass_sums::<T, S, C>(kv, d, geo, q, s);
+    out[..g * d].copy_from_slice(std::slice::from_raw_parts(w.ot, g * d));
+    out[g * d..g * d + g].copy_from_slice(max);
+    out[g * d + g..g * d + 2 * g].copy_from_slice(totals);
+}
+
+/// The two passes: every head's weighted sum of V (in `w.ot`), unnormalised, its
+/// maximum score and its sum of weights.
+///
+/// # Safety
+/// As [`row_body`].
+#[inline(always)]
+unsafe fn two_pass_sums<'s, T: Cached, S: Lanes, const C: usize>(
+    kv: &PagedRows<'_, T>,
+    d: usize,
+    geo: &HeadGeometry,
+    q: &[f32],
+    s: &'s mut RowScratch<T>,
+) -> (Work<T>, &'s [f32], &'s [f32]) {
     debug_assert_eq!(C, S::W);
     let g = geo.group;
     let groups = kv.len.div_ceil(C);
     let w = Work::new::<C>(s, geo, q, d, groups);
-    // Each head's maximum, 1 / the sum of its weights, and ones (the weighted sum's
+    // Each head's maximum, the sum of its weights, and ones (the weighted sum's
     // rescaling factor, which here is none).
-    let [max, inv, ones] = w.per_head.map(|p| std::slice::from_raw_parts_mut(p, g));
+    let [max, totals, ones] = w.per_head.map(|p| std::slice::from_raw_parts_mut(p, g));
     ones.fill(1.0);
     score_pass::<T, S, C>(kv, d, g, &w);
     for (h, max) in max.iter_mut().enumerate() {
@@ -480,13 +596,13 @@ unsafe fn two_pass_body<T: Cached, S: Lanes, const C: usize>(
         }
         let mut lanes = [0.0f32; 16];
         S::store(lanes.as_mut_ptr(), total);
-        inv[h] = 1.0 / lanes[..C].iter().sum::<f32>();
+        totals[h] = lanes[..C].iter().sum::<f32>();
     }
     prefetch_groups::<T, C>(kv, d, 0, 1);
     for i in 0..groups {
         weigh_group::<T, S, C>(kv, d, g, &w, i, ones);
     }
-    finish(d, g, &w, |h| inv[h], out);
+    (w, max, totals)
 }
 
 /// Asks for span `which` (0: K, 1: V) of the first [`AHEAD`] groups from `c0`.
