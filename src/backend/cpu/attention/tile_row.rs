@@ -133,41 +133,26 @@ fn check<T>(kv: &PagedRows<'_, T>, geo: &HeadGeometry, q: &[f32], out: &[f32]) {
     );
 }
 
-pub(super) fn row_portable<T: Cached>(
-    kv: &PagedRows<'_, T>,
-    geo: &HeadGeometry,
-    q: &[f32],
-    out: &mut [f32],
-    s: &mut RowScratch<T>,
-) {
-    check(kv, geo, q, out);
-    // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
-    unsafe { row_body::<T, Portable, 8>(kv, geo.head_dim, geo, q, out, s) }
+/// The portable entry for `$body`: checks the bounds and runs it on plain Rust lanes.
+macro_rules! portable_row_fn {
+    ($name:ident, $body:ident) => {
+        pub(super) fn $name<T: Cached>(
+            kv: &PagedRows<'_, T>,
+            geo: &HeadGeometry,
+            q: &[f32],
+            out: &mut [f32],
+            s: &mut RowScratch<T>,
+        ) {
+            check(kv, geo, q, out);
+            // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
+            unsafe { $body::<T, Portable, 8>(kv, geo.head_dim, geo, q, out, s) }
+        }
+    };
 }
 
-pub(super) fn two_pass_portable<T: Cached>(
-    kv: &PagedRows<'_, T>,
-    geo: &HeadGeometry,
-    q: &[f32],
-    out: &mut [f32],
-    s: &mut RowScratch<T>,
-) {
-    check(kv, geo, q, out);
-    // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
-    unsafe { two_pass_body::<T, Portable, 8>(kv, geo.head_dim, geo, q, out, s) }
-}
-
-pub(super) fn two_pass_part_portable<T: Cached>(
-    kv: &PagedRows<'_, T>,
-    geo: &HeadGeometry,
-    q: &[f32],
-    out: &mut [f32],
-    s: &mut RowScratch<T>,
-) {
-    check(kv, geo, q, out);
-    // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
-    unsafe { two_pass_part::<T, Portable, 8>(kv, geo.head_dim, geo, q, out, s) }
-}
+portable_row_fn!(row_portable, row_body);
+portable_row_fn!(two_pass_portable, two_pass_body);
+portable_row_fn!(two_pass_part_portable, two_pass_part);
 
 /// An entry for one instruction set: checks the CPU and the bounds, then runs `$body`
 /// compiled for that set, the common head sizes as constants.
