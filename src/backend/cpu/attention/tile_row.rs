@@ -1,8 +1,8 @@
-//! One query row (all query heads of one KV head) with exactly the tiled kernel's
-//! arithmetic for that row (`tiled.rs`), so a position's output is the same bits
-//! whether it was attended in a tile of a long chunk, a short chunk or a decode step: a
-//! prompt's outputs then do not depend on how the scheduler chunked it, nor on what else
-//! ran beside it.
+//! One generated row (all query heads of one KV head), in two kernels: a two-pass one
+//! (the default, fastest for decode; a long row may be computed in parts, merged by
+//! [`merge_parts`]), and one with exactly the tiled kernel's arithmetic for that row
+//! (`tiled.rs`, `--chunk-invariant-attention`), so a generated position's output is the
+//! same bits a prefill of the same tokens gives it.
 //!
 //! The tiled kernel gives each row a vector lane and walks the positions `C` at a time:
 //! each score is one chain of fused multiply-adds over the head's values, the running
