@@ -10,7 +10,7 @@
 //! killing a worker that misses it. A worker that dies costs only the render it was
 //! doing: the next render starts a fresh one.
 //!
-//! Protocol, one JSON document per line: the server sends a [`WorkerSetup`], then a
+//! Protocol, one JSON document per line: the server sends a `WorkerSetup`, then a
 //! render request per render; the worker answers each request with
 //! `{"Ok": text}` or `{"Err": message}`.
 

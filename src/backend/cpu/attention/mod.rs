@@ -113,7 +113,7 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, plan: &KvWrites, k: &[f3
 /// token row × one KV head at a time: the query heads that share that KV head read
 /// each cached K and V value once between them, and a single decoding sequence still
 /// spreads its heads over every thread; with the two-pass kernel a long row is also
-/// cut into parts of its positions ([`PART_POSITIONS`]), merged after. Which path a row
+/// cut into parts of its positions (`PART_POSITIONS`), merged after. Which path a row
 /// takes and how it is cut depend only on its own sequence, never on the rest of the
 /// batch, so a sequence's outputs never depend on what else is in the step.
 pub fn attend(
