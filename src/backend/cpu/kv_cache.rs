@@ -259,8 +259,18 @@ impl PagedKvCache {
     /// values, laid out as the module says.
     #[inline]
     pub fn region(&self, block: u32, kv_head: usize) -> usize {
-        let heads = self.kv_dim / self.head_dim;
-        (block as usize * heads + kv_head) * self.block_size * self.head_dim
+        block as usize * self.block_len() + self.region_in_block(kv_head)
+    }
+
+    /// Values of one block in each of K and V: every KV head's region.
+    pub fn block_len(&self) -> usize {
+        self.block_size * self.kv_dim
+    }
+
+    /// Where KV head `kv_head`'s region starts within any block.
+    #[inline]
+    pub fn region_in_block(&self, kv_head: usize) -> usize {
+        kv_head * self.block_size * self.head_dim
     }
 
     /// Appends the regions of KV head `kv_head` for the blocks that hold positions
@@ -303,7 +313,7 @@ mod tests {
     #[test]
     fn block_views_are_the_blocks_asked_for() {
         let mut c = cache(2, 4, 4, 6);
-        let block_len = 4 * c.kv_dim();
+        let block_len = c.block_len();
         let mut views = c.layer_mut(0).blocks_mut(&[0, 2, 5], block_len);
         for (view, tag) in views.iter_mut().zip([1.0, 2.0, 3.0]) {
             match view {
@@ -333,7 +343,7 @@ mod tests {
             let cfg = LlamaConfig::tiny(2, 2, 3);
             let mut c = PagedKvCache::new(&cfg, 4, 2, dtype);
             let slot = c.slot(&[1, 0], 2, 1);
-            let block_len = 4 * c.kv_dim();
+            let block_len = c.block_len();
             let mut blocks = c.layer_mut(0).blocks_mut(&[1], block_len);
             blocks[0].store(slot.region - block_len, slot.index, 4, &[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);
             let (k, v): (Vec<f32>, Vec<f32>) = match c.layer(0) {

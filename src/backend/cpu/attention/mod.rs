@@ -69,25 +69,27 @@ impl KvWrites {
 /// Stores the step's K and V rows (`kv_dim` values per token, head after head) in
 /// the cache, where `plan` (made for this cache's block size) says.
 pub fn write_kv(cache: &mut PagedKvCache, layer: usize, plan: &KvWrites, k: &[f32], v: &[f32]) {
-    let (kv_dim, d, bs) = (cache.kv_dim(), cache.head_dim(), cache.block_size());
-    let heads = kv_dim / d;
+    let (d, bs) = (cache.head_dim(), cache.block_size());
+    let heads = cache.kv_dim() / d;
+    let regions: Vec<usize> = (0..heads).map(|h| cache.region_in_block(h)).collect();
     let region_len = bs * d;
-    let mut views = cache.layer_mut(layer).blocks_mut(&plan.blocks, heads * region_len);
+    let block_len = cache.block_len();
+    let mut views = cache.layer_mut(layer).blocks_mut(&plan.blocks, block_len);
     let write = |(view, run): (&mut BlockMut, &std::ops::Range<usize>)| {
         let run = &plan.rows[run.clone()];
         // The destination rows are cold (often in DRAM); requesting them all first
         // lets their misses overlap instead of stalling the stores one row at a time.
         // A K column touches most of its region, which is asked for once.
-        for h in 0..heads {
-            view.prefetch(h * region_len, 0, 0, true, region_len);
+        for &region in &regions {
+            view.prefetch(region, 0, 0, true, region_len);
             for &(_, index, _) in run {
-                view.prefetch(h * region_len, index, d, false, 0);
+                view.prefetch(region, index, d, false, 0);
             }
         }
         for &(_, index, row) in run {
-            for h in 0..heads {
+            for (h, &region) in regions.iter().enumerate() {
                 let src = (row * heads + h) * d..(row * heads + h + 1) * d;
-                view.store(h * region_len, index, bs, &k[src.clone()], &v[src]);
+                view.store(region, index, bs, &k[src.clone()], &v[src]);
             }
         }
     };
