@@ -263,6 +263,54 @@ mod peak {
         fold(&[_mm256_castps_si256(_mm256_add_ps(acc, acc_min))])
     }
 
+    /// AMX `tdpbsud` into four independent `C` tiles from one `A` (16 rows × `a_bytes`
+    /// signed bytes) and one `B` (`a_bytes / 4` rows × 64 unsigned): 16 × 16 × `a_bytes`
+    /// products each. The kernel's shape is `a_bytes = 32` (one quant block); 64 is the
+    /// tiles' full depth.
+    unsafe fn tdpbsud_tiles(iters: usize, a_bytes: u8) -> i64 {
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let shapes =
+            [(16u8, 64u16), (16, 64), (16, 64), (16, 64), (16, u16::from(a_bytes)), (a_bytes / 4, 64)];
+        for (tile, (rows, bytes)) in shapes.into_iter().enumerate() {
+            c[16 + 2 * tile..18 + 2 * tile].copy_from_slice(&bytes.to_le_bytes());
+            c[48 + tile] = rows;
+        }
+        let config = Config(c);
+        std::arch::asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
+        std::arch::asm!(
+            "2:",
+            "tdpbsud tmm0, tmm4, tmm5", "tdpbsud tmm1, tmm4, tmm5",
+            "tdpbsud tmm2, tmm4, tmm5", "tdpbsud tmm3, tmm4, tmm5",
+            "dec {n}",
+            "jnz 2b",
+            n = inout(reg) iters => _,
+            options(nomem, nostack),
+        );
+        std::arch::asm!("tilerelease", options(nostack, nomem));
+        iters as i64
+    }
+
+    pub unsafe fn tdpbsud_k32(iters: usize) -> i64 {
+        tdpbsud_tiles(iters, 32)
+    }
+
+    pub unsafe fn tdpbsud_k64(iters: usize) -> i64 {
+        tdpbsud_tiles(iters, 64)
+    }
+
+    /// AMX-INT8 in CPUID and the tile state granted to this process by Linux.
+    fn amx_int8() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        let leaf7 = __cpuid_count(7, 0);
+        leaf7.edx & (0b11 << 24) == 0b11 << 24
+            // SAFETY: only changes this process's permissions.
+            && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
     #[target_feature(enable = "avx2")]
     unsafe fn fold(acc: &[__m256i]) -> i64 {
         let mut lanes = [0i32; 8];
@@ -275,15 +323,18 @@ mod peak {
     /// and the loop.
     pub type Mix = (&'static str, usize, bool, unsafe fn(usize) -> i64);
 
-    pub fn mixes() -> [Mix; 5] {
+    pub fn mixes() -> [Mix; 7] {
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         let vnni = is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni");
+        let amx = amx_int8();
         [
             ("vpmaddubsw+vpaddw (Q4 step)", 32 * CHAINS, avx2, maddubs_add16),
             ("vpmaddubsw+vpmaddwd+vpaddd (Q8_0 step)", 32 * CHAINS, avx2, maddubs_madd_add32),
             ("Q4_1 kernel's whole mix (+ f32 epilogue)", 256, avx2, q4_1_block),
             ("vfmadd231ps f32", 8 * CHAINS, avx2, fma_f32),
             ("vpdpbusd zmm (VNNI step)", 64 * CHAINS, vnni, dpbusd_512),
+            ("tdpbsud 16x32 by 8x64 (AMX kernel's tile)", 4 * 16 * 16 * 32, amx, tdpbsud_k32),
+            ("tdpbsud 16x64 by 16x64 (AMX full tile)", 4 * 16 * 16 * 64, amx, tdpbsud_k64),
         ]
     }
 }

@@ -1,21 +1,23 @@
-//! The AMX-INT8 many-rows path (Sapphire Rapids and later), opt-in with `INFLIGHT_AMX=1`.
+//! The AMX-INT8 many-rows path (Sapphire Rapids and later): prefill chunks.
 //!
-//! One `tdpbusd` multiplies a 16 × 32 tile of unsigned weight bytes (a group's 16
-//! columns × one block of 32 values) by an 8 × 64 tile of signed activation bytes (the
-//! block's 32 values of 16 activation rows, four bytes of each row per tile row) into
-//! a 16 × 16 tile of 32-bit sums: one block's integer dot products of 16 columns and 16
-//! rows, the work of 128 `vpdpbusd`. The sums are exact, as the other kernels' are; the
-//! tile is stored and each column's 16 sums take the block's scale and minimum term in
-//! the portable kernel's order (AVX-512, a column per vector), so outputs are the same
-//! bits as every other kernel's.
+//! One `tdpbsud` multiplies a 16 × 32 tile of signed activation bytes (16 rows × one
+//! block of 32 values, read in place from the quantized activations, `k` bytes apart)
+//! by an 8 × 64 tile of unsigned weight bytes (one block of a group's 16 columns, four
+//! values of each column per tile row: exactly the VNNI panel's quant lines) into a
+//! 16 × 16 tile of 32-bit sums, the work of 128 `vpdpbusd`. Each tile row is then one
+//! activation row's 16 column sums: stored, they take the block's scale and minimum
+//! term in the portable kernel's order (AVX-512, a row per vector), so the outputs are
+//! the same bits as every other kernel's, and each row's 16 outputs go out whole.
 //!
-//! **This path has never run on AMX hardware**: it was written on machines without AMX.
-//! Everything but the tile instructions themselves (the packing of both operands, the
-//! epilogue, the bookkeeping of rows and groups) is tested against the portable kernel
-//! through [`Model`], a plain-Rust rendering of the instructions' defined results. On
-//! a host with AMX the path is used only when asked for (`INFLIGHT_AMX=1`), and only
-//! after the instructions themselves reproduce the portable kernel bit for bit on a
-//! small problem at start-up ([`enabled`]); otherwise the AVX-512 VNNI path runs.
+//! The per-block scales are what bounds this path: every block's sums make a round
+//! trip through memory (`tilestored`, then 16 vector loads) before the epilogue, so the
+//! epilogue trails the tile unit by [`LAG`] blocks, and a task sweeps all its groups
+//! with one tile of rows before the next, so its output stores (which would hold up the
+//! sums stores queued behind them when they miss) run along rows. The integer sums are
+//! exact, so the only instructions that could differ from the portable kernel's results
+//! are the tile instructions themselves: [`Model`] renders their defined results in
+//! plain Rust (the tests run the whole path through it on any AVX-512 host), and on an
+//! AMX host [`enabled`] runs them against the portable kernel before first use.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -23,42 +25,48 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 use super::activations::QActs;
-use super::gemm_panel::{offset, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
+use super::gemm_panel::{offset, Line, Output, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
 use super::layout::{record_shape, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, QK};
+use super::prefetch::{prefetch_line, Level};
 use super::QMatrix;
 
-/// Rows a task needs for the tiles: one tile holds 16 activation rows.
-pub const MIN_ROWS: usize = 16;
+/// Rows a task needs for the tiles: prefill chunks. Decode batches (16-64 rows) ran no
+/// faster on the tiles than on VNNI, and batch 16 up to 15% slower: their weights come
+/// from memory, so they pay the tiles' sums round trip without the reuse.
+pub const MIN_ROWS: usize = 128;
 /// Activation rows per tile.
 const TILE_ROWS: usize = 16;
-/// Bytes of one operand tile: 16 × 32 weight bytes, or 8 × 64 activation bytes.
-const TILE_BYTES: usize = 512;
+/// Blocks in the tile unit at once: each has its own `A`, `B` and `C` tile.
+const SLOTS: usize = 2;
+/// Blocks the epilogue trails the tile unit by: a block's sums are read back this many
+/// blocks after `tilestored` wrote them, so the loads do not wait on the stores.
+const LAG: usize = 2;
+/// Blocks ahead of the tile unit whose panel lines are prefetched.
+const AHEAD: usize = 4;
+/// Buffers for stored sums: a block's stay until its epilogue, `LAG` blocks later.
+const RING: usize = LAG + 1;
 
-/// The tile operations the kernel uses, on three fixed tiles: `C` (16 rows × 16 i32),
-/// `A` (16 rows × 32 u8: weights), `B` (8 rows × 64 i8: activations).
+/// The tile operations the kernel uses.
 ///
 /// # Safety
 /// Every pointer must be valid for the bytes the operation reads or writes, and
 /// `configure` must precede the other operations on the same thread.
 pub trait Tiles {
     unsafe fn configure(&mut self);
-    unsafe fn zero_c(&mut self);
-    /// `A` from 16 rows of 32 bytes, back to back.
-    unsafe fn load_a(&mut self, p: *const u8);
-    /// `B` from 8 rows of 64 bytes, back to back.
-    unsafe fn load_b(&mut self, p: *const u8);
-    /// `C[m][n] += Σₖ Σₜ A[m][4k + t] · B[k][4n + t]`, A unsigned and B signed.
-    unsafe fn dot(&mut self);
-    /// `C` to 16 rows of 16 i32, back to back.
-    unsafe fn store_c(&mut self, p: *mut i32);
+    /// One block's sums in slot `slot` (0 or 1): `C = A · B`, `A` 16 rows of 32 signed
+    /// bytes `stride` apart, `B` 8 rows of 64 unsigned bytes back to back, and `C`
+    /// (`C[m][n] = Σₖ Σₜ A[m][4k + t] · B[k][4n + t]`) stored as 16 rows of 16 i32 at
+    /// `sums`.
+    unsafe fn block(&mut self, slot: usize, a: *const i8, stride: usize, b: *const u8, sums: *mut i32);
     unsafe fn release(&mut self);
 }
 
-/// The AMX instructions (tiles 0, 1 and 2 as `C`, `A` and `B`).
+/// The AMX instructions: slot 0 is `tmm0` (C), `tmm2` (A), `tmm4` (B); slot 1 is
+/// `tmm1`, `tmm3`, `tmm5`.
 pub struct Hardware;
 
-/// `ldtilecfg`'s 64-byte operand: palette 1; tile 0 is 16 rows of 64 bytes, tile 1 16
-/// rows of 32 bytes, tile 2 8 rows of 64 bytes.
+/// `ldtilecfg`'s 64-byte operand: palette 1; tiles 0-1 are 16 rows of 64 bytes, 2-3
+/// 16 rows of 32 bytes, 4-5 8 rows of 64 bytes.
 #[repr(C, align(64))]
 struct TileConfig([u8; 64]);
 
@@ -66,7 +74,8 @@ impl TileConfig {
     fn new() -> Self {
         let mut c = [0u8; 64];
         c[0] = 1;
-        for (tile, (rows, bytes)) in [(16u8, 64u16), (16, 32), (8, 64)].into_iter().enumerate() {
+        let shapes = [(16u8, 64u16), (16, 64), (16, 32), (16, 32), (8, 64), (8, 64)];
+        for (tile, (rows, bytes)) in shapes.into_iter().enumerate() {
             c[16 + 2 * tile..18 + 2 * tile].copy_from_slice(&bytes.to_le_bytes());
             c[48 + tile] = rows;
         }
@@ -79,98 +88,88 @@ impl Tiles for Hardware {
         let config = TileConfig::new();
         asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
     }
-    unsafe fn zero_c(&mut self) {
-        asm!("tilezero tmm0", options(nostack, nomem));
-    }
-    unsafe fn load_a(&mut self, p: *const u8) {
-        asm!("tileloadd tmm1, [{} + {}*1]", in(reg) p, in(reg) 32usize, options(nostack, readonly));
-    }
-    unsafe fn load_b(&mut self, p: *const u8) {
-        asm!("tileloadd tmm2, [{} + {}*1]", in(reg) p, in(reg) 64usize, options(nostack, readonly));
-    }
-    unsafe fn dot(&mut self) {
-        asm!("tdpbusd tmm0, tmm1, tmm2", options(nostack, nomem));
-    }
-    unsafe fn store_c(&mut self, p: *mut i32) {
-        asm!("tilestored [{} + {}*1], tmm0", in(reg) p, in(reg) 64usize, options(nostack));
+    unsafe fn block(&mut self, slot: usize, a: *const i8, stride: usize, b: *const u8, sums: *mut i32) {
+        if slot == 0 {
+            asm!(
+                "tilezero tmm0",
+                "tileloadd tmm2, [{a} + {stride}*1]",
+                "tileloadd tmm4, [{b} + {row}*1]",
+                "tdpbsud tmm0, tmm2, tmm4",
+                "tilestored [{c} + {row}*1], tmm0",
+                a = in(reg) a, b = in(reg) b, c = in(reg) sums, stride = in(reg) stride, row = in(reg) 64usize,
+                options(nostack),
+            );
+        } else {
+            asm!(
+                "tilezero tmm1",
+                "tileloadd tmm3, [{a} + {stride}*1]",
+                "tileloadd tmm5, [{b} + {row}*1]",
+                "tdpbsud tmm1, tmm3, tmm5",
+                "tilestored [{c} + {row}*1], tmm1",
+                a = in(reg) a, b = in(reg) b, c = in(reg) sums, stride = in(reg) stride, row = in(reg) 64usize,
+                options(nostack),
+            );
+        }
     }
     unsafe fn release(&mut self) {
         asm!("tilerelease", options(nostack, nomem));
     }
 }
 
-/// The tile instructions' defined results in plain Rust (Intel SDM, `TDPBUSD`): the
+/// The tile instructions' defined results in plain Rust (Intel SDM, `TDPBSUD`): the
 /// stand-in for AMX on machines without it, so the rest of the path is tested there.
 #[cfg(test)]
 #[derive(Default)]
-pub struct Model {
-    c: Vec<i32>,
-    a: Vec<u8>,
-    b: Vec<i8>,
-}
+pub struct Model;
 
 #[cfg(test)]
 impl Tiles for Model {
-    unsafe fn configure(&mut self) {
-        self.c = vec![0; 256];
-        self.a = vec![0; TILE_BYTES];
-        self.b = vec![0; TILE_BYTES];
-    }
-    unsafe fn zero_c(&mut self) {
-        self.c.fill(0);
-    }
-    unsafe fn load_a(&mut self, p: *const u8) {
-        std::ptr::copy_nonoverlapping(p, self.a.as_mut_ptr(), TILE_BYTES);
-    }
-    unsafe fn load_b(&mut self, p: *const u8) {
-        std::ptr::copy_nonoverlapping(p.cast::<i8>(), self.b.as_mut_ptr(), TILE_BYTES);
-    }
-    unsafe fn dot(&mut self) {
+    unsafe fn configure(&mut self) {}
+    unsafe fn block(&mut self, slot: usize, a: *const i8, stride: usize, b: *const u8, sums: *mut i32) {
+        assert!(slot < SLOTS);
         for m in 0..16 {
-            for k in 0..8 {
-                for n in 0..16 {
-                    let sum: i32 = (0..4)
-                        .map(|t| {
-                            i32::from(self.a[32 * m + 4 * k + t]) * i32::from(self.b[64 * k + 4 * n + t])
-                        })
-                        .sum();
-                    self.c[16 * m + n] += sum;
+            for n in 0..16 {
+                let mut sum = 0i32;
+                for k in 0..8 {
+                    for t in 0..4 {
+                        sum +=
+                            i32::from(*a.add(m * stride + 4 * k + t)) * i32::from(*b.add(64 * k + 4 * n + t));
+                    }
                 }
+                *sums.add(16 * m + n) = sum;
             }
         }
-    }
-    unsafe fn store_c(&mut self, p: *mut i32) {
-        std::ptr::copy_nonoverlapping(self.c.as_ptr(), p, 256);
     }
     unsafe fn release(&mut self) {}
 }
 
-/// Whether the many-rows path runs on AMX in this process: asked for with
-/// `INFLIGHT_AMX=1`, the CPU has AMX-TILE and AMX-INT8 and AVX-512, the kernel lets
+/// Whether the many-rows path runs on AMX in this process: not turned off with
+/// `INFLIGHT_AMX=0`, the CPU has AMX-TILE and AMX-INT8 and AVX-512, the kernel lets
 /// this process use the tile registers, and the instructions reproduce the portable
 /// kernel on a small problem. Decided once, on first use.
 pub fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
-        if std::env::var_os("INFLIGHT_AMX").is_none_or(|v| v != "1") {
+        if std::env::var_os("INFLIGHT_AMX").is_some_and(|v| v == "0") {
             return false;
         }
-        if !(cpu_has_amx_int8() && super::isa::avx512f_bw_vnni()) {
-            tracing::warn!("INFLIGHT_AMX=1 but this CPU has no AMX-INT8 (or no AVX-512); using AVX-512 VNNI");
-            return false;
-        }
-        if !request_tile_data() {
-            tracing::warn!("the kernel refused this process the AMX tile registers; using AVX-512 VNNI");
+        if !available() {
             return false;
         }
         let ok = agrees_with_portable(|| Hardware);
         if ok {
-            tracing::info!("AMX-INT8 tiles in use for prefill matmuls");
+            tracing::info!("AMX-INT8 tiles in use for many-row matmuls");
         } else {
             tracing::error!("AMX-INT8 tile kernel disagrees with the portable one; not using it");
         }
         ok
     })
+}
+
+/// The CPU has AMX-INT8 and AVX-512 VNNI, and the kernel granted this process the tile
+/// registers.
+fn available() -> bool {
+    cpu_has_amx_int8() && super::isa::avx512f_bw_vnni() && request_tile_data()
 }
 
 /// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (bit 25).
@@ -180,21 +179,30 @@ fn cpu_has_amx_int8() -> bool {
 }
 
 /// Linux hands out the tile data state (XTILEDATA, feature 18) only on request, once
-/// per process; without it the first tile instruction raises SIGILL.
+/// per process (for all its threads); without it the first tile instruction raises
+/// SIGILL.
 fn request_tile_data() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: arch_prctl with these arguments only changes this process's permissions.
-    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    let granted =
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 };
+    if !granted {
+        tracing::warn!("the kernel refused this process the AMX tile registers; using AVX-512 VNNI");
+    }
+    granted
 }
 
-/// Runs the formats this path takes through `tiles` and the portable kernel, with a
-/// ragged last group and a ragged last tile of rows, and compares the results exactly.
+/// Runs the formats this path takes through `tiles` and the portable kernel, plain and
+/// gated, with a ragged last group and a ragged last tile of rows, and compares the
+/// results exactly.
 pub fn agrees_with_portable<T: Tiles>(tiles: impl Fn() -> T) -> bool {
     use super::dispatch::{self_check_activations, self_check_matrix, Kernel, SELF_CHECK_K};
     use super::layout::WeightFormat;
     let m = TILE_ROWS + 7;
     let x = self_check_activations(m);
+    let mut acts = QActs::default();
+    acts.quantize(Kernel::Portable, &x, m, SELF_CHECK_K);
     [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q4K, WeightFormat::Q8_0].into_iter().all(
         |format| {
             let Some(w) = self_check_matrix(format) else {
@@ -202,14 +210,32 @@ pub fn agrees_with_portable<T: Tiles>(tiles: impl Fn() -> T) -> bool {
             };
             let mut want = vec![0.0; m * w.n];
             w.matmul_with(Kernel::Portable, &x, m, &mut want);
-            let mut acts = QActs::default();
-            acts.quantize(Kernel::Portable, &x, m, SELF_CHECK_K);
             let mut got = vec![f32::NAN; m * w.n];
             // SAFETY: AVX-512 is available (checked by the callers), `got` holds m × n.
-            unsafe { run_task(&mut tiles(), &w, &acts, 0..m, 0..w.groups, got.as_mut_ptr()) };
-            want == got
+            unsafe { run_task(&mut tiles(), &w, &acts, 0..m, 0..w.groups, Output::Plain(got.as_mut_ptr())) };
+            // Gated: the first group as the gate, the second (its first `n - 16`
+            // columns real) as the up projection.
+            let (width, live) = (GROUP, w.n - GROUP);
+            let mut gated = vec![f32::NAN; m * width];
+            let output = Output::Gated { out: gated.as_mut_ptr(), width, gate: check_gate };
+            // SAFETY: as above; the matrix has two groups, `gated` holds m × 16.
+            unsafe { run_task(&mut tiles(), &w, &acts, 0..m, 0..1, output) };
+            let gated_ok = (0..m).all(|r| {
+                let (g, u) = (&want[r * w.n..][..live], &want[r * w.n + GROUP..][..live]);
+                let mut expect = vec![0.0; live];
+                check_gate(g, u, &mut expect);
+                gated[r * width..][..live] == expect[..]
+            });
+            want == got && gated_ok
         },
     )
+}
+
+/// The self-check's gate: any function of both operands.
+fn check_gate(g: &[f32], u: &[f32], out: &mut [f32]) {
+    for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+        *o = g * 0.5 - u;
+    }
 }
 
 /// Whether this path takes `format` for a task of `rows` rows (with [`enabled`]).
@@ -221,24 +247,25 @@ thread_local! {
     static BUFFERS: Cell<Buffers> = Cell::new(Buffers::default());
 }
 
-/// What a task packs: its groups' weight tiles and its rows' activation tiles.
+/// What a task keeps between its groups: their panels, a short last tile of rows
+/// padded to 16, and the stored sums.
 #[derive(Default)]
 struct Buffers {
-    /// One group: per block, the `A` tile (8 lines), then the scales and minimums lines.
+    /// The task's groups (each gate group followed by its up group), each
+    /// `nb · LINES_PER_BLOCK` lines.
     panel: Vec<Line>,
-    /// Per tile of rows and block: the `B` tile (8 lines).
-    acts: Vec<Line>,
-    /// Per tile of rows and block, the 16 rows' scales, scaled sums and sums (zeros for
-    /// rows past the task's last).
-    d: Vec<f32>,
-    s: Vec<f32>,
-    isum: Vec<i32>,
+    /// The task's last rows when they do not fill a tile: their quants and per-block
+    /// factors, then zero rows up to 16.
+    tail: QActs,
+    /// Blocks' integer sums, stored from the `C` tiles until their epilogue.
+    sums: Vec<Sums>,
 }
 
-/// Computes rows `rows` × the columns of `groups` of `out`, as `matmul::run_task`.
+/// Computes rows `rows` of `output` for the columns of `groups` (for `Gated`, the gate's
+/// groups, each with its up group), as `gemm::run_task`.
 ///
 /// # Safety
-/// As `matmul::run_task`; AVX-512 F, BW and VNNI must be available, and for
+/// As `gemm::run_task`; AVX-512 F, BW and VNNI must be available, and for
 /// [`Hardware`], [`enabled`] must have returned true.
 pub unsafe fn run_task<T: Tiles>(
     tiles: &mut T,
@@ -246,139 +273,218 @@ pub unsafe fn run_task<T: Tiles>(
     acts: &QActs,
     rows: std::ops::Range<usize>,
     groups: std::ops::Range<usize>,
-    out: *mut f32,
+    output: Output,
 ) {
-    let format = w.format.id();
+    match w.format.id() {
+        FMT_Q4_1 => task::<FMT_Q4_1, T>(tiles, w, acts, rows, groups, output),
+        FMT_Q4_0 => task::<FMT_Q4_0, T>(tiles, w, acts, rows, groups, output),
+        FMT_Q4K => task::<FMT_Q4K, T>(tiles, w, acts, rows, groups, output),
+        _ => task::<FMT_Q8_0, T>(tiles, w, acts, rows, groups, output),
+    }
+}
+
+/// [`run_task`] for format `F`: per group (or gate and up pair), unpack it once, then
+/// sweep it with every tile of the task's rows.
+///
+/// # Safety
+/// As [`run_task`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn task<const F: u8, T: Tiles>(
+    tiles: &mut T,
+    w: &QMatrix,
+    acts: &QActs,
+    rows: std::ops::Range<usize>,
+    groups: std::ops::Range<usize>,
+    output: Output,
+) {
+    let nb = acts.nb;
     let mut buf = BUFFERS.with(Cell::take);
-    pack_rows(acts, rows.clone(), &mut buf);
+    let live_in_tail = rows.len() % TILE_ROWS;
+    if live_in_tail != 0 {
+        pad_tail(acts, rows.end - live_in_tail..rows.end, &mut buf.tail);
+    }
+    let group_lines = nb * LINES_PER_BLOCK;
+    let group_bytes = w.format.group_bytes(w.k);
+    let data = w.data.as_slice();
+    // Every group of the task is unpacked first (a gated task: each gate group, then
+    // its up group), so a tile of rows can sweep them all in turn: its outputs are
+    // then written along its rows, streams the prefetchers follow, instead of a line
+    // in each of 16 rows per group. Output stores that miss hold up the sums stores
+    // queued behind them, and with those the epilogue.
+    let members = match output {
+        Output::Plain(_) => 1,
+        Output::Gated { .. } => 2,
+    };
+    buf.panel.resize(groups.len() * members * group_lines, Line([0; 64]));
+    for (i, g) in groups.clone().enumerate() {
+        for n in 0..members {
+            let group = match output {
+                Output::Gated { width, .. } if n == 1 => g + width / GROUP,
+                _ => g,
+            };
+            let bytes = &data[group * group_bytes..(group + 1) * group_bytes];
+            let at = (i * members + n) * group_lines;
+            super::avx512_gemm::pack::<F>(bytes, nb, &mut buf.panel[at..at + group_lines]);
+        }
+    }
+    buf.sums.resize(RING, Sums([0; 256]));
+    let sums: &mut [Sums; RING] = (&mut buf.sums[..RING]).try_into().expect("RING sums");
+    // A gated pair's gate and up outputs for one tile of rows.
+    let mut gates = [[0.0f32; GROUP]; TILE_ROWS];
+    let mut ups = [[0.0f32; GROUP]; TILE_ROWS];
     tiles.configure();
-    for g in groups {
-        let group_bytes = w.format.group_bytes(w.k);
-        let data = &w.data.as_slice()[g * group_bytes..(g + 1) * group_bytes];
-        match format {
-            FMT_Q4_1 => sweep::<FMT_Q4_1, T>(tiles, data, w, acts.nb, &rows, g, out, &mut buf),
-            FMT_Q4_0 => sweep::<FMT_Q4_0, T>(tiles, data, w, acts.nb, &rows, g, out, &mut buf),
-            FMT_Q4K => sweep::<FMT_Q4K, T>(tiles, data, w, acts.nb, &rows, g, out, &mut buf),
-            _ => sweep::<FMT_Q8_0, T>(tiles, data, w, acts.nb, &rows, g, out, &mut buf),
+    for tile in 0..rows.len().div_ceil(TILE_ROWS) {
+        let row0 = rows.start + tile * TILE_ROWS;
+        let live = (rows.end - row0).min(TILE_ROWS);
+        let src = if live == TILE_ROWS { RowTile::of(acts, row0) } else { RowTile::of(&buf.tail, 0) };
+        for (i, g) in groups.clone().enumerate() {
+            let panel = |n: usize| &buf.panel[(i * members + n) * group_lines..][..group_lines];
+            match output {
+                Output::Plain(out) => {
+                    let cols = (w.n - g * GROUP).min(GROUP);
+                    let dst = Dest { out: out.add(row0 * w.n + g * GROUP), ldo: w.n, rows: live, cols };
+                    sweep::<F, T>(tiles, &src, panel(0), sums, dst);
+                }
+                Output::Gated { out, width, gate } => {
+                    let dst = |values: &mut [[f32; GROUP]; TILE_ROWS]| Dest {
+                        out: values.as_mut_ptr().cast(),
+                        ldo: GROUP,
+                        rows: TILE_ROWS,
+                        cols: GROUP,
+                    };
+                    sweep::<F, T>(tiles, &src, panel(0), sums, dst(&mut gates));
+                    sweep::<F, T>(tiles, &src, panel(1), sums, dst(&mut ups));
+                    for r in 0..live {
+                        let dst =
+                            std::slice::from_raw_parts_mut(out.add((row0 + r) * width + g * GROUP), GROUP);
+                        gate(&gates[r], &ups[r], dst);
+                    }
+                }
+            }
         }
     }
     tiles.release();
     BUFFERS.with(|b| b.set(buf));
 }
 
-/// The task's rows as `B` tiles (tile row `j` of block `b` holds bytes `4j..4j + 4` of
-/// the block in each of the 16 rows) and per-block vectors of their scales and sums.
-fn pack_rows(acts: &QActs, rows: std::ops::Range<usize>, buf: &mut Buffers) {
+/// `rows` (fewer than 16) of `acts` into `tail`, followed by zero rows up to 16.
+fn pad_tail(acts: &QActs, rows: std::ops::Range<usize>, tail: &mut QActs) {
     let (k, nb) = (acts.k, acts.nb);
-    let tiles = rows.len().div_ceil(TILE_ROWS);
-    buf.acts.clear();
-    buf.acts.resize(tiles * nb * 8, Line([0; 64]));
-    for v in [&mut buf.d, &mut buf.s] {
-        v.clear();
-        v.resize(tiles * nb * TILE_ROWS, 0.0);
+    (tail.k, tail.nb) = (k, nb);
+    let live = rows.len();
+    tail.qs.clear();
+    tail.qs.extend_from_slice(&acts.qs[rows.start * k..rows.end * k]);
+    tail.qs.resize(TILE_ROWS * k, 0);
+    for (mine, theirs) in [(&mut tail.d, &acts.d), (&mut tail.s, &acts.s)] {
+        mine.clear();
+        mine.extend_from_slice(&theirs[rows.start * nb..rows.end * nb]);
+        mine.resize(TILE_ROWS * nb, 0.0);
     }
-    buf.isum.clear();
-    buf.isum.resize(tiles * nb * TILE_ROWS, 0);
-    for (i, row) in rows.enumerate() {
-        let (tile, n) = (i / TILE_ROWS, i % TILE_ROWS);
-        for b in 0..nb {
-            let at = (tile * nb + b) * TILE_ROWS + n;
-            buf.d[at] = acts.d[row * nb + b];
-            buf.s[at] = acts.s[row * nb + b];
-            buf.isum[at] = acts.isum[row * nb + b];
-            let block = &acts.qs[row * k + b * QK..][..QK];
-            for (j, four) in block.chunks_exact(4).enumerate() {
-                let line = &mut buf.acts[(tile * nb + b) * 8 + j].0;
-                for (dst, &x) in line[4 * n..4 * n + 4].iter_mut().zip(four) {
-                    *dst = x as u8;
-                }
-            }
+    tail.isum.clear();
+    tail.isum.extend_from_slice(&acts.isum[rows.start * nb..rows.end * nb]);
+    tail.isum.resize(TILE_ROWS * nb, 0);
+    debug_assert_eq!(tail.qs.len(), TILE_ROWS * k, "{live} rows padded");
+}
+
+/// 16 rows of quantized activations as a sweep reads them: row `r`'s quants at
+/// `qs + r · k` (an `A` tile is a block's 32 bytes of each, `k` apart), its block
+/// factors at `r · nb` of `d`, `s` and `isum`.
+struct RowTile {
+    qs: *const i8,
+    d: *const f32,
+    s: *const f32,
+    isum: *const i32,
+    k: usize,
+    nb: usize,
+}
+
+impl RowTile {
+    /// Rows `row0..row0 + 16` of `acts`, which must hold them.
+    fn of(acts: &QActs, row0: usize) -> RowTile {
+        let (k, nb) = (acts.k, acts.nb);
+        assert!(acts.qs.len() >= (row0 + TILE_ROWS) * k && acts.d.len() >= (row0 + TILE_ROWS) * nb);
+        assert!(acts.s.len() >= (row0 + TILE_ROWS) * nb && acts.isum.len() >= (row0 + TILE_ROWS) * nb);
+        RowTile {
+            qs: acts.qs[row0 * k..].as_ptr(),
+            d: acts.d[row0 * nb..].as_ptr(),
+            s: acts.s[row0 * nb..].as_ptr(),
+            isum: acts.isum[row0 * nb..].as_ptr(),
+            k,
+            nb,
         }
     }
 }
 
-/// Group `g` (its records `data`) against every tile of the task's rows.
+/// The integer sums as stored from a `C` tile: row `m` at `16 m`.
+#[derive(Clone)]
+#[repr(C, align(64))]
+struct Sums([i32; 256]);
+
+/// Where a sweep's outputs go: row `r`, column `c` at `out + r · ldo + c`, for the
+/// first `rows` rows and `cols` columns.
+struct Dest {
+    out: *mut f32,
+    ldo: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// One tile of activation rows against one group's panel over all blocks, into `dst`.
+/// Each block's integer sums come from the tiles; each output then takes
+/// `fma(sum, dw · dx)` and, with minimums, `fma(mw, sx)`, block by block, as in the
+/// portable kernel. The 16 rows' accumulators stay in registers.
 ///
 /// # Safety
-/// As [`run_task`].
-#[allow(clippy::too_many_arguments)]
+/// As [`run_task`]; `src` must hold its 16 rows of `panel.len() / 10` blocks, and `dst`
+/// be valid for its rows and columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn sweep<const F: u8, T: Tiles>(
     tiles: &mut T,
-    data: &[u8],
-    w: &QMatrix,
-    nb: usize,
-    rows: &std::ops::Range<usize>,
-    g: usize,
-    out: *mut f32,
-    buf: &mut Buffers,
+    src: &RowTile,
+    panel: &[Line],
+    sums: &mut [Sums; RING],
+    dst: Dest,
 ) {
-    buf.panel.resize(nb * LINES_PER_BLOCK, Line([0; 64]));
-    super::avx512_gemm::pack::<F>(data, nb, &mut buf.panel);
-    for b in 0..nb {
-        to_tile_rows(&mut buf.panel[b * LINES_PER_BLOCK..][..8]);
-    }
-    let off = offset(F);
+    let nb = panel.len() / LINES_PER_BLOCK;
+    assert!(nb <= src.nb);
     let has_mins = record_shape(F).has_mins;
-    let cols = (w.n - g * GROUP).min(GROUP);
-    let mut sums = [0i32; 256];
-    let mut result = [[0.0f32; TILE_ROWS]; GROUP];
-    for tile in 0..rows.len().div_ceil(TILE_ROWS) {
-        let mut acc = [_mm512_setzero_ps(); GROUP];
-        for b in 0..nb {
-            let blk = buf.panel.as_ptr().add(b * LINES_PER_BLOCK);
-            tiles.zero_c();
-            tiles.load_a(blk.cast());
-            tiles.load_b(buf.acts.as_ptr().add((tile * nb + b) * 8).cast());
-            tiles.dot();
-            tiles.store_c(sums.as_mut_ptr());
-            let at = (tile * nb + b) * TILE_ROWS;
-            let dx = _mm512_loadu_ps(buf.d.as_ptr().add(at));
-            let sx = _mm512_loadu_ps(buf.s.as_ptr().add(at));
-            let corr = _mm512_mullo_epi32(
-                _mm512_loadu_si512(buf.isum.as_ptr().add(at).cast()),
-                _mm512_set1_epi32(off),
-            );
-            let (dw, mw) = (blk.add(SCALES_LINE).cast::<f32>(), blk.add(MINS_LINE).cast::<f32>());
-            for (col, acc) in acc.iter_mut().enumerate() {
-                let mut d = _mm512_loadu_si512(sums.as_ptr().add(16 * col).cast());
-                if off != 0 {
-                    d = _mm512_sub_epi32(d, corr);
-                }
-                *acc = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(d),
-                    _mm512_mul_ps(_mm512_set1_ps(*dw.add(col)), dx),
-                    *acc,
-                );
-                if has_mins {
-                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*mw.add(col)), sx, *acc);
-                }
+    let off = offset(F);
+    let mut acc = [_mm512_setzero_ps(); TILE_ROWS];
+    // Step `t` starts block `t` in the tile unit and finishes block `t - LAG`.
+    for t in 0..nb + LAG {
+        if t < nb {
+            // The panel comes from L2 (a tile of rows sweeps all the task's groups), and
+            // a tile load waits for its lines: ask for a later block's now.
+            let ahead = panel.as_ptr().wrapping_add((t + AHEAD) * LINES_PER_BLOCK);
+            for line in 0..LINES_PER_BLOCK {
+                prefetch_line(ahead.wrapping_add(line), Level::L1);
             }
+            let b = panel.as_ptr().add(t * LINES_PER_BLOCK).cast();
+            tiles.block(t % SLOTS, src.qs.add(t * QK), src.k, b, sums[t % RING].0.as_mut_ptr());
         }
-        for (col, acc) in acc.iter().enumerate() {
-            _mm512_storeu_ps(result[col].as_mut_ptr(), *acc);
-        }
-        let first = rows.start + tile * TILE_ROWS;
-        for n in 0..(rows.end - first).min(TILE_ROWS) {
-            let dst = out.add((first + n) * w.n + g * GROUP);
-            for (col, values) in result.iter().enumerate().take(cols) {
-                *dst.add(col) = values[n];
+        let Some(blk) = t.checked_sub(LAG) else {
+            continue;
+        };
+        let block_sums = sums[blk % RING].0.as_ptr();
+        let line = panel.as_ptr().add(blk * LINES_PER_BLOCK);
+        let dw = _mm512_load_ps(line.add(SCALES_LINE).cast());
+        let mw = _mm512_load_ps(line.add(MINS_LINE).cast());
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let at = r * src.nb + blk;
+            let mut sum = _mm512_load_si512(block_sums.add(16 * r).cast());
+            if off != 0 {
+                sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(off * *src.isum.add(at)));
+            }
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*src.d.add(at)));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, *acc);
+            if has_mins {
+                *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(*src.s.add(at)), *acc);
             }
         }
     }
-}
-
-/// A block's eight quant lines from the VNNI panel's order (line `j`, bytes `4r..4r + 4`:
-/// values `4j..4j + 4` of column `r`) to an `A` tile (row `r`, bytes `4j..4j + 4`).
-fn to_tile_rows(lines: &mut [Line]) {
-    let mut tile = [0u8; TILE_BYTES];
-    for (j, line) in lines.iter().enumerate() {
-        for r in 0..GROUP {
-            tile[32 * r + 4 * j..][..4].copy_from_slice(&line.0[4 * r..4 * r + 4]);
-        }
-    }
-    for (line, bytes) in lines.iter_mut().zip(tile.chunks_exact(64)) {
-        line.0.copy_from_slice(bytes);
+    let mask: __mmask16 = if dst.cols >= 16 { 0xffff } else { (1u16 << dst.cols) - 1 };
+    for (r, acc) in acc.iter().enumerate().take(dst.rows) {
+        _mm512_mask_storeu_ps(dst.out.add(r * dst.ldo), mask, *acc);
     }
 }
 
@@ -387,13 +493,73 @@ mod tests {
     use super::*;
 
     /// Everything but the instructions, through the model: the same bits as the
-    /// portable kernel for every format this path takes.
+    /// portable kernel for every format this path takes, plain and gated.
     #[test]
     fn the_tile_path_matches_the_portable_kernel_through_the_model() {
         if !super::super::isa::avx512f_bw_vnni() {
             return; // the epilogue is AVX-512
         }
-        assert!(agrees_with_portable(Model::default));
+        assert!(agrees_with_portable(|| Model));
+    }
+
+    /// Prefill-sized tasks (several tiles of rows, a ragged last tile, several groups,
+    /// plain and gated) through the model, and through the instructions where this CPU
+    /// has them, against the portable kernel bit for bit.
+    #[test]
+    fn prefill_sized_tasks_match_the_portable_kernel() {
+        use super::super::dispatch::{pattern_matrix, self_check_activations, Kernel, SELF_CHECK_K};
+        use super::super::layout::WeightFormat;
+        if !super::super::isa::avx512f_bw_vnni() {
+            return;
+        }
+        fn gate(g: &[f32], u: &[f32], out: &mut [f32]) {
+            for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+                *o = g * u - 0.25 * g;
+            }
+        }
+        let hardware = available();
+        for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q4K, WeightFormat::Q8_0] {
+            let (n, k) = (64, SELF_CHECK_K);
+            let w = pattern_matrix(format, n, k).expect("pattern matrix");
+            for m in [128, 131, 150] {
+                let x = self_check_activations(m);
+                let mut acts = QActs::default();
+                acts.quantize(Kernel::Portable, &x, m, k);
+                let mut want = vec![0.0; m * n];
+                w.matmul_with(Kernel::Portable, &x, m, &mut want);
+                let width = n / 2;
+                let mut want_gated = vec![0.0; m * width];
+                for (row, o) in want.chunks(n).zip(want_gated.chunks_mut(width)) {
+                    gate(&row[..width], &row[width..], o);
+                }
+                let check = |run: &mut dyn FnMut(std::ops::Range<usize>, Output)| {
+                    let mut got = vec![f32::NAN; m * n];
+                    run(0..w.groups, Output::Plain(got.as_mut_ptr()));
+                    assert_eq!(got, want, "{format:?} m={m} plain");
+                    let mut gated = vec![f32::NAN; m * width];
+                    run(0..w.groups / 2, Output::Gated { out: gated.as_mut_ptr(), width, gate });
+                    assert_eq!(gated, want_gated, "{format:?} m={m} gated");
+                };
+                // SAFETY: AVX-512 is available; the outputs hold m × n and m × width.
+                check(&mut |groups, out| unsafe { run_task(&mut Model, &w, &acts, 0..m, groups, out) });
+                if hardware {
+                    // SAFETY: as above, and `available` granted the tiles.
+                    check(&mut |groups, out| unsafe {
+                        run_task(&mut Hardware, &w, &acts, 0..m, groups, out)
+                    });
+                }
+            }
+        }
+    }
+
+    /// The instructions themselves, where this CPU has them (the start-up check, run as
+    /// a test so `cargo test` on an AMX host exercises the hardware path).
+    #[test]
+    fn the_tile_instructions_match_the_portable_kernel_on_an_amx_host() {
+        if !available() {
+            return;
+        }
+        assert!(agrees_with_portable(|| Hardware));
     }
 
     #[test]
@@ -407,11 +573,15 @@ mod tests {
     }
 
     #[test]
-    fn the_tile_configuration_names_the_three_tiles() {
+    fn the_tile_configuration_names_the_six_tiles() {
         let c = TileConfig::new().0;
         assert_eq!(c[0], 1, "palette");
-        assert_eq!(&c[16..22], &[64, 0, 32, 0, 64, 0], "bytes per row of C, A, B");
-        assert_eq!(&c[48..51], &[16, 16, 8], "rows of C, A, B");
-        assert!(c[22..48].iter().chain(&c[51..]).all(|&b| b == 0));
+        assert_eq!(
+            &c[16..28],
+            &[64, 0, 64, 0, 32, 0, 32, 0, 64, 0, 64, 0],
+            "bytes per row of C, C, A, A, B, B"
+        );
+        assert_eq!(&c[48..54], &[16, 16, 16, 16, 8, 8], "rows of C, C, A, A, B, B");
+        assert!(c[1..16].iter().chain(&c[28..48]).chain(&c[54..]).all(|&b| b == 0));
     }
 }

@@ -5,9 +5,10 @@
 //! the portable kernel bit for bit on a small problem before it is chosen: a kernel this
 //! build machine cannot execute (AVX-512 on an AVX2-only host) is then still checked on
 //! the machine that first runs it. `INFLIGHT_KERNEL=avx2|portable|avx512vnni` caps the
-//! choice (e.g. to measure the AVX2 path on an AVX-512 host). `INFLIGHT_AMX=1` lets the
-//! AVX-512 VNNI kernel hand its many-row tasks to AMX tiles (`amx_gemm`, opt-in; its
-//! own check runs where the kernel's name is first asked for, `kernels::kernel_name`).
+//! choice (e.g. to measure the AVX2 path on an AVX-512 host). On a CPU with AMX-INT8
+//! the AVX-512 VNNI kernel hands its many-row tasks to AMX tiles (`amx_gemm`; its own
+//! check runs where the kernel's name is first asked for, `kernels::kernel_name`);
+//! `INFLIGHT_AMX=0` keeps them on VNNI.
 
 use std::sync::OnceLock;
 
@@ -122,7 +123,11 @@ fn agrees_on(kernel: Kernel, m: usize) -> bool {
 /// group), with small positive scales and negative minimums; `None` if they do not
 /// repack.
 pub fn self_check_matrix(format: WeightFormat) -> Option<QMatrix> {
-    let (n, k) = (21, SELF_CHECK_K);
+    pattern_matrix(format, 21, SELF_CHECK_K)
+}
+
+/// An `n × k` matrix in `format` with the self-checks' byte pattern.
+pub fn pattern_matrix(format: WeightFormat, n: usize, k: usize) -> Option<QMatrix> {
     let block = format.gguf_block_bytes();
     let bytes: Vec<u8> = (0..n * format.gguf_row_bytes(k))
         .map(|i| match (format, i % block) {

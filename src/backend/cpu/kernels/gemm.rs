@@ -16,6 +16,7 @@ use std::cell::Cell;
 use super::activations::QActs;
 use super::dispatch::Kernel;
 use super::gemm_panel::{Block, Line, MicroFn, PackFn, LINES_PER_BLOCK, MR, NR};
+pub use super::gemm_panel::{GateFn, Output};
 use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, QK};
 use super::prefetch::{prefetch, Level};
 use super::QMatrix;
@@ -58,21 +59,6 @@ fn block_shape(kernel: Kernel, format: u8) -> (usize, usize) {
     (MR, NR)
 }
 
-/// Where a task's results go.
-#[derive(Clone, Copy)]
-pub enum Output {
-    /// Every output, row `r` at `r * n`.
-    Plain(*mut f32),
-    /// The stack of a gate and an up projection (`width` rows each, a multiple of 16),
-    /// gated: `gate(g, u, out)` of each row's matching 16 gate and up outputs, written
-    /// at `r * width`. The `2 · width` outputs themselves are never stored.
-    Gated { out: *mut f32, width: usize, gate: GateFn },
-}
-
-/// `out[j] = f(g[j], u[j])` for every `j` of equal-length slices; must give each
-/// element the same bits whatever the slices' lengths.
-pub type GateFn = fn(g: &[f32], u: &[f32], out: &mut [f32]);
-
 /// Computes rows `rows` of `output`: the columns of `groups` (for `Gated`, the gate's
 /// groups, each with its up group), as `matmul::run_task`.
 ///
@@ -90,13 +76,11 @@ pub unsafe fn run_task(
 ) {
     let format = w.format.id();
     #[cfg(target_arch = "x86_64")]
-    if let Output::Plain(out) = output {
-        if kernel == Kernel::Avx512Vnni
-            && super::amx_gemm::applies(format, rows.len())
-            && super::amx_gemm::enabled()
-        {
-            return super::amx_gemm::run_task(&mut super::amx_gemm::Hardware, w, acts, rows, groups, out);
-        }
+    if kernel == Kernel::Avx512Vnni
+        && super::amx_gemm::applies(format, rows.len())
+        && super::amx_gemm::enabled()
+    {
+        return super::amx_gemm::run_task(&mut super::amx_gemm::Hardware, w, acts, rows, groups, output);
     }
     let nb = w.k / QK;
     let group_lines = nb * LINES_PER_BLOCK;

@@ -1,9 +1,25 @@
-//! The many-rows path's shared contract (`gemm` drives it, `avx512_gemm` and
-//! `avx2_gemm` implement it): the layout of a panel of unpacked weight groups, the register block's shape,
-//! and the signatures of the packing and micro-kernel functions.
+//! The many-rows path's shared contract (`gemm` drives it, `avx512_gemm`, `avx2_gemm`
+//! and `amx_gemm` implement it): where a task's results go, the layout of a panel of
+//! unpacked weight groups, the register block's shape, and the signatures of the
+//! packing and micro-kernel functions.
 
 use super::activations::QActs;
 use super::layout::{WeightFormat, FMT_Q8_0};
+
+/// Where a task's results go.
+#[derive(Clone, Copy)]
+pub enum Output {
+    /// Every output, row `r` at `r * n`.
+    Plain(*mut f32),
+    /// The stack of a gate and an up projection (`width` rows each, a multiple of 16),
+    /// gated: `gate(g, u, out)` of each row's matching 16 gate and up outputs, written
+    /// at `r * width`. The `2 · width` outputs themselves are never stored.
+    Gated { out: *mut f32, width: usize, gate: GateFn },
+}
+
+/// `out[j] = f(g[j], u[j])` for every `j` of equal-length slices; must give each
+/// element the same bits whatever the slices' lengths.
+pub type GateFn = fn(g: &[f32], u: &[f32], out: &mut [f32]);
 
 /// One cache line; the panel is made of them so its vector loads are aligned.
 #[derive(Clone, Copy)]

@@ -58,7 +58,7 @@ pub enum KernelError {
 }
 
 /// The kernel this process runs, for logs: decided on first call with its start-up
-/// self-checks, including the opt-in AMX tiles' (`avx512vnni+amx` when they are used).
+/// self-checks, including the AMX tiles' (`avx512vnni+amx` when they are used).
 pub fn kernel_name() -> &'static str {
     let kernel = dispatch::selected();
     #[cfg(target_arch = "x86_64")]
