@@ -283,8 +283,8 @@ pub unsafe fn run_task<T: Tiles>(
     }
 }
 
-/// [`run_task`] for format `F`: per group (or gate and up pair), unpack it once, then
-/// sweep it with every tile of the task's rows.
+/// [`run_task`] for format `F`: unpack every group of the task (and each gate's up
+/// group), then sweep them all with one tile of rows after another.
 ///
 /// # Safety
 /// As [`run_task`].
