@@ -222,6 +222,59 @@ mod peak {
         acc.iter().fold(0, |s, a| s ^ _mm512_reduce_add_epi32(*a) as i64)
     }
 
+    /// `vpdpwssd` on 32 signed 16-bit pairs: what activations held in 16 bits would
+    /// multiply with (`--activations int16` runs two `vpdpbusd` passes instead), 32
+    /// products each.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dpwssd_512(iters: usize) -> i64 {
+        let (mut x, step) = (_mm512_set1_epi16(1), _mm512_set1_epi16(3));
+        let w: [__m512i; CHAINS] = std::array::from_fn(|i| _mm512_set1_epi16(i as i16 + 2));
+        let mut acc = [_mm512_setzero_si512(); CHAINS];
+        for _ in 0..iters {
+            for (a, w) in acc.iter_mut().zip(&w) {
+                *a = _mm512_dpwssd_epi32(*a, *w, x);
+            }
+            x = _mm512_add_epi16(x, step);
+        }
+        acc.iter().fold(0, |s, a| s ^ _mm512_reduce_add_epi32(*a) as i64)
+    }
+
+    /// `vdpbf16ps` on 32 bf16 pairs: what bf16 activations would multiply with, 32
+    /// products each.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn dpbf16_512(iters: usize) -> i64 {
+        // bf16 1.0 and 2^-7 in every lane, so the sums stay finite.
+        let (mut x, step) = (_mm512_set1_epi16(0x3f80), _mm512_set1_epi16(1));
+        let w: [__m512i; CHAINS] = std::array::from_fn(|i| _mm512_set1_epi16(0x3c00 + i as i16));
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for (a, w) in acc.iter_mut().zip(&w) {
+                *a = _mm512_dpbf16_ps(
+                    *a,
+                    std::mem::transmute::<__m512i, __m512bh>(*w),
+                    std::mem::transmute(x),
+                );
+            }
+            x = _mm512_xor_si512(x, step);
+        }
+        acc.iter().fold(0, |s, a| s ^ _mm512_reduce_add_ps(*a) as i64)
+    }
+
+    /// `vfmadd231ps` on 16 floats: the `--activations f32` kernel's step on AVX-512.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma_f32_512(iters: usize) -> i64 {
+        let mut x = _mm512_set1_ps(1.0);
+        let w: [__m512; CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(1e-6 * i as f32));
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        for _ in 0..iters {
+            for (a, w) in acc.iter_mut().zip(&w) {
+                *a = _mm512_fmadd_ps(*w, x, *a);
+            }
+            x = _mm512_add_ps(x, w[1]);
+        }
+        acc.iter().fold(0, |s, a| s ^ _mm512_reduce_add_ps(*a) as i64)
+    }
+
     /// Everything the AVX2 Q4_1 kernel issues for one row and one block half (8 weight
     /// rows × 32 values = 256 products): eight `vpmaddubsw`, seven `vpaddw`, the
     /// `vpmaddwd` widening, and the float epilogue (`vcvtdq2ps`, `vmulps` for the scale
@@ -323,16 +376,21 @@ mod peak {
     /// and the loop.
     pub type Mix = (&'static str, usize, bool, unsafe fn(usize) -> i64);
 
-    pub fn mixes() -> [Mix; 7] {
+    pub fn mixes() -> [Mix; 10] {
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         let vnni = is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni");
+        let avx512 = is_x86_feature_detected!("avx512f");
+        let bf16 = is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16");
         let amx = amx_int8();
         [
             ("vpmaddubsw+vpaddw (Q4 step)", 32 * CHAINS, avx2, maddubs_add16),
             ("vpmaddubsw+vpmaddwd+vpaddd (Q8_0 step)", 32 * CHAINS, avx2, maddubs_madd_add32),
             ("Q4_1 kernel's whole mix (+ f32 epilogue)", 256, avx2, q4_1_block),
             ("vfmadd231ps f32", 8 * CHAINS, avx2, fma_f32),
+            ("vfmadd231ps zmm f32", 16 * CHAINS, avx512, fma_f32_512),
             ("vpdpbusd zmm (VNNI step)", 64 * CHAINS, vnni, dpbusd_512),
+            ("vpdpwssd zmm (16-bit pairs)", 32 * CHAINS, vnni, dpwssd_512),
+            ("vdpbf16ps zmm (bf16 pairs)", 32 * CHAINS, bf16, dpbf16_512),
             ("tdpbsud 16x32 by 8x64 (AMX kernel's tile)", 4 * 16 * 16 * 32, amx, tdpbsud_k32),
             ("tdpbsud 16x64 by 16x64 (AMX full tile)", 4 * 16 * 16 * 64, amx, tdpbsud_k64),
         ]

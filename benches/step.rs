@@ -6,7 +6,7 @@
 //! `cargo bench --bench step` (model: `INFLIGHT_BENCH_MODEL` or the registry's
 //! download location; fetch it first with `inflight models pull`; threads:
 //! `INFLIGHT_THREADS`, default one per core; `INFLIGHT_KV_CACHE_DTYPE=f32` for an f32
-//! KV cache; `INFLIGHT_ACTIVATIONS=f32` for f32 activations;
+//! KV cache; `INFLIGHT_ACTIVATIONS=f32|int16` for f32 or 16-bit activations;
 //! `INFLIGHT_CHUNK_INVARIANT_ATTENTION=1` for decode rows with the tile's arithmetic; `INFLIGHT_BENCH_DECODE_DEPTH`
 //! for the decode steps' depth, default 128).
 //!
@@ -45,6 +45,7 @@ fn backend() -> CpuBackend {
     };
     let activations = match std::env::var("INFLIGHT_ACTIVATIONS").as_deref() {
         Ok("f32") => Activations::F32,
+        Ok("int16") => Activations::Int16,
         _ => Activations::default(),
     };
     let chunk_invariant_attention =

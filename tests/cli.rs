@@ -102,23 +102,30 @@ fn generate_chat_uses_the_template_and_streams_the_answer() {
 }
 
 /// With `--activations f32` (and an f32 KV cache) the 4-bit model answers as its
-/// weights dequantized to f32 do in transformers; 8-bit activations cost this small
-/// model that answer (see the README's accuracy figures).
+/// weights dequantized to f32 do in transformers, and so does it with
+/// `--activations int16` on the default f16 cache; 8-bit activations cost this
+/// small model that answer (see the README's accuracy figures).
 #[test]
-fn f32_activations_answer_as_the_float_model_does() {
-    let out = inflight()
-        .args(["generate", "--chat", "--max-tokens", "10", "--activations", "f32", "--kv-cache-dtype", "f32"])
-        .args(["--prompt", "What is the capital of France?"])
-        .arg("--model")
-        .arg(model_path())
-        .output()
-        .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answer = String::from_utf8_lossy(&out.stdout);
-    assert!(answer.starts_with("The capital of France is Paris"), "answer: {answer:?}");
+fn f32_and_int16_activations_answer_as_the_float_model_does() {
+    let france = |args: &[&str]| {
+        let out = inflight()
+            .args(["generate", "--chat", "--max-tokens", "10"])
+            .args(args)
+            .args(["--prompt", "What is the capital of France?"])
+            .arg("--model")
+            .arg(model_path())
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for args in [&["--activations", "f32", "--kv-cache-dtype", "f32"][..], &["--activations", "int16"]] {
+        let answer = france(args);
+        assert!(answer.starts_with("The capital of France is Paris"), "{args:?}: {answer:?}");
+    }
     let out = inflight().args(["generate", "-p", "hi", "--activations", "f16"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2), "an unknown precision is a usage error");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("int8, f32"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("int8, int16, f32"));
 }
 
 #[test]

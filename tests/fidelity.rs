@@ -27,9 +27,19 @@ fn backend_on(path: &std::path::Path, dequantized: bool) -> CpuBackend {
 /// `exact`: f32 KV cache and f32 activations, the exactness check against
 /// transformers' f32; otherwise the serving defaults.
 fn backend_for(model: Llama, exact: bool) -> CpuBackend {
-    let (kv_dtype, activations) =
-        if exact { (KvDtype::F32, Activations::F32) } else { (KvDtype::default(), Activations::default()) };
-    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, kv_dtype, activations, ..Default::default() };
+    if exact {
+        backend_computing(model, Activations::F32)
+    } else {
+        let cfg = CpuConfig { kv_cache_bytes: 256 << 20, ..Default::default() };
+        CpuBackend::new(model, &cfg).expect("backend")
+    }
+}
+
+/// An f32 KV cache and `activations`: only the matmuls' activations differ from the
+/// float model.
+fn backend_computing(model: Llama, activations: Activations) -> CpuBackend {
+    let cfg =
+        CpuConfig { kv_cache_bytes: 256 << 20, kv_dtype: KvDtype::F32, activations, ..Default::default() };
     CpuBackend::new(model, &cfg).expect("backend")
 }
 
@@ -184,7 +194,20 @@ fn f32_activations_on_quantized_weights_reproduce_transformers_f32_logits() {
     assert_reproduces_transformers_f32(&mut be, "f32 activations");
 }
 
+/// `--activations int16` (two 8-bit passes) on the 4-bit weights: within 5e-3 of the
+/// float model's logits, where int8 activations are off by up to 0.3 (the check
+/// below fails for them).
+#[test]
+fn int16_activations_on_quantized_weights_come_within_5e_3_of_transformers_f32_logits() {
+    let mut be = backend_computing(model_on(&model_path(), false), Activations::Int16);
+    assert_within_of_transformers_f32(&mut be, "int16 activations", 5e-3);
+}
+
 fn assert_reproduces_transformers_f32(be: &mut CpuBackend, what: &str) {
+    assert_within_of_transformers_f32(be, what, 2e-3)
+}
+
+fn assert_within_of_transformers_f32(be: &mut CpuBackend, what: &str, tolerance: f32) {
     let prompts = reference()["prompts"].as_array().expect("prompts");
     let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
     let first = greedy_batch(be, &prompt_ids, 1).first_logits;
@@ -193,7 +216,7 @@ fn assert_reproduces_transformers_f32(be: &mut CpuBackend, what: &str) {
             let id = top["id"].as_u64().expect("id") as usize;
             let want = top["logit"].as_f64().expect("logit") as f32;
             assert!(
-                (logits[id] - want).abs() < 2e-3,
+                (logits[id] - want).abs() < tolerance,
                 "{what}, prompt {}: logit of {} is {} vs transformers f32 {want}",
                 p["id"],
                 top["token"],

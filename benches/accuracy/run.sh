@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Accuracy of each activation precision (`--activations int8|f32`, with either KV cache
+# Accuracy of each activation precision (`--activations int8|int16|f32`, with either KV cache
 # dtype) against the default model's weights dequantized to f32: first-position logits
 # of the reference prompts (`../shared/reference/`, whose `transformers_f32` entries are
 # transformers' float32 logits on those weights; llama.cpp's from the same file beside
@@ -25,7 +25,7 @@ ref = json.load(open(sys.argv[1]))
 print(json.dumps({"sequences": [{"prompt": p["prompt_ids"]} for p in ref["prompts"]]}))
 ' "$REF" > "$WORK/input.json"
 
-for acts in int8 f32; do
+for acts in int8 int16 f32; do
     for kv in f16 f32; do
         run="$acts-kv-$kv"
         INFLIGHT_LOG=warn "$BIN" score --model "$MODEL" --input "$WORK/input.json" --greedy 1 \

@@ -136,6 +136,7 @@ pub fn model_config(
             chunk_invariant_attention: args.chunk_invariant_attention,
             activations: match args.activations {
                 ActivationPrecision::Int8 => Activations::Int8,
+                ActivationPrecision::Int16 => Activations::Int16,
                 ActivationPrecision::F32 => Activations::F32,
             },
         }),

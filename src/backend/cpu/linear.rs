@@ -106,8 +106,9 @@ impl Linear {
 
     /// For a stack of gate and up projections (`width` outputs each): the rows of
     /// `silu(gate) · up`, as [`Linear::forward`] followed by `swiglu_rows`, to the bit.
-    /// On the project's kernels with int8 activations the gate is applied inside the
-    /// matmul (`QMatrix::matmul_gated`), so the stack's outputs never reach memory.
+    /// On the project's kernels the gate is applied inside the matmul
+    /// (`QMatrix::matmul_gated_as`): with int8 activations as each register block is
+    /// finished, so the stack's outputs never reach memory.
     pub fn forward_swiglu(
         &self,
         x: &[f32],
@@ -116,11 +117,9 @@ impl Linear {
         width: usize,
     ) -> Result<Vec<f32>, ModelError> {
         match &self.imp {
-            Imp::Kernel(q)
-                if activations == Activations::Int8 && q.n() == 2 * width && width.is_multiple_of(16) =>
-            {
+            Imp::Kernel(q) if q.n() == 2 * width && width.is_multiple_of(16) => {
                 let mut out = vec![0.0; m * width];
-                q.matmul_gated(x, m, width, swiglu, &mut out);
+                q.matmul_gated_as(activations, x, m, width, swiglu, &mut out);
                 Ok(out)
             }
             _ => Ok(swiglu_rows(&self.forward(x, m, activations)?, width)),

@@ -139,7 +139,11 @@ impl CpuBackend {
             device: format!(
                 "cpu ({}{}, {} threads)",
                 kernels::kernel_name(),
-                if cfg.activations == Activations::F32 { ", f32 activations" } else { "" },
+                if cfg.activations == Activations::Int8 {
+                    String::new()
+                } else {
+                    format!(", {} activations", cfg.activations.name())
+                },
                 pool.current_num_threads()
             ),
             block_size: cfg.block_size,

@@ -25,6 +25,10 @@ pub struct QActs {
 /// One row's outputs (quants, scales, scaled sums, sums) and its input.
 type Row<'a> = ((((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a mut [i32]), &'a [f32]);
 
+/// One row's input, its 8-bit quants and scales, and its remainder row's outputs.
+type RemainderRow<'a> =
+    (((&'a [f32], &'a [i8]), &'a [f32]), (((&'a mut [i8], &'a mut [f32]), &'a mut [f32]), &'a mut [i32]));
+
 /// Rows at or above which quantization itself is spread over threads.
 const PARALLEL_ROWS: usize = 32;
 
@@ -60,23 +64,65 @@ impl QActs {
     }
 }
 
+impl QActs {
+    /// Quantizes `x` (`m` rows of `k`) into rows `0..m` as [`QActs::quantize`] does, and
+    /// what that rounding leaves, `x - d * q` value by value, into rows `m..2m`: the
+    /// activations to about 16 bits as two sets of 8-bit rows (`remainder_acts`).
+    pub fn quantize_with_remainder(&mut self, kernel: Kernel, x: &[f32], m: usize, k: usize) {
+        debug_assert_eq!(x.len(), m * k);
+        let nb = k / QK;
+        self.quantize(kernel, x, m, k);
+        self.qs.resize(2 * m * k, 0);
+        self.d.resize(2 * m * nb, 0.0);
+        self.s.resize(2 * m * nb, 0.0);
+        self.isum.resize(2 * m * nb, 0);
+        let (qs, rest_qs) = self.qs.split_at_mut(m * k);
+        let (d, rest_d) = self.d.split_at_mut(m * nb);
+        let (s, isum) = (&mut self.s[m * nb..], &mut self.isum[m * nb..]);
+        let one = |(((xr, qr), dr), (((q, d), s), isum)): RemainderRow<'_>| {
+            let mut remainder = [0.0f32; QK];
+            for (b, ((xb, qb), &db)) in xr.chunks_exact(QK).zip(qr.chunks_exact(QK)).zip(dr).enumerate() {
+                for ((r, &v), &q) in remainder.iter_mut().zip(xb).zip(qb) {
+                    *r = v - db * f32::from(q);
+                }
+                (d[b], isum[b], s[b]) = quantize_block(kernel, &remainder, &mut q[b * QK..(b + 1) * QK]);
+            }
+        };
+        if m >= PARALLEL_ROWS {
+            let rows = x.par_chunks(k).zip(qs.par_chunks(k)).zip(d.par_chunks(nb));
+            let rest = rest_qs.par_chunks_mut(k).zip(rest_d.par_chunks_mut(nb));
+            rows.zip(rest.zip(s.par_chunks_mut(nb)).zip(isum.par_chunks_mut(nb))).for_each(one);
+        } else {
+            let rows = x.chunks(k).zip(qs.chunks(k)).zip(d.chunks(nb));
+            let rest = rest_qs.chunks_mut(k).zip(rest_d.chunks_mut(nb));
+            rows.zip(rest.zip(s.chunks_mut(nb)).zip(isum.chunks_mut(nb))).for_each(one);
+        }
+    }
+}
+
 fn quantize_row(kernel: Kernel, x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]) {
     for (b, (xb, qb)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
-        let (db, sum) = match kernel {
-            // SAFETY: the kernel is only ever used once `is_available` said so, and both
-            // blocks hold exactly 32 elements.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => unsafe { x86::block_avx512(xb.as_ptr(), qb.as_mut_ptr()) },
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { x86::block_avx2(xb.as_ptr(), qb.as_mut_ptr()) },
-            _ => block_portable(xb, qb),
-        };
-        // The scale is kept at f16 precision, as ggml's Q8_0/Q8_1 blocks store it, so
-        // results follow llama.cpp's arithmetic more closely, not only its algorithm.
-        d[b] = round_f16(db);
-        isum[b] = sum;
-        s[b] = d[b] * sum as f32;
+        (d[b], isum[b], s[b]) = quantize_block(kernel, xb, qb);
     }
+}
+
+/// One block of 32 values: its quants into `q`, and its scale, sum and scaled sum.
+#[inline(always)]
+fn quantize_block(kernel: Kernel, x: &[f32], q: &mut [i8]) -> (f32, i32, f32) {
+    assert!(x.len() == QK && q.len() == QK, "a block is {QK} values");
+    let (d, sum) = match kernel {
+        // SAFETY: the kernel is only ever used once `is_available` said so, and both
+        // blocks hold exactly 32 elements (asserted above).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => unsafe { x86::block_avx512(x.as_ptr(), q.as_mut_ptr()) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { x86::block_avx2(x.as_ptr(), q.as_mut_ptr()) },
+        _ => block_portable(x, q),
+    };
+    // The scale is kept at f16 precision, as ggml's Q8_0/Q8_1 blocks store it, so
+    // results follow llama.cpp's arithmetic more closely, not only its algorithm.
+    let d = round_f16(d);
+    (d, sum, d * sum as f32)
 }
 
 /// Scale and reciprocal for a block whose largest magnitude is `amax` (the

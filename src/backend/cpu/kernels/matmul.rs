@@ -67,9 +67,14 @@ impl Plan {
 
 /// `out = x · Wᵀ` with `kernel`. The caller has checked the slice lengths.
 pub fn run(kernel: Kernel, w: &QMatrix, x: &[f32], m: usize, out: &mut [f32]) {
+    with_quantized(kernel, x, m, w.k, |acts| run_quantized(kernel, w, acts, m, out));
+}
+
+/// [`run`] on activations already quantized for `kernel` (`m` rows of `acts`).
+pub fn run_quantized(kernel: Kernel, w: &QMatrix, acts: &QActs, m: usize, out: &mut [f32]) {
     let row_chunk = if gemm::applies(kernel, w.format.id(), m) { gemm::ROW_CHUNK } else { ROW_CHUNK };
     let out = OutPtr(out.as_mut_ptr());
-    drive(kernel, w, x, m, w.groups, row_chunk, |acts, rows, groups| {
+    drive(acts, m, w.groups, row_chunk, |acts, rows, groups| {
         // SAFETY: tasks cover disjoint (rows, groups) rectangles of `out`, which has
         // m * n elements.
         unsafe { run_task(kernel, w, acts, rows, groups, out) }
@@ -104,20 +109,30 @@ pub fn run_gated(
         return;
     }
     let out = OutPtr(out.as_mut_ptr());
-    drive(kernel, w, x, m, width / GROUP, gemm::ROW_CHUNK, |acts, rows, groups| {
-        let output = gemm::Output::Gated { out: out.ptr(), width, gate };
-        // SAFETY: tasks cover disjoint (rows, gate groups) rectangles of `out`, which
-        // has m * width elements.
-        unsafe { gemm::run_task(kernel, w, acts, rows, groups, output) }
+    with_quantized(kernel, x, m, w.k, |acts| {
+        drive(acts, m, width / GROUP, gemm::ROW_CHUNK, |acts, rows, groups| {
+            let output = gemm::Output::Gated { out: out.ptr(), width, gate };
+            // SAFETY: tasks cover disjoint (rows, gate groups) rectangles of `out`, which
+            // has m * width elements.
+            unsafe { gemm::run_task(kernel, w, acts, rows, groups, output) }
+        })
     });
 }
 
-/// Quantizes `x` once, cuts `m` rows × `groups` into tasks and runs `task(acts, rows,
-/// groups)` for each on rayon's threads.
+/// Runs `f` on `x` (`m` rows of `k`) quantized for `kernel`, in this thread's buffer.
+fn with_quantized(kernel: Kernel, x: &[f32], m: usize, k: usize, f: impl FnOnce(&QActs)) {
+    // Taken, not borrowed: a nested call on this thread (rayon may run another task
+    // here while this one waits) then simply starts with an empty buffer.
+    let mut acts = SCRATCH.with(Cell::take);
+    acts.quantize(kernel, x, m, k);
+    f(&acts);
+    SCRATCH.with(|s| s.set(acts));
+}
+
+/// Cuts `m` rows × `groups` into tasks and runs `task(acts, rows, groups)` for each on
+/// rayon's threads.
 fn drive(
-    kernel: Kernel,
-    w: &QMatrix,
-    x: &[f32],
+    acts: &QActs,
     m: usize,
     groups: usize,
     row_chunk: usize,
@@ -126,25 +141,19 @@ fn drive(
     if m == 0 || groups == 0 {
         return;
     }
-    // Taken, not borrowed: a nested call on this thread (rayon may run another task
-    // here while this one waits) then simply starts with an empty buffer.
-    let mut acts = SCRATCH.with(Cell::take);
-    acts.quantize(kernel, x, m, w.k);
     let plan = Plan::new(m, groups, rayon::current_num_threads(), row_chunk);
     let tasks = plan.row_chunks * plan.group_chunks;
-    let acts_ref = &acts;
     let body = |t: usize| {
         let (rc, gc) = (t / plan.group_chunks, t % plan.group_chunks);
         let rows = rc * plan.rows_per_task..((rc + 1) * plan.rows_per_task).min(m);
         let range = gc * plan.groups_per_task..((gc + 1) * plan.groups_per_task).min(groups);
-        task(acts_ref, rows, range);
+        task(acts, rows, range);
     };
     if tasks == 1 {
         body(0);
     } else {
         (0..tasks).into_par_iter().for_each(body);
     }
-    SCRATCH.with(|s| s.set(acts));
 }
 
 /// # Safety
