@@ -80,8 +80,8 @@ pub enum Activations {
     /// Rounded to about 16 bits per 32-value block: the 8-bit block plus its rounding
     /// remainder rounded to 8 bits, both through the integer kernels
     /// (`remainder_acts`): as accurate as f32 on the models measured, at twice int8's
-    /// multiply-adds (prefill) and nearly its speed where reading the weights bounds
-    /// the step (decode).
+    /// multiply-adds, which prefill pays in full and one-sequence decode (bound by
+    /// reading the weights) in small part.
     Int16,
     /// Kept in f32; the weights are widened to f32 in registers: the layer computes
     /// what the dequantized weights compute in f32, at more compute per weight.

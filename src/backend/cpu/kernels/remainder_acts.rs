@@ -6,8 +6,8 @@
 //! each output is its row's sum plus its remainder row's sum.
 //!
 //! The error is that of a block rounded to ≈ 1/64,000 of its largest value (int8: 1/254),
-//! at twice the multiply-adds of the int8 path: prefill pays for it, decode (bound by
-//! reading the weights) hardly does. The integer sums stay exact and every row is
+//! at twice the multiply-adds of the int8 path: prefill and large decode batches pay for
+//! it, one-sequence decode (bound by reading the weights) much less. The integer sums stay exact and every row is
 //! computed on its own, so results are the same bits on every kernel and a row's output
 //! never depends on the rows beside it.
 

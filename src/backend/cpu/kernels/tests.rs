@@ -57,6 +57,12 @@ fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
     out
 }
 
+/// `|x| · |W|ᵀ` in f64: the scale of a product's rounding error, element by element.
+fn magnitudes(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+    let abs = |v: &[f32]| v.iter().map(|v| v.abs()).collect::<Vec<_>>();
+    reference(&abs(x), &abs(w), m, n, k)
+}
+
 /// The activations as the kernels see them after 8-bit quantization.
 fn requantized(x: &[f32], m: usize, k: usize) -> Vec<f32> {
     let mut a = QActs::default();
@@ -85,13 +91,7 @@ fn matmul_matches_float64_references_for_every_kernel() {
                 let same_acts = reference(&xq, &w, m, n, k);
                 let exact_acts = reference(&x, &w, m, n, k);
                 // Elementwise bound relative to Σ|x||w|, the scale of the rounding error.
-                let scale = reference(
-                    &xq.iter().map(|v| v.abs()).collect::<Vec<_>>(),
-                    &w.iter().map(|v| v.abs()).collect::<Vec<_>>(),
-                    m,
-                    n,
-                    k,
-                );
+                let scale = magnitudes(&xq, &w, m, n, k);
                 let mut portable = vec![f32::NAN; m * n];
                 qm.matmul_with(Kernel::Portable, &x, m, &mut portable);
                 for kernel in Kernel::available() {
@@ -128,13 +128,7 @@ fn f32_activations_match_float64_references_bit_identically_across_kernels_and_b
             for m in [1, 5, 33, 70] {
                 let x = random(&mut rng, m * k);
                 let want = reference(&x, &w, m, n, k);
-                let scale = reference(
-                    &x.iter().map(|v| v.abs()).collect::<Vec<_>>(),
-                    &w.iter().map(|v| v.abs()).collect::<Vec<_>>(),
-                    m,
-                    n,
-                    k,
-                );
+                let scale = magnitudes(&x, &w, m, n, k);
                 let mut portable = vec![f32::NAN; m * n];
                 qm.matmul_f32_with(Kernel::Portable, &x, m, &mut portable);
                 for (e, ((&o, &r), &s)) in portable.iter().zip(&want).zip(&scale).enumerate() {
@@ -187,13 +181,7 @@ fn int16_activations_match_float64_references_bit_identically_across_kernels_and
             for m in [1, 6, 70] {
                 let x = random(&mut rng, m * k);
                 let want = reference(&x, &w, m, n, k);
-                let scale = reference(
-                    &x.iter().map(|v| v.abs()).collect::<Vec<_>>(),
-                    &w.iter().map(|v| v.abs()).collect::<Vec<_>>(),
-                    m,
-                    n,
-                    k,
-                );
+                let scale = magnitudes(&x, &w, m, n, k);
                 let mut portable = vec![f32::NAN; m * n];
                 qm.matmul_int16_with(Kernel::Portable, &x, m, &mut portable);
                 let mut int8 = vec![f32::NAN; m * n];
