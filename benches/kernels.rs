@@ -252,7 +252,7 @@ mod peak {
                 *a = _mm512_dpbf16_ps(
                     *a,
                     std::mem::transmute::<__m512i, __m512bh>(*w),
-                    std::mem::transmute(x),
+                    std::mem::transmute::<__m512i, __m512bh>(x),
                 );
             }
             x = _mm512_xor_si512(x, step);

@@ -136,9 +136,10 @@ pub struct ModelArgs {
     pub activations: ActivationPrecision,
     /// CPU: compute decode rows with exactly the arithmetic the tiled prefill kernel
     /// gives a row, so a generated position's outputs are the same bits a prefill of the
-    /// same tokens gives (a preempted sequence's recomputed cache equals the original);
-    /// decode is 5-25% slower. Off: decode rows agree with the tiled kernel within float
-    /// rounding. Prompt rows are always tiled, so chunking never changes them.
+    /// same tokens gives (prompt logprobs equal generation's exactly); decode is 5-25%
+    /// slower. Off: decode rows agree with the tiled kernel within float rounding.
+    /// Either way prompt rows are always tiled, so chunking never changes them, and a
+    /// sequence recomputed after preemption gets the bits it first had.
     #[arg(long, env = "INFLIGHT_CHUNK_INVARIANT_ATTENTION")]
     pub chunk_invariant_attention: bool,
     /// Tokens per KV block.

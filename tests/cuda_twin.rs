@@ -63,7 +63,7 @@ fn three_steps(be: &mut dyn Backend, a: &[u32], b: &[u32]) -> Vec<Vec<f32>> {
         tokens,
         start_pos,
         // Every chunk here that is not a single token after the prompt is prompt.
-        prompt: tokens.len() > 1 || start_pos == 0,
+        prompt_rows: if tokens.len() > 1 || start_pos == 0 { tokens.len() } else { 0 },
         block_table: table,
         want_logits,
         all_logits: false,

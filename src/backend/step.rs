@@ -21,11 +21,12 @@ pub struct SeqStep<'a> {
     pub tokens: &'a [u32],
     /// Position of `tokens[0]` in the sequence; tokens before it are already in KV.
     pub start_pos: usize,
-    /// Whether the chunk starts inside the sequence's prompt (prefill, also a
-    /// recompute after preemption) rather than being a token it generated. Backends
-    /// may compute prompt rows one way and generated ones another, but never by how
-    /// many rows a chunk has, which depends on the other traffic.
-    pub prompt: bool,
+    /// How many of `tokens`, from the first, are the sequence's prompt (prefill, also
+    /// in a recompute after preemption); the rest are tokens it generated (a decode
+    /// token, or the generated tail of a recompute). Backends may compute prompt rows
+    /// one way and generated ones another, but never by how many rows a chunk has,
+    /// which depends on the other traffic.
+    pub prompt_rows: usize,
     /// The sequence's KV blocks in order; covers `start_pos + tokens.len()`.
     pub block_table: &'a [BlockId],
     /// Whether to return logits for the last token: true iff the chunk reaches the
@@ -48,6 +49,11 @@ impl SeqStep<'_> {
     /// runs. Everything else (a prompt, a chunk of one, a recompute) is prefill.
     pub fn is_decode(&self) -> bool {
         self.start_pos > 0 && self.tokens.len() == 1
+    }
+
+    /// Whether the chunk starts inside the sequence's prompt.
+    pub fn starts_in_prompt(&self) -> bool {
+        self.prompt_rows > 0
     }
 }
 
@@ -159,7 +165,7 @@ mod tests {
                     id: 1,
                     tokens: &a,
                     start_pos: 0,
-                    prompt: true,
+                    prompt_rows: 3,
                     block_table: &[0],
                     want_logits: false,
                     all_logits: false,
@@ -168,7 +174,7 @@ mod tests {
                     id: 2,
                     tokens: &b,
                     start_pos: 40,
-                    prompt: false,
+                    prompt_rows: 0,
                     block_table: &[1, 2, 3],
                     want_logits: true,
                     all_logits: false,
@@ -177,7 +183,7 @@ mod tests {
                     id: 3,
                     tokens: &c,
                     start_pos: 3,
-                    prompt: true,
+                    prompt_rows: 2,
                     block_table: &[4],
                     want_logits: true,
                     all_logits: false,
@@ -205,7 +211,7 @@ mod tests {
             id,
             tokens,
             start_pos,
-            prompt: start_pos == 0,
+            prompt_rows: if start_pos == 0 { tokens.len() } else { 0 },
             block_table: &[0, 1, 2, 3],
             want_logits,
             all_logits,

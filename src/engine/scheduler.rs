@@ -516,7 +516,7 @@ impl Scheduler {
                     id: p.id,
                     tokens: &seq.tokens[start..start + p.n],
                     start_pos: start,
-                    prompt: start < seq.prompt_len,
+                    prompt_rows: seq.prompt_len.saturating_sub(start).min(p.n),
                     block_table: &seq.blocks,
                     want_logits: start + p.n == seq.tokens.len(),
                     all_logits: start < seq.logits_until,
@@ -1017,7 +1017,7 @@ mod tests {
         id: SeqId,
         tokens: Vec<u32>,
         start_pos: usize,
-        prompt: bool,
+        prompt_rows: usize,
         block_table: Vec<BlockId>,
         want_logits: bool,
         all_logits: bool,
@@ -1080,7 +1080,7 @@ mod tests {
                     id: q.id,
                     tokens: q.tokens.to_vec(),
                     start_pos: q.start_pos,
-                    prompt: q.prompt,
+                    prompt_rows: q.prompt_rows,
                     block_table: q.block_table.to_vec(),
                     want_logits: q.want_logits,
                     all_logits: q.all_logits,
@@ -1137,7 +1137,7 @@ mod tests {
         s.add(1, prompt(5), 100, STD).unwrap();
         let first = step(&mut s);
         assert_eq!(first.seqs[0].tokens.len(), 5);
-        assert!(first.seqs[0].want_logits && first.seqs[0].prompt);
+        assert!(first.seqs[0].want_logits && first.seqs[0].prompt_rows > 0);
 
         s.add(2, prompt(100), 10, STD).unwrap();
         let mut prefilled = 0;
@@ -1147,9 +1147,9 @@ mod tests {
             let (decode, chunk) = (&out.seqs[0], &out.seqs[1]);
             assert_eq!(decode.tokens, vec![SAMPLED]);
             assert_eq!(decode.start_pos, 5 + k);
-            assert!(decode.want_logits && !decode.prompt);
+            assert!(decode.want_logits && decode.prompt_rows == 0);
             assert_eq!(chunk.start_pos, prefilled);
-            assert!(chunk.prompt);
+            assert_eq!(chunk.prompt_rows, chunk.tokens.len());
             assert_eq!(chunk.tokens.len(), [31, 31, 31, 7][k]);
             assert_eq!(chunk.want_logits, k == 3, "logits only for the last chunk");
             assert_eq!(chunk.block_table.len(), (prefilled + chunk.tokens.len()).div_ceil(16));
@@ -1218,7 +1218,8 @@ mod tests {
         let mut expect = prompt_from(5000, 8);
         expect.push(SAMPLED);
         assert_eq!(q.tokens, expect);
-        assert!(q.want_logits && q.prompt, "a recompute is prefill");
+        assert!(q.want_logits, "a recompute is prefill");
+        assert_eq!(q.prompt_rows, 8, "its prompt rows are prompt, the generated token is not");
     }
 
     /// A prompt's last token, left alone by the budget, is one token like a decode
@@ -1229,13 +1230,13 @@ mod tests {
         let mut s = scheduler(64, 16, 32);
         s.add(1, prompt(33), 10, STD).unwrap();
         let out = step(&mut s);
-        assert_eq!((out.seqs[0].tokens.len(), out.seqs[0].prompt), (32, true));
+        assert_eq!((out.seqs[0].tokens.len(), out.seqs[0].prompt_rows), (32, 32));
         let tail = step(&mut s);
         assert_eq!((tail.seqs[0].start_pos, tail.seqs[0].tokens.len()), (32, 1));
-        assert!(tail.seqs[0].prompt && tail.seqs[0].want_logits);
+        assert!(tail.seqs[0].prompt_rows == 1 && tail.seqs[0].want_logits);
         let decode = step(&mut s);
         assert_eq!(decode.seqs[0].start_pos, 33);
-        assert!(!decode.seqs[0].prompt);
+        assert_eq!(decode.seqs[0].prompt_rows, 0);
     }
 
     #[test]

@@ -171,7 +171,7 @@ impl LlamaProgram {
                     start_pos: *start,
                     // A context-encoding graph runs prompts; a token-generation graph
                     // (one token a row) generated tokens.
-                    prompt: seq_len > 1,
+                    prompt_rows: if seq_len > 1 { tokens.len() } else { 0 },
                     block_table: table,
                     want_logits: true,
                     all_logits: false,

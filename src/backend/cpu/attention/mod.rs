@@ -102,7 +102,7 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, plan: &KvWrites, k: &[f3
 
 /// `out[row]` = softmax(q·Kᵀ / √d) · V for every token row of the step.
 ///
-/// A sequence's prompt rows ([`SeqStep::prompt`]) go through the tiled kernel
+/// A sequence's prompt rows ([`SeqStep::prompt_rows`]) go through the tiled kernel
 /// (`tiled.rs`), a tile of its rows at a time, however few the chunk has: a row's
 /// output from a tile is the same bits whatever tile it is in, so a prompt's outputs do
 /// not depend on how it was chunked, which depends on the other traffic. Generated rows
@@ -110,8 +110,9 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, plan: &KvWrites, k: &[f3
 /// scores before it weighs V (the fastest for decode), which agrees with the tiled
 /// kernel within float rounding; with `shape.chunk_invariant` one that computes what
 /// the tiled kernel computes for that row bit for bit, so a generated position's
-/// outputs are also those a prefill of the same tokens gives (a sequence recomputed
-/// after preemption, prompt logprobs against generation). Rows outside tiles go one
+/// outputs are also those a prefill of the same tokens gives (prompt logprobs against
+/// generation). A recompute after preemption is a chunk of prompt rows then generated
+/// rows, each taking its own path, so it reproduces the original cache in either mode. Rows outside tiles go one
 /// token row × one KV head at a time: the query heads that share that KV head read
 /// each cached K and V value once between them, and a single decoding sequence still
 /// spreads its heads over every thread; with the two-pass kernel a long row is also
@@ -163,15 +164,18 @@ fn attend_units<T: Cached>(
         let (q_seq, q_next) = q_rest.split_at(n);
         let (out_seq, out_next) = std::mem::take(&mut out_rest).split_at_mut(n);
         (q_rest, out_rest) = (q_next, out_next);
-        if s.prompt {
-            let parts = q_seq.chunks(tile * q_dim).zip(out_seq.chunks_mut(tile * q_dim));
-            tiles.extend(parts.enumerate().map(|(t, (qt, ot))| (s, s.start_pos + t * tile, qt, ot)));
-        } else {
-            let parts = q_seq.chunks(unit).zip(out_seq.chunks_mut(unit)).enumerate();
-            rows.extend(
-                parts.map(|(i, (qu, ou))| (s, s.start_pos + i / num_kv_heads, i % num_kv_heads, qu, ou)),
-            );
-        }
+        // Prompt rows go through tiles, generated ones through the row kernels, so a
+        // recompute after preemption gives every row the bits it first had.
+        let prompt = s.prompt_rows.min(s.tokens.len()) * q_dim;
+        let ((q_prompt, q_generated), (out_prompt, out_generated)) =
+            (q_seq.split_at(prompt), out_seq.split_at_mut(prompt));
+        let parts = q_prompt.chunks(tile * q_dim).zip(out_prompt.chunks_mut(tile * q_dim));
+        tiles.extend(parts.enumerate().map(|(t, (qt, ot))| (s, s.start_pos + t * tile, qt, ot)));
+        let first_generated = s.start_pos + s.prompt_rows.min(s.tokens.len());
+        let parts = q_generated.chunks(unit).zip(out_generated.chunks_mut(unit)).enumerate();
+        rows.extend(
+            parts.map(|(i, (qu, ou))| (s, first_generated + i / num_kv_heads, i % num_kv_heads, qu, ou)),
+        );
     }
     let part = tile_row::part_len(geo);
     let split_parts: usize = rows.iter().map(|r| cut(r.1 + 1, shape, block_size).1).filter(|&n| n > 1).sum();
@@ -396,7 +400,7 @@ mod tests {
                 id: 0,
                 tokens: long,
                 start_pos: 3,
-                prompt: true,
+                prompt_rows: long.len(),
                 block_table: &table_a,
                 want_logits: false,
                 all_logits: false,
@@ -405,7 +409,7 @@ mod tests {
                 id: 1,
                 tokens: short,
                 start_pos: 9,
-                prompt: false,
+                prompt_rows: 0,
                 block_table: &table_b,
                 want_logits: true,
                 all_logits: false,
@@ -457,7 +461,7 @@ mod tests {
                     id: 0,
                     tokens: &ids[lo..hi],
                     start_pos: lo,
-                    prompt: true,
+                    prompt_rows: ids[lo..hi].len(),
                     block_table: &table,
                     want_logits: false,
                     all_logits: false,
@@ -514,7 +518,7 @@ mod tests {
                 id: 0,
                 tokens: &ids,
                 start_pos: 0,
-                prompt: true,
+                prompt_rows: ids.len(),
                 block_table: &table,
                 want_logits: false,
                 all_logits: false,
@@ -527,22 +531,23 @@ mod tests {
 
         /// Rows `lo..hi` as one prompt chunk.
         fn chunk(&self, lo: usize, hi: usize) -> Vec<f32> {
-            self.attend(lo, hi, true)
+            self.attend(lo, hi, hi - lo)
         }
 
         /// Row `pos` as a generated token (a decode row).
         fn generated(&self, pos: usize) -> Vec<f32> {
-            self.attend(pos, pos + 1, false)
+            self.attend(pos, pos + 1, 0)
         }
 
-        fn attend(&self, lo: usize, hi: usize, prompt: bool) -> Vec<f32> {
+        /// Rows `lo..hi` as one chunk whose first `prompt_rows` are prompt.
+        fn attend(&self, lo: usize, hi: usize, prompt_rows: usize) -> Vec<f32> {
             let qd = self.c.q_dim();
             let ids: Vec<u32> = (lo as u32..hi as u32).collect();
             let span = SeqStep {
                 id: 0,
                 tokens: &ids,
                 start_pos: lo,
-                prompt,
+                prompt_rows,
                 block_table: &self.table,
                 want_logits: false,
                 all_logits: false,
@@ -644,6 +649,31 @@ mod tests {
         }
     }
 
+    /// A recompute after preemption is one chunk of the prompt and the tokens the
+    /// sequence had generated: its prompt rows get the bits a prompt chunk gives them
+    /// and its generated rows the bits their decode gave them, so the recomputed cache
+    /// equals the original in either mode (long rows cut into parts included).
+    #[test]
+    fn a_recompute_gives_prompt_and_generated_rows_their_first_bits() {
+        for invariant in [false, true] {
+            for (len, prompt_rows) in [(60, 37), (60, 1), (60, 0), (1100, 1060)] {
+                let p = Prompt::new(9, 3, 64, len, 16, KvDtype::F16, invariant);
+                let got = p.attend(0, len, prompt_rows);
+                let qd = p.c.q_dim();
+                let mut want = p.chunk(0, prompt_rows.max(1));
+                want.truncate(prompt_rows * qd);
+                for pos in prompt_rows..len {
+                    want.extend(p.generated(pos));
+                }
+                assert!(
+                    got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "invariant {invariant}, {prompt_rows} prompt rows of {len}"
+                );
+                p.check(0, &got, 2e-3, "recompute against dense");
+            }
+        }
+    }
+
     /// A sequence's rows come out bit for bit the same alone and beside other
     /// sequences (a prefill chunk and decode rows), whichever goes first.
     #[test]
@@ -666,7 +696,7 @@ mod tests {
                 id: 0,
                 tokens: &ids,
                 start_pos: 0,
-                prompt: true,
+                prompt_rows: ids.len(),
                 block_table: table,
                 want_logits: false,
                 all_logits: false,
@@ -680,7 +710,7 @@ mod tests {
                 id: 0,
                 tokens: &ids[40..77],
                 start_pos: 40,
-                prompt: true,
+                prompt_rows: ids[40..77].len(),
                 block_table: &tables[0],
                 want_logits: false,
                 all_logits: false,
@@ -689,7 +719,7 @@ mod tests {
                 id: 1,
                 tokens: &ids[90..91],
                 start_pos: 90,
-                prompt: false,
+                prompt_rows: 0,
                 block_table: &tables[1],
                 want_logits: false,
                 all_logits: false,
@@ -698,7 +728,7 @@ mod tests {
                 id: 2,
                 tokens: &ids[60..61],
                 start_pos: 60,
-                prompt: false,
+                prompt_rows: 0,
                 block_table: &tables[2],
                 want_logits: false,
                 all_logits: false,
@@ -742,7 +772,7 @@ mod tests {
                 id: 0,
                 tokens: &[1, 2],
                 start_pos: 0,
-                prompt: true,
+                prompt_rows: 2,
                 block_table: &ta,
                 want_logits: false,
                 all_logits: false,
@@ -751,7 +781,7 @@ mod tests {
                 id: 1,
                 tokens: &[3],
                 start_pos: 0,
-                prompt: true,
+                prompt_rows: 1,
                 block_table: &tb,
                 want_logits: false,
                 all_logits: false,
