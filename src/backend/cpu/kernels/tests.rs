@@ -137,29 +137,14 @@ fn f32_activations_match_float64_references_bit_identically_across_kernels_and_b
                     let err = (f64::from(o) - r).abs();
                     assert!(err <= 2e-6 * s + 1e-9, "{dtype:?} {n}x{k} m={m} [{e}]: {o} vs {r}");
                 }
-                for kernel in Kernel::available() {
-                    let mut out = vec![f32::NAN; m * n];
-                    qm.matmul_f32_with(kernel, &x, m, &mut out);
-                    assert_eq!(
-                        out,
-                        portable,
-                        "{dtype:?} {n}x{k} m={m} {}: differs from portable",
-                        kernel.name()
-                    );
-                }
-                // The last row alone gives the bits it got in the batch.
-                let mut alone = vec![f32::NAN; n];
-                qm.matmul_f32_with(
-                    crate::backend::cpu::kernels::selected_kernel(),
-                    &x[(m - 1) * k..],
-                    1,
-                    &mut alone,
-                );
-                assert_eq!(
-                    alone,
-                    portable[(m - 1) * n..],
-                    "{dtype:?} {n}x{k}: row {} alone vs in {m}",
-                    m - 1
+                let what = format!("{dtype:?} {n}x{k} m={m} f32");
+                assert_same_bits_on_every_kernel_and_alone(
+                    &qm,
+                    &x,
+                    m,
+                    &portable,
+                    &what,
+                    QMatrix::matmul_f32_with,
                 );
             }
         }
@@ -200,27 +185,38 @@ fn int16_activations_match_float64_references_bit_identically_across_kernels_and
                 // Measured: int16 ≤ 6e-4 worst and 1e-4 rel. L2, 120-300x below int8.
                 assert!(e16 <= 2e-3 && l16 <= 2e-4, "{what}");
                 assert!(l8 > 50.0 * l16, "{what}");
-                for kernel in Kernel::available() {
-                    let mut out = vec![f32::NAN; m * n];
-                    qm.matmul_int16_with(kernel, &x, m, &mut out);
-                    assert_eq!(
-                        out,
-                        portable,
-                        "{dtype:?} {n}x{k} m={m} {}: differs from portable",
-                        kernel.name()
-                    );
-                }
-                let mut alone = vec![f32::NAN; n];
-                qm.matmul_int16_with(super::selected_kernel(), &x[(m - 1) * k..], 1, &mut alone);
-                assert_eq!(
-                    alone,
-                    portable[(m - 1) * n..],
-                    "{dtype:?} {n}x{k}: row {} alone vs in {m}",
-                    m - 1
+                assert_same_bits_on_every_kernel_and_alone(
+                    &qm,
+                    &x,
+                    m,
+                    &portable,
+                    &what,
+                    QMatrix::matmul_int16_with,
                 );
             }
         }
     }
+}
+
+/// `matmul` with every kernel gives the portable kernel's bits (`portable`, `m` rows),
+/// and the last row alone gives the bits it got among the `m`.
+fn assert_same_bits_on_every_kernel_and_alone(
+    qm: &QMatrix,
+    x: &[f32],
+    m: usize,
+    portable: &[f32],
+    what: &str,
+    matmul: fn(&QMatrix, Kernel, &[f32], usize, &mut [f32]),
+) {
+    let (n, k) = (qm.n(), qm.k());
+    for kernel in Kernel::available() {
+        let mut out = vec![f32::NAN; m * n];
+        matmul(qm, kernel, x, m, &mut out);
+        assert_eq!(out, portable, "{what} {}: differs from portable", kernel.name());
+    }
+    let mut alone = vec![f32::NAN; n];
+    matmul(qm, super::selected_kernel(), &x[(m - 1) * k..], 1, &mut alone);
+    assert_eq!(alone, portable[(m - 1) * n..], "{what}: row {} alone vs in {m}", m - 1);
 }
 
 #[test]
