@@ -166,12 +166,12 @@ fn attend_units<T: Cached>(
         (q_rest, out_rest) = (q_next, out_next);
         // Prompt rows go through tiles, generated ones through the row kernels, so a
         // recompute after preemption gives every row the bits it first had.
-        let prompt = s.prompt_rows.min(s.tokens.len()) * q_dim;
+        let prompt_rows = s.prompt_rows.min(s.tokens.len());
         let ((q_prompt, q_generated), (out_prompt, out_generated)) =
-            (q_seq.split_at(prompt), out_seq.split_at_mut(prompt));
+            (q_seq.split_at(prompt_rows * q_dim), out_seq.split_at_mut(prompt_rows * q_dim));
         let parts = q_prompt.chunks(tile * q_dim).zip(out_prompt.chunks_mut(tile * q_dim));
         tiles.extend(parts.enumerate().map(|(t, (qt, ot))| (s, s.start_pos + t * tile, qt, ot)));
-        let first_generated = s.start_pos + s.prompt_rows.min(s.tokens.len());
+        let first_generated = s.start_pos + prompt_rows;
         let parts = q_generated.chunks(unit).zip(out_generated.chunks_mut(unit)).enumerate();
         rows.extend(
             parts.map(|(i, (qu, ou))| (s, first_generated + i / num_kv_heads, i % num_kv_heads, qu, ou)),

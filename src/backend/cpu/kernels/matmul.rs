@@ -98,14 +98,7 @@ pub fn run_gated(
     if !gemm::applies(kernel, w.format.id(), m) {
         let mut both = vec![0.0; m * w.n];
         run(kernel, w, x, m, &mut both);
-        // Rows spread over the pool from 32 of them, as the unfused gate did (AVX2
-        // prefill chunks under 128 rows come this way).
-        both.par_chunks_exact(2 * width).zip(out.par_chunks_exact_mut(width)).with_min_len(32).for_each(
-            |(row, o)| {
-                let (g, u) = row.split_at(width);
-                gate(g, u, o);
-            },
-        );
+        gate_rows(&both, width, gate, out);
         return;
     }
     let out = OutPtr(out.as_mut_ptr());
@@ -117,6 +110,18 @@ pub fn run_gated(
             unsafe { gemm::run_task(kernel, w, acts, rows, groups, output) }
         })
     });
+}
+
+/// `out`'s rows are `gate(g, u)` of `both`'s rows (`width` gate outputs, then `width`
+/// up outputs each). Rows spread over the pool from 32 of them, as the unfused gate did
+/// (AVX2 prefill chunks under 128 rows and f32 activations come this way).
+pub(super) fn gate_rows(both: &[f32], width: usize, gate: GateFn, out: &mut [f32]) {
+    both.par_chunks_exact(2 * width).zip(out.par_chunks_exact_mut(width)).with_min_len(32).for_each(
+        |(row, o)| {
+            let (g, u) = row.split_at(width);
+            gate(g, u, o);
+        },
+    );
 }
 
 /// Runs `f` on `x` (`m` rows of `k`) quantized for `kernel`, in this thread's buffer.

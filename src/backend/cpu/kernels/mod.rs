@@ -39,7 +39,6 @@ mod tests;
 mod tile;
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use rayon::prelude::*;
 
 pub use dispatch::{selected as selected_kernel, Kernel};
 pub use gemm::GateFn;
@@ -306,11 +305,7 @@ impl QMatrix {
             Activations::F32 => {
                 let mut both = vec![0.0; m * self.n];
                 float_acts::run(kernel, self, x, m, &mut both);
-                let rows = both.par_chunks_exact(self.n).zip(out.par_chunks_exact_mut(width));
-                rows.with_min_len(32).for_each(|(row, o)| {
-                    let (g, u) = row.split_at(width);
-                    gate(g, u, o);
-                });
+                matmul::gate_rows(&both, width, gate, out);
             }
         }
     }
