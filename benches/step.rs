@@ -147,6 +147,24 @@ fn bench_step(c: &mut Criterion) {
         g.throughput(Throughput::Elements(chunk as u64));
         g.bench_function("prefill_512_at_7k", |b| b.iter(|| be.step(&batch).expect("step")));
         print_profile(&mut be, &batch, "step/prefill_512_at_7k");
+
+        // A short turn after a long cached history (a chat's next message, the history
+        // from the prefix cache): positions 7,484..7,500, one tile of attention rows.
+        let turn = 16;
+        let batch = StepBatch {
+            seqs: vec![SeqStep {
+                id: 0,
+                tokens: &prompt[n - turn..],
+                start_pos: n - turn,
+                prompt_rows: turn,
+                block_table: &blocks,
+                want_logits: true,
+                all_logits: false,
+            }],
+        };
+        g.throughput(Throughput::Elements(turn as u64));
+        g.bench_function("prefill_16_at_7k", |b| b.iter(|| be.step(&batch).expect("step")));
+        print_profile(&mut be, &batch, "step/prefill_16_at_7k");
     }
 
     let depth: usize =

@@ -11,6 +11,8 @@ mod lanes;
 mod tile_row;
 mod tiled;
 
+use std::cell::Cell;
+
 use half::f16;
 use rayon::prelude::*;
 
@@ -100,6 +102,12 @@ pub fn write_kv(cache: &mut PagedKvCache, layer: usize, plan: &KvWrites, k: &[f3
     }
 }
 
+thread_local! {
+    /// The tiles' outputs, a KV head's rows together, reused from call to call: a
+    /// prefill chunk's are a megabyte, which a fresh allocation would fault in again.
+    static TILE_OUTPUTS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
 /// `out[row]` = softmax(q·Kᵀ / √d) · V for every token row of the step.
 ///
 /// A sequence's prompt rows ([`SeqStep::prompt_rows`]) go through the tiled kernel
@@ -139,6 +147,75 @@ pub fn attend(
 /// One tile: its sequence, the position of its first row, its queries and outputs
 /// (whole rows, every KV head's).
 type TileUnit<'a> = (&'a SeqStep<'a>, usize, &'a [f32], &'a mut [f32]);
+/// Tiles a thread should have to go round before a tile's KV heads stop being split
+/// into units of their own.
+const TILES_PER_THREAD: usize = 4;
+
+/// What one thread takes of the tiled path: a tile's KV heads `kv_heads`, its queries
+/// (whole rows), and their outputs, row `i` at `i * out_stride` (the tile's own rows,
+/// or a buffer of the heads' outputs).
+struct TileWork<'a> {
+    span: &'a SeqStep<'a>,
+    first_pos: usize,
+    rows: usize,
+    kv_heads: std::ops::Range<usize>,
+    q_rows: &'a [f32],
+    out: &'a mut [f32],
+    out_stride: usize,
+}
+
+/// The tiled path's work: each tile whole, its KV heads one after another, writing in
+/// place; or, given `buffer` (room for every tile's outputs), each tile's KV heads as
+/// units of their own writing there, a head's rows together, with the tiles' output
+/// rows returned for [`copy_head_outputs`].
+fn tile_work<'a: 'b, 'b>(
+    tiles: Vec<TileUnit<'a>>,
+    q_dim: usize,
+    unit: usize,
+    buffer: Option<&'b mut [f32]>,
+) -> (Vec<TileWork<'b>>, Vec<&'a mut [f32]>) {
+    let Some(mut rest) = buffer else {
+        let whole = tiles.into_iter().map(|(span, first_pos, q_rows, out)| TileWork {
+            span,
+            first_pos,
+            rows: out.len() / q_dim,
+            kv_heads: 0..q_dim / unit,
+            q_rows,
+            out,
+            out_stride: q_dim,
+        });
+        return (whole.collect(), Vec::new());
+    };
+    let (mut work, mut split) = (Vec::new(), Vec::new());
+    for (span, first_pos, q_rows, out_rows) in tiles {
+        let rows = out_rows.len() / q_dim;
+        let (mine, next) = std::mem::take(&mut rest).split_at_mut(out_rows.len());
+        rest = next;
+        for (kvh, out) in mine.chunks_mut(rows * unit).enumerate() {
+            let kv_heads = kvh..kvh + 1;
+            work.push(TileWork { span, first_pos, rows, kv_heads, q_rows, out, out_stride: unit });
+        }
+        split.push(out_rows);
+    }
+    (work, split)
+}
+
+/// Each KV head's outputs in `buffer` (as [`tile_work`] laid them out) into its place
+/// in the tiles' rows.
+fn copy_head_outputs(buffer: &[f32], tiles: Vec<&mut [f32]>, q_dim: usize, unit: usize) {
+    let mut done = buffer;
+    for out_rows in tiles {
+        let (mine, next) = done.split_at(out_rows.len());
+        done = next;
+        let rows = out_rows.len() / q_dim;
+        for (kvh, head) in mine.chunks(rows * unit).enumerate() {
+            for (row, o) in head.chunks(unit).zip(out_rows.chunks_mut(q_dim)) {
+                o[kvh * unit..(kvh + 1) * unit].copy_from_slice(row);
+            }
+        }
+    }
+}
+
 /// One token row × KV head: its sequence, position, KV head, queries and outputs.
 type RowUnit<'a> = (&'a SeqStep<'a>, usize, usize, &'a [f32], &'a mut [f32]);
 
@@ -189,19 +266,34 @@ fn attend_units<T: Cached>(
     let min_jobs = MIN_POSITIONS_PER_JOB.div_ceil(per_job).max(1);
     let (tile_fn, row_fn, part_fn): (TileFn<T>, RowFn<T>, RowFn<T>) =
         (tiled::tile_kernel(), tile_row::row_kernel(shape.chunk_invariant), tile_row::part_kernel());
+    // With few tiles (a short chunk: one tile for up to 16 rows), each tile's KV heads
+    // are units of their own so the chunk still spreads over the threads; they write
+    // to a buffer (a head's rows together), copied into the rows after. With enough
+    // tiles to go round, a tile's heads stay together and write in place.
+    let by_head = tiles.len() < TILES_PER_THREAD * rayon::current_num_threads();
+    let mut head_out = if by_head { TILE_OUTPUTS.with(Cell::take) } else { Vec::new() };
+    if by_head {
+        head_out.clear();
+        head_out.resize(tiles.iter().map(|t| t.3.len()).sum(), 0.0);
+    }
+    let (work, split) = tile_work(tiles, q_dim, unit, by_head.then_some(&mut head_out[..]));
     rayon::join(
         || {
-            tiles.into_par_iter().for_each_init(
+            work.into_par_iter().for_each_init(
                 || (TileScratch::default(), Vec::new()),
-                |(scratch, regions), (span, first_pos, q_rows, out_rows)| {
-                    let t = TileRows { first_pos, rows: q_rows.len() / q_dim, stride: q_dim };
-                    let len = first_pos + t.rows;
-                    for kvh in 0..num_kv_heads {
+                |(scratch, regions), w| {
+                    let t = TileRows {
+                        first_pos: w.first_pos,
+                        rows: w.rows,
+                        stride: q_dim,
+                        out_stride: w.out_stride,
+                    };
+                    let len = w.first_pos + w.rows;
+                    for (i, kvh) in w.kv_heads.enumerate() {
                         regions.clear();
-                        cache.extend_regions(span.block_table, len, kvh, regions);
+                        cache.extend_regions(w.span.block_table, len, kvh, regions);
                         let kv = PagedRows { k, v, regions, block_size, len };
-                        let at = kvh * unit;
-                        tile_fn(&kv, geo, &t, &q_rows[at..], &mut out_rows[at..], scratch);
+                        tile_fn(&kv, geo, &t, &w.q_rows[kvh * unit..], &mut w.out[i * unit..], scratch);
                     }
                 },
             )
@@ -220,6 +312,10 @@ fn attend_units<T: Cached>(
             )
         },
     );
+    copy_head_outputs(&head_out, split, q_dim, unit);
+    if by_head {
+        TILE_OUTPUTS.with(|c| c.set(head_out));
+    }
     let mut at = 0;
     for (out, n) in merges {
         tile_row::merge_parts(geo, &partials[at..at + n * part], out);

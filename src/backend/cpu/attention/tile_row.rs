@@ -763,7 +763,7 @@ mod tests {
                         let paged = Paged::new(&k, &v, d, bs);
                         let stride = g * d;
                         let q: Vec<f32> = pseudo(rows * stride, 5).iter().map(|x| x * q_scale).collect();
-                        let t = TileRows { first_pos, rows, stride };
+                        let t = TileRows { first_pos, rows, stride, out_stride: stride };
                         let mut tiled = vec![f32::NAN; rows * stride];
                         tile(&paged.rows(n), &geo, &t, &q, &mut tiled, &mut TileScratch::default());
                         let mut scratch = RowScratch::default();

@@ -32,16 +32,17 @@ pub struct TileScratch {
 }
 
 /// Where a tile sits: the position of its first row, how many rows it has (at most
-/// [`tile_rows`]), and the distance between rows in its queries and outputs.
+/// [`tile_rows`]), and the distance between rows in its queries and in its outputs.
 pub struct TileRows {
     pub first_pos: usize,
     pub rows: usize,
     pub stride: usize,
+    pub out_stride: usize,
 }
 
 /// The tiled kernel for cache values of type `T`: `kv` holds the KV head's positions
 /// `0..=last row's position`; the group's query heads of the tile's rows are read from
-/// `q` (row `i` at `i * stride`) and written to `out`, laid out the same way.
+/// `q` (row `i` at `i * stride`) and written to `out` (row `i` at `i * out_stride`).
 pub type TileFn<T> = fn(&PagedRows<'_, T>, &HeadGeometry, &TileRows, &[f32], &mut [f32], &mut TileScratch);
 
 /// Query rows per tile with the kernel [`tile_kernel`] picks on this CPU.
@@ -84,8 +85,11 @@ fn check<T>(kv: &PagedRows<'_, T>, geo: &HeadGeometry, t: &TileRows, q: &[f32], 
     kv.check(d);
     assert!(t.rows >= 1 && t.rows <= w, "tile of {} rows for {w} lanes", t.rows);
     assert_eq!(kv.len, t.first_pos + t.rows, "positions 0..=last row");
-    let span = (t.rows - 1) * t.stride + geo.group * d;
-    assert!(q.len() >= span && out.len() >= span, "queries or outputs shorter than the tile");
+    let span = |stride: usize| (t.rows - 1) * stride + geo.group * d;
+    assert!(
+        q.len() >= span(t.stride) && out.len() >= span(t.out_stride),
+        "queries or outputs shorter than the tile"
+    );
 }
 
 pub(super) fn attend_tile_portable<T: Cached>(
@@ -276,7 +280,7 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
     for h in 0..g {
         for i in 0..t.rows {
             let inv = 1.0 / s.sum[h * w + i];
-            let row = &mut out[i * t.stride + h * d..i * t.stride + (h + 1) * d];
+            let row = &mut out[i * t.out_stride + h * d..i * t.out_stride + (h + 1) * d];
             for (x, o) in row.iter_mut().enumerate() {
                 *o = s.ot[(h * d + x) * w + i] * inv;
             }
@@ -378,7 +382,7 @@ mod tests {
                         let (kt, vt) = (widen(&k), widen(&v));
                         let (k, v) = (unwiden(&kt), unwiden(&vt));
                         let stride = g * d + 3;
-                        let t = TileRows { first_pos, rows, stride };
+                        let t = TileRows { first_pos, rows, stride, out_stride: stride };
                         let q = pseudo(rows * stride, 5);
                         let cache = Paged::new(&kt, &vt, d, bs);
                         let mut got = vec![7.0; rows * stride];
@@ -428,7 +432,7 @@ mod tests {
         let geo = HeadGeometry { head_dim: d, group: g, scale: 1.0 / (d as f32).sqrt() };
         let n = 70;
         let (k, v) = (pseudo(n * d, 8), pseudo(n * d, 9));
-        let t = TileRows { first_pos: n - 4, rows: 4, stride: g * d };
+        let t = TileRows { first_pos: n - 4, rows: 4, stride: g * d, out_stride: g * d };
         let q: Vec<f32> = pseudo(4 * g * d, 10).iter().map(|x| x * 60.0).collect();
         let cache = Paged::new(&k, &v, d, 16);
         let mut got = vec![0.0; 4 * g * d];
