@@ -153,6 +153,30 @@ pub struct ModelArgs {
     pub chat_template: Option<std::path::PathBuf>,
 }
 
+/// `--max-step-ms`: how long a step that carries decode rows may take.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxStep {
+    Off,
+    /// A multiple of what the step's decode rows alone cost.
+    Auto,
+    Millis(u64),
+}
+
+impl std::str::FromStr for MaxStep {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(MaxStep::Auto),
+            "0" | "off" => Ok(MaxStep::Off),
+            ms => ms
+                .parse()
+                .map(MaxStep::Millis)
+                .map_err(|_| format!("`{ms}` is not `auto`, `off` or milliseconds")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct SchedulerArgs {
     /// Most tokens (prefill chunks + decode tokens) in one engine step.
@@ -164,12 +188,13 @@ pub struct SchedulerArgs {
     /// Most requests waiting for a slot; beyond it new requests get 429.
     #[arg(long, env = "INFLIGHT_MAX_WAITING", default_value_t = 1024)]
     pub max_waiting: usize,
-    /// Time a step should stay within while sequences are decoding, in
-    /// milliseconds: prefill then takes only what the step's measured cost leaves
-    /// (at least a few dozen tokens), so a new long prompt barely raises the
-    /// running streams' inter-token latency. 0 fills the token budget instead.
-    #[arg(long, env = "INFLIGHT_MAX_STEP_MS", default_value_t = 0, value_name = "MS")]
-    pub max_step_ms: u64,
+    /// Time a step should stay within while sequences are decoding: prefill then
+    /// takes only what the step's measured cost leaves (at least 64 tokens), so a
+    /// new prompt barely raises the running streams' inter-token latency. `auto`:
+    /// twice what the step's decode rows alone cost; a number: that many
+    /// milliseconds; 0: no limit (prefill fills the token budget).
+    #[arg(long, env = "INFLIGHT_MAX_STEP_MS", default_value = "auto", value_name = "auto|MS")]
+    pub max_step_ms: MaxStep,
     /// Reuse the KV cache of shared prompt prefixes.
     #[arg(long, env = "INFLIGHT_PREFIX_CACHING", default_value_t = true, action = clap::ArgAction::Set)]
     pub prefix_caching: bool,

@@ -13,6 +13,9 @@
 # NUM_REQUESTS (32), WARMUP (2), INPUT_TOKENS (256), OUTPUT_TOKENS (128),
 # EXTRA_FLAGS (more serve flags for every server), INFLIGHT_BIN, OUT.
 #
+# Each level of a round gets prompts of its own (its own seed): the levels share a
+# server, and repeating a level's prompts would let the next one hit the prefix cache.
+#
 # Closed loops of equal requests move in lockstep (all prefill, then all decode), so
 # they hide what a prefill does to other streams' inter-token latency; open-loop
 # arrivals do not.
@@ -55,7 +58,8 @@ for round in $(seq 1 "$ROUNDS"); do
             --threads "$THREADS" "$FLAG" "$value" ${EXTRA_FLAGS:-} --log warn > "$out/$run.log" 2>&1 &
         server_pid=$!
         wait_ready "http://127.0.0.1:$port" "$server_pid" 300 || { cleanup; continue; }
-        for level in "${levels[@]}"; do
+        for i in "${!levels[@]}"; do
+            level=${levels[$i]}
             if [[ $level == r* ]]; then
                 # Enough requests for the duration (the client prepares them all first).
                 n=$(python3 -c "import math; print(math.ceil(${level#r} * $DURATION * 1.5) + 10)")
@@ -64,7 +68,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 load=(--concurrency "${level#c}" --num-requests "$NUM_REQUESTS")
             fi
             "$INFLIGHT_BIN" bench --url "http://127.0.0.1:$port" --model "$SERVED_NAME" "${load[@]}" \
-                --warmup "$WARMUP" --input-tokens "$INPUT_TOKENS" --seed "$round" \
+                --warmup "$WARMUP" --input-tokens "$INPUT_TOKENS" --seed "$((100 * round + i))" \
                 --output-tokens "$OUTPUT_TOKENS" --tokenizer "$MODEL_GGUF" --label="$name $value (round $round)" \
                 --output "$out/$run-$level.json" > "$out/$run-$level.txt"
         done

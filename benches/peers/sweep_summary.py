@@ -24,17 +24,22 @@ def pct(dist, p):
 def main(folder):
     rows = defaultdict(list)
     for f in sorted(Path(folder).glob("*-r*-*.json")):
-        m = re.match(r"(.+)-(\d+)-r(\d+)-([cr][\d.]+)\.json$", f.name)
+        m = re.match(r"(.+)-([^-]+)-r(\d+)-([cr][\d.]+)\.json$", f.name)
         if not m:
             continue
-        flag, value, conc = m.group(1), int(m.group(2)), m.group(4)
+        flag, value, conc = m.group(1), m.group(2), m.group(4)
         s = json.loads(f.read_text())["levels"][0]["summary"]
         rows[(flag, value, conc)].append(
             (pct(s["ttft_ms"], 50), pct(s["ttft_ms"], 99), pct(s["itl_ms"], 50), pct(s["itl_ms"], 99),
              s["output_throughput"], s["failed"]))
     print("| flag | value | load | rounds | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | output tok/s | failed |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for (flag, value, conc), runs in sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][1])):
+    # Numeric values in order, then named ones (`auto`).
+    def order(kv):
+        value = kv[0][1]
+        return (kv[0][2], not value.isdigit(), int(value) if value.isdigit() else 0, value)
+
+    for (flag, value, conc), runs in sorted(rows.items(), key=order):
         med = [statistics.median(col) for col in zip(*runs)]
         print(f"| {flag} | {value} | {conc} | {len(runs)} | {med[0]:.0f} | {med[1]:.0f} | {med[2]:.0f} | {med[3]:.0f} | {med[4]:.1f} | {sum(r[5] for r in runs)} |")
 

@@ -8,11 +8,13 @@ pub mod serve;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::{ActivationPrecision, BackendKind, KvCacheDtype, ModelArgs, ModelDirArgs, SchedulerArgs};
+use crate::cli::{
+    ActivationPrecision, BackendKind, KvCacheDtype, MaxStep, ModelArgs, ModelDirArgs, SchedulerArgs,
+};
 use inflight::backend::cpu::{Activations, CpuConfig, KvDtype, KvFit};
 use inflight::backend::cuda::CudaConfig;
 use inflight::backend::StepLimits;
-use inflight::engine::scheduler::SchedulerConfig;
+use inflight::engine::scheduler::{SchedulerConfig, StepTarget};
 use inflight::hub::{self, FetchOptions, Registry, ResolvedModel};
 use inflight::runtime::{BackendConfig, LoadedModel, NeuronConfig};
 use inflight::tokenizer::{SandboxLimits, Tokenizer};
@@ -153,10 +155,19 @@ pub fn model_config(
     Ok((spec, resolved, config))
 }
 
-/// The step time limit `--max-step-ms` asks for; `None` when 0.
-pub fn max_step(sched: &SchedulerArgs) -> Option<std::time::Duration> {
-    (sched.max_step_ms > 0).then(|| std::time::Duration::from_millis(sched.max_step_ms))
+/// What a step carrying decode rows may take under `--max-step-ms` (`auto`: twice its
+/// decode rows' cost, `benches/results/2026-12-05-auto-step-limit/`); `None` when off.
+pub fn max_step(sched: &SchedulerArgs) -> Option<StepTarget> {
+    match sched.max_step_ms {
+        MaxStep::Off => None,
+        MaxStep::Auto => Some(StepTarget::DecodeMultiple(AUTO_DECODE_MULTIPLE)),
+        MaxStep::Millis(ms) => Some(StepTarget::Seconds(ms as f64 / 1e3)),
+    }
 }
+
+/// `--max-step-ms auto`: a step carrying decode rows may take this many times what the
+/// decode rows alone cost.
+pub const AUTO_DECODE_MULTIPLE: f64 = 2.0;
 
 pub fn scheduler_config(sched: &SchedulerArgs) -> SchedulerConfig {
     SchedulerConfig::dynamic(

@@ -15,7 +15,7 @@ use super::request::{
     EventKind, FinishReason, GenerationRequest, Priority, SeqEvent, SeqId, TokenOutput, Usage,
 };
 use super::sampling::{token_logprobs, Sampled, Sampler, SamplingError};
-use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError, StepTimeLimit};
+use super::scheduler::{AddError, Scheduler, SchedulerConfig, SchedulerError, StepTarget, StepTimeLimit};
 use super::step_cost::{StepCostModel, StepShape};
 use super::stop::{StopMatcher, StopOutcome};
 use super::throughput::Throughput;
@@ -69,7 +69,7 @@ pub struct EngineCore {
     /// Standard requests predicted to wait longer than this are refused.
     max_queue_wait: Option<Duration>,
     /// The time a step carrying decode rows should stay within.
-    max_step: Option<Duration>,
+    max_step: Option<StepTarget>,
     step_cost: StepCostModel,
 }
 
@@ -104,7 +104,7 @@ impl EngineCore {
 
     /// Bounds the prefill a step carries while sequences decode, so that step
     /// stays near `limit` (see `engine::scheduler`); `None` fills the token budget.
-    pub fn with_max_step(mut self, limit: Option<Duration>) -> Self {
+    pub fn with_max_step(mut self, limit: Option<StepTarget>) -> Self {
         self.max_step = limit;
         self
     }
@@ -196,10 +196,8 @@ impl EngineCore {
     }
 
     fn run_step(&mut self) -> (Vec<SeqEvent>, StepShape) {
-        let limit = self
-            .max_step
-            .zip(self.step_cost.cost())
-            .map(|(t, cost)| StepTimeLimit { seconds: t.as_secs_f64(), cost });
+        let limit =
+            self.max_step.zip(self.step_cost.cost()).map(|(target, cost)| StepTimeLimit { target, cost });
         let plan = self.scheduler.schedule_within(limit);
         let mut shape = StepShape::default();
         for s in &plan.batch.seqs {

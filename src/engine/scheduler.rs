@@ -75,8 +75,19 @@ pub const MIN_PREFILL_TOKENS: usize = 64;
 /// fitted cost of each chunk.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepTimeLimit {
-    pub seconds: f64,
+    pub target: StepTarget,
     pub cost: StepCost,
+}
+
+/// What a step carrying decode rows should stay within.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepTarget {
+    /// This many seconds (`--max-step-ms MS`).
+    Seconds(f64),
+    /// This many times what the step's decode rows alone would cost, fixed cost
+    /// included (`--max-step-ms auto`): a prompt's chunk then stretches a running
+    /// stream's inter-token gap by a bounded factor on any host and batch size.
+    DecodeMultiple(f64),
 }
 
 #[derive(Debug, Clone)]
@@ -251,10 +262,11 @@ struct TimeLeft {
 }
 
 impl StepRoom {
-    fn new(budget: usize, limit: Option<StepTimeLimit>) -> Self {
-        let time = limit.map(|l| TimeLeft {
-            seconds: l.seconds - l.cost.fixed,
-            cost: l.cost,
+    /// `limit`: the step's time limit in seconds, and the cost of each chunk.
+    fn new(budget: usize, limit: Option<(f64, StepCost)>) -> Self {
+        let time = limit.map(|(seconds, cost)| TimeLeft {
+            seconds: seconds - cost.fixed,
+            cost,
             floor: MIN_PREFILL_TOKENS,
         });
         Self { budget, prefills: 0, decodes: 0, time, standard_decodes_timed: false }
@@ -462,6 +474,7 @@ impl Scheduler {
     /// decode rows (see the module docs).
     pub fn schedule_within(&mut self, limit: Option<StepTimeLimit>) -> SchedulerOutput<'_> {
         let mut plan = Vec::new();
+        let limit = limit.map(|l| (self.limit_seconds(l), l.cost));
         let mut room = StepRoom::new(self.config.max_batch_tokens, limit);
         let mut preempted = Vec::new();
         let mut cannot_continue = Vec::new();
@@ -524,6 +537,26 @@ impl Scheduler {
             })
             .collect();
         SchedulerOutput { batch: StepBatch { seqs }, prefix_hits, preempted, cannot_continue }
+    }
+
+    /// A step's time limit in seconds: a relative target is priced on the running
+    /// sequences that need one token (those this step would decode, at most
+    /// `max_decode_seqs`).
+    fn limit_seconds(&self, limit: StepTimeLimit) -> f64 {
+        match limit.target {
+            StepTarget::Seconds(s) => s,
+            StepTarget::DecodeMultiple(factor) => {
+                let positions = self.running.iter().filter_map(|id| {
+                    let seq = self.seqs.get(id)?;
+                    (self.remaining(*id) == Some(1)).then_some(seq.num_computed)
+                });
+                let decode: f64 = positions
+                    .take(self.config.max_decode_seqs)
+                    .map(|start| limit.cost.chunk(1, start, true))
+                    .sum();
+                factor * (limit.cost.fixed + decode)
+            }
+        }
     }
 
     /// Which kinds of row this step takes: both, unless the backend runs prefill
@@ -1482,7 +1515,7 @@ mod tests {
         StepCost { fixed: 0.0, per_prefill_token: 1e-3, per_decode_row: 2e-3, per_attention_pair: 0.0 };
 
     fn limit_ms(ms: f64) -> Option<StepTimeLimit> {
-        Some(StepTimeLimit { seconds: ms / 1e3, cost: COST })
+        Some(StepTimeLimit { target: StepTarget::Seconds(ms / 1e3), cost: COST })
     }
 
     #[test]
@@ -1501,6 +1534,42 @@ mod tests {
         // Without a limit, the budget alone bounds the chunk.
         let out = step(&mut s);
         assert_eq!(tokens_of(&out, 2), 300 - 98 - MIN_PREFILL_TOKENS);
+    }
+
+    /// `--max-step-ms auto`: the limit is a multiple of what this step's decode rows
+    /// would cost alone, fixed cost included, so it grows with the batch.
+    #[test]
+    fn a_relative_limit_is_priced_on_the_steps_decode_rows() {
+        // Powers of two, so the sums are exact: 1/64 s fixed, 1/128 s a decode row,
+        // 1/8192 s a prefill token.
+        let cost = StepCost {
+            fixed: 1.0 / 64.0,
+            per_prefill_token: 1.0 / 8192.0,
+            per_decode_row: 1.0 / 128.0,
+            per_attention_pair: 0.0,
+        };
+        let twice = Some(StepTimeLimit { target: StepTarget::DecodeMultiple(2.0), cost });
+        for decoding in [3u64, 4] {
+            let mut s = scheduler(1024, 4, 1024);
+            for id in 0..decoding {
+                s.add(id, prompt_from(100 * id as u32, 8), 50, STD).unwrap();
+            }
+            let out = step_within(&mut s, twice);
+            assert_eq!(out.seqs.len() as u64, decoding, "no decode row yet: every prompt whole");
+            s.add(10, prompt_from(5000, 900), 50, STD).unwrap();
+            // The decode rows alone: (2 + n)/128 s; twice that allowed, so (2 + n)/128 s
+            // of prefill, 64 (2 + n) tokens.
+            let out = step_within(&mut s, twice);
+            assert_eq!(out.seqs.iter().filter(|q| q.tokens.len() == 1).count() as u64, decoding);
+            assert_eq!(tokens_of(&out, 10) as u64, 64 * (2 + decoding));
+            // Twice a tiny decode cost still lets the prompt progress by the floor.
+            let tiny = StepCost { fixed: 0.0, per_decode_row: 1e-6, ..cost };
+            let out = step_within(
+                &mut s,
+                Some(StepTimeLimit { target: StepTarget::DecodeMultiple(2.0), cost: tiny }),
+            );
+            assert_eq!(tokens_of(&out, 10), MIN_PREFILL_TOKENS);
+        }
     }
 
     #[test]
