@@ -90,6 +90,25 @@ fn tokens(n: usize, salt: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 7919 + salt * 104_729) % 40_000 + 100) as u32).collect()
 }
 
+/// One sequence's prompt chunk `tokens` at `start_pos`, alone in a step.
+fn prompt_chunk<'a>(
+    tokens: &'a [u32],
+    start_pos: usize,
+    block_table: &'a [u32],
+    want_logits: bool,
+) -> StepBatch<'a> {
+    let seq = SeqStep {
+        id: 0,
+        tokens,
+        start_pos,
+        prompt_rows: tokens.len(),
+        block_table,
+        want_logits,
+        all_logits: false,
+    };
+    StepBatch { seqs: vec![seq] }
+}
+
 fn bench_step(c: &mut Criterion) {
     let mut be = backend();
     let bs = be.info().block_size;
@@ -98,17 +117,7 @@ fn bench_step(c: &mut Criterion) {
 
     for n in [128usize, 512] {
         let (prompt, blocks) = (tokens(n, 1), table(0, n.div_ceil(bs)));
-        let batch = StepBatch {
-            seqs: vec![SeqStep {
-                id: 0,
-                tokens: &prompt,
-                start_pos: 0,
-                prompt_rows: prompt.len(),
-                block_table: &blocks,
-                want_logits: true,
-                all_logits: false,
-            }],
-        };
+        let batch = prompt_chunk(&prompt, 0, &blocks, true);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("prefill_{n}"), |b| b.iter(|| be.step(&batch).expect("step")));
         print_profile(&mut be, &batch, &format!("step/prefill_{n}"));
@@ -122,28 +131,9 @@ fn bench_step(c: &mut Criterion) {
         let last = n - chunk;
         for lo in (0..last).step_by(chunk) {
             let hi = (lo + chunk).min(last);
-            let seqs = vec![SeqStep {
-                id: 0,
-                tokens: &prompt[lo..hi],
-                start_pos: lo,
-                prompt_rows: prompt[lo..hi].len(),
-                block_table: &blocks,
-                want_logits: false,
-                all_logits: false,
-            }];
-            be.step(&StepBatch { seqs }).expect("prefill");
+            be.step(&prompt_chunk(&prompt[lo..hi], lo, &blocks, false)).expect("prefill");
         }
-        let batch = StepBatch {
-            seqs: vec![SeqStep {
-                id: 0,
-                tokens: &prompt[last..],
-                start_pos: last,
-                prompt_rows: prompt[last..].len(),
-                block_table: &blocks,
-                want_logits: true,
-                all_logits: false,
-            }],
-        };
+        let batch = prompt_chunk(&prompt[last..], last, &blocks, true);
         g.throughput(Throughput::Elements(chunk as u64));
         g.bench_function("prefill_512_at_7k", |b| b.iter(|| be.step(&batch).expect("step")));
         print_profile(&mut be, &batch, "step/prefill_512_at_7k");
@@ -151,17 +141,7 @@ fn bench_step(c: &mut Criterion) {
         // A short turn after a long cached history (a chat's next message, the history
         // from the prefix cache): positions 7,484..7,500, one tile of attention rows.
         let turn = 16;
-        let batch = StepBatch {
-            seqs: vec![SeqStep {
-                id: 0,
-                tokens: &prompt[n - turn..],
-                start_pos: n - turn,
-                prompt_rows: turn,
-                block_table: &blocks,
-                want_logits: true,
-                all_logits: false,
-            }],
-        };
+        let batch = prompt_chunk(&prompt[n - turn..], n - turn, &blocks, true);
         g.throughput(Throughput::Elements(turn as u64));
         g.bench_function("prefill_16_at_7k", |b| b.iter(|| be.step(&batch).expect("step")));
         print_profile(&mut be, &batch, "step/prefill_16_at_7k");
@@ -175,17 +155,7 @@ fn bench_step(c: &mut Criterion) {
         let tables: Vec<Vec<u32>> = (0..batch_size).map(|i| table(i, per_seq)).collect();
         for (i, blocks) in tables.iter().enumerate() {
             let prompt = tokens(depth, i);
-            let prefill = StepBatch {
-                seqs: vec![SeqStep {
-                    id: 0,
-                    tokens: &prompt,
-                    start_pos: 0,
-                    prompt_rows: prompt.len(),
-                    block_table: blocks,
-                    want_logits: false,
-                    all_logits: false,
-                }],
-            };
+            let prefill = prompt_chunk(&prompt, 0, blocks, false);
             be.step(&prefill).expect("prefill");
         }
         let next: Vec<Vec<u32>> = (0..batch_size).map(|i| tokens(1, i + 7)).collect();
