@@ -28,7 +28,8 @@
 //! preempts standard sequences (newest first) to get in. Admission is skipped
 //! entirely in a step that had to preempt while running.
 //!
-//! A step that carries decode rows may also have a time limit (`--max-step-ms`,
+//! A step that carries decode rows may also have a time limit (`--max-step-ms`: a
+//! fixed time, or by default twice what the step's decode rows alone cost, both
 //! priced by `engine::step_cost`): standard prefill then takes only the tokens
 //! the limit leaves after the decode rows and reserved prefill, but at least
 //! [`MIN_PREFILL_TOKENS`] per step so prompts always progress. Reserved prefill is
