@@ -574,4 +574,21 @@ mod tests {
                 .expect("bench flags");
         assert!(!format!("{bench:?}").contains(key));
     }
+
+    /// `--max-step-ms`: `auto` by default, `0`/`off` for no limit, milliseconds, and
+    /// anything else refused with the accepted forms named.
+    #[test]
+    fn max_step_ms_takes_auto_off_or_milliseconds() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["inflight", "serve"], args].concat())?;
+            let Command::Serve(serve) = cli.command else { panic!("not serve") };
+            Ok::<_, clap::Error>(serve.scheduler.max_step_ms)
+        };
+        assert_eq!(parse(&[]).expect("default"), MaxStep::Auto);
+        assert_eq!(parse(&["--max-step-ms", "0"]).expect("0"), MaxStep::Off);
+        assert_eq!(parse(&["--max-step-ms", "off"]).expect("off"), MaxStep::Off);
+        assert_eq!(parse(&["--max-step-ms", "25"]).expect("25"), MaxStep::Millis(25));
+        let err = parse(&["--max-step-ms", "fast"]).expect_err("not a limit").to_string();
+        assert!(err.contains("`fast` is not `auto`, `off` or milliseconds"), "{err}");
+    }
 }
