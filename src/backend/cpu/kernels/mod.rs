@@ -263,6 +263,13 @@ impl QMatrix {
         gate: GateFn,
         out: &mut [f32],
     ) {
+        self.check_gated(kernel, x, m, width, out);
+        matmul::run_gated(kernel, self, x, m, width, gate, out)
+    }
+
+    /// The gated calls' contract: `self` a stack of two `width`-row projections
+    /// (`width` a multiple of 16), `x` `m × k`, `out` `m × width`, `kernel` runnable.
+    fn check_gated(&self, kernel: Kernel, x: &[f32], m: usize, width: usize, out: &[f32]) {
         assert!(
             self.n == 2 * width && width.is_multiple_of(GROUP),
             "{self:?} is not a gate and up stack of {width}"
@@ -270,7 +277,6 @@ impl QMatrix {
         assert_eq!(x.len(), m * self.k, "activations are not {m}x{}", self.k);
         assert_eq!(out.len(), m * width, "output is not {m}x{width}");
         assert!(kernel.is_available(), "{} kernel unavailable", kernel.name());
-        matmul::run_gated(kernel, self, x, m, width, gate, out)
     }
 
     /// [`QMatrix::matmul_gated_with`] on this process's kernel.
@@ -293,12 +299,7 @@ impl QMatrix {
         out: &mut [f32],
     ) {
         let kernel = dispatch::selected();
-        assert!(
-            self.n == 2 * width && width.is_multiple_of(GROUP),
-            "{self:?} is not a gate and up stack of {width}"
-        );
-        assert_eq!(x.len(), m * self.k, "activations are not {m}x{}", self.k);
-        assert_eq!(out.len(), m * width, "output is not {m}x{width}");
+        self.check_gated(kernel, x, m, width, out);
         match activations {
             Activations::Int8 => matmul::run_gated(kernel, self, x, m, width, gate, out),
             Activations::Int16 => remainder_acts::run_gated(kernel, self, x, m, width, gate, out),
