@@ -8,7 +8,9 @@
 //! `INFLIGHT_THREADS`, default one per core; `INFLIGHT_KV_CACHE_DTYPE=f32` for an f32
 //! KV cache; `INFLIGHT_ACTIVATIONS=f32|int16` for f32 or 16-bit activations;
 //! `INFLIGHT_CHUNK_INVARIANT_ATTENTION=1` for decode rows with the tile's arithmetic; `INFLIGHT_BENCH_DECODE_DEPTH`
-//! for the decode steps' depth, default 128).
+//! for the decode steps' depth, default 128; `INFLIGHT_BLOCK_SIZE` for the KV blocks'
+//! positions, default 16; `INFLIGHT_WORKERS_POLL=0` to let idle workers sleep within a
+//! step).
 //!
 //! With `INFLIGHT_PROFILE_STEP=1` each benchmark is followed by 20 more steps with the
 //! model's section timers on (`inflight::backend::cpu::profile`), and their breakdown printed.
@@ -37,7 +39,8 @@ fn backend() -> CpuBackend {
     let w = WeightSource::open_gguf(&path).expect("model file (run `inflight models pull` first)");
     let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
     let model = Llama::load(&w, cfg).expect("load");
-    // INFLIGHT_THREADS, INFLIGHT_KV_CACHE_DTYPE and INFLIGHT_ACTIVATIONS as for the CLI.
+    // INFLIGHT_THREADS, INFLIGHT_KV_CACHE_DTYPE, INFLIGHT_ACTIVATIONS and INFLIGHT_BLOCK_SIZE as
+    // for the CLI.
     let threads = std::env::var("INFLIGHT_THREADS").ok().and_then(|t| t.parse().ok());
     let kv_dtype = match std::env::var("INFLIGHT_KV_CACHE_DTYPE").as_deref() {
         Ok("f32") => KvDtype::F32,
@@ -50,7 +53,9 @@ fn backend() -> CpuBackend {
     };
     let chunk_invariant_attention =
         std::env::var("INFLIGHT_CHUNK_INVARIANT_ATTENTION").is_ok_and(|v| v == "1");
+    let block_size = std::env::var("INFLIGHT_BLOCK_SIZE").ok().and_then(|b| b.parse().ok());
     let cfg = CpuConfig {
+        block_size: block_size.unwrap_or(CpuConfig::default().block_size),
         limits: StepLimits { max_batch_tokens: 4096, ..Default::default() },
         chunk_invariant_attention,
         kv_cache_bytes: 2 << 30,
