@@ -4,11 +4,13 @@
 //! Everything under this module is the CPU's own forward pass: the llama decoder
 //! over host `f32` rows (`llama`), its linear layers and embedding (`linear`),
 //! attention over paged blocks (`attention`), the host KV pool (`kv_cache`), the
-//! per-element steps (`elementwise`), the quantized matmul kernels (`kernels`) and
-//! an opt-in per-section timer (`profile`). A new backend reuses `crate::model`
+//! per-element steps (`elementwise`), the quantized matmul kernels (`kernels`),
+//! the pool threads kept polling for a step's work (`awake`) and an opt-in
+//! per-section timer (`profile`). A new backend reuses `crate::model`
 //! (config, weights, RoPE) and `backend::PackedStep`, not these.
 
 pub mod attention;
+mod awake;
 mod elementwise;
 pub mod kernels;
 pub mod kv_cache;
@@ -173,7 +175,7 @@ impl Backend for CpuBackend {
             self.kv.note_highest_block(*highest);
         }
         let (model, kv) = (&self.model, &mut self.kv);
-        let data = self.pool.install(|| model.forward(batch, kv))?;
+        let data = self.pool.install(|| awake::with_workers_polling(|| model.forward(batch, kv)))?;
         Ok(Logits::for_batch(batch, self.info.vocab_size, data))
     }
 }
