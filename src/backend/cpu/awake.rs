@@ -12,6 +12,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long a poller goes on finding no work before it leaves: longer than the serial
+/// stretches between a step's parallel loops, short enough that a poller stuck above
+/// the work it interrupted (see below) holds the step up only this long.
+const MAX_IDLE: Duration = Duration::from_millis(1);
 
 /// Runs `f` on this thread (one of a rayon pool's) while the pool's other threads poll
 /// for the parallel work it hands out.
@@ -29,11 +35,21 @@ pub fn with_workers_polling<R: Send>(f: impl FnOnce() -> R + Send) -> R {
             if ctx.index() == me {
                 return;
             }
+            let mut idle_since = None;
             while !done.load(Ordering::Acquire) {
-                if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                    // Awake, but not holding the core from a runnable thread.
-                    std::thread::yield_now();
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle_since = None;
+                    continue;
                 }
+                // A thread may start this job while it waits inside a piece of `f`'s
+                // work it took (rayon runs pending jobs there), and that piece cannot
+                // finish under it: so a poller that finds nothing for a while leaves.
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > MAX_IDLE {
+                    return;
+                }
+                // Awake, but not holding the core from a runnable thread.
+                std::thread::yield_now();
             }
         });
         // Set however `f` ends: the scope waits for the pollers, which wait for this.
@@ -76,6 +92,25 @@ mod tests {
                 });
                 assert_eq!(sum, step * 10_000 * 9_999 / 2);
             }
+        }
+    }
+
+    /// Nested parallel loops on three threads, many steps: a thread that takes a piece of
+    /// the step's work and starts its poller while waiting inside it must not hold the
+    /// step up for good (it did before pollers left when idle).
+    #[test]
+    fn nested_parallel_work_never_deadlocks_under_the_pollers() {
+        let pool = pool(3);
+        for step in 0..2_000u64 {
+            let sum = pool.install(|| {
+                with_workers_polling(|| {
+                    (0..8u64)
+                        .into_par_iter()
+                        .map(|i| (0..64u64).into_par_iter().map(|j| i * j + step).sum::<u64>())
+                        .sum::<u64>()
+                })
+            });
+            assert_eq!(sum, 28 * 2016 + 512 * step);
         }
     }
 
