@@ -271,12 +271,13 @@ fn attend_units<T: Cached>(
     // to a buffer (a head's rows together), copied into the rows after. With enough
     // tiles to go round, a tile's heads stay together and write in place.
     let by_head = tiles.len() < TILES_PER_THREAD * rayon::current_num_threads();
+    let head_len = if by_head { tiles.iter().map(|t| t.3.len()).sum() } else { 0 };
     let mut head_out = if by_head { TILE_OUTPUTS.with(Cell::take) } else { Vec::new() };
-    if by_head {
-        head_out.clear();
-        head_out.resize(tiles.iter().map(|t| t.3.len()).sum(), 0.0);
+    // Grown, never cleared: the tiles write every value of it before it is read.
+    if head_out.len() < head_len {
+        head_out.resize(head_len, 0.0);
     }
-    let (work, split) = tile_work(tiles, q_dim, unit, by_head.then_some(&mut head_out[..]));
+    let (work, split) = tile_work(tiles, q_dim, unit, by_head.then_some(&mut head_out[..head_len]));
     rayon::join(
         || {
             work.into_par_iter().for_each_init(
@@ -312,7 +313,7 @@ fn attend_units<T: Cached>(
             )
         },
     );
-    copy_head_outputs(&head_out, split, q_dim, unit);
+    copy_head_outputs(&head_out[..head_len], split, q_dim, unit);
     if by_head {
         TILE_OUTPUTS.with(|c| c.set(head_out));
     }
