@@ -44,6 +44,7 @@ fn backend() -> CpuBackend {
     let threads = std::env::var("INFLIGHT_THREADS").ok().and_then(|t| t.parse().ok());
     let kv_dtype = match std::env::var("INFLIGHT_KV_CACHE_DTYPE").as_deref() {
         Ok("f32") => KvDtype::F32,
+        Ok("fp8") => KvDtype::Fp8,
         _ => KvDtype::default(),
     };
     let activations = match std::env::var("INFLIGHT_ACTIVATIONS").as_deref() {

@@ -87,6 +87,9 @@ pub enum ActivationPrecision {
 pub enum KvCacheDtype {
     F16,
     F32,
+    /// 8-bit floats, E4M3 (vLLM's `fp8`, also accepted as `fp8_e4m3`).
+    #[value(alias = "fp8_e4m3")]
+    Fp8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -123,7 +126,8 @@ pub struct ModelArgs {
     #[arg(long, env = "INFLIGHT_KV_CACHE_GIB")]
     pub kv_cache_gib: Option<f64>,
     /// How the KV cache stores values: f16 (half the memory and the bytes attention
-    /// reads) or f32 (exact arithmetic).
+    /// reads), f32 (exact arithmetic) or fp8 (E4M3: a quarter of f32's memory and
+    /// bytes, 3 mantissa bits a value; CPU only).
     #[arg(long, env = "INFLIGHT_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtype::F16)]
     pub kv_cache_dtype: KvCacheDtype,
     /// CPU: how quantized weights meet the activations. int8: activations rounded to

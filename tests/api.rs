@@ -410,3 +410,38 @@ fn a_gguf_with_k_quant_and_q5_matrices_serves_over_http() {
     assert_eq!(tokens, 12);
     assert_eq!(plain["choices"][0]["text"].as_str(), Some(streamed.as_str()));
 }
+
+/// A server with an fp8 KV cache (`--kv-cache-dtype fp8`) answers a chat completion with
+/// usage, and concurrent streams get what each request gets alone: the cache rounds
+/// each value on its own, so batching and chunking still do not change a request's
+/// output.
+#[test]
+fn an_fp8_kv_cache_serves_and_outputs_do_not_depend_on_other_traffic() {
+    let server = Server::start(&["--kv-cache-dtype", "fp8"]);
+    let (status, body) = post(
+        &server.url("/v1/chat/completions"),
+        &json!({"model": "test-model", "messages": [{"role": "user", "content": "Name a colour."}],
+                "max_tokens": 12, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["choices"][0]["message"]["content"].as_str().is_some_and(|c| !c.trim().is_empty()),
+        "{body}"
+    );
+    assert_eq!(body["usage"]["completion_tokens"].as_u64().map(|n| n > 0), Some(true), "{body}");
+    let prompts: Vec<String> = (0..8).map(|i| prompt_of(20 + i * 41, i)).collect();
+    let handles: Vec<_> = prompts
+        .iter()
+        .cloned()
+        .map(|p| {
+            let base = server.base.clone();
+            std::thread::spawn(move || stream_completion(&base, &p, 16))
+        })
+        .collect();
+    let concurrent: Vec<_> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    for (i, (text, tokens, _)) in concurrent.iter().enumerate() {
+        assert_eq!(*tokens, 16, "request {i}");
+        let (alone, _, _) = stream_completion(&server.base, &prompts[i], 16);
+        assert_eq!(&alone, text, "request {i}: batched output differs from the same request alone");
+    }
+}

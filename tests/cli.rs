@@ -17,17 +17,17 @@ fn inflight() -> Command {
 
 /// `generate --prompts-file --json` runs the reference's plain-text prompts together
 /// through the batched path and reproduces llama.cpp's greedy tokens up to its
-/// first near-tie (`support::NEAR_TIE_MARGIN`), in input order, with either KV cache
+/// first near-tie (`support::NEAR_TIE_MARGIN`), in input order, with every KV cache
 /// dtype; an unknown dtype is a usage error.
 #[test]
 fn generate_json_batch_reproduces_reference_greedy_tokens() {
-    for dtype in ["f16", "f32"] {
+    for dtype in ["f16", "f32", "fp8"] {
         generate_json_batch_matches_reference(dtype);
     }
     let out = inflight().args(["generate", "-p", "hi", "--kv-cache-dtype", "f8"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--kv-cache-dtype") && stderr.contains("f16, f32"), "{stderr}");
+    assert!(stderr.contains("--kv-cache-dtype") && stderr.contains("f16, f32, fp8"), "{stderr}");
 }
 
 fn generate_json_batch_matches_reference(kv_dtype: &str) {

@@ -96,6 +96,9 @@ fn generate_sizes_its_kv_pool_to_its_prompts() {
     std::fs::write(&file, format!("{prompt}\n").repeat(40)).expect("write prompts");
     let n = kv_blocks(&["--prompts-file", file.to_str().expect("utf-8 path")]);
     assert!((40 * 6..=40 * 8).contains(&n), "{n} blocks for 40 prompts of ~100 tokens");
-    // `--kv-cache-gib` is taken as given.
-    assert!(kv_blocks(&["--prompt", "Hello", "--kv-cache-gib", "0.25"]) > 500);
+    // `--kv-cache-gib` is taken as given, and fp8 values take half f16's bytes.
+    let f16 = kv_blocks(&["--prompt", "Hello", "--kv-cache-gib", "0.25"]);
+    assert!(f16 > 500);
+    let fp8 = kv_blocks(&["--prompt", "Hello", "--kv-cache-gib", "0.25", "--kv-cache-dtype", "fp8"]);
+    assert_eq!(fp8, 2 * f16, "fp8 blocks in the memory of {f16} f16 ones");
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Accuracy of each activation precision (`--activations int8|int16|f32`, with either KV cache
-# dtype) against the default model's weights dequantized to f32: first-position logits
+# Accuracy of each activation precision (`--activations int8|int16|f32`, with each KV cache
+# dtype, `--kv-cache-dtype f16|f32|fp8`) against the default model's weights dequantized to f32: first-position logits
 # of the reference prompts (`../shared/reference/`, whose `transformers_f32` entries are
 # transformers' float32 logits on those weights; llama.cpp's from the same file beside
 # them), and the answer to "What is the capital of France?" (chat template, greedy).
 #
 #   benches/accuracy/run.sh [OUT_DIR]      (needs `cargo build --release`)
+#   ACTS="int8 f32" KVS=fp8 benches/accuracy/run.sh DIR     (a subset of the runs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,8 +26,8 @@ ref = json.load(open(sys.argv[1]))
 print(json.dumps({"sequences": [{"prompt": p["prompt_ids"]} for p in ref["prompts"]]}))
 ' "$REF" > "$WORK/input.json"
 
-for acts in int8 int16 f32; do
-    for kv in f16 f32; do
+for acts in ${ACTS:-int8 int16 f32}; do
+    for kv in ${KVS:-f16 f32 fp8}; do
         run="$acts-kv-$kv"
         INFLIGHT_LOG=warn "$BIN" score --model "$MODEL" --input "$WORK/input.json" --greedy 1 \
             --activations "$acts" --kv-cache-dtype "$kv" --output "$WORK/$run"

@@ -114,6 +114,9 @@ pub fn model_config(
     if args.kv_cache_gib.is_some_and(|g| !(g > 0.0 && g.is_finite())) {
         bail!("--kv-cache-gib must be a positive number");
     }
+    if args.kv_cache_dtype == KvCacheDtype::Fp8 && args.backend != BackendKind::Cpu {
+        bail!("--kv-cache-dtype fp8 is built for the CPU backend only");
+    }
     let kv_cache_bytes = args.kv_cache_gib.map(|g| (g * (1u64 << 30) as f64) as usize);
     let registry = registry(&args.dirs)?;
     let spec = model_spec(args);
@@ -133,6 +136,7 @@ pub fn model_config(
             kv_dtype: match args.kv_cache_dtype {
                 KvCacheDtype::F16 => KvDtype::F16,
                 KvCacheDtype::F32 => KvDtype::F32,
+                KvCacheDtype::Fp8 => KvDtype::Fp8,
             },
             threads: args.threads,
             chunk_invariant_attention: args.chunk_invariant_attention,

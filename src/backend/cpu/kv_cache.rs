@@ -14,6 +14,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use half::vec::HalfBitsVecExt;
 
+use super::e4m3::{self, E4m3};
 use super::kv_prefault::{PoolArray, Prefaulter};
 use crate::model::config::LlamaConfig;
 
@@ -22,11 +23,14 @@ use crate::model::config::LlamaConfig;
 /// the bytes attention streams, which is what decode waits on; prefill, bound by the
 /// matmuls, does not notice (the A/B is in `benches/results/2026-12-04-architecture/`).
 /// f32 keeps the model's arithmetic exact (the float-weights fidelity test uses it).
+/// fp8 (E4M3, `e4m3.rs`) halves f16's memory and bytes again, at 3 mantissa bits a
+/// value (vLLM's `fp8_e4m3`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvDtype {
     F32,
     #[default]
     F16,
+    Fp8,
 }
 
 impl KvDtype {
@@ -34,6 +38,7 @@ impl KvDtype {
         match self {
             KvDtype::F32 => 4,
             KvDtype::F16 => 2,
+            KvDtype::Fp8 => 1,
         }
     }
 }
@@ -43,20 +48,30 @@ impl KvDtype {
 pub enum LayerKv {
     F32 { k: Vec<f32>, v: Vec<f32> },
     F16 { k: Vec<f16>, v: Vec<f16> },
+    Fp8 { k: Vec<E4m3>, v: Vec<E4m3> },
 }
 
 impl LayerKv {
     /// Zeroed arrays from the allocator's zeroed memory (`calloc`, fresh `mmap`
     /// pages for a pool this size), never written here: the OS backs a page when a
     /// block's first row is stored in it, so a pool costs nothing until it is used.
-    /// f16 is allocated as its bits (`u16`): `vec![f16::ZERO; n]` would write every
-    /// element, since only primitive zeros take the zeroed-allocation path.
+    /// f16 and fp8 are allocated as their bits (`u16`, `u8`): `vec![f16::ZERO; n]`
+    /// would write every element, since only primitive zeros take the
+    /// zeroed-allocation path.
     fn zeroed(dtype: KvDtype, len: usize) -> LayerKv {
+        fn zeroed_e4m3(len: usize) -> Vec<E4m3> {
+            let mut bytes = std::mem::ManuallyDrop::new(vec![0u8; len]);
+            // SAFETY: `E4m3` is `repr(transparent)` over `u8` (same size and
+            // alignment), every byte is a valid `E4m3`, and the vector's buffer is
+            // handed over whole (pointer, length, capacity) and never freed as `u8`s.
+            unsafe { Vec::from_raw_parts(bytes.as_mut_ptr().cast::<E4m3>(), bytes.len(), bytes.capacity()) }
+        }
         match dtype {
             KvDtype::F32 => LayerKv::F32 { k: vec![0.0; len], v: vec![0.0; len] },
             KvDtype::F16 => {
                 LayerKv::F16 { k: vec![0u16; len].reinterpret_into(), v: vec![0u16; len].reinterpret_into() }
             }
+            KvDtype::Fp8 => LayerKv::Fp8 { k: zeroed_e4m3(len), v: zeroed_e4m3(len) },
         }
     }
 
@@ -68,6 +83,7 @@ impl LayerKv {
         match self {
             LayerKv::F32 { k, v } => [of(k), of(v)],
             LayerKv::F16 { k, v } => [of(k), of(v)],
+            LayerKv::Fp8 { k, v } => [of(k), of(v)],
         }
     }
 
@@ -101,6 +117,11 @@ impl LayerKv {
                 .zip(split(v, blocks, block_len))
                 .map(|(k, v)| BlockMut::F16 { k, v })
                 .collect(),
+            LayerKv::Fp8 { k, v } => split(k, blocks, block_len)
+                .into_iter()
+                .zip(split(v, blocks, block_len))
+                .map(|(k, v)| BlockMut::Fp8 { k, v })
+                .collect(),
         }
     }
 
@@ -109,6 +130,7 @@ impl LayerKv {
         match self {
             LayerKv::F32 { k, .. } => k.len(),
             LayerKv::F16 { k, .. } => k.len(),
+            LayerKv::Fp8 { k, .. } => k.len(),
         }
     }
 
@@ -122,6 +144,7 @@ impl LayerKv {
 pub enum BlockMut<'a> {
     F32 { k: &'a mut [f32], v: &'a mut [f32] },
     F16 { k: &'a mut [f16], v: &'a mut [f16] },
+    Fp8 { k: &'a mut [E4m3], v: &'a mut [E4m3] },
 }
 
 impl BlockMut<'_> {
@@ -151,6 +174,12 @@ impl BlockMut<'_> {
                     scatter(k, region + part * CHUNK * block_size + index, block_size, narrow);
                 }
             }
+            BlockMut::Fp8 { k, v } => {
+                e4m3::narrow(v_row, &mut v[at..at + d]);
+                for (dst, &x) in k[region + index..].iter_mut().step_by(block_size).zip(k_row) {
+                    *dst = E4m3::from_f32(x);
+                }
+            }
         }
     }
 
@@ -169,6 +198,7 @@ impl BlockMut<'_> {
         match self {
             BlockMut::F32 { k, v } => lines(k, v, k_span, v_at..v_at + d),
             BlockMut::F16 { k, v } => lines(k, v, k_span, v_at..v_at + d),
+            BlockMut::Fp8 { k, v } => lines(k, v, k_span, v_at..v_at + d),
         }
     }
 }
@@ -322,7 +352,7 @@ mod tests {
                     k.fill(tag);
                     v.fill(-tag);
                 }
-                BlockMut::F16 { .. } => unreachable!("an f32 cache"),
+                BlockMut::F16 { .. } | BlockMut::Fp8 { .. } => unreachable!("an f32 cache"),
             }
         }
         let LayerKv::F32 { k, v } = c.layer(0) else { unreachable!() };
@@ -336,10 +366,10 @@ mod tests {
         }
     }
 
-    /// V is stored a position per row, K a position per column, in both dtypes.
+    /// V is stored a position per row, K a position per column, in every dtype.
     #[test]
     fn store_puts_v_in_rows_and_k_in_columns() {
-        for dtype in [KvDtype::F32, KvDtype::F16] {
+        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Fp8] {
             let cfg = LlamaConfig::tiny(2, 2, 3);
             let mut c = PagedKvCache::new(&cfg, 4, 2, dtype);
             let slot = c.slot(&[1, 0], 2, 1);
@@ -349,6 +379,9 @@ mod tests {
             let (k, v): (Vec<f32>, Vec<f32>) = match c.layer(0) {
                 LayerKv::F32 { k, v } => (k.clone(), v.clone()),
                 LayerKv::F16 { k, v } => {
+                    (k.iter().map(|x| x.to_f32()).collect(), v.iter().map(|x| x.to_f32()).collect())
+                }
+                LayerKv::Fp8 { k, v } => {
                     (k.iter().map(|x| x.to_f32()).collect(), v.iter().map(|x| x.to_f32()).collect())
                 }
             };

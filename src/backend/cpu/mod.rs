@@ -11,6 +11,7 @@
 
 pub mod attention;
 mod awake;
+pub mod e4m3;
 mod elementwise;
 pub mod kernels;
 pub mod kv_cache;

@@ -7,11 +7,12 @@
 
 use half::f16;
 
+use crate::backend::cpu::e4m3::E4m3;
 use crate::fastexp::{C2, C3, C4, C5, C6, C7, LN2_HI, LN2_LO, LOG2_E, ROUNDER, UNDERFLOW};
 
 /// `W` f32 lanes. Every method is `unsafe`: the hand-written instantiations need their
 /// instruction sets (the caller's `#[target_feature]`), and pointers must be valid for
-/// `W` values (`widen_f16`: for `n`).
+/// `W` values (`widen_*`: for `n`).
 pub trait Lanes {
     type V: Copy;
     const W: usize;
@@ -33,6 +34,20 @@ pub trait Lanes {
     unsafe fn widen_f16(src: *const f16, dst: *mut f32, n: usize);
     /// `W` f16 values at `p`, widened.
     unsafe fn load_f16(p: *const f16) -> Self::V;
+    /// `W` E4M3 values at `p`, widened (exactly, as [`E4m3::to_f32`]).
+    unsafe fn load_e4m3(p: *const E4m3) -> Self::V;
+    /// `n` E4M3 values at `src` widened into `dst`.
+    #[inline(always)]
+    unsafe fn widen_e4m3(src: *const E4m3, dst: *mut f32, n: usize) {
+        let mut i = 0;
+        while i + Self::W <= n {
+            Self::store(dst.add(i), Self::load_e4m3(src.add(i)));
+            i += Self::W;
+        }
+        for j in i..n {
+            *dst.add(j) = (*src.add(j)).to_f32();
+        }
+    }
 }
 
 /// A cached value type, widened to f32 as it is read.
@@ -75,6 +90,20 @@ impl Cached for f16 {
     #[inline(always)]
     unsafe fn load<S: Lanes>(p: *const f16) -> S::V {
         S::load_f16(p)
+    }
+}
+
+impl Cached for E4m3 {
+    const ZERO: E4m3 = E4m3::ZERO;
+
+    #[inline(always)]
+    unsafe fn widen<S: Lanes>(src: *const E4m3, dst: *mut f32, n: usize) {
+        S::widen_e4m3(src, dst, n);
+    }
+
+    #[inline(always)]
+    unsafe fn load<S: Lanes>(p: *const E4m3) -> S::V {
+        S::load_e4m3(p)
     }
 }
 
@@ -135,6 +164,10 @@ impl Lanes for Portable {
     unsafe fn load_f16(p: *const f16) -> [f32; 8] {
         std::array::from_fn(|i| (*p.add(i)).to_f32())
     }
+    #[inline(always)]
+    unsafe fn load_e4m3(p: *const E4m3) -> [f32; 8] {
+        std::array::from_fn(|i| (*p.add(i)).to_f32())
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -147,6 +180,7 @@ mod x86 {
     use half::f16;
 
     use super::*;
+    use crate::backend::cpu::e4m3::{F16_MASK, F16_SCALE};
 
     /// 16 lanes; needs AVX-512 F.
     pub struct Avx512Lanes;
@@ -226,6 +260,12 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_f16(p: *const f16) -> __m512 {
             _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        }
+        #[inline(always)]
+        unsafe fn load_e4m3(p: *const E4m3) -> __m512 {
+            let wide = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast()));
+            let bits = _mm256_and_si256(_mm256_slli_epi16::<7>(wide), _mm256_set1_epi16(F16_MASK as i16));
+            _mm512_mul_ps(_mm512_cvtph_ps(bits), _mm512_set1_ps(F16_SCALE))
         }
     }
 
@@ -308,6 +348,12 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_f16(p: *const f16) -> __m256 {
             _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+        #[inline(always)]
+        unsafe fn load_e4m3(p: *const E4m3) -> __m256 {
+            let wide = _mm_cvtepi8_epi16(_mm_loadl_epi64(p.cast()));
+            let bits = _mm_and_si128(_mm_slli_epi16::<7>(wide), _mm_set1_epi16(F16_MASK as i16));
+            _mm256_mul_ps(_mm256_cvtph_ps(bits), _mm256_set1_ps(F16_SCALE))
         }
     }
 }

@@ -16,6 +16,7 @@ use std::cell::Cell;
 use half::f16;
 use rayon::prelude::*;
 
+use super::e4m3::E4m3;
 use super::kv_cache::{BlockMut, LayerKv, PagedKvCache};
 use crate::backend::SeqStep;
 use head::{HeadGeometry, PagedRows};
@@ -141,6 +142,7 @@ pub fn attend(
     match cache.layer(layer) {
         LayerKv::F32 { k, v } => attend_units::<f32>(cache, seqs, shape, &geo, (k, v), q, out),
         LayerKv::F16 { k, v } => attend_units::<f16>(cache, seqs, shape, &geo, (k, v), q, out),
+        LayerKv::Fp8 { k, v } => attend_units::<E4m3>(cache, seqs, shape, &geo, (k, v), q, out),
     }
 }
 
@@ -476,11 +478,6 @@ mod tests {
         out
     }
 
-    /// Every geometry the kernels treat differently: a head size only the portable
-    /// loop takes; SmolLM2's (64, groups of 3); one KV head per query head; and
-    /// 128-wide heads in groups of 5, which the AVX-512 kernel splits as 4 + 1.
-    /// An f16 cache rounds every K and V value to 11 significant bits; with inputs
-    /// in [-1, 1] the outputs stay within 2e-3 of the exact ones.
     /// A step of two sequences (a prompt chunk across blocks, above the parallel
     /// threshold, and one decode row), written and read back value by value.
     #[test]
@@ -529,19 +526,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn paged_attention_matches_dense_in_chunks_and_scattered_blocks() {
-        for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
-            attention_matches_dense(dtype, tol);
+    /// Every cache dtype; the dense reference gets the K and V values each stores
+    /// ([`stored`]), so the kernels must read every value back exactly.
+    const DTYPES: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Fp8];
+    /// How far an output may be from the dense f64 reference: f32 rounding.
+    const TOL: f32 = 1e-5;
+
+    /// `x` as a cache of `dtype` stores it.
+    fn stored(dtype: KvDtype, x: &[f32]) -> Vec<f32> {
+        match dtype {
+            KvDtype::F32 => x.to_vec(),
+            KvDtype::F16 => x.iter().map(|&a| f16::from_f32(a).to_f32()).collect(),
+            KvDtype::Fp8 => x.iter().map(|&a| E4m3::from_f32(a).to_f32()).collect(),
         }
     }
 
-    fn attention_matches_dense(dtype: KvDtype, tol: f32) {
+    /// Every geometry the kernels treat differently: a head size only the portable
+    /// loop takes; SmolLM2's (64, groups of 3); one KV head per query head; and
+    /// 128-wide heads in groups of 5, which the AVX-512 kernel splits as 4 + 1.
+    #[test]
+    fn paged_attention_matches_dense_in_chunks_and_scattered_blocks() {
+        for dtype in DTYPES {
+            attention_matches_dense(dtype);
+        }
+    }
+
+    fn attention_matches_dense(dtype: KvDtype) {
         for (heads, kv_heads, d) in [(4, 2, 8), (9, 3, 64), (4, 4, 64), (10, 2, 128)] {
             let c = cfg_with(heads, kv_heads, d);
             let (t, bs) = (11, 4);
             let (q, k, v) = (pseudo(t * c.q_dim(), 1), pseudo(t * c.kv_dim(), 2), pseudo(t * c.kv_dim(), 3));
-            let want = reference(&q, &k, &v, t, &c);
+            let want = reference(&q, &stored(dtype, &k), &stored(dtype, &v), t, &c);
             let shape = AttentionShape {
                 num_heads: heads,
                 num_kv_heads: kv_heads,
@@ -574,7 +589,7 @@ mod tests {
                 attend(&cache, 0, &[span], &shape, &q[lo * qd..hi * qd], &mut got[lo * qd..hi * qd]);
             }
             for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < tol, "{dtype:?} heads {heads}/{kv_heads}, d {d}: {a} vs {b}");
+                assert!((a - b).abs() < TOL, "{dtype:?} heads {heads}/{kv_heads}, d {d}: {a} vs {b}");
             }
         }
     }
@@ -605,7 +620,7 @@ mod tests {
             let c = cfg_with(heads, kv_heads, d);
             let (q, k, v) =
                 (pseudo(t * c.q_dim(), 11), pseudo(t * c.kv_dim(), 12), pseudo(t * c.kv_dim(), 13));
-            let want = reference(&q, &k, &v, t, &c);
+            let want = reference(&q, &stored(dtype, &k), &stored(dtype, &v), t, &c);
             let blocks = t.div_ceil(bs);
             let mut cache = PagedKvCache::new(&c, bs, blocks + 3, dtype);
             // Backwards, not starting at block 0.
@@ -654,10 +669,10 @@ mod tests {
             got
         }
 
-        fn check(&self, lo: usize, got: &[f32], tol: f32, what: &str) {
+        fn check(&self, lo: usize, got: &[f32], what: &str) {
             let qd = self.c.q_dim();
             for (i, (a, b)) in got.iter().zip(&self.want[lo * qd..]).enumerate() {
-                assert!((a - b).abs() < tol, "{what}: row {} value {}: {a} vs {b}", lo + i / qd, i % qd);
+                assert!((a - b).abs() < TOL, "{what}: row {} value {}: {a} vs {b}", lo + i / qd, i % qd);
             }
         }
     }
@@ -665,11 +680,10 @@ mod tests {
     /// Every chunk length from 1 to 100 (full tiles, short last tiles, chunks shorter
     /// than a tile), starting at a block boundary, mid-block and at the last position
     /// of a block, and every position as a generated row (the row kernels), for
-    /// SmolLM2's geometry and a group of one, in both cache dtypes. Tolerances as in
-    /// the test above.
+    /// SmolLM2's geometry and a group of one, in every cache dtype.
     #[test]
     fn prefill_chunks_of_every_length_and_generated_rows_match_dense() {
-        for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
+        for dtype in DTYPES {
             for (heads, kv_heads, d, bs, invariant) in
                 [(9, 3, 64, 16, false), (9, 3, 64, 16, true), (2, 2, 8, 5, false)]
             {
@@ -677,13 +691,13 @@ mod tests {
                 for lo in [0, 16, 13, 31] {
                     for n in 1..=100 {
                         let what = format!("{dtype:?} {heads}/{kv_heads}×{d}, blocks of {bs}, rows {lo}+{n}");
-                        p.check(lo, &p.chunk(lo, lo + n), tol, &what);
+                        p.check(lo, &p.chunk(lo, lo + n), &what);
                     }
                 }
                 for pos in 0..131 {
                     let what =
                         format!("{dtype:?} {heads}/{kv_heads}×{d}, blocks of {bs}, generated row {pos}");
-                    p.check(pos, &p.generated(pos), tol, &what);
+                    p.check(pos, &p.generated(pos), &what);
                 }
             }
         }
@@ -694,7 +708,7 @@ mod tests {
     /// chunk-invariant kernel does not cut), with blocks of 16 and of 5 positions.
     #[test]
     fn long_generated_rows_cut_into_parts_match_dense() {
-        for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
+        for dtype in DTYPES {
             for (bs, invariant) in [(16, false), (5, false), (16, true)] {
                 let p = Prompt::new(6, 2, 32, 1100, bs, dtype, invariant);
                 for pos in [1021, 1022, 1023, 1024, 1099] {
@@ -703,7 +717,7 @@ mod tests {
                     assert!(parts == 1 || (per_part % bs == 0 && per_part * (parts - 1) <= pos), "row {pos}");
                     let what =
                         format!("{dtype:?} blocks of {bs}, invariant {invariant}, generated row {pos}");
-                    p.check(pos, &p.generated(pos), tol, &what);
+                    p.check(pos, &p.generated(pos), &what);
                 }
             }
         }
@@ -717,7 +731,7 @@ mod tests {
     #[test]
     fn prompt_outputs_do_not_depend_on_the_chunking() {
         let plans: [&[usize]; 4] = [&[200], &[3, 8, 17, 1, 31, 140], &[64, 64, 64, 8], &[7, 9, 100, 84]];
-        for (dtype, tol) in [(KvDtype::F32, 1e-5), (KvDtype::F16, 2e-3)] {
+        for dtype in DTYPES {
             for (heads, kv_heads, d, bs) in [(9, 3, 64, 16), (10, 2, 128, 16), (6, 2, 6, 7)] {
                 for invariant in [false, true] {
                     let p = Prompt::new(heads, kv_heads, d, 200, bs, dtype, invariant);
@@ -728,7 +742,7 @@ mod tests {
                         let what = format!("{dtype:?} {heads}/{kv_heads}×{d} invariant {invariant} {plan:?}");
                         for &n in plan {
                             let got = p.chunk(lo, lo + n);
-                            p.check(lo, &got, tol, &what);
+                            p.check(lo, &got, &what);
                             all.extend(got);
                             lo += n;
                         }
@@ -754,7 +768,7 @@ mod tests {
     fn a_recompute_gives_prompt_and_generated_rows_their_first_bits() {
         for invariant in [false, true] {
             for (len, prompt_rows) in [(60, 37), (60, 1), (60, 0), (1100, 1060)] {
-                let p = Prompt::new(9, 3, 64, len, 16, KvDtype::F16, invariant);
+                let p = Prompt::new(9, 3, 64, len, 16, KvDtype::Fp8, invariant);
                 let got = p.attend(0, len, prompt_rows);
                 let qd = p.c.q_dim();
                 let mut want = p.chunk(0, prompt_rows.max(1));
@@ -766,7 +780,7 @@ mod tests {
                     got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
                     "invariant {invariant}, {prompt_rows} prompt rows of {len}"
                 );
-                p.check(0, &got, 2e-3, "recompute against dense");
+                p.check(0, &got, "recompute against dense");
             }
         }
     }

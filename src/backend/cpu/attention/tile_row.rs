@@ -735,6 +735,8 @@ unsafe fn weighted_columns<T: Cached, S: Lanes, const C: usize, const H: usize, 
 mod tests {
     use half::f16;
 
+    use crate::backend::cpu::e4m3::E4m3;
+
     use super::super::tests::{pseudo, Paged};
     use super::super::tiled::{attend_tile_portable, tile_kernel, tile_rows, TileFn, TileRows, TileScratch};
     use super::*;
@@ -814,11 +816,22 @@ mod tests {
             Portable::W,
             f16s,
         );
+        let fp8s: fn(&[f32]) -> Vec<E4m3> = |x| x.iter().map(|&a| E4m3::from_f32(a)).collect();
+        rows_match_tiles(
+            "portable fp8",
+            attend_tile_portable::<E4m3>,
+            row_portable,
+            two_pass_portable,
+            Portable::W,
+            fp8s,
+        );
         // The pair this CPU runs, and AVX2's where the CPU has AVX-512 too.
         let selected = |as_tiles| (row_kernel::<f32>(as_tiles), row_kernel::<f16>(as_tiles));
         let ((row32, row16), (two32, two16)) = (selected(true), selected(false));
         rows_match_tiles("selected f32", tile_kernel::<f32>(), row32, two32, tile_rows(), f32s);
         rows_match_tiles("selected f16", tile_kernel::<f16>(), row16, two16, tile_rows(), f16s);
+        let (row8, two8) = (row_kernel::<E4m3>(true), row_kernel::<E4m3>(false));
+        rows_match_tiles("selected fp8", tile_kernel::<E4m3>(), row8, two8, tile_rows(), fp8s);
         #[cfg(target_arch = "x86_64")]
         if crate::backend::cpu::kernels::isa::avx2_fma_f16c() {
             use super::super::tiled::attend_tile_avx2;
@@ -837,6 +850,14 @@ mod tests {
                 two_pass_avx2,
                 Avx2Lanes::W,
                 f16s,
+            );
+            rows_match_tiles(
+                "avx2 fp8",
+                attend_tile_avx2::<E4m3>,
+                row_avx2,
+                two_pass_avx2,
+                Avx2Lanes::W,
+                fp8s,
             );
         }
     }

@@ -334,6 +334,8 @@ pub(super) unsafe fn widen_group<T: Cached, S: Lanes>(
 mod tests {
     use half::f16;
 
+    use crate::backend::cpu::e4m3::E4m3;
+
     use super::*;
 
     use super::super::tests::{pseudo, Paged};
@@ -407,19 +409,23 @@ mod tests {
         }
         let f32s: fn(&[f32]) -> Vec<f32> = |x| x.to_vec();
         let f16s: fn(&[f32]) -> Vec<f16> = |x| x.iter().map(|&a| f16::from_f32(a)).collect();
-        // Against the values the cache holds, so f16 needs no wider tolerance.
+        let fp8s: fn(&[f32]) -> Vec<E4m3> = |x| x.iter().map(|&a| E4m3::from_f32(a)).collect();
+        // Against the values the cache holds, so f16 and fp8 need no wider tolerance.
         run("portable f32", attend_tile_portable::<f32>, Portable::W, f32s, 1e-5);
         run("portable f16", attend_tile_portable::<f16>, Portable::W, f16s, 1e-5);
+        run("portable fp8", attend_tile_portable::<E4m3>, Portable::W, fp8s, 1e-5);
         #[cfg(target_arch = "x86_64")]
         {
             use crate::backend::cpu::kernels::isa;
             if isa::avx2_fma_f16c() {
                 run("avx2 f32", attend_tile_avx2::<f32>, Avx2Lanes::W, f32s, 1e-5);
                 run("avx2 f16", attend_tile_avx2::<f16>, Avx2Lanes::W, f16s, 1e-5);
+                run("avx2 fp8", attend_tile_avx2::<E4m3>, Avx2Lanes::W, fp8s, 1e-5);
             }
             if isa::avx512f() {
                 run("avx512 f32", attend_tile_avx512::<f32>, Avx512Lanes::W, f32s, 1e-5);
                 run("avx512 f16", attend_tile_avx512::<f16>, Avx512Lanes::W, f16s, 1e-5);
+                run("avx512 fp8", attend_tile_avx512::<E4m3>, Avx512Lanes::W, fp8s, 1e-5);
             }
         }
     }
