@@ -28,6 +28,14 @@ fn generate_json_batch_reproduces_reference_greedy_tokens() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--kv-cache-dtype") && stderr.contains("f16, f32, fp8"), "{stderr}");
+    // fp8 is the CPU cache's alone: another backend refuses it before loading anything.
+    let out = inflight()
+        .args(["generate", "-p", "hi", "--backend", "cuda", "--kv-cache-dtype", "fp8"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--kv-cache-dtype fp8 is built for the CPU backend only"), "{stderr}");
 }
 
 fn generate_json_batch_matches_reference(kv_dtype: &str) {
