@@ -152,16 +152,17 @@ impl BlockMut<'_> {
     /// `region`, at `index` in the block, converted to the cache's type: V as a row, K
     /// as a column of the region (stride `block_size`).
     pub fn store(&mut self, region: usize, index: usize, block_size: usize, k_row: &[f32], v_row: &[f32]) {
-        fn scatter<T: Copy>(k: &mut [T], at: usize, block_size: usize, values: &[T]) {
+        /// `values`, each converted by `to`, down the column of `k` that starts at `at`.
+        fn scatter<S: Copy, T>(k: &mut [T], at: usize, block_size: usize, values: &[S], to: impl Fn(S) -> T) {
             for (dst, &x) in k[at..].iter_mut().step_by(block_size).zip(values) {
-                *dst = x;
+                *dst = to(x);
             }
         }
         let (d, at) = (v_row.len(), region + index * v_row.len());
         match self {
             BlockMut::F32 { k, v } => {
                 v[at..at + d].copy_from_slice(v_row);
-                scatter(k, region + index, block_size, k_row);
+                scatter(k, region + index, block_size, k_row, |x| x);
             }
             BlockMut::F16 { k, v } => {
                 v[at..at + d].convert_from_f32_slice(v_row);
@@ -171,14 +172,12 @@ impl BlockMut<'_> {
                 for (part, values) in k_row.chunks(CHUNK).enumerate() {
                     let narrow = &mut narrow[..values.len()];
                     narrow.convert_from_f32_slice(values);
-                    scatter(k, region + part * CHUNK * block_size + index, block_size, narrow);
+                    scatter(k, region + part * CHUNK * block_size + index, block_size, narrow, |x| x);
                 }
             }
             BlockMut::Fp8 { k, v } => {
                 e4m3::narrow(v_row, &mut v[at..at + d]);
-                for (dst, &x) in k[region + index..].iter_mut().step_by(block_size).zip(k_row) {
-                    *dst = E4m3::from_f32(x);
-                }
+                scatter(k, region + index, block_size, k_row, E4m3::from_f32);
             }
         }
     }
