@@ -90,40 +90,54 @@ impl Linear {
     /// `activations` applies to the project's kernels; candle's matmuls compute as
     /// candle does.
     pub fn forward(&self, x: &[f32], m: usize, activations: Activations) -> Result<Vec<f32>, ModelError> {
-        debug_assert_eq!(x.len(), m * self.in_features);
-        match &self.imp {
-            Imp::Kernel(q) => {
-                let mut out = vec![0.0; m * self.out_features];
-                q.matmul_as(activations, x, m, &mut out);
-                Ok(out)
-            }
-            Imp::Candle(mm) => {
-                let xt = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
-                Ok(mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?)
-            }
-        }
+        let mut out = vec![0.0; m * self.out_features];
+        self.forward_into(x, m, activations, &mut out)?;
+        Ok(out)
     }
 
-    /// For a stack of gate and up projections (`width` outputs each): the rows of
-    /// `silu(gate) · up`, as [`Linear::forward`] followed by `swiglu_rows`, to the bit.
-    /// On the project's kernels the gate is applied inside the matmul
-    /// (`QMatrix::matmul_gated_as`): with int8 activations as each register block is
-    /// finished, so the stack's outputs never reach memory.
-    pub fn forward_swiglu(
+    /// [`Linear::forward`] into `out` (`m` rows of `out_features`), every value of
+    /// which it writes.
+    pub fn forward_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        activations: Activations,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        debug_assert_eq!(x.len(), m * self.in_features);
+        debug_assert_eq!(out.len(), m * self.out_features);
+        match &self.imp {
+            Imp::Kernel(q) => q.matmul_as(activations, x, m, out),
+            Imp::Candle(mm) => {
+                let xt = Tensor::from_slice(x, (m, self.in_features), &Device::Cpu)?;
+                out.copy_from_slice(&mm.forward(&xt)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+        Ok(())
+    }
+
+    /// For a stack of gate and up projections (`width` outputs each): into `out` (`m`
+    /// rows of `width`, every value written), the rows of `silu(gate) · up`, as
+    /// [`Linear::forward`] followed by `swiglu_rows`, to the bit. On the project's
+    /// kernels the gate is applied inside the matmul (`QMatrix::matmul_gated_as`):
+    /// with int8 activations as each register block is finished, so the stack's
+    /// outputs never reach memory.
+    pub fn forward_swiglu_into(
         &self,
         x: &[f32],
         m: usize,
         activations: Activations,
         width: usize,
-    ) -> Result<Vec<f32>, ModelError> {
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        debug_assert_eq!(out.len(), m * width);
         match &self.imp {
             Imp::Kernel(q) if q.n() == 2 * width && width.is_multiple_of(16) => {
-                let mut out = vec![0.0; m * width];
-                q.matmul_gated_as(activations, x, m, width, swiglu, &mut out);
-                Ok(out)
+                q.matmul_gated_as(activations, x, m, width, swiglu, out);
             }
-            _ => Ok(swiglu_rows(&self.forward(x, m, activations)?, width)),
+            _ => out.copy_from_slice(&swiglu_rows(&self.forward(x, m, activations)?, width)),
         }
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ use super::kernels::Activations;
 use super::kv_cache::PagedKvCache;
 use super::linear::{Embedding, Linear};
 use super::profile::{self, Section};
+use super::scratch::{rows, Scratch};
 use crate::backend::{PackedStep, SeqStep, StepBatch};
 use crate::model::config::{LlamaConfig, RopeScaling};
 use crate::model::rope::Rope;
@@ -27,7 +28,7 @@ struct Attention {
 }
 
 /// Query, key and value rows of a step.
-type Qkv = (Vec<f32>, Vec<f32>, Vec<f32>);
+type Qkv<'s> = (&'s mut [f32], &'s mut [f32], &'s mut [f32]);
 
 enum Projections {
     Fused { qkv: Linear, q_dim: usize, kv_dim: usize },
@@ -49,20 +50,35 @@ impl Projections {
         }
     }
 
-    fn forward(&self, x: &[f32], t: usize, acts: Activations) -> Result<Qkv, ModelError> {
+    /// Q, K and V for the `t` rows of `x`, in `q`, `k` and `v` (the fused matrix's
+    /// rows go through `all` first).
+    fn forward<'s>(
+        &self,
+        x: &[f32],
+        t: usize,
+        acts: Activations,
+        all: &mut Vec<f32>,
+        [q, k, v]: [&'s mut Vec<f32>; 3],
+    ) -> Result<Qkv<'s>, ModelError> {
         match self {
             Projections::Separate { wq, wk, wv } => {
-                Ok((wq.forward(x, t, acts)?, wk.forward(x, t, acts)?, wv.forward(x, t, acts)?))
+                let (qd, kd) = (wq.out_features(), wk.out_features());
+                let (q, k, v) = (rows(q, t * qd), rows(k, t * kd), rows(v, t * kd));
+                wq.forward_into(x, t, acts, q)?;
+                wk.forward_into(x, t, acts, k)?;
+                wv.forward_into(x, t, acts, v)?;
+                Ok((q, k, v))
             }
             Projections::Fused { qkv, q_dim, kv_dim } => {
-                let all = qkv.forward(x, t, acts)?;
                 let (qd, kd) = (*q_dim, *kv_dim);
-                let (mut q, mut k, mut v) =
-                    (Vec::with_capacity(t * qd), Vec::with_capacity(t * kd), Vec::with_capacity(t * kd));
-                for row in all.chunks_exact(qd + 2 * kd) {
-                    q.extend_from_slice(&row[..qd]);
-                    k.extend_from_slice(&row[qd..qd + kd]);
-                    v.extend_from_slice(&row[qd + kd..]);
+                let all = rows(all, t * (qd + 2 * kd));
+                qkv.forward_into(x, t, acts, all)?;
+                let (q, k, v) = (rows(q, t * qd), rows(k, t * kd), rows(v, t * kd));
+                let split = q.chunks_exact_mut(qd).zip(k.chunks_exact_mut(kd)).zip(v.chunks_exact_mut(kd));
+                for (row, ((q, k), v)) in all.chunks_exact(qd + 2 * kd).zip(split) {
+                    q.copy_from_slice(&row[..qd]);
+                    k.copy_from_slice(&row[qd..qd + kd]);
+                    v.copy_from_slice(&row[qd + kd..]);
                 }
                 Ok((q, k, v))
             }
@@ -83,26 +99,29 @@ impl Attention {
         })
     }
 
+    /// The attention sublayer of the step's rows: its input is `s.normed`, its output
+    /// (after the output projection) `s.projected`.
     fn forward(
         &self,
-        x: &[f32],
         step: &StepContext,
         layer: usize,
         kv: &mut PagedKvCache,
-    ) -> Result<Vec<f32>, ModelError> {
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
         let t = step.num_tokens;
-        let (mut q, mut k, v) =
-            profile::time(Section::QkvMatmul, || self.qkv.forward(x, t, step.activations))?;
+        let Scratch { normed, qkv, q, k, v, attended, projected, .. } = s;
+        let x = &normed[..t * self.wo.out_features()];
+        let (q, k, v) =
+            profile::time(Section::QkvMatmul, || self.qkv.forward(x, t, step.activations, qkv, [q, k, v]))?;
         profile::time(Section::RopeKvWrite, || {
-            step.rope.apply(&mut q, step.shape.num_heads, &step.angles);
-            step.rope.apply(&mut k, step.shape.num_kv_heads, &step.angles);
-            attention::write_kv(kv, layer, &step.kv_writes, &k, &v);
+            step.rope.apply(q, step.shape.num_heads, &step.angles);
+            step.rope.apply(k, step.shape.num_kv_heads, &step.angles);
+            attention::write_kv(kv, layer, &step.kv_writes, k, v);
         });
-        let mut out = vec![0.0; q.len()];
-        profile::time(Section::Attention, || {
-            attention::attend(kv, layer, step.seqs, &step.shape, &q, &mut out)
-        });
-        profile::time(Section::AttnOutMatmul, || self.wo.forward(&out, t, step.activations))
+        let out = rows(attended, q.len());
+        profile::time(Section::Attention, || attention::attend(kv, layer, step.seqs, &step.shape, q, out));
+        let projected = rows(projected, x.len());
+        profile::time(Section::AttnOutMatmul, || self.wo.forward_into(out, t, step.activations, projected))
     }
 }
 
@@ -136,21 +155,32 @@ impl Mlp {
         }
     }
 
-    fn forward(&self, x: &[f32], t: usize, acts: Activations) -> Result<Vec<f32>, ModelError> {
+    /// The MLP of the step's `t` rows: its input is `s.normed`, its output
+    /// `s.projected`.
+    fn forward(&self, t: usize, acts: Activations, s: &mut Scratch) -> Result<(), ModelError> {
+        let Scratch { normed, hidden, projected, .. } = s;
+        let x = &normed[..t * self.down.out_features()];
         let h = match &self.gate_up {
             GateUp::Separate { gate, up } => {
                 let (g, u) = profile::time(Section::GateUpMatmul, || {
                     Ok::<_, ModelError>((gate.forward(x, t, acts)?, up.forward(x, t, acts)?))
                 })?;
-                profile::time(Section::Swiglu, || swiglu_separate(&g, &u, gate.out_features()))
+                let h = rows(hidden, t * gate.out_features());
+                profile::time(Section::Swiglu, || {
+                    h.copy_from_slice(&swiglu_separate(&g, &u, gate.out_features()))
+                });
+                h
             }
             // The gate runs inside the matmul where the kernels allow (its time is
             // then the matmul's in the step profile).
             GateUp::Fused { both, width } => {
-                profile::time(Section::GateUpMatmul, || both.forward_swiglu(x, t, acts, *width))?
+                let h = rows(hidden, t * width);
+                profile::time(Section::GateUpMatmul, || both.forward_swiglu_into(x, t, acts, *width, h))?;
+                h
             }
         };
-        profile::time(Section::DownMatmul, || self.down.forward(&h, t, acts))
+        let out = rows(projected, x.len());
+        profile::time(Section::DownMatmul, || self.down.forward_into(h, t, acts, out))
     }
 }
 
@@ -178,15 +208,16 @@ impl Block {
         layer: usize,
         eps: f32,
         kv: &mut PagedKvCache,
+        s: &mut Scratch,
     ) -> Result<(), ModelError> {
-        let mut h = vec![0.0; x.len()];
-        profile::time(Section::NormsResiduals, || rms_norm(x, &self.attn_norm, eps, &mut h));
-        let attended = self.attn.forward(&h, step, layer, kv)?;
+        let n = x.len();
+        profile::time(Section::NormsResiduals, || rms_norm(x, &self.attn_norm, eps, rows(&mut s.normed, n)));
+        self.attn.forward(step, layer, kv, s)?;
         profile::time(Section::NormsResiduals, || {
-            add_then_rms_norm(x, &attended, &self.ffn_norm, eps, &mut h)
+            add_then_rms_norm(x, &s.projected[..n], &self.ffn_norm, eps, rows(&mut s.normed, n))
         });
-        let mlp = self.mlp.forward(&h, step.num_tokens, step.activations)?;
-        profile::time(Section::NormsResiduals, || add_in_place(x, &mlp));
+        self.mlp.forward(step.num_tokens, step.activations, s)?;
+        profile::time(Section::NormsResiduals, || add_in_place(x, &s.projected[..n]));
         Ok(())
     }
 }
@@ -279,8 +310,14 @@ impl Llama {
 
     /// Runs one step. Returns one row of `vocab_size` logits per sequence with
     /// `want_logits` (every row of one with `all_logits`), in batch order. The caller has validated block tables,
-    /// positions and token ids against the cache and vocabulary.
-    pub fn forward(&self, batch: &StepBatch, kv: &mut PagedKvCache) -> Result<Vec<f32>, ModelError> {
+    /// positions and token ids against the cache and vocabulary. The layers' rows go
+    /// through `scratch`, which keeps its buffers for the next step.
+    pub fn forward(
+        &self,
+        batch: &StepBatch,
+        kv: &mut PagedKvCache,
+        scratch: &mut Scratch,
+    ) -> Result<Vec<f32>, ModelError> {
         let packed = PackedStep::new(batch);
         if packed.num_tokens() == 0 {
             return Err(ModelError::InvalidBatch("no tokens".into()));
@@ -302,7 +339,7 @@ impl Llama {
         profile::count_pass();
         let mut x = profile::time(Section::Embedding, || self.embed.lookup(&packed.ids))?;
         for (layer, block) in self.blocks.iter().enumerate() {
-            block.forward(&mut x, &step, layer, self.cfg.rms_norm_eps, kv)?;
+            block.forward(&mut x, &step, layer, self.cfg.rms_norm_eps, kv, scratch)?;
         }
         // Only the rows that want logits reach the head: the last token of most
         // sequences, every token of a prompt being scored.

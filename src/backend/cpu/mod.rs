@@ -5,9 +5,10 @@
 //! over host `f32` rows (`llama`), its linear layers and embedding (`linear`),
 //! attention over paged blocks (`attention`), the host KV pool (`kv_cache`), the
 //! per-element steps (`elementwise`), the quantized matmul kernels (`kernels`),
-//! the pool threads kept polling for a step's work (`awake`) and an opt-in
-//! per-section timer (`profile`). A new backend reuses `crate::model`
-//! (config, weights, RoPE) and `backend::PackedStep`, not these.
+//! the pool threads kept polling for a step's work (`awake`), the buffers a step's
+//! layers write into (`scratch`) and an opt-in per-section timer (`profile`). A new
+//! backend reuses `crate::model` (config, weights, RoPE) and `backend::PackedStep`,
+//! not these.
 
 pub mod attention;
 mod awake;
@@ -19,10 +20,12 @@ mod kv_prefault;
 pub mod linear;
 pub mod llama;
 pub mod profile;
+mod scratch;
 
 pub use kernels::Activations;
 pub use kv_cache::{KvDtype, PagedKvCache};
 pub use llama::Llama;
+use scratch::Scratch;
 
 use super::{validate_step, Backend, BackendError, BackendInfo, Logits, StepBatch, StepLimits, StepShapes};
 
@@ -106,6 +109,8 @@ pub struct CpuBackend {
     /// by pool workers that join in on every parallel loop, instead of the engine
     /// thread blocking while the pool works.
     pool: rayon::ThreadPool,
+    /// The forward pass's intermediate rows, kept between steps.
+    scratch: Scratch,
 }
 
 impl CpuBackend {
@@ -157,7 +162,7 @@ impl CpuBackend {
             prefix_caching: true,
         };
         let kv = pool.install(|| PagedKvCache::new(mcfg, cfg.block_size, num_blocks, cfg.kv_dtype));
-        Ok(Self { model, kv, info, pool })
+        Ok(Self { model, kv, info, pool, scratch: Scratch::default() })
     }
 
     pub fn model(&self) -> &Llama {
@@ -175,8 +180,8 @@ impl Backend for CpuBackend {
         if let Some(highest) = batch.seqs.iter().filter_map(|s| s.block_table.iter().max()).max() {
             self.kv.note_highest_block(*highest);
         }
-        let (model, kv) = (&self.model, &mut self.kv);
-        let data = self.pool.install(|| awake::with_workers_polling(|| model.forward(batch, kv)))?;
+        let (model, kv, scratch) = (&self.model, &mut self.kv, &mut self.scratch);
+        let data = self.pool.install(|| awake::with_workers_polling(|| model.forward(batch, kv, scratch)))?;
         Ok(Logits::for_batch(batch, self.info.vocab_size, data))
     }
 }
