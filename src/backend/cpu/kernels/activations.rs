@@ -101,7 +101,31 @@ impl QActs {
 }
 
 fn quantize_row(kernel: Kernel, x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], isum: &mut [i32]) {
-    for (b, (xb, qb)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
+    let nb = d.len();
+    assert!(x.len() == nb * QK && q.len() == nb * QK && s.len() == nb && isum.len() == nb);
+    let mut first = 0;
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512Vnni {
+        // Sixteen blocks at a time share their reductions and divisions (a block's own
+        // are mostly horizontal steps and a scalar division's latency).
+        while first + x86::BLOCKS <= nb {
+            let at = first * QK;
+            // SAFETY: the kernel was checked available; 16 blocks' values and quants
+            // lie at `at` and their factors at `first` (lengths asserted above).
+            unsafe {
+                x86::blocks_avx512(
+                    x[at..].as_ptr(),
+                    q[at..].as_mut_ptr(),
+                    d[first..].as_mut_ptr(),
+                    isum[first..].as_mut_ptr(),
+                    s[first..].as_mut_ptr(),
+                )
+            };
+            first += x86::BLOCKS;
+        }
+    }
+    for b in first..nb {
+        let (xb, qb) = (&x[b * QK..(b + 1) * QK], &mut q[b * QK..(b + 1) * QK]);
         (d[b], isum[b], s[b]) = quantize_block(kernel, xb, qb);
     }
 }
@@ -189,6 +213,85 @@ mod x86 {
         (d, _mm_cvtsi128_si32(s))
     }
 
+    /// Blocks [`blocks_avx512`] takes at a time.
+    pub const BLOCKS: usize = 16;
+
+    /// Sixteen vectors' horizontal reductions by `$op` (max or add; any order gives
+    /// the same result) as one vector, lane `i` from `$v[σ(i)]` with
+    /// `σ(4p + t) = 4t + p`: four rounds of pairing halves, quarters, pairs and
+    /// lanes, after which the lanes come out transposed in fours, which the caller
+    /// undoes by placing its inputs at `σ`.
+    macro_rules! reduce16 {
+        ($v:expr, $op:expr) => {{
+            let v: [__m512; 16] = $v;
+            let halves: [__m512; 8] = std::array::from_fn(|i| {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                $op(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xee>(a, b))
+            });
+            let quarters: [__m512; 4] = std::array::from_fn(|i| {
+                let (a, b) = (halves[2 * i], halves[2 * i + 1]);
+                $op(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xdd>(a, b))
+            });
+            let pairs: [__m512; 2] = std::array::from_fn(|i| {
+                let (a, b) = (quarters[2 * i], quarters[2 * i + 1]);
+                $op(_mm512_shuffle_ps::<0x44>(a, b), _mm512_shuffle_ps::<0xee>(a, b))
+            });
+            $op(_mm512_shuffle_ps::<0x88>(pairs[0], pairs[1]), _mm512_shuffle_ps::<0xdd>(pairs[0], pairs[1]))
+        }};
+    }
+
+    /// The block a reduction input `i` must hold for the result's lane `i` to be block
+    /// `i`'s (see `reduce16!`).
+    const fn placed(i: usize) -> usize {
+        (i % 4) * 4 + i / 4
+    }
+
+    /// Sixteen consecutive blocks (512 values at `x`): their quants at `q`, and their
+    /// scales (rounded to f16), sums and scaled sums at `d`, `isum` and `s`: the same
+    /// bits as [`block_avx512`] and `quantize_block` block by block.
+    ///
+    /// # Safety
+    /// AVX-512 F must be available; `x` and `q` must point at 512 readable / writable
+    /// elements, `d`, `isum` and `s` at 16 writable ones.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn blocks_avx512(x: *const f32, q: *mut i8, d: *mut f32, isum: *mut i32, s: *mut f32) {
+        let block = |b: usize| (_mm512_loadu_ps(x.add(b * 32)), _mm512_loadu_ps(x.add(b * 32 + 16)));
+        let amax = reduce16!(
+            std::array::from_fn(|i| {
+                let (v0, v1) = block(placed(i));
+                _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))
+            }),
+            |a, b| _mm512_max_ps(a, b)
+        );
+        // `scales`, lane by lane: d = amax / 127, and 127 / amax where amax is not 0.
+        let d_exact = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
+        let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(amax, _mm512_setzero_ps());
+        let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(127.0), amax);
+        let mut ids = [0.0f32; BLOCKS];
+        _mm512_storeu_ps(ids.as_mut_ptr(), id);
+        let sums = reduce16!(
+            std::array::from_fn(|i| {
+                let b = placed(i);
+                let (v0, v1) = block(b);
+                let idv = _mm512_set1_ps(ids[b]);
+                // Default MXCSR rounding: nearest, ties to even.
+                let i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, idv));
+                let i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, idv));
+                _mm_storeu_si128(q.add(b * 32).cast(), _mm512_cvtsepi32_epi8(i0));
+                _mm_storeu_si128(q.add(b * 32 + 16).cast(), _mm512_cvtsepi32_epi8(i1));
+                _mm512_castsi512_ps(_mm512_add_epi32(i0, i1))
+            }),
+            |a, b| _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)))
+        );
+        let sums = _mm512_castps_si512(sums);
+        // The f16 rounding of `quantize_block` (to nearest, ties to even).
+        let dv =
+            _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(d_exact));
+        _mm512_storeu_ps(d, dv);
+        _mm512_storeu_si512(isum.cast(), sums);
+        _mm512_storeu_ps(s, _mm512_mul_ps(dv, _mm512_cvtepi32_ps(sums)));
+    }
+
     /// # Safety
     /// AVX-512 F must be available; pointers as for [`block_avx2`].
     #[target_feature(enable = "avx512f")]
@@ -244,6 +347,29 @@ mod tests {
             assert_eq!(a.s[blk], d * sum as f32);
         }
         assert_eq!(a.d[3], 0.0);
+    }
+
+    /// Rows long enough for sixteen-block steps and a remainder, with blocks of every
+    /// scale from f16 subnormal to large: every byte and factor as the portable path.
+    #[test]
+    fn simd_quantization_of_long_rows_equals_portable() {
+        let (m, k) = (33, 37 * QK);
+        let x: Vec<f32> = sample(m, k)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v * [1.0, 3e-6, 1e-9, 250.0, 0.01][(i / QK) % 5])
+            .collect();
+        let mut want = QActs::default();
+        want.quantize(Kernel::Portable, &x, m, k);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for kernel in Kernel::available() {
+            let mut got = QActs::default();
+            got.quantize(kernel, &x, m, k);
+            assert_eq!(got.qs, want.qs, "{}", kernel.name());
+            assert_eq!(bits(&got.d), bits(&want.d), "{}", kernel.name());
+            assert_eq!(got.isum, want.isum, "{}", kernel.name());
+            assert_eq!(bits(&got.s), bits(&want.s), "{}", kernel.name());
+        }
     }
 
     #[test]
