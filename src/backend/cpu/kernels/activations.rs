@@ -104,16 +104,23 @@ fn quantize_row(kernel: Kernel, x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut 
     let nb = d.len();
     assert!(x.len() == nb * QK && q.len() == nb * QK && s.len() == nb && isum.len() == nb);
     let mut first = 0;
+    // A vector's worth of blocks at a time (16 on AVX-512, 8 on AVX2) share their
+    // reductions and divisions (a block's own are mostly horizontal steps and a scalar
+    // division's latency).
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512Vnni {
-        // Sixteen blocks at a time share their reductions and divisions (a block's own
-        // are mostly horizontal steps and a scalar division's latency).
-        while first + x86::BLOCKS <= nb {
+    let many: Option<(usize, x86::BlocksFn)> = match kernel {
+        Kernel::Avx512Vnni => Some((x86::AVX512_BLOCKS, x86::blocks_avx512)),
+        Kernel::Avx2 => Some((x86::AVX2_BLOCKS, x86::blocks_avx2)),
+        Kernel::Portable => None,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if let Some((blocks, run)) = many {
+        while first + blocks <= nb {
             let at = first * QK;
-            // SAFETY: the kernel was checked available; 16 blocks' values and quants
-            // lie at `at` and their factors at `first` (lengths asserted above).
+            // SAFETY: the kernel was checked available; `blocks` blocks' values and
+            // quants lie at `at` and their factors at `first` (lengths asserted above).
             unsafe {
-                x86::blocks_avx512(
+                run(
                     x[at..].as_ptr(),
                     q[at..].as_mut_ptr(),
                     d[first..].as_mut_ptr(),
@@ -121,7 +128,7 @@ fn quantize_row(kernel: Kernel, x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut 
                     s[first..].as_mut_ptr(),
                 )
             };
-            first += x86::BLOCKS;
+            first += blocks;
         }
     }
     for b in first..nb {
@@ -213,8 +220,85 @@ mod x86 {
         (d, _mm_cvtsi128_si32(s))
     }
 
-    /// Blocks [`blocks_avx512`] takes at a time.
-    pub const BLOCKS: usize = 16;
+    /// Quantizes a fixed number of consecutive blocks (see [`blocks_avx512`]).
+    pub type BlocksFn = unsafe fn(x: *const f32, q: *mut i8, d: *mut f32, isum: *mut i32, s: *mut f32);
+
+    /// Blocks [`blocks_avx512`] and [`blocks_avx2`] take at a time.
+    pub const AVX512_BLOCKS: usize = 16;
+    pub const AVX2_BLOCKS: usize = 8;
+
+    /// Eight vectors' horizontal reductions by `$op` as one vector, lane `i` from
+    /// `$v[τ(i)]` with `τ(2p + h) = 4h + p` (pairs of halves, pairs, lanes; the caller
+    /// places its inputs at `τ`), as `reduce16!` does for AVX-512.
+    macro_rules! reduce8 {
+        ($v:expr, $op:expr) => {{
+            let v: [__m256; 8] = $v;
+            let halves: [__m256; 4] = std::array::from_fn(|i| {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                $op(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
+            });
+            let pairs: [__m256; 2] = std::array::from_fn(|i| {
+                let (a, b) = (halves[2 * i], halves[2 * i + 1]);
+                $op(_mm256_shuffle_ps::<0x44>(a, b), _mm256_shuffle_ps::<0xee>(a, b))
+            });
+            $op(_mm256_shuffle_ps::<0x88>(pairs[0], pairs[1]), _mm256_shuffle_ps::<0xdd>(pairs[0], pairs[1]))
+        }};
+    }
+
+    /// The block a `reduce8!` input `i` must hold for the result's lane `i` to be
+    /// block `i`'s.
+    const fn placed8(i: usize) -> usize {
+        4 * (i % 2) + i / 2
+    }
+
+    /// Eight consecutive blocks (256 values at `x`), as [`blocks_avx512`] does sixteen:
+    /// the same bits as [`block_avx2`] and `quantize_block` block by block.
+    ///
+    /// # Safety
+    /// AVX2 and F16C must be available; `x` and `q` must point at 256 readable /
+    /// writable elements, `d`, `isum` and `s` at 8 writable ones.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn blocks_avx2(x: *const f32, q: *mut i8, d: *mut f32, isum: *mut i32, s: *mut f32) {
+        let block =
+            |b: usize| std::array::from_fn::<__m256, 4, _>(|j| _mm256_loadu_ps(x.add(b * 32 + 8 * j)));
+        let sign = _mm256_set1_ps(-0.0);
+        let amax = reduce8!(
+            std::array::from_fn(|i| {
+                let v = block(placed8(i));
+                _mm256_max_ps(
+                    _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                    _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+                )
+            }),
+            |a, b| _mm256_max_ps(a, b)
+        );
+        let d_exact = _mm256_div_ps(amax, _mm256_set1_ps(127.0));
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(amax, _mm256_setzero_ps());
+        let id = _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(127.0), amax));
+        let mut ids = [0.0f32; AVX2_BLOCKS];
+        _mm256_storeu_ps(ids.as_mut_ptr(), id);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let sums = reduce8!(
+            std::array::from_fn(|i| {
+                let b = placed8(i);
+                let idv = _mm256_set1_ps(ids[b]);
+                // Default MXCSR rounding: nearest, ties to even.
+                let n = block(b).map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, idv)));
+                // The packs interleave 128-bit lanes; the permute restores element order.
+                let p = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+                _mm256_storeu_si256(q.add(b * 32).cast(), _mm256_permutevar8x32_epi32(p, order));
+                let sum = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
+                _mm256_castsi256_ps(sum)
+            }),
+            |a, b| _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(a), _mm256_castps_si256(b)))
+        );
+        let sums = _mm256_castps_si256(sums);
+        // The f16 rounding of `quantize_block` (to nearest, ties to even).
+        let dv = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d_exact));
+        _mm256_storeu_ps(d, dv);
+        _mm256_storeu_si256(isum.cast(), sums);
+        _mm256_storeu_ps(s, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(sums)));
+    }
 
     /// Sixteen vectors' horizontal reductions by `$op` (max or add; any order gives
     /// the same result) as one vector, lane `i` from `$v[σ(i)]` with
@@ -267,7 +351,7 @@ mod x86 {
         let d_exact = _mm512_div_ps(amax, _mm512_set1_ps(127.0));
         let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_OQ>(amax, _mm512_setzero_ps());
         let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(127.0), amax);
-        let mut ids = [0.0f32; BLOCKS];
+        let mut ids = [0.0f32; AVX512_BLOCKS];
         _mm512_storeu_ps(ids.as_mut_ptr(), id);
         let sums = reduce16!(
             std::array::from_fn(|i| {
