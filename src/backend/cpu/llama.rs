@@ -7,6 +7,8 @@
 //! where batching pays); attention runs per token over its own sequence's blocks;
 //! the output projection runs only for the rows that asked for logits.
 
+use rayon::prelude::*;
+
 use super::attention::{self, AttentionShape};
 use super::elementwise::{add_in_place, add_then_rms_norm, rms_norm, swiglu_separate};
 use super::kernels::Activations;
@@ -26,6 +28,13 @@ struct Attention {
     qkv: Projections,
     wo: Linear,
 }
+
+/// Rows at or above which the fused QKV rows are split into Q, K and V on every
+/// thread.
+const PARALLEL_SPLIT_ROWS: usize = 32;
+
+/// One fused QKV row and the Q, K and V rows it is split into.
+type SplitRow<'a> = (&'a [f32], ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]));
 
 /// Query, key and value rows of a step.
 type Qkv<'s> = (&'s mut [f32], &'s mut [f32], &'s mut [f32]);
@@ -74,11 +83,25 @@ impl Projections {
                 let all = rows(all, t * (qd + 2 * kd));
                 qkv.forward_into(x, t, acts, all)?;
                 let (q, k, v) = (rows(q, t * qd), rows(k, t * kd), rows(v, t * kd));
-                let split = q.chunks_exact_mut(qd).zip(k.chunks_exact_mut(kd)).zip(v.chunks_exact_mut(kd));
-                for (row, ((q, k), v)) in all.chunks_exact(qd + 2 * kd).zip(split) {
+                let one = |(row, ((q, k), v)): SplitRow<'_>| {
                     q.copy_from_slice(&row[..qd]);
                     k.copy_from_slice(&row[qd..qd + kd]);
                     v.copy_from_slice(&row[qd + kd..]);
+                };
+                // A prefill chunk's rows are megabytes: split over the pool's threads.
+                if t >= PARALLEL_SPLIT_ROWS {
+                    let split = q
+                        .par_chunks_exact_mut(qd)
+                        .zip(k.par_chunks_exact_mut(kd))
+                        .zip(v.par_chunks_exact_mut(kd));
+                    all.par_chunks_exact(qd + 2 * kd)
+                        .zip(split)
+                        .with_min_len(PARALLEL_SPLIT_ROWS)
+                        .for_each(one);
+                } else {
+                    let split =
+                        q.chunks_exact_mut(qd).zip(k.chunks_exact_mut(kd)).zip(v.chunks_exact_mut(kd));
+                    all.chunks_exact(qd + 2 * kd).zip(split).for_each(one);
                 }
                 Ok((q, k, v))
             }
