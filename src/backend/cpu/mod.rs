@@ -25,7 +25,7 @@ mod scratch;
 pub use kernels::Activations;
 pub use kv_cache::{KvDtype, PagedKvCache};
 pub use llama::Llama;
-use scratch::Scratch;
+pub use scratch::Scratch;
 
 use super::{validate_step, Backend, BackendError, BackendInfo, Logits, StepBatch, StepLimits, StepShapes};
 
