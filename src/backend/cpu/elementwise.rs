@@ -84,25 +84,23 @@ fn add(x: &mut [f32], y: &[f32]) {
 }
 
 /// SwiGLU over rows of `[gate (width) | up (width)]`, as one stacked projection
-/// yields them: returns the rows of `silu(gate) * up`, `width` values each.
-pub fn swiglu_rows(gate_up: &[f32], width: usize) -> Vec<f32> {
-    let rows = gate_up.len() / (2 * width);
-    gate_rows(gate_up, gate_up.get(width..).unwrap_or(&[]), 2 * width, width, rows)
+/// yields them: into `out`, the rows of `silu(gate) * up`, `width` values each.
+pub fn swiglu_rows(gate_up: &[f32], width: usize, out: &mut [f32]) {
+    gate_rows(gate_up, gate_up.get(width..).unwrap_or(&[]), 2 * width, width, out)
 }
 
-/// SwiGLU over separate gate and up projections of `width` values per row.
-pub fn swiglu_separate(gate: &[f32], up: &[f32], width: usize) -> Vec<f32> {
-    gate_rows(gate, up, width, width, gate.len() / width)
+/// SwiGLU over separate gate and up projections of `width` values per row, into `out`.
+pub fn swiglu_separate(gate: &[f32], up: &[f32], width: usize, out: &mut [f32]) {
+    gate_rows(gate, up, width, width, out)
 }
 
-/// Row `r` of the result is `silu(gate[r * stride..][..width]) * up[r * stride..][..width]`.
-fn gate_rows(gate: &[f32], up: &[f32], stride: usize, width: usize, rows: usize) -> Vec<f32> {
-    let mut out = vec![0.0; rows * width];
+/// Row `r` of `out` (`width` values a row) is
+/// `silu(gate[r * stride..][..width]) * up[r * stride..][..width]`.
+fn gate_rows(gate: &[f32], up: &[f32], stride: usize, width: usize, out: &mut [f32]) {
     out.par_chunks_mut(width).enumerate().with_min_len(PARALLEL_ROWS).for_each(|(r, o)| {
         let at = r * stride;
         swiglu(&gate[at..at + width], &up[at..at + width], o);
     });
-    out
 }
 
 /// `out = silu(g) · u`, element by element (each element's bits do not depend on the
@@ -185,7 +183,8 @@ mod tests {
         let width = 5;
         let rows = 40; // above PARALLEL_ROWS, so the parallel split is exercised too
         let gu: Vec<f32> = (0..rows * 2 * width).map(|i| (i as f32 - 200.0) / 37.0).collect();
-        let out = swiglu_rows(&gu, width);
+        let mut out = vec![f32::NAN; rows * width];
+        swiglu_rows(&gu, width, &mut out);
         assert_eq!(out.len(), rows * width);
         for r in 0..rows {
             for c in 0..width {
@@ -202,6 +201,9 @@ mod tests {
         let up: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 7.0 % 5.0) - 2.0).collect();
         let stacked: Vec<f32> =
             gate.chunks(width).zip(up.chunks(width)).flat_map(|(g, u)| g.iter().chain(u)).copied().collect();
-        assert_eq!(swiglu_separate(&gate, &up, width), swiglu_rows(&stacked, width));
+        let (mut separate, mut rows_of_stack) = (vec![f32::NAN; rows * width], vec![f32::NAN; rows * width]);
+        swiglu_separate(&gate, &up, width, &mut separate);
+        swiglu_rows(&stacked, width, &mut rows_of_stack);
+        assert_eq!(separate, rows_of_stack);
     }
 }

@@ -135,7 +135,7 @@ impl Linear {
             Imp::Kernel(q) if q.n() == 2 * width && width.is_multiple_of(16) => {
                 q.matmul_gated_as(activations, x, m, width, swiglu, out);
             }
-            _ => out.copy_from_slice(&swiglu_rows(&self.forward(x, m, activations)?, width)),
+            _ => swiglu_rows(&self.forward(x, m, activations)?, width, out),
         }
         Ok(())
     }

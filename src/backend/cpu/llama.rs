@@ -189,9 +189,7 @@ impl Mlp {
                     Ok::<_, ModelError>((gate.forward(x, t, acts)?, up.forward(x, t, acts)?))
                 })?;
                 let h = rows(hidden, t * gate.out_features());
-                profile::time(Section::Swiglu, || {
-                    h.copy_from_slice(&swiglu_separate(&g, &u, gate.out_features()))
-                });
+                profile::time(Section::Swiglu, || swiglu_separate(&g, &u, gate.out_features(), h));
                 h
             }
             // The gate runs inside the matmul where the kernels allow (its time is
