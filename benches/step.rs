@@ -6,7 +6,7 @@
 //! `cargo bench --bench step` (model: `INFLIGHT_BENCH_MODEL` or the registry's
 //! download location; fetch it first with `inflight models pull`; threads:
 //! `INFLIGHT_THREADS`, default one per core; `INFLIGHT_KV_CACHE_DTYPE=f32` for an f32
-//! KV cache; `INFLIGHT_ACTIVATIONS=f32|int16` for f32 or 16-bit activations;
+//! KV cache; `INFLIGHT_ACTIVATIONS=f32|int16|bf16` for other activation precisions;
 //! `INFLIGHT_CHUNK_INVARIANT_ATTENTION=1` for decode rows with the tile's arithmetic; `INFLIGHT_BENCH_DECODE_DEPTH`
 //! for the decode steps' depth, default 128; `INFLIGHT_BLOCK_SIZE` for the KV blocks'
 //! positions, default 16; `INFLIGHT_WORKERS_POLL=0` to let idle workers sleep within a
@@ -50,6 +50,7 @@ fn backend() -> CpuBackend {
     let activations = match std::env::var("INFLIGHT_ACTIVATIONS").as_deref() {
         Ok("f32") => Activations::F32,
         Ok("int16") => Activations::Int16,
+        Ok("bf16") => Activations::Bf16,
         _ => Activations::default(),
     };
     let chunk_invariant_attention =
@@ -121,7 +122,7 @@ fn bench_step(c: &mut Criterion) {
     let mut g = c.benchmark_group("step");
     g.sample_size(10).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(8));
 
-    for n in [128usize, 512] {
+    for n in [128usize, 256, 512] {
         let (prompt, blocks) = (tokens(n, 1), table(0, n.div_ceil(bs)));
         let batch = prompt_chunk(&prompt, 0, &blocks, true);
         g.throughput(Throughput::Elements(n as u64));

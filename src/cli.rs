@@ -81,6 +81,7 @@ pub enum ActivationPrecision {
     Int8,
     Int16,
     F32,
+    Bf16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,7 +136,8 @@ pub struct ModelArgs {
     /// int16: rounded to about 16 bits (two 8-bit passes), as accurate as f32 at about
     /// half int8's prefill speed and most of its decode speed. f32: activations kept in
     /// f32 and the weights widened in registers, so the model computes what its
-    /// dequantized weights compute in f32 (slowest).
+    /// dequantized weights compute in f32 (slowest). bf16: activations and widened
+    /// weights rounded to bf16 and multiplied on AMX-BF16 tiles (CPUs with AMX only).
     #[arg(long, env = "INFLIGHT_ACTIVATIONS", value_enum, default_value_t = ActivationPrecision::Int8)]
     pub activations: ActivationPrecision,
     /// CPU: compute decode rows with exactly the arithmetic the tiled prefill kernel

@@ -144,6 +144,7 @@ pub fn model_config(
                 ActivationPrecision::Int8 => Activations::Int8,
                 ActivationPrecision::Int16 => Activations::Int16,
                 ActivationPrecision::F32 => Activations::F32,
+                ActivationPrecision::Bf16 => Activations::Bf16,
             },
         }),
         BackendKind::Cuda => BackendConfig::Cuda(CudaConfig {

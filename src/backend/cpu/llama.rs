@@ -376,7 +376,14 @@ impl Llama {
             }
             let mut normed = vec![0.0; picked.len()];
             rms_norm(&picked, &self.norm, self.cfg.rms_norm_eps, &mut normed);
-            self.lm_head.forward(&normed, last_rows.len(), self.activations)
+            // With bf16 activations the head runs on f32 ones: it sees a row or a few per
+            // step, where widening its weights for the tiles costs more than the f32
+            // kernel's multiply-adds, and every logit row takes this one path either way.
+            let activations = match self.activations {
+                Activations::Bf16 => Activations::F32,
+                other => other,
+            };
+            self.lm_head.forward(&normed, last_rows.len(), activations)
         })
     }
 }

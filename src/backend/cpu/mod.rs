@@ -119,6 +119,13 @@ impl CpuBackend {
             .with_activations(cfg.activations)
             .with_chunk_invariant_attention(cfg.chunk_invariant_attention);
         let mcfg = model.config();
+        if !cfg.activations.runs_here() {
+            return Err(BackendError::Unavailable(format!(
+                "{} activations need AMX-BF16 tiles, which this CPU does not have (or the kernel did not grant); \
+                 use --activations int8, int16 or f32",
+                cfg.activations.name()
+            )));
+        }
         if cfg.block_size == 0 {
             return Err(BackendError::Unavailable("block size must be at least 1".into()));
         }

@@ -180,7 +180,7 @@ fn cpu_has_amx_int8() -> bool {
 /// Linux hands out the tile data state (XTILEDATA, feature 18) only on request, once
 /// per process (for all its threads); without it the first tile instruction raises
 /// SIGILL.
-fn request_tile_data() -> bool {
+pub(super) fn request_tile_data() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
     // SAFETY: arch_prctl with these arguments only changes this process's permissions.

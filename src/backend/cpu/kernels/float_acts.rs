@@ -35,7 +35,7 @@ const PARTIALS: usize = 4;
 const PREFETCH_RECORDS: usize = 2;
 
 /// One block of a group dequantized: `TILE[c][r]` is value `c` of the group's row `r`.
-type Tile = [[f32; GROUP]; QK];
+pub(super) type Tile = [[f32; GROUP]; QK];
 
 /// `out = x · Wᵀ` on f32 activations with `kernel`'s instruction set. The caller has
 /// checked the slice lengths.
@@ -83,6 +83,17 @@ unsafe fn run_task(
 // The driver compiled for each instruction set with its block operations: AVX-512
 // has its own (`avx512`); AVX2 and other CPUs run the portable ones, which the
 // compiler vectorizes as it can.
+/// Block `b` of `group` (records of `format`) widened into `tile` on AVX-512: the
+/// values every kernel of this module multiplies with (the bf16 tiles round them).
+///
+/// # Safety
+/// AVX-512 F, BW and VL, FMA and F16C are available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+pub(super) unsafe fn dequantize_avx512(format: WeightFormat, group: &[u8], b: usize, tile: &mut Tile) {
+    <avx512::Avx512 as BlockOps>::dequantize(format, group, b, tile)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
 unsafe fn task_avx512(w: &QMatrix, x: &[f32], rows: Range<usize>, groups: Range<usize>, out: OutPtr) {

@@ -13,6 +13,8 @@
 
 mod activations;
 #[cfg(target_arch = "x86_64")]
+mod amx_bf16;
+#[cfg(target_arch = "x86_64")]
 mod amx_gemm;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -85,6 +87,9 @@ pub enum Activations {
     /// Kept in f32; the weights are widened to f32 in registers: the layer computes
     /// what the dequantized weights compute in f32, at more compute per weight.
     F32,
+    /// Rounded to bf16 and multiplied on AMX-BF16 tiles by the weights widened as for
+    /// `F32` and rounded to bf16 (`amx_bf16`): AMX hosts only ([`Activations::runs_here`]).
+    Bf16,
 }
 
 impl Activations {
@@ -94,6 +99,19 @@ impl Activations {
             Activations::Int8 => "int8",
             Activations::Int16 => "int16",
             Activations::F32 => "f32",
+            Activations::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this CPU runs this precision: all but bf16 run everywhere; bf16 needs
+    /// the AMX-BF16 tiles.
+    pub fn runs_here(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Activations::Bf16 => amx_bf16::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Activations::Bf16 => false,
+            _ => true,
         }
     }
 }
@@ -209,7 +227,21 @@ impl QMatrix {
             Activations::Int8 => self.matmul(x, m, out),
             Activations::Int16 => self.matmul_int16_with(dispatch::selected(), x, m, out),
             Activations::F32 => self.matmul_f32_with(dispatch::selected(), x, m, out),
+            Activations::Bf16 => self.matmul_bf16(x, m, out),
         }
+    }
+
+    /// `x · Wᵀ` on bf16 activations, on the AMX-BF16 tiles.
+    ///
+    /// # Panics
+    /// As [`QMatrix::matmul_with`], and if this CPU cannot run bf16 activations
+    /// ([`Activations::runs_here`]).
+    pub fn matmul_bf16(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        assert!(Activations::Bf16.runs_here(), "bf16 activations need AMX-BF16 tiles");
+        #[cfg(target_arch = "x86_64")]
+        amx_bf16::run(self, x, m, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (x, m, out);
     }
 
     /// `x · Wᵀ` on activations rounded to 16-bit blocks, with an explicit kernel.
@@ -307,6 +339,11 @@ impl QMatrix {
                 let mut both = vec![0.0; m * self.n];
                 float_acts::run(kernel, self, x, m, &mut both);
                 matmul::gate_rows(&both, width, gate, out);
+            }
+            Activations::Bf16 => {
+                assert!(Activations::Bf16.runs_here(), "bf16 activations need AMX-BF16 tiles");
+                #[cfg(target_arch = "x86_64")]
+                amx_bf16::run_gated(self, x, m, width, gate, out);
             }
         }
     }
