@@ -114,7 +114,7 @@ fn generate_chat_uses_the_template_and_streams_the_answer() {
 /// `--activations int16` on the default f16 cache; 8-bit activations cost this
 /// small model that answer (see the README's accuracy figures).
 #[test]
-fn f32_and_int16_activations_answer_as_the_float_model_does() {
+fn f32_int16_and_bf16_activations_answer_as_the_float_model_does() {
     let france = |args: &[&str]| {
         let out = inflight()
             .args(["generate", "--chat", "--max-tokens", "10"])
@@ -131,9 +131,29 @@ fn f32_and_int16_activations_answer_as_the_float_model_does() {
         let answer = france(args);
         assert!(answer.starts_with("The capital of France is Paris"), "{args:?}: {answer:?}");
     }
+    if inflight::backend::cpu::Activations::Bf16.runs_here() {
+        let answer = france(&["--activations", "bf16"]);
+        assert!(answer.starts_with("The capital of France is Paris"), "bf16: {answer:?}");
+    }
     let out = inflight().args(["generate", "-p", "hi", "--activations", "f16"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2), "an unknown precision is a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("int8, int16, f32"));
+}
+
+/// Where the tiles are missing (or turned off, as here) bf16 activations are refused
+/// at start-up with the alternatives named, not run some other way.
+#[test]
+fn bf16_activations_without_amx_tiles_are_a_clear_start_up_error() {
+    let out = inflight()
+        .env("INFLIGHT_AMX", "0")
+        .args(["generate", "--activations", "bf16", "--prompt", "hi", "--max-tokens", "2"])
+        .arg("--model")
+        .arg(model_path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bf16 activations need AMX-BF16") && err.contains("--activations int8"), "{err}");
 }
 
 #[test]

@@ -207,6 +207,19 @@ fn assert_reproduces_transformers_f32(be: &mut CpuBackend, what: &str) {
     assert_within_of_transformers_f32(be, what, 2e-3)
 }
 
+/// `--activations bf16` (AMX hosts): activations and widened weights rounded to bf16,
+/// the head on f32 activations: within 0.1 of transformers' float32 logits, where int8
+/// activations are off by up to 0.3.
+#[test]
+fn bf16_activations_on_quantized_weights_come_within_0_1_of_transformers_f32_logits() {
+    if !Activations::Bf16.runs_here() {
+        eprintln!("skipped: bf16 activations need AMX-BF16");
+        return;
+    }
+    let mut be = backend_computing(model_on(&model_path(), false), Activations::Bf16);
+    assert_within_of_transformers_f32(&mut be, "bf16 activations", 0.1);
+}
+
 fn assert_within_of_transformers_f32(be: &mut CpuBackend, what: &str, tolerance: f32) {
     let prompts = reference()["prompts"].as_array().expect("prompts");
     let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
@@ -246,8 +259,23 @@ fn batching_does_not_change_greedy_tokens() {
 /// kernel's sizes, and in chunks shorter than a tile, one row included.
 #[test]
 fn prompt_logits_do_not_depend_on_the_chunking() {
+    assert_prompt_logits_do_not_depend_on_the_chunking(Activations::Int8);
+}
+
+/// bf16 activations run every row count on the same tiles, so chunking changes no bit
+/// there either (AMX hosts only: elsewhere the precision is refused).
+#[test]
+fn bf16_prompt_logits_do_not_depend_on_the_chunking() {
+    if !Activations::Bf16.runs_here() {
+        eprintln!("skipped: bf16 activations need AMX-BF16");
+        return;
+    }
+    assert_prompt_logits_do_not_depend_on_the_chunking(Activations::Bf16);
+}
+
+fn assert_prompt_logits_do_not_depend_on_the_chunking(activations: Activations) {
     let model = model_on(&model_path(), false);
-    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, ..Default::default() };
+    let cfg = CpuConfig { kv_cache_bytes: 256 << 20, activations, ..Default::default() };
     let mut be = CpuBackend::new(model, &cfg).expect("backend");
     let prompt: Vec<u32> = reference()["prompts"]
         .as_array()

@@ -44,11 +44,16 @@ const TILE_ROWS: usize = 16;
 /// `B` tile rows (value pairs) per block, and so panel lines per block.
 const LINES_PER_BLOCK: usize = QK / 2;
 
-/// Whether this process can run bf16 activations: the CPU has AMX-TILE, AMX-BF16 and
+/// Whether this process can run bf16 activations: not turned off with `INFLIGHT_AMX=0`,
+/// the CPU has AMX-TILE, AMX-BF16 and
 /// AVX-512 (F, BW, VL, BF16), and the kernel granted the tile registers. Decided once.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
+        // `INFLIGHT_AMX=0` keeps this process off the tiles altogether.
+        if std::env::var_os("INFLIGHT_AMX").is_some_and(|v| v == "0") {
+            return false;
+        }
         let leaf7 = __cpuid_count(7, 0);
         // EDX bit 22: AMX-BF16; bit 24: AMX-TILE.
         let tiles = leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0;
@@ -169,7 +174,10 @@ unsafe fn round_row_avx512(x: &[f32], out: &mut [u16]) {
     let mut i = 0;
     while i + 16 <= n {
         let bits = rounded_bits(_mm512_loadu_ps(x.as_ptr().add(i)));
-        _mm256_storeu_si256(out.as_mut_ptr().add(i).cast(), _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+        _mm256_storeu_si256(
+            out.as_mut_ptr().add(i).cast(),
+            _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)),
+        );
         i += 16;
     }
     for j in i..n {
@@ -198,8 +206,8 @@ unsafe fn widen_group(w: &QMatrix, g: usize, panel: &mut [Line], tile: &mut Tile
     // `vcvtne2ps2bf16` puts the 16 even values (rounded as `bf16_bits`) below the 16
     // odd ones; this interleaves them into pairs.
     let pairs = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
-        17, 1, 16, 0,
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18,
+        2, 17, 1, 16, 0,
     );
     for b in 0..nb {
         float_acts::dequantize_avx512(w.format, group, b, tile);
