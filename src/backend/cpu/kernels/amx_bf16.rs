@@ -30,10 +30,12 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::avx512::block_scales;
 use super::float_acts::{self, Tile};
 use super::gemm_panel::{GateFn, Line};
-use super::layout::{GROUP, QK};
+use super::layout::{self, WeightFormat, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, GROUP, QK};
 use super::matmul::{OutPtr, Plan};
+use super::tile::prefetch_ahead;
 use super::QMatrix;
 
 /// Rows of activations a task takes: a task's panel (its groups, widened) is built once
@@ -209,14 +211,56 @@ unsafe fn widen_group(w: &QMatrix, g: usize, panel: &mut [Line], tile: &mut Tile
         31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18,
         2, 17, 1, 16, 0,
     );
+    let lines = panel.as_mut_ptr();
+    let (id, record_bytes) = (w.format.id(), w.format.record_bytes());
     for b in 0..nb {
-        float_acts::dequantize_avx512(w.format, group, b, tile);
-        for p in 0..LINES_PER_BLOCK {
-            let even = _mm512_loadu_ps(tile[2 * p].as_ptr());
-            let odd = _mm512_loadu_ps(tile[2 * p + 1].as_ptr());
-            let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
-            let line = _mm512_permutexvar_epi16(pairs, halves);
-            _mm512_store_si512(panel.as_mut_ptr().add(b * LINES_PER_BLOCK + p).cast(), line);
+        // Decode reads the records from memory: ask for later ones as the integer
+        // kernels do (a hint, so past the group's end is harmless).
+        prefetch_ahead(group.as_ptr().add(layout::record_offset(id, b)), record_bytes);
+        let at = lines.add(b * LINES_PER_BLOCK);
+        match w.format {
+            WeightFormat::Q4_1 => widen_q4_block::<FMT_Q4_1>(group, b, at, pairs),
+            WeightFormat::Q4_0 => widen_q4_block::<FMT_Q4_0>(group, b, at, pairs),
+            WeightFormat::Q4K => widen_q4_block::<FMT_Q4K>(group, b, at, pairs),
+            _ => {
+                float_acts::dequantize_avx512(w.format, group, b, tile);
+                for p in 0..LINES_PER_BLOCK {
+                    let even = _mm512_loadu_ps(tile[2 * p].as_ptr());
+                    let odd = _mm512_loadu_ps(tile[2 * p + 1].as_ptr());
+                    store_pairs(at.add(p), even, odd, pairs);
+                }
+            }
+        }
+    }
+}
+
+/// One pair line: row `r`'s `even[r]` and `odd[r]` rounded to bf16, side by side.
+#[inline(always)]
+unsafe fn store_pairs(line: *mut Line, even: __m512, odd: __m512, pairs: __m512i) {
+    let halves: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(odd, even));
+    _mm512_store_si512(line.cast(), _mm512_permutexvar_epi16(pairs, halves));
+}
+
+/// Block `b` of a 4-bit group straight from its nibbles to its 16 pair lines at
+/// `lines`, with the f32 path's values (`fma(d, q, m)`, as `float_acts` widens them)
+/// and no f32 tile in between. Chunk `i` of a record holds values `4i + t` in the low
+/// nibbles of byte `t` of each row's word and `16 + 4i + t` in the high ones.
+#[inline(always)]
+unsafe fn widen_q4_block<const F: u8>(group: &[u8], b: usize, lines: *mut Line, pairs: __m512i) {
+    let (gp, rp) = (group.as_ptr(), group.as_ptr().add(layout::record_offset(F, b)));
+    let (d, m) = block_scales::<F>(gp, b, rp);
+    let m = if F == FMT_Q4_0 { _mm512_mul_ps(_mm512_set1_ps(-8.0), d) } else { m };
+    let mask = _mm512_set1_epi32(0x0f);
+    let value = |words: __m512i, shift: i32| {
+        let q = _mm512_and_si512(_mm512_srlv_epi32(words, _mm512_set1_epi32(shift)), mask);
+        _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(q), m)
+    };
+    for i in 0..4 {
+        let words = _mm512_loadu_si512(rp.add(64 * i).cast());
+        // (line, bit of the even value, bit of the odd one)
+        for (line, even, odd) in [(2 * i, 0, 8), (2 * i + 1, 16, 24), (8 + 2 * i, 4, 12), (9 + 2 * i, 20, 28)]
+        {
+            store_pairs(lines.add(line), value(words, even), value(words, odd), pairs);
         }
     }
 }
@@ -283,24 +327,44 @@ unsafe fn task(w: &QMatrix, acts: &[u16], rows: Range<usize>, units: Range<usize
             let a0 = acts.as_ptr().add(row0 * k);
             let a1 = acts.as_ptr().add(row1 * k);
             asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-            for b in 0..nb {
-                asm!(
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0.add(b * QK),
-                    a1 = in(reg) a1.add(b * QK),
-                    b0 = in(reg) b0.add(b * LINES_PER_BLOCK),
-                    b1 = in(reg) b1.add(b * LINES_PER_BLOCK),
-                    sa = in(reg) a_stride,
-                    sb = in(reg) 64usize,
-                    options(nostack, readonly),
-                );
+            if row1 != row0 {
+                for b in 0..nb {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) a0.add(b * QK),
+                        a1 = in(reg) a1.add(b * QK),
+                        b0 = in(reg) b0.add(b * LINES_PER_BLOCK),
+                        b1 = in(reg) b1.add(b * LINES_PER_BLOCK),
+                        sa = in(reg) a_stride,
+                        sb = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
+                }
+            } else {
+                // One tile of rows (decode batches, a task's last odd tile): half the
+                // multiplications, the same sums in `tmm0` and `tmm1`.
+                for b in 0..nb {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        a0 = in(reg) a0.add(b * QK),
+                        b0 = in(reg) b0.add(b * LINES_PER_BLOCK),
+                        b1 = in(reg) b1.add(b * LINES_PER_BLOCK),
+                        sa = in(reg) a_stride,
+                        sb = in(reg) 64usize,
+                        options(nostack, readonly),
+                    );
+                }
             }
             let tiles = if row1 != row0 { 2 } else { 1 };
             for t in 0..tiles {
@@ -386,7 +450,6 @@ unsafe fn write_staged(
 mod tests {
     use super::*;
     use crate::backend::cpu::kernels::dispatch::{pattern_matrix, self_check_activations, SELF_CHECK_K};
-    use crate::backend::cpu::kernels::layout::WeightFormat;
 
     #[test]
     fn bf16_rounding_is_nearest_with_ties_to_even() {
