@@ -144,30 +144,26 @@ fn f32_int16_and_bf16_activations_answer_as_the_float_model_does() {
 /// at start-up with the alternatives named, not run some other way.
 #[test]
 fn bf16_activations_without_amx_tiles_are_a_clear_start_up_error() {
-    let out = inflight()
-        .env("INFLIGHT_AMX", "0")
-        .args(["generate", "--activations", "bf16", "--prompt", "hi", "--max-tokens", "2"])
-        .arg("--model")
-        .arg(model_path())
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut generate = inflight();
+    generate.env("INFLIGHT_AMX", "0").args(["generate", "--activations", "bf16", "--prompt", "hi"]);
+    let err = failure_on_the_model(generate);
     assert!(err.contains("bf16 activations need AMX-BF16") && err.contains("--activations int8"), "{err}");
 }
 
 #[test]
 fn generate_rejects_a_prompt_longer_than_the_context() {
     let long = "word ".repeat(200);
-    let out = inflight()
-        .args(["generate", "--max-context", "64", "--prompt", &long])
-        .arg("--model")
-        .arg(model_path())
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut generate = inflight();
+    generate.args(["generate", "--max-context", "64", "--prompt", &long]);
+    let err = failure_on_the_model(generate);
     assert!(err.contains("context"), "error names the context limit: {err}");
+}
+
+/// Runs `cmd` on the default model, which must fail; its standard error.
+fn failure_on_the_model(mut cmd: Command) -> String {
+    let out = cmd.arg("--model").arg(model_path()).output().expect("run");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
