@@ -300,26 +300,25 @@ unsafe fn task(w: &QMatrix, acts: &[u16], rows: Range<usize>, units: Range<usize
         }
         Output::Gated { width, .. } => units.clone().map(|g| [g, g + width / GROUP]).collect(),
     };
+    // One unit's two groups at a time (36 KB at k = 576, 96 KB at 1,536), widened just
+    // before every tile of rows passes over them, so they are still in L1/L2; widening
+    // the whole task first wrote 4 bytes of panel per weight byte read out to L2 and
+    // beyond, which a decode step, reading its weights from memory, waited on.
     let mut panel = PANEL.with(Cell::take);
-    panel.resize(members.len() * 2 * group_lines, Line([0; 64]));
+    panel.resize(2 * group_lines, Line([0; 64]));
     let mut tile: Tile = [[0.0; GROUP]; QK];
-    for (i, pair) in members.iter().enumerate() {
-        for (j, &g) in pair.iter().enumerate() {
-            let at = (2 * i + j) * group_lines;
-            widen_group(w, g, &mut panel[at..at + group_lines], &mut tile);
-        }
-    }
     let rows_in_tile = rows.len().min(TILE_ROWS);
     let config = TileConfig::new(rows_in_tile as u8);
     asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
     let a_stride = 2 * k;
     let row_tiles = rows.len().div_ceil(TILE_ROWS);
     let mut staged = [[[0.0f32; GROUP]; TILE_ROWS]; 4];
-    // A unit's two groups (up to 96 KB at k = 1536) stay in L1/L2 while every tile of
-    // rows passes over them.
-    for (i, pair) in members.iter().enumerate() {
-        let b0 = panel.as_ptr().add(2 * i * group_lines);
-        let b1 = panel.as_ptr().add((2 * i + 1) * group_lines);
+    for pair in &members {
+        for (j, &g) in pair.iter().enumerate() {
+            widen_group(w, g, &mut panel[j * group_lines..(j + 1) * group_lines], &mut tile);
+        }
+        let b0 = panel.as_ptr();
+        let b1 = panel.as_ptr().add(group_lines);
         for rt in (0..row_tiles).step_by(2) {
             let row0 = rows.start + rt * TILE_ROWS;
             // The second tile of rows, or the first again when it is the last.
