@@ -284,12 +284,11 @@ unsafe fn task(w: &QMatrix, acts: &[u16], rows: Range<usize>, units: Range<usize
     // The columns each unit's two `B` tiles come from: two groups for plain outputs
     // (the second is the first again on an odd last one, its results unused), a gate
     // group and its up group for gated ones.
-    let members: Vec<[usize; 2]> = match output {
-        Output::Plain(_) => {
-            units.clone().step_by(2).map(|g| [g, if g + 1 < units.end { g + 1 } else { g }]).collect()
-        }
-        Output::Gated { width, .. } => units.clone().map(|g| [g, g + width / GROUP]).collect(),
-    };
+    let (step, end) = (if matches!(output, Output::Plain(_)) { 2 } else { 1 }, units.end);
+    let members = units.step_by(step).map(move |g| match output {
+        Output::Plain(_) => [g, if g + 1 < end { g + 1 } else { g }],
+        Output::Gated { width, .. } => [g, g + width / GROUP],
+    });
     // One unit's two groups at a time (36 KB at k = 576, 96 KB at 1,536), widened just
     // before every tile of rows passes over them, so they are still in L1/L2; widening
     // the whole task first wrote 4 bytes of panel per weight byte read out to L2 and
@@ -303,12 +302,16 @@ unsafe fn task(w: &QMatrix, acts: &[u16], rows: Range<usize>, units: Range<usize
     let a_stride = 2 * k;
     let row_tiles = rows.len().div_ceil(TILE_ROWS);
     let mut staged = [[[0.0f32; GROUP]; TILE_ROWS]; 4];
-    for pair in &members {
-        for (j, &g) in pair.iter().enumerate() {
-            widen_group(w, g, &mut panel[j * group_lines..(j + 1) * group_lines], &mut tile);
+    for pair in members {
+        let pair = &pair;
+        widen_group(w, pair[0], &mut panel[..group_lines], &mut tile);
+        // An odd last plain group stands in for its missing partner: widened once.
+        let b1_at = if pair[1] == pair[0] { 0 } else { group_lines };
+        if b1_at != 0 {
+            widen_group(w, pair[1], &mut panel[group_lines..2 * group_lines], &mut tile);
         }
         let b0 = panel.as_ptr();
-        let b1 = panel.as_ptr().add(group_lines);
+        let b1 = panel.as_ptr().add(b1_at);
         for rt in (0..row_tiles).step_by(2) {
             let row0 = rows.start + rt * TILE_ROWS;
             // The second tile of rows, or the first again when it is the last.
@@ -363,9 +366,8 @@ unsafe fn task(w: &QMatrix, acts: &[u16], rows: Range<usize>, units: Range<usize
                     if j == 1 && matches!(output, Output::Plain(_)) && g == pair[0] {
                         continue; // the odd last group's stand-in
                     }
-                    let cols = (w.n - g * GROUP).min(GROUP);
                     match output {
-                        Output::Plain(out) if live == TILE_ROWS && cols == GROUP => {
+                        Output::Plain(out) if stored_whole(w, g, live) => {
                             // A whole tile of outputs goes straight to the result.
                             store_tile(2 * t + j, out.0.add(first * w.n + g * GROUP), 4 * w.n);
                         }
@@ -378,6 +380,13 @@ unsafe fn task(w: &QMatrix, acts: &[u16], rows: Range<usize>, units: Range<usize
     }
     asm!("tilerelease", options(nostack, nomem));
     PANEL.with(|p| p.set(panel));
+}
+
+/// Whether a plain output's tile of `live` rows of group `g` goes straight to the
+/// result (a whole 16 × 16 tile) rather than through the staging tile.
+#[inline(always)]
+fn stored_whole(w: &QMatrix, g: usize, live: usize) -> bool {
+    live == TILE_ROWS && w.n - g * GROUP >= GROUP
 }
 
 /// `C` tile `c` (0-3: `tmm0`-`tmm3`) stored as 16-float rows `stride` bytes apart.
@@ -414,11 +423,11 @@ unsafe fn write_staged(
         Output::Plain(out) => {
             let distinct = if pair[1] != pair[0] { 2 } else { 1 };
             for (g, sums) in [(pair[0], c0), (pair[1], c1)].into_iter().take(distinct) {
+                if stored_whole(w, g, live) {
+                    continue;
+                }
                 let col0 = g * GROUP;
                 let cols = (w.n - col0).min(GROUP);
-                if live == TILE_ROWS && cols == GROUP {
-                    continue; // stored whole
-                }
                 for (r, row) in sums.iter().enumerate().take(live) {
                     let dst = std::slice::from_raw_parts_mut(out.0.add((first + r) * w.n + col0), cols);
                     dst.copy_from_slice(&row[..cols]);

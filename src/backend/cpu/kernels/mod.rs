@@ -237,11 +237,13 @@ impl QMatrix {
     /// As [`QMatrix::matmul_with`], and if this CPU cannot run bf16 activations
     /// ([`Activations::runs_here`]).
     pub fn matmul_bf16(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        assert!(Activations::Bf16.runs_here(), "bf16 activations need AMX-BF16 tiles");
         #[cfg(target_arch = "x86_64")]
         amx_bf16::run(self, x, m, out);
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (x, m, out);
+        {
+            let _ = (x, m, out);
+            panic!("bf16 activations need AMX-BF16 tiles");
+        }
     }
 
     /// `x · Wᵀ` on activations rounded to 16-bit blocks, with an explicit kernel.
@@ -340,11 +342,10 @@ impl QMatrix {
                 float_acts::run(kernel, self, x, m, &mut both);
                 matmul::gate_rows(&both, width, gate, out);
             }
-            Activations::Bf16 => {
-                assert!(Activations::Bf16.runs_here(), "bf16 activations need AMX-BF16 tiles");
-                #[cfg(target_arch = "x86_64")]
-                amx_bf16::run_gated(self, x, m, width, gate, out);
-            }
+            #[cfg(target_arch = "x86_64")]
+            Activations::Bf16 => amx_bf16::run_gated(self, x, m, width, gate, out),
+            #[cfg(not(target_arch = "x86_64"))]
+            Activations::Bf16 => panic!("bf16 activations need AMX-BF16 tiles"),
         }
     }
 
