@@ -256,7 +256,8 @@ fn batching_does_not_change_greedy_tokens() {
 
 /// A prompt's logits are the same bits whatever its chunking (the default server;
 /// concurrent traffic decides the chunking): whole, in chunks of the tiled attention
-/// kernel's sizes, and in chunks shorter than a tile, one row included.
+/// kernel's sizes, and in chunks shorter than a tile, one row included; and whether the
+/// last layer runs for its last row alone or for every row (a prompt being scored).
 #[test]
 fn prompt_logits_do_not_depend_on_the_chunking() {
     assert_prompt_logits_do_not_depend_on_the_chunking(Activations::Int8);
@@ -316,6 +317,27 @@ fn assert_prompt_logits_do_not_depend_on_the_chunking(activations: Activations) 
     for chunks in [&[17, 1, 3][..], &[32, 16], &[1, 1, 1, 40], &[9, 23, 5]] {
         assert_eq!(last_logits(chunks), whole, "chunks {chunks:?} then the rest");
     }
+    // Those runs take only the last row past the last layer's attention; a prompt being
+    // scored takes every row through it, and its last row must get the same bits.
+    let scored = StepBatch {
+        seqs: vec![SeqStep {
+            id: 0,
+            tokens: &prompt,
+            start_pos: 0,
+            prompt_rows: prompt.len(),
+            block_table: &table,
+            want_logits: true,
+            all_logits: true,
+        }],
+    };
+    let out = be.step(&scored).expect("step");
+    let every_row = out.all_rows(0).expect("every row's logits");
+    assert_eq!(every_row.len(), prompt.len() * whole.len());
+    assert_eq!(
+        &every_row[every_row.len() - whole.len()..],
+        &whole[..],
+        "the last row through the whole layer"
+    );
 }
 
 /// Reverses llama.cpp's converter, which permutes Hugging Face's Q/K rows so that
@@ -461,17 +483,21 @@ fn a_token_decoded_deep_in_a_long_context_gets_its_prefill_logits() {
         let blocks = n.div_ceil(be.info().block_size) as u32;
         let (decoded_table, prefilled_table): (Vec<u32>, Vec<u32>) =
             ((0..blocks).collect(), (blocks..2 * blocks).collect());
+        let mut step =
+            |tokens: &[u32], start_pos: usize, prompt: bool, table: &[u32], want_logits: bool, all| {
+                let seqs = vec![SeqStep {
+                    id: 0,
+                    tokens,
+                    start_pos,
+                    prompt_rows: if prompt { tokens.len() } else { 0 },
+                    block_table: table,
+                    want_logits,
+                    all_logits: all,
+                }];
+                be.step(&StepBatch { seqs }).expect("step")
+            };
         let mut run = |tokens: &[u32], start_pos: usize, prompt: bool, table: &[u32], want_logits: bool| {
-            let seqs = vec![SeqStep {
-                id: 0,
-                tokens,
-                start_pos,
-                prompt_rows: if prompt { tokens.len() } else { 0 },
-                block_table: table,
-                want_logits,
-                all_logits: false,
-            }];
-            be.step(&StepBatch { seqs }).expect("step").row(0).map(<[f32]>::to_vec)
+            step(tokens, start_pos, prompt, table, want_logits, false).row(0).map(<[f32]>::to_vec)
         };
         for at in (0..n - 1).step_by(512) {
             run(&prompt[at..(at + 512).min(n - 1)], at, true, &decoded_table, false);
@@ -483,6 +509,11 @@ fn a_token_decoded_deep_in_a_long_context_gets_its_prefill_logits() {
             prefilled = run(&prompt[at..end], at, true, &prefilled_table, end == n);
         }
         let prefilled = prefilled.expect("logits");
+        // The last chunk again as a prompt being scored: every row through the last layer
+        // (the run above took only its last row past attention), deep in the context.
+        let last_chunk = n - (n - 1) / 512 * 512;
+        let scored = step(&prompt[n - last_chunk..], n - last_chunk, true, &prefilled_table, true, true);
+        assert_eq!(scored.row(0), Some(&prefilled[..]), "the last row through the whole layer");
         let worst = decoded.iter().zip(&prefilled).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         if invariant {
             assert_eq!(decoded, prefilled, "decoded with the tile's arithmetic");

@@ -63,9 +63,35 @@ pub struct StepBatch<'a> {
     pub seqs: Vec<SeqStep<'a>>,
 }
 
-impl StepBatch<'_> {
+impl<'a> StepBatch<'a> {
     pub fn num_tokens(&self) -> usize {
         self.seqs.iter().map(|s| s.tokens.len()).sum()
+    }
+
+    /// The batch cut down to the rows that want logits ([`PackedStep::logit_rows`], in
+    /// that order): a sequence that wants every row whole, one that wants its last row
+    /// as that row alone (a prompt row stays one), the others gone. A forward pass runs
+    /// its last layer past attention only for these: no other row's output is read.
+    pub fn logit_rows_only(&self) -> StepBatch<'a> {
+        let last_row = |s: &SeqStep<'a>| {
+            let last = s.tokens.len() - 1;
+            SeqStep {
+                tokens: &s.tokens[last..],
+                start_pos: s.start_pos + last,
+                prompt_rows: usize::from(s.prompt_rows > last),
+                ..*s
+            }
+        };
+        let seqs = self.seqs.iter().filter(|s| !s.tokens.is_empty());
+        StepBatch {
+            seqs: seqs
+                .filter_map(|s| match (s.all_logits, s.want_logits) {
+                    (true, _) => Some(*s),
+                    (false, true) => Some(last_row(s)),
+                    (false, false) => None,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -202,6 +228,34 @@ mod tests {
         assert_eq!(logits.row(2), Some(&[2.5, 3.5][..]));
         assert_eq!(logits.row(3), None);
         assert_eq!(logits.all_rows(1), None);
+
+        // Only the logit rows: the chunk's last prompt row alone, the decode as it is.
+        let kept = batch.logit_rows_only();
+        assert_eq!(kept.seqs.len(), 2);
+        assert_eq!(kept.seqs[0], batch.seqs[1]);
+        let last = &kept.seqs[1];
+        assert_eq!((last.id, last.tokens, last.start_pos, last.prompt_rows), (3, &[2u32][..], 4, 1));
+        assert_eq!(PackedStep::new(&kept).positions, vec![40, 4], "the logit rows' positions");
+    }
+
+    #[test]
+    fn a_generated_last_row_stays_generated_when_cut_to_the_logit_rows() {
+        // A recompute after preemption: two prompt rows, then two generated ones.
+        let tokens = [1u32, 2, 3, 4];
+        let s = SeqStep {
+            id: 7,
+            tokens: &tokens,
+            start_pos: 30,
+            prompt_rows: 2,
+            block_table: &[0, 1, 2],
+            want_logits: true,
+            all_logits: false,
+        };
+        let kept = StepBatch { seqs: vec![s] }.logit_rows_only();
+        assert_eq!(
+            (kept.seqs[0].tokens, kept.seqs[0].start_pos, kept.seqs[0].prompt_rows),
+            (&[4u32][..], 33, 0)
+        );
     }
 
     #[test]
@@ -225,6 +279,7 @@ mod tests {
         };
         let p = PackedStep::new(&batch);
         assert_eq!(p.logit_rows, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(batch.logit_rows_only(), batch, "every row is a logit row");
         let data: Vec<f32> = (0..12).map(|x| x as f32).collect();
         let logits = Logits::for_batch(&batch, 2, data);
         // A non-final chunk: every row, but none to sample from.

@@ -5,7 +5,8 @@
 //! Reference: Touvron et al., "LLaMA" (2023), and Hugging Face transformers'
 //! `modeling_llama.py`. Linear layers run once over all tokens of the step (that is
 //! where batching pays); attention runs per token over its own sequence's blocks;
-//! the output projection runs only for the rows that asked for logits.
+//! past the last layer's K/V write, only the rows that asked for logits go on (its
+//! attention, projections and MLP, the output projection).
 
 use rayon::prelude::*;
 
@@ -131,8 +132,21 @@ impl Attention {
         kv: &mut PagedKvCache,
         s: &mut Scratch,
     ) -> Result<(), ModelError> {
+        self.store_kv(step, layer, kv, s)?;
+        self.attend(step, step.seqs, layer, kv, s)
+    }
+
+    /// Q, K and V of the step's rows from `s.normed`: K and V (rotated) into the
+    /// cache, Q (rotated) left in `s.q`.
+    fn store_kv(
+        &self,
+        step: &StepContext,
+        layer: usize,
+        kv: &mut PagedKvCache,
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
         let t = step.num_tokens;
-        let Scratch { normed, qkv, q, k, v, attended, projected, .. } = s;
+        let Scratch { normed, qkv, q, k, v, .. } = s;
         let x = &normed[..t * self.wo.out_features()];
         let (q, k, v) =
             profile::time(Section::QkvMatmul, || self.qkv.forward(x, t, step.activations, qkv, [q, k, v]))?;
@@ -141,9 +155,24 @@ impl Attention {
             step.rope.apply(k, step.shape.num_kv_heads, &step.angles);
             attention::write_kv(kv, layer, &step.kv_writes, k, v);
         });
-        let out = rows(attended, q.len());
-        profile::time(Section::Attention, || attention::attend(kv, layer, step.seqs, &step.shape, q, out));
-        let projected = rows(projected, x.len());
+        Ok(())
+    }
+
+    /// Attention and the output projection for the rows of `seqs`, whose queries are
+    /// the first rows of `s.q`; the output in `s.projected`.
+    fn attend(
+        &self,
+        step: &StepContext,
+        seqs: &[SeqStep],
+        layer: usize,
+        kv: &PagedKvCache,
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        let t: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let q = &s.q[..t * step.shape.num_heads * step.shape.head_dim];
+        let out = rows(&mut s.attended, q.len());
+        profile::time(Section::Attention, || attention::attend(kv, layer, seqs, &step.shape, q, out));
+        let projected = rows(&mut s.projected, t * self.wo.out_features());
         profile::time(Section::AttnOutMatmul, || self.wo.forward_into(out, t, step.activations, projected))
     }
 }
@@ -234,10 +263,59 @@ impl Block {
         let n = x.len();
         profile::time(Section::NormsResiduals, || rms_norm(x, &self.attn_norm, eps, rows(&mut s.normed, n)));
         self.attn.forward(step, layer, kv, s)?;
+        self.finish(x, step.num_tokens, step.activations, eps, s)
+    }
+
+    /// The model's last layer: K and V of every row into the cache, the rest only for
+    /// the rows of `kept` (`kept_rows` of `x`, increasing), whose results are the first
+    /// rows of `x` after. Each row comes out with the same bits as [`Block::forward`]
+    /// gives it (every kernel computes a row alone, and a cut prompt row stays a prompt
+    /// row), without the attention, projections and MLP of rows no one reads.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_kept(
+        &self,
+        x: &mut Vec<f32>,
+        step: &StepContext,
+        kept: &[SeqStep],
+        kept_rows: &[usize],
+        layer: usize,
+        eps: f32,
+        kv: &mut PagedKvCache,
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        let n = x.len();
+        profile::time(Section::NormsResiduals, || rms_norm(x, &self.attn_norm, eps, rows(&mut s.normed, n)));
+        self.attn.store_kv(step, layer, kv, s)?;
+        if kept_rows.is_empty() {
+            x.clear(); // a step of non-final prompt chunks only
+            return Ok(());
+        }
+        // Moved forward in place: a kept row's new index is never above its old one.
+        let (h, qd) = (n / step.num_tokens, step.shape.num_heads * step.shape.head_dim);
+        for (to, &from) in kept_rows.iter().enumerate() {
+            s.q.copy_within(from * qd..(from + 1) * qd, to * qd);
+            x.copy_within(from * h..(from + 1) * h, to * h);
+        }
+        x.truncate(kept_rows.len() * h);
+        self.attn.attend(step, kept, layer, kv, s)?;
+        self.finish(x, kept_rows.len(), step.activations, eps, s)
+    }
+
+    /// After attention (its output in `s.projected`): the residual, the MLP of the `t`
+    /// rows of `x` and its residual.
+    fn finish(
+        &self,
+        x: &mut [f32],
+        t: usize,
+        acts: Activations,
+        eps: f32,
+        s: &mut Scratch,
+    ) -> Result<(), ModelError> {
+        let n = x.len();
         profile::time(Section::NormsResiduals, || {
             add_then_rms_norm(x, &s.projected[..n], &self.ffn_norm, eps, rows(&mut s.normed, n))
         });
-        self.mlp.forward(step.num_tokens, step.activations, s)?;
+        self.mlp.forward(t, acts, s)?;
         profile::time(Section::NormsResiduals, || add_in_place(x, &s.projected[..n]));
         Ok(())
     }
@@ -359,23 +437,29 @@ impl Llama {
         };
         profile::count_pass();
         let mut x = profile::time(Section::Embedding, || self.embed.lookup(&packed.ids))?;
-        for (layer, block) in self.blocks.iter().enumerate() {
-            block.forward(&mut x, &step, layer, self.cfg.rms_norm_eps, kv, scratch)?;
+        let eps = self.cfg.rms_norm_eps;
+        let Some((last, below)) = self.blocks.split_last() else {
+            return Err(ModelError::InvalidBatch("a model without layers".into()));
+        };
+        for (layer, block) in below.iter().enumerate() {
+            block.forward(&mut x, &step, layer, eps, kv, scratch)?;
         }
-        // Only the rows that want logits reach the head: the last token of most
-        // sequences, every token of a prompt being scored.
-        let h = self.cfg.hidden_size;
-        let last_rows = &packed.logit_rows;
-        if last_rows.is_empty() {
+        // Only the rows that want logits go past the last layer's attention and reach
+        // the head: the last token of most sequences, every token of a prompt being
+        // scored. (A decode-only step keeps every row: nothing to cut.)
+        let logit_rows = &packed.logit_rows;
+        if logit_rows.len() == packed.num_tokens() {
+            last.forward(&mut x, &step, below.len(), eps, kv, scratch)?;
+        } else {
+            let kept = batch.logit_rows_only();
+            last.forward_kept(&mut x, &step, &kept.seqs, logit_rows, below.len(), eps, kv, scratch)?;
+        }
+        if logit_rows.is_empty() {
             return Ok(Vec::new());
         }
         profile::time(Section::LmHead, || {
-            let mut picked = Vec::with_capacity(last_rows.len() * h);
-            for r in last_rows {
-                picked.extend_from_slice(&x[r * h..(r + 1) * h]);
-            }
-            let mut normed = vec![0.0; picked.len()];
-            rms_norm(&picked, &self.norm, self.cfg.rms_norm_eps, &mut normed);
+            let mut normed = vec![0.0; x.len()];
+            rms_norm(&x, &self.norm, eps, &mut normed);
             // With bf16 activations the head runs on f32 ones: it sees a row or a few per
             // step, where widening its weights for the tiles costs more than the f32
             // kernel's multiply-adds, and every logit row takes this one path either way.
@@ -383,7 +467,7 @@ impl Llama {
                 Activations::Bf16 => Activations::F32,
                 other => other,
             };
-            self.lm_head.forward(&normed, last_rows.len(), activations)
+            self.lm_head.forward(&normed, logit_rows.len(), activations)
         })
     }
 }
