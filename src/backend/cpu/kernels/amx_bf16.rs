@@ -26,13 +26,13 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::ops::Range;
-use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use super::avx512::block_scales;
 use super::float_acts::{self, Tile};
 use super::gemm_panel::{GateFn, Line};
+use super::isa;
 use super::layout::{self, WeightFormat, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, GROUP, QK};
 use super::matmul::{OutPtr, Plan};
 use super::tile::prefetch_ahead;
@@ -46,26 +46,10 @@ const TILE_ROWS: usize = 16;
 /// `B` tile rows (value pairs) per block, and so panel lines per block.
 const LINES_PER_BLOCK: usize = QK / 2;
 
-/// Whether this process can run bf16 activations: not turned off with `INFLIGHT_AMX=0`,
-/// the CPU has AMX-TILE, AMX-BF16 and
-/// AVX-512 (F, BW, VL, BF16), and the kernel granted the tile registers. Decided once.
+/// Whether this process can run bf16 activations: the CPU has the bf16 tiles and the
+/// AVX-512 around them ([`isa::amx_bf16`]) and this process may use the tiles.
 pub fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        // `INFLIGHT_AMX=0` keeps this process off the tiles altogether.
-        if std::env::var_os("INFLIGHT_AMX").is_some_and(|v| v == "0") {
-            return false;
-        }
-        let leaf7 = __cpuid_count(7, 0);
-        // EDX bit 22: AMX-BF16; bit 24: AMX-TILE.
-        let tiles = leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0;
-        tiles
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512bf16")
-            && super::amx_gemm::request_tile_data()
-    })
+    isa::amx_bf16() && isa::amx_tiles_granted()
 }
 
 /// `x` rounded to bf16, nearest with ties to even, as its 16 bits (finite `x`).

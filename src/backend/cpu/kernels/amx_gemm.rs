@@ -26,6 +26,7 @@ use std::sync::OnceLock;
 
 use super::activations::QActs;
 use super::gemm_panel::{offset, Line, Output, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
+use super::isa;
 use super::layout::{record_shape, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, QK};
 use super::prefetch::{prefetch_line, Level};
 use super::QMatrix;
@@ -149,9 +150,6 @@ impl Tiles for Model {
 pub fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
-        if std::env::var_os("INFLIGHT_AMX").is_some_and(|v| v == "0") {
-            return false;
-        }
         if !available() {
             return false;
         }
@@ -165,31 +163,9 @@ pub fn enabled() -> bool {
     })
 }
 
-/// The CPU has AMX-INT8 and AVX-512 VNNI, and the kernel granted this process the tile
-/// registers.
+/// The CPU has AMX-INT8 and AVX-512 VNNI, and this process may use the tiles.
 fn available() -> bool {
-    cpu_has_amx_int8() && super::isa::avx512f_bw_vnni() && request_tile_data()
-}
-
-/// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (bit 25).
-fn cpu_has_amx_int8() -> bool {
-    let leaf7 = __cpuid_count(7, 0);
-    leaf7.edx & (0b11 << 24) == 0b11 << 24
-}
-
-/// Linux hands out the tile data state (XTILEDATA, feature 18) only on request, once
-/// per process (for all its threads); without it the first tile instruction raises
-/// SIGILL.
-pub(super) fn request_tile_data() -> bool {
-    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-    const XFEATURE_XTILEDATA: libc::c_long = 18;
-    // SAFETY: arch_prctl with these arguments only changes this process's permissions.
-    let granted =
-        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 };
-    if !granted {
-        tracing::warn!("the kernel refused this process the AMX tile registers; using AVX-512 VNNI");
-    }
-    granted
+    isa::amx_int8() && isa::amx_tiles_granted()
 }
 
 /// Runs the formats this path takes through `tiles` and the portable kernel, plain and
@@ -559,16 +535,6 @@ mod tests {
             return;
         }
         assert!(agrees_with_portable(|| Hardware));
-    }
-
-    #[test]
-    fn amx_detection_agrees_with_the_kernels_cpu_flags() {
-        let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
-            return;
-        };
-        let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or_default();
-        let listed = |f: &str| flags.split_whitespace().any(|x| x == f);
-        assert_eq!(cpu_has_amx_int8(), listed("amx_tile") && listed("amx_int8"), "{flags}");
     }
 
     #[test]
