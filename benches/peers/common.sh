@@ -21,9 +21,14 @@ LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 VLLM_VENV=$PEERS_DIR/vllm-venv
 VLLM_MODEL_DIR=$PEERS_DIR/smollm2-hf
 LLAMACPP_DIR=$PEERS_DIR/llamacpp
-LLAMA_SERVER=$LLAMACPP_DIR/build/bin/llama-server
-LLAMA_BENCH=$LLAMACPP_DIR/build/bin/llama-bench
-LLAMA_BATCHED_BENCH=$LLAMACPP_DIR/build/bin/llama-batched-bench
+# LLAMACPP_AMX=0: a build without llama.cpp's AMX kernels, in a folder of its own. Its
+# AMX path dies on the AMX VMs this project is measured on, so that build is the one
+# that runs there (AVX-512 VNNI/BF16 kernels instead).
+LLAMACPP_AMX=${LLAMACPP_AMX:-1}
+if [[ $LLAMACPP_AMX == 0 ]]; then LLAMACPP_BUILD=$LLAMACPP_DIR/build-noamx; else LLAMACPP_BUILD=$LLAMACPP_DIR/build; fi
+LLAMA_SERVER=$LLAMACPP_BUILD/bin/llama-server
+LLAMA_BENCH=$LLAMACPP_BUILD/bin/llama-bench
+LLAMA_BATCHED_BENCH=$LLAMACPP_BUILD/bin/llama-batched-bench
 
 mkdir -p "$PEERS_DIR"
 

@@ -26,9 +26,23 @@ if [[ -z $cmake_bin ]]; then
     "$LLAMACPP_DIR/tools/bin/pip" install -q --disable-pip-version-check cmake
     cmake_bin=$LLAMACPP_DIR/tools/bin/cmake
 fi
-log "building llama-server, llama-bench and llama-batched-bench (Release, native CPU features, $THREADS jobs)"
-"$cmake_bin" -S "$sdist/vendor/llama.cpp" -B "$LLAMACPP_DIR/build" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF \
+if [[ $LLAMACPP_AMX == 0 ]]; then
+    # Native would switch the AMX kernels on where the CPU has the tiles; name the
+    # vector extensions instead, every one this CPU has but AMX.
+    flags=$(grep -m1 '^flags' /proc/cpuinfo)
+    has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }
+    isa=(-DGGML_NATIVE=OFF -DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2) -DGGML_FMA=$(has fma)
+        -DGGML_F16C=$(has f16c) -DGGML_BMI2=$(has bmi2) -DGGML_AVX512=$(has avx512f)
+        -DGGML_AVX512_VBMI=$(has avx512vbmi) -DGGML_AVX512_VNNI=$(has avx512_vnni)
+        -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+    what="this CPU's vector extensions without AMX"
+else
+    isa=(-DGGML_NATIVE=ON)
+    what="native CPU features"
+fi
+log "building llama-server, llama-bench and llama-batched-bench (Release, $what, $THREADS jobs) in $LLAMACPP_BUILD"
+"$cmake_bin" -S "$sdist/vendor/llama.cpp" -B "$LLAMACPP_BUILD" -DCMAKE_BUILD_TYPE=Release \
+    "${isa[@]}" -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON > "$LLAMACPP_DIR/cmake.log"
-"$cmake_bin" --build "$LLAMACPP_DIR/build" --target llama-server llama-bench llama-batched-bench -j "$THREADS" > "$LLAMACPP_DIR/build.log"
+"$cmake_bin" --build "$LLAMACPP_BUILD" --target llama-server llama-bench llama-batched-bench -j "$THREADS" > "$LLAMACPP_DIR/build.log"
 log "llama-server ready: $LLAMA_SERVER"
