@@ -123,19 +123,6 @@ impl Attention {
         })
     }
 
-    /// The attention sublayer of the step's rows: its input is `s.normed`, its output
-    /// (after the output projection) `s.projected`.
-    fn forward(
-        &self,
-        step: &StepContext,
-        layer: usize,
-        kv: &mut PagedKvCache,
-        s: &mut Scratch,
-    ) -> Result<(), ModelError> {
-        self.store_kv(step, layer, kv, s)?;
-        self.attend(step, step.seqs, layer, kv, s)
-    }
-
     /// Q, K and V of the step's rows from `s.normed`: K and V (rotated) into the
     /// cache, Q (rotated) left in `s.q`.
     fn store_kv(
@@ -251,74 +238,56 @@ impl Block {
         })
     }
 
+    /// The layer over the step's rows in `x`. With `only`, K and V of every row go into
+    /// the cache and the rest runs for the rows of `only` alone, whose results are then
+    /// all of `x`: the model's last layer, whose other rows no one reads. Each row comes
+    /// out with the same bits either way (every kernel computes a row alone, and a cut
+    /// prompt row stays a prompt row).
     fn forward(
-        &self,
-        x: &mut [f32],
-        step: &StepContext,
-        layer: usize,
-        eps: f32,
-        kv: &mut PagedKvCache,
-        s: &mut Scratch,
-    ) -> Result<(), ModelError> {
-        let n = x.len();
-        profile::time(Section::NormsResiduals, || rms_norm(x, &self.attn_norm, eps, rows(&mut s.normed, n)));
-        self.attn.forward(step, layer, kv, s)?;
-        self.finish(x, step.num_tokens, step.activations, eps, s)
-    }
-
-    /// The model's last layer: K and V of every row into the cache, the rest only for
-    /// the rows of `kept` (`kept_rows` of `x`, increasing), whose results are the first
-    /// rows of `x` after. Each row comes out with the same bits as [`Block::forward`]
-    /// gives it (every kernel computes a row alone, and a cut prompt row stays a prompt
-    /// row), without the attention, projections and MLP of rows no one reads.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_kept(
         &self,
         x: &mut Vec<f32>,
         step: &StepContext,
-        kept: &[SeqStep],
-        kept_rows: &[usize],
         layer: usize,
-        eps: f32,
         kv: &mut PagedKvCache,
         s: &mut Scratch,
+        only: Option<&KeptRows>,
     ) -> Result<(), ModelError> {
-        let n = x.len();
+        let (n, eps) = (x.len(), step.rms_norm_eps);
         profile::time(Section::NormsResiduals, || rms_norm(x, &self.attn_norm, eps, rows(&mut s.normed, n)));
         self.attn.store_kv(step, layer, kv, s)?;
-        if kept_rows.is_empty() {
-            x.clear(); // a step of non-final prompt chunks only
-            return Ok(());
+        let (seqs, t) = match only {
+            None => (step.seqs, step.num_tokens),
+            Some(kept) => {
+                // Moved forward in place: a kept row's new index is never above its old one.
+                let (h, qd) = (n / step.num_tokens, step.shape.num_heads * step.shape.head_dim);
+                for (to, &from) in kept.rows.iter().enumerate() {
+                    s.q.copy_within(from * qd..(from + 1) * qd, to * qd);
+                    x.copy_within(from * h..(from + 1) * h, to * h);
+                }
+                x.truncate(kept.rows.len() * h);
+                (&kept.seqs[..], kept.rows.len())
+            }
+        };
+        if t == 0 {
+            return Ok(()); // only non-final prompt chunks, cut to no rows
         }
-        // Moved forward in place: a kept row's new index is never above its old one.
-        let (h, qd) = (n / step.num_tokens, step.shape.num_heads * step.shape.head_dim);
-        for (to, &from) in kept_rows.iter().enumerate() {
-            s.q.copy_within(from * qd..(from + 1) * qd, to * qd);
-            x.copy_within(from * h..(from + 1) * h, to * h);
-        }
-        x.truncate(kept_rows.len() * h);
-        self.attn.attend(step, kept, layer, kv, s)?;
-        self.finish(x, kept_rows.len(), step.activations, eps, s)
-    }
-
-    /// After attention (its output in `s.projected`): the residual, the MLP of the `t`
-    /// rows of `x` and its residual.
-    fn finish(
-        &self,
-        x: &mut [f32],
-        t: usize,
-        acts: Activations,
-        eps: f32,
-        s: &mut Scratch,
-    ) -> Result<(), ModelError> {
+        self.attn.attend(step, seqs, layer, kv, s)?;
         let n = x.len();
         profile::time(Section::NormsResiduals, || {
             add_then_rms_norm(x, &s.projected[..n], &self.ffn_norm, eps, rows(&mut s.normed, n))
         });
-        self.mlp.forward(t, acts, s)?;
+        self.mlp.forward(t, step.activations, s)?;
         profile::time(Section::NormsResiduals, || add_in_place(x, &s.projected[..n]));
         Ok(())
     }
+}
+
+/// The rows of a step that go past the last layer's K/V write: those that want logits.
+struct KeptRows<'a> {
+    /// The step cut down to them ([`StepBatch::logit_rows_only`]).
+    seqs: Vec<SeqStep<'a>>,
+    /// Their indices among the step's rows, increasing.
+    rows: &'a [usize],
 }
 
 /// What every layer of one forward pass shares.
@@ -331,6 +300,7 @@ struct StepContext<'a> {
     angles: crate::model::rope::RopeAngles,
     shape: AttentionShape,
     activations: Activations,
+    rms_norm_eps: f32,
 }
 
 pub struct Llama {
@@ -434,32 +404,29 @@ impl Llama {
                 chunk_invariant: self.chunk_invariant_attention,
             },
             activations: self.activations,
+            rms_norm_eps: self.cfg.rms_norm_eps,
         };
         profile::count_pass();
         let mut x = profile::time(Section::Embedding, || self.embed.lookup(&packed.ids))?;
-        let eps = self.cfg.rms_norm_eps;
         let Some((last, below)) = self.blocks.split_last() else {
             return Err(ModelError::InvalidBatch("a model without layers".into()));
         };
         for (layer, block) in below.iter().enumerate() {
-            block.forward(&mut x, &step, layer, eps, kv, scratch)?;
+            block.forward(&mut x, &step, layer, kv, scratch, None)?;
         }
         // Only the rows that want logits go past the last layer's attention and reach
         // the head: the last token of most sequences, every token of a prompt being
         // scored. (A decode-only step keeps every row: nothing to cut.)
         let logit_rows = &packed.logit_rows;
-        if logit_rows.len() == packed.num_tokens() {
-            last.forward(&mut x, &step, below.len(), eps, kv, scratch)?;
-        } else {
-            let kept = batch.logit_rows_only();
-            last.forward_kept(&mut x, &step, &kept.seqs, logit_rows, below.len(), eps, kv, scratch)?;
-        }
+        let kept = (logit_rows.len() < packed.num_tokens())
+            .then(|| KeptRows { seqs: batch.logit_rows_only().seqs, rows: logit_rows });
+        last.forward(&mut x, &step, below.len(), kv, scratch, kept.as_ref())?;
         if logit_rows.is_empty() {
             return Ok(Vec::new());
         }
         profile::time(Section::LmHead, || {
             let mut normed = vec![0.0; x.len()];
-            rms_norm(&x, &self.norm, eps, &mut normed);
+            rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, &mut normed);
             // With bf16 activations the head runs on f32 ones: it sees a row or a few per
             // step, where widening its weights for the tiles costs more than the f32
             // kernel's multiply-adds, and every logit row takes this one path either way.
