@@ -54,7 +54,8 @@ pub fn amx_bf16() -> bool {
 /// Whether this process may use the tiles: not kept off them with `INFLIGHT_AMX=0`,
 /// and granted the tile data state, which Linux hands out only on request, once per
 /// process (for all its threads); without it the first tile instruction raises SIGILL.
-/// Asked once, so ask only where [`amx_int8`] or [`amx_bf16`] holds.
+/// The kernel is asked once per process; ask only where [`amx_int8`] or [`amx_bf16`]
+/// holds (elsewhere the request fails, with a warning).
 pub fn amx_tiles_granted() -> bool {
     static GRANTED: OnceLock<bool> = OnceLock::new();
     *GRANTED.get_or_init(|| {
