@@ -27,9 +27,11 @@ pub fn avx512f_bw_vnni() -> bool {
 }
 
 /// CPUID leaf 7, EDX: AMX-BF16 (bit 22), AMX-TILE (bit 24), AMX-INT8 (bit 25). The
-/// standard library's detection macro has no stable names for them.
+/// standard library's detection macro has no stable names for them. Read once: in a
+/// VM every `cpuid` traps to the hypervisor, and the bf16 path asks on every call.
 fn cpu_has_amx(bits: u32) -> bool {
-    __cpuid_count(7, 0).edx & bits == bits
+    static LEAF7_EDX: OnceLock<u32> = OnceLock::new();
+    *LEAF7_EDX.get_or_init(|| __cpuid_count(7, 0).edx) & bits == bits
 }
 
 const AMX_BF16: u32 = 1 << 22;
