@@ -362,7 +362,7 @@ fn every_row_count_matches_portable_exactly() {
     let mut rng = StdRng::seed_from_u64(17);
     let counts: Vec<usize> = (1..=64).chain(121..=134).chain([255, 300]).collect();
     for dtype in DTYPES {
-        for (n, k) in [(37, 256), (64, 512)] {
+        for (n, k) in [(37, 256), (45, 256), (64, 512)] {
             let k = whole_blocks(dtype, k);
             let qm = QMatrix::from_qtensor(&quantized(&mut rng, n, k, dtype).0).unwrap().unwrap();
             let x = random(&mut rng, 300 * k);
