@@ -8,6 +8,8 @@
 set -u
 REPO=$(cd "$(dirname "$0")/../../.." && pwd)
 : "${STEP:?}" "${KERNELS:?}"
+# Criterion writes its history under ./target: keep it in the (ignored) build folder.
+cd "$REPO"
 export INFLIGHT_BENCH_MODEL=$REPO/models/cache/smollm2-135m-instruct-q4_1/SmolLM2-135M-Instruct.Q4_1.gguf
 for r in $(seq "${ROUNDS:-3}"); do
   echo "=== round $r step $(date +%T)"
