@@ -102,7 +102,7 @@ pub(super) fn attend_tile_portable<T: Cached>(
 ) {
     check(kv, geo, t, q, out, Portable::W);
     // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
-    unsafe { tile_body::<T, Portable, 8, 4>(kv, geo.head_dim, geo, t, q, out, s) }
+    unsafe { tile_body::<T, Portable, 8, 1, 8, 4, 4>(kv, geo.head_dim, geo, t, q, out, s) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -125,9 +125,9 @@ fn attend_tile_avx512<T: Cached>(
     ) {
         // Constant head sizes make the cached rows' strides immediates.
         match geo.head_dim {
-            64 => tile_body::<T, Avx512Lanes, 16, 8>(kv, 64, geo, t, q, out, s),
-            128 => tile_body::<T, Avx512Lanes, 16, 8>(kv, 128, geo, t, q, out, s),
-            d => tile_body::<T, Avx512Lanes, 16, 8>(kv, d, geo, t, q, out, s),
+            64 => tile_body::<T, Avx512Lanes, 16, 1, 16, 8, 8>(kv, 64, geo, t, q, out, s),
+            128 => tile_body::<T, Avx512Lanes, 16, 1, 16, 8, 8>(kv, 128, geo, t, q, out, s),
+            d => tile_body::<T, Avx512Lanes, 16, 1, 16, 8, 8>(kv, d, geo, t, q, out, s),
         }
     }
     assert!(crate::backend::cpu::kernels::isa::avx512f(), "AVX-512 F missing");
@@ -156,9 +156,9 @@ pub(super) fn attend_tile_avx2<T: Cached>(
     ) {
         // Constant head sizes make the cached rows' strides immediates.
         match geo.head_dim {
-            64 => tile_body::<T, Avx2Lanes, 8, 4>(kv, 64, geo, t, q, out, s),
-            128 => tile_body::<T, Avx2Lanes, 8, 4>(kv, 128, geo, t, q, out, s),
-            d => tile_body::<T, Avx2Lanes, 8, 4>(kv, d, geo, t, q, out, s),
+            64 => tile_body::<T, Avx2Lanes, 8, 2, 4, 4, 8>(kv, 64, geo, t, q, out, s),
+            128 => tile_body::<T, Avx2Lanes, 8, 2, 4, 4, 8>(kv, 128, geo, t, q, out, s),
+            d => tile_body::<T, Avx2Lanes, 8, 2, 4, 4, 8>(kv, d, geo, t, q, out, s),
         }
     }
     assert!(crate::backend::cpu::kernels::isa::avx2_fma_f16c(), "AVX2, FMA or F16C missing");
@@ -167,14 +167,25 @@ pub(super) fn attend_tile_avx2<T: Cached>(
     unsafe { run(kv, geo, t, q, out, s) }
 }
 
-/// The tile's loop, `C` positions at a time, the weighted sum `X` output columns at a
-/// time (as many as the registers left beside the weights hold); `d` is
-/// `geo.head_dim`, passed apart so a caller can make it a constant.
+/// The tile's loop, `C` positions at a time, `P` query heads of the group at a time and
+/// the rest one at a time (see [`heads`]: `CB` score columns at a time, the weighted
+/// sum `XP` or, for one head, `X1` output columns at a time: enough independent chains
+/// of multiply-adds to cover their latency, as many as the registers beside the
+/// weights hold); `d` is `geo.head_dim`, passed apart so a caller can make it a
+/// constant.
 ///
 /// # Safety
 /// `S`'s instruction sets must be available, and [`check`] must have passed for `S::W`.
 #[inline(always)]
-unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
+unsafe fn tile_body<
+    T: Cached,
+    S: Lanes,
+    const C: usize,
+    const P: usize,
+    const CB: usize,
+    const XP: usize,
+    const X1: usize,
+>(
     kv: &PagedRows<'_, T>,
     d: usize,
     geo: &HeadGeometry,
@@ -203,8 +214,14 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
     s.vc.clear();
     s.vc.resize(C * d, 0.0);
     let (kt, vc) = (s.kt.as_mut_ptr(), s.vc.as_mut_ptr());
-    let (qt, ot) = (s.qt.as_ptr(), s.ot.as_mut_ptr());
-    let (mx, sm) = (s.max.as_mut_ptr(), s.sum.as_mut_ptr());
+    let bufs = Bufs {
+        qt: s.qt.as_ptr(),
+        ot: s.ot.as_mut_ptr(),
+        mx: s.max.as_mut_ptr(),
+        sm: s.sum.as_mut_ptr(),
+        kt,
+        vc,
+    };
 
     let mut c0 = 0;
     while c0 < n {
@@ -218,61 +235,14 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
         }
         let masked = first[C - 1] > 0;
 
-        for h in 0..g {
-            let (qh, oh) = (qt.add(h * d * w), ot.add(h * d * w));
-            let mut sc = [S::splat(0.0); C];
-            for x in 0..d {
-                let qx = S::load(qh.add(x * w));
-                for (c, a) in sc.iter_mut().enumerate() {
-                    *a = S::fma(qx, S::splat(*kt.add(x * C + c)), *a);
-                }
-            }
-            if masked {
-                for (a, &f) in sc.iter_mut().zip(&first) {
-                    *a = S::hide_below(*a, f);
-                }
-            }
-            // Online softmax: the new running maximum, the factor that rescales what
-            // was accumulated under the old one, this group's weights.
-            let old = S::load(mx.add(h * w));
-            let mut new = old;
-            for &a in &sc {
-                new = S::max(new, a);
-            }
-            let alpha = S::exp_nonpositive(S::sub(old, new));
-            let mut total = S::splat(0.0);
-            for a in sc.iter_mut() {
-                *a = S::exp_nonpositive(S::sub(*a, new));
-                total = S::add(total, *a);
-            }
-            S::store(mx.add(h * w), new);
-            S::store(sm.add(h * w), S::fma(S::load(sm.add(h * w)), alpha, total));
-            // Weighted sum of V, `X` output columns at a time: `X` independent
-            // chains of multiply-adds instead of one.
-            let mut x = 0;
-            while x + X <= d {
-                let mut acc = [S::splat(0.0); X];
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = S::mul(S::load(oh.add((x + j) * w)), alpha);
-                }
-                for (c, &p) in sc.iter().enumerate() {
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = S::fma(p, S::splat(*vc.add(c * d + x + j)), *a);
-                    }
-                }
-                for (j, &a) in acc.iter().enumerate() {
-                    S::store(oh.add((x + j) * w), a);
-                }
-                x += X;
-            }
-            while x < d {
-                let mut a = S::mul(S::load(oh.add(x * w)), alpha);
-                for (c, &p) in sc.iter().enumerate() {
-                    a = S::fma(p, S::splat(*vc.add(c * d + x)), a);
-                }
-                S::store(oh.add(x * w), a);
-                x += 1;
-            }
+        let mut h = 0;
+        while h + P <= g {
+            heads::<S, C, XP, P, CB>(h, d, &bufs, &first, masked);
+            h += P;
+        }
+        while h < g {
+            heads::<S, C, X1, 1, C>(h, d, &bufs, &first, masked);
+            h += 1;
         }
         c0 += C;
     }
@@ -285,6 +255,122 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const X: usize>(
                 *o = s.ot[(h * d + x) * w + i] * inv;
             }
         }
+    }
+}
+
+/// A tile's scratch buffers (see [`TileScratch`]) as pointers, for the unchecked loops.
+#[derive(Clone, Copy)]
+struct Bufs {
+    qt: *const f32,
+    ot: *mut f32,
+    mx: *mut f32,
+    sm: *mut f32,
+    kt: *const f32,
+    vc: *const f32,
+}
+
+/// Query heads `h..h + P` of the tile against one group of `C` widened positions: the
+/// scores (`CB` columns of every head at a time, each K value broadcast once for the `P`
+/// heads), the online softmax's update, and the weighted sum of V (each V value
+/// broadcast once for the `P` heads). Each head's arithmetic is the same sequence of
+/// operations whatever `P` is, so its results do not depend on it; `P > 1` only saves
+/// broadcasts, which on AVX2 take an issue slot of their own beside every multiply-add.
+///
+/// # Safety
+/// As [`tile_body`]; heads `h..h + P` exist, `first` holds the group's first visible
+/// lane per column and `CB` divides `C`.
+// The loops walk `[head][column]` arrays by their inner index, one broadcast feeding
+// every head: iterators over one of them would hide that.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn heads<S: Lanes, const C: usize, const X: usize, const P: usize, const CB: usize>(
+    h: usize,
+    d: usize,
+    b: &Bufs,
+    first: &[usize; C],
+    masked: bool,
+) {
+    let Bufs { qt, ot, mx, sm, kt, vc } = *b;
+    let w = S::W;
+    let qh: [*const f32; P] = std::array::from_fn(|p| qt.add((h + p) * d * w));
+    let oh: [*mut f32; P] = std::array::from_fn(|p| ot.add((h + p) * d * w));
+    let mut sc = [[S::splat(0.0); C]; P];
+    let mut cb = 0;
+    while cb < C {
+        let mut acc = [[S::splat(0.0); CB]; P];
+        for x in 0..d {
+            let qx: [S::V; P] = std::array::from_fn(|p| S::load(qh[p].add(x * w)));
+            for c in 0..CB {
+                let kb = S::splat(*kt.add(x * C + cb + c));
+                for p in 0..P {
+                    acc[p][c] = S::fma(qx[p], kb, acc[p][c]);
+                }
+            }
+        }
+        for p in 0..P {
+            sc[p][cb..cb + CB].copy_from_slice(&acc[p]);
+        }
+        cb += CB;
+    }
+    let mut alpha = [S::splat(0.0); P];
+    for p in 0..P {
+        let sc = &mut sc[p];
+        if masked {
+            for (a, &f) in sc.iter_mut().zip(first) {
+                *a = S::hide_below(*a, f);
+            }
+        }
+        // Online softmax: the new running maximum, the factor that rescales what was
+        // accumulated under the old one, this group's weights.
+        let (mx, sm) = (mx.add((h + p) * w), sm.add((h + p) * w));
+        let old = S::load(mx);
+        let mut new = old;
+        for &a in sc.iter() {
+            new = S::max(new, a);
+        }
+        alpha[p] = S::exp_nonpositive(S::sub(old, new));
+        let mut total = S::splat(0.0);
+        for a in sc.iter_mut() {
+            *a = S::exp_nonpositive(S::sub(*a, new));
+            total = S::add(total, *a);
+        }
+        S::store(mx, new);
+        S::store(sm, S::fma(S::load(sm), alpha[p], total));
+    }
+    // Weighted sum of V, `X` output columns at a time: `X` independent chains of
+    // multiply-adds per head instead of one.
+    let mut x = 0;
+    while x + X <= d {
+        let mut acc = [[S::splat(0.0); X]; P];
+        for p in 0..P {
+            for (j, a) in acc[p].iter_mut().enumerate() {
+                *a = S::mul(S::load(oh[p].add((x + j) * w)), alpha[p]);
+            }
+        }
+        for c in 0..C {
+            for j in 0..X {
+                let vb = S::splat(*vc.add(c * d + x + j));
+                for p in 0..P {
+                    acc[p][j] = S::fma(sc[p][c], vb, acc[p][j]);
+                }
+            }
+        }
+        for p in 0..P {
+            for (j, &a) in acc[p].iter().enumerate() {
+                S::store(oh[p].add((x + j) * w), a);
+            }
+        }
+        x += X;
+    }
+    while x < d {
+        for p in 0..P {
+            let mut a = S::mul(S::load(oh[p].add(x * w)), alpha[p]);
+            for c in 0..C {
+                a = S::fma(sc[p][c], S::splat(*vc.add(c * d + x)), a);
+            }
+            S::store(oh[p].add(x * w), a);
+        }
+        x += 1;
     }
 }
 
@@ -426,6 +512,52 @@ mod tests {
                 run("avx512 f32", attend_tile_avx512::<f32>, Avx512Lanes::W, f32s, 1e-5);
                 run("avx512 f16", attend_tile_avx512::<f16>, Avx512Lanes::W, f16s, 1e-5);
                 run("avx512 fp8", attend_tile_avx512::<E4m3>, Avx512Lanes::W, fp8s, 1e-5);
+            }
+        }
+    }
+
+    /// Heads taken in pairs (AVX2's shape) get the bits they get one at a time: the
+    /// pairing shares broadcasts only, never reorders a head's arithmetic. Groups of 2,
+    /// 3 and 5 heads (pairs only, a pair and one left over, two pairs and one), tiles
+    /// on the causal diagonal and past it, a block size that splits column groups.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn heads_in_pairs_give_the_bits_of_heads_alone() {
+        use crate::backend::cpu::kernels::isa;
+        if !isa::avx2_fma_f16c() {
+            return;
+        }
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn both(
+            kv: &PagedRows<'_, f16>,
+            geo: &HeadGeometry,
+            t: &TileRows,
+            q: &[f32],
+        ) -> (Vec<f32>, Vec<f32>) {
+            let mut alone = vec![0.0; q.len()];
+            let mut paired = vec![0.0; q.len()];
+            let s = &mut TileScratch::default();
+            tile_body::<f16, Avx2Lanes, 8, 1, 8, 4, 4>(kv, geo.head_dim, geo, t, q, &mut alone, s);
+            tile_body::<f16, Avx2Lanes, 8, 2, 4, 4, 8>(kv, geo.head_dim, geo, t, q, &mut paired, s);
+            (alone, paired)
+        }
+        for (g, bs) in [(2, 16), (3, 5), (5, 16)] {
+            let d = 64;
+            let geo = HeadGeometry { head_dim: d, group: g, scale: 1.0 / (d as f32).sqrt() };
+            for (first_pos, rows) in [(0, 8), (29, 5), (100, 8)] {
+                let n = first_pos + rows;
+                let k: Vec<f16> = pseudo(n * d, 11).iter().map(|&a| f16::from_f32(a)).collect();
+                let v: Vec<f16> = pseudo(n * d, 12).iter().map(|&a| f16::from_f32(a)).collect();
+                let cache = Paged::new(&k, &v, d, bs);
+                let t = TileRows { first_pos, rows, stride: g * d, out_stride: g * d };
+                let q: Vec<f32> = pseudo(rows * g * d, 13).iter().map(|x| x * 4.0).collect();
+                let kv = cache.rows(n);
+                check(&kv, &geo, &t, &q, &q, Avx2Lanes::W);
+                // SAFETY: the CPU has AVX2, FMA and F16C; `check` passed.
+                let (alone, paired) = unsafe { both(&kv, &geo, &t, &q) };
+                for (j, (a, b)) in alone.iter().zip(&paired).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "g {g} bs {bs} first {first_pos} [{j}]: {a} vs {b}");
+                }
             }
         }
     }
