@@ -21,7 +21,8 @@ use super::lanes::{Cached, Lanes, Portable};
 pub struct TileScratch {
     /// The tile's queries, scaled by 1/√d: `qt[(h * d + x) * W + row]`.
     qt: Vec<f32>,
-    /// Unnormalised outputs, laid out as `qt`.
+    /// Unnormalised outputs, a row of `d` values per head and query row:
+    /// `ot[(h * W + row) * d + x]`.
     ot: Vec<f32>,
     /// Running maximum and sum of each head's scores: `[h * W + row]`.
     max: Vec<f32>,
@@ -102,7 +103,7 @@ pub(super) fn attend_tile_portable<T: Cached>(
 ) {
     check(kv, geo, t, q, out, Portable::W);
     // SAFETY: `Portable` needs no instruction set; `check` bounds every access.
-    unsafe { tile_body::<T, Portable, 8, 1, 8, 4, 4>(kv, geo.head_dim, geo, t, q, out, s) }
+    unsafe { tile_body::<T, Portable, 8, 1, 8>(kv, geo.head_dim, geo, t, q, out, s) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -125,9 +126,9 @@ fn attend_tile_avx512<T: Cached>(
     ) {
         // Constant head sizes make the cached rows' strides immediates.
         match geo.head_dim {
-            64 => tile_body::<T, Avx512Lanes, 16, 1, 16, 8, 8>(kv, 64, geo, t, q, out, s),
-            128 => tile_body::<T, Avx512Lanes, 16, 1, 16, 8, 8>(kv, 128, geo, t, q, out, s),
-            d => tile_body::<T, Avx512Lanes, 16, 1, 16, 8, 8>(kv, d, geo, t, q, out, s),
+            64 => tile_body::<T, Avx512Lanes, 16, 1, 16>(kv, 64, geo, t, q, out, s),
+            128 => tile_body::<T, Avx512Lanes, 16, 1, 16>(kv, 128, geo, t, q, out, s),
+            d => tile_body::<T, Avx512Lanes, 16, 1, 16>(kv, d, geo, t, q, out, s),
         }
     }
     assert!(crate::backend::cpu::kernels::isa::avx512f(), "AVX-512 F missing");
@@ -156,9 +157,9 @@ pub(super) fn attend_tile_avx2<T: Cached>(
     ) {
         // Constant head sizes make the cached rows' strides immediates.
         match geo.head_dim {
-            64 => tile_body::<T, Avx2Lanes, 8, 2, 4, 4, 8>(kv, 64, geo, t, q, out, s),
-            128 => tile_body::<T, Avx2Lanes, 8, 2, 4, 4, 8>(kv, 128, geo, t, q, out, s),
-            d => tile_body::<T, Avx2Lanes, 8, 2, 4, 4, 8>(kv, d, geo, t, q, out, s),
+            64 => tile_body::<T, Avx2Lanes, 8, 2, 4>(kv, 64, geo, t, q, out, s),
+            128 => tile_body::<T, Avx2Lanes, 8, 2, 4>(kv, 128, geo, t, q, out, s),
+            d => tile_body::<T, Avx2Lanes, 8, 2, 4>(kv, d, geo, t, q, out, s),
         }
     }
     assert!(crate::backend::cpu::kernels::isa::avx2_fma_f16c(), "AVX2, FMA or F16C missing");
@@ -168,24 +169,13 @@ pub(super) fn attend_tile_avx2<T: Cached>(
 }
 
 /// The tile's loop, `C` positions at a time, `P` query heads of the group at a time and
-/// the rest one at a time (see [`heads`]: `CB` score columns at a time, the weighted
-/// sum `XP` or, for one head, `X1` output columns at a time: enough independent chains
-/// of multiply-adds to cover their latency, as many as the registers beside the
-/// weights hold); `d` is `geo.head_dim`, passed apart so a caller can make it a
-/// constant.
+/// the rest one at a time (see [`heads`]: `CB` score columns at a time); `d` is
+/// `geo.head_dim`, passed apart so a caller can make it a constant.
 ///
 /// # Safety
 /// `S`'s instruction sets must be available, and [`check`] must have passed for `S::W`.
 #[inline(always)]
-unsafe fn tile_body<
-    T: Cached,
-    S: Lanes,
-    const C: usize,
-    const P: usize,
-    const CB: usize,
-    const XP: usize,
-    const X1: usize,
->(
+unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const P: usize, const CB: usize>(
     kv: &PagedRows<'_, T>,
     d: usize,
     geo: &HeadGeometry,
@@ -237,11 +227,11 @@ unsafe fn tile_body<
 
         let mut h = 0;
         while h + P <= g {
-            heads::<S, C, XP, P, CB>(h, d, &bufs, &first, masked);
+            heads::<S, C, P, CB>(h, d, &bufs, &first, masked);
             h += P;
         }
         while h < g {
-            heads::<S, C, X1, 1, C>(h, d, &bufs, &first, masked);
+            heads::<S, C, 1, C>(h, d, &bufs, &first, masked);
             h += 1;
         }
         c0 += C;
@@ -252,7 +242,7 @@ unsafe fn tile_body<
             let inv = 1.0 / s.sum[h * w + i];
             let row = &mut out[i * t.out_stride + h * d..i * t.out_stride + (h + 1) * d];
             for (x, o) in row.iter_mut().enumerate() {
-                *o = s.ot[(h * d + x) * w + i] * inv;
+                *o = s.ot[(h * w + i) * d + x] * inv;
             }
         }
     }
@@ -271,10 +261,10 @@ struct Bufs {
 
 /// Query heads `h..h + P` of the tile against one group of `C` widened positions: the
 /// scores (`CB` columns of every head at a time, each K value broadcast once for the `P`
-/// heads), the online softmax's update, and the weighted sum of V (each V value
-/// broadcast once for the `P` heads). Each head's arithmetic is the same sequence of
-/// operations whatever `P` is, so its results do not depend on it; `P > 1` only saves
-/// broadcasts, which on AVX2 take an issue slot of their own beside every multiply-add.
+/// heads), the online softmax's update, and each head's weighted sum of V ([`weigh`]).
+/// Each head's arithmetic is the same sequence of operations whatever `P` is, so its
+/// results do not depend on it; `P > 1` only saves broadcasts, which on AVX2 take an
+/// issue slot of their own beside every multiply-add.
 ///
 /// # Safety
 /// As [`tile_body`]; heads `h..h + P` exist, `first` holds the group's first visible
@@ -283,7 +273,7 @@ struct Bufs {
 // every head: iterators over one of them would hide that.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn heads<S: Lanes, const C: usize, const X: usize, const P: usize, const CB: usize>(
+unsafe fn heads<S: Lanes, const C: usize, const P: usize, const CB: usize>(
     h: usize,
     d: usize,
     b: &Bufs,
@@ -337,40 +327,90 @@ unsafe fn heads<S: Lanes, const C: usize, const X: usize, const P: usize, const 
         S::store(mx, new);
         S::store(sm, S::fma(S::load(sm), alpha[p], total));
     }
-    // Weighted sum of V, `X` output columns at a time: `X` independent chains of
-    // multiply-adds per head instead of one.
-    let mut x = 0;
-    while x + X <= d {
-        let mut acc = [[S::splat(0.0); X]; P];
-        for p in 0..P {
-            for (j, a) in acc[p].iter_mut().enumerate() {
-                *a = S::mul(S::load(oh[p].add((x + j) * w)), alpha[p]);
-            }
-        }
-        for c in 0..C {
-            for j in 0..X {
-                let vb = S::splat(*vc.add(c * d + x + j));
-                for p in 0..P {
-                    acc[p][j] = S::fma(sc[p][c], vb, acc[p][j]);
+    for p in 0..P {
+        weigh::<S, C, 4>(d, oh[p], alpha[p], &sc[p], vc);
+    }
+}
+
+/// One head's weighted sum of a group's V rows, an output row (a query row of the tile)
+/// at a time: `ot`'s row `i` (`d` values at `i * d`) times the row's `alpha` lane, plus
+/// each column's weight (`sc[c]`'s lane `i`) times V row `c`, in column order. The V
+/// rows are whole vectors in `vc`, so one broadcast of a weight feeds `XV` multiply-adds
+/// (and one V load two rows' chains) where the lanes-across-rows layout of the scores
+/// needs a broadcast per V value. Every output value is the same sequence of
+/// operations as in that layout.
+///
+/// # Safety
+/// As [`heads`]; `ot` holds `S::W * d` values (`S::W` is even).
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn weigh<S: Lanes, const C: usize, const XV: usize>(
+    d: usize,
+    ot: *mut f32,
+    alpha: S::V,
+    sc: &[S::V; C],
+    vc: *const f32,
+) {
+    let w = S::W;
+    let mut factor = [0.0f32; 16];
+    S::store(factor.as_mut_ptr(), alpha);
+    let mut weights = [[0.0f32; 16]; C];
+    for (row, &v) in weights.iter_mut().zip(sc) {
+        S::store(row.as_mut_ptr(), v);
+    }
+    for i in (0..w).step_by(2) {
+        let rows = [ot.add(i * d), ot.add((i + 1) * d)];
+        let mut x = 0;
+        // `XV` vectors of both rows at a time, then one vector of each: enough chains
+        // of multiply-adds to cover their latency where `d` allows.
+        while x + XV * w <= d {
+            let mut acc = [[S::splat(0.0); XV]; 2];
+            for r in 0..2 {
+                let a = S::splat(factor[i + r]);
+                for j in 0..XV {
+                    acc[r][j] = S::mul(S::load(rows[r].add(x + j * w)), a);
                 }
             }
-        }
-        for p in 0..P {
-            for (j, &a) in acc[p].iter().enumerate() {
-                S::store(oh[p].add((x + j) * w), a);
-            }
-        }
-        x += X;
-    }
-    while x < d {
-        for p in 0..P {
-            let mut a = S::mul(S::load(oh[p].add(x * w)), alpha[p]);
             for c in 0..C {
-                a = S::fma(sc[p][c], S::splat(*vc.add(c * d + x)), a);
+                let pw = [S::splat(weights[c][i]), S::splat(weights[c][i + 1])];
+                for j in 0..XV {
+                    let v = S::load(vc.add(c * d + x + j * w));
+                    for r in 0..2 {
+                        acc[r][j] = S::fma(pw[r], v, acc[r][j]);
+                    }
+                }
             }
-            S::store(oh[p].add(x * w), a);
+            for r in 0..2 {
+                for j in 0..XV {
+                    S::store(rows[r].add(x + j * w), acc[r][j]);
+                }
+            }
+            x += XV * w;
         }
-        x += 1;
+        while x + w <= d {
+            for r in 0..2 {
+                let mut a = S::mul(S::load(rows[r].add(x)), S::splat(factor[i + r]));
+                for c in 0..C {
+                    a = S::fma(S::splat(weights[c][i + r]), S::load(vc.add(c * d + x)), a);
+                }
+                S::store(rows[r].add(x), a);
+            }
+            x += w;
+        }
+        // A head size that is not a whole number of vectors: the rest a value at a
+        // time, through the same lane operations.
+        for x in x..d {
+            for r in 0..2 {
+                let o = rows[r].add(x);
+                let mut a = S::mul(S::splat(*o), S::splat(factor[i + r]));
+                for c in 0..C {
+                    a = S::fma(S::splat(weights[c][i + r]), S::splat(*vc.add(c * d + x)), a);
+                }
+                let mut lanes = [0.0f32; 16];
+                S::store(lanes.as_mut_ptr(), a);
+                *o = lanes[0];
+            }
+        }
     }
 }
 
@@ -537,8 +577,8 @@ mod tests {
             let mut alone = vec![0.0; q.len()];
             let mut paired = vec![0.0; q.len()];
             let s = &mut TileScratch::default();
-            tile_body::<f16, Avx2Lanes, 8, 1, 8, 4, 4>(kv, geo.head_dim, geo, t, q, &mut alone, s);
-            tile_body::<f16, Avx2Lanes, 8, 2, 4, 4, 8>(kv, geo.head_dim, geo, t, q, &mut paired, s);
+            tile_body::<f16, Avx2Lanes, 8, 1, 8>(kv, geo.head_dim, geo, t, q, &mut alone, s);
+            tile_body::<f16, Avx2Lanes, 8, 2, 4>(kv, geo.head_dim, geo, t, q, &mut paired, s);
             (alone, paired)
         }
         for (g, bs) in [(2, 16), (3, 5), (5, 16)] {
