@@ -242,7 +242,7 @@ const OUT_VECTORS: usize = 2;
 
 /// Lane 0 of `v`.
 #[inline(always)]
-unsafe fn first<S: Lanes>(v: S::V) -> f32 {
+pub(super) unsafe fn first<S: Lanes>(v: S::V) -> f32 {
     let mut lanes = [0.0f32; 16];
     S::store(lanes.as_mut_ptr(), v);
     lanes[0]

@@ -15,6 +15,7 @@ use super::head::{HeadGeometry, PagedRows};
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2Lanes, Avx512Lanes};
 use super::lanes::{Cached, Lanes, Portable};
+use super::tile_row::first;
 
 /// Buffers one thread reuses from tile to tile.
 #[derive(Default)]
@@ -406,9 +407,7 @@ unsafe fn weigh<S: Lanes, const C: usize, const XV: usize>(
                 for c in 0..C {
                     a = S::fma(S::splat(weights[c][i + r]), S::splat(*vc.add(c * d + x)), a);
                 }
-                let mut lanes = [0.0f32; 16];
-                S::store(lanes.as_mut_ptr(), a);
-                *o = lanes[0];
+                *o = first::<S>(a);
             }
         }
     }
