@@ -15,16 +15,12 @@ use super::gemm_panel::{offset, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_
 use super::layout::{record_offset, record_shape, WeightFormat, FMT_Q8_0, QK};
 use super::tile::{prefetch_ahead, store_partial};
 
-/// Activation rows per micro-kernel call for format `F`: with the rows' 16-bit (or,
-/// for Q8_0, 32-bit) block sums, their f32 accumulators and the operands, what the 16
-/// vector registers hold without spilling in the inner loop.
-pub const fn rows(format: u8) -> usize {
-    if format == FMT_Q8_0 {
-        4
-    } else {
-        6
-    }
-}
+/// Activation rows per micro-kernel call, every format: four rows' block sums, f32
+/// accumulators and the block's operands leave registers for the epilogue's
+/// temporaries. Six rows of 4-bit formats (what the 16 vector registers hold in the
+/// inner loop) spill there, and ran 10% slower on Zen 3 than four
+/// (`benches/results/2026-12-06-zen3-gemm-rows`).
+pub const ROWS: usize = 4;
 
 /// Unpacks a group of format `F` (Q4_0, Q4_1, Q4_K or Q8_0) into `nb` blocks of the
 /// panel, as `avx512_gemm::pack` does (the same bytes and the same f32 scales, formed

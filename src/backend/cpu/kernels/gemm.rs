@@ -1,7 +1,7 @@
 //! The many-rows path (prefill chunks, large batches): a task's weight groups are
 //! unpacked once into a panel of plain bytes and per-block f32 scales, and the panel is
 //! then swept by a register-blocked micro-kernel of activation rows × groups (AVX-512
-//! VNNI: `MR` rows × `NR` groups; AVX2: `avx2_gemm::rows` rows × one group).
+//! VNNI: `MR` rows × `NR` groups; AVX2: `avx2_gemm::ROWS` rows × one group).
 //!
 //! The row-tile walk (`tile`) unpacks a group's nibbles and converts its f16 scales again
 //! for every tile of rows; here that work is done once per group and task, and each
@@ -49,13 +49,13 @@ pub fn applies(kernel: Kernel, format: u8, rows: usize) -> bool {
         && matches!(format, FMT_Q4_1 | FMT_Q4_0 | FMT_Q8_0 | FMT_Q4K)
 }
 
-/// The register block of `kernel`'s micro-kernel for `format`: rows, groups.
-fn block_shape(kernel: Kernel, format: u8) -> (usize, usize) {
+/// The register block of `kernel`'s micro-kernel: rows, groups.
+fn block_shape(kernel: Kernel) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx2 {
-        return (super::avx2_gemm::rows(format), 1);
+        return (super::avx2_gemm::ROWS, 1);
     }
-    let _ = (kernel, format);
+    let _ = kernel;
     (MR, NR)
 }
 
@@ -88,7 +88,7 @@ pub unsafe fn run_task(
     let data = w.data.as_slice();
     let bytes_of = |group: usize| data.get(group * group_bytes..(group + 1) * group_bytes).unwrap_or(&[]);
     let pack = select_pack(kernel, format);
-    let (mr_max, nr_max) = block_shape(kernel, format);
+    let (mr_max, nr_max) = block_shape(kernel);
     let mut panel = PANEL.with(Cell::take);
     panel.resize(NR.max(nr_max) * group_lines, Line([0; 64]));
     // A gated register block's outputs, `2 · GROUP` per row, before the gate.
@@ -221,13 +221,11 @@ fn select_micro(kernel: Kernel, format: u8, mr: usize, nr: usize) -> MicroFn {
                     1 => avx2_gemm::micro::<$fmt, 1> as MicroFn,
                     2 => avx2_gemm::micro::<$fmt, 2> as MicroFn,
                     3 => avx2_gemm::micro::<$fmt, 3> as MicroFn,
-                    4 => avx2_gemm::micro::<$fmt, 4> as MicroFn,
-                    5 => avx2_gemm::micro::<$fmt, 5> as MicroFn,
-                    _ => avx2_gemm::micro::<$fmt, 6> as MicroFn,
+                    _ => avx2_gemm::micro::<$fmt, { avx2_gemm::ROWS }> as MicroFn,
                 }
             };
         }
-        let (mr_max, nr_max) = block_shape(kernel, format);
+        let (mr_max, nr_max) = block_shape(kernel);
         debug_assert!((1..=mr_max).contains(&mr) && (1..=nr_max).contains(&nr));
         if kernel == Kernel::Avx2 {
             return match format {
