@@ -115,11 +115,32 @@ fn reference(d: &Data, out: &mut [f32]) {
     }}
 }
 
+/// A block's epilogue for `MR` rows of one half: widen the 16-bit sums, then the scaled
+/// sum and the minimum term, in the portable kernel's order.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn epilogue<const MR: usize>(d: &Data, row0: usize, b: usize, s16: &[__m256i; MR], dw: __m256, mw: __m256, acc: &mut [__m256; MR]) {
+    let ones = _mm256_set1_epi16(1);
+    for r in 0..MR {
+        let at = (row0 + r) * NB + b;
+        let dot = _mm256_madd_epi16(s16[r], ones);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(*d.da.get_unchecked(at))), acc[r]);
+        acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*d.sa.get_unchecked(at)), acc[r]);
+    }
+}
+
+/// Rows `row0..row0 + MR`, eight columns from `col`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store_rows<const MR: usize>(out: &mut [f32], row0: usize, col: usize, acc: &[__m256; MR]) {
+    for r in 0..MR {
+        _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * GROUPS * 16 + col), acc[r]);
+    }
+}
+
 /// Current kernel shape: one half (8 cols) at a time, MR rows, broadcast per row-step.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn var_a<const MR: usize, const XB: bool>(d: &Data, out: &mut [f32]) {
-    let cols = GROUPS * 16;
-    let ones = _mm256_set1_epi16(1);
     for g in 0..GROUPS {
         let p = d.pa.as_ptr().add(g * NB * LA);
         for row0 in (0..ROWS).step_by(MR) {
@@ -141,16 +162,9 @@ unsafe fn var_a<const MR: usize, const XB: bool>(d: &Data, out: &mut [f32]) {
                     }
                     let dw = _mm256_loadu_ps(p.add(b * LA + 512 + 32 * h).cast());
                     let mw = _mm256_loadu_ps(p.add(b * LA + 576 + 32 * h).cast());
-                    for r in 0..MR {
-                        let at = (row0 + r) * NB + b;
-                        let dot = _mm256_madd_epi16(s16[r], ones);
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(*d.da.get_unchecked(at))), acc[r]);
-                        acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*d.sa.get_unchecked(at)), acc[r]);
-                    }
+                    epilogue(d, row0, b, &s16, dw, mw, &mut acc);
                 }
-                for r in 0..MR {
-                    _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * cols + g * 16 + 8 * h), acc[r]);
-                }
+                store_rows(out, row0, g * 16 + 8 * h, &acc);
             }
         }
     }
@@ -243,8 +257,6 @@ unsafe fn var_d<const MR: usize>(d: &Data, out: &mut [f32]) {
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn var_p<const MR: usize>(d: &Data, out: &mut [f32]) {
-    let cols = GROUPS * 16;
-    let ones = _mm256_set1_epi16(1);
     for g in 0..GROUPS {
         let p = d.pa.as_ptr().add(g * NB * LA);
         for row0 in (0..ROWS).step_by(MR) {
@@ -263,16 +275,9 @@ unsafe fn var_p<const MR: usize>(d: &Data, out: &mut [f32]) {
                     }
                     let dw = _mm256_loadu_ps(p.add(b * LA + 512 + 32 * h).cast());
                     let mw = _mm256_loadu_ps(p.add(b * LA + 576 + 32 * h).cast());
-                    for r in 0..MR {
-                        let at = (row0 + r) * NB + b;
-                        let dot = _mm256_madd_epi16(s16[r], ones);
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(*d.da.get_unchecked(at))), acc[r]);
-                        acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*d.sa.get_unchecked(at)), acc[r]);
-                    }
+                    epilogue(d, row0, b, &s16, dw, mw, &mut acc);
                 }
-                for r in 0..MR {
-                    _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * cols + g * 16 + 8 * h), acc[r]);
-                }
+                store_rows(out, row0, g * 16 + 8 * h, &acc);
             }
         }
     }
@@ -281,7 +286,6 @@ unsafe fn var_p<const MR: usize>(d: &Data, out: &mut [f32]) {
 /// Q8_0 row-tile shape: 8 chunks of 64 bytes (value + 128 as u8), f16 scales.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn var_q8<const MR: usize>(d: &Data, out: &mut [f32]) {
-    let cols = GROUPS * 16;
     let ones = _mm256_set1_epi16(1);
     let flip = _mm256_set1_epi8(-128);
     for g in 0..GROUPS {
@@ -307,9 +311,7 @@ unsafe fn var_q8<const MR: usize>(d: &Data, out: &mut [f32]) {
                         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[r]), _mm256_mul_ps(dw, _mm256_set1_ps(*d.da.get_unchecked(at))), acc[r]);
                     }
                 }
-                for r in 0..MR {
-                    _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * cols + g * 16 + 8 * h), acc[r]);
-                }
+                store_rows(out, row0, g * 16 + 8 * h, &acc);
             }
         }
     }
@@ -318,8 +320,6 @@ unsafe fn var_q8<const MR: usize>(d: &Data, out: &mut [f32]) {
 /// Row-tile walk shape (decode): nibbles unpacked per tile, f16 scales converted per tile.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn var_t<const MR: usize>(d: &Data, out: &mut [f32]) {
-    let cols = GROUPS * 16;
-    let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0f);
     for g in 0..GROUPS {
         let p = d.pr.as_ptr().add(g * NB * 320);
@@ -340,16 +340,9 @@ unsafe fn var_t<const MR: usize>(d: &Data, out: &mut [f32]) {
                     }
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(256 + 16 * h).cast()));
                     let mw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(288 + 16 * h).cast()));
-                    for r in 0..MR {
-                        let at = (row0 + r) * NB + b;
-                        let dot = _mm256_madd_epi16(s16[r], ones);
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw, _mm256_set1_ps(*d.da.get_unchecked(at))), acc[r]);
-                        acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*d.sa.get_unchecked(at)), acc[r]);
-                    }
+                    epilogue(d, row0, b, &s16, dw, mw, &mut acc);
                 }
-                for r in 0..MR {
-                    _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * cols + g * 16 + 8 * h), acc[r]);
-                }
+                store_rows(out, row0, g * 16 + 8 * h, &acc);
             }
         }
     }
