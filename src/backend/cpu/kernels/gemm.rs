@@ -215,6 +215,8 @@ fn select_micro(kernel: Kernel, format: u8, mr: usize, nr: usize) -> MicroFn {
                 }
             };
         }
+        // `avx2_by_rows` names every height below `ROWS` and takes `ROWS` for the rest.
+        const _: () = assert!(avx2_gemm::ROWS == 4);
         macro_rules! avx2_by_rows {
             ($fmt:expr) => {
                 match mr {
