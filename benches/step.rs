@@ -141,6 +141,18 @@ fn bench_step(c: &mut Criterion) {
         print_profile(&mut be, &batch, &format!("step/prefill_{n}"));
     }
 
+    // A scored prompt (`echo` with `logprobs`, as evaluation harnesses send it): the
+    // output projection runs over every prompt row, not only the last.
+    {
+        let n = 512;
+        let (prompt, blocks) = (tokens(n, 2), table(0, n.div_ceil(bs)));
+        let mut batch = prompt_chunk(&prompt, 0, &blocks, true);
+        batch.seqs[0].all_logits = true;
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function("prefill_512_scored", |b| b.iter(|| be.step(&batch).expect("step")));
+        print_profile(&mut be, &batch, "step/prefill_512_scored");
+    }
+
     // A long prompt's last chunk: positions 6,988..7,500, after the rest was prefilled
     // in 512-token chunks as the server's default budget does.
     {
