@@ -8,6 +8,9 @@
 //! B: both halves per broadcast. D: one activation load per block, in-lane shuffles
 //!    (a panel laid out for them). P: A with the tile kernel's pairwise adds.
 //! T: the row-tile walk (nibbles unpacked per tile). Q8: the Q8_0 row tile.
+//! E: both halves per broadcast with the f32 epilogue deferred: each block's widened
+//!    sums go to an L1 buffer and a second pass runs the f32 chains (see
+//!    ../2026-12-06-zen3-deferred-epilogue). F: E over two groups (32 columns).
 use std::arch::x86_64::*;
 use std::hint::black_box;
 use std::time::Instant;
@@ -348,6 +351,110 @@ unsafe fn var_t<const MR: usize>(d: &Data, out: &mut [f32]) {
     }
 }
 
+/// Deferred epilogue: MR rows x both halves of integer sums per broadcast (no f32
+/// accumulators live in the integer loop), each block's widened sums stored to an L1
+/// buffer; then the f32 epilogue over all blocks, 2*MR independent chains.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn var_e<const MR: usize>(d: &Data, out: &mut [f32]) {
+    let cols = GROUPS * 16;
+    let ones = _mm256_set1_epi16(1);
+    #[repr(align(64))]
+    struct Buf([i32; NB * 8 * 16]);
+    let mut buf = Buf([0; NB * 8 * 16]);
+    let bp = buf.0.as_mut_ptr();
+    for g in 0..GROUPS {
+        let p = d.pa.as_ptr().add(g * NB * LA);
+        for row0 in (0..ROWS).step_by(MR) {
+            for b in 0..NB {
+                let mut s16 = [[_mm256_setzero_si256(); 2]; MR];
+                let xrow = d.qs.as_ptr().add(row0 * K + b * 32);
+                for j in 0..8 {
+                    let w0 = _mm256_loadu_si256(p.add(b * LA + j * 64).cast());
+                    let w1 = _mm256_loadu_si256(p.add(b * LA + j * 64 + 32).cast());
+                    for r in 0..MR {
+                        let x = _mm256_set1_epi32(xrow.add(r * K + 4 * j).cast::<i32>().read_unaligned());
+                        s16[r][0] = _mm256_add_epi16(s16[r][0], _mm256_maddubs_epi16(w0, x));
+                        s16[r][1] = _mm256_add_epi16(s16[r][1], _mm256_maddubs_epi16(w1, x));
+                    }
+                }
+                for r in 0..MR { for h in 0..2 {
+                    _mm256_store_si256(bp.add((b * MR + r) * 16 + 8 * h).cast(), _mm256_madd_epi16(s16[r][h], ones));
+                }}
+            }
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            for b in 0..NB {
+                let dw = [_mm256_loadu_ps(p.add(b * LA + 512).cast()), _mm256_loadu_ps(p.add(b * LA + 544).cast())];
+                let mw = [_mm256_loadu_ps(p.add(b * LA + 576).cast()), _mm256_loadu_ps(p.add(b * LA + 608).cast())];
+                for r in 0..MR {
+                    let at = (row0 + r) * NB + b;
+                    let (da, sa) = (_mm256_set1_ps(*d.da.get_unchecked(at)), _mm256_set1_ps(*d.sa.get_unchecked(at)));
+                    for h in 0..2 {
+                        let dot = _mm256_load_si256(bp.add((b * MR + r) * 16 + 8 * h).cast());
+                        acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[h], da), acc[r][h]);
+                        acc[r][h] = _mm256_fmadd_ps(mw[h], sa, acc[r][h]);
+                    }
+                }
+            }
+            for r in 0..MR { for h in 0..2 {
+                _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * cols + g * 16 + 8 * h), acc[r][h]);
+            }}
+        }
+    }
+}
+
+/// Deferred epilogue over two groups (32 columns) per broadcast.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn var_f<const MR: usize>(d: &Data, out: &mut [f32]) {
+    let cols = GROUPS * 16;
+    let ones = _mm256_set1_epi16(1);
+    #[repr(align(64))]
+    struct Buf([i32; NB * 8 * 32]);
+    let mut buf = Buf([0; NB * 8 * 32]);
+    let bp = buf.0.as_mut_ptr();
+    for g in (0..GROUPS).step_by(2) {
+        let p = d.pa.as_ptr().add(g * NB * LA);
+        let wl = |b: usize, j: usize, q: usize| p.add((q / 2) * NB * LA + b * LA + j * 64 + 32 * (q % 2));
+        for row0 in (0..ROWS).step_by(MR) {
+            for b in 0..NB {
+                let mut s16 = [[_mm256_setzero_si256(); 4]; MR];
+                let xrow = d.qs.as_ptr().add(row0 * K + b * 32);
+                for j in 0..8 {
+                    let w: [__m256i; 4] = std::array::from_fn(|q| _mm256_loadu_si256(wl(b, j, q).cast()));
+                    for r in 0..MR {
+                        let x = _mm256_set1_epi32(xrow.add(r * K + 4 * j).cast::<i32>().read_unaligned());
+                        for q in 0..4 {
+                            s16[r][q] = _mm256_add_epi16(s16[r][q], _mm256_maddubs_epi16(w[q], x));
+                        }
+                    }
+                }
+                for r in 0..MR { for q in 0..4 {
+                    _mm256_store_si256(bp.add((b * MR + r) * 32 + 8 * q).cast(), _mm256_madd_epi16(s16[r][q], ones));
+                }}
+            }
+            for gg in 0..2 {
+                let pg = p.add(gg * NB * LA);
+                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+                for b in 0..NB {
+                    let dw = [_mm256_loadu_ps(pg.add(b * LA + 512).cast()), _mm256_loadu_ps(pg.add(b * LA + 544).cast())];
+                    let mw = [_mm256_loadu_ps(pg.add(b * LA + 576).cast()), _mm256_loadu_ps(pg.add(b * LA + 608).cast())];
+                    for r in 0..MR {
+                        let at = (row0 + r) * NB + b;
+                        let (da, sa) = (_mm256_set1_ps(*d.da.get_unchecked(at)), _mm256_set1_ps(*d.sa.get_unchecked(at)));
+                        for h in 0..2 {
+                            let dot = _mm256_load_si256(bp.add((b * MR + r) * 32 + 16 * gg + 8 * h).cast());
+                            acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[h], da), acc[r][h]);
+                            acc[r][h] = _mm256_fmadd_ps(mw[h], sa, acc[r][h]);
+                        }
+                    }
+                }
+                for r in 0..MR { for h in 0..2 {
+                    _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * cols + (g + gg) * 16 + 8 * h), acc[r][h]);
+                }}
+            }
+        }
+    }
+}
+
 #[target_feature(enable = "avx2")]
 unsafe fn peak(iters: usize) -> i64 {
     let (mut x, dx) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
@@ -380,6 +487,11 @@ fn main() {
         ("A mr4 (after)", var_a::<4, false>),
         ("A mr3", var_a::<3, false>),
         ("A mr8", var_a::<8, false>),
+        ("E mr3 deferred", var_e::<3>),
+        ("E mr4 deferred", var_e::<4>),
+        ("E mr6 deferred", var_e::<6>),
+        ("F mr2 two groups", var_f::<2>),
+        ("F mr3 two groups", var_f::<3>),
         ("A mr6 pre-broadcast", var_a::<6, true>),
         ("B mr3 both halves", var_b::<3>),
         ("B mr4 both halves", var_b::<4>),

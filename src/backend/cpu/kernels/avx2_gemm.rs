@@ -1,6 +1,7 @@
 //! The AVX2 many-rows kernels (see `gemm`): unpacking a group into the panel (the same
-//! panel `avx512_gemm` builds), and the `MR`-row micro-kernel that sweeps one group of
-//! it, one half (8 columns, a 256-bit vector) at a time.
+//! panel `avx512_gemm` builds), and the `MR`-row micro-kernels that sweep one group of
+//! it: the 4-bit formats' one half (8 columns, a 256-bit vector) at a time, Q8_0's both
+//! halves at once with the f32 work deferred to a second pass.
 //!
 //! The products are `avx2`'s: `vpmaddubsw` of unsigned weight bytes by signed
 //! activation bytes into 16-bit pairs, widened by `vpmaddwd`. A 4-bit block's eight
@@ -63,12 +64,16 @@ pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
 /// `MR` activation rows against the panel's one group, over all of `k`: per block and
 /// half, the rows' integer sums build up over the eight 4-byte steps (one weight load
 /// and one activation broadcast per row each step), then each output takes the block's
-/// scaled sum and minimum term in the portable kernel's order.
+/// scaled sum and minimum term in the portable kernel's order. Q8_0 goes to
+/// [`micro_q8_0`].
 ///
 /// # Safety
 /// See [`super::gemm_panel::MicroFn`]; AVX2, FMA and F16C must be available.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn micro<const F: u8, const MR: usize>(t: &Block<'_>) {
+    if F == FMT_Q8_0 {
+        return micro_q8_0::<MR>(t);
+    }
     let a = t.acts;
     let (k, nb) = (a.k, a.nb);
     let rows_end = t.row0 + MR;
@@ -76,8 +81,7 @@ pub unsafe fn micro<const F: u8, const MR: usize>(t: &Block<'_>) {
     assert!(a.d.len() >= rows_end * nb && a.s.len() >= rows_end * nb && a.isum.len() >= rows_end * nb);
     let p = t.panel.as_ptr().cast::<u8>();
     let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
-    // Q8_0's products use the signed weights, so only the 4-bit zero points remain.
-    let off = if F == FMT_Q8_0 { 0 } else { offset(F) };
+    let off = offset(F);
     let has_mins = record_shape(F).has_mins;
     let ones = _mm256_set1_epi16(1);
     let cols = t.ncols[0];
@@ -91,28 +95,16 @@ pub unsafe fn micro<const F: u8, const MR: usize>(t: &Block<'_>) {
             let x = |r: usize, j: usize| {
                 _mm256_set1_epi32(qs.add((t.row0 + r) * k + b * QK + 4 * j).cast::<i32>().read_unaligned())
             };
+            let mut s16 = [_mm256_setzero_si256(); MR];
+            for j in 0..QK / 4 {
+                let wv = _mm256_load_si256(line(b, j).cast());
+                for (r, s) in s16.iter_mut().enumerate() {
+                    *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(wv, x(r, j)));
+                }
+            }
             let mut dot = [_mm256_setzero_si256(); MR];
-            if F == FMT_Q8_0 {
-                let flip = _mm256_set1_epi8(-128);
-                for j in 0..QK / 4 {
-                    let v = _mm256_xor_si256(_mm256_load_si256(line(b, j).cast()), flip);
-                    let mag = _mm256_abs_epi8(v);
-                    for (r, d) in dot.iter_mut().enumerate() {
-                        let pairs = _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x(r, j), v));
-                        *d = _mm256_add_epi32(*d, _mm256_madd_epi16(pairs, ones));
-                    }
-                }
-            } else {
-                let mut s16 = [_mm256_setzero_si256(); MR];
-                for j in 0..QK / 4 {
-                    let wv = _mm256_load_si256(line(b, j).cast());
-                    for (r, s) in s16.iter_mut().enumerate() {
-                        *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(wv, x(r, j)));
-                    }
-                }
-                for (d, s) in dot.iter_mut().zip(&s16) {
-                    *d = _mm256_madd_epi16(*s, ones);
-                }
+            for (d, s) in dot.iter_mut().zip(&s16) {
+                *d = _mm256_madd_epi16(*s, ones);
             }
             let dw = _mm256_load_ps(line(b, SCALES_LINE).cast());
             let mw = _mm256_load_ps(line(b, MINS_LINE).cast());
@@ -143,4 +135,100 @@ pub unsafe fn micro<const F: u8, const MR: usize>(t: &Block<'_>) {
             }
         }
     }
+}
+
+/// Blocks whose integer sums [`micro_q8_0`]'s integer pass stores before its f32 pass
+/// reads them: 4 KiB at `ROWS` rows, which stay in L1.
+const BLOCKS_PER_PASS: usize = 16;
+
+/// One block's integer sums for `MR` rows and both halves of a group: `[r][h]` is row
+/// `r` against columns `8 h..8 h + 8`.
+type BlockSums<const MR: usize> = [[__m256i; 2]; MR];
+
+/// Q8_0's `MR` rows against the panel's one group, in two passes over each run of
+/// [`BLOCKS_PER_PASS`] blocks. The integer pass builds every block's sums for both
+/// halves of the group at once (each activation broadcast feeds both halves' products,
+/// one weight load feeds all `MR` rows) and stores them; the f32 pass then gives each
+/// output the block's scaled sum in the portable kernel's order, `2 · MR` independent
+/// chains. Holding no f32 accumulators during the integer pass is what leaves the
+/// registers to share the broadcasts (with the epilogue inline, both halves'
+/// accumulators spill). Q8_0's sign trick spends four operations on each product
+/// vector, so a broadcast saved weighs more than in the 4-bit kernel, which this shape
+/// did not speed up in the whole model
+/// (`benches/results/2026-12-06-zen3-deferred-epilogue`).
+///
+/// # Safety
+/// As [`micro`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn micro_q8_0<const MR: usize>(t: &Block<'_>) {
+    let a = t.acts;
+    let (k, nb) = (a.k, a.nb);
+    let rows_end = t.row0 + MR;
+    assert!(MR <= ROWS && t.panel.len() >= nb * LINES_PER_BLOCK && a.qs.len() >= rows_end * k);
+    assert!(a.d.len() >= rows_end * nb);
+    let p = t.panel.as_ptr().cast::<u8>();
+    let ds = a.d.as_ptr();
+    let line = |b: usize, l: usize| p.add((b * LINES_PER_BLOCK + l) * size_of::<Line>());
+    let mut sums = std::mem::MaybeUninit::<[BlockSums<ROWS>; BLOCKS_PER_PASS]>::uninit();
+    // `BlockSums<MR>` is no larger than `BlockSums<ROWS>`, so a pass's blocks fit.
+    let sums = sums.as_mut_ptr().cast::<BlockSums<MR>>();
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for first in (0..nb).step_by(BLOCKS_PER_PASS) {
+        let pass = first..(first + BLOCKS_PER_PASS).min(nb);
+        for b in pass.clone() {
+            sums.add(b - first).write(q8_0_block_sums::<MR>(t, b, line(b, 0)));
+        }
+        for b in pass {
+            let block = &*sums.add(b - first);
+            let dw = line(b, SCALES_LINE);
+            let dw = [_mm256_load_ps(dw.cast()), _mm256_load_ps(dw.add(32).cast())];
+            for (r, (acc, dots)) in acc.iter_mut().zip(block).enumerate() {
+                let dx = _mm256_set1_ps(*ds.add((t.row0 + r) * nb + b));
+                for h in 0..2 {
+                    acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[h]), _mm256_mul_ps(dw[h], dx), acc[h]);
+                }
+            }
+        }
+    }
+    let cols = t.ncols[0];
+    for (r, acc) in acc.iter().enumerate() {
+        for (h, acc) in acc.iter().enumerate() {
+            let out = t.out.add(r * t.ldo + 8 * h);
+            if cols >= 8 * h + 8 {
+                _mm256_storeu_ps(out, *acc);
+            } else if cols > 8 * h {
+                let mut tmp = [0.0f32; 8];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), *acc);
+                store_partial(out, &tmp, cols - 8 * h);
+            }
+        }
+    }
+}
+
+/// Q8_0 block `b`'s integer sums for rows `t.row0..t.row0 + MR`, both halves, from the
+/// block's quant lines at `lines`: per 4-byte step one weight load per half and one
+/// activation broadcast per row, the sign trick on the un-offset weights, every
+/// product widened. (No closure here yields a vector: such closures are not always
+/// inlined, and each call then costs a `vzeroupper`.)
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn q8_0_block_sums<const MR: usize>(t: &Block<'_>, b: usize, lines: *const u8) -> BlockSums<MR> {
+    let a = t.acts;
+    let x = a.qs.as_ptr().add(t.row0 * a.k + b * QK).cast::<u8>();
+    let (ones, flip) = (_mm256_set1_epi16(1), _mm256_set1_epi8(-128));
+    let mut dots = [[_mm256_setzero_si256(); 2]; MR];
+    for j in 0..QK / 4 {
+        let at = lines.add(j * size_of::<Line>());
+        let v0 = _mm256_xor_si256(_mm256_load_si256(at.cast()), flip);
+        let v1 = _mm256_xor_si256(_mm256_load_si256(at.add(32).cast()), flip);
+        let (m0, m1) = (_mm256_abs_epi8(v0), _mm256_abs_epi8(v1));
+        for (r, dot) in dots.iter_mut().enumerate() {
+            let xr = _mm256_set1_epi32(x.add(r * a.k + 4 * j).cast::<i32>().read_unaligned());
+            let p0 = _mm256_maddubs_epi16(m0, _mm256_sign_epi8(xr, v0));
+            let p1 = _mm256_maddubs_epi16(m1, _mm256_sign_epi8(xr, v1));
+            dot[0] = _mm256_add_epi32(dot[0], _mm256_madd_epi16(p0, ones));
+            dot[1] = _mm256_add_epi32(dot[1], _mm256_madd_epi16(p1, ones));
+        }
+    }
+    dots
 }
