@@ -351,16 +351,41 @@ unsafe fn var_t<const MR: usize>(d: &Data, out: &mut [f32]) {
     }
 }
 
+/// E's and F's widened block sums (F's four half-groups a row; E uses half of it).
+#[repr(align(64))]
+struct SumsBuf([i32; NB * 8 * 32]);
+
+/// The deferred f32 pass of E and F: rows `row0..row0 + MR` of the group at `p`, from
+/// widened block sums at `bp` (row `r` of block `b` at `(b * MR + r) * stride`).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn deferred_f32<const MR: usize>(d: &Data, p: *const u8, bp: *const i32, stride: usize, row0: usize, out: &mut [f32], col: usize) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for b in 0..NB {
+        let dw = [_mm256_loadu_ps(p.add(b * LA + 512).cast()), _mm256_loadu_ps(p.add(b * LA + 544).cast())];
+        let mw = [_mm256_loadu_ps(p.add(b * LA + 576).cast()), _mm256_loadu_ps(p.add(b * LA + 608).cast())];
+        for r in 0..MR {
+            let at = (row0 + r) * NB + b;
+            let (da, sa) = (_mm256_set1_ps(*d.da.get_unchecked(at)), _mm256_set1_ps(*d.sa.get_unchecked(at)));
+            for h in 0..2 {
+                let dot = _mm256_load_si256(bp.add((b * MR + r) * stride + 8 * h).cast());
+                acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[h], da), acc[r][h]);
+                acc[r][h] = _mm256_fmadd_ps(mw[h], sa, acc[r][h]);
+            }
+        }
+    }
+    for r in 0..MR { for h in 0..2 {
+        _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * GROUPS * 16 + col + 8 * h), acc[r][h]);
+    }}
+}
+
 /// Deferred epilogue: MR rows x both halves of integer sums per broadcast (no f32
 /// accumulators live in the integer loop), each block's widened sums stored to an L1
 /// buffer; then the f32 epilogue over all blocks, 2*MR independent chains.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn var_e<const MR: usize>(d: &Data, out: &mut [f32]) {
-    let cols = GROUPS * 16;
     let ones = _mm256_set1_epi16(1);
-    #[repr(align(64))]
-    struct Buf([i32; NB * 8 * 16]);
-    let mut buf = Buf([0; NB * 8 * 16]);
+    let mut buf = SumsBuf([0; NB * 8 * 32]);
     let bp = buf.0.as_mut_ptr();
     for g in 0..GROUPS {
         let p = d.pa.as_ptr().add(g * NB * LA);
@@ -381,23 +406,7 @@ unsafe fn var_e<const MR: usize>(d: &Data, out: &mut [f32]) {
                     _mm256_store_si256(bp.add((b * MR + r) * 16 + 8 * h).cast(), _mm256_madd_epi16(s16[r][h], ones));
                 }}
             }
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-            for b in 0..NB {
-                let dw = [_mm256_loadu_ps(p.add(b * LA + 512).cast()), _mm256_loadu_ps(p.add(b * LA + 544).cast())];
-                let mw = [_mm256_loadu_ps(p.add(b * LA + 576).cast()), _mm256_loadu_ps(p.add(b * LA + 608).cast())];
-                for r in 0..MR {
-                    let at = (row0 + r) * NB + b;
-                    let (da, sa) = (_mm256_set1_ps(*d.da.get_unchecked(at)), _mm256_set1_ps(*d.sa.get_unchecked(at)));
-                    for h in 0..2 {
-                        let dot = _mm256_load_si256(bp.add((b * MR + r) * 16 + 8 * h).cast());
-                        acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[h], da), acc[r][h]);
-                        acc[r][h] = _mm256_fmadd_ps(mw[h], sa, acc[r][h]);
-                    }
-                }
-            }
-            for r in 0..MR { for h in 0..2 {
-                _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * cols + g * 16 + 8 * h), acc[r][h]);
-            }}
+            deferred_f32::<MR>(d, p, bp, 16, row0, out, g * 16);
         }
     }
 }
@@ -405,11 +414,8 @@ unsafe fn var_e<const MR: usize>(d: &Data, out: &mut [f32]) {
 /// Deferred epilogue over two groups (32 columns) per broadcast.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn var_f<const MR: usize>(d: &Data, out: &mut [f32]) {
-    let cols = GROUPS * 16;
     let ones = _mm256_set1_epi16(1);
-    #[repr(align(64))]
-    struct Buf([i32; NB * 8 * 32]);
-    let mut buf = Buf([0; NB * 8 * 32]);
+    let mut buf = SumsBuf([0; NB * 8 * 32]);
     let bp = buf.0.as_mut_ptr();
     for g in (0..GROUPS).step_by(2) {
         let p = d.pa.as_ptr().add(g * NB * LA);
@@ -432,24 +438,7 @@ unsafe fn var_f<const MR: usize>(d: &Data, out: &mut [f32]) {
                 }}
             }
             for gg in 0..2 {
-                let pg = p.add(gg * NB * LA);
-                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-                for b in 0..NB {
-                    let dw = [_mm256_loadu_ps(pg.add(b * LA + 512).cast()), _mm256_loadu_ps(pg.add(b * LA + 544).cast())];
-                    let mw = [_mm256_loadu_ps(pg.add(b * LA + 576).cast()), _mm256_loadu_ps(pg.add(b * LA + 608).cast())];
-                    for r in 0..MR {
-                        let at = (row0 + r) * NB + b;
-                        let (da, sa) = (_mm256_set1_ps(*d.da.get_unchecked(at)), _mm256_set1_ps(*d.sa.get_unchecked(at)));
-                        for h in 0..2 {
-                            let dot = _mm256_load_si256(bp.add((b * MR + r) * 32 + 16 * gg + 8 * h).cast());
-                            acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[h], da), acc[r][h]);
-                            acc[r][h] = _mm256_fmadd_ps(mw[h], sa, acc[r][h]);
-                        }
-                    }
-                }
-                for r in 0..MR { for h in 0..2 {
-                    _mm256_storeu_ps(out.as_mut_ptr().add((row0 + r) * cols + (g + gg) * 16 + 8 * h), acc[r][h]);
-                }}
+                deferred_f32::<MR>(d, p.add(gg * NB * LA), bp.add(16 * gg), 32, row0, out, (g + gg) * 16);
             }
         }
     }
