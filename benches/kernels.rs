@@ -419,7 +419,6 @@ fn peak_table() {
     }
 }
 
-/// Median wall time of `f` over `runs` runs after one warm-up run.
 /// The median and the fastest of `runs` timed calls of `f` (after one untimed call). On
 /// a shared VM the fastest is the steadier figure: neighbours only ever add time.
 fn timed(runs: usize, mut f: impl FnMut()) -> (Duration, Duration) {

@@ -16,7 +16,7 @@ use super::layout::{
     k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q6K, FMT_Q8_0, GROUP,
     Q4K_DMIN_OFFSET, Q5_HIGH_OFFSET, Q6K_HIGH_OFFSET, QK,
 };
-use super::tile::{prefetch_ahead, store_partial, RawOperands, Tile};
+use super::tile::{prefetch_ahead, store_lanes, RawOperands, Tile};
 
 /// # Safety
 /// See [`super::tile::TileFn`]; AVX2, FMA and F16C must be available.
@@ -110,14 +110,7 @@ pub unsafe fn tile_keeping<const F: u8, const MR: usize, const KEEP: u8>(t: &Til
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            let out = t.out.add(r * t.ldo + 8 * h);
-            if t.ncols >= 8 * h + 8 {
-                _mm256_storeu_ps(out, *acc);
-            } else {
-                let mut tmp = [0.0f32; 8];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), *acc);
-                store_partial(out, &tmp, t.ncols - 8 * h);
-            }
+            store_lanes(t.out.add(r * t.ldo + 8 * h), *acc, t.ncols - 8 * h);
         }
     }
 }

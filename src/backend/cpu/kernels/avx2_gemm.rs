@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 
 use super::gemm_panel::{offset, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
 use super::layout::{record_offset, record_shape, WeightFormat, FMT_Q8_0, QK};
-use super::tile::{prefetch_ahead, store_partial};
+use super::tile::{prefetch_ahead, store_lanes};
 
 /// Activation rows per micro-kernel call, every format: four rows' block sums, f32
 /// accumulators and the block's operands leave registers for the epilogue's
@@ -125,14 +125,7 @@ pub unsafe fn micro<const F: u8, const MR: usize>(t: &Block<'_>) {
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            let out = t.out.add(r * t.ldo + 8 * h);
-            if cols >= 8 * h + 8 {
-                _mm256_storeu_ps(out, *acc);
-            } else {
-                let mut tmp = [0.0f32; 8];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), *acc);
-                store_partial(out, &tmp, cols - 8 * h);
-            }
+            store_lanes(t.out.add(r * t.ldo + 8 * h), *acc, cols - 8 * h);
         }
     }
 }
@@ -193,13 +186,8 @@ unsafe fn micro_q8_0<const MR: usize>(t: &Block<'_>) {
     let cols = t.ncols[0];
     for (r, acc) in acc.iter().enumerate() {
         for (h, acc) in acc.iter().enumerate() {
-            let out = t.out.add(r * t.ldo + 8 * h);
-            if cols >= 8 * h + 8 {
-                _mm256_storeu_ps(out, *acc);
-            } else if cols > 8 * h {
-                let mut tmp = [0.0f32; 8];
-                _mm256_storeu_ps(tmp.as_mut_ptr(), *acc);
-                store_partial(out, &tmp, cols - 8 * h);
+            if cols > 8 * h {
+                store_lanes(t.out.add(r * t.ldo + 8 * h), *acc, cols - 8 * h);
             }
         }
     }

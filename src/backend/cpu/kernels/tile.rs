@@ -107,3 +107,22 @@ pub fn prefetch_ahead(record: *const u8, bytes: usize) {
 pub unsafe fn store_partial(out: *mut f32, vals: &[f32], ncols: usize) {
     std::ptr::copy_nonoverlapping(vals.as_ptr(), out, ncols.min(vals.len()));
 }
+
+/// Writes the first `ncols` (at most 8) lanes of `v` to `out`: one store for a whole
+/// vector, else through a buffer (a group's last columns in the matrix's last group).
+///
+/// # Safety
+/// AVX must be available; `out` must be valid for `ncols.min(8)` writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub unsafe fn store_lanes(out: *mut f32, v: std::arch::x86_64::__m256, ncols: usize) {
+    use std::arch::x86_64::_mm256_storeu_ps;
+    if ncols >= 8 {
+        _mm256_storeu_ps(out, v);
+    } else {
+        let mut tmp = [0.0f32; 8];
+        _mm256_storeu_ps(tmp.as_mut_ptr(), v);
+        store_partial(out, &tmp, ncols);
+    }
+}
