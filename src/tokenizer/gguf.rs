@@ -136,8 +136,10 @@ pub(super) fn build(content: &Content) -> Result<(tokenizers::Tokenizer, Tokeniz
             _ => {}
         }
     }
-    tok.add_special_tokens(&control);
-    tok.add_tokens(&user_defined);
+    tok.add_special_tokens(control)
+        .map_err(|e| TokenizerError::tokenizers("adding the GGUF's control tokens", e))?;
+    tok.add_tokens(user_defined)
+        .map_err(|e| TokenizerError::tokenizers("adding the GGUF's user-defined tokens", e))?;
 
     let mut extra_stop_ids = Vec::new();
     for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
