@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::gemm_panel::{offset, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
+use super::gemm_panel::{offset, prefetch_share, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
 use super::layout::{record_offset, record_shape, WeightFormat, FMT_Q8_0, QK};
 use super::tile::prefetch_ahead;
 
@@ -65,6 +65,7 @@ pub unsafe fn micro<const F: u8, const MR: usize, const G: usize>(t: &Block<'_>)
     let line = |g: usize, b: usize, l: usize| p.add((g * nb + b) * LINES_PER_BLOCK + l);
     let mut acc = [[_mm512_setzero_ps(); G]; MR];
     for b in 0..nb {
+        prefetch_share(&t.ahead, b, nb);
         let mut dot = [[_mm512_setzero_si512(); G]; MR];
         for j in 0..QK / 4 {
             let mut wv = [_mm512_setzero_si512(); G];

@@ -18,7 +18,6 @@ use super::dispatch::Kernel;
 use super::gemm_panel::{Block, Line, MicroFn, PackFn, LINES_PER_BLOCK, MR, NR};
 pub use super::gemm_panel::{GateFn, Output};
 use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, QK};
-use super::prefetch::{prefetch, Level};
 use super::QMatrix;
 
 /// Most rows per task on this path (the row-tile walk takes 64): each task unpacks its
@@ -112,8 +111,8 @@ pub unsafe fn run_task(
             *cols = (w.n - group * GROUP).min(GROUP);
         }
         // The next groups come from memory (a decode batch) or L2 while these are swept:
-        // each micro-kernel call asks for a share of them, so the loads overlap the
-        // compute instead of stalling the next packing.
+        // each micro-kernel call asks for a share of them (`Block::ahead`), so the loads
+        // overlap the compute instead of stalling the next packing.
         let ahead = match output {
             Output::Plain(_) => [bytes_of(next[0]), if nr_max > 1 { bytes_of(next[1]) } else { &[] }],
             Output::Gated { .. } => [bytes_of(next[0]), bytes_of(next[1])],
@@ -124,16 +123,24 @@ pub unsafe fn run_task(
         while row0 < rows.end {
             let mr = (rows.end - row0).min(mr_max);
             let call = (row0 - rows.start) / mr_max;
-            for (a, share) in ahead.iter().zip(shares) {
-                let from = (call * share).min(a.len());
-                prefetch(&a[from..(from + share).min(a.len())], Level::L2);
-            }
+            let share = [0, 1].map(|n| {
+                let from = (call * shares[n]).min(ahead[n].len());
+                &ahead[n][from..(from + shares[n]).min(ahead[n].len())]
+            });
             let (dst, ldo) = match output {
                 Output::Plain(out) => (out.add(row0 * w.n + g * GROUP), w.n),
                 Output::Gated { .. } => (staged.as_mut_ptr(), 2 * GROUP),
             };
             if nr <= nr_max {
-                let block = Block { panel: &panel[..nr * group_lines], acts, row0, out: dst, ldo, ncols };
+                let block = Block {
+                    panel: &panel[..nr * group_lines],
+                    acts,
+                    row0,
+                    out: dst,
+                    ldo,
+                    ncols,
+                    ahead: share,
+                };
                 select_micro(kernel, format, mr, nr)(&block);
             } else {
                 // A kernel that sweeps one group at a time (AVX2), through a gated pair.
@@ -145,6 +152,7 @@ pub unsafe fn run_task(
                         out: dst.add(n * GROUP),
                         ldo,
                         ncols: [ncols[n], 0],
+                        ahead: if n == 0 { share } else { [&[], &[]] },
                     };
                     select_micro(kernel, format, mr, 1)(&block);
                 }

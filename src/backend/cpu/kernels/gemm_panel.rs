@@ -5,6 +5,7 @@
 
 use super::activations::QActs;
 use super::layout::{WeightFormat, FMT_Q8_0};
+use super::prefetch::{prefetch_line, Level};
 
 /// Where a task's results go.
 #[derive(Clone, Copy)]
@@ -50,6 +51,46 @@ pub struct Block<'a> {
     pub ldo: usize,
     /// Valid columns of each group (16 but in the matrix's last group).
     pub ncols: [usize; NR],
+    /// This call's share of the groups swept next, to be asked for into L2 (AVX-512:
+    /// a little per block, [`prefetch_share`]; AVX2: all before the sweep); empty
+    /// spans where there is nothing to ask for.
+    pub ahead: [&'a [u8]; 2],
+}
+
+/// Asks for block `b`'s part (of `nb`) of the lines of `ahead` into L2. A decode
+/// batch's next groups come from memory, and a call's whole share asked for at once
+/// fills the miss buffers, so the sweep's own loads wait behind it; spread over the
+/// blocks, the misses overlap the multiply-adds (figures in
+/// `benches/results/2026-12-07-spread-prefetch/`).
+#[inline(always)]
+pub fn prefetch_share(ahead: &[&[u8]; 2], b: usize, nb: usize) {
+    for span in ahead {
+        for line in block_part(span.len().div_ceil(64), b, nb) {
+            prefetch_line(span.as_ptr().wrapping_add(64 * line), Level::L2);
+        }
+    }
+}
+
+/// Block `b`'s part of `lines` lines shared out over `nb` blocks: the parts of
+/// `0..nb` cover every line once, in order.
+#[inline(always)]
+fn block_part(lines: usize, b: usize, nb: usize) -> std::ops::Range<usize> {
+    b * lines / nb..(b + 1) * lines / nb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::block_part;
+
+    #[test]
+    fn the_blocks_parts_cover_every_line_once() {
+        for nb in [1, 2, 18, 48] {
+            for lines in [0, 1, 5, 17, 18, 60, 181] {
+                let parts: Vec<usize> = (0..nb).flat_map(|b| block_part(lines, b, nb)).collect();
+                assert_eq!(parts, (0..lines).collect::<Vec<_>>(), "{lines} lines over {nb} blocks");
+            }
+        }
+    }
 }
 
 /// A micro-kernel for one format, `mr` rows and `nr` groups.
