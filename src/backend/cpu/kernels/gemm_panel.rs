@@ -78,21 +78,6 @@ fn block_part(lines: usize, b: usize, nb: usize) -> std::ops::Range<usize> {
     b * lines / nb..(b + 1) * lines / nb
 }
 
-#[cfg(test)]
-mod tests {
-    use super::block_part;
-
-    #[test]
-    fn the_blocks_parts_cover_every_line_once() {
-        for nb in [1, 2, 18, 48] {
-            for lines in [0, 1, 5, 17, 18, 60, 181] {
-                let parts: Vec<usize> = (0..nb).flat_map(|b| block_part(lines, b, nb)).collect();
-                assert_eq!(parts, (0..lines).collect::<Vec<_>>(), "{lines} lines over {nb} blocks");
-            }
-        }
-    }
-}
-
 /// A micro-kernel for one format, `mr` rows and `nr` groups.
 ///
 /// # Safety
@@ -114,5 +99,20 @@ pub const fn offset(format: u8) -> i32 {
         128
     } else {
         WeightFormat::from_id(format).zero_point()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::block_part;
+
+    #[test]
+    fn the_blocks_parts_cover_every_line_once() {
+        for nb in [1, 2, 18, 48] {
+            for lines in [0, 1, 5, 17, 18, 60, 181] {
+                let parts: Vec<usize> = (0..nb).flat_map(|b| block_part(lines, b, nb)).collect();
+                assert_eq!(parts, (0..lines).collect::<Vec<_>>(), "{lines} lines over {nb} blocks");
+            }
+        }
     }
 }
