@@ -73,8 +73,8 @@ pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn micro<const F: u8, const MR: usize>(t: &Block<'_>) {
     // The share of the next groups all at once, before the sweep: asked for a block at
-    // a time (`gemm_panel::prefetch_share`), the block loops, which use all sixteen
-    // vector registers, ran prefill 1.35x slower (AVX2 forced on an AVX-512 host).
+    // a time (`gemm_panel::prefetch_share`), as the AVX-512 kernel does, prefill ran
+    // 1.35x slower (AVX2 forced on an AVX-512 host; why was not found).
     for span in t.ahead {
         prefetch(span, Level::L2);
     }
