@@ -195,10 +195,10 @@ pub struct SchedulerArgs {
     #[arg(long, env = "INFLIGHT_MAX_WAITING", default_value_t = 1024)]
     pub max_waiting: usize,
     /// Time a step should stay within while sequences are decoding: prefill then
-    /// takes only what the step's measured cost leaves (at least 64 tokens), so a
-    /// new prompt barely raises the running streams' inter-token latency. `auto`:
-    /// twice what the step's decode rows alone cost; a number: that many
-    /// milliseconds; 0: no limit (prefill fills the token budget).
+    /// takes only what the step's measured cost leaves (at least 64 tokens, 32 while
+    /// fewer than 8 rows decode), so a new prompt barely raises the running streams'
+    /// inter-token latency. `auto`: twice what the step's decode rows alone cost; a
+    /// number: that many milliseconds; 0: no limit (prefill fills the token budget).
     #[arg(long, env = "INFLIGHT_MAX_STEP_MS", default_value = "auto", value_name = "auto|MS")]
     pub max_step_ms: MaxStep,
     /// Reuse the KV cache of shared prompt prefixes.

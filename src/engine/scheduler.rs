@@ -32,7 +32,7 @@
 //! fixed time, or by default twice what the step's decode rows alone cost, both
 //! priced by `engine::step_cost`): standard prefill then takes only the tokens
 //! the limit leaves after the decode rows and reserved prefill, but at least
-//! [`MIN_PREFILL_TOKENS`] per step so prompts always progress. Reserved prefill is
+//! [`prefill_floor`] tokens per step so prompts always progress. Reserved prefill is
 //! never cut by the limit (it only uses it up), and a backend with bucketed
 //! prefill (never split) ignores it. A time-limited step that prefills reserved
 //! work plans reserved decodes, then that prefill, then standard decode rows only
@@ -69,8 +69,24 @@ use super::step_cost::StepCost;
 use crate::backend::{BackendInfo, BlockId, Prefill, SeqId, SeqStep, StepBatch};
 
 /// Standard prefill tokens a time-limited step still takes, so prompts progress
-/// even when the decode rows alone fill the limit.
+/// even when the decode rows alone fill the limit (see [`prefill_floor`]).
 pub const MIN_PREFILL_TOKENS: usize = 64;
+/// Decode rows below which a time-limited step's prefill floor is halved.
+pub const FEW_DECODE_ROWS: usize = 8;
+
+/// The standard prefill tokens a time-limited step takes whatever its limit says,
+/// when `decoding` rows decode in it. A few decode rows cost little, so a full floor
+/// would set the step's length (on a Zen 4 VM: 64 tokens ≈ 32 ms on top of a 9 ms
+/// batch-4 step, the inter-token latency p99 at concurrency 4); at 16 rows the
+/// smaller floor slowed the waves of prompts that arrive together, so it is kept
+/// there (`benches/results/2026-12-07-zen4-sitting/`).
+pub fn prefill_floor(decoding: usize) -> usize {
+    if decoding < FEW_DECODE_ROWS {
+        MIN_PREFILL_TOKENS / 2
+    } else {
+        MIN_PREFILL_TOKENS
+    }
+}
 
 /// A step's time limit, applied while it carries decode rows: the target and the
 /// fitted cost of each chunk.
@@ -255,7 +271,7 @@ struct StepRoom {
 }
 
 /// Seconds left under a step's time limit, and the standard prefill tokens the
-/// step takes whatever the limit says ([`MIN_PREFILL_TOKENS`]).
+/// step takes whatever the limit says ([`prefill_floor`]).
 struct TimeLeft {
     seconds: f64,
     cost: StepCost,
@@ -263,13 +279,11 @@ struct TimeLeft {
 }
 
 impl StepRoom {
-    /// `limit`: the step's time limit in seconds, and the cost of each chunk.
-    fn new(budget: usize, limit: Option<(f64, StepCost)>) -> Self {
-        let time = limit.map(|(seconds, cost)| TimeLeft {
-            seconds: seconds - cost.fixed,
-            cost,
-            floor: MIN_PREFILL_TOKENS,
-        });
+    /// `limit`: the step's time limit in seconds, the cost of each chunk, and the
+    /// prefill floor.
+    fn new(budget: usize, limit: Option<(f64, StepCost, usize)>) -> Self {
+        let time =
+            limit.map(|(seconds, cost, floor)| TimeLeft { seconds: seconds - cost.fixed, cost, floor });
         Self { budget, prefills: 0, decodes: 0, time, standard_decodes_timed: false }
     }
 
@@ -475,7 +489,8 @@ impl Scheduler {
     /// decode rows (see the module docs).
     pub fn schedule_within(&mut self, limit: Option<StepTimeLimit>) -> SchedulerOutput<'_> {
         let mut plan = Vec::new();
-        let limit = limit.map(|l| (self.limit_seconds(l), l.cost));
+        let limit =
+            limit.map(|l| (self.limit_seconds(l), l.cost, prefill_floor(self.decode_ready().count())));
         let mut room = StepRoom::new(self.config.max_batch_tokens, limit);
         let mut preempted = Vec::new();
         let mut cannot_continue = Vec::new();
@@ -547,17 +562,20 @@ impl Scheduler {
         match limit.target {
             StepTarget::Seconds(s) => s,
             StepTarget::DecodeMultiple(factor) => {
-                let positions = self.running.iter().filter_map(|id| {
-                    let seq = self.seqs.get(id)?;
-                    (self.remaining(*id) == Some(1)).then_some(seq.num_computed)
-                });
-                let decode: f64 = positions
-                    .take(self.config.max_decode_seqs)
-                    .map(|start| limit.cost.chunk(1, start, true))
-                    .sum();
+                let decode: f64 = self.decode_ready().map(|start| limit.cost.chunk(1, start, true)).sum();
                 factor * (limit.cost.fixed + decode)
             }
         }
+    }
+
+    /// The positions of the running sequences this step would decode (those that
+    /// need one token, at most `max_decode_seqs`).
+    fn decode_ready(&self) -> impl Iterator<Item = usize> + '_ {
+        let positions = self.running.iter().filter_map(|id| {
+            let seq = self.seqs.get(id)?;
+            (self.remaining(*id) == Some(1)).then_some(seq.num_computed)
+        });
+        positions.take(self.config.max_decode_seqs)
     }
 
     /// Which kinds of row this step takes: both, unless the backend runs prefill
@@ -1531,10 +1549,10 @@ mod tests {
         assert_eq!(tokens_of(&out, 2), 98, "100 ms less one 2 ms decode row at 1 ms a token");
         // A limit the decode rows already fill still lets prompts progress.
         let out = step_within(&mut s, limit_ms(1.0));
-        assert_eq!(tokens_of(&out, 2), MIN_PREFILL_TOKENS);
+        assert_eq!(tokens_of(&out, 2), prefill_floor(1));
         // Without a limit, the budget alone bounds the chunk.
         let out = step(&mut s);
-        assert_eq!(tokens_of(&out, 2), 300 - 98 - MIN_PREFILL_TOKENS);
+        assert_eq!(tokens_of(&out, 2), 300 - 98 - prefill_floor(1));
     }
 
     /// `--max-step-ms auto`: the limit is a multiple of what this step's decode rows
@@ -1569,7 +1587,27 @@ mod tests {
                 &mut s,
                 Some(StepTimeLimit { target: StepTarget::DecodeMultiple(2.0), cost: tiny }),
             );
-            assert_eq!(tokens_of(&out, 10), MIN_PREFILL_TOKENS);
+            assert_eq!(tokens_of(&out, 10), prefill_floor(decoding as usize));
+        }
+    }
+
+    #[test]
+    fn the_prefill_floor_is_halved_below_a_few_decode_rows() {
+        assert_eq!(prefill_floor(0), MIN_PREFILL_TOKENS / 2);
+        assert_eq!(prefill_floor(FEW_DECODE_ROWS - 1), MIN_PREFILL_TOKENS / 2);
+        assert_eq!(prefill_floor(FEW_DECODE_ROWS), MIN_PREFILL_TOKENS);
+        // A limit the decode rows already fill: the prompt progresses by the floor
+        // for that many decode rows.
+        for decoding in [FEW_DECODE_ROWS - 1, FEW_DECODE_ROWS] {
+            let mut s = scheduler(1024, 16, 2048);
+            for id in 0..decoding as u64 {
+                s.add(id, prompt_from(100 * id as u32, 8), 50, STD).unwrap();
+            }
+            step(&mut s);
+            s.add(99, prompt_from(5000, 300), 50, STD).unwrap();
+            let out = step_within(&mut s, limit_ms(1.0));
+            assert_eq!(out.seqs.iter().filter(|q| q.tokens.len() == 1).count(), decoding);
+            assert_eq!(tokens_of(&out, 99), prefill_floor(decoding), "{decoding} decode rows");
         }
     }
 
