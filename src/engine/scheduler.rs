@@ -489,8 +489,7 @@ impl Scheduler {
     /// decode rows (see the module docs).
     pub fn schedule_within(&mut self, limit: Option<StepTimeLimit>) -> SchedulerOutput<'_> {
         let mut plan = Vec::new();
-        let limit =
-            limit.map(|l| (self.limit_seconds(l), l.cost, prefill_floor(self.decode_ready().count())));
+        let limit = limit.map(|l| self.step_limit(l));
         let mut room = StepRoom::new(self.config.max_batch_tokens, limit);
         let mut preempted = Vec::new();
         let mut cannot_continue = Vec::new();
@@ -555,27 +554,23 @@ impl Scheduler {
         SchedulerOutput { batch: StepBatch { seqs }, prefix_hits, preempted, cannot_continue }
     }
 
-    /// A step's time limit in seconds: a relative target is priced on the running
-    /// sequences that need one token (those this step would decode, at most
-    /// `max_decode_seqs`).
-    fn limit_seconds(&self, limit: StepTimeLimit) -> f64 {
-        match limit.target {
-            StepTarget::Seconds(s) => s,
-            StepTarget::DecodeMultiple(factor) => {
-                let decode: f64 = self.decode_ready().map(|start| limit.cost.chunk(1, start, true)).sum();
-                factor * (limit.cost.fixed + decode)
-            }
-        }
-    }
-
-    /// The positions of the running sequences this step would decode (those that
-    /// need one token, at most `max_decode_seqs`).
-    fn decode_ready(&self) -> impl Iterator<Item = usize> + '_ {
-        let positions = self.running.iter().filter_map(|id| {
+    /// A step's time limit in seconds, the cost of each chunk, and its prefill floor,
+    /// from the running sequences that need one token (those this step would decode,
+    /// at most `max_decode_seqs`): a relative target is priced on them, and the floor
+    /// follows how many there are.
+    fn step_limit(&self, limit: StepTimeLimit) -> (f64, StepCost, usize) {
+        let ready = self.running.iter().filter_map(|id| {
             let seq = self.seqs.get(id)?;
             (self.remaining(*id) == Some(1)).then_some(seq.num_computed)
         });
-        positions.take(self.config.max_decode_seqs)
+        let (rows, decode) = ready
+            .take(self.config.max_decode_seqs)
+            .fold((0, 0.0), |(rows, cost), start| (rows + 1, cost + limit.cost.chunk(1, start, true)));
+        let seconds = match limit.target {
+            StepTarget::Seconds(s) => s,
+            StepTarget::DecodeMultiple(factor) => factor * (limit.cost.fixed + decode),
+        };
+        (seconds, limit.cost, prefill_floor(rows))
     }
 
     /// Which kinds of row this step takes: both, unless the backend runs prefill
