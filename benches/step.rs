@@ -19,7 +19,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use inflight::backend::cpu::{profile, Activations, CpuBackend, CpuConfig, KvDtype, Llama};
+use inflight::backend::cpu::{
+    profile, Activations, AttentionPrecision, CpuBackend, CpuConfig, KvDtype, Llama,
+};
 use inflight::backend::{Backend, SeqStep, StepBatch, StepLimits};
 use inflight::model::{LlamaConfig, WeightSource};
 
@@ -39,8 +41,8 @@ fn backend() -> CpuBackend {
     let w = WeightSource::open_gguf(&path).expect("model file (run `inflight models pull` first)");
     let cfg = LlamaConfig::from_gguf(w.gguf_content().expect("gguf"), &path).expect("config");
     let model = Llama::load(&w, cfg).expect("load");
-    // INFLIGHT_THREADS, INFLIGHT_KV_CACHE_DTYPE, INFLIGHT_ACTIVATIONS and INFLIGHT_BLOCK_SIZE as
-    // for the CLI.
+    // INFLIGHT_THREADS, INFLIGHT_KV_CACHE_DTYPE, INFLIGHT_ACTIVATIONS,
+    // INFLIGHT_ATTENTION_PRECISION and INFLIGHT_BLOCK_SIZE as for the CLI.
     let threads = std::env::var("INFLIGHT_THREADS").ok().and_then(|t| t.parse().ok());
     let kv_dtype = match std::env::var("INFLIGHT_KV_CACHE_DTYPE").as_deref() {
         Ok("f32") => KvDtype::F32,
@@ -53,6 +55,11 @@ fn backend() -> CpuBackend {
         Ok("bf16") => Activations::Bf16,
         _ => Activations::default(),
     };
+    let attention_precision = match std::env::var("INFLIGHT_ATTENTION_PRECISION").as_deref() {
+        Ok("f32") => AttentionPrecision::F32,
+        Ok("bf16") => AttentionPrecision::Bf16,
+        _ => AttentionPrecision::Auto,
+    };
     let chunk_invariant_attention =
         std::env::var("INFLIGHT_CHUNK_INVARIANT_ATTENTION").is_ok_and(|v| v == "1");
     let block_size = std::env::var("INFLIGHT_BLOCK_SIZE").ok().and_then(|b| b.parse().ok());
@@ -64,6 +71,7 @@ fn backend() -> CpuBackend {
         threads,
         kv_dtype,
         activations,
+        attention_precision,
         ..Default::default()
     };
     CpuBackend::new(model, &cfg).expect("backend")

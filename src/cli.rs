@@ -85,6 +85,13 @@ pub enum ActivationPrecision {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttentionPrecisionArg {
+    Auto,
+    F32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum KvCacheDtype {
     F16,
     F32,
@@ -148,6 +155,14 @@ pub struct ModelArgs {
     /// sequence recomputed after preemption gets the bits it first had.
     #[arg(long, env = "INFLIGHT_CHUNK_INVARIANT_ATTENTION")]
     pub chunk_invariant_attention: bool,
+    /// CPU: how prompt rows' attention multiplies. bf16: queries, K, the softmax
+    /// weights and V rounded to bf16 and multiplied in pairs (AVX-512 BF16), with f32
+    /// sums: faster prompt attention, with rounding small beside int8 activations'.
+    /// f32: f32 products. auto: bf16 with int8 activations where the CPU has AVX-512
+    /// BF16 and --chunk-invariant-attention is off, else f32. Decode rows always
+    /// multiply in f32.
+    #[arg(long, env = "INFLIGHT_ATTENTION_PRECISION", value_enum, default_value_t = AttentionPrecisionArg::Auto)]
+    pub attention_precision: AttentionPrecisionArg,
     /// Tokens per KV block.
     #[arg(long, env = "INFLIGHT_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,

@@ -150,6 +150,21 @@ fn bf16_activations_without_amx_tiles_are_a_clear_start_up_error() {
     assert!(err.contains("bf16 activations need AMX-BF16") && err.contains("--activations int8"), "{err}");
 }
 
+/// bf16 attention tiles asked for where they cannot run as asked (here: beside
+/// `--chunk-invariant-attention`, whose decode rows must equal f32 tiles' bits, or on a
+/// CPU without AVX-512 BF16) are a start-up error that says what they need.
+#[test]
+fn bf16_attention_tiles_that_cannot_run_are_a_clear_start_up_error() {
+    let mut generate = inflight();
+    generate.args(["generate", "--attention-precision", "bf16", "--chunk-invariant-attention", "-p", "hi"]);
+    let err = failure_on_the_model(generate);
+    assert!(err.contains("--attention-precision bf16 needs"), "{err}");
+    let out =
+        inflight().args(["generate", "-p", "hi", "--attention-precision", "f16"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "an unknown precision is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auto, f32, bf16"));
+}
+
 #[test]
 fn generate_rejects_a_prompt_longer_than_the_context() {
     let long = "word ".repeat(200);

@@ -2,7 +2,8 @@
 //! greedy tokens up to llama.cpp's first near-tie, first-position top-5 logits,
 //! and batch invariance.
 
-use inflight::backend::cpu::{Activations, CpuBackend, CpuConfig, KvDtype, Llama};
+use inflight::backend::cpu::attention::bf16_tiles_run_here;
+use inflight::backend::cpu::{Activations, AttentionPrecision, CpuBackend, CpuConfig, KvDtype, Llama};
 use inflight::backend::{Backend, SeqStep, StepBatch};
 use inflight::engine::sampling::argmax;
 use inflight::model::{LlamaConfig, WeightSource};
@@ -460,7 +461,10 @@ fn k_quant_and_q5_weights_run_on_the_kernels_and_match_their_float_values() {
 /// within float rounding carried through the layers (int8 requantization can turn a
 /// last-bit difference into one quantization step; 0 was seen on this model), and the
 /// same bits with `--chunk-invariant-attention`, which computes decode rows as a tile
-/// does. A merge that drops the parts' rescaling is off by several logits.
+/// does. With bf16 prompt tiles (`--attention-precision bf16`, where the CPU has them)
+/// the decode row still multiplies in f32, so the two differ by bf16 rounding carried
+/// through the layers: within a logit, with the same top token. A merge that drops the
+/// parts' rescaling is off by several logits.
 #[test]
 fn a_token_decoded_deep_in_a_long_context_gets_its_prefill_logits() {
     let prompt: Vec<u32> = reference()["prompts"]
@@ -472,11 +476,16 @@ fn a_token_decoded_deep_in_a_long_context_gets_its_prefill_logits() {
         .take(1100)
         .collect();
     let n = prompt.len();
-    for invariant in [false, true] {
+    let mut runs = vec![(false, AttentionPrecision::F32), (true, AttentionPrecision::Auto)];
+    if bf16_tiles_run_here() {
+        runs.push((false, AttentionPrecision::Bf16));
+    }
+    for (invariant, attention_precision) in runs {
         let model = model_on(&model_path(), false);
         let cfg = CpuConfig {
             kv_cache_bytes: 256 << 20,
             chunk_invariant_attention: invariant,
+            attention_precision,
             ..Default::default()
         };
         let mut be = CpuBackend::new(model, &cfg).expect("backend");
@@ -525,6 +534,9 @@ fn a_token_decoded_deep_in_a_long_context_gets_its_prefill_logits() {
         let worst = decoded.iter().zip(&prefilled).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         if invariant {
             assert_eq!(decoded, prefilled, "decoded with the tile's arithmetic");
+        } else if attention_precision == AttentionPrecision::Bf16 {
+            assert!(worst < 1.0, "bf16 tiles: max |Δlogit| {worst}");
+            assert_eq!(argmax(&decoded), argmax(&prefilled), "bf16 tiles: the top token");
         } else {
             assert!(worst < 0.05, "max |Δlogit| {worst}");
         }

@@ -9,9 +9,10 @@ pub mod serve;
 use anyhow::{bail, Context, Result};
 
 use crate::cli::{
-    ActivationPrecision, BackendKind, KvCacheDtype, MaxStep, ModelArgs, ModelDirArgs, SchedulerArgs,
+    ActivationPrecision, AttentionPrecisionArg, BackendKind, KvCacheDtype, MaxStep, ModelArgs, ModelDirArgs,
+    SchedulerArgs,
 };
-use inflight::backend::cpu::{Activations, CpuConfig, KvDtype, KvFit};
+use inflight::backend::cpu::{Activations, AttentionPrecision, CpuConfig, KvDtype, KvFit};
 use inflight::backend::cuda::CudaConfig;
 use inflight::backend::StepLimits;
 use inflight::engine::scheduler::{SchedulerConfig, StepTarget};
@@ -117,6 +118,9 @@ pub fn model_config(
     if args.kv_cache_dtype == KvCacheDtype::Fp8 && args.backend != BackendKind::Cpu {
         bail!("--kv-cache-dtype fp8 is built for the CPU backend only");
     }
+    if args.attention_precision != AttentionPrecisionArg::Auto && args.backend != BackendKind::Cpu {
+        bail!("--attention-precision is built for the CPU backend only");
+    }
     let kv_cache_bytes = args.kv_cache_gib.map(|g| (g * (1u64 << 30) as f64) as usize);
     let registry = registry(&args.dirs)?;
     let spec = model_spec(args);
@@ -140,6 +144,11 @@ pub fn model_config(
             },
             threads: args.threads,
             chunk_invariant_attention: args.chunk_invariant_attention,
+            attention_precision: match args.attention_precision {
+                AttentionPrecisionArg::Auto => AttentionPrecision::Auto,
+                AttentionPrecisionArg::F32 => AttentionPrecision::F32,
+                AttentionPrecisionArg::Bf16 => AttentionPrecision::Bf16,
+            },
             activations: match args.activations {
                 ActivationPrecision::Int8 => Activations::Int8,
                 ActivationPrecision::Int16 => Activations::Int16,

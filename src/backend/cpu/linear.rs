@@ -78,6 +78,13 @@ impl Linear {
         }
     }
 
+    /// Whether the weights are quantized (4- or 8-bit records), so the matmul rounds
+    /// its activations too: to 8 bits with `--activations int8`, and always on candle's
+    /// quantized path.
+    pub fn is_quantized(&self) -> bool {
+        !matches!(&self.imp, Imp::Candle(QMatMul::Tensor(_) | QMatMul::TensorF16(_)))
+    }
+
     pub fn out_features(&self) -> usize {
         self.out_features
     }

@@ -312,9 +312,17 @@ pub struct Llama {
     rope: Rope,
     activations: Activations,
     chunk_invariant_attention: bool,
+    bf16_tiles: bool,
 }
 
 impl Llama {
+    /// Prompt tiles take their attention products in bf16 pairs (the caller resolved
+    /// `--attention-precision`, `AttentionPrecision::resolve`).
+    pub fn with_bf16_tiles(mut self, on: bool) -> Self {
+        self.bf16_tiles = on;
+        self
+    }
+
     /// Computes decode rows' attention bit for bit as a prefill tile would (see
     /// `attention::attend`).
     pub fn with_chunk_invariant_attention(mut self, on: bool) -> Self {
@@ -350,11 +358,23 @@ impl Llama {
             rope,
             activations: Activations::default(),
             chunk_invariant_attention: false,
+            bf16_tiles: false,
         };
         // Which matrices run where: a format the kernels do not cover falls back to
         // candle and is much slower at batch sizes above one.
         tracing::info!(matmuls = ?model.matmul_implementations(), "weight matrices placed");
         Ok(model)
+    }
+
+    /// Whether every layer's matmuls take quantized weights, and so (with int8
+    /// activations) round their inputs to 8 bits.
+    pub fn quantized_layers(&self) -> bool {
+        self.blocks.iter().all(|b| {
+            let mut l = b.attn.qkv.linears();
+            l.push(&b.attn.wo);
+            l.extend(b.mlp.linears());
+            l.iter().all(|l| l.is_quantized())
+        })
     }
 
     /// How many weight matrices (stacked ones counting once) each implementation
@@ -402,6 +422,7 @@ impl Llama {
                 num_kv_heads: self.cfg.num_kv_heads,
                 head_dim: self.cfg.head_dim,
                 chunk_invariant: self.chunk_invariant_attention,
+                bf16_tiles: self.bf16_tiles,
             },
             activations: self.activations,
             rms_norm_eps: self.cfg.rms_norm_eps,

@@ -22,6 +22,7 @@ pub mod llama;
 pub mod profile;
 mod scratch;
 
+pub use attention::AttentionPrecision;
 pub use kernels::Activations;
 pub use kv_cache::{KvDtype, PagedKvCache};
 pub use llama::Llama;
@@ -48,6 +49,8 @@ pub struct CpuConfig {
     /// Decode rows' attention computed bit for bit as a prefill tile would, so a
     /// generated position gets what a prefill of the same tokens gives (slower decode).
     pub chunk_invariant_attention: bool,
+    /// How prompt tiles multiply in attention.
+    pub attention_precision: AttentionPrecision,
 }
 
 impl Default for CpuConfig {
@@ -61,6 +64,7 @@ impl Default for CpuConfig {
             threads: None,
             activations: Activations::default(),
             chunk_invariant_attention: false,
+            attention_precision: AttentionPrecision::default(),
         }
     }
 }
@@ -115,9 +119,23 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(model: Llama, cfg: &CpuConfig) -> Result<Self, BackendError> {
+        let bf16_tiles = cfg
+            .attention_precision
+            .resolve(
+                cfg.activations == Activations::Int8 && model.quantized_layers(),
+                cfg.chunk_invariant_attention,
+                model.config().head_dim,
+            )
+            .map_err(BackendError::Unavailable)?;
+        tracing::info!(
+            asked = cfg.attention_precision.name(),
+            products = if bf16_tiles { "bf16" } else { "f32" },
+            "prompt attention tiles"
+        );
         let model = model
             .with_activations(cfg.activations)
-            .with_chunk_invariant_attention(cfg.chunk_invariant_attention);
+            .with_chunk_invariant_attention(cfg.chunk_invariant_attention)
+            .with_bf16_tiles(bf16_tiles);
         let mcfg = model.config();
         if !cfg.activations.runs_here() {
             return Err(BackendError::Unavailable(format!(

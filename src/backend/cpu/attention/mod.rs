@@ -10,6 +10,8 @@ mod head;
 mod lanes;
 mod tile_row;
 mod tiled;
+#[cfg(target_arch = "x86_64")]
+mod tiled_bf16;
 
 use std::cell::Cell;
 
@@ -23,6 +25,12 @@ use head::{HeadGeometry, PagedRows};
 use lanes::Cached;
 use tile_row::{RowFn, RowScratch};
 use tiled::{TileFn, TileRows, TileScratch};
+#[cfg(target_arch = "x86_64")]
+use tiled_bf16::Bf16Scratch;
+/// Where the bf16 tiles cannot run, their scratch is nothing.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Default)]
+struct Bf16Scratch;
 
 pub struct AttentionShape {
     pub num_heads: usize,
@@ -31,6 +39,64 @@ pub struct AttentionShape {
     /// Rows outside tiles computed bit for bit as a tile would
     /// (`--chunk-invariant-attention`).
     pub chunk_invariant: bool,
+    /// Prompt tiles take their products in bf16 pairs (`tiled_bf16`); only where
+    /// [`AttentionPrecision::resolve`] allowed it.
+    pub bf16_tiles: bool,
+}
+
+/// How the prompt tiles multiply (`--attention-precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AttentionPrecision {
+    /// bf16 products where the matmuls already round activations to 8 bits (quantized
+    /// weights with int8 activations), the CPU has AVX-512 BF16 and decode rows need
+    /// not match tiles bit for bit; f32 otherwise.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl AttentionPrecision {
+    /// The name `--attention-precision` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionPrecision::Auto => "auto",
+            AttentionPrecision::F32 => "f32",
+            AttentionPrecision::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether prompt tiles take bf16 products, or why they cannot when asked to;
+    /// `int8_matmuls`: the layers' matmuls round activations to 8 bits.
+    pub fn resolve(self, int8_matmuls: bool, chunk_invariant: bool, head_dim: usize) -> Result<bool, String> {
+        let unmet = if !bf16_tiles_run_here() {
+            Some("a CPU with AVX-512 BF16".to_string())
+        } else if !head_dim.is_multiple_of(16) {
+            Some(format!("a head size that is a multiple of 16 (this model's is {head_dim})"))
+        } else if chunk_invariant {
+            Some(
+                "decode rows that need not equal a tile's bits (--chunk-invariant-attention is on)"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        match (self, unmet) {
+            (AttentionPrecision::F32, _) => Ok(false),
+            (AttentionPrecision::Auto, None) => Ok(int8_matmuls),
+            (AttentionPrecision::Auto, Some(_)) => Ok(false),
+            (AttentionPrecision::Bf16, None) => Ok(true),
+            (AttentionPrecision::Bf16, Some(need)) => Err(format!("--attention-precision bf16 needs {need}")),
+        }
+    }
+}
+
+/// Whether this CPU runs the bf16 tiles.
+pub fn bf16_tiles_run_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return tiled_bf16::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Token rows at or above which the cache writes are spread over the pool, a block
@@ -283,8 +349,8 @@ fn attend_units<T: Cached>(
     rayon::join(
         || {
             work.into_par_iter().for_each_init(
-                || (TileScratch::default(), Vec::new()),
-                |(scratch, regions), w| {
+                || (TileScratch::default(), Bf16Scratch::default(), Vec::new()),
+                |(scratch, bf16_scratch, regions), w| {
                     let t = TileRows {
                         first_pos: w.first_pos,
                         rows: w.rows,
@@ -296,7 +362,15 @@ fn attend_units<T: Cached>(
                         regions.clear();
                         cache.extend_regions(w.span.block_table, len, kvh, regions);
                         let kv = PagedRows { k, v, regions, block_size, len };
-                        tile_fn(&kv, geo, &t, &w.q_rows[kvh * unit..], &mut w.out[i * unit..], scratch);
+                        let (q, out) = (&w.q_rows[kvh * unit..], &mut w.out[i * unit..]);
+                        #[cfg(target_arch = "x86_64")]
+                        if shape.bf16_tiles {
+                            tiled_bf16::attend_tile(&kv, geo, &t, q, out, bf16_scratch);
+                            continue;
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        let _ = bf16_scratch;
+                        tile_fn(&kv, geo, &t, q, out, scratch);
                     }
                 },
             )
@@ -531,6 +605,8 @@ mod tests {
     const DTYPES: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Fp8];
     /// How far an output may be from the dense f64 reference: f32 rounding.
     const TOL: f32 = 1e-5;
+    /// bf16 tiles round queries, K, weights and V to 8 significant bits.
+    const BF16_TOL: f32 = 2e-2;
 
     /// `x` as a cache of `dtype` stores it.
     fn stored(dtype: KvDtype, x: &[f32]) -> Vec<f32> {
@@ -562,6 +638,7 @@ mod tests {
                 num_kv_heads: kv_heads,
                 head_dim: d,
                 chunk_invariant: true,
+                bf16_tiles: false,
             };
             let mut cache = PagedKvCache::new(&c, bs, 8, dtype);
             // Non-contiguous, out-of-order blocks; prefill 7 tokens then 4 more.
@@ -605,6 +682,8 @@ mod tests {
         table: Vec<u32>,
         q: Vec<f32>,
         want: Vec<f32>,
+        /// How far from dense attention a value may be.
+        tol: f32,
     }
 
     impl Prompt {
@@ -636,9 +715,21 @@ mod tests {
                 all_logits: false,
             };
             write_kv(&mut cache, 0, &KvWrites::new(bs, &[span]), &k, &v);
-            let shape =
-                AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, chunk_invariant };
-            Prompt { c, shape, cache, table, q, want }
+            let shape = AttentionShape {
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim: d,
+                chunk_invariant,
+                bf16_tiles: false,
+            };
+            Prompt { c, shape, cache, table, q, want, tol: TOL }
+        }
+
+        /// The same prompt with its tiles' products in bf16.
+        fn with_bf16_tiles(mut self) -> Prompt {
+            self.shape.bf16_tiles = true;
+            self.tol = BF16_TOL;
+            self
         }
 
         /// Rows `lo..hi` as one prompt chunk.
@@ -672,7 +763,7 @@ mod tests {
         fn check(&self, lo: usize, got: &[f32], what: &str) {
             let qd = self.c.q_dim();
             for (i, (a, b)) in got.iter().zip(&self.want[lo * qd..]).enumerate() {
-                assert!((a - b).abs() < TOL, "{what}: row {} value {}: {a} vs {b}", lo + i / qd, i % qd);
+                assert!((a - b).abs() < self.tol, "{what}: row {} value {}: {a} vs {b}", lo + i / qd, i % qd);
             }
         }
     }
@@ -730,33 +821,94 @@ mod tests {
     /// is what makes a request's output independent of the others.
     #[test]
     fn prompt_outputs_do_not_depend_on_the_chunking() {
-        let plans: [&[usize]; 4] = [&[200], &[3, 8, 17, 1, 31, 140], &[64, 64, 64, 8], &[7, 9, 100, 84]];
         for dtype in DTYPES {
             for (heads, kv_heads, d, bs) in [(9, 3, 64, 16), (10, 2, 128, 16), (6, 2, 6, 7)] {
                 for invariant in [false, true] {
                     let p = Prompt::new(heads, kv_heads, d, 200, bs, dtype, invariant);
-                    let mut first: Option<Vec<f32>> = None;
-                    for plan in plans {
-                        let mut lo = 0;
-                        let mut all = Vec::new();
-                        let what = format!("{dtype:?} {heads}/{kv_heads}×{d} invariant {invariant} {plan:?}");
-                        for &n in plan {
-                            let got = p.chunk(lo, lo + n);
-                            p.check(lo, &got, &what);
-                            all.extend(got);
-                            lo += n;
-                        }
-                        match &first {
-                            None => first = Some(all),
-                            Some(f) => assert!(
-                                f.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{what} vs {:?}",
-                                plans[0]
-                            ),
-                        }
-                    }
+                    let what = format!("{dtype:?} {heads}/{kv_heads}×{d} invariant {invariant}");
+                    same_bits_however_chunked(&p, &what);
                 }
             }
+        }
+    }
+
+    /// Several chunkings of `p`'s 200 rows (single rows, chunks shorter than a tile, and
+    /// tiles) give the same bits, each within `p.tol` of dense attention.
+    fn same_bits_however_chunked(p: &Prompt, what: &str) {
+        let plans: [&[usize]; 4] = [&[200], &[3, 8, 17, 1, 31, 140], &[64, 64, 64, 8], &[7, 9, 100, 84]];
+        let mut first: Option<Vec<f32>> = None;
+        for plan in plans {
+            let mut lo = 0;
+            let mut all = Vec::new();
+            let what = format!("{what} {plan:?}");
+            for &n in plan {
+                let got = p.chunk(lo, lo + n);
+                p.check(lo, &got, &what);
+                all.extend(got);
+                lo += n;
+            }
+            match &first {
+                None => first = Some(all),
+                Some(f) => assert!(
+                    f.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what} vs {:?}",
+                    plans[0]
+                ),
+            }
+        }
+    }
+
+    /// With bf16 prompt tiles (where the CPU has them) a prompt's outputs still do not
+    /// depend on its chunking and stay within bf16 rounding of dense attention; decode
+    /// rows keep f32 products (dense attention's tolerance); and a recompute still gives
+    /// prompt and generated rows their first bits.
+    #[test]
+    fn bf16_prompt_tiles_keep_chunking_and_recompute_invariance() {
+        if !bf16_tiles_run_here() {
+            eprintln!("skipped: this CPU has no AVX-512 BF16");
+            return;
+        }
+        for dtype in DTYPES {
+            for (heads, kv_heads, d, bs) in [(9, 3, 64, 16), (10, 2, 128, 5)] {
+                let p = Prompt::new(heads, kv_heads, d, 200, bs, dtype, false).with_bf16_tiles();
+                let what = format!("bf16 tiles, {dtype:?} {heads}/{kv_heads}×{d}");
+                same_bits_however_chunked(&p, &what);
+                let mut off = 0.0f32;
+                for pos in [0, 15, 16, 100, 199] {
+                    let got = p.generated(pos);
+                    for (a, b) in got.iter().zip(&p.want[pos * p.c.q_dim()..]) {
+                        assert!((a - b).abs() < TOL, "{what}: generated row {pos}: {a} vs {b}");
+                    }
+                    let tiled = p.chunk(pos, pos + 1);
+                    off = got.iter().zip(&tiled).map(|(a, b)| (a - b).abs()).fold(off, f32::max);
+                }
+                assert!(off > 0.0, "{what}: decode rows gave the bf16 tile's bits; they multiply in f32");
+                let (len, prompt_rows) = (200, 150);
+                let got = p.attend(0, len, prompt_rows);
+                let qd = p.c.q_dim();
+                let mut want = p.chunk(0, prompt_rows);
+                for pos in prompt_rows..len {
+                    want.extend(p.generated(pos));
+                }
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: recompute");
+                assert_eq!(got.len(), len * qd);
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_tiles_are_chosen_only_where_they_run_and_fit() {
+        use AttentionPrecision::*;
+        let here = bf16_tiles_run_here();
+        assert_eq!(Auto.resolve(true, false, 64), Ok(here));
+        assert_eq!(Auto.resolve(false, false, 64), Ok(false), "float matmuls");
+        assert_eq!(Auto.resolve(true, true, 64), Ok(false), "chunk-invariant");
+        assert_eq!(Auto.resolve(true, false, 6), Ok(false), "head size");
+        assert_eq!(F32.resolve(true, false, 64), Ok(false));
+        assert_eq!(Bf16.resolve(false, false, 64).is_ok(), here, "asked for, with any matmuls");
+        for (invariant, d) in [(true, 64), (false, 6)] {
+            let err = Bf16.resolve(true, invariant, d).expect_err("refused");
+            assert!(err.starts_with("--attention-precision bf16 needs"), "{err}");
         }
     }
 
@@ -796,7 +948,13 @@ mod tests {
     fn same_bits_alone_and_in_a_batch(chunk_invariant: bool) {
         let (heads, kv_heads, d) = (9, 3, 64);
         let c = cfg_with(heads, kv_heads, d);
-        let shape = AttentionShape { num_heads: heads, num_kv_heads: kv_heads, head_dim: d, chunk_invariant };
+        let shape = AttentionShape {
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: d,
+            chunk_invariant,
+            bf16_tiles: false,
+        };
         let (qd, kd, bs) = (c.q_dim(), c.kv_dim(), 16);
         let mut cache = PagedKvCache::new(&c, bs, 24, KvDtype::F16);
         // Sequence s owns blocks 8s..8s+8; each has 100 positions cached.
@@ -874,7 +1032,13 @@ mod tests {
     #[test]
     fn sequences_in_one_step_do_not_see_each_other() {
         let c = cfg();
-        let shape = AttentionShape { num_heads: 4, num_kv_heads: 2, head_dim: 8, chunk_invariant: false };
+        let shape = AttentionShape {
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            chunk_invariant: false,
+            bf16_tiles: false,
+        };
         let (q, k, v) = (pseudo(3 * c.q_dim(), 4), pseudo(3 * c.kv_dim(), 5), pseudo(3 * c.kv_dim(), 6));
         let mut cache = PagedKvCache::new(&c, 4, 4, KvDtype::F32);
         let (ta, tb) = ([0u32], [1u32]);

@@ -82,7 +82,14 @@ pub fn tile_kernel<T: Cached>() -> TileFn<T> {
 /// # Panics
 /// If a cached region lies outside `k` or `v`, the tile has more rows than `w`, or the
 /// queries or outputs do not hold the tile's rows.
-fn check<T>(kv: &PagedRows<'_, T>, geo: &HeadGeometry, t: &TileRows, q: &[f32], out: &[f32], w: usize) {
+pub(super) fn check<T>(
+    kv: &PagedRows<'_, T>,
+    geo: &HeadGeometry,
+    t: &TileRows,
+    q: &[f32],
+    out: &[f32],
+    w: usize,
+) {
     let d = geo.head_dim;
     kv.check(d);
     assert!(t.rows >= 1 && t.rows <= w, "tile of {} rows for {w} lanes", t.rows);
@@ -456,7 +463,7 @@ pub(super) unsafe fn widen_group<T: Cached, S: Lanes>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use half::f16;
 
     use crate::backend::cpu::e4m3::E4m3;
@@ -468,7 +475,13 @@ mod tests {
     /// Dense causal attention of one KV head's group in f64: row `i` of the tile (at
     /// position `first_pos + i`) over rows `0..=first_pos + i` of `k` and `v`, which
     /// are dense here (position `p`'s row at `p * d`).
-    fn reference(k: &[f32], v: &[f32], geo: &HeadGeometry, t: &TileRows, q: &[f32]) -> Vec<f32> {
+    pub(in super::super) fn reference(
+        k: &[f32],
+        v: &[f32],
+        geo: &HeadGeometry,
+        t: &TileRows,
+        q: &[f32],
+    ) -> Vec<f32> {
         let (d, g) = (geo.head_dim, geo.group);
         let mut out = vec![0.0; t.rows * t.stride];
         for i in 0..t.rows {

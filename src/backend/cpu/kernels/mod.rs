@@ -38,6 +38,9 @@ mod remainder_acts;
 mod select;
 #[cfg(test)]
 mod tests;
+
+#[cfg(target_arch = "x86_64")]
+pub use amx_bf16::bf16_bits;
 mod tile;
 
 use candle_core::quantized::{GgmlDType, QTensor};
