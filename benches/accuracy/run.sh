@@ -7,6 +7,9 @@
 #
 #   benches/accuracy/run.sh [OUT_DIR]      (needs `cargo build --release`)
 #   ACTS="int8 f32" KVS=fp8 benches/accuracy/run.sh DIR     (a subset of the runs)
+#   ATTNS="f32 bf16" ACTS=int8 KVS=f16 benches/accuracy/run.sh DIR
+#                                  (`--attention-precision` too; default: auto only)
+# Deeper in a context: benches/accuracy/long_context.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,12 +31,15 @@ print(json.dumps({"sequences": [{"prompt": p["prompt_ids"]} for p in ref["prompt
 
 for acts in ${ACTS:-int8 int16 f32}; do
     for kv in ${KVS:-f16 f32 fp8}; do
-        run="$acts-kv-$kv"
-        INFLIGHT_LOG=warn "$BIN" score --model "$MODEL" --input "$WORK/input.json" --greedy 1 \
-            --activations "$acts" --kv-cache-dtype "$kv" --output "$WORK/$run"
-        INFLIGHT_LOG=warn "$BIN" generate --model "$MODEL" --chat --max-tokens 16 \
-            --activations "$acts" --kv-cache-dtype "$kv" \
-            --prompt "What is the capital of France?" > "$WORK/$run.france.txt"
+        for attn in ${ATTNS:-auto}; do
+            run="$acts-kv-$kv"
+            [ "$attn" = auto ] || run="$run-attention-$attn"
+            INFLIGHT_LOG=warn "$BIN" score --model "$MODEL" --input "$WORK/input.json" --greedy 1 \
+                --activations "$acts" --kv-cache-dtype "$kv" --attention-precision "$attn" --output "$WORK/$run"
+            INFLIGHT_LOG=warn "$BIN" generate --model "$MODEL" --chat --max-tokens 16 \
+                --activations "$acts" --kv-cache-dtype "$kv" --attention-precision "$attn" \
+                --prompt "What is the capital of France?" > "$WORK/$run.france.txt"
+        done
     done
 done
 python3 benches/accuracy/compare.py "$REF" "$WORK" | tee "$OUT/summary.md"
