@@ -608,6 +608,16 @@ mod tests {
     /// bf16 tiles round queries, K, weights and V to 8 significant bits.
     const BF16_TOL: f32 = 2e-2;
 
+    /// An attention shape with f32 tiles.
+    fn shape(
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        chunk_invariant: bool,
+    ) -> AttentionShape {
+        AttentionShape { num_heads, num_kv_heads, head_dim, chunk_invariant, bf16_tiles: false }
+    }
+
     /// `x` as a cache of `dtype` stores it.
     fn stored(dtype: KvDtype, x: &[f32]) -> Vec<f32> {
         match dtype {
@@ -633,13 +643,7 @@ mod tests {
             let (t, bs) = (11, 4);
             let (q, k, v) = (pseudo(t * c.q_dim(), 1), pseudo(t * c.kv_dim(), 2), pseudo(t * c.kv_dim(), 3));
             let want = reference(&q, &stored(dtype, &k), &stored(dtype, &v), t, &c);
-            let shape = AttentionShape {
-                num_heads: heads,
-                num_kv_heads: kv_heads,
-                head_dim: d,
-                chunk_invariant: true,
-                bf16_tiles: false,
-            };
+            let shape = shape(heads, kv_heads, d, true);
             let mut cache = PagedKvCache::new(&c, bs, 8, dtype);
             // Non-contiguous, out-of-order blocks; prefill 7 tokens then 4 more.
             let table = [5u32, 0, 6];
@@ -715,13 +719,7 @@ mod tests {
                 all_logits: false,
             };
             write_kv(&mut cache, 0, &KvWrites::new(bs, &[span]), &k, &v);
-            let shape = AttentionShape {
-                num_heads: heads,
-                num_kv_heads: kv_heads,
-                head_dim: d,
-                chunk_invariant,
-                bf16_tiles: false,
-            };
+            let shape = shape(heads, kv_heads, d, chunk_invariant);
             Prompt { c, shape, cache, table, q, want, tol: TOL }
         }
 
@@ -948,13 +946,7 @@ mod tests {
     fn same_bits_alone_and_in_a_batch(chunk_invariant: bool) {
         let (heads, kv_heads, d) = (9, 3, 64);
         let c = cfg_with(heads, kv_heads, d);
-        let shape = AttentionShape {
-            num_heads: heads,
-            num_kv_heads: kv_heads,
-            head_dim: d,
-            chunk_invariant,
-            bf16_tiles: false,
-        };
+        let shape = shape(heads, kv_heads, d, chunk_invariant);
         let (qd, kd, bs) = (c.q_dim(), c.kv_dim(), 16);
         let mut cache = PagedKvCache::new(&c, bs, 24, KvDtype::F16);
         // Sequence s owns blocks 8s..8s+8; each has 100 positions cached.

@@ -201,16 +201,11 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const P: usize, const C
             s.qt[j * w + i] = x * geo.scale;
         }
     }
-    s.ot.clear();
-    s.ot.resize(g * d * w, 0.0);
-    s.max.clear();
-    s.max.resize(g * w, f32::NEG_INFINITY);
-    s.sum.clear();
-    s.sum.resize(g * w, 0.0);
-    s.kt.clear();
-    s.kt.resize(C * d, 0.0);
-    s.vc.clear();
-    s.vc.resize(C * d, 0.0);
+    refill(&mut s.ot, g * d * w, 0.0);
+    refill(&mut s.max, g * w, f32::NEG_INFINITY);
+    refill(&mut s.sum, g * w, 0.0);
+    refill(&mut s.kt, C * d, 0.0);
+    refill(&mut s.vc, C * d, 0.0);
     let (kt, vc) = (s.kt.as_mut_ptr(), s.vc.as_mut_ptr());
     let bufs = Bufs {
         qt: s.qt.as_ptr(),
@@ -225,13 +220,7 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const P: usize, const C
     while c0 < n {
         let cols = (n - c0).min(C);
         widen_group::<T, S>(kv, d, c0, cols, C, kt, vc);
-        // Row i (position first_pos + i) sees column c (position c0 + c) when
-        // c0 + c <= first_pos + i: lanes below c0 + c - first_pos are hidden.
-        let mut first = [0usize; C];
-        for (c, f) in first.iter_mut().enumerate() {
-            *f = if c < cols { (c0 + c).saturating_sub(t.first_pos).min(w) } else { w };
-        }
-        let masked = first[C - 1] > 0;
+        let (first, masked) = causal_mask::<C>(c0, cols, t.first_pos, w);
 
         let mut h = 0;
         while h + P <= g {
@@ -254,6 +243,87 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const P: usize, const C
             }
         }
     }
+}
+
+/// For a group of `C` columns from position `c0` (`cols` of them cached), the first
+/// lane (tile row) that may see each column, and whether any column hides a lane: row
+/// `i` (position `first_pos + i`) sees column `c` when `c0 + c <= first_pos + i`.
+/// Columns past `cols` are hidden from every lane.
+#[inline(always)]
+pub(super) fn causal_mask<const C: usize>(
+    c0: usize,
+    cols: usize,
+    first_pos: usize,
+    w: usize,
+) -> ([usize; C], bool) {
+    let mut first = [0usize; C];
+    for (c, f) in first.iter_mut().enumerate() {
+        *f = if c < cols { (c0 + c).saturating_sub(first_pos).min(w) } else { w };
+    }
+    (first, first[C - 1] > 0)
+}
+
+/// The exponential a kernel's softmax weights take. A type, not a closure: a closure is
+/// a function of its own that does not inherit the kernel's `#[target_feature]`s unless
+/// written inside the annotated function itself.
+pub(super) trait WeightExp<S: Lanes> {
+    /// `exp(x)` for `x <= 0`, 0 for -inf.
+    ///
+    /// # Safety
+    /// `S`'s instruction sets must be available.
+    unsafe fn exp(x: S::V) -> S::V;
+}
+
+/// The f32 tiles' exponential, [`Lanes::exp_nonpositive`].
+pub(super) struct ExactExp;
+
+impl<S: Lanes> WeightExp<S> for ExactExp {
+    #[inline(always)]
+    unsafe fn exp(x: S::V) -> S::V {
+        S::exp_nonpositive(x)
+    }
+}
+
+/// The online softmax's step over one group's scores `sc` (a lane per row): hides the
+/// masked lanes, moves the running maximum at `mx` and sum at `sm` on, turns the
+/// scores into this group's weights with `E`, and returns the factor that rescales
+/// what was accumulated under the old maximum.
+///
+/// # Safety
+/// `S`'s instruction sets must be available; `mx` and `sm` hold `S::W` values.
+#[inline(always)]
+pub(super) unsafe fn softmax_step<S: Lanes, E: WeightExp<S>, const C: usize>(
+    sc: &mut [S::V; C],
+    first: &[usize; C],
+    masked: bool,
+    mx: *mut f32,
+    sm: *mut f32,
+) -> S::V {
+    if masked {
+        for (a, &f) in sc.iter_mut().zip(first) {
+            *a = S::hide_below(*a, f);
+        }
+    }
+    let old = S::load(mx);
+    let mut new = old;
+    for &a in sc.iter() {
+        new = S::max(new, a);
+    }
+    let alpha = E::exp(S::sub(old, new));
+    let mut total = S::splat(0.0);
+    for a in sc.iter_mut() {
+        *a = E::exp(S::sub(*a, new));
+        total = S::add(total, *a);
+    }
+    S::store(mx, new);
+    S::store(sm, S::fma(S::load(sm), alpha, total));
+    alpha
+}
+
+/// `v` as `n` copies of `x`, keeping its allocation: a tile's scratch buffer reset.
+pub(super) fn refill<T: Copy>(v: &mut Vec<T>, n: usize, x: T) {
+    v.clear();
+    v.resize(n, x);
 }
 
 /// A tile's scratch buffers (see [`TileScratch`]) as pointers, for the unchecked loops.
@@ -313,27 +383,8 @@ unsafe fn heads<S: Lanes, const C: usize, const P: usize, const CB: usize>(
     let mut alpha = [S::splat(0.0); P];
     for p in 0..P {
         let sc = &mut sc[p];
-        if masked {
-            for (a, &f) in sc.iter_mut().zip(first) {
-                *a = S::hide_below(*a, f);
-            }
-        }
-        // Online softmax: the new running maximum, the factor that rescales what was
-        // accumulated under the old one, this group's weights.
         let (mx, sm) = (mx.add((h + p) * w), sm.add((h + p) * w));
-        let old = S::load(mx);
-        let mut new = old;
-        for &a in sc.iter() {
-            new = S::max(new, a);
-        }
-        alpha[p] = S::exp_nonpositive(S::sub(old, new));
-        let mut total = S::splat(0.0);
-        for a in sc.iter_mut() {
-            *a = S::exp_nonpositive(S::sub(*a, new));
-            total = S::add(total, *a);
-        }
-        S::store(mx, new);
-        S::store(sm, S::fma(S::load(sm), alpha[p], total));
+        alpha[p] = softmax_step::<S, ExactExp, C>(sc, first, masked, mx, sm);
     }
     for p in 0..P {
         weigh::<S, C, 4>(d, oh[p], alpha[p], &sc[p], vc);

@@ -19,7 +19,7 @@ use std::arch::x86_64::*;
 
 use super::head::{HeadGeometry, PagedRows};
 use super::lanes::{Avx512Lanes, Cached, Lanes};
-use super::tiled::{widen_group, TileRows};
+use super::tiled::{causal_mask, refill, softmax_step, widen_group, TileRows, WeightExp};
 use crate::backend::cpu::kernels::bf16_bits;
 
 /// Query rows per tile (one per lane) and positions per column group.
@@ -115,6 +115,16 @@ unsafe fn exp_weights(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
+/// [`exp_weights`] for the shared softmax step.
+struct WeightsExp;
+
+impl WeightExp<Avx512Lanes> for WeightsExp {
+    #[inline(always)]
+    unsafe fn exp(x: __m512) -> __m512 {
+        exp_weights(x)
+    }
+}
+
 /// `acc + a · b` over each lane's two bf16 pairs, `b` one pair broadcast.
 #[inline(always)]
 unsafe fn dot2(acc: __m512, a: __m512i, b: u32) -> __m512 {
@@ -141,8 +151,7 @@ unsafe fn body<T: Cached>(
 ) {
     type S = Avx512Lanes;
     let (g, dh, n) = (geo.group, d / 2, kv.len);
-    s.qp.clear();
-    s.qp.resize(g * dh * W, 0);
+    refill(&mut s.qp, g * dh * W, 0);
     for i in 0..t.rows {
         let row = &q[i * t.stride..i * t.stride + g * d];
         for (hj, pair) in row.chunks_exact(2).enumerate() {
@@ -150,20 +159,13 @@ unsafe fn body<T: Cached>(
             s.qp[hj * W + i] = u32::from(lo) | u32::from(hi) << 16;
         }
     }
-    s.ot.clear();
-    s.ot.resize(g * d * W, 0.0);
-    s.max.clear();
-    s.max.resize(g * W, f32::NEG_INFINITY);
-    s.sum.clear();
-    s.sum.resize(g * W, 0.0);
-    s.kt.clear();
-    s.kt.resize(C * d, 0.0);
-    s.vc.clear();
-    s.vc.resize(C * d, 0.0);
-    s.kp.clear();
-    s.kp.resize(dh * C, 0);
-    s.vp.clear();
-    s.vp.resize(C / 2 * d, 0);
+    refill(&mut s.ot, g * d * W, 0.0);
+    refill(&mut s.max, g * W, f32::NEG_INFINITY);
+    refill(&mut s.sum, g * W, 0.0);
+    refill(&mut s.kt, C * d, 0.0);
+    refill(&mut s.vc, C * d, 0.0);
+    refill(&mut s.kp, dh * C, 0);
+    refill(&mut s.vp, C / 2 * d, 0);
     let (qp, ot, mx, sm) = (s.qp.as_ptr(), s.ot.as_mut_ptr(), s.max.as_mut_ptr(), s.sum.as_mut_ptr());
     let (kt, vc, kp, vp) = (s.kt.as_mut_ptr(), s.vc.as_mut_ptr(), s.kp.as_mut_ptr(), s.vp.as_mut_ptr());
 
@@ -199,13 +201,7 @@ unsafe fn body<T: Cached>(
                 }
             }
         }
-        // Row i (position first_pos + i) sees column c (position c0 + c) when
-        // c0 + c <= first_pos + i: lanes below c0 + c - first_pos are hidden.
-        let mut first = [0usize; C];
-        for (c, f) in first.iter_mut().enumerate() {
-            *f = if c < cols { (c0 + c).saturating_sub(t.first_pos).min(W) } else { W };
-        }
-        let masked = first[C - 1] > 0;
+        let (first, masked) = causal_mask::<C>(c0, cols, t.first_pos, W);
 
         for h in 0..g {
             let mut sc = [_mm512_setzero_ps(); C];
@@ -216,25 +212,8 @@ unsafe fn body<T: Cached>(
                     *a = dot2(*a, qx, *kp.add(j * C + c));
                 }
             }
-            if masked {
-                for (a, &f) in sc.iter_mut().zip(&first) {
-                    *a = S::hide_below(*a, f);
-                }
-            }
             let (mxh, smh) = (mx.add(h * W), sm.add(h * W));
-            let old = S::load(mxh);
-            let mut new = old;
-            for &a in &sc {
-                new = S::max(new, a);
-            }
-            let alpha = exp_weights(S::sub(old, new));
-            let mut total = S::splat(0.0);
-            for a in sc.iter_mut() {
-                *a = exp_weights(S::sub(*a, new));
-                total = S::add(total, *a);
-            }
-            S::store(mxh, new);
-            S::store(smh, S::fma(S::load(smh), alpha, total));
+            let alpha = softmax_step::<S, WeightsExp, C>(&mut sc, &first, masked, mxh, smh);
             let mut pw = [_mm512_setzero_si512(); C / 2];
             for (p, w) in pw.iter_mut().enumerate() {
                 *w = pairs(sc[2 * p], sc[2 * p + 1]);
