@@ -46,8 +46,7 @@ pub struct Bf16Scratch {
 
 /// Whether this CPU runs the bf16 tiles.
 pub fn available() -> bool {
-    use crate::backend::cpu::kernels::isa;
-    isa::avx512f() && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16")
+    crate::backend::cpu::kernels::isa::avx512_bf16_f16c_fma()
 }
 
 /// Whether a head size suits the kernel: whole vectors of V values
@@ -59,8 +58,8 @@ pub fn fits(head_dim: usize) -> bool {
 /// The tile kernel (see `tiled::TileFn`).
 ///
 /// # Panics
-/// If the CPU lacks AVX-512 BF16 or BW, the head size does not [`fits`], or the tile's
-/// bounds fail `tiled`'s checks.
+/// If the CPU lacks an extension the kernel is compiled for ([`available`]), the head
+/// size does not [`fits`], or the tile's bounds fail `tiled`'s checks.
 pub fn attend_tile<T: Cached>(
     kv: &PagedRows<'_, T>,
     geo: &HeadGeometry,
@@ -69,10 +68,10 @@ pub fn attend_tile<T: Cached>(
     out: &mut [f32],
     s: &mut Bf16Scratch,
 ) {
-    assert!(available(), "AVX-512 BF16 missing");
+    assert!(available(), "AVX-512 BF16, BW or VL, F16C or FMA missing");
     assert!(fits(geo.head_dim), "head size {} is not a multiple of {W}", geo.head_dim);
     super::tiled::check(kv, geo, t, q, out, W);
-    // SAFETY: the CPU has AVX-512 F, BW and BF16; `check` bounds every access.
+    // SAFETY: the CPU has every extension `body` is compiled for; `check` bounds every access.
     unsafe {
         match geo.head_dim {
             64 => body::<T>(kv, 64, geo, t, q, out, s),
@@ -137,7 +136,7 @@ unsafe fn dot2(acc: __m512, a: __m512i, b: u32) -> __m512 {
 }
 
 /// # Safety
-/// AVX-512 F, BW and BF16 must be available; `tiled::check` must have passed for `W`,
+/// [`available`] must hold; `tiled::check` must have passed for `W`,
 /// and `d` is `geo.head_dim`, a multiple of `W`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,f16c,fma")]
 unsafe fn body<T: Cached>(

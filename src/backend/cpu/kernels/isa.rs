@@ -26,6 +26,17 @@ pub fn avx512f_bw_vnni() -> bool {
     avx512f() && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
 }
 
+/// `avx512f,avx512bw,avx512vl,avx512bf16,f16c,fma`: the bf16 attention tiles.
+#[inline]
+pub fn avx512_bf16_f16c_fma() -> bool {
+    avx512f()
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bf16")
+        && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("fma")
+}
+
 /// CPUID leaf 7, EDX: AMX-BF16 (bit 22), AMX-TILE (bit 24), AMX-INT8 (bit 25). The
 /// standard library's detection macro has no stable names for them. Read once: in a
 /// VM every `cpuid` traps to the hypervisor, and the bf16 path asks on every call.
