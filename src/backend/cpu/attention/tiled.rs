@@ -234,12 +234,28 @@ unsafe fn tile_body<T: Cached, S: Lanes, const C: usize, const P: usize, const C
         c0 += C;
     }
 
+    write_out(t, g, d, w, &s.sum, out, |h, i, x| s.ot[(h * w + i) * d + x]);
+}
+
+/// Each of the tile's rows and `g` heads' `d` outputs into `out` (row `i` at
+/// `i * t.out_stride`): the unnormalised value `acc(h, i, x)` over the head's softmax
+/// sum for the row (`sum[h * w + i]`).
+#[inline(always)]
+pub(super) fn write_out(
+    t: &TileRows,
+    g: usize,
+    d: usize,
+    w: usize,
+    sum: &[f32],
+    out: &mut [f32],
+    acc: impl Fn(usize, usize, usize) -> f32,
+) {
     for h in 0..g {
         for i in 0..t.rows {
-            let inv = 1.0 / s.sum[h * w + i];
+            let inv = 1.0 / sum[h * w + i];
             let row = &mut out[i * t.out_stride + h * d..i * t.out_stride + (h + 1) * d];
             for (x, o) in row.iter_mut().enumerate() {
-                *o = s.ot[(h * w + i) * d + x] * inv;
+                *o = acc(h, i, x) * inv;
             }
         }
     }

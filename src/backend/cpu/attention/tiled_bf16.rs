@@ -19,7 +19,7 @@ use std::arch::x86_64::*;
 
 use super::head::{HeadGeometry, PagedRows};
 use super::lanes::{Avx512Lanes, Cached, Lanes};
-use super::tiled::{causal_mask, refill, softmax_step, widen_group, TileRows, WeightExp};
+use super::tiled::{causal_mask, refill, softmax_step, widen_group, write_out, TileRows, WeightExp};
 use crate::backend::cpu::kernels::bf16_bits;
 
 /// Query rows per tile (one per lane) and positions per column group.
@@ -236,15 +236,7 @@ unsafe fn body<T: Cached>(
         c0 += C;
     }
 
-    for h in 0..g {
-        for i in 0..t.rows {
-            let inv = 1.0 / s.sum[h * W + i];
-            let row = &mut out[i * t.out_stride + h * d..i * t.out_stride + (h + 1) * d];
-            for (x, o) in row.iter_mut().enumerate() {
-                *o = s.ot[(h * d + x) * W + i] * inv;
-            }
-        }
-    }
+    write_out(t, g, d, W, &s.sum, out, |h, i, x| s.ot[(h * d + x) * W + i]);
 }
 
 #[cfg(test)]
