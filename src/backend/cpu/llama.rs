@@ -369,11 +369,17 @@ impl Llama {
     /// Whether every layer's matmuls take quantized weights, and so (with int8
     /// activations) round their inputs to 8 bits.
     pub fn quantized_layers(&self) -> bool {
-        self.blocks.iter().all(|b| {
+        self.layer_linears().all(Linear::is_quantized)
+    }
+
+    /// Every layer's weight matrices (stacked ones counting once), the output head not
+    /// included.
+    fn layer_linears(&self) -> impl Iterator<Item = &Linear> {
+        self.blocks.iter().flat_map(|b| {
             let mut l = b.attn.qkv.linears();
             l.push(&b.attn.wo);
             l.extend(b.mlp.linears());
-            l.iter().all(|l| l.is_quantized())
+            l
         })
     }
 
@@ -381,13 +387,7 @@ impl Llama {
     /// computes, keyed by [`Linear::implementation`].
     pub fn matmul_implementations(&self) -> std::collections::BTreeMap<String, usize> {
         let mut counts = std::collections::BTreeMap::new();
-        let per_block = self.blocks.iter().flat_map(|b| {
-            let mut l = b.attn.qkv.linears();
-            l.push(&b.attn.wo);
-            l.extend(b.mlp.linears());
-            l
-        });
-        for linear in per_block.chain([&self.lm_head]) {
+        for linear in self.layer_linears().chain([&self.lm_head]) {
             *counts.entry(linear.implementation()).or_insert(0) += 1;
         }
         counts
