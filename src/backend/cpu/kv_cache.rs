@@ -1,21 +1,23 @@
 //! The paged KV cache in host memory: per layer, one K and one V array of
-//! `num_blocks` blocks, each laid out head-major: `num_kv_heads` regions of
-//! `block_size × head_dim` values, so one KV head's share of a block is contiguous
-//! (attention reads a KV head at a time; this way it streams whole runs of a few KiB
-//! instead of every third quarter of each token's row). Within a region V is
-//! position-major (`[position][value]`) and K is value-major (`[value][position]`): the
-//! attention kernels give each position of a block a vector lane, so a K vector is one
-//! value of consecutive positions, loaded as it is stored instead of transposed in
-//! registers. Which blocks belong to which sequence is the engine's business (its block
-//! table arrives with every step); this type only stores values where a block table
-//! says.
+//! `num_blocks` blocks for each KV head, laid out head-major: KV head `h`'s regions of
+//! `block_size × head_dim` values, block after block, then head `h + 1`'s. Attention
+//! reads one KV head of one sequence at a time, so a sequence whose blocks are
+//! consecutive is one run of memory per head, which the hardware prefetcher follows;
+//! with the heads inside each block, that run had gaps every region and decode read
+//! its cache at half the speed (`benches/results/2026-12-07-kv-head-major/`). Within a
+//! region V is position-major (`[position][value]`) and K is value-major
+//! (`[value][position]`): the attention kernels give each position of a block a
+//! vector lane, so a K vector is one value of consecutive positions, loaded as it is
+//! stored instead of transposed in registers. Which blocks belong to which sequence is
+//! the engine's business (its block table arrives with every step); this type only
+//! stores values where a block table says.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use half::vec::HalfBitsVecExt;
 
 use super::e4m3::{self, E4m3};
-use super::kv_prefault::{PoolArray, Prefaulter};
+use super::kv_prefault::{blocks_ahead, PoolArray, Prefaulter};
 use crate::model::config::LlamaConfig;
 
 /// How cached K and V values are stored. f16 is the default (as in llama.cpp and
@@ -75,51 +77,62 @@ impl LayerKv {
         }
     }
 
-    /// Where the K and V buffers are, for the prefaulter.
-    fn arrays(&self) -> [PoolArray; 2] {
-        fn of<T>(v: &[T]) -> PoolArray {
-            PoolArray { addr: v.as_ptr() as usize, bytes: std::mem::size_of_val(v) }
+    /// Where each KV head's part of the K and V buffers is (`heads` parts of each),
+    /// for the prefaulter.
+    fn arrays(&self, heads: usize) -> Vec<PoolArray> {
+        fn of<T>(v: &[T], heads: usize) -> impl Iterator<Item = PoolArray> + '_ {
+            v.chunks_exact(v.len() / heads.max(1))
+                .map(|part| PoolArray { addr: part.as_ptr() as usize, bytes: std::mem::size_of_val(part) })
         }
         match self {
-            LayerKv::F32 { k, v } => [of(k), of(v)],
-            LayerKv::F16 { k, v } => [of(k), of(v)],
-            LayerKv::Fp8 { k, v } => [of(k), of(v)],
+            LayerKv::F32 { k, v } => of(k, heads).chain(of(v, heads)).collect(),
+            LayerKv::F16 { k, v } => of(k, heads).chain(of(v, heads)).collect(),
+            LayerKv::Fp8 { k, v } => of(k, heads).chain(of(v, heads)).collect(),
         }
     }
 
-    /// Mutable views of `blocks` (strictly increasing block numbers), K and V, a block
-    /// (`block_len` values: all its KV heads' regions) each: writers on several threads
-    /// each hold their own blocks.
+    /// Mutable views of `blocks` (strictly increasing block numbers) for writing, each
+    /// with its `heads` regions of `region_len` values in K and in V: writers on several
+    /// threads each hold their own blocks.
     ///
     /// # Panics
     /// If the blocks are not strictly increasing or lie outside the pool.
-    pub fn blocks_mut(&mut self, blocks: &[usize], block_len: usize) -> Vec<BlockMut<'_>> {
-        fn split<'a, T>(mut rest: &'a mut [T], blocks: &[usize], len: usize) -> Vec<&'a mut [T]> {
-            let mut at = 0;
-            let mut out = Vec::with_capacity(blocks.len());
-            for &b in blocks {
-                assert!(b * len >= at, "blocks {blocks:?} not strictly increasing");
-                let (_, tail) = std::mem::take(&mut rest).split_at_mut(b * len - at);
-                let (block, tail) = tail.split_at_mut(len);
-                out.push(block);
-                (rest, at) = (tail, (b + 1) * len);
+    pub fn blocks_mut(&mut self, blocks: &[usize], heads: usize, region_len: usize) -> Vec<BlockMut<'_>> {
+        /// Each block's region in every head's part of `array`: `[block][head]`.
+        fn split<'a, T>(
+            array: &'a mut [T],
+            blocks: &[usize],
+            heads: usize,
+            len: usize,
+        ) -> Vec<Vec<&'a mut [T]>> {
+            let mut out: Vec<Vec<&mut [T]>> = blocks.iter().map(|_| Vec::with_capacity(heads)).collect();
+            let per_head = array.len() / heads.max(1);
+            for head in array.chunks_exact_mut(per_head) {
+                let (mut rest, mut at) = (head, 0);
+                for (&b, regions) in blocks.iter().zip(&mut out) {
+                    assert!(b * len >= at, "blocks {blocks:?} not strictly increasing");
+                    let (_, tail) = std::mem::take(&mut rest).split_at_mut(b * len - at);
+                    let (region, tail) = tail.split_at_mut(len);
+                    regions.push(region);
+                    (rest, at) = (tail, (b + 1) * len);
+                }
             }
             out
         }
         match self {
-            LayerKv::F32 { k, v } => split(k, blocks, block_len)
+            LayerKv::F32 { k, v } => split(k, blocks, heads, region_len)
                 .into_iter()
-                .zip(split(v, blocks, block_len))
+                .zip(split(v, blocks, heads, region_len))
                 .map(|(k, v)| BlockMut::F32 { k, v })
                 .collect(),
-            LayerKv::F16 { k, v } => split(k, blocks, block_len)
+            LayerKv::F16 { k, v } => split(k, blocks, heads, region_len)
                 .into_iter()
-                .zip(split(v, blocks, block_len))
+                .zip(split(v, blocks, heads, region_len))
                 .map(|(k, v)| BlockMut::F16 { k, v })
                 .collect(),
-            LayerKv::Fp8 { k, v } => split(k, blocks, block_len)
+            LayerKv::Fp8 { k, v } => split(k, blocks, heads, region_len)
                 .into_iter()
-                .zip(split(v, blocks, block_len))
+                .zip(split(v, blocks, heads, region_len))
                 .map(|(k, v)| BlockMut::Fp8 { k, v })
                 .collect(),
         }
@@ -139,65 +152,66 @@ impl LayerKv {
     }
 }
 
-/// One block of one layer's K and V (see [`LayerKv::blocks_mut`]); regions are
-/// offsets from the block's start.
+/// One block of one layer's K and V (see [`LayerKv::blocks_mut`]): each KV head's
+/// region, in K and in V.
 pub enum BlockMut<'a> {
-    F32 { k: &'a mut [f32], v: &'a mut [f32] },
-    F16 { k: &'a mut [f16], v: &'a mut [f16] },
-    Fp8 { k: &'a mut [E4m3], v: &'a mut [E4m3] },
+    F32 { k: Vec<&'a mut [f32]>, v: Vec<&'a mut [f32]> },
+    F16 { k: Vec<&'a mut [f16]>, v: Vec<&'a mut [f16]> },
+    Fp8 { k: Vec<&'a mut [E4m3]>, v: Vec<&'a mut [E4m3]> },
 }
 
 impl BlockMut<'_> {
-    /// Stores one position's K and V values for the KV head whose region starts at
-    /// `region`, at `index` in the block, converted to the cache's type: V as a row, K
-    /// as a column of the region (stride `block_size`).
-    pub fn store(&mut self, region: usize, index: usize, block_size: usize, k_row: &[f32], v_row: &[f32]) {
+    /// Stores one position's K and V values for KV head `head`, at `index` in the
+    /// block, converted to the cache's type: V as a row, K as a column of the region
+    /// (stride `block_size`).
+    pub fn store(&mut self, head: usize, index: usize, block_size: usize, k_row: &[f32], v_row: &[f32]) {
         /// `values`, each converted by `to`, down the column of `k` that starts at `at`.
         fn scatter<S: Copy, T>(k: &mut [T], at: usize, block_size: usize, values: &[S], to: impl Fn(S) -> T) {
             for (dst, &x) in k[at..].iter_mut().step_by(block_size).zip(values) {
                 *dst = to(x);
             }
         }
-        let (d, at) = (v_row.len(), region + index * v_row.len());
+        let (d, at) = (v_row.len(), index * v_row.len());
         match self {
             BlockMut::F32 { k, v } => {
-                v[at..at + d].copy_from_slice(v_row);
-                scatter(k, region + index, block_size, k_row, |x| x);
+                v[head][at..at + d].copy_from_slice(v_row);
+                scatter(k[head], index, block_size, k_row, |x| x);
             }
             BlockMut::F16 { k, v } => {
-                v[at..at + d].convert_from_f32_slice(v_row);
+                v[head][at..at + d].convert_from_f32_slice(v_row);
                 // Converted as a row (vectorised), then spread over the column.
                 const CHUNK: usize = 256;
                 let mut narrow = [f16::ZERO; CHUNK];
                 for (part, values) in k_row.chunks(CHUNK).enumerate() {
                     let narrow = &mut narrow[..values.len()];
                     narrow.convert_from_f32_slice(values);
-                    scatter(k, region + part * CHUNK * block_size + index, block_size, narrow, |x| x);
+                    scatter(k[head], part * CHUNK * block_size + index, block_size, narrow, |x| x);
                 }
             }
             BlockMut::Fp8 { k, v } => {
-                e4m3::narrow(v_row, &mut v[at..at + d]);
-                scatter(k, region + index, block_size, k_row, E4m3::from_f32);
+                e4m3::narrow(v_row, &mut v[head][at..at + d]);
+                scatter(k[head], index, block_size, k_row, E4m3::from_f32);
             }
         }
     }
 
-    /// Asks for the lines a [`BlockMut::store`] at (`region`, `index`) writes to be
-    /// brought into L1: the V row of `d` values, and with `whole_k` the K region of
-    /// `n` values (a K column touches a line of nearly every value; later stores to the
-    /// same region find them in cache).
-    pub fn prefetch(&self, region: usize, index: usize, d: usize, whole_k: bool, n: usize) {
-        fn lines<T>(k: &[T], v: &[T], k_span: std::ops::Range<usize>, v_span: std::ops::Range<usize>) {
+    /// Asks for the lines a [`BlockMut::store`] at (`head`, `index`) writes to be
+    /// brought into L1: the V row of `d` values, and with `whole_k` the whole K region
+    /// (a K column touches a line of nearly every value; later stores to the same
+    /// region find them in cache).
+    pub fn prefetch(&self, head: usize, index: usize, d: usize, whole_k: bool) {
+        fn lines<T>(k: &[T], v: &[T], whole_k: bool, v_span: std::ops::Range<usize>) {
             use crate::backend::cpu::kernels::prefetch::{prefetch, Level};
-            prefetch(k.get(k_span).unwrap_or(&[]), Level::L1);
+            if whole_k {
+                prefetch(k, Level::L1);
+            }
             prefetch(v.get(v_span).unwrap_or(&[]), Level::L1);
         }
-        let k_span = if whole_k { region..region + n } else { 0..0 };
-        let v_at = region + index * d;
+        let v_span = index * d..(index + 1) * d;
         match self {
-            BlockMut::F32 { k, v } => lines(k, v, k_span, v_at..v_at + d),
-            BlockMut::F16 { k, v } => lines(k, v, k_span, v_at..v_at + d),
-            BlockMut::Fp8 { k, v } => lines(k, v, k_span, v_at..v_at + d),
+            BlockMut::F32 { k, v } => lines(k[head], v[head], whole_k, v_span),
+            BlockMut::F16 { k, v } => lines(k[head], v[head], whole_k, v_span),
+            BlockMut::Fp8 { k, v } => lines(k[head], v[head], whole_k, v_span),
         }
     }
 }
@@ -231,11 +245,13 @@ impl PagedKvCache {
         // when it is first written; the block pool hands out recently freed blocks
         // first, so a server that is not full keeps reusing pages it already has.
         let layers: Vec<LayerKv> = (0..cfg.num_layers).map(|_| LayerKv::zeroed(dtype, len)).collect();
-        let arrays = layers.iter().flat_map(LayerKv::arrays).collect();
-        let block_bytes = block_size * kv_dim * dtype.size();
-        // SAFETY: the arrays are `layers`' buffers, which are never reallocated and are
-        // dropped after the prefaulter (field order).
-        let prefaulter = unsafe { Prefaulter::spawn(arrays, block_bytes, num_blocks) };
+        let heads = kv_dim / cfg.head_dim.max(1);
+        let arrays = layers.iter().flat_map(|l| l.arrays(heads)).collect();
+        let region_bytes = block_size * cfg.head_dim * dtype.size();
+        let ahead = blocks_ahead(block_size * kv_dim * dtype.size());
+        // SAFETY: the arrays are parts of `layers`' buffers, which are never reallocated
+        // and are dropped after the prefaulter (field order).
+        let prefaulter = unsafe { Prefaulter::spawn(arrays, region_bytes, num_blocks, ahead) };
         Self { prefaulter, block_size, num_blocks, kv_dim, head_dim: cfg.head_dim, layers }
     }
 
@@ -288,18 +304,17 @@ impl PagedKvCache {
     /// values, laid out as the module says.
     #[inline]
     pub fn region(&self, block: u32, kv_head: usize) -> usize {
-        block as usize * self.block_len() + self.region_in_block(kv_head)
+        (kv_head * self.num_blocks + block as usize) * self.region_len()
     }
 
-    /// Values of one block in each of K and V: every KV head's region.
-    pub fn block_len(&self) -> usize {
-        self.block_size * self.kv_dim
+    /// Values of one KV head's region of a block, in each of K and V.
+    pub fn region_len(&self) -> usize {
+        self.block_size * self.head_dim
     }
 
-    /// Where KV head `kv_head`'s region starts within any block.
-    #[inline]
-    pub fn region_in_block(&self, kv_head: usize) -> usize {
-        kv_head * self.block_size * self.head_dim
+    /// KV heads: regions in each block.
+    pub fn kv_heads(&self) -> usize {
+        self.kv_dim / self.head_dim.max(1)
     }
 
     /// Appends the regions of KV head `kv_head` for the blocks that hold positions
@@ -339,29 +354,52 @@ mod tests {
         assert!(seen.iter().all(|&x| x), "the regions cover the pool");
     }
 
+    /// A block's view holds each KV head's region of that block, and only those: in
+    /// the head-major layout they are `num_blocks` regions apart.
     #[test]
     fn block_views_are_the_blocks_asked_for() {
-        let mut c = cache(2, 4, 4, 6);
-        let block_len = c.block_len();
-        let mut views = c.layer_mut(0).blocks_mut(&[0, 2, 5], block_len);
+        let (heads, blocks) = (2, 6);
+        let mut c = cache(heads, 4, 4, blocks);
+        let region_len = c.region_len();
+        let mut views = c.layer_mut(0).blocks_mut(&[0, 2, 5], heads, region_len);
         for (view, tag) in views.iter_mut().zip([1.0, 2.0, 3.0]) {
             match view {
                 BlockMut::F32 { k, v } => {
-                    assert_eq!((k.len(), v.len()), (block_len, block_len));
-                    k.fill(tag);
-                    v.fill(-tag);
+                    assert_eq!((k.len(), v.len()), (heads, heads));
+                    for (h, (k, v)) in k.iter_mut().zip(v.iter_mut()).enumerate() {
+                        assert_eq!((k.len(), v.len()), (region_len, region_len));
+                        k.fill(tag + 10.0 * h as f32);
+                        v.fill(-tag - 10.0 * h as f32);
+                    }
                 }
                 BlockMut::F16 { .. } | BlockMut::Fp8 { .. } => unreachable!("an f32 cache"),
             }
         }
+        let written = [(0, 1.0), (2, 2.0), (5, 3.0)];
         let LayerKv::F32 { k, v } = c.layer(0) else { unreachable!() };
-        for b in 0..6 {
-            let want = [(0, 1.0), (2, 2.0), (5, 3.0)].iter().find(|&&(x, _)| x == b).map_or(0.0, |&(_, t)| t);
-            let range = b * block_len..(b + 1) * block_len;
-            assert!(
-                k[range.clone()].iter().all(|&x| x == want) && v[range].iter().all(|&x| x == -want),
-                "block {b}"
-            );
+        for h in 0..heads {
+            for b in 0..blocks {
+                let want = written.iter().find(|&&(x, _)| x == b).map_or(0.0, |&(_, t)| t + 10.0 * h as f32);
+                let region = c.region(b as u32, h);
+                let range = region..region + region_len;
+                assert!(
+                    k[range.clone()].iter().all(|&x| x == want) && v[range].iter().all(|&x| x == -want),
+                    "head {h} block {b}"
+                );
+            }
+        }
+    }
+
+    /// One KV head's regions of consecutive blocks are one run of memory.
+    #[test]
+    fn a_heads_consecutive_blocks_are_contiguous() {
+        let c = cache(3, 8, 4, 10);
+        for h in 0..3 {
+            let mut regions = Vec::new();
+            c.extend_regions(&[3, 4, 5, 6], 16, h, &mut regions);
+            for pair in regions.windows(2) {
+                assert_eq!(pair[1], pair[0] + c.region_len(), "head {h}");
+            }
         }
     }
 
@@ -372,9 +410,9 @@ mod tests {
             let cfg = LlamaConfig::tiny(2, 2, 3);
             let mut c = PagedKvCache::new(&cfg, 4, 2, dtype);
             let slot = c.slot(&[1, 0], 2, 1);
-            let block_len = c.block_len();
-            let mut blocks = c.layer_mut(0).blocks_mut(&[1], block_len);
-            blocks[0].store(slot.region - block_len, slot.index, 4, &[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);
+            let (heads, region_len) = (c.kv_heads(), c.region_len());
+            let mut blocks = c.layer_mut(0).blocks_mut(&[1], heads, region_len);
+            blocks[0].store(1, slot.index, 4, &[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);
             let (k, v): (Vec<f32>, Vec<f32>) = match c.layer(0) {
                 LayerKv::F32 { k, v } => (k.clone(), v.clone()),
                 LayerKv::F16 { k, v } => {

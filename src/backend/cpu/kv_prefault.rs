@@ -17,9 +17,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// How far past the highest block in use the pages are kept backed, per array: one
-/// huge page, and at least one page.
+/// How far past the highest block in use the pages are kept backed, in bytes of one
+/// layer's K (or V) blocks, all KV heads: one huge page, and at least one block.
 const AHEAD_BYTES: usize = 2 << 20;
+
+/// Blocks kept backed past the highest in use, for blocks of `block_bytes` in each of
+/// one layer's K and V (all KV heads).
+pub fn blocks_ahead(block_bytes: usize) -> usize {
+    AHEAD_BYTES.div_ceil(block_bytes.max(1)).max(1)
+}
 
 /// One array of the pool: where it starts and how long it is, in bytes.
 #[derive(Debug, Clone, Copy)]
@@ -54,12 +60,18 @@ impl std::fmt::Debug for Prefaulter {
 
 impl Prefaulter {
     /// Starts the thread for `arrays`, each `num_blocks` blocks of `block_bytes`, and
-    /// has it back the first blocks at once.
+    /// has it back the first blocks at once; it keeps `ahead_blocks` past the highest
+    /// block in use backed.
     ///
     /// # Safety
     /// Every array must stay allocated until the returned value is dropped (its drop
     /// joins the thread).
-    pub unsafe fn spawn(arrays: Vec<PoolArray>, block_bytes: usize, num_blocks: usize) -> Option<Prefaulter> {
+    pub unsafe fn spawn(
+        arrays: Vec<PoolArray>,
+        block_bytes: usize,
+        num_blocks: usize,
+        ahead_blocks: usize,
+    ) -> Option<Prefaulter> {
         if arrays.is_empty() || block_bytes == 0 || num_blocks == 0 {
             return None;
         }
@@ -69,7 +81,7 @@ impl Prefaulter {
             // block's worth at a time. Best effort: the pool works either way.
             let _ = advise(a.addr, a.addr + a.bytes, a.addr + a.bytes, libc::MADV_NOHUGEPAGE);
         }
-        let ahead_blocks = AHEAD_BYTES.div_ceil(block_bytes).max(1);
+        let ahead_blocks = ahead_blocks.max(1);
         let shared = Arc::new(Shared { target: Mutex::new((0, false)), wake: Condvar::new() });
         let thread = std::thread::Builder::new()
             .name("inflight-kv-prefault".into())
@@ -190,8 +202,8 @@ mod tests {
         let blocks = bytes / block_bytes;
         let array = PoolArray { addr, bytes };
         // SAFETY: the mapping outlives the prefaulter (dropped before munmap).
-        let p = unsafe { Prefaulter::spawn(vec![array], block_bytes, blocks) }.expect("spawned");
-        let ahead = AHEAD_BYTES / block_bytes;
+        let ahead = blocks_ahead(block_bytes);
+        let p = unsafe { Prefaulter::spawn(vec![array], block_bytes, blocks, ahead) }.expect("spawned");
         let wait_for = |pages: usize| {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while resident_pages(addr, bytes) < pages {

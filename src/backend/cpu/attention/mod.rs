@@ -139,26 +139,23 @@ impl KvWrites {
 /// the cache, where `plan` (made for this cache's block size) says.
 pub fn write_kv(cache: &mut PagedKvCache, layer: usize, plan: &KvWrites, k: &[f32], v: &[f32]) {
     let (d, bs) = (cache.head_dim(), cache.block_size());
-    let heads = cache.kv_dim() / d;
-    let regions: Vec<usize> = (0..heads).map(|h| cache.region_in_block(h)).collect();
-    let region_len = bs * d;
-    let block_len = cache.block_len();
-    let mut views = cache.layer_mut(layer).blocks_mut(&plan.blocks, block_len);
+    let (heads, region_len) = (cache.kv_heads(), cache.region_len());
+    let mut views = cache.layer_mut(layer).blocks_mut(&plan.blocks, heads, region_len);
     let write = |(view, run): (&mut BlockMut, &std::ops::Range<usize>)| {
         let run = &plan.rows[run.clone()];
         // The destination rows are cold (often in DRAM); requesting them all first
         // lets their misses overlap instead of stalling the stores one row at a time.
         // A K column touches most of its region, which is asked for once.
-        for &region in &regions {
-            view.prefetch(region, 0, 0, true, region_len);
+        for h in 0..heads {
+            view.prefetch(h, 0, 0, true);
             for &(_, index, _) in run {
-                view.prefetch(region, index, d, false, 0);
+                view.prefetch(h, index, d, false);
             }
         }
         for &(_, index, row) in run {
-            for (h, &region) in regions.iter().enumerate() {
+            for h in 0..heads {
                 let src = (row * heads + h) * d..(row * heads + h + 1) * d;
-                view.store(region, index, bs, &k[src.clone()], &v[src]);
+                view.store(h, index, bs, &k[src.clone()], &v[src]);
             }
         }
     };
