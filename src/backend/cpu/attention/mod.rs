@@ -373,15 +373,31 @@ fn attend_units<T: Cached>(
             )
         },
         || {
-            jobs.into_par_iter().with_min_len(min_jobs).for_each_init(
-                || (RowScratch::default(), Vec::new()),
-                |(scratch, regions), job| {
-                    regions.clear();
-                    let table = &job.span.block_table[job.first_block..];
-                    cache.extend_regions(table, job.len, job.kv_head, regions);
-                    let kv = PagedRows { k, v, regions, block_size, len: job.len };
-                    let kernel = if job.part { part_fn } else { row_fn };
-                    kernel(&kv, geo, job.q, job.out, scratch);
+            // A thread takes a run of jobs, so each job can ask for the next one's cache
+            // while it computes (`tile_row::Upcoming`); a few runs a thread keep the
+            // threads' shares even.
+            let run = min_jobs.max(jobs.len().div_ceil(RUNS_PER_THREAD * rayon::current_num_threads()));
+            let mut jobs = jobs;
+            jobs.par_chunks_mut(run.max(1)).for_each_init(
+                || (RowScratch::default(), Vec::new(), Vec::new()),
+                |(scratch, regions, next), run| {
+                    job_regions(cache, &run[0], regions);
+                    for i in 0..run.len() {
+                        scratch.upcoming.clear();
+                        if let Some(after) = run.get(i + 1) {
+                            job_regions(cache, after, next);
+                            for &r in next.iter() {
+                                let bytes = block_size * geo.head_dim * std::mem::size_of::<T>();
+                                scratch.upcoming.push(k.as_ptr().wrapping_add(r), bytes);
+                                scratch.upcoming.push(v.as_ptr().wrapping_add(r), bytes);
+                            }
+                        }
+                        let job = &mut run[i];
+                        let kv = PagedRows { k, v, regions, block_size, len: job.len };
+                        let kernel = if job.part { part_fn } else { row_fn };
+                        kernel(&kv, geo, job.q, job.out, scratch);
+                        std::mem::swap(regions, next);
+                    }
                 },
             )
         },
@@ -395,6 +411,15 @@ fn attend_units<T: Cached>(
         tile_row::merge_parts(geo, &partials[at..at + n * part], out);
         at += n * part;
     }
+}
+
+/// Runs of row jobs per thread (see `attend_units`).
+const RUNS_PER_THREAD: usize = 4;
+
+/// The cache regions a row job reads.
+fn job_regions(cache: &PagedKvCache, job: &RowJob, regions: &mut Vec<usize>) {
+    regions.clear();
+    cache.extend_regions(&job.span.block_table[job.first_block..], job.len, job.kv_head, regions);
 }
 
 /// Row units of at least twice this many positions are cut into parts of at least this

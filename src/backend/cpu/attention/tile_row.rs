@@ -37,11 +37,63 @@ pub struct RowScratch<T> {
     /// V as `[c * d + x]`, zeros past the last position.
     kt: Vec<T>,
     vc: Vec<T>,
+    /// The cache runs of the job this thread takes next.
+    pub upcoming: Upcoming,
 }
 
 impl<T> Default for RowScratch<T> {
     fn default() -> Self {
-        RowScratch { f: Vec::new(), kt: Vec::new(), vc: Vec::new() }
+        RowScratch { f: Vec::new(), kt: Vec::new(), vc: Vec::new(), upcoming: Upcoming::default() }
+    }
+}
+
+/// Memory a thread reads after the job it is computing. A decoding row's cache comes
+/// from DRAM, and asking for a job's lines only once it starts leaves its first groups
+/// waiting on their latency; so a row kernel asks for a share of the next job's lines
+/// with each group of positions it scores, and they arrive in L2 while it computes.
+#[derive(Default)]
+pub struct Upcoming {
+    /// (address, bytes) runs, in the order they will be read.
+    spans: Vec<(usize, usize)>,
+    /// The next line to ask for: a run, and a byte offset in it.
+    span: usize,
+    offset: usize,
+    /// Lines not yet asked for.
+    left: usize,
+}
+
+impl Upcoming {
+    pub fn clear(&mut self) {
+        self.spans.clear();
+        (self.span, self.offset, self.left) = (0, 0, 0);
+    }
+
+    /// Adds the run of `bytes` bytes from `at`.
+    pub fn push<T>(&mut self, at: *const T, bytes: usize) {
+        if bytes > 0 {
+            self.spans.push((at as usize, bytes));
+            self.left += bytes.div_ceil(64);
+        }
+    }
+
+    /// Lines not yet asked for.
+    pub fn left(&self) -> usize {
+        self.left
+    }
+
+    /// Asks for up to `lines` more lines, into L2.
+    #[inline(always)]
+    pub fn ask(&mut self, lines: usize) {
+        let n = lines.min(self.left);
+        self.left -= n;
+        for _ in 0..n {
+            let (at, bytes) = self.spans[self.span];
+            prefetch_line((at + self.offset) as *const u8, Level::L2);
+            self.offset += 64;
+            if self.offset >= bytes {
+                (self.span, self.offset) = (self.span + 1, 0);
+            }
+        }
     }
 }
 
@@ -372,28 +424,31 @@ impl<T: Cached> Work<T> {
 /// # Safety
 /// As [`row_body`]; `w` from `Work::new` for `kv.len.div_ceil(C)` groups.
 #[inline(always)]
-unsafe fn score_pass<T: Cached, S: Lanes, const C: usize>(
+unsafe fn score_pass<T: Cached, S: Lanes, const C: usize, const SPLIT: bool>(
     kv: &PagedRows<'_, T>,
     d: usize,
     g: usize,
     w: &Work<T>,
+    upcoming: &mut Upcoming,
 ) {
     let n = kv.len;
+    let per_group = upcoming.left().div_ceil(n.div_ceil(C).max(1));
     prefetch_groups::<T, C>(kv, d, 0, 0);
     for i in 0..n.div_ceil(C) {
         let c0 = i * C;
         let cols = (n - c0).min(C);
         let src = source::<T, C>(kv, d, c0, cols, w.kt, w.vc);
+        upcoming.ask(per_group);
         // The group `AHEAD` on is asked for a line or two per step of the score loop
         // (all at once would overflow the miss buffers).
         let mut ahead = [group_lines::<T, C>(kv, d, c0 + AHEAD * C)[0], (std::ptr::null(), 0)];
         for h0 in (0..g).step_by(HEADS) {
             let (q, out) = (w.qs.add(h0 * d), w.sc.add((i * g + h0) * C));
             match g - h0 {
-                1 => scores::<T, S, C, 1>(d, &src, q, &ahead, out),
-                2 => scores::<T, S, C, 2>(d, &src, q, &ahead, out),
-                3 => scores::<T, S, C, 3>(d, &src, q, &ahead, out),
-                _ => scores::<T, S, C, HEADS>(d, &src, q, &ahead, out),
+                1 => scores::<T, S, C, 1, SPLIT>(d, &src, q, &ahead, out),
+                2 => scores::<T, S, C, 2, SPLIT>(d, &src, q, &ahead, out),
+                3 => scores::<T, S, C, 3, SPLIT>(d, &src, q, &ahead, out),
+                _ => scores::<T, S, C, HEADS, SPLIT>(d, &src, q, &ahead, out),
             }
             ahead = [(std::ptr::null(), 0); 2];
         }
@@ -477,7 +532,7 @@ unsafe fn row_body<T: Cached, S: Lanes, const C: usize>(
     // the current group.
     let [max, sum, alpha] = w.per_head.map(|p| std::slice::from_raw_parts_mut(p, g));
     max.fill(f32::NEG_INFINITY);
-    score_pass::<T, S, C>(kv, d, g, &w);
+    score_pass::<T, S, C, false>(kv, d, g, &w, &mut s.upcoming);
     prefetch_groups::<T, C>(kv, d, 0, 1);
     for i in 0..groups {
         for h in 0..g {
@@ -565,13 +620,16 @@ unsafe fn two_pass_sums<'s, T: Cached, S: Lanes, const C: usize>(
     // rescaling factor, which here is none).
     let [max, totals, ones] = w.per_head.map(|p| std::slice::from_raw_parts_mut(p, g));
     ones.fill(1.0);
-    score_pass::<T, S, C>(kv, d, g, &w);
+    score_pass::<T, S, C, true>(kv, d, g, &w, &mut s.upcoming);
     for (h, max) in max.iter_mut().enumerate() {
-        *max = f32::NEG_INFINITY;
+        // The lanes' maxima, then the largest lane: a maximum is the same in any order.
+        let mut top = S::splat(f32::NEG_INFINITY);
         for i in 0..groups {
-            let lanes = std::slice::from_raw_parts(w.sc.add((i * g + h) * C), C);
-            *max = lanes.iter().fold(*max, |m, &l| m.max(l));
+            top = S::max(top, S::load(w.sc.add((i * g + h) * C)));
         }
+        let mut lanes = [0.0f32; 16];
+        S::store(lanes.as_mut_ptr(), top);
+        *max = lanes[..C].iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
         let mut total = S::splat(0.0);
         for i in 0..groups {
             let p = w.sc.add((i * g + h) * C);
@@ -604,14 +662,17 @@ unsafe fn prefetch_groups<T, const C: usize>(kv: &PagedRows<'_, T>, d: usize, c0
     }
 }
 
-/// `H` heads' scores for one group (`q`: their scaled queries, `d` apart), each one
-/// chain of fused multiply-adds in value order as in the tiled kernel, written to
-/// `out[h * C..]`; asks for the lines of the `ahead` spans along the way.
+/// `H` heads' scores for one group (`q`: their scaled queries, `d` apart), written to
+/// `out[h * C..]`; asks for the lines of the `ahead` spans along the way. Each score is
+/// one chain of fused multiply-adds in value order, as in the tiled kernel; with
+/// `SPLIT` (the two-pass kernel, which need not match it) two chains, over the even and
+/// the odd values, added at the end: a chain waits on its previous step, and a group's
+/// few heads leave the multiply-add units idle otherwise.
 ///
 /// # Safety
 /// As [`row_body`]; `q` holds `H * d` values and `out` `H * C`.
 #[inline(always)]
-unsafe fn scores<T: Cached, S: Lanes, const C: usize, const H: usize>(
+unsafe fn scores<T: Cached, S: Lanes, const C: usize, const H: usize, const SPLIT: bool>(
     d: usize,
     src: &Source<T>,
     q: *const f32,
@@ -619,19 +680,38 @@ unsafe fn scores<T: Cached, S: Lanes, const C: usize, const H: usize>(
     out: *mut f32,
 ) {
     let mut acc = [S::splat(0.0); H];
-    for x in 0..d {
+    let mut odd = [S::splat(0.0); H];
+    let step = if SPLIT { 2 } else { 1 };
+    let mut x = 0;
+    while x + step <= d {
         for &(at, bytes) in ahead {
             if 64 * x < bytes {
                 prefetch_line(at.add(64 * x), Level::L1);
+                if SPLIT && 64 * (x + 1) < bytes {
+                    prefetch_line(at.add(64 * (x + 1)), Level::L1);
+                }
             }
         }
         let k = T::load::<S>(src.k.add(x * src.k_stride));
         for (h, a) in acc.iter_mut().enumerate() {
             *a = S::fma(S::splat(*q.add(h * d + x)), k, *a);
         }
+        if SPLIT {
+            let k = T::load::<S>(src.k.add((x + 1) * src.k_stride));
+            for (h, a) in odd.iter_mut().enumerate() {
+                *a = S::fma(S::splat(*q.add(h * d + x + 1)), k, *a);
+            }
+        }
+        x += step;
     }
-    for (h, &a) in acc.iter().enumerate() {
-        S::store(out.add(h * C), a);
+    if SPLIT && x < d {
+        let k = T::load::<S>(src.k.add(x * src.k_stride));
+        for (h, a) in acc.iter_mut().enumerate() {
+            *a = S::fma(S::splat(*q.add(h * d + x)), k, *a);
+        }
+    }
+    for (h, (&a, &b)) in acc.iter().zip(&odd).enumerate() {
+        S::store(out.add(h * C), if SPLIT { S::add(a, b) } else { a });
     }
 }
 
@@ -778,12 +858,15 @@ mod tests {
                             let what =
                                 format!("{name}: g {g} d {d} bs {bs} first {first_pos} rows {rows} row {i}");
                             assert_eq!(alone, want, "{what}");
-                            // The two-pass kernel: within float rounding.
+                            // The two-pass kernel: within float rounding. It adds a score's
+                            // products in another order, so its scores differ by rounding
+                            // that grows with their size (the query's scale), and the
+                            // weights inherit that.
                             let mut close = vec![f32::NAN; stride];
                             two_pass(&kv, &geo, &q[i * stride..(i + 1) * stride], &mut close, &mut scratch);
                             for (a, b) in close.iter().zip(want) {
                                 assert!(
-                                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                                    (a - b).abs() <= 1e-5 * q_scale * (1.0 + b.abs()),
                                     "{what}, two-pass: {a} vs {b}"
                                 );
                             }
