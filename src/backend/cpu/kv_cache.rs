@@ -81,7 +81,8 @@ impl LayerKv {
     /// for the prefaulter.
     fn arrays(&self, heads: usize) -> Vec<PoolArray> {
         fn of<T>(v: &[T], heads: usize) -> impl Iterator<Item = PoolArray> + '_ {
-            v.chunks_exact(v.len() / heads.max(1))
+            // An empty pool has no parts (a chunk size of 0 would panic).
+            v.chunks_exact((v.len() / heads.max(1)).max(1))
                 .map(|part| PoolArray { addr: part.as_ptr() as usize, bytes: std::mem::size_of_val(part) })
         }
         match self {
@@ -106,7 +107,7 @@ impl LayerKv {
             len: usize,
         ) -> Vec<Vec<&'a mut [T]>> {
             let mut out: Vec<Vec<&mut [T]>> = blocks.iter().map(|_| Vec::with_capacity(heads)).collect();
-            let per_head = array.len() / heads.max(1);
+            let per_head = (array.len() / heads.max(1)).max(1);
             for head in array.chunks_exact_mut(per_head) {
                 let (mut rest, mut at) = (head, 0);
                 for (&b, regions) in blocks.iter().zip(&mut out) {
@@ -388,6 +389,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A pool of no blocks has no parts to back and no blocks to write, and says so
+    /// without panicking.
+    #[test]
+    fn an_empty_pool_builds_and_hands_out_no_blocks() {
+        let mut c = cache(3, 8, 4, 0);
+        let (heads, region_len) = (c.kv_heads(), c.region_len());
+        assert!(c.layer(0).arrays(heads).is_empty());
+        assert!(c.layer_mut(0).blocks_mut(&[], heads, region_len).is_empty());
     }
 
     /// One KV head's regions of consecutive blocks are one run of memory.

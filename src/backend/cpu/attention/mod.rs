@@ -377,6 +377,7 @@ fn attend_units<T: Cached>(
             // while it computes (`tile_row::Upcoming`); a few runs a thread keep the
             // threads' shares even.
             let run = min_jobs.max(jobs.len().div_ceil(RUNS_PER_THREAD * rayon::current_num_threads()));
+            let region_bytes = block_size * geo.head_dim * std::mem::size_of::<T>();
             let mut jobs = jobs;
             jobs.par_chunks_mut(run.max(1)).for_each_init(
                 || (RowScratch::default(), Vec::new(), Vec::new()),
@@ -387,9 +388,8 @@ fn attend_units<T: Cached>(
                         if let Some(after) = run.get(i + 1) {
                             job_regions(cache, after, next);
                             for &r in next.iter() {
-                                let bytes = block_size * geo.head_dim * std::mem::size_of::<T>();
-                                scratch.upcoming.push(k.as_ptr().wrapping_add(r), bytes);
-                                scratch.upcoming.push(v.as_ptr().wrapping_add(r), bytes);
+                                scratch.upcoming.push(k.as_ptr().wrapping_add(r), region_bytes);
+                                scratch.upcoming.push(v.as_ptr().wrapping_add(r), region_bytes);
                             }
                         }
                         let job = &mut run[i];
