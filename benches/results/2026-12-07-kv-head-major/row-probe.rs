@@ -1,8 +1,10 @@
 // The single-thread probe behind the layout figures in README.md. It is not part of
-// the crate: to run it, append it to src/backend/cpu/attention/tile_row.rs and run
+// the crate and not a test (it asserts nothing; it prints timings). To run it, append it
+// to src/backend/cpu/attention/tile_row.rs, call `probe_timing::run()` from a scratch
+// `#[test]` in that file, and run that test with
 //
 //   PROBE_LAYOUT=strided|contig|random [PROBE_NEXT=1] \
-//     cargo test --release --lib probe_two_pass_hot_cold -- --ignored --nocapture
+//     cargo test --release --lib <the scratch test's name> -- --nocapture
 //
 // It times the two-pass decode row kernel (f16 cache, one row x one KV head of
 // SmolLM2-135M: 3 query heads, head size 64, 320 positions in blocks of 16) over 1,440
@@ -17,9 +19,7 @@ mod probe_timing {
     use super::*;
     use half::f16;
 
-    #[test]
-    #[ignore]
-    fn probe_two_pass_hot_cold() {
+    pub fn run() {
         let (g, d, bs, len) = (3usize, 64usize, 16usize, 320usize);
         let geo = HeadGeometry { head_dim: d, group: g, scale: 0.125 };
         let blocks_per = len / bs;

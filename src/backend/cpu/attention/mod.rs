@@ -322,7 +322,7 @@ fn attend_units<T: Cached>(
     let part = tile_row::part_len(geo);
     let split_parts: usize = rows.iter().map(|r| cut(r.1 + 1, shape, block_size).1).filter(|&n| n > 1).sum();
     let mut partials = vec![0.0f32; split_parts * part];
-    let (jobs, merges) = row_jobs(rows, shape, block_size, &mut partials, part);
+    let (mut jobs, merges) = row_jobs(rows, shape, block_size, &mut partials, part);
     // Keep a job's work above the cost of handing it to another thread: one decoding
     // sequence's three or four units at a short context take a few microseconds, less
     // than waking a sleeping worker.
@@ -378,7 +378,6 @@ fn attend_units<T: Cached>(
             // threads' shares even.
             let run = min_jobs.max(jobs.len().div_ceil(RUNS_PER_THREAD * rayon::current_num_threads()));
             let region_bytes = block_size * geo.head_dim * std::mem::size_of::<T>();
-            let mut jobs = jobs;
             jobs.par_chunks_mut(run.max(1)).for_each_init(
                 || (RowScratch::default(), Vec::new(), Vec::new()),
                 |(scratch, regions, next), run| {
