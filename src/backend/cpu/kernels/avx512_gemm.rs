@@ -1,5 +1,12 @@
 //! The AVX-512 VNNI many-rows kernels (see `gemm`): unpacking a group into the panel,
-//! and the `MR × G` micro-kernel that sweeps it.
+//! and the `MR × G` micro-kernel that sweeps it or, for short tasks, reads the groups'
+//! records in place and unpacks each block in registers.
+//!
+//! One `vpdpbusd` multiplies 4 unsigned weight bytes of each of a group's 16 rows by
+//! the same 4 signed activation bytes and accumulates in 32 bits. Q8_0 weights are
+//! stored with +128 so they are unsigned too; the offset is removed exactly with the
+//! block's integer activation sum (`dot - 128 * sum`), as Q4_0's zero point is
+//! (`dot - 8 * sum`).
 
 use std::arch::x86_64::*;
 
@@ -9,8 +16,7 @@ use super::tile::prefetch_ahead;
 
 /// Unpacks a group of format `F` (Q4_0, Q4_1, Q4_K or Q8_0) into `nb` blocks of the
 /// panel: the quants as unsigned bytes in activation order, the scales (for Q4_K
-/// `d · sc`) and minimums (Q4_K: `-dmin · m`) as f32, formed exactly as `avx512::tile`
-/// forms them.
+/// `d · sc`) and minimums (Q4_K: `-dmin · m`) as f32, formed by `avx512::block_scales`.
 ///
 /// # Safety
 /// AVX-512 F and BW, F16C must be available.
@@ -44,25 +50,36 @@ pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
     }
 }
 
-/// `MR` activation rows against `G` consecutive groups of the panel, over all of `k`.
-/// Per block, the `MR · G` integer sums build up over the eight 4-byte steps (one
-/// weight load per group and one activation broadcast per row each step), then each
-/// output takes the block's scaled sum and minimum term in the portable kernel's order.
+/// `MR` activation rows against `G` groups over all of `k`: the panel's groups, or with
+/// `RECORDS` the groups' records (`Block::records`), each weight line unpacked from
+/// them as `pack` would have stored it and each block's scales formed as `pack` forms
+/// them. Per block, the `MR · G` integer sums build up over the eight 4-byte steps
+/// (one weight line per group and one activation broadcast per row each step), then
+/// each output takes the block's scaled sum and minimum term in the portable kernel's
+/// order.
 ///
 /// # Safety
 /// See [`super::gemm_panel::MicroFn`]; AVX-512 F, BW and VNNI must be available.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn micro<const F: u8, const MR: usize, const G: usize>(t: &Block<'_>) {
+pub unsafe fn micro<const F: u8, const MR: usize, const G: usize, const RECORDS: bool>(t: &Block<'_>) {
     let a = t.acts;
     let (k, nb) = (a.k, a.nb);
     let rows_end = t.row0 + MR;
-    assert!(t.panel.len() >= G * nb * LINES_PER_BLOCK && a.qs.len() >= rows_end * k);
+    assert!(a.qs.len() >= rows_end * k);
+    if RECORDS {
+        let bytes = WeightFormat::from_id(F).group_bytes(k);
+        assert!(t.records.iter().take(G).all(|r| r.len() >= bytes));
+    } else {
+        assert!(t.panel.len() >= G * nb * LINES_PER_BLOCK);
+    }
     assert!(a.d.len() >= rows_end * nb && a.s.len() >= rows_end * nb && a.isum.len() >= rows_end * nb);
     let p = t.panel.as_ptr().cast::<__m512i>();
     let (qs, ds, ss, sums) = (a.qs.as_ptr(), a.d.as_ptr(), a.s.as_ptr(), a.isum.as_ptr());
     let off = offset(F);
     let has_mins = record_shape(F).has_mins;
     let line = |g: usize, b: usize, l: usize| p.add((g * nb + b) * LINES_PER_BLOCK + l);
+    let records = t.records.map(|r| r.as_ptr());
+    let low = _mm512_set1_epi8(0x0f);
     let mut acc = [[_mm512_setzero_ps(); G]; MR];
     for b in 0..nb {
         prefetch_share(&t.ahead, b, nb);
@@ -70,7 +87,21 @@ pub unsafe fn micro<const F: u8, const MR: usize, const G: usize>(t: &Block<'_>)
         for j in 0..QK / 4 {
             let mut wv = [_mm512_setzero_si512(); G];
             for (g, wv) in wv.iter_mut().enumerate() {
-                *wv = _mm512_load_si512(line(g, b, j));
+                *wv = if RECORDS {
+                    // As `pack` lays line `j` out: chunk `j` of the record, or for the
+                    // 4-bit formats chunk `j mod 4`'s low nibbles, then its high ones.
+                    let blk = records[g].add(record_offset(F, b));
+                    if F == FMT_Q8_0 {
+                        _mm512_loadu_si512(blk.add(64 * j).cast())
+                    } else if j < 4 {
+                        _mm512_and_si512(_mm512_loadu_si512(blk.add(64 * j).cast()), low)
+                    } else {
+                        let raw = _mm512_loadu_si512(blk.add(64 * (j - 4)).cast());
+                        _mm512_and_si512(_mm512_srli_epi16(raw, 4), low)
+                    }
+                } else {
+                    _mm512_load_si512(line(g, b, j))
+                };
             }
             for (r, dot) in dot.iter_mut().enumerate() {
                 let at = qs.add((t.row0 + r) * k + b * QK + 4 * j).cast::<i32>();
@@ -83,9 +114,14 @@ pub unsafe fn micro<const F: u8, const MR: usize, const G: usize>(t: &Block<'_>)
         let mut dw = [_mm512_setzero_ps(); G];
         let mut mw = [_mm512_setzero_ps(); G];
         for g in 0..G {
-            dw[g] = _mm512_load_ps(line(g, b, SCALES_LINE).cast());
-            if has_mins {
-                mw[g] = _mm512_load_ps(line(g, b, MINS_LINE).cast());
+            if RECORDS {
+                let blk = records[g].add(record_offset(F, b));
+                (dw[g], mw[g]) = super::avx512::block_scales::<F>(records[g], b, blk);
+            } else {
+                dw[g] = _mm512_load_ps(line(g, b, SCALES_LINE).cast());
+                if has_mins {
+                    mw[g] = _mm512_load_ps(line(g, b, MINS_LINE).cast());
+                }
             }
         }
         for (r, (acc, dot)) in acc.iter_mut().zip(&dot).enumerate() {

@@ -1,7 +1,10 @@
-//! The many-rows path (prefill chunks, large batches): a task's weight groups are
-//! unpacked once into a panel of plain bytes and per-block f32 scales, and the panel is
-//! then swept by a register-blocked micro-kernel of activation rows × groups (AVX-512
-//! VNNI: `MR` rows × `NR` groups; AVX2: `avx2_gemm::ROWS` rows × one group).
+//! The many-rows path (prefill chunks, decode batches; on AVX-512 VNNI every row count
+//! of the formats it serves): a task's weight groups are unpacked once into a panel of
+//! plain bytes and per-block f32 scales, and the panel is then swept by a
+//! register-blocked micro-kernel of activation rows × groups (AVX-512 VNNI: `MR` rows ×
+//! `NR` groups; AVX2: `avx2_gemm::ROWS` rows × one group). A short task on AVX-512
+//! skips the panel: its micro-kernel calls read the records and unpack each block in
+//! registers ([`RECORDS_MAX_ROWS`]).
 //!
 //! The row-tile walk (`tile`) unpacks a group's nibbles and converts its f16 scales again
 //! for every tile of rows; here that work is done once per group and task, and each
@@ -24,17 +27,26 @@ use super::QMatrix;
 /// groups once, so taller tasks unpack less often, and 256 rows of quantized
 /// activations (up to 384 KiB at k = 1536) still sit in L2.
 pub const ROW_CHUNK: usize = 256;
-/// Rows a task needs for the panel's unpacking to pay off, by kernel. On AVX2 the row
-/// tile already reuses each unpacked block over 8 rows and the micro-kernel saves
-/// little more than the unpacking: decode batches of 16 and 32 ran 4-11% slower through
-/// the panel, a 128-row prefill broke even and 256-row tasks gained 3-8%
-/// (`INFLIGHT_KERNEL=avx2`, step bench, on an AVX-512 host).
+/// Rows a task needs for this path to pay off, by kernel. On AVX2 the row tile already
+/// reuses each unpacked block over 8 rows and the micro-kernel saves little more than
+/// the unpacking: decode batches of 16 and 32 ran 4-11% slower through the panel, a
+/// 128-row prefill broke even and 256-row tasks gained 3-8% (`INFLIGHT_KERNEL=avx2`,
+/// step bench, on an AVX-512 host). On AVX-512 VNNI every row count takes it: short
+/// tasks read the records in place ([`RECORDS_MAX_ROWS`]), and that beat the row-tile
+/// walk from one row up (`benches/results/2026-12-07-records-in-place/`).
 pub fn min_rows(kernel: Kernel) -> usize {
     match kernel {
         Kernel::Avx2 => 128,
-        _ => 8,
+        _ => 1,
     }
 }
+
+/// Tasks of at most this many rows (AVX-512 VNNI) skip the panel: the micro-kernel
+/// reads the groups' records and unpacks each block in registers, once per call. The
+/// panel's stores and reloads are paid back only when many row blocks share them;
+/// with a decode batch's few calls per group they cost more than unpacking again
+/// (figures in `benches/results/2026-12-07-records-in-place/`).
+pub const RECORDS_MAX_ROWS: usize = 64;
 
 thread_local! {
     static PANEL: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
@@ -88,6 +100,7 @@ pub unsafe fn run_task(
     let bytes_of = |group: usize| data.get(group * group_bytes..(group + 1) * group_bytes).unwrap_or(&[]);
     let pack = select_pack(kernel, format);
     let (mr_max, nr_max) = block_shape(kernel);
+    let in_place = kernel == Kernel::Avx512Vnni && rows.len() <= RECORDS_MAX_ROWS;
     let mut panel = PANEL.with(Cell::take);
     panel.resize(NR.max(nr_max) * group_lines, Line([0; 64]));
     // A gated register block's outputs, `2 · GROUP` per row, before the gate.
@@ -106,8 +119,13 @@ pub unsafe fn run_task(
             }
         };
         let mut ncols = [0; NR];
+        let mut records: [&[u8]; NR] = [&[], &[]];
         for (n, (&group, cols)) in members.iter().zip(&mut ncols).enumerate().take(nr) {
-            pack(bytes_of(group), nb, &mut panel[n * group_lines..][..group_lines]);
+            if in_place {
+                records[n] = bytes_of(group);
+            } else {
+                pack(bytes_of(group), nb, &mut panel[n * group_lines..][..group_lines]);
+            }
             *cols = (w.n - group * GROUP).min(GROUP);
         }
         // The next groups come from memory (a decode batch) or L2 while these are swept:
@@ -140,8 +158,9 @@ pub unsafe fn run_task(
                     ldo,
                     ncols,
                     ahead: share,
+                    records,
                 };
-                select_micro(kernel, format, mr, nr)(&block);
+                select_micro(kernel, format, mr, nr, in_place)(&block);
             } else {
                 // A kernel that sweeps one group at a time (AVX2), through a gated pair.
                 for n in 0..nr {
@@ -153,8 +172,9 @@ pub unsafe fn run_task(
                         ldo,
                         ncols: [ncols[n], 0],
                         ahead: if n == 0 { share } else { [&[], &[]] },
+                        records: [&[], &[]],
                     };
-                    select_micro(kernel, format, mr, 1)(&block);
+                    select_micro(kernel, format, mr, 1, false)(&block);
                 }
             }
             if let Output::Gated { out, width, gate } = output {
@@ -197,29 +217,31 @@ fn select_pack(kernel: Kernel, format: u8) -> PackFn {
     unreachable!("the many-rows path is x86-64 only (`applies`)")
 }
 
-fn select_micro(kernel: Kernel, format: u8, mr: usize, nr: usize) -> MicroFn {
+/// `in_place`: the AVX-512 kernel that reads the records (`RECORDS`), not the panel.
+fn select_micro(kernel: Kernel, format: u8, mr: usize, nr: usize, in_place: bool) -> MicroFn {
     #[cfg(target_arch = "x86_64")]
     {
         use super::avx2_gemm;
         use super::avx512_gemm::micro;
         macro_rules! by_rows {
-            ($fmt:expr, $nr:expr) => {
+            ($fmt:expr, $nr:expr, $in_place:expr) => {
                 match mr {
-                    1 => micro::<$fmt, 1, $nr> as MicroFn,
-                    2 => micro::<$fmt, 2, $nr> as MicroFn,
-                    3 => micro::<$fmt, 3, $nr> as MicroFn,
-                    4 => micro::<$fmt, 4, $nr> as MicroFn,
-                    5 => micro::<$fmt, 5, $nr> as MicroFn,
-                    _ => micro::<$fmt, 6, $nr> as MicroFn,
+                    1 => micro::<$fmt, 1, $nr, $in_place> as MicroFn,
+                    2 => micro::<$fmt, 2, $nr, $in_place> as MicroFn,
+                    3 => micro::<$fmt, 3, $nr, $in_place> as MicroFn,
+                    4 => micro::<$fmt, 4, $nr, $in_place> as MicroFn,
+                    5 => micro::<$fmt, 5, $nr, $in_place> as MicroFn,
+                    _ => micro::<$fmt, 6, $nr, $in_place> as MicroFn,
                 }
             };
         }
         macro_rules! by_groups {
             ($fmt:expr) => {
-                if nr == 1 {
-                    by_rows!($fmt, 1)
-                } else {
-                    by_rows!($fmt, 2)
+                match (nr, in_place) {
+                    (1, false) => by_rows!($fmt, 1, false),
+                    (_, false) => by_rows!($fmt, 2, false),
+                    (1, true) => by_rows!($fmt, 1, true),
+                    (_, true) => by_rows!($fmt, 2, true),
                 }
             };
         }
@@ -265,5 +287,15 @@ mod tests {
         for kernel in Kernel::ALL {
             assert!(min_rows(kernel) < super::super::dispatch::SELF_CHECK_TALL_ROWS, "{}", kernel.name());
         }
+    }
+
+    /// The start-up self-check (11 and `SELF_CHECK_TALL_ROWS` rows) and the exactness
+    /// tests (every count to 64, then from 121) must run tasks on both sides of the
+    /// AVX-512 threshold, so that both ways of reading the weights are checked.
+    #[test]
+    fn the_checks_reach_both_ways_of_reading_the_weights() {
+        use super::super::dispatch::SELF_CHECK_TALL_ROWS;
+        assert!((11..SELF_CHECK_TALL_ROWS).contains(&RECORDS_MAX_ROWS));
+        assert!((64..121).contains(&RECORDS_MAX_ROWS));
     }
 }

@@ -55,6 +55,10 @@ pub struct Block<'a> {
     /// a little per block, [`prefetch_share`]; AVX2: all before the sweep); empty
     /// spans where there is nothing to ask for.
     pub ahead: [&'a [u8]; 2],
+    /// For a kernel that reads the weight records in place of the panel (AVX-512
+    /// `micro` with `RECORDS`, see `gemm::RECORDS_MAX_ROWS`): each group's records, `nb`
+    /// back to back; empty spans otherwise.
+    pub records: [&'a [u8]; NR],
 }
 
 /// Asks for block `b`'s part (of `nb`) of the lines of `ahead` into L2. A decode
