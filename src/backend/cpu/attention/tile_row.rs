@@ -50,7 +50,9 @@ impl<T> Default for RowScratch<T> {
 /// Memory a thread reads after the job it is computing. A decoding row's cache comes
 /// from DRAM, and asking for a job's lines only once it starts leaves its first groups
 /// waiting on their latency; so a row kernel asks for a share of the next job's lines
-/// with each group of positions it scores, and they arrive in L2 while it computes.
+/// with each step of its score loop, and they arrive in L2 while it computes. (Asked
+/// for a group's share at once, about 60 lines, the requests filled the miss buffers
+/// and a sample profile found the loop waiting on its own prefetches.)
 #[derive(Default)]
 pub struct Upcoming {
     /// (address, bytes) runs, in the order they will be read.
@@ -95,6 +97,12 @@ impl Upcoming {
             }
         }
     }
+}
+
+/// A share of the next job's lines for a score loop to ask for, spread over its steps.
+struct Asks<'u> {
+    upcoming: &'u mut Upcoming,
+    lines: usize,
 }
 
 /// Attention for one row × KV head: the group's query heads in, its output heads out.
@@ -438,19 +446,22 @@ unsafe fn score_pass<T: Cached, S: Lanes, const C: usize, const SPLIT: bool>(
         let c0 = i * C;
         let cols = (n - c0).min(C);
         let src = source::<T, C>(kv, d, c0, cols, w.kt, w.vc);
-        upcoming.ask(per_group);
-        // The group `AHEAD` on is asked for a line or two per step of the score loop
-        // (all at once would overflow the miss buffers).
+        // The group `AHEAD` on, and this group's share of the next job's lines, are
+        // asked for a line or two per step of the score loop (all at once would fill
+        // the miss buffers and stall the loop behind them).
         let mut ahead = [group_lines::<T, C>(kv, d, c0 + AHEAD * C)[0], (std::ptr::null(), 0)];
+        let mut share = per_group;
         for h0 in (0..g).step_by(HEADS) {
             let (q, out) = (w.qs.add(h0 * d), w.sc.add((i * g + h0) * C));
+            let next = Asks { upcoming: &mut *upcoming, lines: share };
             match g - h0 {
-                1 => scores::<T, S, C, 1, SPLIT>(d, &src, q, &ahead, out),
-                2 => scores::<T, S, C, 2, SPLIT>(d, &src, q, &ahead, out),
-                3 => scores::<T, S, C, 3, SPLIT>(d, &src, q, &ahead, out),
-                _ => scores::<T, S, C, HEADS, SPLIT>(d, &src, q, &ahead, out),
+                1 => scores::<T, S, C, 1, SPLIT>(d, &src, q, &ahead, next, out),
+                2 => scores::<T, S, C, 2, SPLIT>(d, &src, q, &ahead, next, out),
+                3 => scores::<T, S, C, 3, SPLIT>(d, &src, q, &ahead, next, out),
+                _ => scores::<T, S, C, HEADS, SPLIT>(d, &src, q, &ahead, next, out),
             }
             ahead = [(std::ptr::null(), 0); 2];
+            share = 0;
         }
         // Positions past the row's own are the lanes from `cols` on.
         for h in 0..g {
@@ -663,7 +674,8 @@ unsafe fn prefetch_groups<T, const C: usize>(kv: &PagedRows<'_, T>, d: usize, c0
 }
 
 /// `H` heads' scores for one group (`q`: their scaled queries, `d` apart), written to
-/// `out[h * C..]`; asks for the lines of the `ahead` spans along the way. Each score is
+/// `out[h * C..]`; asks for the lines of the `ahead` spans, and `next`'s share of the
+/// next job's lines, along the way. Each score is
 /// one chain of fused multiply-adds in value order, as in the tiled kernel; with
 /// `SPLIT` (the two-pass kernel, which need not match it) two chains, over the even and
 /// the odd values, added at the end: a chain waits on its previous step, and a group's
@@ -677,13 +689,16 @@ unsafe fn scores<T: Cached, S: Lanes, const C: usize, const H: usize, const SPLI
     src: &Source<T>,
     q: *const f32,
     ahead: &[(*const u8, usize); 2],
+    next: Asks<'_>,
     out: *mut f32,
 ) {
     let mut acc = [S::splat(0.0); H];
     let mut odd = [S::splat(0.0); H];
     let step = if SPLIT { 2 } else { 1 };
+    let per_step = next.lines.div_ceil((d / step).max(1));
     let mut x = 0;
     while x + step <= d {
+        next.upcoming.ask(per_step);
         for &(at, bytes) in ahead {
             if 64 * x < bytes {
                 prefetch_line(at.add(64 * x), Level::L1);
