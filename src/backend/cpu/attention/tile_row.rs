@@ -959,4 +959,28 @@ mod tests {
             );
         }
     }
+
+    /// A row kernel asks for every line of the next job that the thread queued, spread
+    /// over its score loop: with one head chunk or two (the second asks for nothing),
+    /// head sizes whose score loop has few steps, and a row of one group or several.
+    #[test]
+    fn a_row_asks_for_every_line_of_the_next_job() {
+        let next = vec![0u8; 157 * 64 + 10];
+        for (g, d) in [(3, 64), (5, 6), (1, 5), (9, 64)] {
+            let geo = HeadGeometry { head_dim: d, group: g, scale: 1.0 / (d as f32).sqrt() };
+            for n in [1, 40, 330] {
+                let (k, v) = (pseudo(n * d, 3), pseudo(n * d, 4));
+                let paged = Paged::new(&k, &v, d, 16);
+                let q = pseudo(g * d, 5);
+                for as_tiles in [false, true] {
+                    let mut scratch = RowScratch::default();
+                    scratch.upcoming.push(next.as_ptr(), 100 * 64);
+                    scratch.upcoming.push(next[100 * 64..].as_ptr(), next.len() - 100 * 64);
+                    let mut out = vec![0.0; g * d];
+                    row_kernel::<f32>(as_tiles)(&paged.rows(n), &geo, &q, &mut out, &mut scratch);
+                    assert_eq!(scratch.upcoming.left(), 0, "g {g} d {d} n {n} as tiles {as_tiles}");
+                }
+            }
+        }
+    }
 }
