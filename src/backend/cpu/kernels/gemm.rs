@@ -102,7 +102,9 @@ pub unsafe fn run_task(
     let (mr_max, nr_max) = block_shape(kernel);
     let in_place = kernel == Kernel::Avx512Vnni && rows.len() <= RECORDS_MAX_ROWS;
     let mut panel = PANEL.with(Cell::take);
-    panel.resize(NR.max(nr_max) * group_lines, Line([0; 64]));
+    if !in_place {
+        panel.resize(NR.max(nr_max) * group_lines, Line([0; 64]));
+    }
     // A gated register block's outputs, `2 · GROUP` per row, before the gate.
     let mut staged = [0.0f32; 2 * GROUP * MR];
     let mut g = groups.start;
@@ -151,7 +153,7 @@ pub unsafe fn run_task(
             };
             if nr <= nr_max {
                 let block = Block {
-                    panel: &panel[..nr * group_lines],
+                    panel: if in_place { &[] } else { &panel[..nr * group_lines] },
                     acts,
                     row0,
                     out: dst,
