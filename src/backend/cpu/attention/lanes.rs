@@ -7,7 +7,7 @@
 
 use half::f16;
 
-use crate::backend::cpu::e4m3::E4m3;
+use crate::backend::cpu::e4m3::{f16_bits, E4m3, F16_SCALE};
 use crate::fastexp::{C2, C3, C4, C5, C6, C7, LN2_HI, LN2_LO, LOG2_E, ROUNDER, UNDERFLOW};
 
 /// `W` f32 lanes. Every method is `unsafe`: the hand-written instantiations need their
@@ -34,14 +34,17 @@ pub trait Lanes {
     unsafe fn widen_f16(src: *const f16, dst: *mut f32, n: usize);
     /// `W` f16 values at `p`, widened.
     unsafe fn load_f16(p: *const f16) -> Self::V;
-    /// `W` E4M3 values at `p`, widened (exactly, as [`E4m3::to_f32`]).
-    unsafe fn load_e4m3(p: *const E4m3) -> Self::V;
-    /// `n` E4M3 values at `src` widened into `dst`.
+    /// `W` E4M3 values at `p`, widened to `2^-8` times their values: the f16s their
+    /// bits make (`e4m3::f16_bits`), exactly. The multiply by [`F16_SCALE`] that would
+    /// give the values is left to the caller, which can often fold it away.
+    unsafe fn load_e4m3_over_256(p: *const E4m3) -> Self::V;
+    /// `n` E4M3 values at `src` widened into `dst` (exactly, as [`E4m3::to_f32`]).
     #[inline(always)]
     unsafe fn widen_e4m3(src: *const E4m3, dst: *mut f32, n: usize) {
         let mut i = 0;
         while i + Self::W <= n {
-            Self::store(dst.add(i), Self::load_e4m3(src.add(i)));
+            let v = Self::mul(Self::load_e4m3_over_256(src.add(i)), Self::splat(F16_SCALE));
+            Self::store(dst.add(i), v);
             i += Self::W;
         }
         for j in i..n {
@@ -53,20 +56,37 @@ pub trait Lanes {
 /// A cached value type, widened to f32 as it is read.
 pub trait Cached: Copy + Send + Sync {
     const ZERO: Self;
+    /// What [`Cached::load`]'s lanes must be multiplied by to give the values: a power
+    /// of two, so a kernel can multiply its queries (or its outputs) by it instead and
+    /// get the same bits, one multiply per row rather than one per value read.
+    const LOAD_SCALE: f32;
 
+    /// `n` values at `src`, widened exactly into `dst`.
+    ///
     /// # Safety
     /// As [`Lanes`]: `S`'s instruction sets, `src` and `dst` valid for `n` values.
     unsafe fn widen<S: Lanes>(src: *const Self, dst: *mut f32, n: usize);
 
-    /// `S::W` values at `p`, widened.
+    /// `S::W` values at `p`, widened and divided by [`Cached::LOAD_SCALE`] (exactly).
     ///
     /// # Safety
     /// As [`Lanes`].
     unsafe fn load<S: Lanes>(p: *const Self) -> S::V;
+
+    /// `S::W` values at `p`, widened exactly (where `LOAD_SCALE` is 1 the multiply
+    /// folds away).
+    ///
+    /// # Safety
+    /// As [`Lanes`].
+    #[inline(always)]
+    unsafe fn load_values<S: Lanes>(p: *const Self) -> S::V {
+        S::mul(Self::load::<S>(p), S::splat(Self::LOAD_SCALE))
+    }
 }
 
 impl Cached for f32 {
     const ZERO: f32 = 0.0;
+    const LOAD_SCALE: f32 = 1.0;
 
     #[inline(always)]
     unsafe fn widen<S: Lanes>(src: *const f32, dst: *mut f32, n: usize) {
@@ -81,6 +101,7 @@ impl Cached for f32 {
 
 impl Cached for f16 {
     const ZERO: f16 = f16::ZERO;
+    const LOAD_SCALE: f32 = 1.0;
 
     #[inline(always)]
     unsafe fn widen<S: Lanes>(src: *const f16, dst: *mut f32, n: usize) {
@@ -95,6 +116,7 @@ impl Cached for f16 {
 
 impl Cached for E4m3 {
     const ZERO: E4m3 = E4m3::ZERO;
+    const LOAD_SCALE: f32 = F16_SCALE;
 
     #[inline(always)]
     unsafe fn widen<S: Lanes>(src: *const E4m3, dst: *mut f32, n: usize) {
@@ -103,7 +125,7 @@ impl Cached for E4m3 {
 
     #[inline(always)]
     unsafe fn load<S: Lanes>(p: *const E4m3) -> S::V {
-        S::load_e4m3(p)
+        S::load_e4m3_over_256(p)
     }
 }
 
@@ -165,8 +187,8 @@ impl Lanes for Portable {
         std::array::from_fn(|i| (*p.add(i)).to_f32())
     }
     #[inline(always)]
-    unsafe fn load_e4m3(p: *const E4m3) -> [f32; 8] {
-        std::array::from_fn(|i| (*p.add(i)).to_f32())
+    unsafe fn load_e4m3_over_256(p: *const E4m3) -> [f32; 8] {
+        std::array::from_fn(|i| f16::from_bits(f16_bits((*p.add(i)).0)).to_f32())
     }
 }
 
@@ -180,7 +202,7 @@ mod x86 {
     use half::f16;
 
     use super::*;
-    use crate::backend::cpu::e4m3::{F16_MASK, F16_SCALE};
+    use crate::backend::cpu::e4m3::F16_MASK;
 
     /// 16 lanes; needs AVX-512 F.
     pub struct Avx512Lanes;
@@ -262,10 +284,12 @@ mod x86 {
             _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
         }
         #[inline(always)]
-        unsafe fn load_e4m3(p: *const E4m3) -> __m512 {
+        unsafe fn load_e4m3_over_256(p: *const E4m3) -> __m512 {
             let wide = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.cast()));
-            let bits = _mm256_and_si256(_mm256_slli_epi16::<7>(wide), _mm256_set1_epi16(F16_MASK as i16));
-            _mm512_mul_ps(_mm512_cvtph_ps(bits), _mm512_set1_ps(F16_SCALE))
+            _mm512_cvtph_ps(_mm256_and_si256(
+                _mm256_slli_epi16::<7>(wide),
+                _mm256_set1_epi16(F16_MASK as i16),
+            ))
         }
     }
 
@@ -350,10 +374,9 @@ mod x86 {
             _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
         }
         #[inline(always)]
-        unsafe fn load_e4m3(p: *const E4m3) -> __m256 {
+        unsafe fn load_e4m3_over_256(p: *const E4m3) -> __m256 {
             let wide = _mm_cvtepi8_epi16(_mm_loadl_epi64(p.cast()));
-            let bits = _mm_and_si128(_mm_slli_epi16::<7>(wide), _mm_set1_epi16(F16_MASK as i16));
-            _mm256_mul_ps(_mm256_cvtph_ps(bits), _mm256_set1_ps(F16_SCALE))
+            _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16::<7>(wide), _mm_set1_epi16(F16_MASK as i16)))
         }
     }
 }

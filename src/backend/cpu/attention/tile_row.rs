@@ -315,12 +315,12 @@ unsafe fn fma1<S: Lanes>(a: f32, b: f32, c: f32) -> f32 {
     first::<S>(S::fma(S::splat(a), S::splat(b), S::splat(c)))
 }
 
-/// One cached value, widened.
+/// One cached value, widened and divided by `T::LOAD_SCALE`, as [`Cached::load`]'s lanes.
 #[inline(always)]
 unsafe fn value<T: Cached, S: Lanes>(p: *const T) -> f32 {
     let mut x = 0.0f32;
     T::widen::<S>(p, &mut x, 1);
-    x
+    x * (1.0 / T::LOAD_SCALE)
 }
 
 /// Where a group's `C` positions are read: K value `x` of column `c` at
@@ -374,7 +374,7 @@ unsafe fn source<T: Cached, const C: usize>(
 }
 
 /// A row's working memory, carved out of its [`RowScratch`]: scaled queries (g·d),
-/// unnormalised outputs (g·d), every group's scores then weights
+/// unnormalised outputs (g·d; both in `T::LOAD_SCALE`'s units, see [`Work::new`]), every group's scores then weights
 /// (`[(group · g + h) · C + c]`), three values per head (`per_head`, g each: what they
 /// hold is the kernel's), and the gather buffers of [`source`].
 struct Work<T> {
@@ -404,8 +404,13 @@ impl<T: Cached> Work<T> {
         if s.f.len() < scores.end + 3 * g {
             s.f.resize(scores.end + 3 * g, 0.0);
         }
+        // The cache is read in units of `T::LOAD_SCALE` (K and V divided by it), so
+        // the queries carry it and each product is the one of the values: the scores
+        // are the same bits. It is a power of two and the outputs, which come out
+        // divided by it, are multiplied back when normalised.
+        let scale = geo.scale * T::LOAD_SCALE;
         for (s, &x) in s.f.iter_mut().zip(&q[..g * d]) {
-            *s = x * geo.scale;
+            *s = x * scale;
         }
         s.f[g * d..scores.start].fill(0.0);
         s.f[scores.end..scores.end + 3 * g].fill(0.0);
@@ -502,15 +507,17 @@ unsafe fn weigh_group<T: Cached, S: Lanes, const C: usize>(
     }
 }
 
-/// The outputs: each head's accumulated sum times `inv[h]`.
+/// The outputs: each head's accumulated sum times `inv[h]`, and times `T::LOAD_SCALE`,
+/// which the sums were divided by. That factor is a power of two, so folding it into
+/// `inv[h]` is exact and the products are the bits the values' sums would give.
 ///
 /// # Safety
 /// As [`weigh_group`].
 #[inline(always)]
-unsafe fn finish<T>(d: usize, g: usize, w: &Work<T>, inv: impl Fn(usize) -> f32, out: &mut [f32]) {
+unsafe fn finish<T: Cached>(d: usize, g: usize, w: &Work<T>, inv: impl Fn(usize) -> f32, out: &mut [f32]) {
     for h in 0..g {
         let acc = std::slice::from_raw_parts(w.ot.add(h * d), d);
-        let inv = inv(h);
+        let inv = inv(h) * T::LOAD_SCALE;
         for (o, &a) in out[h * d..(h + 1) * d].iter_mut().zip(acc) {
             *o = a * inv;
         }
@@ -605,7 +612,9 @@ unsafe fn two_pass_part<T: Cached, S: Lanes, const C: usize>(
     let g = geo.group;
     assert!(out.len() >= part_len(geo), "a part's result holds g · (d + 2) values");
     let (w, max, totals) = two_pass_sums::<T, S, C>(kv, d, geo, q, s);
-    out[..g * d].copy_from_slice(std::slice::from_raw_parts(w.ot, g * d));
+    for (o, &a) in out[..g * d].iter_mut().zip(std::slice::from_raw_parts(w.ot, g * d)) {
+        *o = a * T::LOAD_SCALE;
+    }
     out[g * d..g * d + g].copy_from_slice(max);
     out[g * d + g..g * d + 2 * g].copy_from_slice(totals);
 }

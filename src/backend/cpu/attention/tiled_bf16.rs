@@ -177,13 +177,18 @@ unsafe fn body<T: Cached>(
             let (k, v, bs) =
                 (kv.k.as_ptr().add(region + index), kv.v.as_ptr().add(region + index * d), kv.block_size);
             for j in 0..dh {
-                let line = pairs(T::load::<S>(k.add(2 * j * bs)), T::load::<S>(k.add((2 * j + 1) * bs)));
+                let line = pairs(
+                    T::load_values::<S>(k.add(2 * j * bs)),
+                    T::load_values::<S>(k.add((2 * j + 1) * bs)),
+                );
                 _mm512_storeu_si512(kp.add(j * C).cast(), line);
             }
             for p in 0..C / 2 {
                 for x in (0..d).step_by(W) {
-                    let line =
-                        pairs(T::load::<S>(v.add(2 * p * d + x)), T::load::<S>(v.add((2 * p + 1) * d + x)));
+                    let line = pairs(
+                        T::load_values::<S>(v.add(2 * p * d + x)),
+                        T::load_values::<S>(v.add((2 * p + 1) * d + x)),
+                    );
                     _mm512_storeu_si512(vp.add(p * d + x).cast(), line);
                 }
             }
