@@ -3,11 +3,12 @@
 build's ratio to the first build named.
 
     python3 benches/peers/ab_summary.py OUT_DIR base new > OUT_DIR/summary.md
+    python3 benches/peers/ab_summary.py target/peers/results/RUN inflight vllm   # compare.sh's
 
 Step rounds (step-LABEL-rN.txt): criterion's middle estimate per bench, and the
 section profile's ms per pass where INFLIGHT_PROFILE_STEP asked for one. Served
-rounds (served-LABEL-rN*.json, `inflight bench` results with one load level or
-several): output tok/s and the TTFT, TPOT and ITL percentiles per level.
+rounds (served-LABEL-rN*.json, or compare.sh's PEER-rN.json: `inflight bench`
+results with one load level or several): output tok/s and the TTFT, TPOT and ITL percentiles per level.
 """
 import json
 import re
@@ -75,7 +76,9 @@ def collect(folder, labels):
         for f in sorted(folder.glob(f"step-{label}-r*.txt")):
             for name, value in step_figures(f.read_text()).items():
                 rows[name][label].append(value)
-        for f in sorted(folder.glob(f"served-{label}-r*.json")):
+        # ab.sh's served rounds, or compare.sh's (PEER-rN.json).
+        served = [*folder.glob(f"served-{label}-r*.json"), *folder.glob(f"{label}-r*.json")]
+        for f in sorted(served):
             for name, value in served_figures(f).items():
                 rows[name][label].append(value)
     return rows
