@@ -152,6 +152,23 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
         ("min_p out of range", &comp, json!({"prompt": "hi", "min_p": 2}), 400),
         ("repetition_penalty zero", &comp, json!({"prompt": "hi", "repetition_penalty": 0}), 400),
         ("completions logprobs too many", &comp, json!({"prompt": "hi", "logprobs": 50}), 400),
+        ("logit_bias key not a token id", &chat, json!({"messages": msg, "logit_bias": {"abc": 1}}), 400),
+        ("logit_bias id out of vocab", &chat, json!({"messages": msg, "logit_bias": {"99999999": 1}}), 400),
+        ("logit_bias id listed twice", &comp, json!({"prompt": "hi", "logit_bias": {"7": 1, "07": 2}}), 400),
+        ("logit_bias above 100", &chat, json!({"messages": msg, "logit_bias": {"5": 100.5}}), 400),
+        ("logit_bias wrong type", &chat, json!({"messages": msg, "logit_bias": {"5": "up"}}), 422),
+        (
+            "response_format json",
+            &chat,
+            json!({"messages": msg, "response_format": {"type": "json_object"}}),
+            400,
+        ),
+        ("response_format without type", &comp, json!({"prompt": "hi", "response_format": {}}), 400),
+        ("tool_choice required", &chat, json!({"messages": msg, "tool_choice": "required"}), 400),
+        ("tool_choice a function", &chat, json!({"messages": msg, "tool_choice": {"type": "function"}}), 400),
+        ("suffix", &comp, json!({"prompt": "hi", "suffix": "bye"}), 400),
+        ("best_of above n", &comp, json!({"prompt": "hi", "best_of": 3}), 400),
+        ("best_of below n", &comp, json!({"prompt": "hi", "n": 2, "best_of": 1}), 400),
     ];
     for (case, url, body, want) in cases {
         let (status, resp) = post(url, &body);

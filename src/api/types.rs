@@ -50,6 +50,11 @@ pub struct CommonParams {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Token id (as a decimal string, as JSON object keys are) to a bias in [-100, 100].
+    pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
+    /// Only `{"type": "text"}` is served: there is no constrained decoding, so a JSON
+    /// mode is refused rather than ignored.
+    pub response_format: Option<Value>,
 }
 
 /// A message's `content`: a string, or a list of typed parts of which we accept
@@ -82,6 +87,9 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub logprobs: bool,
     pub top_logprobs: Option<i64>,
+    /// `tools` are ignored (no tool calling), so only a choice that lets the model
+    /// answer in text (`"auto"`, `"none"`) is accepted.
+    pub tool_choice: Option<Value>,
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of lists.
@@ -103,6 +111,11 @@ pub struct CompletionRequest {
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: bool,
+    /// Text after the insertion point: not supported (refused, as vLLM does).
+    pub suffix: Option<Value>,
+    /// Candidates to pick the best `n` from: only `best_of == n` (every candidate
+    /// returned) is served.
+    pub best_of: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

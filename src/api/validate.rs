@@ -101,7 +101,48 @@ fn check_model(common: &CommonParams, limits: &Limits) -> Result<String, ApiErro
     }
 }
 
-fn sampling_params(common: &CommonParams, logprobs: Option<usize>) -> Result<SamplingParams, ApiError> {
+/// `logit_bias`'s entries as `(id, bias)` by id: each key a token id of the
+/// vocabulary (`vocab`: one past the largest), written in decimal.
+fn logit_bias(common: &CommonParams, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = &common.logit_bias else { return Ok(Vec::new()) };
+    let mut out = Vec::with_capacity(map.len());
+    for (key, &bias) in map {
+        let id = key.parse::<u32>().ok().filter(|&id| (id as usize) < vocab).ok_or_else(|| {
+            ApiError::invalid(
+                "logit_bias",
+                format!("logit_bias keys must be token ids of the vocabulary (0..{vocab}), got {key:?}"),
+            )
+        })?;
+        out.push((id, bias as f32));
+    }
+    // "7" and "07" name one token.
+    out.sort_unstable_by_key(|&(id, _)| id);
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(ApiError::invalid("logit_bias", format!("token id {} is listed twice", w[0].0)));
+    }
+    Ok(out)
+}
+
+/// `response_format`: text only. A JSON mode would need constrained decoding, which
+/// this server does not have; refusing says so where ignoring would return text the
+/// client then fails to parse.
+fn check_response_format(common: &CommonParams) -> Result<(), ApiError> {
+    let Some(format) = &common.response_format else { return Ok(()) };
+    match format.get("type").and_then(|t| t.as_str()) {
+        Some("text") => Ok(()),
+        Some(kind) => Err(ApiError::invalid(
+            "response_format",
+            format!("response_format `{kind}` is not supported: this server has no constrained decoding; only `text` is"),
+        )),
+        None => Err(ApiError::invalid("response_format", "response_format must be an object with a `type`")),
+    }
+}
+
+fn sampling_params(
+    common: &CommonParams,
+    logprobs: Option<usize>,
+    vocab: usize,
+) -> Result<SamplingParams, ApiError> {
     let top_k = match common.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
@@ -121,6 +162,7 @@ fn sampling_params(common: &CommonParams, logprobs: Option<usize>) -> Result<Sam
         frequency_penalty: common.frequency_penalty.unwrap_or(0.0),
         seed,
         logprobs,
+        logit_bias: logit_bias(common, vocab)?,
     };
     params.validate().map_err(|e| ApiError::invalid(e.param().unwrap_or("sampling"), e.to_string()))?;
     Ok(params)
@@ -194,7 +236,8 @@ fn common_fields(
             ));
         }
     }
-    let sampling = sampling_params(common, logprobs)?;
+    check_response_format(common)?;
+    let sampling = sampling_params(common, logprobs, limits.tokenizer.vocab_size())?;
     let max_new_tokens = prompts
         .iter()
         .map(|p| {
@@ -288,7 +331,21 @@ pub fn chat(req: &ChatCompletionRequest, limits: &Limits) -> Result<ValidatedReq
     } else {
         None
     };
+    check_tool_choice(req.tool_choice.as_ref())?;
     common_fields(&req.common, vec![Prompt { ids, text }], limits, logprobs, false, "messages")
+}
+
+/// `tool_choice`: `tools` are ignored, so only the choices under which a text answer
+/// is a valid one pass; `"required"` or a named function would be silently broken.
+fn check_tool_choice(choice: Option<&serde_json::Value>) -> Result<(), ApiError> {
+    match choice {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(c) if c == "auto" || c == "none" => Ok(()),
+        Some(_) => Err(ApiError::invalid(
+            "tool_choice",
+            "tool calling is not supported: tool_choice must be \"auto\" or \"none\"",
+        )),
+    }
 }
 
 pub fn completion(req: &CompletionRequest, limits: &Limits) -> Result<ValidatedRequest, ApiError> {
@@ -326,6 +383,24 @@ pub fn completion(req: &CompletionRequest, limits: &Limits) -> Result<ValidatedR
             return Err(ApiError::invalid("logprobs", format!("logprobs must be between 0 and 20, got {k}")))
         }
     };
+    if req.suffix.as_ref().is_some_and(|s| !s.is_null() && s != "") {
+        return Err(ApiError::invalid("suffix", "suffix is not supported"));
+    }
+    let n = req.common.n.unwrap_or(1);
+    match req.best_of {
+        Some(b) if b < n => {
+            return Err(ApiError::invalid("best_of", format!("best_of must be at least n ({n}), got {b}")))
+        }
+        Some(b) if b > n => {
+            return Err(ApiError::invalid(
+                "best_of",
+                format!(
+                    "best_of above n is not supported (every candidate is returned): got {b} with n = {n}"
+                ),
+            ))
+        }
+        _ => {}
+    }
     if req.echo && logprobs.is_some() && req.common.stream {
         return Err(ApiError::invalid(
             "echo",

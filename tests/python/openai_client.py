@@ -117,6 +117,53 @@ def logprobs():
     check(len(lp.tokens) == 3 and len(lp.token_logprobs) == 3 and all(len(x) <= 2 for x in lp.top_logprobs), lp)
 
 
+def logit_bias():
+    # A token's bytes, from echoing it as a one-token prompt.
+    token = 1000
+    echoed = client.completions.create(model=MODEL, prompt=[token], max_tokens=1, echo=True, logprobs=0)
+    want = echoed.choices[0].logprobs.tokens[0]
+    plain = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi"}], max_tokens=3, temperature=0,
+        logprobs=True)
+    check(any(t.token != want for t in plain.choices[0].logprobs.content), "the test token is already greedy")
+    # +100 makes it the greedy choice at every step.
+    forced = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hi"}], max_tokens=3, temperature=0,
+        logprobs=True, logit_bias={str(token): 100})
+    check([t.token for t in forced.choices[0].logprobs.content] == [want] * 3, (forced.choices[0], want))
+    for bad, param in (({"abc": 1}, "logit_bias"), ({str(token): 150}, "logit_bias")):
+        try:
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2, logit_bias=bad)
+            raise AssertionError(f"logit_bias {bad} accepted")
+        except openai.BadRequestError as e:
+            check(e.status_code == 400 and e.param == param, e)
+
+
+def unsupported_features_are_refused_not_ignored():
+    msgs = [{"role": "user", "content": "Give me JSON"}]
+    cases = [
+        ("response_format", lambda: client.chat.completions.create(
+            model=MODEL, messages=msgs, max_tokens=4, response_format={"type": "json_object"})),
+        ("tool_choice", lambda: client.chat.completions.create(
+            model=MODEL, messages=msgs, max_tokens=4, tool_choice="required",
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])),
+        ("suffix", lambda: client.completions.create(model=MODEL, prompt="a", suffix="b", max_tokens=2)),
+        ("best_of", lambda: client.completions.create(model=MODEL, prompt="a", best_of=3, max_tokens=2)),
+    ]
+    for param, call in cases:
+        try:
+            call()
+            raise AssertionError(f"{param} accepted")
+        except openai.BadRequestError as e:
+            check(e.status_code == 400 and e.param == param, (param, e))
+    # What is served stays accepted: a text format, tools the model may ignore.
+    r = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=2, response_format={"type": "text"}, tool_choice="auto",
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+    check(r.choices[0].message.content is not None, r)
+
+
 def models_and_errors():
     models = client.models.list()
     check([m.id for m in models.data] == [MODEL], models)
@@ -139,5 +186,7 @@ completions_prompt_array()
 stop_strings()
 seed_reproducible()
 logprobs()
+logit_bias()
+unsupported_features_are_refused_not_ignored()
 models_and_errors()
 print("all openai client checks passed")

@@ -7,6 +7,9 @@ use super::SamplingError;
 
 /// Largest number of alternatives `logprobs` may ask for (OpenAI's limit).
 pub const MAX_LOGPROBS: usize = 20;
+/// A `logit_bias` value's bound either way (OpenAI's): -100 bans a token in effect,
+/// 100 forces it.
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -26,6 +29,9 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// How many top alternatives to report, 0..=20; Some(0) = only the chosen token's.
     pub logprobs: Option<usize>,
+    /// `(token id, bias)` added to those tokens' logits before the penalties, by id
+    /// and each id once; empty = off.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +47,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             seed: None,
             logprobs: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -77,6 +84,17 @@ impl SamplingParams {
             if n > MAX_LOGPROBS {
                 return Err(invalid("logprobs", format!("must be at most {MAX_LOGPROBS}, got {n}")));
             }
+        }
+        if let Some(&(id, bias)) =
+            self.logit_bias.iter().find(|(_, b)| !(-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(b))
+        {
+            return Err(invalid(
+                "logit_bias",
+                format!("token {id}'s bias must be in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}], got {bias}"),
+            ));
+        }
+        if self.logit_bias.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(invalid("logit_bias", "token ids must be sorted and distinct".to_string()));
         }
         Ok(())
     }
@@ -124,6 +142,10 @@ mod tests {
             (SamplingParams { presence_penalty: f32::NAN, ..base() }, "presence_penalty"),
             (SamplingParams { frequency_penalty: -2.01, ..base() }, "frequency_penalty"),
             (SamplingParams { logprobs: Some(21), ..base() }, "logprobs"),
+            (SamplingParams { logit_bias: vec![(3, 100.5)], ..base() }, "logit_bias"),
+            (SamplingParams { logit_bias: vec![(3, f32::NAN)], ..base() }, "logit_bias"),
+            (SamplingParams { logit_bias: vec![(3, -101.0)], ..base() }, "logit_bias"),
+            (SamplingParams { logit_bias: vec![(5, 1.0), (5, 2.0)], ..base() }, "logit_bias"),
         ];
         for (params, want) in cases {
             let err = params.validate().expect_err(want);
@@ -144,6 +166,7 @@ mod tests {
             frequency_penalty: 2.0,
             seed: Some(7),
             logprobs: Some(20),
+            logit_bias: vec![(0, -100.0), (9, 100.0)],
         };
         assert_eq!(ok.validate(), Ok(()));
         assert_eq!(param_of(SamplingParams { min_p: 0.0, logprobs: Some(0), ..ok }), None);

@@ -1,5 +1,7 @@
-//! Repetition, presence and frequency penalties, applied to a copy of the logits.
+//! Logit bias, then repetition, presence and frequency penalties, applied to a copy of
+//! the logits.
 //!
+//! Logit bias (OpenAI): each listed token's bias is added to its logit.
 //! Repetition (HF / llama.cpp): every distinct token of prompt + output has its logit
 //! divided by the penalty if positive, multiplied if negative, once however often it
 //! occurs. Presence and frequency (OpenAI): over output tokens only,
@@ -24,6 +26,11 @@ impl Penalizer {
         prompt_ids: &[u32],
         output_ids: &[u32],
     ) {
+        for &(id, bias) in &params.logit_bias {
+            if let Some(logit) = logits.get_mut(id as usize) {
+                *logit += bias;
+            }
+        }
         if params.repetition_penalty != 1.0 {
             self.repetition(logits, params.repetition_penalty, prompt_ids, output_ids);
         }
@@ -104,6 +111,18 @@ mod tests {
         let params = SamplingParams { presence_penalty: -1.0, repetition_penalty: 1.5, ..Default::default() };
         let got = penalise(&[3.0, 0.0], &params, &[99], &[1, 1, 7]);
         assert_eq!(got, vec![3.0, 1.0]);
+    }
+
+    #[test]
+    fn logit_bias_is_added_before_the_repetition_penalty_and_out_of_vocab_ids_are_ignored() {
+        let params = SamplingParams {
+            repetition_penalty: 2.0,
+            logit_bias: vec![(0, 2.0), (1, -100.0), (9, 5.0)],
+            ..Default::default()
+        };
+        // Token 0 (in the prompt): (4 + 2) / 2; token 1: -100 alone; token 2 untouched.
+        let got = penalise(&[4.0, 1.0, 3.0], &params, &[0], &[]);
+        assert_eq!(got, vec![3.0, -99.0, 3.0]);
     }
 
     #[test]
