@@ -169,6 +169,13 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
         ("suffix", &comp, json!({"prompt": "hi", "suffix": "bye"}), 400),
         ("best_of above n", &comp, json!({"prompt": "hi", "best_of": 3}), 400),
         ("best_of below n", &comp, json!({"prompt": "hi", "n": 2, "best_of": 1}), 400),
+        ("min_tokens negative", &chat, json!({"messages": msg, "min_tokens": -1}), 400),
+        (
+            "min_tokens above max_tokens",
+            &comp,
+            json!({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}),
+            400,
+        ),
     ];
     for (case, url, body, want) in cases {
         let (status, resp) = post(url, &body);

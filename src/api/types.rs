@@ -50,6 +50,9 @@ pub struct CommonParams {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Tokens to generate before an end-of-sequence token or a stop string may end
+    /// the output (vLLM's extension).
+    pub min_tokens: Option<i64>,
     /// Token id (as a decimal string, as JSON object keys are) to a bias in [-100, 100].
     pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
     /// Only `{"type": "text"}` is served: there is no constrained decoding, so a JSON

@@ -54,6 +54,7 @@ pub struct ValidatedRequest {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    pub min_tokens: usize,
     pub stream: bool,
     pub include_usage: bool,
     /// Some(k): report the chosen token's logprob and the top k alternatives.
@@ -85,6 +86,7 @@ impl ValidatedRequest {
                     sampling,
                     stop: self.stop.clone(),
                     ignore_eos: self.ignore_eos,
+                    min_tokens: self.min_tokens,
                     class,
                     prompt_logprobs: if self.echo { self.logprobs } else { None },
                 });
@@ -245,6 +247,19 @@ fn common_fields(
             Ok(limits.tenant_cap.as_ref().map_or(room, |cap| room.min(cap.max_tokens)))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    let min_tokens = match common.min_tokens {
+        None => 0,
+        Some(m) if m < 0 => {
+            return Err(ApiError::invalid("min_tokens", format!("min_tokens must be at least 0, got {m}")))
+        }
+        Some(m) => m as usize,
+    };
+    if let Some(&most) = max_new_tokens.iter().filter(|&&most| most < min_tokens).min() {
+        return Err(ApiError::invalid(
+            "min_tokens",
+            format!("min_tokens is {min_tokens}, above the {most} output tokens this request may generate"),
+        ));
+    }
     let stop: Vec<String> = common.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     if stop.len() > 16 {
         return Err(ApiError::invalid("stop", "at most 16 stop sequences"));
@@ -257,6 +272,7 @@ fn common_fields(
         sampling,
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
         ignore_eos: common.ignore_eos,
+        min_tokens,
         stream: common.stream,
         include_usage: common.stream_options.as_ref().is_some_and(|o| o.include_usage),
         logprobs,

@@ -111,6 +111,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             sampling: sampling.clone(),
             stop: Vec::new(),
             ignore_eos: args.ignore_eos,
+            min_tokens: 0,
             class: SchedClass::default(),
             prompt_logprobs: None,
         };

@@ -290,8 +290,13 @@ impl EngineCore {
             .filter(|(_, a)| a.req.max_new_tokens > 0)
             .filter_map(|(&id, a)| Some((id, a, logits.row(*rows.get(&id)?)?)))
             .collect();
+        let stop_ids = self.tokenizer.stop_token_ids();
         let draw = |(id, a, row): &mut (SeqId, &mut Active, &[f32])| {
-            (*id, a.sampler.sample(row, &a.req.prompt_ids, &a.output))
+            // Before `min_tokens`, a stop token may not be chosen (with `ignore_eos`
+            // it would not stop anything, so it stays allowed).
+            let early = a.output.len() < a.req.min_tokens && !a.req.ignore_eos;
+            let banned: &[u32] = if early { stop_ids } else { &[] };
+            (*id, a.sampler.sample_banning(row, &a.req.prompt_ids, &a.output, banned))
         };
         if jobs.len() >= PARALLEL_SAMPLING_MIN_ROWS {
             jobs.par_iter_mut().map(draw).collect()
@@ -372,6 +377,9 @@ impl EngineCore {
         let mut text = String::new();
         if is_eos && !a.req.ignore_eos {
             finish = Some(FinishReason::Stop);
+        } else if a.output.len() <= a.req.min_tokens {
+            // This token's text may not end the sequence either.
+            text = a.stop.pass(&a.detok.push(&tokenizer, sampled.token).unwrap_or_default());
         } else {
             let delta = a.detok.push(&tokenizer, sampled.token).unwrap_or_default();
             match a.stop.push(&delta) {

@@ -22,6 +22,10 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// Keep generating through EOS / end-of-turn tokens (benchmarks rely on it).
     pub ignore_eos: bool,
+    /// Output tokens before which neither a stop token (it cannot be sampled) nor a
+    /// stop string (its text is not matched) ends the sequence; at most
+    /// `max_new_tokens`.
+    pub min_tokens: usize,
     /// How the scheduler queues it (reserved or standard, whose fair share).
     pub class: SchedClass,
     /// Some(k): report every prompt token's logprob (after the first) with the k

@@ -38,7 +38,8 @@ pub enum SubmitError {
 
 enum Command {
     Submit {
-        req: GenerationRequest,
+        // Boxed: a request is several times the size of the other commands.
+        req: Box<GenerationRequest>,
         events: tmpsc::Sender<EventKind>,
         reply: oneshot::Sender<Result<SeqId, SubmitError>>,
     },
@@ -107,7 +108,7 @@ impl EngineHandle {
         let tx = self.tx.clone();
         // The command channel is bounded; waiting for room must not block the
         // async runtime, so the send happens on the blocking pool.
-        let cmd = Command::Submit { req, events, reply };
+        let cmd = Command::Submit { req: Box::new(req), events, reply };
         tokio::task::spawn_blocking(move || tx.send(cmd).is_ok())
             .await
             .ok()
@@ -328,7 +329,7 @@ fn handle(
         Command::Submit { req, events, reply } => {
             let arrived = req.arrived;
             let predicted_wait = core.predicted_wait();
-            let result = core.add(req).map_err(|e| submit_error(e, predicted_wait));
+            let result = core.add(*req).map_err(|e| submit_error(e, predicted_wait));
             if let Ok(id) = result {
                 live.insert(
                     id,
@@ -418,6 +419,7 @@ mod tests {
             sampling: SamplingParams::default(),
             stop: Vec::new(),
             ignore_eos: true,
+            min_tokens: 0,
             class: SchedClass::default(),
             prompt_logprobs: None,
         }

@@ -58,6 +58,14 @@ impl StopMatcher {
         StopOutcome::Continue { emit }
     }
 
+    /// Emits `delta` (after anything held) without looking for stop strings: text of
+    /// tokens that may not end the sequence (`min_tokens`). Matching starts with the
+    /// next [`StopMatcher::push`], on text after this.
+    pub fn pass(&mut self, delta: &str) -> String {
+        self.held.push_str(delta);
+        std::mem::take(&mut self.held)
+    }
+
     /// Releases the held-back text when generation ends without a stop string.
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.held)
@@ -144,6 +152,20 @@ mod tests {
         assert!(m.is_stopped());
         assert_eq!(m.push("more"), cont(""));
         assert_eq!(m.finish(), "");
+    }
+
+    #[test]
+    fn passed_text_is_sent_whole_and_never_matched() {
+        let mut m = matcher(&["END"]);
+        // Before `min_tokens`: a stop string, or its start, goes out as text.
+        assert_eq!(m.pass("an END"), "an END");
+        assert_eq!(m.pass(" E"), " E");
+        // Matching starts on the text after: "ND" does not complete the "E" passed.
+        assert_eq!(m.push("ND then "), cont("ND then "));
+        assert_eq!(m.push("EN"), cont(""));
+        // A held start is released by a pass.
+        assert_eq!(m.pass("x"), "ENx");
+        assert_eq!(m.push(" END"), StopOutcome::Stopped { emit: " ".into(), matched: "END".into() });
     }
 
     #[test]

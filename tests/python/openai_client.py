@@ -140,6 +140,23 @@ def logit_bias():
             check(e.status_code == 400 and e.param == param, e)
 
 
+def min_tokens():
+    # vLLM's extension, sent as the client sends any: in `extra_body`.
+    msgs = [{"role": "user", "content": "What is 2+2?"}]
+    short = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=64, temperature=0)
+    check(short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 30, short)
+    longer = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=64, temperature=0, extra_body={"min_tokens": 30})
+    check(longer.usage.completion_tokens >= 30, longer)
+    check(longer.choices[0].message.content.startswith(short.choices[0].message.content), (short, longer))
+    # A stop string in the first min_tokens tokens' text does not end the output.
+    kw = dict(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0, stop=[","])
+    cut = client.completions.create(**kw)
+    kept = client.completions.create(**kw, extra_body={"min_tokens": 4})
+    check("," not in cut.choices[0].text and "," in kept.choices[0].text, (cut, kept))
+    check(kept.choices[0].finish_reason == "stop" and kept.usage.completion_tokens > 4, kept)
+
+
 def unsupported_features_are_refused_not_ignored():
     msgs = [{"role": "user", "content": "Give me JSON"}]
     cases = [
@@ -187,6 +204,7 @@ stop_strings()
 seed_reproducible()
 logprobs()
 logit_bias()
+min_tokens()
 unsupported_features_are_refused_not_ignored()
 models_and_errors()
 print("all openai client checks passed")

@@ -72,8 +72,21 @@ impl Sampler {
         prompt_ids: &[u32],
         output_ids: &[u32],
     ) -> Result<Sampled, SamplingError> {
+        self.sample_banning(logits, prompt_ids, output_ids, &[])
+    }
+
+    /// [`Sampler::sample`] with the tokens `banned` given probability 0 (stop tokens
+    /// before `min_tokens`): never chosen, never listed among the alternatives, and
+    /// the logprobs are those of the distribution without them.
+    pub fn sample_banning(
+        &mut self,
+        logits: &[f32],
+        prompt_ids: &[u32],
+        output_ids: &[u32],
+        banned: &[u32],
+    ) -> Result<Sampled, SamplingError> {
         // `sample` never re-enters itself, so the borrow cannot already be taken.
-        SCRATCH.with_borrow_mut(|scratch| self.sample_with(scratch, logits, prompt_ids, output_ids))
+        SCRATCH.with_borrow_mut(|scratch| self.sample_with(scratch, logits, prompt_ids, output_ids, banned))
     }
 
     fn sample_with(
@@ -82,11 +95,17 @@ impl Sampler {
         logits: &[f32],
         prompt_ids: &[u32],
         output_ids: &[u32],
+        banned: &[u32],
     ) -> Result<Sampled, SamplingError> {
         let work = &mut scratch.work;
         work.clear();
         work.extend_from_slice(logits);
         scratch.penalizer.apply(work, &self.params, prompt_ids, output_ids);
+        for &id in banned {
+            if let Some(logit) = work.get_mut(id as usize) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
         let (argmax, max) = sanitize_and_argmax(work).ok_or(SamplingError::NoFiniteLogits)?;
 
         // Fills the draw's weights at temperature 1 on the way.
@@ -323,6 +342,21 @@ mod tests {
             for &(id, lp) in &got.top_logprobs {
                 assert!((f64::from(lp) - want[id as usize].ln()).abs() < 1e-5);
             }
+        }
+    }
+
+    #[test]
+    fn banned_tokens_are_never_chosen_nor_listed_and_the_rest_renormalise() {
+        let logits = [3.0f32, 1.0, 1.0, 2.0];
+        let params = SamplingParams { logprobs: Some(4), ..Default::default() };
+        let got = Sampler::new(&params).sample_banning(&logits, &[], &[], &[0, 9]).unwrap();
+        assert_eq!(got.token, 3, "the best allowed token");
+        let lse = (1.0f32.exp() * 2.0 + 2.0f32.exp()).ln();
+        assert!((got.logprob - (2.0 - lse)).abs() < 1e-6, "{got:?}");
+        assert_eq!(got.top_logprobs.iter().map(|&(id, _)| id).collect::<Vec<_>>(), [3, 1, 2]);
+        for seed in 0..20 {
+            let hot = SamplingParams { temperature: 5.0, ..Default::default() };
+            assert_ne!(seeded(hot, seed).sample_banning(&logits, &[], &[], &[0]).unwrap().token, 0);
         }
     }
 
