@@ -365,6 +365,12 @@ fn stream_response(
             {
                 return;
             }
+            if endpoint == Endpoint::Completion
+                && req.echo
+                && send_echo_chunks(&tx, head, &req).await.is_err()
+            {
+                return;
+            }
             let chunk = |index, kind: &EventKind| chunk_for(endpoint, &ready, &req, head, index, kind);
             let Ok(usage) = forward_events(&tx, streams, timeout, chunk, &billing.meter).await else {
                 return;
@@ -407,6 +413,35 @@ async fn send_role_chunks(
             usage: None,
         };
         send_json(tx, &first).await?;
+    }
+    Ok(())
+}
+
+/// A streamed completion with `echo` opens every choice with its prompt's text, as
+/// the non-streamed response puts it before the output (and as vLLM streams it).
+/// Choices are ordered by prompt, then by choice (`generation_requests`).
+async fn send_echo_chunks(
+    tx: &mpsc::Sender<Event>,
+    head: (&str, u64),
+    req: &ValidatedRequest,
+) -> Result<(), ()> {
+    for (p, prompt) in req.prompts.iter().enumerate() {
+        for j in 0..req.n {
+            let first = Completion {
+                id: head.0.to_string(),
+                object: "text_completion",
+                created: head.1,
+                model: req.model.clone(),
+                choices: vec![CompletionChoice {
+                    index: p * req.n + j,
+                    text: prompt.text.clone(),
+                    logprobs: None,
+                    finish_reason: None,
+                }],
+                usage: None,
+            };
+            send_json(tx, &first).await?;
+        }
     }
     Ok(())
 }

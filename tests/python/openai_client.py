@@ -140,6 +140,17 @@ def logit_bias():
             check(e.status_code == 400 and e.param == param, e)
 
 
+def streamed_echo_matches_non_streamed():
+    kw = dict(model=MODEL, prompt=["Hello", "The sky is"], max_tokens=4, temperature=0, echo=True, n=2)
+    whole = client.completions.create(**kw)
+    texts = {}
+    for chunk in client.completions.create(**kw, stream=True):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+    check(texts == {c.index: c.text for c in whole.choices}, (texts, whole.choices))
+    check(texts[2].startswith("The sky is") and texts[0].startswith("Hello"), texts)
+
+
 def min_tokens():
     # vLLM's extension, sent as the client sends any: in `extra_body`.
     msgs = [{"role": "user", "content": "What is 2+2?"}]
@@ -204,6 +215,7 @@ stop_strings()
 seed_reproducible()
 logprobs()
 logit_bias()
+streamed_echo_matches_non_streamed()
 min_tokens()
 unsupported_features_are_refused_not_ignored()
 models_and_errors()
