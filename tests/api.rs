@@ -170,6 +170,9 @@ fn bad_inputs_get_clear_errors_and_the_server_keeps_serving() {
         ("best_of above n", &comp, json!({"prompt": "hi", "best_of": 3}), 400),
         ("best_of below n", &comp, json!({"prompt": "hi", "n": 2, "best_of": 1}), 400),
         ("min_tokens negative", &chat, json!({"messages": msg, "min_tokens": -1}), 400),
+        ("stop_token_ids out of vocab", &chat, json!({"messages": msg, "stop_token_ids": [1, -2]}), 400),
+        ("guided_regex", &comp, json!({"prompt": "hi", "guided_regex": "a+"}), 400),
+        ("structured_outputs", &chat, json!({"messages": msg, "structured_outputs": {"json": {}}}), 400),
         (
             "min_tokens above max_tokens",
             &comp,

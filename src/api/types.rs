@@ -53,6 +53,16 @@ pub struct CommonParams {
     /// Tokens to generate before an end-of-sequence token or a stop string may end
     /// the output (vLLM's extension).
     pub min_tokens: Option<i64>,
+    /// More token ids that end the output, as the model's end-of-sequence tokens do,
+    /// `ignore_eos` or not (vLLM's extension).
+    pub stop_token_ids: Option<Vec<i64>>,
+    /// vLLM's constrained-decoding fields: refused (no constrained decoding), as a
+    /// constraint silently dropped would return text the client cannot use.
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<Value>,
+    pub guided_choice: Option<Value>,
+    pub guided_grammar: Option<Value>,
+    pub structured_outputs: Option<Value>,
     /// Token id (as a decimal string, as JSON object keys are) to a bias in [-100, 100].
     pub logit_bias: Option<std::collections::BTreeMap<String, f64>>,
     /// Only `{"type": "text"}` is served: there is no constrained decoding, so a JSON

@@ -55,6 +55,7 @@ pub struct ValidatedRequest {
     pub stop: Vec<String>,
     pub ignore_eos: bool,
     pub min_tokens: usize,
+    pub stop_token_ids: Vec<u32>,
     pub stream: bool,
     pub include_usage: bool,
     /// Some(k): report the chosen token's logprob and the top k alternatives.
@@ -87,6 +88,7 @@ impl ValidatedRequest {
                     stop: self.stop.clone(),
                     ignore_eos: self.ignore_eos,
                     min_tokens: self.min_tokens,
+                    stop_token_ids: self.stop_token_ids.clone(),
                     class,
                     prompt_logprobs: if self.echo { self.logprobs } else { None },
                 });
@@ -129,6 +131,19 @@ fn logit_bias(common: &CommonParams, vocab: usize) -> Result<Vec<(u32, f32)>, Ap
 /// this server does not have; refusing says so where ignoring would return text the
 /// client then fails to parse.
 fn check_response_format(common: &CommonParams) -> Result<(), ApiError> {
+    let guided = [
+        ("guided_json", &common.guided_json),
+        ("guided_regex", &common.guided_regex),
+        ("guided_choice", &common.guided_choice),
+        ("guided_grammar", &common.guided_grammar),
+        ("structured_outputs", &common.structured_outputs),
+    ];
+    if let Some((param, _)) = guided.iter().find(|(_, v)| v.as_ref().is_some_and(|v| !v.is_null())) {
+        return Err(ApiError::invalid(
+            param,
+            format!("{param} is not supported: this server has no constrained decoding"),
+        ));
+    }
     let Some(format) = &common.response_format else { return Ok(()) };
     match format.get("type").and_then(|t| t.as_str()) {
         Some("text") => Ok(()),
@@ -138,6 +153,18 @@ fn check_response_format(common: &CommonParams) -> Result<(), ApiError> {
         )),
         None => Err(ApiError::invalid("response_format", "response_format must be an object with a `type`")),
     }
+}
+
+/// `stop_token_ids`: token ids of the vocabulary (`vocab`: one past the largest).
+fn stop_token_ids(common: &CommonParams, vocab: usize) -> Result<Vec<u32>, ApiError> {
+    let ids = common.stop_token_ids.as_deref().unwrap_or_default();
+    if let Some(bad) = ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
+        return Err(ApiError::invalid(
+            "stop_token_ids",
+            format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+        ));
+    }
+    Ok(ids.iter().map(|&id| id as u32).collect())
 }
 
 fn sampling_params(
@@ -273,6 +300,7 @@ fn common_fields(
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
         ignore_eos: common.ignore_eos,
         min_tokens,
+        stop_token_ids: stop_token_ids(common, limits.tokenizer.vocab_size())?,
         stream: common.stream,
         include_usage: common.stream_options.as_ref().is_some_and(|o| o.include_usage),
         logprobs,

@@ -112,6 +112,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             stop: Vec::new(),
             ignore_eos: args.ignore_eos,
             min_tokens: 0,
+            stop_token_ids: Vec::new(),
             class: SchedClass::default(),
             prompt_logprobs: None,
         };

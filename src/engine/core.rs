@@ -292,11 +292,15 @@ impl EngineCore {
             .collect();
         let stop_ids = self.tokenizer.stop_token_ids();
         let draw = |(id, a, row): &mut (SeqId, &mut Active, &[f32])| {
-            // Before `min_tokens`, a stop token may not be chosen (with `ignore_eos`
-            // it would not stop anything, so it stays allowed).
-            let early = a.output.len() < a.req.min_tokens && !a.req.ignore_eos;
-            let banned: &[u32] = if early { stop_ids } else { &[] };
-            (*id, a.sampler.sample_banning(row, &a.req.prompt_ids, &a.output, banned))
+            // Before `min_tokens`, a token that would end the sequence may not be
+            // chosen (with `ignore_eos` the model's own do not end it).
+            let early = a.output.len() < a.req.min_tokens;
+            let banned: Vec<u32> = match early {
+                false => Vec::new(),
+                true if a.req.ignore_eos => a.req.stop_token_ids.clone(),
+                true => stop_ids.iter().chain(&a.req.stop_token_ids).copied().collect(),
+            };
+            (*id, a.sampler.sample_banning(row, &a.req.prompt_ids, &a.output, &banned))
         };
         if jobs.len() >= PARALLEL_SAMPLING_MIN_ROWS {
             jobs.par_iter_mut().map(draw).collect()
@@ -375,7 +379,7 @@ impl EngineCore {
         let is_eos = tokenizer.stop_token_ids().contains(&sampled.token);
         let mut finish = None;
         let mut text = String::new();
-        if is_eos && !a.req.ignore_eos {
+        if (is_eos && !a.req.ignore_eos) || a.req.stop_token_ids.contains(&sampled.token) {
             finish = Some(FinishReason::Stop);
         } else if a.output.len() <= a.req.min_tokens {
             // This token's text may not end the sequence either.

@@ -26,6 +26,9 @@ pub struct GenerationRequest {
     /// stop string (its text is not matched) ends the sequence; at most
     /// `max_new_tokens`.
     pub min_tokens: usize,
+    /// Token ids that end the sequence besides the model's stop tokens (whatever
+    /// `ignore_eos` says); like those, their text is not returned.
+    pub stop_token_ids: Vec<u32>,
     /// How the scheduler queues it (reserved or standard, whose fair share).
     pub class: SchedClass,
     /// Some(k): report every prompt token's logprob (after the first) with the k

@@ -420,6 +420,7 @@ mod tests {
             stop: Vec::new(),
             ignore_eos: true,
             min_tokens: 0,
+            stop_token_ids: Vec::new(),
             class: SchedClass::default(),
             prompt_logprobs: None,
         }

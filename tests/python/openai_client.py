@@ -168,6 +168,20 @@ def min_tokens():
     check(kept.choices[0].finish_reason == "stop" and kept.usage.completion_tokens > 4, kept)
 
 
+def stop_token_ids():
+    # Token 1000 forced by its bias, and made a stop token: the output ends at once,
+    # without its text; after `min_tokens` it may end it only from then on.
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8, temperature=0,
+              logit_bias={"1000": 100})
+    r = client.chat.completions.create(**kw, extra_body={"stop_token_ids": [1000]})
+    c = r.choices[0]
+    check(c.finish_reason == "stop" and c.message.content == "" and r.usage.completion_tokens == 1, r)
+    r = client.chat.completions.create(**kw, extra_body={"stop_token_ids": [1000], "min_tokens": 2})
+    c = r.choices[0]
+    check(c.finish_reason == "stop" and r.usage.completion_tokens == 3 and c.message.content, r)
+    check("()" not in c.message.content, r)
+
+
 def unsupported_features_are_refused_not_ignored():
     msgs = [{"role": "user", "content": "Give me JSON"}]
     cases = [
@@ -178,6 +192,8 @@ def unsupported_features_are_refused_not_ignored():
             tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])),
         ("suffix", lambda: client.completions.create(model=MODEL, prompt="a", suffix="b", max_tokens=2)),
         ("best_of", lambda: client.completions.create(model=MODEL, prompt="a", best_of=3, max_tokens=2)),
+        ("guided_json", lambda: client.chat.completions.create(
+            model=MODEL, messages=msgs, max_tokens=4, extra_body={"guided_json": {"type": "object"}})),
     ]
     for param, call in cases:
         try:
@@ -217,6 +233,7 @@ logprobs()
 logit_bias()
 streamed_echo_matches_non_streamed()
 min_tokens()
+stop_token_ids()
 unsupported_features_are_refused_not_ignored()
 models_and_errors()
 print("all openai client checks passed")
