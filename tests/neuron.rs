@@ -122,6 +122,14 @@ fn official_openai_client_works_on_the_neuron_backend() {
     let server = emulator_server(&[]);
     let out = crate::support::python::run_script("openai_client.py", &server.base, &[]);
     assert!(out.contains("all openai client checks passed"), "{out}");
+    // Prompt logprobs need every row's logits, which compiled graphs do not return:
+    // refused up front (a step asking for them would fail every request in it).
+    let scored =
+        json!({"model": "test-model", "prompt": "Hi there", "max_tokens": 1, "echo": true, "logprobs": 1});
+    let (status, body) = post(&format!("{}/v1/completions", server.base), &scored);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "logprobs", "{body}");
+    assert_eq!(complete(&server.base, "Hi there").0, 200);
     let (status, log) = server.stop_and_log();
     assert!(status.success());
     assert_clean_close(&log.join("\n"));

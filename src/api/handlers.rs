@@ -145,6 +145,7 @@ async fn validated(
             tokenizer: &ready.tokenizer,
             served_model: &served,
             max_context: ready.max_context,
+            prompt_logprobs: ready.prompt_logprobs,
             tenant_cap: tenant
                 .max_tokens_per_request
                 .map(|max_tokens| TenantTokenCap { tenant: &tenant.name, max_tokens }),

@@ -29,6 +29,8 @@ pub struct Ready {
     pub engine: EngineHandle,
     pub tokenizer: Arc<Tokenizer>,
     pub max_context: usize,
+    /// Whether the backend can score prompts (`BackendInfo::prompt_logprobs`).
+    pub prompt_logprobs: bool,
 }
 
 #[derive(Clone)]

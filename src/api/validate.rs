@@ -27,6 +27,8 @@ pub struct Limits<'a> {
     pub tokenizer: &'a Tokenizer,
     pub served_model: &'a str,
     pub max_context: usize,
+    /// Whether the backend can score prompts (`echo` with `logprobs`).
+    pub prompt_logprobs: bool,
     /// The calling tenant's `max_tokens_per_request`, if it has one.
     pub tenant_cap: Option<TenantTokenCap<'a>>,
 }
@@ -127,10 +129,10 @@ fn logit_bias(common: &CommonParams, vocab: usize) -> Result<Vec<(u32, f32)>, Ap
     Ok(out)
 }
 
-/// `response_format`: text only. A JSON mode would need constrained decoding, which
-/// this server does not have; refusing says so where ignoring would return text the
-/// client then fails to parse.
-fn check_response_format(common: &CommonParams) -> Result<(), ApiError> {
+/// `response_format` text only, and none of vLLM's `guided_*` / `structured_outputs`:
+/// each asks for constrained decoding, which this server does not have; refusing
+/// says so where ignoring would return text the client then fails to parse.
+fn check_no_constrained_decoding(common: &CommonParams) -> Result<(), ApiError> {
     let guided = [
         ("guided_json", &common.guided_json),
         ("guided_regex", &common.guided_regex),
@@ -265,7 +267,7 @@ fn common_fields(
             ));
         }
     }
-    check_response_format(common)?;
+    check_no_constrained_decoding(common)?;
     let sampling = sampling_params(common, logprobs, limits.tokenizer.vocab_size())?;
     let max_new_tokens = prompts
         .iter()
@@ -444,6 +446,14 @@ pub fn completion(req: &CompletionRequest, limits: &Limits) -> Result<ValidatedR
             ))
         }
         _ => {}
+    }
+    if req.echo && logprobs.is_some() && !limits.prompt_logprobs {
+        // Refused here: a step that asked the backend for them would fail, and with
+        // it every other request sharing that step.
+        return Err(ApiError::invalid(
+            "logprobs",
+            "prompt logprobs (`echo` with `logprobs`) are not supported by this backend: it returns the last position's logits only",
+        ));
     }
     if req.echo && logprobs.is_some() && req.common.stream {
         return Err(ApiError::invalid(

@@ -51,6 +51,9 @@ pub struct BackendInfo {
     pub step: StepShapes,
     /// Whether full KV blocks may be shared between sequences (prefix caching).
     pub prefix_caching: bool,
+    /// Whether `step` returns every row's logits for a chunk that asks for them
+    /// (`SeqStep::all_logits`), as prompt logprobs need.
+    pub prompt_logprobs: bool,
 }
 
 /// The shapes of step a backend can run: dynamic ones (CPU: any mix of chunks) or

@@ -91,17 +91,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let load_args = args.clone();
     let loaded = tokio::task::spawn_blocking(move || -> Result<_> {
         let (_, loaded) = load_model(&load_args.model, &load_args.scheduler)?;
-        let max_context = loaded.backend.info().max_context;
+        let (max_context, prompt_logprobs) =
+            (loaded.backend.info().max_context, loaded.backend.info().prompt_logprobs);
         let tokenizer = loaded.tokenizer.clone();
         let backend = with_injected_faults(loaded.backend, &load_args.inject_step_faults);
         let core = EngineCore::new(backend, tokenizer.clone(), scheduler_config(&load_args.scheduler))?
             .with_max_queue_wait(load_args.max_queue_wait.map(Duration::from_secs_f64))
             .with_max_step(max_step(&load_args.scheduler));
-        Ok((core, tokenizer, max_context))
+        Ok((core, tokenizer, max_context, prompt_logprobs))
     })
     .await
     .context("model loading task")?;
-    let (core, tokenizer, max_context) = match loaded {
+    let (core, tokenizer, max_context, prompt_logprobs) = match loaded {
         Ok(x) => x,
         Err(e) => {
             let _ = tx.send(());
@@ -111,7 +112,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let engine = EngineThread::spawn_with_buffer(core, metrics, args.stream_buffer_events)
         .context("starting the engine thread")?;
-    let _ = state.ready.set(Arc::new(Ready { engine: engine.handle.clone(), tokenizer, max_context }));
+    let _ = state.ready.set(Arc::new(Ready {
+        engine: engine.handle.clone(),
+        tokenizer,
+        max_context,
+        prompt_logprobs,
+    }));
     tracing::info!("ready");
 
     let result = server.await.context("server task")?;

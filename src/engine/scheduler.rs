@@ -1103,6 +1103,7 @@ mod tests {
                 mixed_prefill_decode: c.mixed_prefill_decode,
             },
             prefix_caching: c.prefix_caching,
+            prompt_logprobs: true,
         }
     }
 
@@ -1874,6 +1875,7 @@ mod tests {
                 mixed_prefill_decode: false,
             },
             prefix_caching: false,
+            prompt_logprobs: true,
         }
     }
 

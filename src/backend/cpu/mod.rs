@@ -185,6 +185,7 @@ impl CpuBackend {
             vocab_size: mcfg.vocab_size,
             step: StepShapes::dynamic(limits.max_batch_tokens, limits.max_batch_seqs),
             prefix_caching: true,
+            prompt_logprobs: true,
         };
         let kv = pool.install(|| PagedKvCache::new(mcfg, cfg.block_size, num_blocks, cfg.kv_dtype));
         Ok(Self { model, kv, info, pool, scratch: Scratch::default() })

@@ -146,6 +146,7 @@ impl CudaBackend {
             vocab_size: mcfg.vocab_size,
             step: StepShapes::dynamic(limits.max_batch_tokens, limits.max_batch_seqs),
             prefix_caching: true,
+            prompt_logprobs: true,
         };
         Ok(Self { model, kv, info, device, timings: StepTimings::default() })
     }

@@ -201,6 +201,7 @@ impl NeuronBackend {
             vocab_size,
             step,
             prefix_caching: false,
+            prompt_logprobs: false,
         };
         // The weights and KV state live on in the graphs' sets, which hold them.
         Ok(Self { info, graphs, timings: HostTimings::default(), _runtime: runtime })
