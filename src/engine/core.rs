@@ -35,6 +35,10 @@ struct Active {
     output: Vec<u32>,
     detok: IncrementalDecoder,
     stop: StopMatcher,
+    /// The tokens that end this sequence: the model's stop tokens (unless
+    /// `ignore_eos`) and the request's `stop_token_ids`. None may be sampled before
+    /// `min_tokens`.
+    ends: Vec<u32>,
     cached_tokens: usize,
     /// Prompt tokens' logprobs so far, when the request asked for them: entry `k`
     /// is prompt token `k + 1`'s.
@@ -148,9 +152,11 @@ impl EngineCore {
             self.scheduler.want_prompt_logits(id);
         }
         self.next_id += 1;
+        let model_ends: &[u32] = if req.ignore_eos { &[] } else { self.tokenizer.stop_token_ids() };
         let active = Active {
             sampler: Sampler::new(&req.sampling),
             stop: StopMatcher::new(req.stop.clone()),
+            ends: model_ends.iter().chain(&req.stop_token_ids).copied().collect(),
             detok: IncrementalDecoder::with_context(&req.prompt_ids),
             output: Vec::new(),
             cached_tokens: 0,
@@ -290,17 +296,10 @@ impl EngineCore {
             .filter(|(_, a)| a.req.max_new_tokens > 0)
             .filter_map(|(&id, a)| Some((id, a, logits.row(*rows.get(&id)?)?)))
             .collect();
-        let stop_ids = self.tokenizer.stop_token_ids();
         let draw = |(id, a, row): &mut (SeqId, &mut Active, &[f32])| {
-            // Before `min_tokens`, a token that would end the sequence may not be
-            // chosen (with `ignore_eos` the model's own do not end it).
-            let early = a.output.len() < a.req.min_tokens;
-            let banned: Vec<u32> = match early {
-                false => Vec::new(),
-                true if a.req.ignore_eos => a.req.stop_token_ids.clone(),
-                true => stop_ids.iter().chain(&a.req.stop_token_ids).copied().collect(),
-            };
-            (*id, a.sampler.sample_banning(row, &a.req.prompt_ids, &a.output, &banned))
+            // Before `min_tokens`, a token that would end the sequence may not be chosen.
+            let banned: &[u32] = if a.output.len() < a.req.min_tokens { &a.ends } else { &[] };
+            (*id, a.sampler.sample_banning(row, &a.req.prompt_ids, &a.output, banned))
         };
         if jobs.len() >= PARALLEL_SAMPLING_MIN_ROWS {
             jobs.par_iter_mut().map(draw).collect()
@@ -376,10 +375,9 @@ impl EngineCore {
             return Vec::new();
         };
         a.output.push(sampled.token);
-        let is_eos = tokenizer.stop_token_ids().contains(&sampled.token);
         let mut finish = None;
         let mut text = String::new();
-        if (is_eos && !a.req.ignore_eos) || a.req.stop_token_ids.contains(&sampled.token) {
+        if a.ends.contains(&sampled.token) {
             finish = Some(FinishReason::Stop);
         } else if a.output.len() <= a.req.min_tokens {
             // This token's text may not end the sequence either.
