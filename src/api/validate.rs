@@ -157,12 +157,12 @@ fn check_no_constrained_decoding(common: &CommonParams) -> Result<(), ApiError> 
     }
 }
 
-/// `stop_token_ids`: token ids of the vocabulary (`vocab`: one past the largest).
-fn stop_token_ids(common: &CommonParams, vocab: usize) -> Result<Vec<u32>, ApiError> {
-    let ids = common.stop_token_ids.as_deref().unwrap_or_default();
+/// `ids` as token ids, each of the vocabulary (`vocab`: one past the largest), or a
+/// 400 naming `param` and the first id outside it.
+fn token_ids(param: &str, ids: &[i64], vocab: usize) -> Result<Vec<u32>, ApiError> {
     if let Some(bad) = ids.iter().find(|&&id| id < 0 || id as usize >= vocab) {
         return Err(ApiError::invalid(
-            "stop_token_ids",
+            param,
             format!("token id {bad} is outside the vocabulary (0..{vocab})"),
         ));
     }
@@ -302,7 +302,11 @@ fn common_fields(
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
         ignore_eos: common.ignore_eos,
         min_tokens,
-        stop_token_ids: stop_token_ids(common, limits.tokenizer.vocab_size())?,
+        stop_token_ids: token_ids(
+            "stop_token_ids",
+            common.stop_token_ids.as_deref().unwrap_or_default(),
+            limits.tokenizer.vocab_size(),
+        )?,
         stream: common.stream,
         include_usage: common.stream_options.as_ref().is_some_and(|o| o.include_usage),
         logprobs,
@@ -402,14 +406,7 @@ pub fn completion(req: &CompletionRequest, limits: &Limits) -> Result<ValidatedR
         Ok(Prompt { ids, text: s.to_string() })
     };
     let from_ids = |ids: &[i64]| -> Result<Prompt, ApiError> {
-        let vocab = tok.vocab_size() as i64;
-        if let Some(bad) = ids.iter().find(|&&t| t < 0 || t >= vocab) {
-            return Err(ApiError::invalid(
-                "prompt",
-                format!("token id {bad} is outside the vocabulary (0..{vocab})"),
-            ));
-        }
-        let ids: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
+        let ids = token_ids("prompt", ids, tok.vocab_size())?;
         let text = tok.decode(&ids, false).unwrap_or_default();
         Ok(Prompt { ids, text })
     };
