@@ -18,14 +18,15 @@ use rayon::prelude::*;
 const ROWS: [usize; 5] = [1, 4, 16, 64, 512];
 
 /// (label, dtype, n, k)
-/// The last three are how a Q4_K_M file carries the model: the FFN down projection in
-/// Q4_K (Q6_K in some layers), the gate projection in Q5_0 (rows of 576 values do not
-/// divide into K-quant super-blocks); the default model has neither.
-const SHAPES: [(&str, GgmlDType, usize, usize); 6] = [
+/// The last four are how a Q4_K_M or Q5_K_M file carries the model: the FFN down
+/// projection in Q4_K or Q5_K (Q6_K in some layers), the gate projection in Q5_0 (rows of
+/// 576 values do not divide into K-quant super-blocks); the default model has none.
+const SHAPES: [(&str, GgmlDType, usize, usize); 7] = [
     ("q4_1_1536x576", GgmlDType::Q4_1, 1536, 576),
     ("q4_1_576x1536", GgmlDType::Q4_1, 576, 1536),
     ("q8_0_49152x576", GgmlDType::Q8_0, 49152, 576),
     ("q4_k_576x1536", GgmlDType::Q4K, 576, 1536),
+    ("q5_k_576x1536", GgmlDType::Q5K, 576, 1536),
     ("q6_k_576x1536", GgmlDType::Q6K, 576, 1536),
     ("q5_0_1536x576", GgmlDType::Q5_0, 1536, 576),
 ];
@@ -75,7 +76,7 @@ fn synthetic(rng: &mut XorShift, format: WeightFormat, n: usize, k: usize) -> QM
                 4
             }
             // `dmin` (subtracted); the 6-bit scales and the quants stay random.
-            WeightFormat::Q4K => {
+            WeightFormat::Q4K | WeightFormat::Q5K => {
                 b[2..4].copy_from_slice(&half::f16::from_f32(0.002).to_le_bytes());
                 4
             }
@@ -481,6 +482,7 @@ fn shape_table() {
         let format = match dtype {
             GgmlDType::Q8_0 => WeightFormat::Q8_0,
             GgmlDType::Q4K => WeightFormat::Q4K,
+            GgmlDType::Q5K => WeightFormat::Q5K,
             GgmlDType::Q6K => WeightFormat::Q6K,
             GgmlDType::Q5_0 => WeightFormat::Q5_0,
             _ => WeightFormat::Q4_1,

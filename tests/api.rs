@@ -408,7 +408,7 @@ fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
 
-/// A user's GGUF with K-quant matrices and their Q5 stand-ins (Q4_K, Q6_K, Q5_0, Q5_1; see
+/// A user's GGUF with K-quant matrices and their Q5 stand-ins (Q4_K, Q5_K, Q6_K, Q5_0, Q5_1; see
 /// `support::mixed_quant_model`) serves like the default model: a chat completion and the same prompt streamed as a
 /// completion, greedy, with usage.
 #[test]

@@ -73,18 +73,18 @@ pub fn requantized_model(
     (path, changed)
 }
 
-/// The default model in the formats llama.cpp's K-quant mixes give it: FFN down
-/// projections (rows of 1536 values) in Q4_K in even layers and Q6_K in odd ones, and
-/// attention output projections (rows of 576, which do not divide into 256-value
-/// super-blocks) in the stand-ins llama.cpp then uses, Q5_0 (for Q4_K) in even layers
-/// and Q5_1 (for Q5_K) in odd ones.
+/// The default model in the formats llama.cpp's K-quant mixes (Q4_K_M, Q5_K_M) give
+/// it: FFN down projections (rows of 1536 values) in Q4_K, Q5_K and Q6_K in turn (layer
+/// number modulo 3), and attention output projections (rows of 576, which do not divide
+/// into 256-value super-blocks) in the stand-ins llama.cpp then uses, Q5_0 (for Q4_K)
+/// in even layers and Q5_1 (for Q5_K) in odd ones.
 pub fn mixed_quant_model(dir: &std::path::Path) -> (PathBuf, usize) {
     use candle_core::quantized::GgmlDType;
     requantized_model(dir, |name, dims| {
         let layer: usize = name.strip_prefix("blk.")?.split('.').next()?.parse().ok()?;
         let even = layer.is_multiple_of(2);
         if name.ends_with("ffn_down.weight") && dims.last().is_some_and(|k| k.is_multiple_of(256)) {
-            Some(if even { GgmlDType::Q4K } else { GgmlDType::Q6K })
+            Some([GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K][layer % 3])
         } else if name.ends_with("attn_output.weight") {
             Some(if even { GgmlDType::Q5_0 } else { GgmlDType::Q5_1 })
         } else {

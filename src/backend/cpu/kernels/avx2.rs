@@ -13,8 +13,8 @@
 use std::arch::x86_64::*;
 
 use super::layout::{
-    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q6K, FMT_Q8_0, GROUP,
-    Q4K_DMIN_OFFSET, Q5_HIGH_OFFSET, Q6K_HIGH_OFFSET, QK,
+    k_header_offset, record_offset, record_shape, WeightFormat, FMT_Q6K, FMT_Q8_0, GROUP, Q4K_DMIN_OFFSET,
+    Q5_HIGH_OFFSET, Q6K_HIGH_OFFSET, QK,
 };
 use super::tile::{prefetch_ahead, store_lanes, RawOperands, Tile};
 
@@ -116,7 +116,7 @@ pub unsafe fn tile_keeping<const F: u8, const MR: usize, const KEEP: u8>(t: &Til
 }
 
 /// Block `b`'s scales and minimums of half `h` (8 of the group's 16 rows) as f32, for
-/// every format but Q6_K (for Q4_K `d · sc` and `-dmin · m`; zero minimums for formats
+/// every format but Q6_K (for Q4_K and Q5_K `d · sc` and `-dmin · m`; zero minimums for formats
 /// without), read from its record `blk` in the repacked weights `w`. Shared by the
 /// row-tile walk and the many-rows path's packing (`avx2_gemm`).
 ///
@@ -132,7 +132,7 @@ pub(super) unsafe fn half_block_scales<const F: u8>(
 ) -> (__m256, __m256) {
     let shape = record_shape(F);
     let f16x8 = |p: *const u8| _mm256_cvtph_ps(_mm_loadu_si128(p.add(16 * h).cast()));
-    if F == FMT_Q4K {
+    if WeightFormat::from_id(F).has_k_scales_and_mins() {
         let header = w.add(k_header_offset(F, b));
         let u8x8 =
             |at: usize| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(at + 8 * h).cast())));
@@ -217,7 +217,7 @@ unsafe fn q4_dots<const MR: usize>(op: BlockOperands, dots: &mut [__m256i; MR]) 
     }
 }
 
-/// As [`q4_dots`] for Q5_0 and Q5_1: each nibble gets its fifth bit from the
+/// As [`q4_dots`] for Q5_0, Q5_1 and Q5_K: each nibble gets its fifth bit from the
 /// high-bits chunk (bit `i` for the low nibbles of quant chunk `i`, bit `4 + i` for its
 /// high nibbles), and the 16-bit sums are widened per four chunks.
 #[inline]

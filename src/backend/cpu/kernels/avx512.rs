@@ -4,10 +4,10 @@
 
 use std::arch::x86_64::*;
 
-use super::layout::{k_header_offset, record_shape, WeightFormat, FMT_Q4K, FMT_Q6K, Q4K_DMIN_OFFSET};
+use super::layout::{k_header_offset, record_shape, WeightFormat, FMT_Q6K, Q4K_DMIN_OFFSET};
 use super::tile::Tile;
 
-/// Block `b`'s 16 rows' scales and minimums as f32 (for Q4_K `d · sc` and
+/// Block `b`'s 16 rows' scales and minimums as f32 (for Q4_K and Q5_K `d · sc` and
 /// `-dmin · m`; zero minimums for formats without), read from its record `blk` in the
 /// repacked weights `w`. Shared by the many-rows path's packing and its kernels that
 /// read records in place.
@@ -19,7 +19,7 @@ use super::tile::Tile;
 pub(super) unsafe fn block_scales<const F: u8>(w: *const u8, b: usize, blk: *const u8) -> (__m512, __m512) {
     let shape = record_shape(F);
     let f16x16 = |p: *const u8| _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()));
-    if F == FMT_Q4K {
+    if WeightFormat::from_id(F).has_k_scales_and_mins() {
         let header = w.add(k_header_offset(F, b));
         let u8x16 = |at: usize| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(at).cast())));
         let (d, neg_dmin) = (f16x16(header), f16x16(header.add(Q4K_DMIN_OFFSET)));
@@ -32,9 +32,9 @@ pub(super) unsafe fn block_scales<const F: u8>(w: *const u8, b: usize, blk: *con
 }
 
 /// The row-tile kernel of AVX-512 hosts, for the formats that have no AVX-512 kernel:
-/// Q6_K (AVX-512 has no byte sign instruction for the trick the AVX2 one uses) and
-/// Q5_0 / Q5_1 (llama.cpp's stand-ins for K-quants on rows that do not divide into 256
-/// values) run the AVX2 kernel, which `Kernel::is_available` checks. The formats the
+/// Q6_K (AVX-512 has no byte sign instruction for the trick the AVX2 one uses), Q5_K
+/// and Q5_0 / Q5_1 (llama.cpp's stand-ins for K-quants on rows that do not divide into
+/// 256 values) run the AVX2 kernel, which `Kernel::is_available` checks. The formats the
 /// VNNI instructions serve never come here: the many-rows path (`gemm`) takes them at
 /// every row count, short tasks reading their records in place.
 ///

@@ -43,7 +43,7 @@ impl Kernel {
         match self {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            // Q6_K, Q5_0 and Q5_1 borrow the AVX2 kernel (see `avx512::tile`).
+            // Q6_K and the Q5 formats borrow the AVX2 kernel (see `avx512::tile`).
             Kernel::Avx512Vnni => Kernel::Avx2.is_available() && super::isa::avx512f_bw_vnni(),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => super::isa::avx2_fma_f16c(),
@@ -132,12 +132,12 @@ pub fn pattern_matrix(format: WeightFormat, n: usize, k: usize) -> Option<QMatri
     let bytes: Vec<u8> = (0..n * format.gguf_row_bytes(k))
         .map(|i| match (format, i % block) {
             // Scales: small positive f16 (0x2c00 ≈ 0.0625); Q4_1 and Q5_1 minimums
-            // negative (Q4_K subtracts its positive `dmin`).
+            // negative (Q4_K and Q5_K subtract their positive `dmin`).
             (_, 0) => 0x00,
             (_, 1) => 0x2c,
-            (WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4K, 2) => 0x00,
+            (WeightFormat::Q4_1 | WeightFormat::Q5_1 | WeightFormat::Q4K | WeightFormat::Q5K, 2) => 0x00,
             (WeightFormat::Q4_1 | WeightFormat::Q5_1, 3) => 0xac,
-            (WeightFormat::Q4K, 3) => 0x2c,
+            (WeightFormat::Q4K | WeightFormat::Q5K, 3) => 0x2c,
             // Q6_K keeps its f16 `d` last: 0x2c00 again.
             (WeightFormat::Q6K, 0..=207) => (i * 73 % 251) as u8,
             (WeightFormat::Q6K, 208) => 0x00,

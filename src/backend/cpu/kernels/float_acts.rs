@@ -257,7 +257,7 @@ fn dequantize_block(format: WeightFormat, group: &[u8], b: usize, tile: &mut Til
             }
         }
         // The 5- and 6-bit formats are rare in the models served here: value by value.
-        WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
+        WeightFormat::Q5_0 | WeightFormat::Q5_1 | WeightFormat::Q5K => {
             for r in 0..GROUP {
                 let (d, m) = layout::scale_and_min(format, group, b, r);
                 let m = if format.zero_point() != 0 { -(format.zero_point() as f32) * d } else { m };

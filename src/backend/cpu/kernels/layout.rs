@@ -24,6 +24,8 @@
 //!   minimum `-dmin · m` adds like Q4_1's), then eight records of quants (as Q4_1's) and
 //!   the rows' 6-bit `sc` and `m` as bytes: 148 bytes per row and 256 values against the
 //!   file's 144;
+//! - Q5_K: as Q4_K, each record with Q5's chunk of fifth bits after the quants
+//!   (`Q5_HIGH_OFFSET`): 180 bytes per row and 256 values against the file's 176;
 //! - Q6_K: a header of the rows' `d` (f16; 32 bytes of padding keep super-blocks on cache
 //!   lines), then eight records of each value's low 4 bits (as Q4's quants), its top 2
 //!   bits (see `Q6K_HIGH_OFFSET`) and the rows' two signed 8-bit scales, one per 16
@@ -54,6 +56,8 @@ pub enum WeightFormat {
     /// 4-bit K-quant: per 32 values `w = d·sc * q - dmin·m`, with `d`, `dmin` per 256
     /// values and the 6-bit `sc`, `m` per 32.
     Q4K,
+    /// 5-bit K-quant: Q4_K's scales and minimums over values q in 0..32.
+    Q5K,
     /// 6-bit K-quant: per 16 values `w = d·sc * (q - 32)`, q in 0..64, with `d` per 256
     /// values and a signed 8-bit `sc` per 16.
     Q6K,
@@ -66,11 +70,12 @@ pub enum WeightFormat {
 }
 
 impl WeightFormat {
-    pub const ALL: [WeightFormat; 7] = [
+    pub const ALL: [WeightFormat; 8] = [
         WeightFormat::Q4_1,
         WeightFormat::Q4_0,
         WeightFormat::Q8_0,
         WeightFormat::Q4K,
+        WeightFormat::Q5K,
         WeightFormat::Q6K,
         WeightFormat::Q5_0,
         WeightFormat::Q5_1,
@@ -83,6 +88,7 @@ impl WeightFormat {
             WeightFormat::Q4_0 => GgmlDType::Q4_0,
             WeightFormat::Q8_0 => GgmlDType::Q8_0,
             WeightFormat::Q4K => GgmlDType::Q4K,
+            WeightFormat::Q5K => GgmlDType::Q5K,
             WeightFormat::Q6K => GgmlDType::Q6K,
             WeightFormat::Q5_0 => GgmlDType::Q5_0,
             WeightFormat::Q5_1 => GgmlDType::Q5_1,
@@ -96,6 +102,7 @@ impl WeightFormat {
             WeightFormat::Q4_0 => 18,
             WeightFormat::Q8_0 => 34,
             WeightFormat::Q4K => 144,
+            WeightFormat::Q5K => 176,
             WeightFormat::Q6K => 210,
             WeightFormat::Q5_0 => 22,
             WeightFormat::Q5_1 => 24,
@@ -105,7 +112,7 @@ impl WeightFormat {
     /// Values per GGUF block of this format.
     pub const fn gguf_block_values(self) -> usize {
         match self {
-            WeightFormat::Q4K | WeightFormat::Q6K => QK_K,
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => QK_K,
             _ => QK,
         }
     }
@@ -121,7 +128,7 @@ impl WeightFormat {
             WeightFormat::Q4_1 | WeightFormat::Q4_0 | WeightFormat::Q4K => GROUP * QK / 2,
             WeightFormat::Q8_0 => GROUP * QK,
             WeightFormat::Q6K => Q6K_HIGH_OFFSET + 2 * 64,
-            WeightFormat::Q5_0 | WeightFormat::Q5_1 => Q5_HIGH_OFFSET + 64,
+            WeightFormat::Q5_0 | WeightFormat::Q5_1 | WeightFormat::Q5K => Q5_HIGH_OFFSET + 64,
         }
     }
 
@@ -129,7 +136,7 @@ impl WeightFormat {
     /// K-quants (Q6_K has two scales per row, `GROUP` bytes apart).
     pub const fn scale_bytes(self) -> usize {
         match self {
-            WeightFormat::Q4K | WeightFormat::Q6K => 1,
+            WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K => 1,
             _ => 2,
         }
     }
@@ -137,7 +144,7 @@ impl WeightFormat {
     /// Offset of the 16 minimums inside a record, for formats that have them.
     pub const fn mins_offset(self) -> Option<usize> {
         match self {
-            WeightFormat::Q4_1 | WeightFormat::Q4K | WeightFormat::Q5_1 => {
+            WeightFormat::Q4_1 | WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q5_1 => {
                 Some(self.scales_offset() + GROUP * self.scale_bytes())
             }
             WeightFormat::Q4_0 | WeightFormat::Q8_0 | WeightFormat::Q6K | WeightFormat::Q5_0 => None,
@@ -154,7 +161,13 @@ impl WeightFormat {
     }
 
     const fn is_k_quant(self) -> bool {
-        matches!(self, WeightFormat::Q4K | WeightFormat::Q6K)
+        matches!(self, WeightFormat::Q4K | WeightFormat::Q5K | WeightFormat::Q6K)
+    }
+
+    /// Whether blocks take their scale and minimum from a super-block header's `d` and
+    /// `-dmin` times the record's 6-bit `sc` and `m` (`K_HEADER_BYTES`).
+    pub const fn has_k_scales_and_mins(self) -> bool {
+        matches!(self, WeightFormat::Q4K | WeightFormat::Q5K)
     }
 
     /// The `z` of formats stored as `w = d * (q - z)` (Q4_0: 8, Q5_0: 16), else 0: kernels
@@ -169,7 +182,7 @@ impl WeightFormat {
 
     /// Whether values have a fifth bit beside the Q4 nibbles (`Q5_HIGH_OFFSET`).
     pub const fn is_q5(self) -> bool {
-        matches!(self, WeightFormat::Q5_0 | WeightFormat::Q5_1)
+        matches!(self, WeightFormat::Q5_0 | WeightFormat::Q5_1 | WeightFormat::Q5K)
     }
 
     /// Bytes of one group (16 rows × `k` values).
@@ -188,6 +201,7 @@ impl WeightFormat {
             WeightFormat::Q4_0 => FMT_Q4_0,
             WeightFormat::Q8_0 => FMT_Q8_0,
             WeightFormat::Q4K => FMT_Q4K,
+            WeightFormat::Q5K => FMT_Q5K,
             WeightFormat::Q6K => FMT_Q6K,
             WeightFormat::Q5_0 => FMT_Q5_0,
             WeightFormat::Q5_1 => FMT_Q5_1,
@@ -199,6 +213,7 @@ impl WeightFormat {
             FMT_Q4_1 => WeightFormat::Q4_1,
             FMT_Q4_0 => WeightFormat::Q4_0,
             FMT_Q4K => WeightFormat::Q4K,
+            FMT_Q5K => WeightFormat::Q5K,
             FMT_Q6K => WeightFormat::Q6K,
             FMT_Q5_0 => WeightFormat::Q5_0,
             FMT_Q5_1 => WeightFormat::Q5_1,
@@ -214,18 +229,20 @@ pub const FMT_Q4K: u8 = 3;
 pub const FMT_Q6K: u8 = 4;
 pub const FMT_Q5_0: u8 = 5;
 pub const FMT_Q5_1: u8 = 6;
+pub const FMT_Q5K: u8 = 7;
 
 /// Records per K-quant super-block.
 const K_RECORDS: usize = QK_K / QK;
-/// A K-quant super-block's header: 16 rows' `d` (f16), then for Q4_K 16 rows' `-dmin`.
+/// A K-quant super-block's header: 16 rows' `d` (f16), then for Q4_K and Q5_K 16 rows'
+/// `-dmin`.
 pub const K_HEADER_BYTES: usize = 64;
-/// Offset of `-dmin` in a Q4_K header.
+/// Offset of `-dmin` in a Q4_K or Q5_K header.
 pub const Q4K_DMIN_OFFSET: usize = GROUP * 2;
 /// Offset, in a Q6_K record, of two 64-byte chunks holding the top 2 bits of each
 /// value: in the first, byte `4 * r + t` of row `r` holds those of values `4 i + t`
 /// at bits `2 i..2 i + 2` (i in 0..4); the second the same for values `16 + 4 i + t`.
 pub const Q6K_HIGH_OFFSET: usize = GROUP * QK / 2;
-/// Offset, in a Q5_0 or Q5_1 record, of the 64-byte chunk holding each value's fifth
+/// Offset, in a Q5_0, Q5_1 or Q5_K record, of the 64-byte chunk holding each value's fifth
 /// bit: byte `4 * r + t` of row `r` holds that of value `4 i + t` at bit `i` and that of
 /// value `16 + 4 i + t` at bit `4 + i` (i in 0..4), the values whose low 4 bits sit in
 /// the same byte position of quant chunk `i`.
@@ -277,8 +294,8 @@ pub fn scale_and_min(format: WeightFormat, group: &[u8], b: usize, r: usize) -> 
     let record = &group[record_offset(format.id(), b)..][..format.record_bytes()];
     let so = format.scales_offset();
     match format {
-        WeightFormat::Q4K => {
-            let header = &group[k_header_offset(FMT_Q4K, b)..][..K_HEADER_BYTES];
+        WeightFormat::Q4K | WeightFormat::Q5K => {
+            let header = &group[k_header_offset(format.id(), b)..][..K_HEADER_BYTES];
             let (d, neg_dmin) = (read_f16(header, 2 * r), read_f16(header, Q4K_DMIN_OFFSET + 2 * r));
             let (sc, m) = (record[so + r], record[so + GROUP + r]);
             (d * f32::from(sc), neg_dmin * f32::from(m))
@@ -300,7 +317,7 @@ pub fn q6k_value(record: &[u8], r: usize, i: usize) -> i32 {
     i32::from(low | (top << 4)) - 32
 }
 
-/// Value `i` (0..32) of row `r` in a Q5_0 or Q5_1 record, as the unsigned `q` (0..32).
+/// Value `i` (0..32) of row `r` in a Q5_0, Q5_1 or Q5_K record, as the unsigned `q` (0..32).
 pub fn q5_value(record: &[u8], r: usize, i: usize) -> i32 {
     let (half, j) = (i / 16, i % 16);
     let byte = record[(j / 4) * 64 + 4 * r + j % 4];
@@ -357,15 +374,26 @@ pub fn repack(format: WeightFormat, gguf: &[u8], n: usize, k: usize) -> AlignedB
         let put = |group: &mut [u8], b: usize, scale: &[u8], min: &[u8], quants: &[u8]| {
             put_row_block(format, group, b, r, scale, min, quants)
         };
-        if format == WeightFormat::Q4K {
+        if format.has_k_scales_and_mins() {
             for (s, block) in src.chunks_exact(format.gguf_block_bytes()).enumerate() {
-                let quants = q4k_quants(block);
+                // d, dmin, 12 bytes of 6-bit scales, [Q5_K: 32 bytes of fifth bits,]
+                // then the nibbles.
                 let scales: &[u8; 12] = block[4..16].try_into().expect("12 bytes of scales");
-                for (i, q) in quants.iter().enumerate() {
+                let (fifth_bits, nibbles) = if format == WeightFormat::Q5K {
+                    (Some(&block[16..48]), &block[48..176])
+                } else {
+                    (None, &block[16..144])
+                };
+                for (i, q) in q4k_quants(nibbles).iter().enumerate() {
                     let (sc, m) = q4k_scale_min(i, scales);
                     put(group, s * K_RECORDS + i, &[sc], &[m], q);
+                    if let Some(qh) = fifth_bits {
+                        // Sub-block `i`'s value `l` has its fifth bit at bit `i` of `qh[l]`.
+                        let high = (0..QK).fold(0u32, |acc, l| acc | (u32::from((qh[l] >> i) & 1) << l));
+                        put_q5_high_bits(format, group, s * K_RECORDS + i, r, high);
+                    }
                 }
-                let header = &mut group[k_header_offset(FMT_Q4K, s * K_RECORDS)..][..K_HEADER_BYTES];
+                let header = &mut group[k_header_offset(format.id(), s * K_RECORDS)..][..K_HEADER_BYTES];
                 header[2 * r..2 * r + 2].copy_from_slice(&block[0..2]);
                 // f16 sign bit flipped: exact negation.
                 let neg_dmin = [block[2], block[3] ^ 0x80];
@@ -477,10 +505,10 @@ fn q6k_values(block: &[u8]) -> ([u8; QK_K], [u8; 16]) {
     (values, block[192..208].try_into().expect("16 scales"))
 }
 
-/// The quants of a Q4_K super-block's eight 32-value sub-blocks, each as 16 bytes laid
-/// out as Q4_1's (low nibble value `i`, high nibble value `16 + i`).
-fn q4k_quants(block: &[u8]) -> [[u8; QK / 2]; K_RECORDS] {
-    let qs = &block[16..144];
+/// The nibbles of a Q4_K or Q5_K super-block's eight 32-value sub-blocks (`qs`, its 128
+/// bytes of them), each as 16 bytes laid out as Q4_1's (low nibble value `i`, high
+/// nibble value `16 + i`).
+fn q4k_quants(qs: &[u8]) -> [[u8; QK / 2]; K_RECORDS] {
     std::array::from_fn(|sub| {
         // Each 64 values share 32 bytes: the low nibbles are the even sub-block, the
         // high nibbles the odd one.
@@ -570,6 +598,9 @@ mod tests {
         // header's d and dmin: 148 bytes against the file's 144; whole cache lines.
         assert_eq!(WeightFormat::Q4K.group_bytes(256), GROUP * 148);
         assert_eq!(WeightFormat::Q4K.group_bytes(256) % 64, 0);
+        // Q5_K: Q4_K's and a chunk of fifth bits per record: 180 bytes against 176.
+        assert_eq!(WeightFormat::Q5K.group_bytes(256), GROUP * 180);
+        assert_eq!(WeightFormat::Q5K.group_bytes(256) % 64, 0);
         // Q6_K: the file's 210 bytes per row and 256 values, plus the header's padding.
         assert_eq!(WeightFormat::Q6K.group_bytes(256), GROUP * 210 + 32);
         assert_eq!(WeightFormat::Q6K.group_bytes(256) % 64, 0);

@@ -1,6 +1,6 @@
 //! Quantized matrix multiplication for the CPU backend's linear layers.
 //!
-//! [`QMatrix`] holds a GGUF Q4_1 / Q4_0 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q6_K weight matrix repacked for
+//! [`QMatrix`] holds a GGUF Q4_1 / Q4_0 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K weight matrix repacked for
 //! SIMD (see `layout`), and [`QMatrix::matmul`] computes `x · Wᵀ` for any number of activation
 //! rows: the activations are quantized once to 8-bit blocks, the dot products are exact
 //! integer multiply-adds, and the work is spread over rayon's threads. One token
@@ -135,7 +135,7 @@ impl std::fmt::Debug for QMatrix {
 }
 
 impl QMatrix {
-    /// Repacks a 2-D Q4_1, Q4_0, Q5_0, Q5_1, Q8_0, Q4_K or Q6_K tensor; `None` for anything else
+    /// Repacks a 2-D Q4_1, Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K tensor; `None` for anything else
     /// (other dtypes, other ranks), which the caller leaves to candle's `QMatMul`.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<QMatrix>, KernelError> {
         let Some(format) = WeightFormat::ALL.into_iter().find(|f| f.ggml_dtype() == t.dtype()) else {

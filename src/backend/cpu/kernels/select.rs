@@ -6,7 +6,7 @@
 //! them all, so the dependencies point from here down.
 
 use super::dispatch::Kernel;
-use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q5_0, FMT_Q5_1, FMT_Q6K, FMT_Q8_0};
+use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q5K, FMT_Q5_0, FMT_Q5_1, FMT_Q6K, FMT_Q8_0};
 use super::tile::TileFn;
 
 /// Largest tile height each kernel is instantiated for.
@@ -54,6 +54,7 @@ macro_rules! by_format {
             FMT_Q4_1 => by_rows!($m, FMT_Q4_1, $mr),
             FMT_Q4_0 => by_rows!($m, FMT_Q4_0, $mr),
             FMT_Q4K => by_rows!($m, FMT_Q4K, $mr),
+            FMT_Q5K => by_rows!($m, FMT_Q5K, $mr),
             FMT_Q6K => by_rows!($m, FMT_Q6K, $mr),
             FMT_Q5_0 => by_rows!($m, FMT_Q5_0, $mr),
             FMT_Q5_1 => by_rows!($m, FMT_Q5_1, $mr),
@@ -120,11 +121,11 @@ mod tests {
     /// largest instantiated height.
     #[test]
     fn delegated_formats_run_at_the_avx2_height() {
-        for format in [FMT_Q5_0, FMT_Q5_1, FMT_Q6K] {
+        for format in [FMT_Q5_0, FMT_Q5_1, FMT_Q5K, FMT_Q6K] {
             assert_eq!(rows_for(Kernel::Avx512Vnni, format), rows_for(Kernel::Avx2, format));
         }
         for kernel in [Kernel::Avx512Vnni, Kernel::Avx2, Kernel::Portable] {
-            for format in [FMT_Q4_0, FMT_Q4_1, FMT_Q4K, FMT_Q5_0, FMT_Q5_1, FMT_Q6K, FMT_Q8_0] {
+            for format in [FMT_Q4_0, FMT_Q4_1, FMT_Q4K, FMT_Q5_0, FMT_Q5_1, FMT_Q5K, FMT_Q6K, FMT_Q8_0] {
                 assert!((1..=max_rows(kernel)).contains(&rows_for(kernel, format)));
             }
         }

@@ -10,17 +10,18 @@ use rand::{Rng, SeedableRng};
 use super::activations::QActs;
 use super::{Activations, Kernel, QMatrix};
 
-const DTYPES: [GgmlDType; 7] = [
+const DTYPES: [GgmlDType; 8] = [
     GgmlDType::Q4_1,
     GgmlDType::Q4_0,
     GgmlDType::Q8_0,
     GgmlDType::Q4K,
+    GgmlDType::Q5K,
     GgmlDType::Q6K,
     GgmlDType::Q5_0,
     GgmlDType::Q5_1,
 ];
 
-/// `k` rounded up to whole blocks of `dtype` (256 values for Q4_K, 32 otherwise).
+/// `k` rounded up to whole blocks of `dtype` (256 values for the K-quants, 32 otherwise).
 fn whole_blocks(dtype: GgmlDType, k: usize) -> usize {
     k.next_multiple_of(dtype.block_size())
 }
@@ -237,7 +238,7 @@ fn dequantized_rows_equal_candles() {
 #[test]
 fn other_dtypes_and_ranks_are_left_to_candle() {
     let t = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
-    for dtype in [GgmlDType::F32, GgmlDType::Q5K, GgmlDType::Q2K] {
+    for dtype in [GgmlDType::F32, GgmlDType::Q3K, GgmlDType::Q2K] {
         let q = QTensor::quantize(&t, dtype).unwrap();
         assert!(QMatrix::from_qtensor(&q).unwrap().is_none(), "{dtype:?}");
     }
@@ -334,6 +335,7 @@ fn real_weights_requantized_to_k_quants_and_q5_match_their_dequantization() {
     let gate = content.tensor(&mut file, "blk.0.ffn_gate.weight", &Device::Cpu).unwrap();
     for (dtype, tensor, shape) in [
         (GgmlDType::Q4K, &down, (576, 1536)),
+        (GgmlDType::Q5K, &down, (576, 1536)),
         (GgmlDType::Q6K, &down, (576, 1536)),
         (GgmlDType::Q5_0, &gate, (1536, 576)),
         (GgmlDType::Q5_1, &gate, (1536, 576)),
