@@ -31,16 +31,16 @@ pub(super) unsafe fn block_scales<const F: u8>(w: *const u8, b: usize, blk: *con
     }
 }
 
-/// The row-tile kernel of AVX-512 hosts, for the formats that have no AVX-512 kernel:
-/// Q6_K (AVX-512 has no byte sign instruction for the trick the AVX2 one uses), Q5_K
-/// and Q5_0 / Q5_1 (llama.cpp's stand-ins for K-quants on rows that do not divide into
-/// 256 values) run the AVX2 kernel, which `Kernel::is_available` checks. The formats the
-/// VNNI instructions serve never come here: the many-rows path (`gemm`) takes them at
-/// every row count, short tasks reading their records in place.
+/// The row-tile kernel of AVX-512 hosts, for the one format that has no AVX-512 kernel:
+/// Q6_K (AVX-512 has no byte sign instruction for the trick the AVX2 one uses, and its
+/// two scales a block do not fit the many-rows path's one sum a block) runs the AVX2
+/// kernel, which `Kernel::is_available` checks. The formats the VNNI instructions serve
+/// never come here: the many-rows path (`gemm`) takes them at every row count, short
+/// tasks reading their records in place.
 ///
 /// # Safety
 /// See [`super::tile::TileFn`]; AVX2 and FMA must be available.
 pub unsafe fn tile<const F: u8, const MR: usize>(t: &Tile<'_>) {
-    debug_assert!(F == FMT_Q6K || WeightFormat::from_id(F).is_q5(), "format {F} runs on the many-rows path");
+    debug_assert!(F == FMT_Q6K, "format {F} runs on the many-rows path");
     super::avx2::tile::<F, MR>(t)
 }

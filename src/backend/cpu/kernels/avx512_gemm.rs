@@ -6,17 +6,20 @@
 //! the same 4 signed activation bytes and accumulates in 32 bits. Q8_0 weights are
 //! stored with +128 so they are unsigned too; the offset is removed exactly with the
 //! block's integer activation sum (`dot - 128 * sum`), as Q4_0's zero point is
-//! (`dot - 8 * sum`).
+//! (`dot - 8 * sum`) and Q5_0's (`dot - 16 * sum`). The Q5 formats' values (0..32) are
+//! their nibbles with the fifth bit OR-ed in at unpacking; their sums need no more room
+//! than 32 bits give.
 
 use std::arch::x86_64::*;
 
 use super::gemm_panel::{offset, prefetch_share, Block, Line, LINES_PER_BLOCK, MINS_LINE, SCALES_LINE};
-use super::layout::{record_offset, record_shape, WeightFormat, FMT_Q8_0, QK};
+use super::layout::{record_offset, record_shape, WeightFormat, FMT_Q8_0, Q5_HIGH_OFFSET, QK};
 use super::tile::prefetch_ahead;
 
-/// Unpacks a group of format `F` (Q4_0, Q4_1, Q4_K or Q8_0) into `nb` blocks of the
-/// panel: the quants as unsigned bytes in activation order, the scales (for Q4_K
-/// `d · sc`) and minimums (Q4_K: `-dmin · m`) as f32, formed by `avx512::block_scales`.
+/// Unpacks a group of format `F` (Q4_0, Q4_1, Q4_K, Q8_0 or a Q5 format) into `nb`
+/// blocks of the panel: the quants as unsigned bytes in activation order, the scales
+/// (for Q4_K and Q5_K `d · sc`) and minimums (`-dmin · m`) as f32, formed by
+/// `avx512::block_scales`.
 ///
 /// # Safety
 /// AVX-512 F and BW, F16C must be available.
@@ -25,7 +28,6 @@ pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
     assert!(w.len() >= WeightFormat::from_id(F).group_bytes(nb * QK) && panel.len() >= nb * LINES_PER_BLOCK);
     let shape = record_shape(F);
     let (w, p) = (w.as_ptr(), panel.as_mut_ptr().cast::<__m512i>());
-    let low = _mm512_set1_epi8(0x0f);
     for b in 0..nb {
         let blk = w.add(record_offset(F, b));
         // The group comes from memory (decode batches) or L2 (prefill): read ahead as
@@ -37,17 +39,50 @@ pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
                 _mm512_store_si512(dst.add(j), _mm512_loadu_si512(blk.add(64 * j).cast()));
             }
         } else {
-            // Chunk `i` holds values 4i..4i+4 in its low nibbles and 16+4i.. in its high.
-            for i in 0..4 {
-                let raw = _mm512_loadu_si512(blk.add(64 * i).cast());
-                _mm512_store_si512(dst.add(i), _mm512_and_si512(raw, low));
-                _mm512_store_si512(dst.add(i + 4), _mm512_and_si512(_mm512_srli_epi16(raw, 4), low));
+            for j in 0..8 {
+                _mm512_store_si512(dst.add(j), unpack_line::<F>(blk, j));
             }
         }
         let (dw, mw) = super::avx512::block_scales::<F>(w, b, blk);
         _mm512_store_ps(dst.add(SCALES_LINE).cast(), dw);
         _mm512_store_ps(dst.add(MINS_LINE).cast(), mw);
     }
+}
+
+/// Line `j` (0..8) of the block whose record is at `blk`, for a 4-bit or Q5 format:
+/// chunk `j` of the record's low nibbles, or for `j ≥ 4` chunk `j - 4`'s high ones; for
+/// Q5 with each value's fifth bit from the high-bits chunk (bit `j` for the low
+/// nibbles of chunk `j`, bit `j` too for `j ≥ 4`, the high nibbles of chunk `j - 4`;
+/// see `layout::Q5_HIGH_OFFSET`) moved to bit 4.
+///
+/// # Safety
+/// AVX-512 F and BW must be available (it inlines into such callers); `blk` must be a
+/// record of format `F`.
+#[inline(always)]
+unsafe fn unpack_line<const F: u8>(blk: *const u8, j: usize) -> __m512i {
+    let low = _mm512_set1_epi8(0x0f);
+    let raw = _mm512_loadu_si512(blk.add(64 * (j % 4)).cast());
+    let nibbles = if j < 4 { raw } else { _mm512_srli_epi16(raw, 4) };
+    if !WeightFormat::from_id(F).is_q5() {
+        return _mm512_and_si512(nibbles, low);
+    }
+    let high = _mm512_loadu_si512(blk.add(Q5_HIGH_OFFSET).cast());
+    // 16-bit shifts: the mask keeps bit 4 of each byte only, so what crosses from the
+    // neighbouring byte drops.
+    let top = match j {
+        0 => _mm512_slli_epi16(high, 4),
+        1 => _mm512_slli_epi16(high, 3),
+        2 => _mm512_slli_epi16(high, 2),
+        3 => _mm512_slli_epi16(high, 1),
+        4 => high,
+        5 => _mm512_srli_epi16(high, 1),
+        6 => _mm512_srli_epi16(high, 2),
+        _ => _mm512_srli_epi16(high, 3),
+    };
+    // (nibbles & 0x0f) | (top & 0x10), one ternary-logic operation: bit-select of
+    // `nibbles` where the mask is set, of `top` elsewhere, then masked to 5 bits.
+    let five = _mm512_ternarylogic_epi32::<0xca>(_mm512_set1_epi8(0x0f), nibbles, top);
+    _mm512_and_si512(five, _mm512_set1_epi8(0x1f))
 }
 
 /// `MR` activation rows against `G` groups over all of `k`: the panel's groups, or with
@@ -79,7 +114,6 @@ pub unsafe fn micro<const F: u8, const MR: usize, const G: usize, const RECORDS:
     let has_mins = record_shape(F).has_mins;
     let line = |g: usize, b: usize, l: usize| p.add((g * nb + b) * LINES_PER_BLOCK + l);
     let records = t.records.map(|r| r.as_ptr());
-    let low = _mm512_set1_epi8(0x0f);
     let mut acc = [[_mm512_setzero_ps(); G]; MR];
     for b in 0..nb {
         prefetch_share(&t.ahead, b, nb);
@@ -93,11 +127,8 @@ pub unsafe fn micro<const F: u8, const MR: usize, const G: usize, const RECORDS:
                     let blk = records[g].add(record_offset(F, b));
                     if F == FMT_Q8_0 {
                         _mm512_loadu_si512(blk.add(64 * j).cast())
-                    } else if j < 4 {
-                        _mm512_and_si512(_mm512_loadu_si512(blk.add(64 * j).cast()), low)
                     } else {
-                        let raw = _mm512_loadu_si512(blk.add(64 * (j - 4)).cast());
-                        _mm512_and_si512(_mm512_srli_epi16(raw, 4), low)
+                        unpack_line::<F>(blk, j)
                     }
                 } else {
                     _mm512_load_si512(line(g, b, j))

@@ -43,7 +43,7 @@ impl Kernel {
         match self {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            // Q6_K and the Q5 formats borrow the AVX2 kernel (see `avx512::tile`).
+            // Q6_K borrows the AVX2 kernel (see `avx512::tile`).
             Kernel::Avx512Vnni => Kernel::Avx2.is_available() && super::isa::avx512f_bw_vnni(),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => super::isa::avx2_fma_f16c(),

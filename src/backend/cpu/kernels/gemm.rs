@@ -20,7 +20,7 @@ use super::activations::QActs;
 use super::dispatch::Kernel;
 use super::gemm_panel::{Block, Line, MicroFn, PackFn, LINES_PER_BLOCK, MR, NR};
 pub use super::gemm_panel::{GateFn, Output};
-use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0, GROUP, QK};
+use super::layout::{FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q5K, FMT_Q5_0, FMT_Q5_1, FMT_Q8_0, GROUP, QK};
 use super::QMatrix;
 
 /// Most rows per task on this path (the row-tile walk takes 64): each task unpacks its
@@ -52,12 +52,18 @@ thread_local! {
     static PANEL: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
 }
 
-/// Whether the many-rows path runs `format` on `kernel` for a task of `rows` rows.
+/// Whether the many-rows path runs `format` on `kernel` for a task of `rows` rows. The
+/// Q5 formats take it on AVX-512 VNNI only: the AVX2 micro-kernel adds a 4-bit block's
+/// products up in 16 bits, where five-bit values could overflow.
 pub fn applies(kernel: Kernel, format: u8, rows: usize) -> bool {
-    matches!(kernel, Kernel::Avx512Vnni | Kernel::Avx2)
-        && rows >= min_rows(kernel)
-        && cfg!(target_arch = "x86_64")
-        && matches!(format, FMT_Q4_1 | FMT_Q4_0 | FMT_Q8_0 | FMT_Q4K)
+    let formats = match kernel {
+        Kernel::Avx512Vnni => {
+            matches!(format, FMT_Q4_1 | FMT_Q4_0 | FMT_Q8_0 | FMT_Q4K | FMT_Q5_0 | FMT_Q5_1 | FMT_Q5K)
+        }
+        Kernel::Avx2 => matches!(format, FMT_Q4_1 | FMT_Q4_0 | FMT_Q8_0 | FMT_Q4K),
+        Kernel::Portable => false,
+    };
+    formats && rows >= min_rows(kernel) && cfg!(target_arch = "x86_64")
 }
 
 /// The register block of `kernel`'s micro-kernel: rows, groups.
@@ -199,20 +205,19 @@ pub unsafe fn run_task(
 fn select_pack(kernel: Kernel, format: u8) -> PackFn {
     #[cfg(target_arch = "x86_64")]
     {
-        macro_rules! by_format {
-            ($kernels:ident) => {
-                match format {
-                    FMT_Q4_1 => super::$kernels::pack::<FMT_Q4_1> as PackFn,
-                    FMT_Q4_0 => super::$kernels::pack::<FMT_Q4_0> as PackFn,
-                    FMT_Q4K => super::$kernels::pack::<FMT_Q4K> as PackFn,
-                    _ => super::$kernels::pack::<FMT_Q8_0> as PackFn,
-                }
-            };
-        }
-        if kernel == Kernel::Avx2 {
-            by_format!(avx2_gemm)
-        } else {
-            by_format!(avx512_gemm)
+        use super::{avx2_gemm, avx512_gemm};
+        match (kernel, format) {
+            (Kernel::Avx2, FMT_Q4_1) => avx2_gemm::pack::<FMT_Q4_1>,
+            (Kernel::Avx2, FMT_Q4_0) => avx2_gemm::pack::<FMT_Q4_0>,
+            (Kernel::Avx2, FMT_Q4K) => avx2_gemm::pack::<FMT_Q4K>,
+            (Kernel::Avx2, _) => avx2_gemm::pack::<FMT_Q8_0>,
+            (_, FMT_Q4_1) => avx512_gemm::pack::<FMT_Q4_1>,
+            (_, FMT_Q4_0) => avx512_gemm::pack::<FMT_Q4_0>,
+            (_, FMT_Q4K) => avx512_gemm::pack::<FMT_Q4K>,
+            (_, FMT_Q5_0) => avx512_gemm::pack::<FMT_Q5_0>,
+            (_, FMT_Q5_1) => avx512_gemm::pack::<FMT_Q5_1>,
+            (_, FMT_Q5K) => avx512_gemm::pack::<FMT_Q5K>,
+            (_, _) => avx512_gemm::pack::<FMT_Q8_0>,
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -273,6 +278,9 @@ fn select_micro(kernel: Kernel, format: u8, mr: usize, nr: usize, in_place: bool
             FMT_Q4_1 => by_groups!(FMT_Q4_1),
             FMT_Q4_0 => by_groups!(FMT_Q4_0),
             FMT_Q4K => by_groups!(FMT_Q4K),
+            FMT_Q5_0 => by_groups!(FMT_Q5_0),
+            FMT_Q5_1 => by_groups!(FMT_Q5_1),
+            FMT_Q5K => by_groups!(FMT_Q5K),
             _ => by_groups!(FMT_Q8_0),
         }
     }
