@@ -28,6 +28,7 @@ LLAMACPP_AMX=${LLAMACPP_AMX:-1}
 if [[ $LLAMACPP_AMX == 0 ]]; then LLAMACPP_BUILD=$LLAMACPP_DIR/build-noamx; else LLAMACPP_BUILD=$LLAMACPP_DIR/build; fi
 LLAMA_SERVER=$LLAMACPP_BUILD/bin/llama-server
 LLAMA_BENCH=$LLAMACPP_BUILD/bin/llama-bench
+LLAMA_QUANTIZE=$LLAMACPP_BUILD/bin/llama-quantize
 LLAMA_BATCHED_BENCH=$LLAMACPP_BUILD/bin/llama-batched-bench
 
 mkdir -p "$PEERS_DIR"

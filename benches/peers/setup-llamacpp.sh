@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's `llama-server`, `llama-bench` and `llama-batched-bench` from the
+# Builds llama.cpp's `llama-server`, `llama-bench`, `llama-batched-bench` and
+# `llama-quantize` (which writes K-quant files, e.g. Q5_K_M, from the default model) from the
 # llama.cpp sources that the PyPI package llama-cpp-python ships in its sdist
 # (vendor/llama.cpp), under
 # $INFLIGHT_PEERS_DIR. Nothing of llama.cpp is kept in this repository.
@@ -7,7 +8,7 @@
 
 source "$(dirname "$0")/common.sh"
 
-if [[ -x $LLAMA_SERVER && -x $LLAMA_BENCH && -x $LLAMA_BATCHED_BENCH ]]; then
+if [[ -x $LLAMA_SERVER && -x $LLAMA_BENCH && -x $LLAMA_BATCHED_BENCH && -x $LLAMA_QUANTIZE ]]; then
     log "llama-server ready: $LLAMA_SERVER; llama-bench: $LLAMA_BENCH"
     exit 0
 fi
@@ -40,9 +41,9 @@ else
     isa=(-DGGML_NATIVE=ON)
     what="native CPU features"
 fi
-log "building llama-server, llama-bench and llama-batched-bench (Release, $what, $THREADS jobs) in $LLAMACPP_BUILD"
+log "building llama-server, llama-bench, llama-batched-bench and llama-quantize (Release, $what, $THREADS jobs) in $LLAMACPP_BUILD"
 "$cmake_bin" -S "$sdist/vendor/llama.cpp" -B "$LLAMACPP_BUILD" -DCMAKE_BUILD_TYPE=Release \
     "${isa[@]}" -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_UI=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON > "$LLAMACPP_DIR/cmake.log"
-"$cmake_bin" --build "$LLAMACPP_BUILD" --target llama-server llama-bench llama-batched-bench -j "$THREADS" > "$LLAMACPP_DIR/build.log"
+"$cmake_bin" --build "$LLAMACPP_BUILD" --target llama-server llama-bench llama-batched-bench llama-quantize -j "$THREADS" > "$LLAMACPP_DIR/build.log"
 log "llama-server ready: $LLAMA_SERVER"
