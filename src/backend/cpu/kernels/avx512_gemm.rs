@@ -59,7 +59,7 @@ pub unsafe fn pack<const F: u8>(w: &[u8], nb: usize, panel: &mut [Line]) {
 /// AVX-512 F and BW must be available (it inlines into such callers); `blk` must be a
 /// record of format `F`.
 #[inline(always)]
-unsafe fn unpack_line<const F: u8>(blk: *const u8, j: usize) -> __m512i {
+pub(super) unsafe fn unpack_line<const F: u8>(blk: *const u8, j: usize) -> __m512i {
     let low = _mm512_set1_epi8(0x0f);
     let raw = _mm512_loadu_si512(blk.add(64 * (j % 4)).cast());
     let nibbles = if j < 4 { raw } else { _mm512_srli_epi16(raw, 4) };

@@ -320,18 +320,39 @@ fn chunk_words(record: &[u8], i: usize) -> [u32; GROUP] {
     })
 }
 
-/// The block operations in AVX-512 registers: the Q4 formats and Q8_0 widen a whole
-/// 64-byte chunk of quants (four values of each of the 16 rows) per register; the
-/// rarer formats use the portable dequantization.
+/// The block operations in AVX-512 registers: the Q4 and Q5 formats and Q8_0 widen a
+/// whole 64-byte chunk of quants (four values of each of the 16 rows) per register;
+/// Q6_K uses the portable dequantization.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{dequantize_block, BlockOps, Tile, WeightFormat, GROUP, QK};
     use crate::backend::cpu::kernels::avx512::block_scales;
-    use crate::backend::cpu::kernels::layout::{self, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q8_0};
+    use crate::backend::cpu::kernels::avx512_gemm::unpack_line;
+    use crate::backend::cpu::kernels::layout::{
+        self, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q5K, FMT_Q5_0, FMT_Q5_1, FMT_Q8_0,
+    };
 
     pub struct Avx512;
+
+    /// A Q5 block (record at `rp`) as `d · q + m` for its 16 rows: the five-bit values as
+    /// the many-rows path unpacks them, a byte of each row's 32-bit lane at a time.
+    #[inline(always)]
+    unsafe fn widen_q5<const F: u8>(rp: *const u8, d: __m512, m: __m512, tile: &mut Tile) {
+        let mask = _mm512_set1_epi32(0xff);
+        for j in 0..QK / 4 {
+            // Line `j` holds values 4j..4j + 4, byte `t` of each row's lane value `4j + t`.
+            let line = unpack_line::<F>(rp, j);
+            for t in 0..4 {
+                let byte = _mm512_and_si512(_mm512_srlv_epi32(line, _mm512_set1_epi32(8 * t as i32)), mask);
+                _mm512_storeu_ps(
+                    tile[4 * j + t].as_mut_ptr(),
+                    _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(byte), m),
+                );
+            }
+        }
+    }
 
     impl BlockOps for Avx512 {
         #[inline(always)]
@@ -346,6 +367,18 @@ mod avx512 {
                     (d, _mm512_mul_ps(_mm512_set1_ps(-8.0), d))
                 }
                 WeightFormat::Q4K => block_scales::<FMT_Q4K>(gp, b, rp),
+                WeightFormat::Q5_0 => {
+                    let (d, _) = block_scales::<FMT_Q5_0>(gp, b, rp);
+                    return widen_q5::<FMT_Q5_0>(rp, d, _mm512_mul_ps(_mm512_set1_ps(-16.0), d), tile);
+                }
+                WeightFormat::Q5_1 => {
+                    let (d, m) = block_scales::<FMT_Q5_1>(gp, b, rp);
+                    return widen_q5::<FMT_Q5_1>(rp, d, m, tile);
+                }
+                WeightFormat::Q5K => {
+                    let (d, m) = block_scales::<FMT_Q5K>(gp, b, rp);
+                    return widen_q5::<FMT_Q5K>(rp, d, m, tile);
+                }
                 WeightFormat::Q8_0 => {
                     let (d, _) = block_scales::<FMT_Q8_0>(gp, b, rp);
                     let (mask, bias) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(128));
