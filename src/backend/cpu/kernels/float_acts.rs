@@ -320,21 +320,57 @@ fn chunk_words(record: &[u8], i: usize) -> [u32; GROUP] {
     })
 }
 
-/// The block operations in AVX-512 registers: the Q4 and Q5 formats and Q8_0 widen a
-/// whole 64-byte chunk of quants (four values of each of the 16 rows) per register;
-/// Q6_K uses the portable dequantization.
+/// The block operations in AVX-512 registers: every format widens a whole 64-byte
+/// chunk of quants (four values of each of the 16 rows) per register.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{dequantize_block, BlockOps, Tile, WeightFormat, GROUP, QK};
+    use super::{BlockOps, Tile, WeightFormat, GROUP, QK};
     use crate::backend::cpu::kernels::avx512::block_scales;
     use crate::backend::cpu::kernels::avx512_gemm::unpack_line;
     use crate::backend::cpu::kernels::layout::{
-        self, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q5K, FMT_Q5_0, FMT_Q5_1, FMT_Q8_0,
+        self, FMT_Q4K, FMT_Q4_0, FMT_Q4_1, FMT_Q5K, FMT_Q5_0, FMT_Q5_1, FMT_Q6K, FMT_Q8_0, Q6K_HIGH_OFFSET,
     };
 
     pub struct Avx512;
+
+    /// Block `b` of a Q6_K group (at `gp`; its record at `rp`) as `d · sc · (q - 32)` for
+    /// its 16 rows, the values `layout::q6k_value` and `q6k_scales` give: each value's
+    /// low 4 bits from the quant chunks (as Q4's), its top 2 from the two high-bits chunks
+    /// (`layout::Q6K_HIGH_OFFSET`), values 0–15 at the first scale and 16–31 at the second.
+    #[inline(always)]
+    unsafe fn widen_q6k(gp: *const u8, b: usize, rp: *const u8, tile: &mut Tile) {
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(gp.add(layout::k_header_offset(FMT_Q6K, b)).cast()));
+        let so = WeightFormat::Q6K.scales_offset();
+        let scale = |at: usize| {
+            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(rp.add(at).cast()))))
+        };
+        let scales = [scale(so), scale(so + GROUP)];
+        let (mask, bias) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(32));
+        for j in 0..QK / 4 {
+            // Line `j`: values 4j..4j + 4, byte `t` of each row's lane value `4j + t`.
+            let raw = _mm512_loadu_si512(rp.add(64 * (j % 4)).cast());
+            let nibbles = if j < 4 { raw } else { _mm512_srli_epi16(raw, 4) };
+            let high = _mm512_loadu_si512(rp.add(Q6K_HIGH_OFFSET + 64 * (j / 4)).cast());
+            // Bits 2(j mod 4).. of each high-bits byte to bits 4..6.
+            let tops = match j % 4 {
+                0 => _mm512_slli_epi16(high, 4),
+                1 => _mm512_slli_epi16(high, 2),
+                2 => high,
+                _ => _mm512_srli_epi16(high, 2),
+            };
+            let six = _mm512_or_si512(
+                _mm512_and_si512(nibbles, _mm512_set1_epi8(0x0f)),
+                _mm512_and_si512(tops, _mm512_set1_epi8(0x30)),
+            );
+            for t in 0..4 {
+                let q = _mm512_and_si512(_mm512_srlv_epi32(six, _mm512_set1_epi32(8 * t as i32)), mask);
+                let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(q, bias));
+                _mm512_storeu_ps(tile[4 * j + t].as_mut_ptr(), _mm512_mul_ps(scales[j / 4], v));
+            }
+        }
+    }
 
     /// A Q5 block (record at `rp`) as `d · q + m` for its 16 rows: the five-bit values as
     /// the many-rows path unpacks them, a byte of each row's 32-bit lane at a time.
@@ -379,6 +415,7 @@ mod avx512 {
                     let (d, m) = block_scales::<FMT_Q5K>(gp, b, rp);
                     return widen_q5::<FMT_Q5K>(rp, d, m, tile);
                 }
+                WeightFormat::Q6K => return widen_q6k(gp, b, rp, tile),
                 WeightFormat::Q8_0 => {
                     let (d, _) = block_scales::<FMT_Q8_0>(gp, b, rp);
                     let (mask, bias) = (_mm512_set1_epi32(0xff), _mm512_set1_epi32(128));
@@ -395,7 +432,6 @@ mod avx512 {
                     }
                     return;
                 }
-                _ => return dequantize_block(format, group, b, tile),
             };
             let mask = _mm512_set1_epi32(0x0f);
             for i in 0..QK / 8 {
