@@ -256,7 +256,8 @@ fn dequantize_block(format: WeightFormat, group: &[u8], b: usize, tile: &mut Til
                 }
             }
         }
-        // The 5- and 6-bit formats are rare in the models served here: value by value.
+        // The 5- and 6-bit formats value by value (AVX-512 widens them in registers:
+        // `avx512::widen_q5`, `widen_q6k`).
         WeightFormat::Q5_0 | WeightFormat::Q5_1 | WeightFormat::Q5K => {
             for r in 0..GROUP {
                 let (d, m) = layout::scale_and_min(format, group, b, r);
